@@ -1,0 +1,180 @@
+//! Frames: the unit on the wire. `type:u8 channel:u16 size:u32 payload frame-end(0xCE)`.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::method::Method;
+use crate::properties::BasicProperties;
+use crate::types::read;
+
+/// The protocol header a client sends first: `AMQP 0 0 9 1`.
+pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
+/// Frame type of a method frame.
+pub const FRAME_METHOD: u8 = 1;
+/// Frame type of a content header frame.
+pub const FRAME_HEADER: u8 = 2;
+/// Frame type of a content body frame.
+pub const FRAME_BODY: u8 = 3;
+/// Frame type of a heartbeat frame.
+pub const FRAME_HEARTBEAT: u8 = 8;
+/// The octet that ends every frame.
+pub const FRAME_END: u8 = 0xCE;
+/// Octets of framing around a payload: 7 of header, 1 frame-end.
+pub const FRAME_OVERHEAD: usize = 8;
+/// The smallest `frame_max` a peer may negotiate.
+pub const FRAME_MIN_SIZE: u32 = 4096;
+
+/// A content header: class, body size and properties.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContentHeader {
+    /// Class of the content (60 for basic).
+    pub class_id: u16,
+    /// Total size of the body that follows in body frames.
+    pub body_size: u64,
+    /// The message properties.
+    pub properties: BasicProperties,
+}
+
+impl ContentHeader {
+    /// Appends the header payload.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        buf.put_u16(self.class_id);
+        buf.put_u16(0); // weight
+        buf.put_u64(self.body_size);
+        self.properties.encode(buf);
+    }
+
+    /// Decodes a header payload.
+    pub fn decode(mut buf: Bytes) -> Result<ContentHeader, DecodeError> {
+        let class_id = read::u16(&mut buf)?;
+        let _weight = read::u16(&mut buf)?;
+        let body_size = read::u64(&mut buf)?;
+        let properties = BasicProperties::decode(&mut buf)?;
+        if buf.has_remaining() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        Ok(ContentHeader {
+            class_id,
+            body_size,
+            properties,
+        })
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A method on a channel (0 for the connection).
+    Method(u16, Method),
+    /// A content header on a channel.
+    Header(u16, Box<ContentHeader>),
+    /// A slice of content body on a channel (zero-copy from the read buffer).
+    Body(u16, Bytes),
+    /// A heartbeat (always channel 0).
+    Heartbeat,
+}
+
+impl Frame {
+    /// The channel the frame belongs to.
+    pub fn channel(&self) -> u16 {
+        match self {
+            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) => *c,
+            Frame::Heartbeat => 0,
+        }
+    }
+
+    /// Appends the whole frame, framing included.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        match self {
+            Frame::Method(ch, m) => encode_method(buf, *ch, m),
+            Frame::Header(ch, h) => {
+                let at = begin(buf, FRAME_HEADER, *ch);
+                h.encode(buf);
+                finish(buf, at);
+            }
+            Frame::Body(ch, b) => encode_body(buf, *ch, b),
+            Frame::Heartbeat => {
+                buf.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+            }
+        }
+    }
+
+    /// Decodes a frame from its type, channel and payload (framing already checked).
+    pub fn decode(kind: u8, channel: u16, payload: Bytes) -> Result<Frame, DecodeError> {
+        match kind {
+            FRAME_METHOD => Ok(Frame::Method(channel, Method::decode(payload)?)),
+            FRAME_HEADER => Ok(Frame::Header(
+                channel,
+                Box::new(ContentHeader::decode(payload)?),
+            )),
+            FRAME_BODY => Ok(Frame::Body(channel, payload)),
+            FRAME_HEARTBEAT => {
+                if channel != 0 || !payload.is_empty() {
+                    Err(DecodeError::BadHeartbeat)
+                } else {
+                    Ok(Frame::Heartbeat)
+                }
+            }
+            other => Err(DecodeError::UnknownFrameType(other)),
+        }
+    }
+}
+
+/// Writes a frame header with a placeholder size; returns where the size goes.
+fn begin(buf: &mut BytesMut, kind: u8, channel: u16) -> usize {
+    buf.put_u8(kind);
+    buf.put_u16(channel);
+    let at = buf.len();
+    buf.put_u32(0);
+    at
+}
+
+/// Fills in the size written by [`begin`] and appends the frame end.
+fn finish(buf: &mut BytesMut, size_at: usize) {
+    let size = (buf.len() - size_at - 4) as u32;
+    buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    buf.put_u8(FRAME_END);
+}
+
+/// Appends a method frame.
+pub fn encode_method(buf: &mut BytesMut, channel: u16, method: &Method) {
+    let at = begin(buf, FRAME_METHOD, channel);
+    method.encode(buf);
+    finish(buf, at);
+}
+
+fn encode_body(buf: &mut BytesMut, channel: u16, body: &[u8]) {
+    buf.put_u8(FRAME_BODY);
+    buf.put_u16(channel);
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(body);
+    buf.put_u8(FRAME_END);
+}
+
+/// Appends a content-carrying method with its header and body, the body split into
+/// frames no larger than `frame_max` (0 = no limit).
+pub fn encode_content(
+    buf: &mut BytesMut,
+    channel: u16,
+    method: &Method,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) {
+    encode_method(buf, channel, method);
+    let at = begin(buf, FRAME_HEADER, channel);
+    buf.put_u16(method.class_id());
+    buf.put_u16(0);
+    buf.put_u64(body.len() as u64);
+    properties.encode(buf);
+    finish(buf, at);
+    let max_payload = if frame_max == 0 {
+        usize::MAX
+    } else {
+        (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
+    };
+    buf.reserve(body.len() + (body.len() / max_payload + 1) * FRAME_OVERHEAD);
+    for chunk in body.chunks(max_payload) {
+        encode_body(buf, channel, chunk);
+    }
+}

@@ -1,0 +1,181 @@
+//! The 14 properties of the `basic` class, carried in a content header frame.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::types::{read, write, FieldTable, ShortString};
+
+/// Basic content properties. `None` means the property is absent (its flag bit clear).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BasicProperties {
+    /// MIME content type.
+    pub content_type: Option<ShortString>,
+    /// MIME content encoding.
+    pub content_encoding: Option<ShortString>,
+    /// Application headers.
+    pub headers: Option<FieldTable>,
+    /// 1 = transient, 2 = persistent.
+    pub delivery_mode: Option<u8>,
+    /// Priority 0-9 (0-255 in RabbitMQ).
+    pub priority: Option<u8>,
+    /// Correlation id.
+    pub correlation_id: Option<ShortString>,
+    /// Address to reply to.
+    pub reply_to: Option<ShortString>,
+    /// Per-message TTL in milliseconds, as a decimal string.
+    pub expiration: Option<ShortString>,
+    /// Application message id.
+    pub message_id: Option<ShortString>,
+    /// Timestamp, seconds since the epoch.
+    pub timestamp: Option<u64>,
+    /// Message type name.
+    pub kind: Option<ShortString>,
+    /// Creating user id; the broker checks it against the connection's user.
+    pub user_id: Option<ShortString>,
+    /// Creating application id.
+    pub app_id: Option<ShortString>,
+    /// Deprecated cluster id.
+    pub cluster_id: Option<ShortString>,
+}
+
+const CONTENT_TYPE: u16 = 1 << 15;
+const CONTENT_ENCODING: u16 = 1 << 14;
+const HEADERS: u16 = 1 << 13;
+const DELIVERY_MODE: u16 = 1 << 12;
+const PRIORITY: u16 = 1 << 11;
+const CORRELATION_ID: u16 = 1 << 10;
+const REPLY_TO: u16 = 1 << 9;
+const EXPIRATION: u16 = 1 << 8;
+const MESSAGE_ID: u16 = 1 << 7;
+const TIMESTAMP: u16 = 1 << 6;
+const TYPE: u16 = 1 << 5;
+const USER_ID: u16 = 1 << 4;
+const APP_ID: u16 = 1 << 3;
+const CLUSTER_ID: u16 = 1 << 2;
+
+impl BasicProperties {
+    /// Whether `delivery_mode` is 2 (persistent).
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode == Some(2)
+    }
+
+    fn flags(&self) -> u16 {
+        let mut f = 0;
+        let mut set = |present: bool, bit: u16| {
+            if present {
+                f |= bit;
+            }
+        };
+        set(self.content_type.is_some(), CONTENT_TYPE);
+        set(self.content_encoding.is_some(), CONTENT_ENCODING);
+        set(self.headers.is_some(), HEADERS);
+        set(self.delivery_mode.is_some(), DELIVERY_MODE);
+        set(self.priority.is_some(), PRIORITY);
+        set(self.correlation_id.is_some(), CORRELATION_ID);
+        set(self.reply_to.is_some(), REPLY_TO);
+        set(self.expiration.is_some(), EXPIRATION);
+        set(self.message_id.is_some(), MESSAGE_ID);
+        set(self.timestamp.is_some(), TIMESTAMP);
+        set(self.kind.is_some(), TYPE);
+        set(self.user_id.is_some(), USER_ID);
+        set(self.app_id.is_some(), APP_ID);
+        set(self.cluster_id.is_some(), CLUSTER_ID);
+        f
+    }
+
+    /// Appends the property flags and the present properties.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        buf.put_u16(self.flags());
+        let s = |buf: &mut BytesMut, v: &Option<ShortString>| {
+            if let Some(v) = v {
+                write::shortstr(buf, v);
+            }
+        };
+        s(buf, &self.content_type);
+        s(buf, &self.content_encoding);
+        if let Some(h) = &self.headers {
+            write::table(buf, h);
+        }
+        if let Some(d) = self.delivery_mode {
+            buf.put_u8(d);
+        }
+        if let Some(p) = self.priority {
+            buf.put_u8(p);
+        }
+        s(buf, &self.correlation_id);
+        s(buf, &self.reply_to);
+        s(buf, &self.expiration);
+        s(buf, &self.message_id);
+        if let Some(t) = self.timestamp {
+            buf.put_u64(t);
+        }
+        s(buf, &self.kind);
+        s(buf, &self.user_id);
+        s(buf, &self.app_id);
+        s(buf, &self.cluster_id);
+    }
+
+    /// Decodes property flags and the properties they announce.
+    pub fn decode(buf: &mut Bytes) -> Result<BasicProperties, DecodeError> {
+        let flags = read::u16(buf)?;
+        // Further flag words (bit 0 set) announce properties this class does not have;
+        // read past them so the known ones still decode.
+        let mut more = flags & 1 != 0;
+        while more {
+            more = read::u16(buf)? & 1 != 0;
+        }
+        let s = |buf: &mut Bytes, bit: u16| -> Result<Option<ShortString>, DecodeError> {
+            if flags & bit != 0 {
+                read::shortstr(buf).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let content_type = s(buf, CONTENT_TYPE)?;
+        let content_encoding = s(buf, CONTENT_ENCODING)?;
+        let headers = if flags & HEADERS != 0 {
+            Some(read::table(buf)?)
+        } else {
+            None
+        };
+        let delivery_mode = if flags & DELIVERY_MODE != 0 {
+            Some(read::u8(buf)?)
+        } else {
+            None
+        };
+        let priority = if flags & PRIORITY != 0 {
+            Some(read::u8(buf)?)
+        } else {
+            None
+        };
+        let correlation_id = s(buf, CORRELATION_ID)?;
+        let reply_to = s(buf, REPLY_TO)?;
+        let expiration = s(buf, EXPIRATION)?;
+        let message_id = s(buf, MESSAGE_ID)?;
+        let timestamp = if flags & TIMESTAMP != 0 {
+            Some(read::u64(buf)?)
+        } else {
+            None
+        };
+        let kind = s(buf, TYPE)?;
+        let user_id = s(buf, USER_ID)?;
+        let app_id = s(buf, APP_ID)?;
+        let cluster_id = s(buf, CLUSTER_ID)?;
+        Ok(BasicProperties {
+            content_type,
+            content_encoding,
+            headers,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            kind,
+            user_id,
+            app_id,
+            cluster_id,
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! minimq: workspace root; the end-to-end tests live in `tests/`.
