@@ -1,1 +1,27 @@
+//! minimq-server: an AMQP 0-9-1 broker for work queues, usable as a library.
+//!
+//! # Layout
+//! - [`server`]: accept loop, [`Broker`] / [`BrokerBuilder`] (embed a broker in tests).
+//! - [`config`]: settings behind the command-line flags.
+//! - `connection`: one task per client connection (handshake, frame loop, writer).
+//! - [`channel`]: channel state and the method handlers; [`channel::confirms`] decides
+//!   when a publish is confirmed.
+//! - [`vhost`]: the registry of queues and exchanges.
+//! - [`exchange`]: exchange types and routing.
+//! - [`queue`]: one task per queue owning its messages, consumers and credit.
+//! - [`message`]: the shared, immutable published message.
+//! - [`error`]: AMQP errors with RabbitMQ's reply texts.
+#![forbid(unsafe_code)]
 
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod server;
+pub mod vhost;
+
+pub use config::Config;
+pub use server::{Broker, BrokerBuilder, ShutdownHandle};

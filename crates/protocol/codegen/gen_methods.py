@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generates ../src/method.rs from RabbitMQ's extended AMQP 0-9-1 spec XML.
 
-Run from anywhere: `python3 crates/protocol/codegen/gen_methods.py`. The output is
-committed; rerun only when the generator changes. Reserved fields are not part of the
+Run from anywhere: `python3 crates/protocol/codegen/gen_methods.py && cargo fmt`. The
+output is committed; rerun only when the generator changes. Reserved fields are not part of the
 structs: they are written as zero / empty and skipped when read.
 """
 import os
@@ -38,6 +38,16 @@ def snake(s):
 def main():
     root = ET.parse(SPEC).getroot()
     domains = {d.get("name"): d.get("type") for d in root.findall("domain")}
+    # RabbitMQ methods missing from the published XML: connection.blocked / unblocked
+    # (RabbitMQ 2.8+) and connection.update-secret / update-secret-ok (RabbitMQ 3.7+).
+    conn = root.find("class[@name='connection']")
+    for xml in (
+        '<method name="blocked" index="60"><field name="reason" domain="shortstr"/></method>',
+        '<method name="unblocked" index="61"/>',
+        '<method name="update-secret" synchronous="1" index="70"><field name="new-secret" domain="longstr"/><field name="reason" domain="shortstr"/></method>',
+        '<method name="update-secret-ok" synchronous="1" index="71"/>',
+    ):
+        conn.append(ET.fromstring(xml))
     methods = []
     for cls in root.findall("class"):
         for m in cls.findall("method"):

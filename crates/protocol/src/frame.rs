@@ -162,8 +162,47 @@ pub fn encode_content(
     frame_max: u32,
 ) {
     encode_method(buf, channel, method);
+    encode_header_and_body(buf, channel, method.class_id(), properties, body, frame_max);
+}
+
+/// Appends a `basic.deliver` with its content, writing the method arguments straight from
+/// borrowed strings: the broker's per-delivery hot path allocates nothing here.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_deliver(
+    buf: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) {
+    use crate::types::write;
+    let at = begin(buf, FRAME_METHOD, channel);
+    buf.put_u16(60);
+    buf.put_u16(60);
+    write::shortstr(buf, consumer_tag);
+    buf.put_u64(delivery_tag);
+    buf.put_u8(u8::from(redelivered));
+    write::shortstr(buf, exchange);
+    write::shortstr(buf, routing_key);
+    finish(buf, at);
+    encode_header_and_body(buf, channel, 60, properties, body, frame_max);
+}
+
+fn encode_header_and_body(
+    buf: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) {
     let at = begin(buf, FRAME_HEADER, channel);
-    buf.put_u16(method.class_id());
+    buf.put_u16(class_id);
     buf.put_u16(0);
     buf.put_u64(body.len() as u64);
     properties.encode(buf);

@@ -101,6 +101,30 @@ pub struct ConnectionClose {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConnectionCloseOk;
 
+/// `connection.blocked` (class 10, method 60).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectionBlocked {
+    /// `reason`
+    pub reason: ShortString,
+}
+
+/// `connection.unblocked` (class 10, method 61).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectionUnblocked;
+
+/// `connection.update-secret` (class 10, method 70).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectionUpdateSecret {
+    /// `new-secret`
+    pub new_secret: LongString,
+    /// `reason`
+    pub reason: ShortString,
+}
+
+/// `connection.update-secret-ok` (class 10, method 71).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectionUpdateSecretOk;
+
 /// `channel.open` (class 20, method 10).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelOpen;
@@ -551,6 +575,14 @@ pub enum Method {
     ConnectionClose(ConnectionClose),
     /// `connection.close-ok`
     ConnectionCloseOk(ConnectionCloseOk),
+    /// `connection.blocked`
+    ConnectionBlocked(ConnectionBlocked),
+    /// `connection.unblocked`
+    ConnectionUnblocked(ConnectionUnblocked),
+    /// `connection.update-secret`
+    ConnectionUpdateSecret(ConnectionUpdateSecret),
+    /// `connection.update-secret-ok`
+    ConnectionUpdateSecretOk(ConnectionUpdateSecretOk),
     /// `channel.open`
     ChannelOpen(ChannelOpen),
     /// `channel.open-ok`
@@ -710,6 +742,30 @@ impl From<ConnectionClose> for Method {
 impl From<ConnectionCloseOk> for Method {
     fn from(m: ConnectionCloseOk) -> Self {
         Method::ConnectionCloseOk(m)
+    }
+}
+
+impl From<ConnectionBlocked> for Method {
+    fn from(m: ConnectionBlocked) -> Self {
+        Method::ConnectionBlocked(m)
+    }
+}
+
+impl From<ConnectionUnblocked> for Method {
+    fn from(m: ConnectionUnblocked) -> Self {
+        Method::ConnectionUnblocked(m)
+    }
+}
+
+impl From<ConnectionUpdateSecret> for Method {
+    fn from(m: ConnectionUpdateSecret) -> Self {
+        Method::ConnectionUpdateSecret(m)
+    }
+}
+
+impl From<ConnectionUpdateSecretOk> for Method {
+    fn from(m: ConnectionUpdateSecretOk) -> Self {
+        Method::ConnectionUpdateSecretOk(m)
     }
 }
 
@@ -1027,6 +1083,10 @@ impl Method {
             Method::ConnectionOpenOk(_) => 10,
             Method::ConnectionClose(_) => 10,
             Method::ConnectionCloseOk(_) => 10,
+            Method::ConnectionBlocked(_) => 10,
+            Method::ConnectionUnblocked(_) => 10,
+            Method::ConnectionUpdateSecret(_) => 10,
+            Method::ConnectionUpdateSecretOk(_) => 10,
             Method::ChannelOpen(_) => 20,
             Method::ChannelOpenOk(_) => 20,
             Method::ChannelFlow(_) => 20,
@@ -1093,6 +1153,10 @@ impl Method {
             Method::ConnectionOpenOk(_) => 41,
             Method::ConnectionClose(_) => 50,
             Method::ConnectionCloseOk(_) => 51,
+            Method::ConnectionBlocked(_) => 60,
+            Method::ConnectionUnblocked(_) => 61,
+            Method::ConnectionUpdateSecret(_) => 70,
+            Method::ConnectionUpdateSecretOk(_) => 71,
             Method::ChannelOpen(_) => 10,
             Method::ChannelOpenOk(_) => 11,
             Method::ChannelFlow(_) => 20,
@@ -1159,6 +1223,10 @@ impl Method {
             Method::ConnectionOpenOk(_) => "connection.open_ok",
             Method::ConnectionClose(_) => "connection.close",
             Method::ConnectionCloseOk(_) => "connection.close_ok",
+            Method::ConnectionBlocked(_) => "connection.blocked",
+            Method::ConnectionUnblocked(_) => "connection.unblocked",
+            Method::ConnectionUpdateSecret(_) => "connection.update_secret",
+            Method::ConnectionUpdateSecretOk(_) => "connection.update_secret_ok",
             Method::ChannelOpen(_) => "channel.open",
             Method::ChannelOpenOk(_) => "channel.open_ok",
             Method::ChannelFlow(_) => "channel.flow",
@@ -1237,6 +1305,8 @@ impl Method {
                 | Method::ConnectionOpenOk(_)
                 | Method::ConnectionClose(_)
                 | Method::ConnectionCloseOk(_)
+                | Method::ConnectionUpdateSecret(_)
+                | Method::ConnectionUpdateSecretOk(_)
                 | Method::ChannelOpen(_)
                 | Method::ChannelOpenOk(_)
                 | Method::ChannelFlow(_)
@@ -1330,6 +1400,15 @@ impl Method {
                 buf.put_u16(m.method_id);
             }
             Method::ConnectionCloseOk(_m) => {}
+            Method::ConnectionBlocked(m) => {
+                write::shortstr(buf, &m.reason);
+            }
+            Method::ConnectionUnblocked(_m) => {}
+            Method::ConnectionUpdateSecret(m) => {
+                write::longstr(buf, &m.new_secret);
+                write::shortstr(buf, &m.reason);
+            }
+            Method::ConnectionUpdateSecretOk(_m) => {}
             Method::ChannelOpen(_m) => {
                 buf.put_u8(0);
             }
@@ -1619,6 +1698,17 @@ impl Method {
                 })
             }
             (10, 51) => Method::ConnectionCloseOk(ConnectionCloseOk),
+            (10, 60) => {
+                let reason = read::shortstr(buf)?;
+                Method::ConnectionBlocked(ConnectionBlocked { reason })
+            }
+            (10, 61) => Method::ConnectionUnblocked(ConnectionUnblocked),
+            (10, 70) => {
+                let new_secret = read::longstr(buf)?;
+                let reason = read::shortstr(buf)?;
+                Method::ConnectionUpdateSecret(ConnectionUpdateSecret { new_secret, reason })
+            }
+            (10, 71) => Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk),
             (20, 10) => {
                 let _reserved_1 = read::shortstr(buf)?;
                 Method::ChannelOpen(ChannelOpen)

@@ -1,0 +1,676 @@
+//! The methods of the channel, exchange, queue, basic, confirm and tx classes, as the
+//! connection task runs them against its channel state, the vhost and the queues.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use minimq_protocol::frame::{encode_content, encode_deliver};
+use minimq_protocol::*;
+use tokio::sync::oneshot;
+
+use super::confirms::Confirm;
+use super::{group_by_queue, BodyParts, ChannelConsumer, Outstanding, PendingPublish};
+use crate::connection::Conn;
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::Message;
+use crate::queue::{ConfirmTicket, ConsumerSpec, Delivery, QueueCommand, QueueHandle};
+use crate::vhost::{generate_name, QueueSpec};
+
+static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Conn {
+    fn channel(&mut self, ch: u16) -> &mut super::Channel {
+        self.channels
+            .get_mut(&ch)
+            .expect("channel checked open by the caller")
+    }
+
+    /// Runs a method on an open channel with no publish in progress.
+    pub(crate) async fn on_channel_method(&mut self, ch: u16, m: Method) -> AmqpResult<()> {
+        match m {
+            Method::ChannelOpen(_) => Err(AmqpError::new(
+                ReplyCode::ChannelError,
+                "second 'channel.open' seen",
+            )),
+            Method::ChannelClose(_) => {
+                self.release_channel(ch, true).await;
+                self.send_method(ch, ChannelCloseOk.into());
+                Ok(())
+            }
+            Method::ChannelCloseOk(_) => Ok(()),
+            Method::ChannelFlow(f) => {
+                if !f.active {
+                    return Err(AmqpError::new(ReplyCode::NotImplemented, "active=false"));
+                }
+                self.send_method(ch, ChannelFlowOk { active: true }.into());
+                Ok(())
+            }
+            Method::ChannelFlowOk(_) => Ok(()),
+            Method::QueueDeclare(d) => self.queue_declare(ch, d).await,
+            Method::QueueBind(b) => {
+                self.state.vhost.bind(
+                    &b.queue,
+                    &b.exchange,
+                    &b.routing_key,
+                    b.arguments,
+                    self.id,
+                )?;
+                if !b.no_wait {
+                    self.send_method(ch, QueueBindOk.into());
+                }
+                Ok(())
+            }
+            Method::QueueUnbind(u) => {
+                self.state.vhost.unbind(
+                    &u.queue,
+                    &u.exchange,
+                    &u.routing_key,
+                    &u.arguments,
+                    self.id,
+                )?;
+                self.send_method(ch, QueueUnbindOk.into());
+                Ok(())
+            }
+            Method::QueuePurge(p) => {
+                let q = self.state.vhost.queue_for(&p.queue, self.id)?;
+                let (reply, rx) = oneshot::channel();
+                let n = if q.send(QueueCommand::Purge { reply }).await {
+                    rx.await.unwrap_or(0)
+                } else {
+                    0
+                };
+                if !p.no_wait {
+                    self.send_method(ch, QueuePurgeOk { message_count: n }.into());
+                }
+                Ok(())
+            }
+            Method::QueueDelete(d) => {
+                let n = self
+                    .state
+                    .vhost
+                    .delete_queue(&d.queue, self.id, d.if_unused, d.if_empty)
+                    .await?;
+                self.exclusive_queues.retain(|q| **q.name() != *d.queue);
+                if !d.no_wait {
+                    self.send_method(ch, QueueDeleteOk { message_count: n }.into());
+                }
+                Ok(())
+            }
+            Method::ExchangeDeclare(d) => {
+                if d.exchange.is_empty() {
+                    return Err(AmqpError::new(
+                        ReplyCode::AccessRefused,
+                        "operation not permitted on the default exchange",
+                    ));
+                }
+                if d.passive {
+                    self.state
+                        .vhost
+                        .exchange(&d.exchange)
+                        .ok_or_else(|| AmqpError::no_exchange(&d.exchange))?;
+                } else {
+                    self.state.vhost.declare_exchange(
+                        &d.exchange,
+                        &d.type_,
+                        d.durable,
+                        d.auto_delete,
+                        d.internal,
+                        d.arguments,
+                    )?;
+                }
+                if !d.no_wait {
+                    self.send_method(ch, ExchangeDeclareOk.into());
+                }
+                Ok(())
+            }
+            Method::ExchangeDelete(d) => {
+                self.state.vhost.delete_exchange(&d.exchange, d.if_unused)?;
+                if !d.no_wait {
+                    self.send_method(ch, ExchangeDeleteOk.into());
+                }
+                Ok(())
+            }
+            Method::ExchangeBind(_) | Method::ExchangeUnbind(_) => Err(AmqpError::new(
+                ReplyCode::NotImplemented,
+                "exchange-to-exchange bindings are not supported yet",
+            )),
+            Method::BasicQos(q) => {
+                if q.prefetch_size != 0 {
+                    return Err(AmqpError::new(
+                        ReplyCode::NotImplemented,
+                        format!("prefetch_size!=0 ({})", q.prefetch_size),
+                    ));
+                }
+                let channel = self.channel(ch);
+                if q.global {
+                    channel.global_qos = true;
+                    channel.credit.set_limit(u32::from(q.prefetch_count));
+                    let queues: Vec<QueueHandle> = channel
+                        .consumers
+                        .values()
+                        .map(|c| c.queue.clone())
+                        .collect();
+                    for queue in queues {
+                        queue.send(QueueCommand::CreditAvailable).await;
+                    }
+                } else {
+                    channel.prefetch = u32::from(q.prefetch_count);
+                }
+                self.send_method(ch, BasicQosOk.into());
+                Ok(())
+            }
+            Method::BasicConsume(c) => self.basic_consume(ch, c).await,
+            Method::BasicCancel(c) => {
+                let consumer = self.channel(ch).consumers.remove(c.consumer_tag.as_str());
+                if let Some(consumer) = consumer {
+                    let (reply, rx) = oneshot::channel();
+                    if consumer
+                        .queue
+                        .send(QueueCommand::Cancel {
+                            consumer_id: consumer.id,
+                            reply: Some(reply),
+                        })
+                        .await
+                    {
+                        let _ = rx.await;
+                    }
+                }
+                if !c.no_wait {
+                    self.send_method(
+                        ch,
+                        BasicCancelOk {
+                            consumer_tag: c.consumer_tag,
+                        }
+                        .into(),
+                    );
+                }
+                Ok(())
+            }
+            Method::BasicPublish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::new(ReplyCode::NotImplemented, "immediate=true"));
+                }
+                self.channel(ch).publish = Some(PendingPublish {
+                    method: p,
+                    header: None,
+                    body: BodyParts::Empty,
+                });
+                Ok(())
+            }
+            Method::BasicGet(g) => self.basic_get(ch, g).await,
+            Method::BasicAck(a) => {
+                self.settle(ch, a.delivery_tag, a.multiple, false, true)
+                    .await
+            }
+            Method::BasicNack(n) => {
+                self.settle(ch, n.delivery_tag, n.multiple, n.requeue, false)
+                    .await
+            }
+            Method::BasicReject(r) => {
+                self.settle(ch, r.delivery_tag, false, r.requeue, false)
+                    .await
+            }
+            Method::BasicRecover(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
+                }
+                self.settle(ch, 0, true, true, false).await?;
+                self.send_method(ch, BasicRecoverOk.into());
+                Ok(())
+            }
+            Method::BasicRecoverAsync(_) => Err(AmqpError::new(
+                ReplyCode::NotImplemented,
+                "basic.recover_async",
+            )),
+            Method::ConfirmSelect(c) => {
+                let channel = self.channel(ch);
+                if channel.confirms.is_none() {
+                    channel.confirms = Some(super::confirms::Confirms::new());
+                }
+                if !c.nowait {
+                    self.send_method(ch, ConfirmSelectOk.into());
+                }
+                Ok(())
+            }
+            Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => {
+                Err(AmqpError::new(
+                    ReplyCode::NotImplemented,
+                    "transactions (tx.select) are not supported; use publisher confirms",
+                ))
+            }
+            other => Err(AmqpError::new(
+                ReplyCode::CommandInvalid,
+                format!(
+                    "method '{}' is not valid from a client on a channel",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
+    async fn queue_declare(&mut self, ch: u16, d: QueueDeclare) -> AmqpResult<()> {
+        let vhost = self.state.vhost.clone();
+        let queue = if d.passive {
+            vhost.queue_for(&d.queue, self.id)?
+        } else {
+            let name = if d.queue.is_empty() {
+                generate_name("amq.gen-")
+            } else {
+                d.queue.clone()
+            };
+            if name.starts_with("amq.") && !d.queue.is_empty() {
+                return Err(AmqpError::new(
+                    ReplyCode::AccessRefused,
+                    format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+                ));
+            }
+            let spec = QueueSpec {
+                name,
+                durable: d.durable,
+                exclusive: d.exclusive,
+                auto_delete: d.auto_delete,
+                arguments: d.arguments,
+            };
+            let (q, created) = vhost.declare_queue(spec, self.id)?;
+            if created && d.exclusive {
+                self.exclusive_queues.push(q.clone());
+            }
+            q
+        };
+        if !d.no_wait {
+            let counts = queue.counts().await.unwrap_or_default();
+            self.send_method(
+                ch,
+                QueueDeclareOk {
+                    queue: queue.name().to_string(),
+                    message_count: counts.ready,
+                    consumer_count: counts.consumers,
+                }
+                .into(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn basic_consume(&mut self, ch: u16, c: BasicConsume) -> AmqpResult<()> {
+        let queue = self.state.vhost.queue_for(&c.queue, self.id)?;
+        let tag: Arc<str> = if c.consumer_tag.is_empty() {
+            generate_name("amq.ctag-").into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        let (conn_id, sink) = (self.id, self.events.clone());
+        let channel = self.channel(ch);
+        if channel.consumers.contains_key(&tag) {
+            return Err(AmqpError::new(
+                ReplyCode::NotAllowed,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
+        let spec = ConsumerSpec {
+            id,
+            tag: tag.clone(),
+            conn_id,
+            channel: ch,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: channel.prefetch,
+            channel_credit: channel.global_qos.then(|| channel.credit.clone()),
+            sink,
+        };
+        let (reply, rx) = oneshot::channel();
+        if !queue
+            .send(QueueCommand::Consume {
+                consumer: spec,
+                reply,
+            })
+            .await
+        {
+            return Err(AmqpError::no_queue(&c.queue));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue)))?;
+        self.channel(ch)
+            .consumers
+            .insert(tag.clone(), ChannelConsumer { id, queue });
+        if !c.no_wait {
+            self.send_method(
+                ch,
+                BasicConsumeOk {
+                    consumer_tag: tag.to_string(),
+                }
+                .into(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn basic_get(&mut self, ch: u16, g: BasicGet) -> AmqpResult<()> {
+        let queue = self.state.vhost.queue_for(&g.queue, self.id)?;
+        let (reply, rx) = oneshot::channel();
+        let got = if queue
+            .send(QueueCommand::Get {
+                no_ack: g.no_ack,
+                reply,
+            })
+            .await
+        {
+            rx.await.ok().flatten()
+        } else {
+            None
+        };
+        let Some(got) = got else {
+            self.send_method(ch, BasicGetEmpty.into());
+            return Ok(());
+        };
+        let channel = self.channel(ch);
+        let tag = channel.next_tag;
+        channel.next_tag += 1;
+        if !g.no_ack {
+            channel.outstanding.insert(
+                tag,
+                Outstanding {
+                    queue,
+                    msg_id: got.msg_id,
+                    charged: false,
+                },
+            );
+        }
+        let m = &got.message;
+        let method = Method::BasicGetOk(BasicGetOk {
+            delivery_tag: tag,
+            redelivered: got.redelivered,
+            exchange: m.exchange.to_string(),
+            routing_key: m.routing_key.to_string(),
+            message_count: got.remaining,
+        });
+        encode_content(
+            &mut self.out,
+            ch,
+            &method,
+            &m.properties,
+            &m.body,
+            self.frame_max,
+        );
+        Ok(())
+    }
+
+    /// Ack (`ack = true`), or reject / nack with or without requeue.
+    async fn settle(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+        ack: bool,
+    ) -> AmqpResult<()> {
+        let channel = self.channel(ch);
+        let taken = channel.take_outstanding(tag, multiple)?;
+        let credit = channel.credit.clone();
+        let consumer_queues: Vec<QueueHandle> = channel
+            .consumers
+            .values()
+            .map(|c| c.queue.clone())
+            .collect();
+        let mut released = 0;
+        for (queue, ids, charged) in group_by_queue(taken) {
+            released += charged;
+            queue
+                .send(QueueCommand::Settle {
+                    ids,
+                    requeue: requeue && !ack,
+                })
+                .await;
+        }
+        if released > 0 {
+            credit.release(released);
+            for q in consumer_queues {
+                q.send(QueueCommand::CreditAvailable).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A content header arrived on `ch`.
+    pub(crate) async fn on_header(&mut self, ch: u16, header: ContentHeader) -> AmqpResult<()> {
+        let max = self.state.config.max_message_size;
+        let expecting = self
+            .channels
+            .get(&ch)
+            .map(|c| (c.status, c.publish.as_ref().map(|p| p.header.is_some())));
+        match expecting {
+            None => {
+                return Err(AmqpError::new(
+                    ReplyCode::ChannelError,
+                    "expected 'channel.open'",
+                ))
+            }
+            Some((super::ChannelStatus::Closing, _)) => return Ok(()),
+            Some((_, Some(false))) => {}
+            Some(_) => {
+                return Err(AmqpError::new(
+                    ReplyCode::UnexpectedFrame,
+                    "expected method frame, got non method frame instead",
+                ))
+            }
+        }
+        if header.class_id != 60 {
+            return Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                format!(
+                    "expected content header for class 60, got one for class {}",
+                    header.class_id
+                ),
+            ));
+        }
+        if header.body_size > max {
+            self.channel(ch).publish = None;
+            return Err(AmqpError::precondition(format!(
+                "message size {} is larger than configured max size {max}",
+                header.body_size
+            )));
+        }
+        let size = header.body_size;
+        let publish = self.channel(ch).publish.as_mut().expect("checked above");
+        publish.header = Some((header.properties, size));
+        if size == 0 {
+            self.complete_publish(ch).await?;
+        }
+        Ok(())
+    }
+
+    /// A body frame arrived on `ch`.
+    pub(crate) async fn on_body(&mut self, ch: u16, body: Bytes) -> AmqpResult<()> {
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return Err(AmqpError::new(
+                ReplyCode::ChannelError,
+                "expected 'channel.open'",
+            ));
+        };
+        if channel.status == super::ChannelStatus::Closing {
+            return Ok(());
+        }
+        let Some(PendingPublish {
+            header: Some((_, size)),
+            body: parts,
+            ..
+        }) = channel.publish.as_mut()
+        else {
+            return Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected method frame, got non method frame instead",
+            ));
+        };
+        let size = *size;
+        if parts.len() + body.len() as u64 > size {
+            return Err(AmqpError::new(
+                ReplyCode::FrameError,
+                format!("content body exceeds the declared size of {size} octets"),
+            ));
+        }
+        parts.push(body);
+        if parts.len() == size {
+            self.complete_publish(ch).await?;
+        }
+        Ok(())
+    }
+
+    /// The publish on `ch` is complete: route it, hand it to its queues, arrange its
+    /// confirm and its return.
+    async fn complete_publish(&mut self, ch: u16) -> AmqpResult<()> {
+        let channel = self.channel(ch);
+        let Some(PendingPublish {
+            method,
+            header: Some((properties, _)),
+            body,
+        }) = channel.publish.take()
+        else {
+            return Ok(());
+        };
+        if let Some(uid) = properties.user_id.as_deref() {
+            if uid != self.user {
+                return Err(AmqpError::precondition(format!(
+                    "user_id property set to '{uid}' but authenticated user was '{}'",
+                    self.user
+                ))
+                .on(60, 40));
+            }
+        }
+        let mut queues = Vec::new();
+        self.state
+            .vhost
+            .route(
+                &method.exchange,
+                &method.routing_key,
+                properties.headers.as_ref(),
+                &mut queues,
+            )
+            .map_err(|e| e.on(60, 40))?;
+        let message = Arc::new(Message {
+            exchange: method.exchange.as_str().into(),
+            routing_key: method.routing_key.as_str().into(),
+            properties,
+            body: body.into_bytes(),
+        });
+        if queues.is_empty() && method.mandatory {
+            let ret = Method::BasicReturn(BasicReturn {
+                reply_code: ReplyCode::NoRoute.code(),
+                reply_text: "NO_ROUTE".into(),
+                exchange: method.exchange.clone(),
+                routing_key: method.routing_key.clone(),
+            });
+            encode_content(
+                &mut self.out,
+                ch,
+                &ret,
+                &message.properties,
+                &message.body,
+                self.frame_max,
+            );
+        }
+        let seq = self
+            .channel(ch)
+            .confirms
+            .as_mut()
+            .map(|c| c.publish(queues.len() as u32));
+        for q in queues {
+            let confirm = seq.map(|seq| ConfirmTicket {
+                sink: self.events.clone(),
+                channel: ch,
+                seq,
+            });
+            if !q
+                .send(QueueCommand::Publish {
+                    message: message.clone(),
+                    confirm,
+                })
+                .await
+            {
+                // The queue was deleted under us: nobody will answer for it.
+                if let (Some(seq), Some(c)) = (seq, self.channel(ch).confirms.as_mut()) {
+                    c.answer(seq, true);
+                }
+            }
+        }
+        if seq.is_some() {
+            self.emit_confirms(ch);
+        }
+        Ok(())
+    }
+
+    /// Sends the confirms that have become due on `ch`.
+    pub(crate) fn emit_confirms(&mut self, ch: u16) {
+        let mut due = Vec::new();
+        if let Some(c) = self.channels.get_mut(&ch).and_then(|c| c.confirms.as_mut()) {
+            c.drain(&mut due);
+        }
+        for confirm in due {
+            let m = match confirm {
+                Confirm::Ack(tag, multiple) => BasicAck {
+                    delivery_tag: tag,
+                    multiple,
+                }
+                .into(),
+                Confirm::Nack(tag) => BasicNack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                }
+                .into(),
+            };
+            self.send_method(ch, m);
+        }
+    }
+
+    /// Writes a delivery from a queue, or hands it back if its consumer is gone.
+    pub(crate) fn deliver(&mut self, d: Delivery) {
+        let frame_max = self.frame_max;
+        let live = self.channels.get_mut(&d.channel).filter(|c| {
+            c.status == super::ChannelStatus::Open
+                && c.consumers
+                    .get(&d.consumer_tag)
+                    .is_some_and(|x| x.id == d.consumer_id)
+        });
+        let Some(channel) = live else {
+            if !d.no_ack {
+                d.queue.send_now(QueueCommand::Settle {
+                    ids: vec![d.msg_id],
+                    requeue: true,
+                });
+            }
+            if d.charged {
+                if let Some(c) = self.channels.get(&d.channel) {
+                    c.credit.release(1);
+                }
+            }
+            return;
+        };
+        let tag = channel.next_tag;
+        channel.next_tag += 1;
+        let m = &d.message;
+        encode_deliver(
+            &mut self.out,
+            d.channel,
+            &d.consumer_tag,
+            tag,
+            d.redelivered,
+            &m.exchange,
+            &m.routing_key,
+            &m.properties,
+            &m.body,
+            frame_max,
+        );
+        if !d.no_ack {
+            channel.outstanding.insert(
+                tag,
+                Outstanding {
+                    queue: d.queue,
+                    msg_id: d.msg_id,
+                    charged: d.charged,
+                },
+            );
+        }
+    }
+}

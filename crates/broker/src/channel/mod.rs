@@ -1,0 +1,192 @@
+//! Channel state, kept inside its connection task: delivery tags and what each stands
+//! for, the channel's consumers, its qos, its confirm state and the publish being
+//! assembled from method, header and body frames. The method handlers are in
+//! [`handlers`]; the confirm rule in [`confirms`].
+
+pub mod confirms;
+pub mod handlers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use minimq_protocol::{BasicProperties, BasicPublish};
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::queue::{ChannelCredit, QueueHandle};
+use confirms::Confirms;
+
+/// What a delivery tag stands for.
+#[derive(Debug, Clone)]
+pub struct Outstanding {
+    /// The queue holding the message.
+    pub queue: QueueHandle,
+    /// The message's id in that queue.
+    pub msg_id: u64,
+    /// Whether it took a unit of the channel's global credit.
+    pub charged: bool,
+}
+
+/// A consumer on this channel.
+#[derive(Debug, Clone)]
+pub struct ChannelConsumer {
+    /// Broker-wide consumer id.
+    pub id: u64,
+    /// The queue consumed from.
+    pub queue: QueueHandle,
+}
+
+/// A publish whose content is still arriving.
+#[derive(Debug)]
+pub struct PendingPublish {
+    /// The `basic.publish` method.
+    pub method: BasicPublish,
+    /// Properties and declared size, once the header frame arrived.
+    pub header: Option<(BasicProperties, u64)>,
+    /// Body frames so far.
+    pub body: BodyParts,
+}
+
+/// Body frames of one message. One frame (the common case) stays a zero-copy slice.
+#[derive(Debug, Default)]
+pub enum BodyParts {
+    /// Nothing yet.
+    #[default]
+    Empty,
+    /// One frame's payload.
+    One(Bytes),
+    /// Several frames, concatenated.
+    Many(BytesMut),
+}
+
+impl BodyParts {
+    /// Octets received.
+    pub fn len(&self) -> u64 {
+        match self {
+            BodyParts::Empty => 0,
+            BodyParts::One(b) => b.len() as u64,
+            BodyParts::Many(b) => b.len() as u64,
+        }
+    }
+
+    /// Whether nothing arrived yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a body frame's payload.
+    pub fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            BodyParts::Empty => BodyParts::One(chunk),
+            BodyParts::One(first) => {
+                let mut b = BytesMut::with_capacity(first.len() + chunk.len());
+                b.extend_from_slice(&first);
+                b.extend_from_slice(&chunk);
+                BodyParts::Many(b)
+            }
+            BodyParts::Many(mut b) => {
+                b.extend_from_slice(&chunk);
+                BodyParts::Many(b)
+            }
+        }
+    }
+
+    /// The whole body.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            BodyParts::Empty => Bytes::new(),
+            BodyParts::One(b) => b,
+            BodyParts::Many(b) => b.freeze(),
+        }
+    }
+}
+
+/// Open, or closed by the server and waiting for the client's `channel.close-ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelStatus {
+    /// In use.
+    Open,
+    /// The server sent `channel.close`; everything but close / close-ok is dropped.
+    Closing,
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Its number.
+    pub id: u16,
+    /// Open or closing.
+    pub status: ChannelStatus,
+    /// Next delivery tag (tags start at 1).
+    pub next_tag: u64,
+    /// Unsettled deliveries by tag.
+    pub outstanding: BTreeMap<u64, Outstanding>,
+    /// Consumers by tag.
+    pub consumers: HashMap<Arc<str>, ChannelConsumer>,
+    /// Prefetch for consumers created from now on (`basic.qos global=false`).
+    pub prefetch: u32,
+    /// The channel-wide limit (`basic.qos global=true`), shared with queues.
+    pub credit: Arc<ChannelCredit>,
+    /// Whether a channel-wide limit was ever set.
+    pub global_qos: bool,
+    /// Confirm mode state.
+    pub confirms: Option<Confirms>,
+    /// A publish being assembled.
+    pub publish: Option<PendingPublish>,
+}
+
+impl Channel {
+    /// A newly opened channel.
+    pub fn new(id: u16) -> Channel {
+        Channel {
+            id,
+            status: ChannelStatus::Open,
+            next_tag: 1,
+            outstanding: BTreeMap::new(),
+            consumers: HashMap::new(),
+            prefetch: 0,
+            credit: Arc::new(ChannelCredit::default()),
+            global_qos: false,
+            confirms: None,
+            publish: None,
+        }
+    }
+
+    /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to
+    /// it with `multiple` (all of them for tag 0). An unknown tag is 406, as in RabbitMQ.
+    pub fn take_outstanding(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
+        if multiple && tag == 0 {
+            return Ok(std::mem::take(&mut self.outstanding)
+                .into_values()
+                .collect());
+        }
+        if !self.outstanding.contains_key(&tag) {
+            return Err(AmqpError::precondition(format!(
+                "unknown delivery tag {tag}"
+            )));
+        }
+        if multiple {
+            let rest = self.outstanding.split_off(&(tag + 1));
+            let taken = std::mem::replace(&mut self.outstanding, rest);
+            Ok(taken.into_values().collect())
+        } else {
+            Ok(self.outstanding.remove(&tag).into_iter().collect())
+        }
+    }
+}
+
+/// Groups settled deliveries by queue: one command per queue.
+pub fn group_by_queue(items: Vec<Outstanding>) -> Vec<(QueueHandle, Vec<u64>, u32)> {
+    let mut groups: Vec<(QueueHandle, Vec<u64>, u32)> = Vec::new();
+    for o in items {
+        let charged = u32::from(o.charged);
+        match groups.iter_mut().find(|(q, _, _)| q.same(&o.queue)) {
+            Some(g) => {
+                g.1.push(o.msg_id);
+                g.2 += charged;
+            }
+            None => groups.push((o.queue, vec![o.msg_id], charged)),
+        }
+    }
+    groups
+}

@@ -1,0 +1,506 @@
+//! One task per client connection: it reads frames, runs the handshake, keeps every
+//! channel's state, turns queue events into deliveries and confirms, and hands encoded
+//! frames to the connection's writer task ([`writer`]).
+//!
+//! The task never blocks on the writer. It appends outgoing frames to `out` while it works
+//! through everything that is ready (frames and queue events), then sends the whole batch
+//! to the writer at once.
+//!
+//! Errors: a channel error closes that channel (`channel.close`), a connection error
+//! sends `connection.close` and waits briefly for `close-ok`. Either way every unacked
+//! message of the channels involved goes back to its queue.
+
+mod handshake;
+mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use minimq_protocol::frame::{encode_method, PROTOCOL_HEADER};
+use minimq_protocol::{
+    ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk, Frame,
+    FrameCodec, Method, ReplyCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use crate::channel::{Channel, ChannelStatus};
+use crate::error::AmqpError;
+use crate::queue::{EventSink, QueueCommand, QueueEvent, QueueHandle};
+use crate::server::BrokerState;
+
+pub(crate) type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+
+/// How long a connection waits for `close-ok` after sending `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Flush the out buffer to the writer once it holds this much.
+const FLUSH_AT: usize = 256 * 1024;
+/// Most queue events handled between two looks at the socket.
+const EVENT_BATCH: usize = 256;
+
+/// What the frame loop does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The state of one connection, owned by its task.
+pub struct Conn {
+    pub(crate) state: Arc<BrokerState>,
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) user: String,
+    pub(crate) out: BytesMut,
+    writer: mpsc::UnboundedSender<Bytes>,
+    pub(crate) events: EventSink,
+    pub(crate) frame_max: u32,
+    pub(crate) channel_max: u16,
+    pub(crate) heartbeat: u16,
+    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) exclusive_queues: Vec<QueueHandle>,
+    pub(crate) cancel_notify: bool,
+    pub(crate) auth_failure_close: bool,
+    closing: bool,
+    last_sent: Instant,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+    let timeout = state.config.handshake_timeout;
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(timeout, socket.read_exact(&mut header)).await {
+        Ok(Ok(_)) if header == PROTOCOL_HEADER => {}
+        Ok(Ok(_)) => {
+            tracing::debug!(%peer, ?header, "bad protocol header");
+            let _ = socket.write_all(&PROTOCOL_HEADER).await;
+            let _ = socket.shutdown().await;
+            return;
+        }
+        _ => return,
+    }
+    let (read_half, write_half) = socket.into_split();
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(state.config.frame_max));
+    let mut conn = Conn {
+        id: state.next_conn_id(),
+        state,
+        peer,
+        user: String::new(),
+        out: BytesMut::with_capacity(64 * 1024),
+        writer: writer_tx,
+        events: events_tx,
+        frame_max: 0,
+        channel_max: 0,
+        heartbeat: 0,
+        channels: HashMap::new(),
+        exclusive_queues: Vec::new(),
+        cancel_notify: false,
+        auth_failure_close: false,
+        closing: false,
+        last_sent: Instant::now(),
+    };
+    match tokio::time::timeout(timeout, handshake::run(&mut conn, &mut reader)).await {
+        Ok(Ok(handshake::Outcome::Open)) => {
+            tracing::debug!(%peer, conn = conn.id, user = %conn.user, "connection open");
+            conn.run(&mut reader, events_rx).await;
+        }
+        Ok(Ok(handshake::Outcome::Closed)) => {}
+        Ok(Err(e)) => {
+            conn.send_connection_close(&e);
+            conn.flush();
+            conn.await_close_ok(&mut reader).await;
+        }
+        Err(_) => tracing::debug!(%peer, "handshake timed out"),
+    }
+    conn.cleanup().await;
+    drop(conn);
+    let _ = writer_task.await;
+}
+
+impl Conn {
+    async fn run(&mut self, reader: &mut Reader, mut events: mpsc::UnboundedReceiver<QueueEvent>) {
+        let hb = Duration::from_secs(u64::from(self.heartbeat));
+        let mut tick = tokio::time::interval(if self.heartbeat > 0 {
+            hb / 2
+        } else {
+            Duration::from_secs(3600)
+        });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_recv = Instant::now();
+        let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !self.closing => {
+                    let e = AmqpError::new(
+                        ReplyCode::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                    );
+                    self.fail_connection(e, &mut close_deadline).await;
+                }
+                frame = reader.next() => match frame {
+                    Some(Ok(frame)) => {
+                        last_recv = Instant::now();
+                        match self.on_frame(frame).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Stop) => break,
+                            Err(e) => self.fail_connection(e, &mut close_deadline).await,
+                        }
+                    }
+                    Some(Err(CodecError::Decode(e))) => {
+                        tracing::debug!(conn = self.id, error = %e, "undecodable frame");
+                        let err = AmqpError::new(e.reply_code(), e);
+                        self.release_all().await;
+                        self.send_connection_close(&err);
+                        self.flush();
+                        break;
+                    }
+                    Some(Err(CodecError::Io(_))) | None => {
+                        tracing::debug!(conn = self.id, "socket closed");
+                        break;
+                    }
+                },
+                Some(ev) = events.recv() => {
+                    self.on_event(ev);
+                    for _ in 0..EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => self.on_event(ev),
+                            Err(_) => break,
+                        }
+                        if self.out.len() >= FLUSH_AT {
+                            self.flush();
+                        }
+                    }
+                }
+                _ = tick.tick(), if self.heartbeat > 0 => {
+                    if last_recv.elapsed() > hb * 2 {
+                        tracing::info!(conn = self.id, peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
+                        break;
+                    }
+                    if self.last_sent.elapsed() >= hb / 2 {
+                        Frame::Heartbeat.encode(&mut self.out);
+                    }
+                }
+                _ = tokio::time::sleep_until(close_deadline), if self.closing => break,
+            }
+            if !self.out.is_empty() {
+                self.flush();
+            }
+        }
+        self.flush();
+    }
+
+    /// Appends a method frame to the out buffer.
+    pub(crate) fn send_method(&mut self, channel: u16, method: Method) {
+        encode_method(&mut self.out, channel, &method);
+    }
+
+    /// Hands the out buffer to the writer.
+    pub(crate) fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let _ = self.writer.send(self.out.split().freeze());
+            self.last_sent = Instant::now();
+        }
+    }
+
+    fn send_connection_close(&mut self, e: &AmqpError) {
+        tracing::info!(conn = self.id, peer = %self.peer, code = e.code.code(), text = %e.text, "closing connection");
+        self.send_method(
+            0,
+            ConnectionClose {
+                reply_code: e.code.code(),
+                reply_text: e.text.clone(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            }
+            .into(),
+        );
+    }
+
+    async fn fail_connection(&mut self, e: AmqpError, deadline: &mut Instant) {
+        if self.closing {
+            return;
+        }
+        self.release_all().await;
+        self.send_connection_close(&e);
+        self.closing = true;
+        *deadline = Instant::now() + CLOSE_TIMEOUT;
+    }
+
+    async fn await_close_ok(&mut self, reader: &mut Reader) {
+        let wait = async {
+            while let Some(Ok(frame)) = reader.next().await {
+                if let Frame::Method(0, Method::ConnectionCloseOk(_) | Method::ConnectionClose(_)) =
+                    frame
+                {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+    }
+
+    /// Closes a channel with an error: its unacked messages are requeued, its consumers
+    /// removed, and the client is sent `channel.close`.
+    pub(crate) async fn fail_channel(&mut self, channel: u16, e: AmqpError) {
+        tracing::debug!(conn = self.id, channel, code = e.code.code(), text = %e.text, "channel error");
+        self.release_channel(channel, false).await;
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.status = ChannelStatus::Closing;
+            ch.publish = None;
+        }
+        self.send_method(
+            channel,
+            ChannelClose {
+                reply_code: e.code.code(),
+                reply_text: e.text,
+                class_id: e.class_id,
+                method_id: e.method_id,
+            }
+            .into(),
+        );
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<Flow, AmqpError> {
+        if self.closing {
+            return Ok(match frame {
+                Frame::Method(0, Method::ConnectionCloseOk(_)) => Flow::Stop,
+                Frame::Method(0, Method::ConnectionClose(_)) => {
+                    self.send_method(0, ConnectionCloseOk.into());
+                    Flow::Stop
+                }
+                _ => Flow::Continue,
+            });
+        }
+        match frame {
+            Frame::Heartbeat => Ok(Flow::Continue),
+            Frame::Method(0, m) => self.on_connection_method(m).await,
+            Frame::Method(ch, m) => {
+                self.check_channel_id(ch)?;
+                let (class_id, method_id) = (m.class_id(), m.method_id());
+                match self.on_channel_frame(ch, m).await {
+                    Ok(()) => Ok(Flow::Continue),
+                    Err(e) => {
+                        let e = e.on(class_id, method_id);
+                        if e.is_hard() {
+                            return Err(e);
+                        }
+                        self.fail_channel(ch, e).await;
+                        Ok(Flow::Continue)
+                    }
+                }
+            }
+            Frame::Header(0, _) | Frame::Body(0, _) => Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected method frame, got non method frame instead",
+            )),
+            Frame::Header(ch, header) => {
+                self.check_channel_id(ch)?;
+                match self.on_header(ch, *header).await {
+                    Ok(()) => Ok(Flow::Continue),
+                    Err(e) if e.is_hard() => Err(e),
+                    Err(e) => {
+                        self.fail_channel(ch, e.on(60, 40)).await;
+                        Ok(Flow::Continue)
+                    }
+                }
+            }
+            Frame::Body(ch, body) => {
+                self.check_channel_id(ch)?;
+                match self.on_body(ch, body).await {
+                    Ok(()) => Ok(Flow::Continue),
+                    Err(e) if e.is_hard() => Err(e),
+                    Err(e) => {
+                        self.fail_channel(ch, e.on(60, 40)).await;
+                        Ok(Flow::Continue)
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_channel_id(&self, ch: u16) -> Result<(), AmqpError> {
+        if ch > self.channel_max {
+            return Err(AmqpError::new(
+                ReplyCode::NotAllowed,
+                format!(
+                    "channel {ch} is above the negotiated channel_max ({})",
+                    self.channel_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_connection_method(&mut self, m: Method) -> Result<Flow, AmqpError> {
+        let (class_id, method_id) = (m.class_id(), m.method_id());
+        match m {
+            Method::ConnectionClose(c) => {
+                tracing::debug!(conn = self.id, code = c.reply_code, text = %c.reply_text, "client closed connection");
+                self.release_all().await;
+                self.send_method(0, ConnectionCloseOk.into());
+                Ok(Flow::Stop)
+            }
+            Method::ConnectionCloseOk(_) => Ok(Flow::Stop),
+            Method::ConnectionUpdateSecret(_) => {
+                self.send_method(0, minimq_protocol::ConnectionUpdateSecretOk.into());
+                Ok(Flow::Continue)
+            }
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Flow::Continue),
+            other if other.class_id() == 10 => Err(AmqpError::new(
+                ReplyCode::CommandInvalid,
+                format!("unexpected method '{}' after the handshake", other.name()),
+            )
+            .on(class_id, method_id)),
+            other => Err(AmqpError::new(
+                ReplyCode::CommandInvalid,
+                format!("method '{}' is not allowed on channel 0", other.name()),
+            )
+            .on(class_id, method_id)),
+        }
+    }
+
+    /// Routes a method to its channel, enforcing the channel life cycle.
+    async fn on_channel_frame(&mut self, ch: u16, m: Method) -> Result<(), AmqpError> {
+        let status = self
+            .channels
+            .get(&ch)
+            .map(|c| (c.status, c.publish.is_some()));
+        match (status, m) {
+            (None, Method::ChannelOpen(_)) => {
+                self.channels.insert(ch, Channel::new(ch));
+                self.send_method(ch, minimq_protocol::ChannelOpenOk.into());
+                Ok(())
+            }
+            (None, _) => Err(AmqpError::new(
+                ReplyCode::ChannelError,
+                "expected 'channel.open'",
+            )),
+            (Some((ChannelStatus::Closing, _)), Method::ChannelCloseOk(_)) => {
+                self.channels.remove(&ch);
+                Ok(())
+            }
+            (Some((ChannelStatus::Closing, _)), Method::ChannelClose(_)) => {
+                self.channels.remove(&ch);
+                self.send_method(ch, ChannelCloseOk.into());
+                Ok(())
+            }
+            (Some((ChannelStatus::Closing, _)), _) => Ok(()),
+            (Some((ChannelStatus::Open, true)), _) => Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected content header for class 60, got non content header frame instead",
+            )),
+            (Some((ChannelStatus::Open, false)), m) => self.on_channel_method(ch, m).await,
+        }
+    }
+
+    /// Handles a queue event.
+    fn on_event(&mut self, ev: QueueEvent) {
+        match ev {
+            QueueEvent::Deliver(d) => self.deliver(d),
+            QueueEvent::Confirm { channel, seq, ok } => {
+                if let Some(c) = self
+                    .channels
+                    .get_mut(&channel)
+                    .and_then(|c| c.confirms.as_mut())
+                {
+                    c.answer(seq, ok);
+                }
+                self.emit_confirms(channel);
+            }
+            QueueEvent::Cancelled {
+                channel,
+                consumer_tag,
+                consumer_id,
+            } => {
+                let Some(ch) = self.channels.get_mut(&channel) else {
+                    return;
+                };
+                if ch
+                    .consumers
+                    .get(&consumer_tag)
+                    .is_some_and(|c| c.id == consumer_id)
+                {
+                    ch.consumers.remove(&consumer_tag);
+                    if self.cancel_notify && ch.status == ChannelStatus::Open {
+                        self.send_method(
+                            channel,
+                            minimq_protocol::BasicCancel {
+                                consumer_tag: consumer_tag.to_string(),
+                                no_wait: true,
+                            }
+                            .into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requeues everything every channel holds and removes their consumers.
+    async fn release_all(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for ch in ids {
+            self.release_channel(ch, true).await;
+        }
+    }
+
+    /// Returns a channel's unacked messages to their queues and removes its consumers.
+    /// With `remove`, the channel itself is forgotten.
+    pub(crate) async fn release_channel(&mut self, ch: u16, remove: bool) {
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        let outstanding = std::mem::take(&mut channel.outstanding);
+        let consumers: Vec<QueueHandle> = channel.consumers.drain().map(|(_, c)| c.queue).collect();
+        channel.confirms = None;
+        if remove {
+            self.channels.remove(&ch);
+        }
+        let mut queues: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
+        for o in outstanding.into_values() {
+            match queues.iter_mut().find(|(q, _)| q.same(&o.queue)) {
+                Some((_, ids)) => ids.push(o.msg_id),
+                None => queues.push((o.queue, vec![o.msg_id])),
+            }
+        }
+        for q in consumers {
+            if !queues.iter().any(|(x, _)| x.same(&q)) {
+                queues.push((q, Vec::new()));
+            }
+        }
+        for (q, requeue) in queues {
+            q.send(QueueCommand::ChannelClosed {
+                conn_id: self.id,
+                channel: ch,
+                requeue,
+            })
+            .await;
+        }
+    }
+
+    /// Final cleanup: requeue, drop consumers, delete exclusive queues.
+    async fn cleanup(&mut self) {
+        self.release_all().await;
+        for q in std::mem::take(&mut self.exclusive_queues) {
+            let _ = self
+                .state
+                .vhost
+                .delete_queue(q.name(), self.id, false, false)
+                .await;
+        }
+        self.flush();
+    }
+}

@@ -1,0 +1,192 @@
+//! Exchanges and routing. The default exchange (`""`) routes to the queue named by the
+//! routing key; the others hold bindings and route by their type's rule. Routing answers
+//! queue names; the vhost turns them into queue handles.
+//!
+//! Bindings live in a `std::sync::RwLock` inside each exchange: routing reads them
+//! without awaiting, so a blocking lock is the right tool.
+
+pub mod topic;
+
+use std::sync::{Arc, RwLock};
+
+use minimq_protocol::{FieldTable, ReplyCode};
+
+use crate::error::{AmqpError, AmqpResult};
+
+/// The routing rule of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Exact routing-key match.
+    Direct,
+    /// Every bound queue.
+    Fanout,
+    /// Dotted-word patterns with `*` and `#`.
+    Topic,
+    /// Header matching (`x-match`).
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parses a declare's type name; RabbitMQ answers 503 for an unknown one.
+    pub fn parse(name: &str) -> AmqpResult<ExchangeKind> {
+        Ok(match name {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            other => {
+                return Err(AmqpError::new(
+                    ReplyCode::CommandInvalid,
+                    format!("unknown exchange type '{other}'"),
+                ))
+            }
+        })
+    }
+
+    /// The type name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// A queue bound to an exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// The bound queue.
+    pub queue: Arc<str>,
+    /// The binding key.
+    pub key: String,
+    /// Binding arguments (used by headers exchanges).
+    pub arguments: FieldTable,
+}
+
+/// An exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Its name (`""` for the default exchange).
+    pub name: Arc<str>,
+    /// Its type.
+    pub kind: ExchangeKind,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+    bindings: RwLock<Vec<Binding>>,
+}
+
+impl Exchange {
+    /// A new exchange with no bindings.
+    pub fn new(
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Exchange {
+        Exchange {
+            name: name.into(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: RwLock::default(),
+        }
+    }
+
+    /// Whether this is the nameless default exchange.
+    pub fn is_default(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    /// Adds a binding (idempotent).
+    pub fn bind(&self, binding: Binding) {
+        let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
+        if !b.contains(&binding) {
+            b.push(binding);
+        }
+    }
+
+    /// Removes a binding; whether it existed.
+    pub fn unbind(&self, queue: &str, key: &str, arguments: &FieldTable) -> bool {
+        let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
+        let before = b.len();
+        b.retain(|x| !(&*x.queue == queue && x.key == key && &x.arguments == arguments));
+        b.len() != before
+    }
+
+    /// Removes every binding to `queue` (the queue was deleted).
+    pub fn unbind_queue(&self, queue: &str) {
+        self.bindings
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| &*x.queue != queue);
+    }
+
+    /// Whether any queue is bound.
+    pub fn has_bindings(&self) -> bool {
+        !self
+            .bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// The names of the queues a message with `routing_key` and `headers` goes to,
+    /// without duplicates. The default exchange is routed by the vhost.
+    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Arc<str>>) {
+        let bindings = self.bindings.read().unwrap_or_else(|e| e.into_inner());
+        for b in bindings.iter() {
+            let hit = match self.kind {
+                ExchangeKind::Direct => b.key == routing_key,
+                ExchangeKind::Fanout => true,
+                ExchangeKind::Topic => topic::matches(&b.key, routing_key),
+                ExchangeKind::Headers => headers_match(&b.arguments, headers),
+            };
+            if hit && !out.contains(&b.queue) {
+                out.push(b.queue.clone());
+            }
+        }
+    }
+}
+
+/// RabbitMQ's headers matching: `x-match` `all` (default) or `any`; keys starting `x-` are
+/// ignored unless the mode is `all-with-x` / `any-with-x`. A binding value of type void
+/// matches on presence alone.
+fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
+    let mode = binding
+        .get("x-match")
+        .and_then(|v| v.as_str())
+        .unwrap_or("all");
+    let (any, with_x) = match mode {
+        "any" => (true, false),
+        "any-with-x" => (true, true),
+        "all-with-x" => (false, true),
+        _ => (false, false),
+    };
+    let empty = FieldTable::new();
+    let headers = headers.unwrap_or(&empty);
+    let mut considered = binding
+        .iter()
+        .filter(|(k, _)| *k != "x-match" && (with_x || !k.starts_with("x-")));
+    let check = |(k, v): (&str, &minimq_protocol::FieldValue)| match headers.get(k) {
+        None => false,
+        Some(_) if matches!(v, minimq_protocol::FieldValue::Void) => true,
+        Some(h) => h == v,
+    };
+    if any {
+        considered.any(check)
+    } else {
+        considered.all(check)
+    }
+}

@@ -1,0 +1,71 @@
+//! `minimq-server`: runs the broker with flags or `MINIMQ_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use minimq_broker::{Broker, Config};
+use tracing_subscriber::EnvFilter;
+
+/// An AMQP 0-9-1 broker for work queues.
+#[derive(Debug, Parser)]
+#[command(name = "minimq-server", version, about)]
+struct Args {
+    /// Address to listen on for AMQP.
+    #[arg(long, env = "MINIMQ_LISTEN", default_value = "127.0.0.1:5672")]
+    listen: SocketAddr,
+    /// Directory for durable queues and persistent messages.
+    #[arg(long, env = "MINIMQ_DATA_DIR", default_value = "./minimq-data")]
+    data_dir: PathBuf,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "MINIMQ_LOG", default_value = "info")]
+    log: String,
+    /// Heartbeat interval offered to clients, seconds (0 disables).
+    #[arg(long, env = "MINIMQ_HEARTBEAT", default_value_t = 60)]
+    heartbeat: u16,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        heartbeat: args.heartbeat,
+        ..Config::default()
+    };
+    let broker = match Broker::builder().config(config).start().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, listen = %args.listen, "cannot start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let handle = broker.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        handle.shutdown();
+    });
+    broker.wait_for_shutdown_request().await;
+    broker.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

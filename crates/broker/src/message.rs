@@ -1,0 +1,36 @@
+//! A published message as the broker keeps it: immutable once assembled and shared by
+//! every queue it is routed to (`Arc<Message>`); the body is a `Bytes` slice, so no queue
+//! and no consumer copies it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use minimq_protocol::BasicProperties;
+
+/// A message after publish: where it was sent, its properties and body.
+#[derive(Debug)]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: Arc<str>,
+    /// The routing key it was published with.
+    pub routing_key: Arc<str>,
+    /// Its properties.
+    pub properties: BasicProperties,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// Whether it asked to be persisted (`delivery_mode = 2`).
+    pub fn is_persistent(&self) -> bool {
+        self.properties.is_persistent()
+    }
+
+    /// Its per-message TTL in milliseconds from the `expiration` property, if valid.
+    pub fn ttl_ms(&self) -> Option<u64> {
+        self.properties
+            .expiration
+            .as_deref()
+            .and_then(|e| e.parse().ok())
+    }
+}

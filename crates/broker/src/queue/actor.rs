@@ -1,0 +1,489 @@
+//! The queue task: the single owner of a queue's messages and consumers.
+//!
+//! Dispatch model (RabbitMQ's): consumers with credit wait in `active`, a FIFO. The head
+//! consumer gets the head message and goes to the tail if it still has credit; otherwise
+//! it is parked as blocked and rejoins at the tail when an ack (or more channel credit)
+//! gives it room. Two consumers and five messages split 1,3,5 / 2,4; with prefetch 1 a
+//! busy worker is skipped, so faster workers get more.
+//!
+//! Ordering: every message gets a sequence number at enqueue. The ready list is kept in
+//! sequence order, so a requeued message goes back to its original place, not the tail.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use minimq_protocol::ReplyCode;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{
+    ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, QueueCommand, QueueCounts,
+    QueueEvent, QueueHandle,
+};
+use crate::error::AmqpError;
+use crate::message::Message;
+use crate::vhost::VHost;
+
+struct Entry {
+    seq: u64,
+    message: Arc<Message>,
+    expires_at: Option<Instant>,
+    redelivered: bool,
+}
+
+struct Unacked {
+    entry: Entry,
+    consumer: Option<u64>,
+}
+
+struct Consumer {
+    spec: ConsumerSpec,
+    unacked: u32,
+    blocked: bool,
+}
+
+impl Consumer {
+    fn own_credit(&self) -> bool {
+        self.spec.no_ack || self.spec.prefetch == 0 || self.unacked < self.spec.prefetch
+    }
+
+    fn channel_credit(&self) -> bool {
+        self.spec.no_ack
+            || self
+                .spec
+                .channel_credit
+                .as_ref()
+                .is_none_or(|c| c.available())
+    }
+}
+
+/// The state of one queue; see the module docs.
+pub struct QueueActor {
+    handle: QueueHandle,
+    vhost: Weak<VHost>,
+    ready: VecDeque<Entry>,
+    ready_bytes: u64,
+    unacked: HashMap<u64, Unacked>,
+    consumers: BTreeMap<u64, Consumer>,
+    active: VecDeque<u64>,
+    next_seq: u64,
+    had_consumer: bool,
+}
+
+/// Starts the task of a new queue.
+pub fn spawn(handle: QueueHandle, rx: mpsc::Receiver<QueueCommand>, vhost: Weak<VHost>) {
+    let actor = QueueActor {
+        handle,
+        vhost,
+        ready: VecDeque::new(),
+        ready_bytes: 0,
+        unacked: HashMap::new(),
+        consumers: BTreeMap::new(),
+        active: VecDeque::new(),
+        next_seq: 1,
+        had_consumer: false,
+    };
+    tokio::spawn(actor.run(rx));
+}
+
+impl QueueActor {
+    async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
+        loop {
+            let deadline = self.ready.front().and_then(|e| e.expires_at);
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    let now = Instant::now();
+                    self.expire(now);
+                    self.dispatch(now);
+                    continue;
+                }
+            };
+            if !self.handle(cmd) {
+                break;
+            }
+        }
+        // Gone: answer whatever is still queued so nobody waits forever.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            answer_dead(cmd, &self.handle);
+        }
+        tracing::debug!(queue = %self.handle.name(), "queue stopped");
+    }
+
+    /// Handles one command; `false` when the queue is deleted.
+    fn handle(&mut self, cmd: QueueCommand) -> bool {
+        let now = Instant::now();
+        match cmd {
+            QueueCommand::Publish { message, confirm } => {
+                self.publish(message, confirm, now);
+                self.dispatch(now);
+            }
+            QueueCommand::Consume { consumer, reply } => {
+                let result = self.add_consumer(consumer);
+                let _ = reply.send(result);
+                self.dispatch(now);
+            }
+            QueueCommand::Cancel { consumer_id, reply } => {
+                self.consumers.remove(&consumer_id);
+                self.active.retain(|c| *c != consumer_id);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                if self.should_auto_delete() {
+                    return self.auto_delete();
+                }
+            }
+            QueueCommand::Settle { ids, requeue } => {
+                self.settle(ids, requeue);
+                self.dispatch(now);
+            }
+            QueueCommand::ChannelClosed {
+                conn_id,
+                channel,
+                requeue,
+            } => {
+                let gone: Vec<u64> = self
+                    .consumers
+                    .iter()
+                    .filter(|(_, c)| c.spec.conn_id == conn_id && c.spec.channel == channel)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in &gone {
+                    self.consumers.remove(id);
+                }
+                self.active.retain(|c| !gone.contains(c));
+                self.settle(requeue, true);
+                if self.should_auto_delete() {
+                    return self.auto_delete();
+                }
+                self.dispatch(now);
+            }
+            QueueCommand::CreditAvailable => {
+                self.unblock_where(|_| true);
+                self.dispatch(now);
+            }
+            QueueCommand::Get { no_ack, reply } => {
+                self.expire(now);
+                let result = self.ready.pop_front().map(|entry| {
+                    self.ready_bytes -= entry.message.body.len() as u64;
+                    let got = GetResult {
+                        msg_id: entry.seq,
+                        message: entry.message.clone(),
+                        redelivered: entry.redelivered,
+                        remaining: self.ready.len() as u32,
+                    };
+                    if !no_ack {
+                        self.unacked.insert(
+                            entry.seq,
+                            Unacked {
+                                entry,
+                                consumer: None,
+                            },
+                        );
+                    }
+                    got
+                });
+                let _ = reply.send(result);
+            }
+            QueueCommand::Purge { reply } => {
+                let n = self.ready.len() as u32;
+                self.ready.clear();
+                self.ready_bytes = 0;
+                let _ = reply.send(n);
+            }
+            QueueCommand::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                self.expire(now);
+                let name = self.handle.name().clone();
+                if if_unused && !self.consumers.is_empty() {
+                    let _ = reply.send(Err(AmqpError::precondition(format!(
+                        "queue '{name}' in vhost '/' in use"
+                    ))));
+                } else if if_empty && !self.ready.is_empty() {
+                    let _ = reply.send(Err(AmqpError::precondition(format!(
+                        "queue '{name}' in vhost '/' is not empty"
+                    ))));
+                } else {
+                    let n = self.ready.len() as u32;
+                    self.cancel_all_consumers();
+                    let _ = reply.send(Ok(n));
+                    return false;
+                }
+            }
+            QueueCommand::Counts { reply } => {
+                self.expire(now);
+                let _ = reply.send(QueueCounts {
+                    ready: self.ready.len() as u32,
+                    unacked: self.unacked.len() as u32,
+                    consumers: self.consumers.len() as u32,
+                });
+            }
+        }
+        true
+    }
+
+    fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>, now: Instant) {
+        let args = &self.handle.info().args;
+        let size = message.body.len() as u64;
+        let full = args
+            .max_length
+            .is_some_and(|m| self.ready.len() as u64 >= m)
+            || args
+                .max_length_bytes
+                .is_some_and(|m| self.ready_bytes + size > m);
+        if full
+            && matches!(
+                args.overflow,
+                Overflow::RejectPublish | Overflow::RejectPublishDlx
+            )
+        {
+            if let Some(c) = confirm {
+                c.send(false);
+            }
+            return;
+        }
+        let ttl = match (args.message_ttl, message.ttl_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map(|ms| now + std::time::Duration::from_millis(ms));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready_bytes += size;
+        self.ready.push_back(Entry {
+            seq,
+            message,
+            expires_at,
+            redelivered: false,
+        });
+        let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
+        while max_len.is_some_and(|m| self.ready.len() as u64 > m)
+            || max_bytes.is_some_and(|m| self.ready_bytes > m)
+        {
+            match self.ready.pop_front() {
+                Some(dropped) => self.ready_bytes -= dropped.message.body.len() as u64,
+                None => break,
+            }
+        }
+        if let Some(c) = confirm {
+            c.send(true);
+        }
+    }
+
+    fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
+        let name = self.handle.name();
+        let exclusive_taken = self.consumers.values().any(|c| c.spec.exclusive);
+        if exclusive_taken || (spec.exclusive && !self.consumers.is_empty()) {
+            return Err(AmqpError::new(
+                ReplyCode::AccessRefused,
+                format!("queue '{name}' in vhost '/' in exclusive use"),
+            ));
+        }
+        let id = spec.id;
+        self.consumers.insert(
+            id,
+            Consumer {
+                spec,
+                unacked: 0,
+                blocked: false,
+            },
+        );
+        self.active.push_back(id);
+        self.had_consumer = true;
+        Ok(())
+    }
+
+    fn should_auto_delete(&self) -> bool {
+        self.handle.info().auto_delete && self.had_consumer && self.consumers.is_empty()
+    }
+
+    fn auto_delete(&mut self) -> bool {
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.forget_queue(&self.handle);
+        }
+        false
+    }
+
+    fn cancel_all_consumers(&mut self) {
+        for (id, c) in std::mem::take(&mut self.consumers) {
+            let _ = c.spec.sink.send(QueueEvent::Cancelled {
+                channel: c.spec.channel,
+                consumer_tag: c.spec.tag.clone(),
+                consumer_id: id,
+            });
+        }
+        self.active.clear();
+    }
+
+    fn settle(&mut self, mut ids: Vec<u64>, requeue: bool) {
+        if requeue {
+            // Highest first, so a batch that all belongs before the head costs O(1) each.
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let mut freed = Vec::new();
+        for id in ids {
+            let Some(Unacked {
+                mut entry,
+                consumer,
+            }) = self.unacked.remove(&id)
+            else {
+                continue;
+            };
+            if let Some(cid) = consumer {
+                freed.push(cid);
+            }
+            if requeue {
+                entry.redelivered = true;
+                self.ready_bytes += entry.message.body.len() as u64;
+                let pos = self.ready.partition_point(|e| e.seq < entry.seq);
+                self.ready.insert(pos, entry);
+            }
+        }
+        for cid in freed {
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+        }
+        self.unblock_where(|_| true);
+    }
+
+    /// Moves blocked consumers that have credit again to the tail of `active`.
+    fn unblock_where(&mut self, filter: impl Fn(&Consumer) -> bool) {
+        for (id, c) in self.consumers.iter_mut() {
+            if c.blocked && c.own_credit() && c.channel_credit() && filter(c) {
+                c.blocked = false;
+                self.active.push_back(*id);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .ready
+            .front()
+            .is_some_and(|e| e.expires_at.is_some_and(|t| now > t))
+        {
+            if let Some(e) = self.ready.pop_front() {
+                self.ready_bytes -= e.message.body.len() as u64;
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant) {
+        loop {
+            self.expire(now);
+            if self.ready.is_empty() {
+                return;
+            }
+            let Some(cid) = self.active.pop_front() else {
+                return;
+            };
+            let Some(c) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
+            if !c.own_credit() {
+                c.blocked = true;
+                continue;
+            }
+            let charged = match (&c.spec.channel_credit, c.spec.no_ack) {
+                (Some(credit), false) => {
+                    if !credit.try_acquire() {
+                        c.blocked = true;
+                        continue;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            let Some(entry) = self.ready.pop_front() else {
+                return;
+            };
+            let delivery = Delivery {
+                channel: c.spec.channel,
+                consumer_tag: c.spec.tag.clone(),
+                consumer_id: cid,
+                queue: self.handle.clone(),
+                msg_id: entry.seq,
+                message: entry.message.clone(),
+                redelivered: entry.redelivered,
+                no_ack: c.spec.no_ack,
+                charged,
+            };
+            if c.spec.sink.send(QueueEvent::Deliver(delivery)).is_err() {
+                // The connection is gone; its cleanup will tell us. Keep the message.
+                if charged {
+                    if let Some(credit) = &c.spec.channel_credit {
+                        credit.release(1);
+                    }
+                }
+                self.ready.push_front(entry);
+                self.consumers.remove(&cid);
+                continue;
+            }
+            self.ready_bytes -= entry.message.body.len() as u64;
+            if !c.spec.no_ack {
+                c.unacked += 1;
+                self.unacked.insert(
+                    entry.seq,
+                    Unacked {
+                        entry,
+                        consumer: Some(cid),
+                    },
+                );
+            }
+            if c.own_credit() && c.channel_credit() {
+                self.active.push_back(cid);
+            } else {
+                c.blocked = true;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a command that reached a queue after it was deleted.
+fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
+    match cmd {
+        QueueCommand::Publish { confirm, .. } => {
+            if let Some(c) = confirm {
+                c.send(true);
+            }
+        }
+        QueueCommand::Consume { reply, .. } => {
+            let _ = reply.send(Err(AmqpError::no_queue(handle.name())));
+        }
+        QueueCommand::Cancel { reply, .. } => {
+            if let Some(r) = reply {
+                let _ = r.send(());
+            }
+        }
+        QueueCommand::Get { reply, .. } => {
+            let _ = reply.send(None);
+        }
+        QueueCommand::Purge { reply } => {
+            let _ = reply.send(0);
+        }
+        QueueCommand::Delete { reply, .. } => {
+            let _ = reply.send(Ok(0));
+        }
+        QueueCommand::Counts { reply } => {
+            let _ = reply.send(QueueCounts::default());
+        }
+        QueueCommand::Settle { .. }
+        | QueueCommand::ChannelClosed { .. }
+        | QueueCommand::CreditAvailable => {}
+    }
+}

@@ -1,0 +1,237 @@
+//! Queue arguments (`x-message-ttl`, `x-max-length`, `x-overflow`, `x-queue-type`, …):
+//! validation at declare time, and the equivalence check of a redeclare.
+
+use minimq_protocol::{FieldTable, FieldValue};
+
+use crate::error::{AmqpError, AmqpResult};
+
+/// What to do when a queue with `x-max-length` is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready message.
+    DropHead,
+    /// Refuse the new message (nacked under confirms).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// The queue type named by `x-queue-type`. Both behave as one in-process queue here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// `classic` (the default).
+    Classic,
+    /// `quorum`: accepted for compatibility; must be durable, non-exclusive.
+    Quorum,
+}
+
+/// The arguments a queue acts on, parsed from its declare table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueArgs {
+    /// `x-message-ttl` in milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-max-length`: most ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: most ready body bytes.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-queue-type`.
+    pub queue_type: QueueType,
+}
+
+impl Default for QueueArgs {
+    fn default() -> Self {
+        QueueArgs {
+            message_ttl: None,
+            max_length: None,
+            max_length_bytes: None,
+            overflow: Overflow::DropHead,
+            queue_type: QueueType::Classic,
+        }
+    }
+}
+
+/// Arguments compared when a queue is redeclared (others are free to differ, as in RabbitMQ).
+const EQUIVALENCE_KEYS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+fn invalid(key: &str, queue: &str, why: impl std::fmt::Display) -> AmqpError {
+    AmqpError::precondition(format!(
+        "invalid arg '{key}' for queue '{queue}' in vhost '/': {why}"
+    ))
+}
+
+fn non_negative(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
+    match v.as_i64() {
+        Some(n) if n >= 0 => Ok(n as u64),
+        Some(n) => Err(invalid(key, queue, format!("{{value_negative,{n}}}"))),
+        None => Err(invalid(
+            key,
+            queue,
+            format!("{{unacceptable_type,{}}}", v.type_name()),
+        )),
+    }
+}
+
+impl QueueArgs {
+    /// Parses and validates a declare's arguments, answering 406 as RabbitMQ does.
+    pub fn parse(queue: &str, table: &FieldTable) -> AmqpResult<QueueArgs> {
+        let mut args = QueueArgs::default();
+        for (key, value) in table.iter() {
+            match key {
+                "x-message-ttl" => args.message_ttl = Some(non_negative(key, queue, value)?),
+                "x-max-length" => args.max_length = Some(non_negative(key, queue, value)?),
+                "x-max-length-bytes" => {
+                    args.max_length_bytes = Some(non_negative(key, queue, value)?)
+                }
+                "x-expires" => {
+                    let v = non_negative(key, queue, value)?;
+                    if v == 0 {
+                        return Err(invalid(key, queue, "{value_zero,0}"));
+                    }
+                }
+                "x-overflow" => {
+                    args.overflow = match value.as_str() {
+                        Some("drop-head") => Overflow::DropHead,
+                        Some("reject-publish") => Overflow::RejectPublish,
+                        Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+                        Some(other) => {
+                            return Err(invalid(
+                                key,
+                                queue,
+                                format!("{{unknown_overflow,<<\"{other}\">>}}"),
+                            ))
+                        }
+                        None => {
+                            return Err(invalid(
+                                key,
+                                queue,
+                                format!("{{unacceptable_type,{}}}", value.type_name()),
+                            ))
+                        }
+                    }
+                }
+                "x-queue-type" => {
+                    args.queue_type = match value.as_str() {
+                        Some("classic") => QueueType::Classic,
+                        Some("quorum") => QueueType::Quorum,
+                        Some(other) => {
+                            return Err(invalid(
+                                key,
+                                queue,
+                                format!("{{unsupported_queue_type,<<\"{other}\">>}}"),
+                            ))
+                        }
+                        None => {
+                            return Err(invalid(
+                                key,
+                                queue,
+                                format!("{{unacceptable_type,{}}}", value.type_name()),
+                            ))
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(args)
+    }
+
+    /// Checks that a redeclare's arguments match the existing queue's (406 otherwise).
+    pub fn check_equivalent(
+        queue: &str,
+        current: &FieldTable,
+        received: &FieldTable,
+    ) -> AmqpResult<()> {
+        for key in EQUIVALENCE_KEYS {
+            let (cur, rec) = (current.get(key), received.get(key));
+            // A redeclare that leaves out the queue type means "whatever it is".
+            if *key == "x-queue-type" && rec.is_none() {
+                continue;
+            }
+            if !same_value(cur, rec) {
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{key}' for queue '{queue}' in vhost '/': received {} but current is {}",
+                    describe(rec),
+                    describe(cur)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_value(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x == y,
+        },
+        _ => false,
+    }
+}
+
+fn describe(v: Option<&FieldValue>) -> String {
+    match v {
+        None => "none".to_string(),
+        Some(v) => {
+            let shown = match v {
+                FieldValue::LongString(s) => String::from_utf8_lossy(s).into_owned(),
+                FieldValue::Bool(b) => b.to_string(),
+                other => other
+                    .as_i64()
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| format!("{other:?}")),
+            };
+            format!("the value '{shown}' of type '{}'", v.type_name())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_ttl_is_refused_with_rabbitmq_text() {
+        let t: FieldTable = [("x-message-ttl", FieldValue::I32(-1))]
+            .into_iter()
+            .collect();
+        let e = QueueArgs::parse("q", &t).unwrap_err();
+        assert_eq!(
+            e.text,
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+    }
+
+    #[test]
+    fn integer_widths_are_equivalent() {
+        let a: FieldTable = [("x-max-length", FieldValue::I32(10))]
+            .into_iter()
+            .collect();
+        let b: FieldTable = [("x-max-length", FieldValue::I64(10))]
+            .into_iter()
+            .collect();
+        QueueArgs::check_equivalent("q", &a, &b).unwrap();
+        let c = FieldTable::new();
+        let e = QueueArgs::check_equivalent("q", &a, &c).unwrap_err();
+        assert!(
+            e.text.contains("inequivalent arg 'x-max-length'"),
+            "{}",
+            e.text
+        );
+    }
+}

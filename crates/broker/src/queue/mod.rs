@@ -1,0 +1,356 @@
+//! Queues. Each queue is one task ([`actor`]) that alone owns its ready list, its unacked
+//! map, its consumers and their prefetch credit; everything else talks to it through a
+//! [`QueueHandle`], by sending [`QueueCommand`]s. The queue answers connections with
+//! [`QueueEvent`]s on the connection's event channel (deliveries, confirms, cancels).
+//!
+//! Who owns what:
+//! - the queue task: messages (ready and unacked), consumers, per-consumer credit;
+//! - the channel (inside its connection task): delivery tags, and the map from a tag to
+//!   the queue and message id it stands for;
+//! - [`ChannelCredit`]: the one piece shared between them, for `basic.qos global=true`.
+
+pub mod actor;
+pub mod args;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use minimq_protocol::FieldTable;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::AmqpResult;
+use crate::message::Message;
+pub use args::{Overflow, QueueArgs, QueueType};
+
+/// Depth of a queue's command channel: publishers wait when a queue falls this far behind.
+pub const QUEUE_CHANNEL_DEPTH: usize = 8192;
+
+/// Sender half of a connection's event channel.
+pub type EventSink = mpsc::UnboundedSender<QueueEvent>;
+
+/// What a queue tells a connection.
+#[derive(Debug)]
+pub enum QueueEvent {
+    /// Deliver `message` to consumer `consumer_id` (tag `consumer_tag`) on `channel`.
+    Deliver(Delivery),
+    /// The queue cancelled a consumer (the queue was deleted).
+    Cancelled {
+        /// Channel of the consumer.
+        channel: u16,
+        /// Its tag.
+        consumer_tag: Arc<str>,
+        /// Its broker-wide id.
+        consumer_id: u64,
+    },
+    /// The outcome of a publish that asked for a confirm.
+    Confirm {
+        /// Channel the message was published on.
+        channel: u16,
+        /// Publish sequence number on that channel.
+        seq: u64,
+        /// Accepted (ack) or refused (nack).
+        ok: bool,
+    },
+}
+
+/// A message handed to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Channel of the consumer.
+    pub channel: u16,
+    /// The consumer's tag.
+    pub consumer_tag: Arc<str>,
+    /// The consumer's broker-wide id (tags can repeat once a consumer is gone).
+    pub consumer_id: u64,
+    /// The queue it comes from.
+    pub queue: QueueHandle,
+    /// The message's id within the queue (its publish order).
+    pub msg_id: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// Whether the consumer is no-ack (nothing to settle).
+    pub no_ack: bool,
+    /// Whether the delivery took a unit of the channel's shared (global) credit.
+    pub charged: bool,
+}
+
+/// A publisher waiting for a confirm: where to send the outcome.
+#[derive(Debug, Clone)]
+pub struct ConfirmTicket {
+    /// The publishing connection's event channel.
+    pub sink: EventSink,
+    /// The publishing channel.
+    pub channel: u16,
+    /// The publish sequence number.
+    pub seq: u64,
+}
+
+impl ConfirmTicket {
+    /// Reports the outcome. A publisher that has gone away needs no answer.
+    pub fn send(self, ok: bool) {
+        let _ = self.sink.send(QueueEvent::Confirm {
+            channel: self.channel,
+            seq: self.seq,
+            ok,
+        });
+    }
+}
+
+/// The unacked-message limit of a whole channel (`basic.qos` with `global = true`), shared
+/// by the channel and every queue it consumes from.
+#[derive(Debug, Default)]
+pub struct ChannelCredit {
+    limit: AtomicU32,
+    unacked: AtomicU32,
+}
+
+impl ChannelCredit {
+    /// Sets the limit (0 = none).
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::SeqCst);
+    }
+
+    /// Takes one unit of credit, if the limit allows.
+    pub fn try_acquire(&self) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        self.unacked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether a unit could be taken now.
+    pub fn available(&self) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        limit == 0 || self.unacked.load(Ordering::SeqCst) < limit
+    }
+
+    /// Gives `n` units back (the deliveries were settled).
+    pub fn release(&self, n: u32) {
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
+/// A consumer as the queue needs to know it.
+#[derive(Debug)]
+pub struct ConsumerSpec {
+    /// Broker-wide unique id.
+    pub id: u64,
+    /// Its tag on its channel.
+    pub tag: Arc<str>,
+    /// Owning connection id.
+    pub conn_id: u64,
+    /// Its channel.
+    pub channel: u16,
+    /// Deliveries need no ack.
+    pub no_ack: bool,
+    /// Asked to be the queue's only consumer.
+    pub exclusive: bool,
+    /// Per-consumer prefetch (0 = unlimited).
+    pub prefetch: u32,
+    /// The channel's shared credit, when `basic.qos global` is in force.
+    pub channel_credit: Option<Arc<ChannelCredit>>,
+    /// Where deliveries go.
+    pub sink: EventSink,
+}
+
+/// A message handed out by `basic.get`.
+#[derive(Debug)]
+pub struct GetResult {
+    /// Id within the queue.
+    pub msg_id: u64,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// Ready messages left after this one.
+    pub remaining: u32,
+}
+
+/// Counts a queue reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Ready messages.
+    pub ready: u32,
+    /// Delivered, not yet acked.
+    pub unacked: u32,
+    /// Consumers.
+    pub consumers: u32,
+}
+
+/// A command to a queue task.
+#[derive(Debug)]
+pub enum QueueCommand {
+    /// Enqueue a message.
+    Publish {
+        /// The message.
+        message: Arc<Message>,
+        /// Report the outcome here.
+        confirm: Option<ConfirmTicket>,
+    },
+    /// Add a consumer.
+    Consume {
+        /// The consumer.
+        consumer: ConsumerSpec,
+        /// Ok, or 403 when exclusivity forbids it.
+        reply: oneshot::Sender<AmqpResult<()>>,
+    },
+    /// Remove a consumer (its unacked messages stay with its channel).
+    Cancel {
+        /// The consumer's id.
+        consumer_id: u64,
+        /// Answered once removed.
+        reply: Option<oneshot::Sender<()>>,
+    },
+    /// Settle unacked messages: `requeue = false` forgets them, `true` returns them to
+    /// their original place, marked redelivered.
+    Settle {
+        /// Message ids.
+        ids: Vec<u64>,
+        /// Put back instead of forgetting.
+        requeue: bool,
+    },
+    /// A channel closed: remove its consumers, then requeue `requeue`.
+    ChannelClosed {
+        /// The connection.
+        conn_id: u64,
+        /// The channel.
+        channel: u16,
+        /// Its unacked messages from this queue.
+        requeue: Vec<u64>,
+    },
+    /// A channel's shared credit grew: retry blocked consumers.
+    CreditAvailable,
+    /// `basic.get`.
+    Get {
+        /// Remove on delivery instead of waiting for an ack.
+        no_ack: bool,
+        /// The message, or `None` when empty.
+        reply: oneshot::Sender<Option<GetResult>>,
+    },
+    /// Drop all ready messages; answers how many.
+    Purge {
+        /// Count of purged messages.
+        reply: oneshot::Sender<u32>,
+    },
+    /// Delete the queue; answers its ready count, or 406 when a condition fails.
+    Delete {
+        /// Only if it has no consumers.
+        if_unused: bool,
+        /// Only if it has no ready messages.
+        if_empty: bool,
+        /// Ready count, or an error.
+        reply: oneshot::Sender<AmqpResult<u32>>,
+    },
+    /// Report counts.
+    Counts {
+        /// The counts.
+        reply: oneshot::Sender<QueueCounts>,
+    },
+}
+
+/// Immutable facts about a queue and the sender of its command channel.
+#[derive(Debug)]
+pub struct QueueShared {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Owned by one connection.
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The declare arguments, as given.
+    pub arguments: FieldTable,
+    /// The parsed arguments.
+    pub args: QueueArgs,
+    tx: mpsc::Sender<QueueCommand>,
+    id: u64,
+}
+
+/// A cheap, cloneable reference to a queue.
+#[derive(Debug, Clone)]
+pub struct QueueHandle(Arc<QueueShared>);
+
+static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl QueueHandle {
+    pub(crate) fn new(
+        name: Arc<str>,
+        durable: bool,
+        exclusive_owner: Option<u64>,
+        auto_delete: bool,
+        arguments: FieldTable,
+        args: QueueArgs,
+    ) -> (QueueHandle, mpsc::Receiver<QueueCommand>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CHANNEL_DEPTH);
+        let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = QueueShared {
+            name,
+            durable,
+            exclusive_owner,
+            auto_delete,
+            arguments,
+            args,
+            tx,
+            id,
+        };
+        (QueueHandle(Arc::new(shared)), rx)
+    }
+
+    /// The queue's facts.
+    pub fn info(&self) -> &QueueShared {
+        &self.0
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.0.name
+    }
+
+    /// A broker-wide id, distinct for every queue ever created.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Whether two handles refer to the same queue incarnation.
+    pub fn same(&self, other: &QueueHandle) -> bool {
+        self.0.id == other.0.id
+    }
+
+    /// Sends a command; `false` when the queue is gone.
+    pub async fn send(&self, cmd: QueueCommand) -> bool {
+        self.0.tx.send(cmd).await.is_ok()
+    }
+
+    /// Sends a command without waiting for room; for cleanup paths that must not block.
+    pub fn send_now(&self, cmd: QueueCommand) -> bool {
+        match self.0.tx.try_send(cmd) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.0.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+                true
+            }
+        }
+    }
+
+    /// Asks for the queue's counts; `None` when the queue is gone.
+    pub async fn counts(&self) -> Option<QueueCounts> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(QueueCommand::Counts { reply }).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,186 @@
+//! The accept loop, the broker's shared state, and the embedding API: start a broker in
+//! process (on an ephemeral port in tests), read its bound address, shut it down.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let broker = minimq_broker::Broker::builder().listen("127.0.0.1:0".parse().unwrap()).start().await?;
+//! println!("AMQP on {}", broker.local_addr());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::connection;
+use crate::vhost::VHost;
+
+/// State every connection shares.
+pub struct BrokerState {
+    /// Settings.
+    pub config: Config,
+    /// The vhost `/`.
+    pub vhost: Arc<VHost>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    next_conn_id: AtomicU64,
+}
+
+impl BrokerState {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Builds and starts a [`Broker`].
+#[derive(Debug, Clone, Default)]
+pub struct BrokerBuilder {
+    config: Config,
+}
+
+impl BrokerBuilder {
+    /// Listen address (`127.0.0.1:0` for an ephemeral port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Data directory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = dir.into();
+        self
+    }
+
+    /// Heartbeat interval offered to clients, seconds (0 disables).
+    pub fn heartbeat(mut self, secs: u16) -> Self {
+        self.config.heartbeat = secs;
+        self
+    }
+
+    /// Time a client has to finish the handshake.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.config.handshake_timeout = t;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Binds the listener and starts accepting connections.
+    pub async fn start(self) -> std::io::Result<Broker> {
+        let listener = TcpListener::bind(self.config.listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(BrokerState {
+            config: self.config,
+            vhost: VHost::new(),
+            shutdown: CancellationToken::new(),
+            next_conn_id: AtomicU64::new(1),
+        });
+        let tracker = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(listener, state.clone(), tracker.clone()));
+        tracing::info!(%addr, "minimq listening");
+        Ok(Broker {
+            addr,
+            state,
+            tracker,
+            accept,
+        })
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    addr: SocketAddr,
+    state: Arc<BrokerState>,
+    tracker: TaskTracker,
+    accept: JoinHandle<()>,
+}
+
+/// Asks a running broker to shut down, from anywhere.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Starts the graceful shutdown.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Broker {
+    /// A builder with the default configuration.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `amqp://guest:guest@ADDR/%2f` for this broker.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// The shared state (registry, configuration).
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// A handle that can trigger shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.state.shutdown.clone())
+    }
+
+    /// Waits until shutdown is requested through a [`ShutdownHandle`].
+    pub async fn wait_for_shutdown_request(&self) {
+        self.state.shutdown.cancelled().await;
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 320
+    /// CONNECTION_FORCED, wait for them to finish.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        self.accept.abort();
+        let _ = self.accept.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+        tracing::info!("minimq stopped");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = state.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                let state = state.clone();
+                tracker.spawn(async move {
+                    connection::serve(socket, peer, state).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

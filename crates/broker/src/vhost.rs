@@ -1,0 +1,365 @@
+//! The virtual host `/`: the registry of queues and exchanges.
+//!
+//! Both maps are `DashMap`s. A map guard is only ever held for a lookup or an insert and
+//! never across an `.await` (clippy's `await-holding-invalid-types` enforces it), so a
+//! queue task, which is where all the waiting happens, never blocks the registry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use minimq_protocol::{FieldTable, ReplyCode};
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Binding, Exchange, ExchangeKind};
+use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueType};
+
+/// Exchanges every vhost has from the start.
+const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// What a queue declare asks for.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// Name (already generated when the client left it empty).
+    pub name: String,
+    /// Durable.
+    pub durable: bool,
+    /// Exclusive to this connection.
+    pub exclusive: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// A virtual host.
+pub struct VHost {
+    queues: DashMap<Arc<str>, QueueHandle>,
+    exchanges: DashMap<Arc<str>, Arc<Exchange>>,
+    me: Weak<VHost>,
+}
+
+static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A random name with RabbitMQ's shape, e.g. `amq.gen-JzTY20BRgKO-HjmUJj0wLg`.
+pub fn generate_name(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let _ = NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let s: String = (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{s}")
+}
+
+impl VHost {
+    /// A vhost with the built-in exchanges.
+    pub fn new() -> Arc<VHost> {
+        Arc::new_cyclic(|me| {
+            let vhost = VHost {
+                queues: DashMap::new(),
+                exchanges: DashMap::new(),
+                me: me.clone(),
+            };
+            for (name, kind) in BUILTIN_EXCHANGES {
+                let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
+                vhost.exchanges.insert((*name).into(), Arc::new(e));
+            }
+            vhost
+        })
+    }
+
+    /// The queue named `name`.
+    pub fn queue(&self, name: &str) -> Option<QueueHandle> {
+        self.queues.get(name).map(|q| q.clone())
+    }
+
+    /// Every queue, for listings.
+    pub fn queues(&self) -> Vec<QueueHandle> {
+        self.queues.iter().map(|q| q.value().clone()).collect()
+    }
+
+    /// Declares a queue for connection `conn_id`: creates it, or checks that the existing
+    /// one is equivalent and accessible. Answers the handle and whether it was created.
+    pub fn declare_queue(&self, spec: QueueSpec, conn_id: u64) -> AmqpResult<(QueueHandle, bool)> {
+        let args = QueueArgs::parse(&spec.name, &spec.arguments)?;
+        if args.queue_type == QueueType::Quorum {
+            let bad = if !spec.durable {
+                Some("non-durable")
+            } else if spec.exclusive {
+                Some("exclusive")
+            } else if spec.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(prop) = bad {
+                return Err(AmqpError::precondition(format!(
+                    "invalid property '{prop}' for queue '{}' in vhost '/'",
+                    spec.name
+                )));
+            }
+        }
+        match self.queues.entry(spec.name.as_str().into()) {
+            Entry::Occupied(e) => {
+                let q = e.get().clone();
+                drop(e);
+                check_access(&q, conn_id)?;
+                check_equivalent(&q, &spec)?;
+                Ok((q, false))
+            }
+            Entry::Vacant(v) => {
+                let owner = spec.exclusive.then_some(conn_id);
+                let (handle, rx) = QueueHandle::new(
+                    spec.name.as_str().into(),
+                    spec.durable,
+                    owner,
+                    spec.auto_delete,
+                    spec.arguments,
+                    args,
+                );
+                v.insert(handle.clone());
+                queue::actor::spawn(handle.clone(), rx, self.me.clone());
+                Ok((handle, true))
+            }
+        }
+    }
+
+    /// Looks a queue up for connection `conn_id`: 404 when missing, 405 when exclusive to
+    /// another connection.
+    pub fn queue_for(&self, name: &str, conn_id: u64) -> AmqpResult<QueueHandle> {
+        let q = self.queue(name).ok_or_else(|| AmqpError::no_queue(name))?;
+        check_access(&q, conn_id)?;
+        Ok(q)
+    }
+
+    /// Removes `handle` from the registry if it is still the registered incarnation, and
+    /// its bindings.
+    pub fn forget_queue(&self, handle: &QueueHandle) {
+        let removed = self
+            .queues
+            .remove_if(handle.name().as_ref(), |_, q| q.same(handle))
+            .is_some();
+        if removed {
+            for e in self.exchanges.iter() {
+                e.unbind_queue(handle.name());
+            }
+        }
+    }
+
+    /// Deletes a queue; answers its ready count (0 when it did not exist).
+    pub async fn delete_queue(
+        &self,
+        name: &str,
+        conn_id: u64,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<u32> {
+        let Some(q) = self.queue(name) else {
+            return Ok(0);
+        };
+        check_access(&q, conn_id)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !q
+            .send(QueueCommand::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            })
+            .await
+        {
+            self.forget_queue(&q);
+            return Ok(0);
+        }
+        let n = rx.await.unwrap_or(Ok(0))?;
+        self.forget_queue(&q);
+        Ok(n)
+    }
+
+    /// The exchange named `name`.
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.get(name).map(|e| e.clone())
+    }
+
+    /// Declares an exchange: creates it, or checks the existing one is equivalent.
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        let kind_parsed = ExchangeKind::parse(kind)?;
+        if let Some(existing) = self.exchange(name) {
+            let check = |field: &str, received: String, current: String| {
+                if received == current {
+                    Ok(())
+                } else {
+                    Err(AmqpError::precondition(format!(
+                        "inequivalent arg '{field}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+                    )))
+                }
+            };
+            check("type", kind.to_string(), existing.kind.name().to_string())?;
+            check("durable", durable.to_string(), existing.durable.to_string())?;
+            check(
+                "auto_delete",
+                auto_delete.to_string(),
+                existing.auto_delete.to_string(),
+            )?;
+            check(
+                "internal",
+                internal.to_string(),
+                existing.internal.to_string(),
+            )?;
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::new(
+                ReplyCode::AccessRefused,
+                format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+            ));
+        }
+        self.exchanges.entry(name.into()).or_insert_with(|| {
+            Arc::new(Exchange::new(
+                name,
+                kind_parsed,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            ))
+        });
+        Ok(())
+    }
+
+    /// Deletes an exchange (`if_unused`: only without bindings).
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::new(
+                ReplyCode::AccessRefused,
+                format!("operation not permitted on the default exchange or the built-in exchange '{name}'"),
+            ));
+        }
+        let Some(e) = self.exchange(name) else {
+            return Err(AmqpError::no_exchange(name));
+        };
+        if if_unused && e.has_bindings() {
+            return Err(AmqpError::precondition(format!(
+                "exchange '{name}' in vhost '/' in use"
+            )));
+        }
+        self.exchanges.remove(name);
+        Ok(())
+    }
+
+    /// Binds `queue` to `exchange`.
+    pub fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        let e = self.binding_exchange(exchange)?;
+        let q = self.queue_for(queue, conn_id)?;
+        e.bind(Binding {
+            queue: q.name().clone(),
+            key: key.to_string(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    /// Removes a binding (absent bindings are fine, as in RabbitMQ).
+    pub fn unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: &FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
+        let e = self.binding_exchange(exchange)?;
+        let q = self.queue_for(queue, conn_id)?;
+        e.unbind(q.name(), key, arguments);
+        Ok(())
+    }
+
+    fn binding_exchange(&self, exchange: &str) -> AmqpResult<Arc<Exchange>> {
+        if exchange.is_empty() {
+            return Err(AmqpError::new(
+                ReplyCode::AccessRefused,
+                "operation not permitted on the default exchange",
+            ));
+        }
+        self.exchange(exchange)
+            .ok_or_else(|| AmqpError::no_exchange(exchange))
+    }
+
+    /// Routes a publish: the queues it goes to (404 when the exchange does not exist).
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            if let Some(q) = self.queue(routing_key) {
+                out.push(q);
+            }
+            return Ok(());
+        }
+        let e = self
+            .exchange(exchange)
+            .ok_or_else(|| AmqpError::no_exchange(exchange))?;
+        if e.internal {
+            return Err(AmqpError::new(
+                ReplyCode::AccessRefused,
+                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+            ));
+        }
+        let mut names = Vec::new();
+        e.route(routing_key, headers, &mut names);
+        out.extend(names.iter().filter_map(|n| self.queue(n)));
+        Ok(())
+    }
+}
+
+fn check_access(q: &QueueHandle, conn_id: u64) -> AmqpResult<()> {
+    match q.info().exclusive_owner {
+        Some(owner) if owner != conn_id => Err(AmqpError::locked(q.name())),
+        _ => Ok(()),
+    }
+}
+
+fn check_equivalent(q: &QueueHandle, spec: &QueueSpec) -> AmqpResult<()> {
+    let info = q.info();
+    let name = &spec.name;
+    let flag = |field: &str, received: bool, current: bool| {
+        if received == current {
+            Ok(())
+        } else {
+            Err(AmqpError::precondition(format!(
+                "inequivalent arg '{field}' for queue '{name}' in vhost '/': received '{received}' but current is '{current}'"
+            )))
+        }
+    };
+    flag("durable", spec.durable, info.durable)?;
+    flag("exclusive", spec.exclusive, info.exclusive_owner.is_some())?;
+    flag("auto_delete", spec.auto_delete, info.auto_delete)?;
+    QueueArgs::check_equivalent(name, &info.arguments, &spec.arguments)
+}
