@@ -22,8 +22,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use minimq_protocol::frame::{encode_method, PROTOCOL_HEADER};
 use minimq_protocol::{
-    ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk, Frame,
-    FrameCodec, Method, ReplyCode,
+    ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk, DecodeError,
+    Frame, FrameCodec, Method, ReplyCode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -70,7 +70,30 @@ pub struct Conn {
     pub(crate) cancel_notify: bool,
     pub(crate) auth_failure_close: bool,
     closing: bool,
+    /// The client sent `connection.close` and was answered: it closes the socket.
+    client_closed: bool,
     last_sent: Instant,
+}
+
+/// The connection error for bytes that do not decode, with RabbitMQ's text where the
+/// codec's error carries what that text needs.
+pub(crate) fn decode_error(e: DecodeError) -> AmqpError {
+    match e {
+        DecodeError::InvalidUtf8 => {
+            AmqpError::new(ReplyCode::FrameError, "Malformed UTF-8 in shortstr")
+        }
+        // The codec is given frame_max + 8 (see the handshake): `size` counts the 8
+        // octets of framing, `frame_max` 8 more than was negotiated.
+        DecodeError::FrameTooLarge { size, frame_max } => AmqpError::new(
+            ReplyCode::FrameError,
+            format!(
+                "{{frame_too_large,{},{}}}",
+                size.saturating_sub(8),
+                frame_max.saturating_sub(16)
+            ),
+        ),
+        other => AmqpError::new(other.reply_code(), other),
+    }
 }
 
 /// Serves one accepted socket until it closes.
@@ -78,7 +101,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
     let timeout = state.config.handshake_timeout;
     let mut header = [0u8; 8];
     match tokio::time::timeout(timeout, socket.read_exact(&mut header)).await {
-        Ok(Ok(_)) if header == PROTOCOL_HEADER => {}
+        // RabbitMQ also takes the AMQP 0-9 header (`AMQP 1 1 0 9`) as 0-9-1.
+        Ok(Ok(_)) if header == PROTOCOL_HEADER || header == *b"AMQP\x01\x01\x00\x09" => {}
         Ok(Ok(_)) => {
             tracing::debug!(%peer, ?header, "bad protocol header");
             let _ = socket.write_all(&PROTOCOL_HEADER).await;
@@ -108,12 +132,18 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         cancel_notify: false,
         auth_failure_close: false,
         closing: false,
+        client_closed: false,
         last_sent: Instant::now(),
     };
     match tokio::time::timeout(timeout, handshake::run(&mut conn, &mut reader)).await {
         Ok(Ok(handshake::Outcome::Open)) => {
             tracing::debug!(%peer, conn = conn.id, user = %conn.user, "connection open");
             conn.run(&mut reader, events_rx).await;
+            if conn.client_closed {
+                // After `close-ok` it is the client's turn to close the socket (as with
+                // RabbitMQ); closing it first can make the client report an abort.
+                conn.await_client_eof(&mut reader).await;
+            }
         }
         Ok(Ok(handshake::Outcome::Closed)) => {}
         Ok(Err(e)) => {
@@ -161,7 +191,7 @@ impl Conn {
                     }
                     Some(Err(CodecError::Decode(e))) => {
                         tracing::debug!(conn = self.id, error = %e, "undecodable frame");
-                        let err = AmqpError::new(e.reply_code(), e);
+                        let err = decode_error(e);
                         self.release_all().await;
                         self.send_connection_close(&err);
                         self.flush();
@@ -252,6 +282,13 @@ impl Conn {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
     }
 
+    /// Discards whatever the client still sends until it closes the socket (bounded by
+    /// [`CLOSE_TIMEOUT`]).
+    async fn await_client_eof(&mut self, reader: &mut Reader) {
+        let drain = async { while let Some(Ok(_)) = reader.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
+    }
+
     /// Closes a channel with an error: its unacked messages are requeued, its consumers
     /// removed, and the client is sent `channel.close`.
     pub(crate) async fn fail_channel(&mut self, channel: u16, e: AmqpError) {
@@ -331,12 +368,15 @@ impl Conn {
         }
     }
 
+    /// As RabbitMQ does, `channel_max` limits how many channels are open at once, not
+    /// their numbers: a frame for a new channel is refused once that many are open.
     fn check_channel_id(&self, ch: u16) -> Result<(), AmqpError> {
-        if ch > self.channel_max {
+        let open = self.channels.len();
+        if !self.channels.contains_key(&ch) && open >= usize::from(self.channel_max) {
             return Err(AmqpError::new(
                 ReplyCode::NotAllowed,
                 format!(
-                    "channel {ch} is above the negotiated channel_max ({})",
+                    "number of channels opened ({open}) has reached the negotiated channel_max ({})",
                     self.channel_max
                 ),
             ));
@@ -350,7 +390,11 @@ impl Conn {
             Method::ConnectionClose(c) => {
                 tracing::debug!(conn = self.id, code = c.reply_code, text = %c.reply_text, "client closed connection");
                 self.release_all().await;
+                // As in RabbitMQ, exclusive queues are gone by the time the client has
+                // its close-ok.
+                self.delete_exclusive_queues().await;
                 self.send_method(0, ConnectionCloseOk.into());
+                self.client_closed = true;
                 Ok(Flow::Stop)
             }
             Method::ConnectionCloseOk(_) => Ok(Flow::Stop),
@@ -359,14 +403,10 @@ impl Conn {
                 Ok(Flow::Continue)
             }
             Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Flow::Continue),
-            other if other.class_id() == 10 => Err(AmqpError::new(
-                ReplyCode::CommandInvalid,
-                format!("unexpected method '{}' after the handshake", other.name()),
-            )
-            .on(class_id, method_id)),
-            other => Err(AmqpError::new(
-                ReplyCode::CommandInvalid,
-                format!("method '{}' is not allowed on channel 0", other.name()),
+            // RabbitMQ's answer to any other method on channel 0.
+            _ => Err(AmqpError::new(
+                ReplyCode::ChannelError,
+                "unexpected method in connection state running",
             )
             .on(class_id, method_id)),
         }
@@ -398,10 +438,21 @@ impl Conn {
                 Ok(())
             }
             (Some((ChannelStatus::Closing, _)), _) => Ok(()),
-            (Some((ChannelStatus::Open, true)), _) => Err(AmqpError::new(
-                ReplyCode::UnexpectedFrame,
-                "expected content header for class 60, got non content header frame instead",
-            )),
+            (Some((ChannelStatus::Open, true)), _) => {
+                let header_seen = self.channels[&ch]
+                    .publish
+                    .as_ref()
+                    .is_some_and(|p| p.header.is_some());
+                Err(AmqpError::new(
+                    ReplyCode::UnexpectedFrame,
+                    if header_seen {
+                        "expected content body, got non content body frame instead"
+                    } else {
+                        "expected content header for class 60, got non content header frame instead"
+                    },
+                )
+                .on(60, 40))
+            }
             (Some((ChannelStatus::Open, false)), m) => self.on_channel_method(ch, m).await,
         }
     }
@@ -494,6 +545,12 @@ impl Conn {
     /// Final cleanup: requeue, drop consumers, delete exclusive queues.
     async fn cleanup(&mut self) {
         self.release_all().await;
+        self.delete_exclusive_queues().await;
+        self.flush();
+    }
+
+    /// Deletes the queues this connection declared exclusive.
+    async fn delete_exclusive_queues(&mut self) {
         for q in std::mem::take(&mut self.exclusive_queues) {
             let _ = self
                 .state
@@ -501,6 +558,5 @@ impl Conn {
                 .delete_queue(q.name(), self.id, false, false)
                 .await;
         }
-        self.flush();
     }
 }

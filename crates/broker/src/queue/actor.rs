@@ -208,7 +208,7 @@ impl QueueActor {
                     ))));
                 } else if if_empty && !self.ready.is_empty() {
                     let _ = reply.send(Err(AmqpError::precondition(format!(
-                        "queue '{name}' in vhost '/' is not empty"
+                        "queue '{name}' in vhost '/' not empty"
                     ))));
                 } else {
                     let n = self.ready.len() as u32;
