@@ -1,1 +1,69 @@
+//! An async AMQP 0-9-1 client for minimq and RabbitMQ, on tokio.
+//!
+//! # Shape
+//! - [`Connection`] ([`connection`]): URL or [`ConnectionConfig`] in, handshake, channels out.
+//!   A background task (module `io_loop`) owns the socket; every other type is a handle that
+//!   sends it requests and waits for answers, so nothing here shares a lock with the
+//!   network.
+//! - [`Channel`] ([`channel`]): declare, bind, publish, consume, get, qos, confirms.
+//! - [`Consumer`] ([`consumer`]): a `Stream` of [`Delivery`] ([`message`]), each with an
+//!   [`Acker`] ([`acker`]).
+//! - [`PublisherConfirm`] / [`Confirmation`] ([`confirm`]): per-publish broker verdicts.
+//! - [`ReturnedMessages`] ([`returned`]): unroutable mandatory publishes.
+//! - [`Error`] ([`error`]): server closes surface as [`Error::ChannelClosed`] /
+//!   [`Error::ConnectionClosed`] with the reply code, and fail every pending call.
+//!
+//! # Example
+//! ```no_run
+//! use futures::StreamExt;
+//! use minimq_client::{BasicConsumeOptions, BasicProperties, Connection, FieldTable, QueueDeclareOptions};
+//!
+//! # async fn demo() -> minimq_client::Result<()> {
+//! let conn = Connection::connect("amqp://localhost").await?;
+//! let ch = conn.open_channel().await?;
+//! ch.queue_declare("hello", QueueDeclareOptions::default(), FieldTable::new()).await?;
+//! ch.basic_publish("", "hello", false, BasicProperties::default(), "hi").await?;
+//! let mut consumer = ch
+//!     .basic_consume("hello", "", BasicConsumeOptions::default(), FieldTable::new())
+//!     .await?;
+//! if let Some(delivery) = consumer.next().await {
+//!     let delivery = delivery?;
+//!     println!("got {:?}", delivery.body);
+//!     delivery.ack().await?;
+//! }
+//! conn.close().await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod acker;
+pub mod channel;
+mod codec;
+pub mod config;
+pub mod confirm;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+mod io_loop;
+pub mod message;
+pub mod options;
+pub mod returned;
+
+pub use acker::Acker;
+pub use channel::Channel;
+pub use config::ConnectionConfig;
+pub use confirm::{Confirmation, PublisherConfirm};
+pub use connection::{BlockedState, Connection, TuneParams};
+pub use consumer::Consumer;
+pub use error::{Error, Result};
+pub use message::{Delivery, GetMessage};
+pub use options::{
+    BasicConsumeOptions, DeclaredQueue, ExchangeDeclareOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+pub use returned::{ReturnedMessage, ReturnedMessages};
+
+/// The protocol crate, for the types the API speaks in.
+pub use minimq_protocol as protocol;
+pub use minimq_protocol::{BasicProperties, FieldTable, FieldValue};

@@ -1,0 +1,98 @@
+//! [`Acker`]: settles one delivery (ack, nack or reject) on the channel it came from.
+//! It is split from [`crate::Delivery`] so a worker can keep the acker and hand the body
+//! elsewhere, as lapin does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use minimq_protocol::{BasicAck, BasicNack, BasicReject, Method};
+
+use crate::channel::ChannelCore;
+use crate::error::{Error, Result};
+
+/// Acknowledges, rejects or requeues one delivery. Cheap to clone; all clones share one
+/// "already settled" flag, so a second settlement is refused locally instead of making
+/// the server close the channel with `PRECONDITION_FAILED - unknown delivery tag`.
+///
+/// For deliveries received with `no_ack` every method is a no-op that returns `Ok`.
+#[derive(Clone)]
+pub struct Acker {
+    channel: ChannelCore,
+    delivery_tag: u64,
+    no_ack: bool,
+    settled: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("channel", &self.channel.id())
+            .field("delivery_tag", &self.delivery_tag)
+            .field("no_ack", &self.no_ack)
+            .field("settled", &self.settled.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Acker {
+    pub(crate) fn new(channel: ChannelCore, delivery_tag: u64, no_ack: bool) -> Acker {
+        Acker {
+            channel,
+            delivery_tag,
+            no_ack,
+            settled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The delivery tag this acker settles.
+    pub fn delivery_tag(&self) -> u64 {
+        self.delivery_tag
+    }
+
+    /// Whether the delivery was already acked, nacked or rejected through this acker.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// `basic.ack` for this delivery alone.
+    pub async fn ack(&self) -> Result<()> {
+        self.settle(Method::BasicAck(BasicAck {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+        }))
+        .await
+    }
+
+    /// `basic.nack` for this delivery alone; `requeue` puts it back on the queue (it is
+    /// then redelivered with `redelivered = true`), otherwise it is dropped or dead-lettered.
+    pub async fn nack(&self, requeue: bool) -> Result<()> {
+        self.settle(Method::BasicNack(BasicNack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+        }))
+        .await
+    }
+
+    /// `basic.reject`: like [`Acker::nack`], in the method every AMQP broker knows.
+    pub async fn reject(&self, requeue: bool) -> Result<()> {
+        self.settle(Method::BasicReject(BasicReject {
+            delivery_tag: self.delivery_tag,
+            requeue,
+        }))
+        .await
+    }
+
+    async fn settle(&self, method: Method) -> Result<()> {
+        if self.no_ack {
+            return Ok(());
+        }
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidState(format!(
+                "delivery {} was already acknowledged",
+                self.delivery_tag
+            )));
+        }
+        self.channel.cast(method).await
+    }
+}

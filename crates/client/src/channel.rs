@@ -1,0 +1,552 @@
+//! [`Channel`]: the handle every AMQP operation goes through. Synchronous methods
+//! (declare, bind, qos, consume, get, close, ...) send a request to the connection task
+//! and wait for their `-ok`, in order per channel; publishes and acknowledgements only
+//! wait until the connection task has queued them for the socket.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use minimq_protocol::{
+    BasicAck, BasicCancel, BasicConsume, BasicGet, BasicNack, BasicProperties, BasicPublish,
+    BasicQos, BasicRecover, BasicReject, ChannelClose, ConfirmSelect, ExchangeBind,
+    ExchangeDeclare, ExchangeDelete, ExchangeUnbind, FieldTable, Method, QueueBind, QueueDeclare,
+    QueueDelete, QueuePurge, QueueUnbind,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::acker::Acker;
+use crate::confirm::PublisherConfirm;
+use crate::connection::ConnHandle;
+use crate::consumer::Consumer;
+use crate::error::{Error, Result};
+use crate::io_loop::{ConsumerSink, Reply, Request};
+use crate::message::{Delivery, GetMessage};
+use crate::options::{
+    BasicConsumeOptions, DeclaredQueue, ExchangeDeclareOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use crate::returned::{ReturnedMessage, ReturnedMessages};
+
+/// State the connection task shares with the handles of one channel. Requests carry
+/// the `Arc`, so the task can tell this channel from a later one that reuses its number.
+#[derive(Debug)]
+pub(crate) struct ChannelShared {
+    pub(crate) id: u16,
+    /// Set, once, when the channel is over: why.
+    closed: Mutex<Option<Error>>,
+    /// Where `basic.return`s go, if anybody listens.
+    returns: Mutex<Option<mpsc::UnboundedSender<ReturnedMessage>>>,
+}
+
+impl ChannelShared {
+    pub(crate) fn new(id: u16) -> ChannelShared {
+        ChannelShared {
+            id,
+            closed: Mutex::new(None),
+            returns: Mutex::new(None),
+        }
+    }
+
+    /// Records why the channel ended (the first reason wins) and ends the returns stream.
+    pub(crate) fn set_closed(&self, reason: Error) {
+        lock(&self.closed).get_or_insert(reason);
+        lock(&self.returns).take();
+    }
+
+    /// Why the channel ended, if it has.
+    pub(crate) fn closed_reason(&self) -> Option<Error> {
+        lock(&self.closed).clone()
+    }
+
+    /// The current `basic.return` subscriber.
+    pub(crate) fn returns_subscriber(&self) -> Option<mpsc::UnboundedSender<ReturnedMessage>> {
+        lock(&self.returns).clone()
+    }
+
+    fn subscribe_returns(&self) -> mpsc::UnboundedReceiver<ReturnedMessage> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.closed_reason().is_none() {
+            *lock(&self.returns) = Some(tx);
+        }
+        rx
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What every channel-bound handle (channel, acker, consumer, confirm) holds.
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelCore {
+    shared: Arc<ChannelShared>,
+    conn: ConnHandle,
+}
+
+impl ChannelCore {
+    pub(crate) fn new(shared: Arc<ChannelShared>, conn: ConnHandle) -> ChannelCore {
+        ChannelCore { shared, conn }
+    }
+
+    pub(crate) fn id(&self) -> u16 {
+        self.shared.id
+    }
+
+    /// The error calls on this channel fail with once it is gone.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.shared
+            .closed_reason()
+            .unwrap_or_else(|| self.conn.shared.closed_error())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self
+            .shared
+            .closed_reason()
+            .or_else(|| self.conn.shared.closed_reason())
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a synchronous method and waits for its reply.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        consumer: Option<ConsumerSink>,
+    ) -> Result<Reply> {
+        self.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.conn
+            .send(Request::Call {
+                channel: self.shared.clone(),
+                method,
+                consumer,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Sends an asynchronous method (ack, nack, reject); returns once it is queued.
+    pub(crate) async fn cast(&self, method: Method) -> Result<()> {
+        self.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.conn
+            .send(Request::Cast {
+                channel: self.shared.clone(),
+                method,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+}
+
+/// An AMQP channel. Cheap to clone; clones share the channel.
+///
+/// A channel error from the server (`channel.close`, e.g. 404 for a missing queue)
+/// fails the call that caused it, every other pending call on the channel and every
+/// later call, all with [`Error::ChannelClosed`] carrying the server's code and text.
+/// The connection and its other channels carry on.
+///
+/// Dropping every handle does not close the channel (its consumers keep it alive);
+/// call [`Channel::close`], or it closes with the connection.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    core: ChannelCore,
+}
+
+/// Checks a `shortstr` argument: the wire format allows at most 255 octets.
+fn short(value: &str, what: &str) -> Result<String> {
+    if value.len() > 255 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {} octets long; the limit is 255",
+            value.len()
+        )));
+    }
+    Ok(value.to_string())
+}
+
+fn unexpected(method: Method) -> Error {
+    Error::Protocol(format!("unexpected reply {}", method.name()))
+}
+
+impl Channel {
+    pub(crate) fn new(core: ChannelCore) -> Channel {
+        Channel { core }
+    }
+
+    /// The channel number.
+    pub fn id(&self) -> u16 {
+        self.core.id()
+    }
+
+    /// Whether the channel (and its connection) is still usable.
+    pub fn is_open(&self) -> bool {
+        self.core.check_open().is_ok()
+    }
+
+    /// Why the channel ended, once it has.
+    pub fn close_reason(&self) -> Option<Error> {
+        self.core.check_open().err()
+    }
+
+    /// Closes the channel: `channel.close` (200), then waits for `close-ok`. Consumers on
+    /// it end. Closing a channel this client already closed is `Ok`; one the server
+    /// closed returns why.
+    pub async fn close(&self) -> Result<()> {
+        let close = Method::ChannelClose(ChannelClose {
+            reply_code: 200,
+            reply_text: "Goodbye".into(),
+            class_id: 0,
+            method_id: 0,
+        });
+        match self.core.call(close, None).await {
+            Ok(_) | Err(Error::ChannelClosed { code: 200, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `exchange.declare`. `kind` is `direct`, `fanout`, `topic`, `headers` or a plugin's.
+    pub async fn exchange_declare(
+        &self,
+        exchange: &str,
+        kind: &str,
+        options: ExchangeDeclareOptions,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = Method::ExchangeDeclare(ExchangeDeclare {
+            exchange: short(exchange, "exchange name")?,
+            type_: short(kind, "exchange type")?,
+            passive: options.passive,
+            durable: options.durable,
+            auto_delete: options.auto_delete,
+            internal: options.internal,
+            no_wait: false,
+            arguments,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `exchange.delete`; with `if_unused` only if it has no bindings.
+    pub async fn exchange_delete(&self, exchange: &str, if_unused: bool) -> Result<()> {
+        let method = Method::ExchangeDelete(ExchangeDelete {
+            exchange: short(exchange, "exchange name")?,
+            if_unused,
+            no_wait: false,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `exchange.bind` (RabbitMQ extension): routes from `source` to `destination`.
+    pub async fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = Method::ExchangeBind(ExchangeBind {
+            destination: short(destination, "exchange name")?,
+            source: short(source, "exchange name")?,
+            routing_key: short(routing_key, "routing key")?,
+            no_wait: false,
+            arguments,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `exchange.unbind` (RabbitMQ extension).
+    pub async fn exchange_unbind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = Method::ExchangeUnbind(ExchangeUnbind {
+            destination: short(destination, "exchange name")?,
+            source: short(source, "exchange name")?,
+            routing_key: short(routing_key, "routing key")?,
+            no_wait: false,
+            arguments,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `queue.declare`. An empty `queue` asks the broker for a generated name, returned
+    /// in [`DeclaredQueue::name`] with the queue's message and consumer counts.
+    pub async fn queue_declare(
+        &self,
+        queue: &str,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) -> Result<DeclaredQueue> {
+        let method = Method::QueueDeclare(QueueDeclare {
+            queue: short(queue, "queue name")?,
+            passive: options.passive,
+            durable: options.durable,
+            exclusive: options.exclusive,
+            auto_delete: options.auto_delete,
+            no_wait: false,
+            arguments,
+        });
+        match self.core.call(method, None).await?.method {
+            Method::QueueDeclareOk(ok) => Ok(DeclaredQueue {
+                name: ok.queue,
+                message_count: ok.message_count,
+                consumer_count: ok.consumer_count,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `queue.bind`: routes messages from `exchange` with `routing_key` to `queue`.
+    pub async fn queue_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = Method::QueueBind(QueueBind {
+            queue: short(queue, "queue name")?,
+            exchange: short(exchange, "exchange name")?,
+            routing_key: short(routing_key, "routing key")?,
+            no_wait: false,
+            arguments,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `queue.unbind`.
+    pub async fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = Method::QueueUnbind(QueueUnbind {
+            queue: short(queue, "queue name")?,
+            exchange: short(exchange, "exchange name")?,
+            routing_key: short(routing_key, "routing key")?,
+            arguments,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `queue.purge`: drops the ready messages; returns how many.
+    pub async fn queue_purge(&self, queue: &str) -> Result<u32> {
+        let method = Method::QueuePurge(QueuePurge {
+            queue: short(queue, "queue name")?,
+            no_wait: false,
+        });
+        match self.core.call(method, None).await?.method {
+            Method::QueuePurgeOk(ok) => Ok(ok.message_count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `queue.delete`; returns how many messages went with it.
+    pub async fn queue_delete(&self, queue: &str, options: QueueDeleteOptions) -> Result<u32> {
+        let method = Method::QueueDelete(QueueDelete {
+            queue: short(queue, "queue name")?,
+            if_unused: options.if_unused,
+            if_empty: options.if_empty,
+            no_wait: false,
+        });
+        match self.core.call(method, None).await?.method {
+            Method::QueueDeleteOk(ok) => Ok(ok.message_count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `basic.qos`: at most `prefetch_count` unacknowledged deliveries (0 = no limit)
+    /// per consumer, or, with `global`, shared by the channel (RabbitMQ's reading).
+    pub async fn basic_qos(&self, prefetch_count: u16, global: bool) -> Result<()> {
+        let method = Method::BasicQos(BasicQos {
+            prefetch_size: 0,
+            prefetch_count,
+            global,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `basic.consume`: subscribes to `queue`. An empty `consumer_tag` lets the broker
+    /// pick one ([`Consumer::tag`]). Deliveries arrive on the returned stream.
+    pub async fn basic_consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        options: BasicConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<Consumer> {
+        let method = Method::BasicConsume(BasicConsume {
+            queue: short(queue, "queue name")?,
+            consumer_tag: short(consumer_tag, "consumer tag")?,
+            no_local: options.no_local,
+            no_ack: options.no_ack,
+            exclusive: options.exclusive,
+            no_wait: false,
+            arguments,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = ConsumerSink {
+            tx,
+            no_ack: options.no_ack,
+        };
+        match self.core.call(method, Some(sink)).await?.method {
+            Method::BasicConsumeOk(ok) => Ok(Consumer::new(ok.consumer_tag, rx, self.core.clone())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `basic.cancel`: ends a consumer. Deliveries already on their way still reach the
+    /// stream, which then ends.
+    pub async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+        let method = Method::BasicCancel(BasicCancel {
+            consumer_tag: short(consumer_tag, "consumer tag")?,
+            no_wait: false,
+        });
+        self.core.call(method, None).await.map(drop)
+    }
+
+    /// `basic.get`: fetches one message, or `None` if the queue is empty.
+    pub async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetMessage>> {
+        let method = Method::BasicGet(BasicGet {
+            queue: short(queue, "queue name")?,
+            no_ack,
+        });
+        let reply = self.core.call(method, None).await?;
+        match reply.method {
+            Method::BasicGetEmpty(_) => Ok(None),
+            Method::BasicGetOk(ok) => {
+                let content = reply.content.unwrap_or_default();
+                Ok(Some(GetMessage {
+                    delivery: Delivery {
+                        delivery_tag: ok.delivery_tag,
+                        redelivered: ok.redelivered,
+                        exchange: ok.exchange,
+                        routing_key: ok.routing_key,
+                        consumer_tag: String::new(),
+                        properties: content.properties,
+                        body: content.body,
+                        acker: Acker::new(self.core.clone(), ok.delivery_tag, no_ack),
+                    },
+                    message_count: ok.message_count,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `basic.publish`. The body is split into frames of the negotiated `frame_max`.
+    ///
+    /// Returns once the message is queued for the socket, with a [`PublisherConfirm`]:
+    /// in confirm mode ([`Channel::confirm_select`]) it resolves to the broker's ack or
+    /// nack, otherwise at once to [`crate::Confirmation::NotRequested`]. With
+    /// `mandatory`, an unroutable message comes back on [`Channel::returned_messages`].
+    pub async fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        properties: BasicProperties,
+        body: impl Into<Bytes>,
+    ) -> Result<PublisherConfirm> {
+        let publish = BasicPublish {
+            exchange: short(exchange, "exchange name")?,
+            routing_key: short(routing_key, "routing key")?,
+            mandatory,
+            immediate: false,
+        };
+        self.core.check_open()?;
+        let (confirm, rx) = oneshot::channel();
+        self.core
+            .conn
+            .send(Request::Publish {
+                channel: self.core.shared.clone(),
+                publish,
+                properties: Box::new(properties),
+                body: body.into(),
+                confirm,
+            })
+            .await?;
+        Ok(PublisherConfirm::new(rx, self.core.clone()))
+    }
+
+    /// `basic.ack` of `delivery_tag`, or with `multiple` of every tag up to it.
+    pub async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
+        self.core
+            .cast(Method::BasicAck(BasicAck {
+                delivery_tag,
+                multiple,
+            }))
+            .await
+    }
+
+    /// `basic.nack` of `delivery_tag` (or every tag up to it, with `multiple`).
+    pub async fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+        self.core
+            .cast(Method::BasicNack(BasicNack {
+                delivery_tag,
+                multiple,
+                requeue,
+            }))
+            .await
+    }
+
+    /// `basic.reject` of `delivery_tag`.
+    pub async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
+        self.core
+            .cast(Method::BasicReject(BasicReject {
+                delivery_tag,
+                requeue,
+            }))
+            .await
+    }
+
+    /// `basic.recover`: redeliver every unacknowledged message of the channel
+    /// (RabbitMQ only supports `requeue = true`).
+    pub async fn basic_recover(&self, requeue: bool) -> Result<()> {
+        self.core
+            .call(Method::BasicRecover(BasicRecover { requeue }), None)
+            .await
+            .map(drop)
+    }
+
+    /// `confirm.select`: puts the channel in confirm mode. From then on every publish's
+    /// [`PublisherConfirm`] resolves to the broker's ack or nack.
+    pub async fn confirm_select(&self) -> Result<()> {
+        self.core
+            .call(Method::ConfirmSelect(ConfirmSelect { nowait: false }), None)
+            .await
+            .map(drop)
+    }
+
+    /// Waits until every publish so far is confirmed. `true` if all of them since the
+    /// previous call were acked, `false` if any was nacked. Fails with
+    /// [`Error::InvalidState`] on a channel not in confirm mode.
+    pub async fn wait_for_confirms(&self) -> Result<bool> {
+        self.core.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.core
+            .conn
+            .send(Request::WaitForConfirms {
+                channel: self.core.shared.clone(),
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| self.core.closed_error())?
+    }
+
+    /// Subscribes to the messages the broker returns (`basic.return`): mandatory
+    /// publishes it could not route. Subscribe before publishing; one subscriber per
+    /// channel (a new subscription replaces the old one).
+    pub fn returned_messages(&self) -> ReturnedMessages {
+        ReturnedMessages::new(self.core.shared.subscribe_returns(), self.core.clone())
+    }
+}

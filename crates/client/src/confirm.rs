@@ -1,0 +1,73 @@
+//! Publisher confirms: [`PublisherConfirm`], the future every publish returns, and the
+//! [`Confirmation`] it resolves to once the broker has taken responsibility (or not).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::channel::ChannelCore;
+use crate::error::Result;
+
+/// The broker's verdict on one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// `basic.ack`: the broker has the message (on disk, for persistent messages to
+    /// durable queues). An unroutable mandatory message is acked too, after its
+    /// `basic.return`.
+    Ack,
+    /// `basic.nack`: the broker could not take the message.
+    Nack,
+    /// The channel is not in confirm mode, so there is nothing to wait for.
+    NotRequested,
+}
+
+impl Confirmation {
+    /// Whether this is [`Confirmation::Ack`].
+    pub fn is_ack(&self) -> bool {
+        matches!(self, Confirmation::Ack)
+    }
+
+    /// Whether this is [`Confirmation::Nack`].
+    pub fn is_nack(&self) -> bool {
+        matches!(self, Confirmation::Nack)
+    }
+}
+
+/// Resolves to the [`Confirmation`] of one publish. On a channel without
+/// [`crate::Channel::confirm_select`] it resolves at once to
+/// [`Confirmation::NotRequested`] (after the message was queued for the socket). It
+/// fails with the channel's close reason if the channel or connection dies first.
+///
+/// Dropping it does not cancel anything: the message was already sent.
+pub struct PublisherConfirm {
+    rx: oneshot::Receiver<Result<Confirmation>>,
+    channel: ChannelCore,
+}
+
+impl std::fmt::Debug for PublisherConfirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherConfirm")
+            .field("channel", &self.channel.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublisherConfirm {
+    pub(crate) fn new(rx: oneshot::Receiver<Result<Confirmation>>, channel: ChannelCore) -> Self {
+        PublisherConfirm { rx, channel }
+    }
+}
+
+impl Future for PublisherConfirm {
+    type Output = Result<Confirmation>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(self.channel.closed_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,1026 @@
+//! The connection task: one per connection, owning the socket and every channel's
+//! protocol state. Handles talk to it only through [`Request`]s on an mpsc queue and
+//! get answers on oneshots.
+//!
+//! One `select!` loop does all the work, so nothing here needs a lock:
+//! - read a frame and dispatch it (replies to the oldest pending call of the channel,
+//!   deliveries to consumers, confirms to publishers, returns to the returns stream,
+//!   `channel.close` / `connection.close` from the server);
+//! - take a request from a handle and encode its frames into the outgoing buffer (only
+//!   while that buffer is below [`HIGH_WATER`], which is the back-pressure on publishers);
+//! - write the outgoing buffer to the socket (reading never waits for writing);
+//! - on the heartbeat tick, send a heartbeat if nothing else went out lately and declare
+//!   the server dead after two silent intervals.
+//!
+//! When the connection ends, for whatever reason, every pending call, consumer and
+//! confirm fails with that reason: nothing waits forever.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use minimq_protocol::frame::{encode_content, encode_method};
+use minimq_protocol::{
+    BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk, ChannelOpen,
+    CodecError, ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, Method, ReplyCode,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::codec::FramedRead;
+
+use crate::acker::Acker;
+use crate::channel::{ChannelCore, ChannelShared};
+use crate::codec::{ClientCodec, Incoming};
+use crate::confirm::Confirmation;
+use crate::connection::{BlockedState, ConnHandle, ConnectionShared};
+use crate::error::{Error, Result};
+use crate::message::Delivery;
+use crate::returned::ReturnedMessage;
+
+/// Stop taking requests while this many octets wait for the socket.
+const HIGH_WATER: usize = 1 << 20;
+/// How long a closing connection waits for `close-ok` (or to flush a final frame).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a handle asks the connection task to do.
+pub(crate) enum Request {
+    /// Open a channel on a free number.
+    OpenChannel {
+        reply: oneshot::Sender<Result<Arc<ChannelShared>>>,
+    },
+    /// Send a synchronous method and answer with its reply.
+    Call {
+        channel: Arc<ChannelShared>,
+        method: Method,
+        /// For `basic.consume`: where the consumer's deliveries go.
+        consumer: Option<ConsumerSink>,
+        reply: oneshot::Sender<Result<Reply>>,
+    },
+    /// Send an asynchronous method; answer once it is queued.
+    Cast {
+        channel: Arc<ChannelShared>,
+        method: Method,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Publish a message; answer with its confirmation.
+    Publish {
+        channel: Arc<ChannelShared>,
+        publish: BasicPublish,
+        properties: Box<BasicProperties>,
+        body: Bytes,
+        confirm: oneshot::Sender<Result<Confirmation>>,
+    },
+    /// Answer once every outstanding confirm of the channel is in.
+    WaitForConfirms {
+        channel: Arc<ChannelShared>,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Close the connection.
+    Close { reply: oneshot::Sender<Result<()>> },
+}
+
+/// The reply to a [`Request::Call`]: the `-ok` method, and for `basic.get-ok` the message.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) method: Method,
+    pub(crate) content: Option<Content>,
+}
+
+/// A message's properties and body, reassembled from its header and body frames.
+#[derive(Debug, Default)]
+pub(crate) struct Content {
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Bytes,
+}
+
+/// Where one consumer's deliveries go.
+pub(crate) struct ConsumerSink {
+    pub(crate) tx: mpsc::UnboundedSender<Result<Delivery>>,
+    pub(crate) no_ack: bool,
+}
+
+/// A synchronous call waiting for its reply.
+struct Pending {
+    /// Class and method id of the request, to check the reply against.
+    request: (u16, u16),
+    reply: PendingReply,
+}
+
+enum PendingReply {
+    Open(oneshot::Sender<Result<Arc<ChannelShared>>>),
+    Call {
+        reply: oneshot::Sender<Result<Reply>>,
+        consumer: Option<ConsumerSink>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Opening,
+    Open,
+    /// We sent `channel.close` and wait for `close-ok`.
+    Closing,
+}
+
+/// A message whose header and body frames are still arriving.
+struct PartialContent {
+    method: Method,
+    header: Option<(BasicProperties, u64)>,
+    chunks: Vec<Bytes>,
+    received: u64,
+}
+
+impl PartialContent {
+    fn is_complete(&self) -> bool {
+        matches!(self.header, Some((_, size)) if self.received >= size)
+    }
+
+    fn finish(mut self) -> (Method, Content) {
+        let (properties, _) = self.header.take().unwrap_or_default();
+        let body = if self.chunks.len() == 1 {
+            self.chunks.pop().unwrap_or_default()
+        } else {
+            let mut all = BytesMut::with_capacity(self.received as usize);
+            for chunk in &self.chunks {
+                all.extend_from_slice(chunk);
+            }
+            all.freeze()
+        };
+        (self.method, Content { properties, body })
+    }
+}
+
+/// Publisher-confirm bookkeeping of a channel in confirm mode.
+#[derive(Default)]
+struct Confirms {
+    /// Sequence number of the next publish (the broker counts from 1).
+    next_seq: u64,
+    outstanding: BTreeMap<u64, oneshot::Sender<Result<Confirmation>>>,
+    /// Whether anything was nacked since the last `wait_for_confirms` answer.
+    nacked: bool,
+    waiters: Vec<oneshot::Sender<Result<bool>>>,
+}
+
+impl Confirms {
+    fn new() -> Confirms {
+        Confirms {
+            next_seq: 1,
+            ..Confirms::default()
+        }
+    }
+
+    fn settle(&mut self, tag: u64, multiple: bool, ack: bool) {
+        let settled = if multiple {
+            let rest = self.outstanding.split_off(&(tag.saturating_add(1)));
+            std::mem::replace(&mut self.outstanding, rest)
+        } else {
+            self.outstanding
+                .remove(&tag)
+                .map(|tx| (tag, tx))
+                .into_iter()
+                .collect()
+        };
+        let verdict = if ack {
+            Confirmation::Ack
+        } else {
+            self.nacked = true;
+            Confirmation::Nack
+        };
+        for (_, tx) in settled {
+            let _ = tx.send(Ok(verdict));
+        }
+        if self.outstanding.is_empty() {
+            self.answer_waiters();
+        }
+    }
+
+    fn answer_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let all_acked = !std::mem::take(&mut self.nacked);
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(Ok(all_acked));
+        }
+    }
+}
+
+/// The protocol state of one open channel.
+struct ChannelSlot {
+    shared: Arc<ChannelShared>,
+    state: SlotState,
+    pending: VecDeque<Pending>,
+    consumers: HashMap<String, ConsumerSink>,
+    content: Option<PartialContent>,
+    confirms: Option<Confirms>,
+}
+
+impl ChannelSlot {
+    /// Fails everything waiting on the channel with `reason` and marks it closed.
+    /// Pending `channel.close` calls succeed: the channel is closed. Consumers get the
+    /// error unless this client closed the channel or connection itself.
+    fn fail(self, reason: Error, by_client: bool) {
+        self.shared.set_closed(reason.clone());
+        for pending in self.pending {
+            match pending.reply {
+                PendingReply::Open(reply) => {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+                PendingReply::Call { reply, .. } if pending.request == (20, 40) => {
+                    let _ = reply.send(Ok(Reply {
+                        method: Method::ChannelCloseOk(ChannelCloseOk),
+                        content: None,
+                    }));
+                }
+                PendingReply::Call { reply, .. } => {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+            }
+        }
+        if !by_client {
+            for sink in self.consumers.values() {
+                let _ = sink.tx.send(Err(reason.clone()));
+            }
+        }
+        if let Some(confirms) = self.confirms {
+            for (_, tx) in confirms.outstanding {
+                let _ = tx.send(Err(reason.clone()));
+            }
+            for waiter in confirms.waiters {
+                let _ = waiter.send(Err(reason.clone()));
+            }
+        }
+    }
+}
+
+/// Where the connection is in its life.
+enum State {
+    Open,
+    /// We sent `connection.close` and wait for `close-ok`.
+    Closing,
+    /// Write out what is queued (a `close-ok` or our `close`), then stop with this reason.
+    Finishing(Error),
+}
+
+/// The connection task. See the module docs.
+pub(crate) struct IoLoop {
+    reader: FramedRead<OwnedReadHalf, ClientCodec>,
+    reader_done: bool,
+    writer: OwnedWriteHalf,
+    outbox: BytesMut,
+    requests: mpsc::Receiver<Request>,
+    requests_done: bool,
+    /// To hand out channel handles (ackers) without keeping the queue open forever.
+    weak: mpsc::WeakSender<Request>,
+    shared: Arc<ConnectionShared>,
+    channels: HashMap<u16, ChannelSlot>,
+    next_channel: u16,
+    state: State,
+    /// Whether this client started the close (then consumers end without an error).
+    closed_by_client: bool,
+    close_waiters: Vec<oneshot::Sender<Result<()>>>,
+    deadline: Option<Instant>,
+    heartbeat: Option<Duration>,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+impl IoLoop {
+    pub(crate) fn new(
+        reader: FramedRead<OwnedReadHalf, ClientCodec>,
+        writer: OwnedWriteHalf,
+        requests: mpsc::Receiver<Request>,
+        weak: mpsc::WeakSender<Request>,
+        shared: Arc<ConnectionShared>,
+    ) -> IoLoop {
+        let heartbeat =
+            (shared.tune.heartbeat > 0).then(|| Duration::from_secs(shared.tune.heartbeat.into()));
+        let now = Instant::now();
+        IoLoop {
+            reader,
+            reader_done: false,
+            writer,
+            outbox: BytesMut::with_capacity(64 * 1024),
+            requests,
+            requests_done: false,
+            weak,
+            shared,
+            channels: HashMap::new(),
+            next_channel: 1,
+            state: State::Open,
+            closed_by_client: false,
+            close_waiters: Vec::new(),
+            deadline: None,
+            heartbeat,
+            last_read: now,
+            last_write: now,
+        }
+    }
+
+    /// Runs the connection until it ends, then fails everything still waiting.
+    pub(crate) async fn run(mut self) {
+        let reason = self.drive().await;
+        match &reason {
+            Error::ConnectionClosed { code: 200, .. } => tracing::debug!("connection closed"),
+            other => tracing::warn!(error = %other, "connection ended"),
+        }
+        self.shared.set_closed(reason.clone());
+        for (_, slot) in self.channels.drain() {
+            slot.fail(reason.clone(), self.closed_by_client);
+        }
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            fail_request(request, &reason);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+        for waiter in self.close_waiters.drain(..) {
+            let _ = waiter.send(if self.closed_by_client {
+                Ok(())
+            } else {
+                Err(reason.clone())
+            });
+        }
+    }
+
+    /// The select loop; returns why the connection ended.
+    async fn drive(&mut self) -> Error {
+        let tick = self.heartbeat.map_or(Duration::from_secs(3600), |hb| {
+            (hb / 2).max(Duration::from_millis(100))
+        });
+        let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            if let State::Finishing(reason) = &self.state {
+                if self.outbox.is_empty() {
+                    return reason.clone();
+                }
+            }
+            let take_requests = matches!(self.state, State::Open)
+                && !self.requests_done
+                && self.outbox.len() < HIGH_WATER;
+            let deadline = self.deadline.unwrap_or_else(Instant::now);
+            tokio::select! {
+                incoming = self.reader.next(), if !self.reader_done => match incoming {
+                    Some(Ok(incoming)) => {
+                        self.last_read = Instant::now();
+                        self.on_incoming(incoming);
+                    }
+                    Some(Err(CodecError::Decode(e))) => {
+                        self.reader_done = true;
+                        self.violation(e.reply_code(), e.to_string());
+                    }
+                    Some(Err(CodecError::Io(e))) => return Error::io(e),
+                    None => {
+                        self.reader_done = true;
+                        return match &self.state {
+                            State::Open => Error::io(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "server closed the socket without connection.close",
+                            )),
+                            State::Closing => client_close_reason(),
+                            State::Finishing(reason) => reason.clone(),
+                        };
+                    }
+                },
+                request = self.requests.recv(), if take_requests => match request {
+                    Some(request) => self.on_request(request),
+                    None => {
+                        // Every handle is gone: nobody can use the connection any more.
+                        self.requests_done = true;
+                        self.begin_close();
+                    }
+                },
+                written = self.writer.write_buf(&mut self.outbox), if !self.outbox.is_empty() => {
+                    match written {
+                        Ok(0) => return Error::io(std::io::ErrorKind::WriteZero.into()),
+                        Ok(_) => self.last_write = Instant::now(),
+                        Err(e) => return Error::io(e),
+                    }
+                },
+                _ = ticker.tick(), if self.heartbeat.is_some() => {
+                    if let Some(error) = self.on_heartbeat_tick() {
+                        return error;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline), if self.deadline.is_some() => {
+                    return self.end_reason();
+                },
+                // Nothing left to wait for (cannot happen: every state has a live branch).
+                else => return self.end_reason(),
+            }
+        }
+    }
+
+    /// Why the connection ends when it is cut short in its current state.
+    fn end_reason(&self) -> Error {
+        match &self.state {
+            State::Finishing(reason) => reason.clone(),
+            State::Closing => client_close_reason(),
+            State::Open => Error::io(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Sends a heartbeat when the write side was idle for half the interval (as RabbitMQ
+    /// does), and gives up on a server silent for two intervals.
+    fn on_heartbeat_tick(&mut self) -> Option<Error> {
+        let hb = self.heartbeat?;
+        if self.last_read.elapsed() >= 2 * hb {
+            return Some(Error::MissedHeartbeats(2 * hb));
+        }
+        if self.outbox.is_empty() && self.last_write.elapsed() >= hb / 2 {
+            Frame::Heartbeat.encode(&mut self.outbox);
+        }
+        None
+    }
+
+    /// Queues `connection.close` and waits (up to [`CLOSE_TIMEOUT`]) for `close-ok`.
+    fn begin_close(&mut self) {
+        if !matches!(self.state, State::Open) {
+            return;
+        }
+        self.closed_by_client = true;
+        self.send_method(
+            0,
+            &Method::ConnectionClose(ConnectionClose {
+                reply_code: ReplyCode::Success.code(),
+                reply_text: "Goodbye".into(),
+                class_id: 0,
+                method_id: 0,
+            }),
+        );
+        self.state = State::Closing;
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    /// The server broke the protocol: tell it why, and stop.
+    fn violation(&mut self, code: ReplyCode, text: String) {
+        tracing::error!(%text, "protocol violation by the server; closing the connection");
+        if matches!(self.state, State::Finishing(_)) {
+            return;
+        }
+        self.send_method(
+            0,
+            &Method::ConnectionClose(ConnectionClose {
+                reply_code: code.code(),
+                reply_text: code.text(&text),
+                class_id: 0,
+                method_id: 0,
+            }),
+        );
+        self.state = State::Finishing(Error::Protocol(text));
+        self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    fn send_method(&mut self, channel: u16, method: &Method) {
+        encode_method(&mut self.outbox, channel, method);
+    }
+
+    // ----- requests from handles -----
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::OpenChannel { reply } => self.open_channel(reply),
+            Request::Call {
+                channel,
+                method,
+                consumer,
+                reply,
+            } => {
+                let slot = match open_slot(&mut self.channels, &channel) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                match &method {
+                    // The broker numbers publishes from the moment it sees confirm.select,
+                    // so count from the moment it is sent.
+                    Method::ConfirmSelect(_) => {
+                        slot.confirms.get_or_insert_with(Confirms::new);
+                    }
+                    Method::ChannelClose(_) => slot.state = SlotState::Closing,
+                    _ => {}
+                }
+                slot.pending.push_back(Pending {
+                    request: (method.class_id(), method.method_id()),
+                    reply: PendingReply::Call { reply, consumer },
+                });
+                encode_method(&mut self.outbox, channel.id, &method);
+            }
+            Request::Cast {
+                channel,
+                method,
+                reply,
+            } => {
+                let result = open_slot(&mut self.channels, &channel).map(|_| ());
+                if result.is_ok() {
+                    encode_method(&mut self.outbox, channel.id, &method);
+                }
+                let _ = reply.send(result);
+            }
+            Request::Publish {
+                channel,
+                publish,
+                properties,
+                body,
+                confirm,
+            } => {
+                let slot = match open_slot(&mut self.channels, &channel) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        let _ = confirm.send(Err(e));
+                        return;
+                    }
+                };
+                encode_content(
+                    &mut self.outbox,
+                    channel.id,
+                    &Method::BasicPublish(publish),
+                    &properties,
+                    &body,
+                    self.shared.tune.frame_max,
+                );
+                match &mut slot.confirms {
+                    Some(confirms) => {
+                        confirms.outstanding.insert(confirms.next_seq, confirm);
+                        confirms.next_seq += 1;
+                    }
+                    None => {
+                        let _ = confirm.send(Ok(Confirmation::NotRequested));
+                    }
+                }
+            }
+            Request::WaitForConfirms { channel, reply } => {
+                let slot = match open_slot(&mut self.channels, &channel) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                match &mut slot.confirms {
+                    None => {
+                        let _ = reply.send(Err(Error::InvalidState(
+                            "wait_for_confirms on a channel without confirm_select".into(),
+                        )));
+                    }
+                    Some(confirms) => {
+                        confirms.waiters.push(reply);
+                        if confirms.outstanding.is_empty() {
+                            confirms.answer_waiters();
+                        }
+                    }
+                }
+            }
+            Request::Close { reply } => {
+                self.close_waiters.push(reply);
+                self.begin_close();
+            }
+        }
+    }
+
+    fn open_channel(&mut self, reply: oneshot::Sender<Result<Arc<ChannelShared>>>) {
+        let Some(id) = self.free_channel_id() else {
+            let _ = reply.send(Err(Error::ChannelsExhausted(self.channel_max())));
+            return;
+        };
+        let shared = Arc::new(ChannelShared::new(id));
+        let mut slot = ChannelSlot {
+            shared,
+            state: SlotState::Opening,
+            pending: VecDeque::new(),
+            consumers: HashMap::new(),
+            content: None,
+            confirms: None,
+        };
+        slot.pending.push_back(Pending {
+            request: (20, 10),
+            reply: PendingReply::Open(reply),
+        });
+        self.channels.insert(id, slot);
+        self.send_method(id, &Method::ChannelOpen(ChannelOpen));
+    }
+
+    fn channel_max(&self) -> u16 {
+        match self.shared.tune.channel_max {
+            0 => u16::MAX,
+            n => n,
+        }
+    }
+
+    /// The next free channel number, round-robin from the last one handed out.
+    fn free_channel_id(&mut self) -> Option<u16> {
+        let max = self.channel_max();
+        for _ in 0..max {
+            let id = self.next_channel;
+            self.next_channel = if id >= max { 1 } else { id + 1 };
+            if !self.channels.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    // ----- frames from the server -----
+
+    fn on_incoming(&mut self, incoming: Incoming) {
+        let frame = match incoming {
+            Incoming::Blocked(reason) => {
+                tracing::warn!(%reason, "connection blocked by the server");
+                self.shared
+                    .blocked
+                    .send_replace(BlockedState::Blocked { reason });
+                return;
+            }
+            Incoming::Unblocked => {
+                tracing::info!("connection unblocked");
+                self.shared.blocked.send_replace(BlockedState::Unblocked);
+                return;
+            }
+            Incoming::Frame(frame) => frame,
+        };
+        match frame {
+            Frame::Heartbeat => {}
+            Frame::Method(0, method) => self.on_connection_method(method),
+            other if other.channel() == 0 => self.violation(
+                ReplyCode::CommandInvalid,
+                "content frame on channel 0".into(),
+            ),
+            // After close / close-ok everything but the close handshake is discarded.
+            _ if !matches!(self.state, State::Open) => {}
+            other => self.on_channel_frame(other),
+        }
+    }
+
+    fn on_connection_method(&mut self, method: Method) {
+        if matches!(self.state, State::Finishing(_)) {
+            return;
+        }
+        match method {
+            Method::ConnectionClose(close) => {
+                self.send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk));
+                let reason = if matches!(self.state, State::Closing) {
+                    client_close_reason()
+                } else {
+                    Error::ConnectionClosed {
+                        code: close.reply_code,
+                        text: close.reply_text,
+                    }
+                };
+                self.state = State::Finishing(reason);
+                self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            Method::ConnectionCloseOk(_) if matches!(self.state, State::Closing) => {
+                self.state = State::Finishing(client_close_reason());
+            }
+            Method::ConnectionCloseOk(_) => {}
+            other => self.violation(
+                ReplyCode::CommandInvalid,
+                format!("unexpected {} on channel 0", other.name()),
+            ),
+        }
+    }
+
+    fn on_channel_frame(&mut self, frame: Frame) {
+        let id = frame.channel();
+        let Some(slot) = self.channels.get_mut(&id) else {
+            tracing::debug!(channel = id, "dropping a frame for a channel that is gone");
+            return;
+        };
+        match frame {
+            Frame::Method(_, method) => {
+                if slot.content.is_some() {
+                    let text = format!("{} while content frames were expected", method.name());
+                    return self.violation(ReplyCode::UnexpectedFrame, text);
+                }
+                if method.has_content() {
+                    slot.content = Some(PartialContent {
+                        method,
+                        header: None,
+                        chunks: Vec::new(),
+                        received: 0,
+                    });
+                    return;
+                }
+                self.on_channel_method(id, method);
+            }
+            Frame::Header(_, header) => {
+                let ContentHeader {
+                    body_size,
+                    properties,
+                    ..
+                } = *header;
+                match &mut slot.content {
+                    Some(partial) if partial.header.is_none() => {
+                        partial.header = Some((properties, body_size));
+                    }
+                    _ => {
+                        let text = "content header without a content method".into();
+                        return self.violation(ReplyCode::UnexpectedFrame, text);
+                    }
+                }
+                self.maybe_complete(id);
+            }
+            Frame::Body(_, chunk) => {
+                match &mut slot.content {
+                    Some(partial) if partial.header.is_some() => {
+                        partial.received += chunk.len() as u64;
+                        partial.chunks.push(chunk);
+                    }
+                    _ => {
+                        let text = "body frame without a content header".into();
+                        return self.violation(ReplyCode::UnexpectedFrame, text);
+                    }
+                }
+                self.maybe_complete(id);
+            }
+            Frame::Heartbeat => {}
+        }
+    }
+
+    /// Dispatches a message once its body is complete.
+    fn maybe_complete(&mut self, id: u16) {
+        let Some(slot) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let Some(partial) = slot.content.take_if(|p| p.is_complete()) else {
+            return;
+        };
+        if let Some((_, size)) = &partial.header {
+            if partial.received > *size {
+                let text = format!("body of {} octets, header said {size}", partial.received);
+                return self.violation(ReplyCode::FrameError, text);
+            }
+        }
+        let (method, content) = partial.finish();
+        match method {
+            Method::BasicDeliver(deliver) => {
+                let Some(sink) = slot.consumers.get(&deliver.consumer_tag) else {
+                    tracing::warn!(tag = %deliver.consumer_tag, "delivery for an unknown consumer dropped");
+                    return;
+                };
+                let Some(tx) = self.weak.upgrade() else {
+                    return;
+                };
+                let core = ChannelCore::new(
+                    slot.shared.clone(),
+                    ConnHandle {
+                        tx,
+                        shared: self.shared.clone(),
+                    },
+                );
+                let delivery = Delivery {
+                    acker: Acker::new(core, deliver.delivery_tag, sink.no_ack),
+                    delivery_tag: deliver.delivery_tag,
+                    redelivered: deliver.redelivered,
+                    exchange: deliver.exchange,
+                    routing_key: deliver.routing_key,
+                    consumer_tag: deliver.consumer_tag,
+                    properties: content.properties,
+                    body: content.body,
+                };
+                if sink.tx.send(Ok(delivery)).is_err() {
+                    tracing::debug!("delivery for a dropped consumer discarded");
+                }
+            }
+            Method::BasicReturn(ret) => {
+                let message = ReturnedMessage {
+                    reply_code: ret.reply_code,
+                    reply_text: ret.reply_text,
+                    exchange: ret.exchange,
+                    routing_key: ret.routing_key,
+                    properties: content.properties,
+                    body: content.body,
+                };
+                let delivered = slot
+                    .shared
+                    .returns_subscriber()
+                    .is_some_and(|tx| tx.send(message).is_ok());
+                if !delivered {
+                    tracing::warn!(
+                        channel = id,
+                        "basic.return with nobody subscribed to returned messages; dropped"
+                    );
+                }
+            }
+            get_ok @ Method::BasicGetOk(_) => self.on_reply(id, get_ok, Some(content)),
+            other => {
+                let text = format!("content after {}", other.name());
+                self.violation(ReplyCode::UnexpectedFrame, text);
+            }
+        }
+    }
+
+    fn on_channel_method(&mut self, id: u16, method: Method) {
+        let Some(slot) = self.channels.get_mut(&id) else {
+            return;
+        };
+        match method {
+            Method::ChannelClose(close) => {
+                // Answer first, so the number is free again before anything reuses it.
+                encode_method(
+                    &mut self.outbox,
+                    id,
+                    &Method::ChannelCloseOk(ChannelCloseOk),
+                );
+                tracing::debug!(channel = id, code = close.reply_code, text = %close.reply_text, "channel closed by the server");
+                if let Some(slot) = self.channels.remove(&id) {
+                    let reason = Error::ChannelClosed {
+                        code: close.reply_code,
+                        text: close.reply_text,
+                    };
+                    slot.fail(reason, false);
+                }
+            }
+            Method::ChannelFlow(flow) => {
+                let ok = Method::ChannelFlowOk(ChannelFlowOk {
+                    active: flow.active,
+                });
+                encode_method(&mut self.outbox, id, &ok);
+            }
+            Method::BasicAck(ack) => match &mut slot.confirms {
+                Some(confirms) => confirms.settle(ack.delivery_tag, ack.multiple, true),
+                None => self.violation(
+                    ReplyCode::CommandInvalid,
+                    "basic.ack on a channel not in confirm mode".into(),
+                ),
+            },
+            Method::BasicNack(nack) => match &mut slot.confirms {
+                Some(confirms) => confirms.settle(nack.delivery_tag, nack.multiple, false),
+                None => self.violation(
+                    ReplyCode::CommandInvalid,
+                    "basic.nack on a channel not in confirm mode".into(),
+                ),
+            },
+            Method::BasicCancel(cancel) => {
+                // consumer_cancel_notify: the queue went away under the consumer.
+                tracing::info!(tag = %cancel.consumer_tag, "consumer cancelled by the server");
+                slot.consumers.remove(&cancel.consumer_tag);
+                if !cancel.no_wait {
+                    let ok = Method::BasicCancelOk(BasicCancelOk {
+                        consumer_tag: cancel.consumer_tag,
+                    });
+                    encode_method(&mut self.outbox, id, &ok);
+                }
+            }
+            reply => self.on_reply(id, reply, None),
+        }
+    }
+
+    /// Matches a reply to the channel's oldest pending call.
+    fn on_reply(&mut self, id: u16, method: Method, content: Option<Content>) {
+        let Some(slot) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let matches = slot
+            .pending
+            .front()
+            .is_some_and(|p| is_reply(p.request, &method));
+        if !matches {
+            let text = format!("unexpected {} on channel {id}", method.name());
+            return self.violation(ReplyCode::UnexpectedFrame, text);
+        }
+        let Some(pending) = slot.pending.pop_front() else {
+            return;
+        };
+        match pending.reply {
+            PendingReply::Open(reply) => {
+                slot.state = SlotState::Open;
+                let _ = reply.send(Ok(slot.shared.clone()));
+            }
+            PendingReply::Call { reply, consumer } => {
+                match (&method, consumer) {
+                    (Method::BasicConsumeOk(ok), Some(sink)) => {
+                        slot.consumers.insert(ok.consumer_tag.clone(), sink);
+                    }
+                    (Method::BasicCancelOk(ok), _) => {
+                        slot.consumers.remove(&ok.consumer_tag);
+                    }
+                    _ => {}
+                }
+                let closed = matches!(method, Method::ChannelCloseOk(_));
+                let _ = reply.send(Ok(Reply { method, content }));
+                if closed {
+                    if let Some(slot) = self.channels.remove(&id) {
+                        let reason = Error::ChannelClosed {
+                            code: ReplyCode::Success.code(),
+                            text: "channel closed by the client".into(),
+                        };
+                        slot.fail(reason, true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The slot of `channel` if it is open and still the same channel.
+fn open_slot<'a>(
+    channels: &'a mut HashMap<u16, ChannelSlot>,
+    channel: &Arc<ChannelShared>,
+) -> Result<&'a mut ChannelSlot> {
+    match channels.get_mut(&channel.id) {
+        Some(slot) if Arc::ptr_eq(&slot.shared, channel) => match slot.state {
+            SlotState::Open => Ok(slot),
+            SlotState::Opening | SlotState::Closing => Err(Error::ChannelClosed {
+                code: ReplyCode::Success.code(),
+                text: "channel is closing".into(),
+            }),
+        },
+        _ => Err(channel.closed_reason().unwrap_or(Error::ChannelClosed {
+            code: ReplyCode::Success.code(),
+            text: "channel is closed".into(),
+        })),
+    }
+}
+
+/// Whether `reply` answers a request with these class and method ids.
+fn is_reply((class, request): (u16, u16), reply: &Method) -> bool {
+    let got = (reply.class_id(), reply.method_id());
+    match (class, request) {
+        // basic.get → get-ok | get-empty
+        (60, 70) => got == (60, 71) || got == (60, 72),
+        // exchange.unbind (40) → unbind-ok (51), RabbitMQ's numbering
+        (40, 40) => got == (40, 51),
+        _ => got == (class, request + 1),
+    }
+}
+
+/// The reason everything ends with when this client closed the connection.
+fn client_close_reason() -> Error {
+    Error::ConnectionClosed {
+        code: ReplyCode::Success.code(),
+        text: "connection closed by the client".into(),
+    }
+}
+
+/// Answers a request that arrived too late with the connection's end.
+fn fail_request(request: Request, reason: &Error) {
+    let e = reason.clone();
+    match request {
+        Request::OpenChannel { reply } => drop(reply.send(Err(e))),
+        Request::Call { reply, .. } => drop(reply.send(Err(e))),
+        Request::Cast { reply, .. } => drop(reply.send(Err(e))),
+        Request::Publish { confirm, .. } => drop(confirm.send(Err(e))),
+        Request::WaitForConfirms { reply, .. } => drop(reply.send(Err(e))),
+        Request::Close { reply } => drop(reply.send(Err(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minimq_protocol::{
+        BasicGetEmpty, BasicGetOk, ExchangeUnbindOk, QueueDeclareOk, QueueDeleteOk,
+    };
+
+    #[test]
+    fn replies_match_their_requests() {
+        let declare_ok = Method::QueueDeclareOk(QueueDeclareOk::default());
+        assert!(is_reply((50, 10), &declare_ok));
+        assert!(!is_reply((50, 40), &declare_ok));
+        assert!(is_reply(
+            (50, 40),
+            &Method::QueueDeleteOk(QueueDeleteOk::default())
+        ));
+        assert!(is_reply(
+            (60, 70),
+            &Method::BasicGetOk(BasicGetOk::default())
+        ));
+        assert!(is_reply((60, 70), &Method::BasicGetEmpty(BasicGetEmpty)));
+        assert!(is_reply(
+            (40, 40),
+            &Method::ExchangeUnbindOk(ExchangeUnbindOk)
+        ));
+    }
+
+    #[test]
+    fn confirms_settle_single_and_multiple() {
+        let mut c = Confirms::new();
+        let mut rxs = Vec::new();
+        for seq in 1..=4 {
+            let (tx, rx) = oneshot::channel();
+            c.outstanding.insert(seq, tx);
+            rxs.push(rx);
+        }
+        let (wait_tx, mut wait_rx) = oneshot::channel();
+        c.waiters.push(wait_tx);
+        c.settle(2, false, false);
+        c.settle(3, true, true);
+        assert!(wait_rx.try_recv().is_err(), "4 is still outstanding");
+        c.settle(4, false, true);
+        let got: Vec<_> = rxs
+            .iter_mut()
+            .map(|rx| rx.try_recv().unwrap().unwrap())
+            .collect();
+        use Confirmation::*;
+        assert_eq!(got, [Ack, Nack, Ack, Ack]);
+        assert!(!wait_rx.try_recv().unwrap().unwrap(), "one was nacked");
+        assert!(!c.nacked, "the flag resets once reported");
+    }
+}

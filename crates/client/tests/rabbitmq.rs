@@ -1,0 +1,49 @@
+//! Client scenarios against a real RabbitMQ, from `scenarios/`. They run when
+//! `MINIMQ_TEST_RABBITMQ_URL` is set (e.g. `amqp://guest:guest@localhost:5672/%2f`) and
+//! print a note and pass otherwise. Each scenario is bounded to 60 s so a hang fails.
+
+mod scenarios;
+
+use std::time::Duration;
+
+const ENV: &str = "MINIMQ_TEST_RABBITMQ_URL";
+
+fn url() -> Option<String> {
+    match std::env::var(ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("note: {ENV} is not set; skipping this RabbitMQ test");
+            None
+        }
+    }
+}
+
+macro_rules! rabbitmq_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let Some(url) = url() else { return };
+            tokio::time::timeout(Duration::from_secs(60), scenarios::$name(&url))
+                .await
+                .expect(concat!(stringify!($name), " timed out"));
+        }
+    )*};
+}
+
+rabbitmq_tests!(
+    declare_publish_get,
+    large_body_is_split_at_frame_max,
+    consume_and_ack,
+    nack_requeue_redelivers,
+    publisher_confirms,
+    mandatory_publish_is_returned,
+    channel_error_fails_pending_calls,
+    heartbeats_keep_an_idle_connection_alive,
+    bad_credentials_are_refused,
+    close_ends_consumers_and_calls,
+);
+
+#[test]
+fn every_scenario_is_listed() {
+    assert_eq!(scenarios::ALL.len(), 10);
+}
