@@ -8,6 +8,9 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::error::DecodeError;
 use crate::frame::{Frame, FRAME_END, FRAME_OVERHEAD};
 
+/// Most buffer space reserved ahead of a frame's bytes actually arriving.
+const MAX_RESERVE_STEP: usize = 1024 * 1024;
+
 /// Encodes and decodes [`Frame`]s.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
@@ -68,7 +71,9 @@ impl Decoder for FrameCodec {
             .into());
         }
         if src.len() < size + FRAME_OVERHEAD {
-            src.reserve(size + FRAME_OVERHEAD - src.len());
+            // Grow towards the frame, but never trust a peer's size for more than a step
+            // at a time: with frame_max 0 (no limit) it could announce 4 GiB.
+            src.reserve((size + FRAME_OVERHEAD - src.len()).min(MAX_RESERVE_STEP));
             return Ok(None);
         }
         let end = src[7 + size];
