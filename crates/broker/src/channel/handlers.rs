@@ -441,15 +441,17 @@ impl Conn {
             .get(&ch)
             .map(|c| (c.status, c.publish.as_ref().map(|p| p.header.is_some())));
         match expecting {
-            None => {
-                return Err(AmqpError::new(
-                    ReplyCode::ChannelError,
-                    "expected 'channel.open'",
-                ))
-            }
             Some((super::ChannelStatus::Closing, _)) => return Ok(()),
             Some((_, Some(false))) => {}
-            Some(_) => {
+            Some((_, Some(true))) => {
+                return Err(AmqpError::new(
+                    ReplyCode::UnexpectedFrame,
+                    "expected content body, got non content body frame instead",
+                )
+                .on(60, 40))
+            }
+            // No channel, or no publish on it: RabbitMQ's answer in both cases.
+            _ => {
                 return Err(AmqpError::new(
                     ReplyCode::UnexpectedFrame,
                     "expected method frame, got non method frame instead",
@@ -460,10 +462,11 @@ impl Conn {
             return Err(AmqpError::new(
                 ReplyCode::UnexpectedFrame,
                 format!(
-                    "expected content header for class 60, got one for class {}",
+                    "expected content header for class 60, got one for class {} instead",
                     header.class_id
                 ),
-            ));
+            )
+            .on(60, 40));
         }
         if header.body_size > max {
             self.channel(ch).publish = None;
@@ -483,14 +486,24 @@ impl Conn {
 
     /// A body frame arrived on `ch`.
     pub(crate) async fn on_body(&mut self, ch: u16, body: Bytes) -> AmqpResult<()> {
+        let no_method = || {
+            AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected method frame, got non method frame instead",
+            )
+        };
         let Some(channel) = self.channels.get_mut(&ch) else {
-            return Err(AmqpError::new(
-                ReplyCode::ChannelError,
-                "expected 'channel.open'",
-            ));
+            return Err(no_method());
         };
         if channel.status == super::ChannelStatus::Closing {
             return Ok(());
+        }
+        if channel.publish.as_ref().is_some_and(|p| p.header.is_none()) {
+            return Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40));
         }
         let Some(PendingPublish {
             header: Some((_, size)),
@@ -498,10 +511,7 @@ impl Conn {
             ..
         }) = channel.publish.as_mut()
         else {
-            return Err(AmqpError::new(
-                ReplyCode::UnexpectedFrame,
-                "expected method frame, got non method frame instead",
-            ));
+            return Err(no_method());
         };
         let size = *size;
         if parts.len() + body.len() as u64 > size {

@@ -47,7 +47,7 @@ async fn next_method(reader: &mut Reader) -> Result<Option<Method>, AmqpError> {
         match reader.next().await {
             None | Some(Err(minimq_protocol::CodecError::Io(_))) => return Ok(None),
             Some(Err(minimq_protocol::CodecError::Decode(e))) => {
-                return Err(AmqpError::new(e.reply_code(), e))
+                return Err(super::decode_error(e))
             }
             Some(Ok(Frame::Heartbeat)) => continue,
             Some(Ok(Frame::Method(0, m))) => return Ok(Some(m)),
@@ -86,6 +86,13 @@ fn credentials(mechanism: &str, response: &Bytes) -> Option<(String, String)> {
     }
 }
 
+/// Until `tune-ok` is in, RabbitMQ answers only a refused login (to a client with the
+/// `authentication_failure_close` capability); any other error just closes the socket.
+fn silent(conn: &Conn, e: AmqpError) -> Outcome {
+    tracing::info!(peer = %conn.peer, code = e.code.code(), text = %e.text, "handshake failed, closing");
+    Outcome::Closed
+}
+
 /// Runs the handshake on `conn`.
 pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpError> {
     conn.send_method(
@@ -100,14 +107,17 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         .into(),
     );
     conn.flush();
-    let Some(m) = next_method(reader).await? else {
-        return Ok(Outcome::Closed);
+    let m = match next_method(reader).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(Outcome::Closed),
+        Err(e) => return Ok(silent(conn, e)),
     };
     let Method::ConnectionStartOk(start_ok) = m else {
-        return Err(AmqpError::new(
-            ReplyCode::CommandInvalid,
-            "expected 'connection.start_ok'",
-        ));
+        let e = AmqpError::new(
+            ReplyCode::ChannelError,
+            "unexpected method in connection state starting",
+        );
+        return Ok(silent(conn, e));
     };
     if let Some(FieldValue::Table(caps)) = start_ok.client_properties.get("capabilities") {
         let on = |k: &str| caps.get(k).and_then(FieldValue::as_bool).unwrap_or(false);
@@ -116,10 +126,11 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
     }
     let mechanism = start_ok.mechanism.as_str();
     if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
-        return Err(AmqpError::new(
-            ReplyCode::AccessRefused,
-            format!("unsupported authentication mechanism '{mechanism}'"),
-        ));
+        let e = AmqpError::new(
+            ReplyCode::CommandInvalid,
+            format!("unknown authentication mechanism '{mechanism}'"),
+        );
+        return Ok(silent(conn, e));
     }
     let creds = credentials(mechanism, &start_ok.response);
     let accepted = creds.as_ref().is_some_and(|(u, p)| {
@@ -153,58 +164,90 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         .into(),
     );
     conn.flush();
-    let Some(m) = next_method(reader).await? else {
-        return Ok(Outcome::Closed);
+    let m = match next_method(reader).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(Outcome::Closed),
+        Err(e) => return Ok(silent(conn, e)),
     };
     let Method::ConnectionTuneOk(tune) = m else {
-        return Err(AmqpError::new(
-            ReplyCode::CommandInvalid,
-            "expected 'connection.tune_ok'",
-        ));
+        let e = AmqpError::new(
+            ReplyCode::ChannelError,
+            "unexpected method in connection state tuning",
+        );
+        return Ok(silent(conn, e));
     };
-    let (ours_frame, ours_chan) = (cfg.frame_max, cfg.channel_max);
-    if tune.frame_max != 0 && tune.frame_max < minimq_protocol::frame::FRAME_MIN_SIZE {
-        return Err(AmqpError::new(
-            ReplyCode::NotAllowed,
-            format!(
-                "frame_max={} < {} min size",
-                tune.frame_max,
-                minimq_protocol::frame::FRAME_MIN_SIZE
-            ),
-        ));
-    }
-    if tune.frame_max > ours_frame {
-        return Err(AmqpError::new(
-            ReplyCode::NotAllowed,
-            format!("frame_max={} > {} max size", tune.frame_max, ours_frame),
-        ));
-    }
-    conn.frame_max = if tune.frame_max == 0 {
-        ours_frame
-    } else {
-        tune.frame_max
+    // RabbitMQ's negotiation: at least the minimum, and not above (nor 0 = "no limit"
+    // against) a server limit.
+    let negotiate = |field: &str, client: u32, min: u32, ours: u32| -> Result<u32, AmqpError> {
+        let refuse = |detail: String| {
+            AmqpError::new(
+                ReplyCode::NotAllowed,
+                format!("negotiated {field} = {client}{detail}"),
+            )
+        };
+        if client != 0 && client < min {
+            return Err(refuse(format!(
+                " is lower than the minimum allowed value ({min})"
+            )));
+        }
+        if ours != 0 && (client == 0 || client > ours) {
+            let no_limit = if client == 0 { " (no limit)" } else { "" };
+            return Err(refuse(format!(
+                "{no_limit} is higher than the maximum allowed value ({ours})"
+            )));
+        }
+        Ok(client)
     };
-    conn.channel_max = if tune.channel_max == 0 {
-        ours_chan
+    let negotiated = negotiate(
+        "frame_max",
+        tune.frame_max,
+        minimq_protocol::frame::FRAME_MIN_SIZE,
+        cfg.frame_max,
+    )
+    .and_then(|f| {
+        let c = negotiate(
+            "channel_max",
+            u32::from(tune.channel_max),
+            0,
+            u32::from(cfg.channel_max),
+        )?;
+        Ok((f, c as u16))
+    });
+    let (frame_max, channel_max) = match negotiated {
+        Ok(v) => v,
+        Err(e) => return Ok(silent(conn, e)),
+    };
+    conn.frame_max = frame_max;
+    conn.channel_max = if channel_max == 0 {
+        u16::MAX
     } else {
-        tune.channel_max.min(ours_chan)
+        channel_max
     };
     conn.heartbeat = tune.heartbeat;
-    reader.decoder_mut().set_frame_max(conn.frame_max);
+    // Like RabbitMQ, accept a frame whose payload alone is frame_max (8 octets over),
+    // which sloppy clients send.
+    let limit = if frame_max == 0 {
+        0
+    } else {
+        frame_max.saturating_add(8)
+    };
+    reader.decoder_mut().set_frame_max(limit);
     let Some(m) = next_method(reader).await? else {
         return Ok(Outcome::Closed);
     };
     let Method::ConnectionOpen(open) = m else {
         return Err(AmqpError::new(
-            ReplyCode::CommandInvalid,
-            "expected 'connection.open'",
-        ));
+            ReplyCode::ChannelError,
+            "unexpected method in connection state opening",
+        )
+        .on(m.class_id(), m.method_id()));
     };
     if open.virtual_host != "/" {
         return Err(AmqpError::new(
             ReplyCode::NotAllowed,
             format!("vhost {} not found", open.virtual_host),
-        ));
+        )
+        .on(10, 40));
     }
     conn.send_method(0, ConnectionOpenOk.into());
     conn.flush();
