@@ -1294,3 +1294,17 @@ mod random {
         rt.block_on(broker.shutdown());
     }
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_client_stuck_in_the_handshake() {
+    let broker = start(Config {
+        handshake_timeout: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
+    // Connected, sent the protocol header, got connection.start, then silent.
+    let mut c = Client::connect(broker.local_addr()).await;
+    // Shutdown must finish well inside the guard, not after the 600 s handshake timeout.
+    within(broker.shutdown()).await;
+    c.expect_eof().await;
+}

@@ -135,7 +135,13 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         client_closed: false,
         last_sent: Instant::now(),
     };
-    match tokio::time::timeout(timeout, handshake::run(&mut conn, &mut reader)).await {
+    // A shutdown does not wait for a client that is still in the handshake.
+    let shutdown = conn.state.shutdown.clone();
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(timeout, handshake::run(&mut conn, &mut reader)) => r,
+        _ = shutdown.cancelled() => Ok(Ok(handshake::Outcome::Closed)),
+    };
+    match handshake {
         Ok(Ok(handshake::Outcome::Open)) => {
             tracing::debug!(%peer, conn = conn.id, user = %conn.user, "connection open");
             conn.run(&mut reader, events_rx).await;
