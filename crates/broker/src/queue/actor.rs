@@ -99,10 +99,13 @@ impl QueueActor {
                     let now = Instant::now();
                     self.expire(now);
                     self.dispatch(now);
+                    self.publish_stats();
                     continue;
                 }
             };
-            if !self.handle(cmd) {
+            let alive = self.handle(cmd);
+            self.publish_stats();
+            if !alive {
                 break;
             }
         }
@@ -112,6 +115,19 @@ impl QueueActor {
             answer_dead(cmd, &self.handle);
         }
         tracing::debug!(queue = %self.handle.name(), "queue stopped");
+    }
+
+    fn count(&self, counter: impl Fn(&super::QueueStats) -> &std::sync::atomic::AtomicU64, n: u64) {
+        counter(&self.handle.info().stats).fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn publish_stats(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.handle.info().stats;
+        stats.ready.store(self.ready.len() as u64, Relaxed);
+        stats.unacked.store(self.unacked.len() as u64, Relaxed);
+        stats.consumers.store(self.consumers.len() as u64, Relaxed);
+        stats.ready_bytes.store(self.ready_bytes, Relaxed);
     }
 
     /// Handles one command; `false` when the queue is deleted.
@@ -170,6 +186,7 @@ impl QueueActor {
                 self.expire(now);
                 let result = self.ready.pop_front().map(|entry| {
                     self.ready_bytes -= entry.message.body.len() as u64;
+                    self.count(|s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
                         message: entry.message.clone(),
@@ -263,6 +280,7 @@ impl QueueActor {
             expires_at,
             redelivered: false,
         });
+        self.count(|s| &s.published, 1);
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
         while max_len.is_some_and(|m| self.ready.len() as u64 > m)
             || max_bytes.is_some_and(|m| self.ready_bytes > m)
@@ -338,6 +356,9 @@ impl QueueActor {
             };
             if let Some(cid) = consumer {
                 freed.push(cid);
+            }
+            if !requeue {
+                self.count(|s| &s.acked, 1);
             }
             if requeue {
                 entry.redelivered = true;
@@ -428,6 +449,10 @@ impl QueueActor {
                 continue;
             }
             self.ready_bytes -= entry.message.body.len() as u64;
+            self.count(|s| &s.delivered, 1);
+            if entry.redelivered {
+                self.count(|s| &s.redelivered, 1);
+            }
             if !c.spec.no_ack {
                 c.unacked += 1;
                 self.unacked.insert(

@@ -271,8 +271,43 @@ pub struct QueueShared {
     pub arguments: FieldTable,
     /// The parsed arguments.
     pub args: QueueArgs,
+    /// Live counters, written by the queue task after every command.
+    pub stats: QueueStats,
     tx: mpsc::Sender<QueueCommand>,
     id: u64,
+}
+
+/// Live counters of a queue for listings (management API, `minimqctl`). Only the queue
+/// task writes them, after each command it handles; readers see no lag beyond that.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Ready messages.
+    pub ready: AtomicU64,
+    /// Delivered, not yet acked.
+    pub unacked: AtomicU64,
+    /// Consumers.
+    pub consumers: AtomicU64,
+    /// Body octets of ready messages.
+    pub ready_bytes: AtomicU64,
+    /// Messages published into the queue, ever.
+    pub published: AtomicU64,
+    /// Messages delivered (including `basic.get`), ever.
+    pub delivered: AtomicU64,
+    /// Messages acked, ever.
+    pub acked: AtomicU64,
+    /// Messages redelivered, ever.
+    pub redelivered: AtomicU64,
+}
+
+impl QueueStats {
+    /// A snapshot of the gauges.
+    pub fn counts(&self) -> QueueCounts {
+        QueueCounts {
+            ready: self.ready.load(Ordering::Relaxed) as u32,
+            unacked: self.unacked.load(Ordering::Relaxed) as u32,
+            consumers: self.consumers.load(Ordering::Relaxed) as u32,
+        }
+    }
 }
 
 /// A cheap, cloneable reference to a queue.
@@ -299,6 +334,7 @@ impl QueueHandle {
             auto_delete,
             arguments,
             args,
+            stats: QueueStats::default(),
             tx,
             id,
         };
