@@ -117,10 +117,6 @@ impl QueueActor {
         tracing::debug!(queue = %self.handle.name(), "queue stopped");
     }
 
-    fn count(&self, counter: impl Fn(&super::QueueStats) -> &std::sync::atomic::AtomicU64, n: u64) {
-        counter(&self.handle.info().stats).fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-
     fn publish_stats(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.handle.info().stats;
@@ -186,7 +182,7 @@ impl QueueActor {
                 self.expire(now);
                 let result = self.ready.pop_front().map(|entry| {
                     self.ready_bytes -= entry.message.body.len() as u64;
-                    self.count(|s| &s.delivered, 1);
+                    count(&self.handle, |s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
                         message: entry.message.clone(),
@@ -280,7 +276,7 @@ impl QueueActor {
             expires_at,
             redelivered: false,
         });
-        self.count(|s| &s.published, 1);
+        count(&self.handle, |s| &s.published, 1);
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
         while max_len.is_some_and(|m| self.ready.len() as u64 > m)
             || max_bytes.is_some_and(|m| self.ready_bytes > m)
@@ -358,7 +354,7 @@ impl QueueActor {
                 freed.push(cid);
             }
             if !requeue {
-                self.count(|s| &s.acked, 1);
+                count(&self.handle, |s| &s.acked, 1);
             }
             if requeue {
                 entry.redelivered = true;
@@ -449,9 +445,9 @@ impl QueueActor {
                 continue;
             }
             self.ready_bytes -= entry.message.body.len() as u64;
-            self.count(|s| &s.delivered, 1);
+            count(&self.handle, |s| &s.delivered, 1);
             if entry.redelivered {
-                self.count(|s| &s.redelivered, 1);
+                count(&self.handle, |s| &s.redelivered, 1);
             }
             if !c.spec.no_ack {
                 c.unacked += 1;
@@ -470,6 +466,15 @@ impl QueueActor {
             }
         }
     }
+}
+
+/// Adds `n` to one of the queue's running totals.
+fn count(
+    handle: &QueueHandle,
+    counter: impl Fn(&super::QueueStats) -> &std::sync::atomic::AtomicU64,
+    n: u64,
+) {
+    counter(&handle.info().stats).fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
