@@ -1,16 +1,22 @@
-//! Server configuration: what the flags and `MINIMQ_*` variables set.
+//! Server configuration: what the flags and `MINIMQ_*` variables set. [`Config::default`]
+//! is an in-memory broker on 127.0.0.1:5672; `minimq-server` adds `./minimq-data`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Broker settings. [`Config::default`] is what `minimq-server` runs with no flags.
+/// Broker settings.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on for AMQP.
     pub listen: SocketAddr,
-    /// Directory for durable data.
-    pub data_dir: PathBuf,
+    /// Directory for durable queues and persistent messages; `None` keeps everything in
+    /// memory (the default for embedded brokers; `minimq-server` uses `./minimq-data`).
+    pub data_dir: Option<PathBuf>,
+    /// When the message log is synced.
+    pub fsync: crate::store::FsyncMode,
+    /// Size of a log segment before a new one is started.
+    pub segment_size: u64,
     /// Users and passwords accepted by PLAIN and AMQPLAIN.
     pub users: Vec<(String, String)>,
     /// `channel_max` offered in `connection.tune`.
@@ -23,19 +29,25 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Largest message body accepted.
     pub max_message_size: u64,
+    /// Address of the management HTTP API; `None` disables it. Embedded brokers default
+    /// to `None`; `minimq-server` defaults to `127.0.0.1:15672`.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
-            data_dir: PathBuf::from("./minimq-data"),
+            data_dir: None,
+            fsync: crate::store::FsyncMode::Batch,
+            segment_size: 64 * 1024 * 1024,
             users: vec![("guest".into(), "guest".into())],
             channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 60,
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 128 * 1024 * 1024,
+            http: None,
         }
     }
 }

@@ -10,9 +10,13 @@
 //! - [`exchange`]: exchange types and routing.
 //! - [`queue`]: one task per queue owning its messages, consumers and credit.
 //! - [`message`]: the shared, immutable published message.
+//! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery).
 //! - [`error`]: AMQP errors with RabbitMQ's reply texts.
+//! - [`admin`]: the management HTTP API (RabbitMQ's paths and JSON); [`registry`]: the
+//!   live connections, channels and consumers it lists.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod channel;
 pub mod config;
 pub mod connection;
@@ -20,7 +24,9 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod registry;
 pub mod server;
+pub mod store;
 pub mod vhost;
 
 pub use config::Config;

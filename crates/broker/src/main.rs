@@ -17,12 +17,34 @@ struct Args {
     /// Directory for durable queues and persistent messages.
     #[arg(long, env = "MINIMQ_DATA_DIR", default_value = "./minimq-data")]
     data_dir: PathBuf,
+    /// When the message log is synced: `batch` (a confirm means on disk) or `off`
+    /// (UNSAFE: confirmed messages can be lost on power loss or an OS crash).
+    #[arg(long, env = "MINIMQ_FSYNC", value_enum, default_value = "batch")]
+    fsync: FsyncArg,
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "MINIMQ_LOG", default_value = "info")]
     log: String,
     /// Heartbeat interval offered to clients, seconds (0 disables).
     #[arg(long, env = "MINIMQ_HEARTBEAT", default_value_t = 60)]
     heartbeat: u16,
+    /// Management HTTP API address, or `off` / `none` to disable it.
+    #[arg(long, env = "MINIMQ_HTTP", default_value = "127.0.0.1:15672", value_parser = parse_http)]
+    http: HttpAddr,
+}
+
+/// The `--http` value: an address, or disabled.
+#[derive(Debug, Clone, Copy)]
+struct HttpAddr(Option<SocketAddr>);
+
+fn parse_http(s: &str) -> Result<HttpAddr, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "none" | "" => Ok(HttpAddr(None)),
+        _ => s
+            .trim()
+            .parse()
+            .map(|a| HttpAddr(Some(a)))
+            .map_err(|e| format!("{e} (expected HOST:PORT, `off` or `none`)")),
+    }
 }
 
 #[tokio::main]
@@ -32,8 +54,10 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let config = Config {
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: Some(args.data_dir),
+        fsync: args.fsync.into(),
         heartbeat: args.heartbeat,
+        http: args.http.0,
         ..Config::default()
     };
     let broker = match Broker::builder().config(config).start().await {
@@ -67,5 +91,23 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `--fsync` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FsyncArg {
+    /// One fdatasync per batch of records that someone waits for.
+    Batch,
+    /// Never sync (unsafe).
+    Off,
+}
+
+impl From<FsyncArg> for minimq_broker::store::FsyncMode {
+    fn from(a: FsyncArg) -> Self {
+        match a {
+            FsyncArg::Batch => minimq_broker::store::FsyncMode::Batch,
+            FsyncArg::Off => minimq_broker::store::FsyncMode::Off,
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! every queue it is routed to (`Arc<Message>`); the body is a `Bytes` slice, so no queue
 //! and no consumer copies it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use minimq_protocol::BasicProperties;
@@ -18,9 +18,28 @@ pub struct Message {
     pub properties: BasicProperties,
     /// Its body.
     pub body: Bytes,
+    /// Its id in the message store once a durable queue has logged it (the first queue
+    /// to take a persistent message logs it; the others refer to it).
+    pub store_id: Mutex<Option<u64>>,
 }
 
 impl Message {
+    /// A message as published.
+    pub fn new(
+        exchange: Arc<str>,
+        routing_key: Arc<str>,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Message {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            store_id: Mutex::new(None),
+        }
+    }
+
     /// Whether it asked to be persisted (`delivery_mode = 2`).
     pub fn is_persistent(&self) -> bool {
         self.properties.is_persistent()

@@ -32,6 +32,10 @@ pub struct BrokerState {
     pub vhost: Arc<VHost>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// The message store, when the broker has a data directory.
+    pub store: Option<Arc<crate::store::Store>>,
+    /// Open connections, for the management API.
+    pub connections: crate::registry::Connections,
     next_conn_id: AtomicU64,
 }
 
@@ -55,9 +59,16 @@ impl BrokerBuilder {
         self
     }
 
-    /// Data directory.
+    /// Data directory: durable queues and persistent messages are kept there and
+    /// recovered from it at start. Without one, everything stays in memory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.data_dir = dir.into();
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+
+    /// When the message log is synced (`FsyncMode::Batch` by default).
+    pub fn fsync(mut self, mode: crate::store::FsyncMode) -> Self {
+        self.config.fsync = mode;
         self
     }
 
@@ -73,6 +84,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Management HTTP API address (`127.0.0.1:0` for an ephemeral port); `None`, the
+    /// default for embedded brokers, disables it.
+    pub fn http(mut self, addr: Option<SocketAddr>) -> Self {
+        self.config.http = addr;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -81,19 +99,45 @@ impl BrokerBuilder {
 
     /// Binds the listener and starts accepting connections.
     pub async fn start(self) -> std::io::Result<Broker> {
+        // Recover before listening: a client never sees a half-recovered broker.
+        let (store, recovered) = match &self.config.data_dir {
+            Some(dir) => {
+                let opts = crate::store::StoreOptions {
+                    fsync: self.config.fsync,
+                    segment_size: self.config.segment_size,
+                };
+                let (store, queues) = crate::store::Store::open(dir, opts)?;
+                (Some(store), queues)
+            }
+            None => (None, Vec::new()),
+        };
+        let vhost = VHost::new(store.clone());
+        vhost.restore(recovered);
         let listener = TcpListener::bind(self.config.listen).await?;
         let addr = listener.local_addr()?;
+        let http = match self.config.http {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
         let state = Arc::new(BrokerState {
             config: self.config,
-            vhost: VHost::new(),
+            vhost,
+            store,
             shutdown: CancellationToken::new(),
+            connections: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(listener, state.clone(), tracker.clone()));
         tracing::info!(%addr, "minimq listening");
+        if let Some(http) = http {
+            tracker.spawn(crate::admin::serve(http, state.clone(), tracker.clone()));
+            tracing::info!(addr = %http_addr.expect("bound"), "management API listening");
+        }
         Ok(Broker {
             addr,
+            http_addr,
             state,
             tracker,
             accept,
@@ -104,6 +148,7 @@ impl BrokerBuilder {
 /// A running broker.
 pub struct Broker {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     state: Arc<BrokerState>,
     tracker: TaskTracker,
     accept: JoinHandle<()>,
@@ -129,6 +174,11 @@ impl Broker {
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the management HTTP API is bound to, when enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// `amqp://guest:guest@ADDR/%2f` for this broker.
@@ -159,6 +209,12 @@ impl Broker {
         let _ = self.accept.await;
         self.tracker.close();
         self.tracker.wait().await;
+        // Connections are gone and their unacked messages requeued: let durable queues
+        // log which messages were delivered before, then close the log cleanly.
+        self.state.vhost.shutdown_queues().await;
+        if let Some(store) = &self.state.store {
+            store.close().await;
+        }
         tracing::info!("minimq stopped");
     }
 }

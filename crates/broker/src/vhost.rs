@@ -14,6 +14,7 @@ use minimq_protocol::{FieldTable, ReplyCode};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Exchange, ExchangeKind};
 use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueType};
+use crate::store::{RecoveredQueue, Store};
 
 /// Exchanges every vhost has from the start.
 const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -45,6 +46,7 @@ pub struct VHost {
     queues: DashMap<Arc<str>, QueueHandle>,
     exchanges: DashMap<Arc<str>, Arc<Exchange>>,
     me: Weak<VHost>,
+    store: Option<Arc<Store>>,
 }
 
 static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -62,13 +64,14 @@ pub fn generate_name(prefix: &str) -> String {
 }
 
 impl VHost {
-    /// A vhost with the built-in exchanges.
-    pub fn new() -> Arc<VHost> {
+    /// A vhost with the built-in exchanges, keeping durable queues in `store` if given.
+    pub fn new(store: Option<Arc<Store>>) -> Arc<VHost> {
         Arc::new_cyclic(|me| {
             let vhost = VHost {
                 queues: DashMap::new(),
                 exchanges: DashMap::new(),
                 me: me.clone(),
+                store,
             };
             for (name, kind) in BUILTIN_EXCHANGES {
                 let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
@@ -119,6 +122,17 @@ impl VHost {
             }
             Entry::Vacant(v) => {
                 let owner = spec.exclusive.then_some(conn_id);
+                // Exclusive queues die with their connection, so they are never stored
+                // (RabbitMQ deletes them at restart too).
+                let store_id = match (&self.store, spec.durable && !spec.exclusive) {
+                    (Some(store), true) => {
+                        Some(store.add_queue(&spec.name, spec.auto_delete, &spec.arguments).map_err(|e| {
+                            tracing::error!(error = %e, queue = %spec.name, "cannot record durable queue");
+                            AmqpError::new(ReplyCode::InternalError, format!("cannot record queue '{}': {e}", spec.name))
+                        })?)
+                    }
+                    _ => None,
+                };
                 let (handle, rx) = QueueHandle::new(
                     spec.name.as_str().into(),
                     spec.durable,
@@ -126,9 +140,16 @@ impl VHost {
                     spec.auto_delete,
                     spec.arguments,
                     args,
+                    store_id,
                 );
                 v.insert(handle.clone());
-                queue::actor::spawn(handle.clone(), rx, self.me.clone());
+                queue::actor::spawn(
+                    handle.clone(),
+                    rx,
+                    self.me.clone(),
+                    self.store.clone(),
+                    Vec::new(),
+                );
                 Ok((handle, true))
             }
         }
@@ -152,6 +173,42 @@ impl VHost {
         if removed {
             for e in self.exchanges.iter() {
                 e.unbind_queue(handle.name());
+            }
+            if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
+                if let Err(e) = store.remove_queue(id) {
+                    tracing::error!(error = %e, queue = %handle.name(), "cannot record queue deletion");
+                }
+            }
+        }
+    }
+
+    /// Recreates the durable queues recovered from the store, with their messages.
+    pub fn restore(&self, recovered: Vec<RecoveredQueue>) {
+        for q in recovered {
+            let args = QueueArgs::parse(&q.def.name, &q.def.arguments).unwrap_or_default();
+            let (handle, rx) = QueueHandle::new(
+                q.def.name.as_str().into(),
+                true,
+                None,
+                q.def.auto_delete,
+                q.def.arguments.clone(),
+                args,
+                Some(q.def.id),
+            );
+            self.queues
+                .insert(q.def.name.as_str().into(), handle.clone());
+            queue::actor::spawn(handle, rx, self.me.clone(), self.store.clone(), q.messages);
+        }
+    }
+
+    /// Graceful stop of every queue: durable queues log which messages were delivered
+    /// before, then their tasks end.
+    pub async fn shutdown_queues(&self) {
+        let queues = self.queues();
+        for q in queues {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if q.send(QueueCommand::Shutdown { reply }).await {
+                let _ = rx.await;
             }
         }
     }
@@ -183,6 +240,11 @@ impl VHost {
         let n = rx.await.unwrap_or(Ok(0))?;
         self.forget_queue(&q);
         Ok(n)
+    }
+
+    /// How many exchanges there are (built-in ones included), for listings.
+    pub fn exchange_count(&self) -> usize {
+        self.exchanges.len()
     }
 
     /// The exchange named `name`.

@@ -146,6 +146,8 @@ impl Conn {
                 if q.global {
                     channel.global_qos = true;
                     channel.credit.set_limit(u32::from(q.prefetch_count));
+                    let info = &channel.info.global_prefetch;
+                    info.store(u32::from(q.prefetch_count), Ordering::Relaxed);
                     let queues: Vec<QueueHandle> = channel
                         .consumers
                         .values()
@@ -156,6 +158,8 @@ impl Conn {
                     }
                 } else {
                     channel.prefetch = u32::from(q.prefetch_count);
+                    let info = &channel.info.prefetch;
+                    info.store(u32::from(q.prefetch_count), Ordering::Relaxed);
                 }
                 self.send_method(ch, BasicQosOk.into());
                 Ok(())
@@ -228,6 +232,7 @@ impl Conn {
                 if channel.confirms.is_none() {
                     channel.confirms = Some(super::confirms::Confirms::new());
                 }
+                channel.info.confirm.store(true, Ordering::Relaxed);
                 if !c.nowait {
                     self.send_method(ch, ConfirmSelectOk.into());
                 }
@@ -309,6 +314,14 @@ impl Conn {
             ));
         }
         let id = NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed);
+        let listed = crate::registry::ConsumerInfo {
+            id,
+            tag: tag.clone(),
+            queue: queue.name().clone(),
+            ack_required: !c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: channel.prefetch,
+        };
         let spec = ConsumerSpec {
             id,
             tag: tag.clone(),
@@ -332,9 +345,16 @@ impl Conn {
         }
         rx.await
             .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue)))?;
-        self.channel(ch)
-            .consumers
-            .insert(tag.clone(), ChannelConsumer { id, queue });
+        let channel = self.channel(ch);
+        let registration = Some(channel.info.register_consumer(listed));
+        channel.consumers.insert(
+            tag.clone(),
+            ChannelConsumer {
+                id,
+                queue,
+                registration,
+            },
+        );
         if !c.no_wait {
             self.send_method(
                 ch,
@@ -377,6 +397,7 @@ impl Conn {
                     charged: false,
                 },
             );
+            channel.info.set_unacked(channel.outstanding.len());
         }
         let m = &got.message;
         let method = Method::BasicGetOk(BasicGetOk {
@@ -558,12 +579,22 @@ impl Conn {
                 &mut queues,
             )
             .map_err(|e| e.on(60, 40))?;
-        let message = Arc::new(Message {
-            exchange: method.exchange.as_str().into(),
-            routing_key: method.routing_key.as_str().into(),
+        let store_failed = self.state.store.as_ref().is_some_and(|s| s.is_poisoned());
+        if properties.is_persistent()
+            && store_failed
+            && queues.iter().any(|q| q.info().store_id.is_some())
+        {
+            return Err(AmqpError::precondition(
+                "the message store failed (see the broker log); persistent messages to durable queues are refused",
+            )
+            .on(60, 40));
+        }
+        let message = Arc::new(Message::new(
+            method.exchange.as_str().into(),
+            method.routing_key.as_str().into(),
             properties,
-            body: body.into_bytes(),
-        });
+            body.into_bytes(),
+        ));
         if queues.is_empty() && method.mandatory {
             let ret = Method::BasicReturn(BasicReturn {
                 reply_code: ReplyCode::NoRoute.code(),
@@ -681,6 +712,7 @@ impl Conn {
                     charged: d.charged,
                 },
             );
+            channel.info.set_unacked(channel.outstanding.len());
         }
     }
 }

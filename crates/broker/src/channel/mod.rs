@@ -14,6 +14,7 @@ use minimq_protocol::{BasicProperties, BasicPublish};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::{ChannelCredit, QueueHandle};
+use crate::registry::{ChannelInfo, ChannelRegistration, ConsumerRegistration};
 use confirms::Confirms;
 
 /// What a delivery tag stands for.
@@ -34,6 +35,8 @@ pub struct ChannelConsumer {
     pub id: u64,
     /// The queue consumed from.
     pub queue: QueueHandle,
+    /// Keeps the consumer listed in the registry while it exists.
+    pub registration: Option<ConsumerRegistration>,
 }
 
 /// A publish whose content is still arriving.
@@ -133,6 +136,10 @@ pub struct Channel {
     pub confirms: Option<Confirms>,
     /// A publish being assembled.
     pub publish: Option<PendingPublish>,
+    /// What the management API sees of this channel.
+    pub info: Arc<ChannelInfo>,
+    /// Keeps the channel listed in its connection's registry entry while it exists.
+    pub registration: Option<ChannelRegistration>,
 }
 
 impl Channel {
@@ -149,12 +156,20 @@ impl Channel {
             global_qos: false,
             confirms: None,
             publish: None,
+            info: Arc::new(ChannelInfo::new(id)),
+            registration: None,
         }
     }
 
     /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to
     /// it with `multiple` (all of them for tag 0). An unknown tag is 406, as in RabbitMQ.
     pub fn take_outstanding(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
+        let taken = self.take_outstanding_inner(tag, multiple);
+        self.info.set_unacked(self.outstanding.len());
+        taken
+    }
+
+    fn take_outstanding_inner(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
         if multiple && tag == 0 {
             return Ok(std::mem::take(&mut self.outstanding)
                 .into_values()

@@ -125,6 +125,8 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         conn.auth_failure_close = on("authentication_failure_close");
     }
     let mechanism = start_ok.mechanism.as_str();
+    conn.auth_mechanism = mechanism.to_string();
+    conn.client_properties = start_ok.client_properties.clone();
     if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
         let e = AmqpError::new(
             ReplyCode::CommandInvalid,
@@ -249,6 +251,8 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         )
         .on(10, 40));
     }
+    // Listed before the client hears open-ok.
+    conn.register();
     conn.send_method(0, ConnectionOpenOk.into());
     conn.flush();
     Ok(Outcome::Open)

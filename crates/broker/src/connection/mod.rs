@@ -59,6 +59,13 @@ pub struct Conn {
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) user: String,
+    /// The broker's end of the socket.
+    pub(crate) local: SocketAddr,
+    /// From `connection.start-ok`, for the management API.
+    pub(crate) client_properties: minimq_protocol::FieldTable,
+    pub(crate) auth_mechanism: String,
+    /// This connection's entry in the registry, once open.
+    pub(crate) info: Option<Arc<crate::registry::ConnectionInfo>>,
     pub(crate) out: BytesMut,
     writer: mpsc::UnboundedSender<Bytes>,
     pub(crate) events: EventSink,
@@ -111,6 +118,9 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         }
         _ => return,
     }
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (read_half, write_half) = socket.into_split();
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
@@ -121,6 +131,10 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         state,
         peer,
         user: String::new(),
+        local,
+        client_properties: Default::default(),
+        auth_mechanism: String::new(),
+        info: None,
         out: BytesMut::with_capacity(64 * 1024),
         writer: writer_tx,
         events: events_tx,
@@ -160,11 +174,37 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }
     conn.cleanup().await;
+    conn.unregister();
     drop(conn);
     let _ = writer_task.await;
 }
 
 impl Conn {
+    /// Lists this (open) connection in the registry the management API reads.
+    pub(crate) fn register(&mut self) {
+        let info = Arc::new(crate::registry::ConnectionInfo::new(
+            self.id,
+            self.peer,
+            self.local,
+            self.user.clone(),
+            "/".into(),
+            std::mem::take(&mut self.auth_mechanism),
+            std::mem::take(&mut self.client_properties),
+            self.frame_max,
+            self.channel_max,
+            self.heartbeat,
+        ));
+        self.state.connections.insert(self.id, info.clone());
+        self.info = Some(info);
+    }
+
+    /// Removes this connection from the registry (idempotent).
+    fn unregister(&mut self) {
+        if let Some(info) = self.info.take() {
+            self.state.connections.remove(&info.id);
+        }
+    }
+
     async fn run(&mut self, reader: &mut Reader, mut events: mpsc::UnboundedReceiver<QueueEvent>) {
         let hb = Duration::from_secs(u64::from(self.heartbeat));
         let mut tick = tokio::time::interval(if self.heartbeat > 0 {
@@ -399,6 +439,8 @@ impl Conn {
                 // As in RabbitMQ, exclusive queues are gone by the time the client has
                 // its close-ok.
                 self.delete_exclusive_queues().await;
+                // Unlisted before the client hears close-ok.
+                self.unregister();
                 self.send_method(0, ConnectionCloseOk.into());
                 self.client_closed = true;
                 Ok(Flow::Stop)
@@ -426,7 +468,11 @@ impl Conn {
             .map(|c| (c.status, c.publish.is_some()));
         match (status, m) {
             (None, Method::ChannelOpen(_)) => {
-                self.channels.insert(ch, Channel::new(ch));
+                let mut channel = Channel::new(ch);
+                if let Some(info) = &self.info {
+                    channel.registration = Some(info.register_channel(channel.info.clone()));
+                }
+                self.channels.insert(ch, channel);
                 self.send_method(ch, minimq_protocol::ChannelOpenOk.into());
                 Ok(())
             }
@@ -521,6 +567,7 @@ impl Conn {
             return;
         };
         let outstanding = std::mem::take(&mut channel.outstanding);
+        channel.info.set_unacked(0);
         let consumers: Vec<QueueHandle> = channel.consumers.drain().map(|(_, c)| c.queue).collect();
         channel.confirms = None;
         if remove {
@@ -558,6 +605,11 @@ impl Conn {
     /// Deletes the queues this connection declared exclusive.
     async fn delete_exclusive_queues(&mut self) {
         for q in std::mem::take(&mut self.exclusive_queues) {
+            // Deleted meanwhile (e.g. through the management API), perhaps re-declared
+            // by someone else under the same name: not ours to delete.
+            if !self.state.vhost.queue(q.name()).is_some_and(|x| x.same(&q)) {
+                continue;
+            }
             let _ = self
                 .state
                 .vhost

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::error::AmqpError;
 use crate::message::Message;
+use crate::store::{RecoveredMessage, Store};
 use crate::vhost::VHost;
 
 struct Entry {
@@ -29,6 +30,8 @@ struct Entry {
     message: Arc<Message>,
     expires_at: Option<Instant>,
     redelivered: bool,
+    /// Logged in the message store: leaving the queue must be logged too.
+    persisted: bool,
 }
 
 struct Unacked {
@@ -61,6 +64,11 @@ impl Consumer {
 pub struct QueueActor {
     handle: QueueHandle,
     vhost: Weak<VHost>,
+    /// The message store, for a durable queue of a broker that has one.
+    store: Option<Arc<Store>>,
+    /// Persisted messages that left the queue during the current command; logged as one
+    /// settle record when the command is done.
+    settled: Vec<u64>,
     ready: VecDeque<Entry>,
     ready_bytes: u64,
     unacked: HashMap<u64, Unacked>,
@@ -71,16 +79,47 @@ pub struct QueueActor {
 }
 
 /// Starts the task of a new queue.
-pub fn spawn(handle: QueueHandle, rx: mpsc::Receiver<QueueCommand>, vhost: Weak<VHost>) {
+/// Starts the task of a queue; a durable queue recovered from the store starts with its
+/// `recovered` messages, in order.
+pub fn spawn(
+    handle: QueueHandle,
+    rx: mpsc::Receiver<QueueCommand>,
+    vhost: Weak<VHost>,
+    store: Option<Arc<Store>>,
+    recovered: Vec<RecoveredMessage>,
+) {
+    let store = store.filter(|_| handle.info().store_id.is_some());
+    let now = Instant::now();
+    let ttl = handle.info().args.message_ttl;
+    let mut ready = VecDeque::with_capacity(recovered.len());
+    let mut ready_bytes = 0;
+    let mut next_seq = 1;
+    for m in recovered {
+        next_seq = next_seq.max(m.seq + 1);
+        ready_bytes += m.message.body.len() as u64;
+        let ttl = match (ttl, m.message.ttl_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ready.push_back(Entry {
+            seq: m.seq,
+            expires_at: ttl.map(|ms| now + std::time::Duration::from_millis(ms)),
+            message: m.message,
+            redelivered: m.redelivered,
+            persisted: true,
+        });
+    }
     let actor = QueueActor {
         handle,
         vhost,
-        ready: VecDeque::new(),
-        ready_bytes: 0,
+        store,
+        settled: Vec::new(),
+        ready,
+        ready_bytes,
         unacked: HashMap::new(),
         consumers: BTreeMap::new(),
         active: VecDeque::new(),
-        next_seq: 1,
+        next_seq,
         had_consumer: false,
     };
     tokio::spawn(actor.run(rx));
@@ -99,11 +138,13 @@ impl QueueActor {
                     let now = Instant::now();
                     self.expire(now);
                     self.dispatch(now);
+                    self.log_settled();
                     self.publish_stats();
                     continue;
                 }
             };
             let alive = self.handle(cmd);
+            self.log_settled();
             self.publish_stats();
             if !alive {
                 break;
@@ -115,6 +156,23 @@ impl QueueActor {
             answer_dead(cmd, &self.handle);
         }
         tracing::debug!(queue = %self.handle.name(), "queue stopped");
+    }
+
+    /// Notes that `entry` left the queue for good.
+    fn forget(&mut self, entry: &Entry) {
+        if entry.persisted {
+            self.settled.push(entry.seq);
+        }
+    }
+
+    fn log_settled(&mut self) {
+        if self.settled.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.settled);
+        if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
+            store.settle(id, seqs);
+        }
     }
 
     fn publish_stats(&self) {
@@ -189,7 +247,11 @@ impl QueueActor {
                         redelivered: entry.redelivered,
                         remaining: self.ready.len() as u32,
                     };
-                    if !no_ack {
+                    if no_ack {
+                        if entry.persisted {
+                            self.settled.push(entry.seq);
+                        }
+                    } else {
                         self.unacked.insert(
                             entry.seq,
                             Unacked {
@@ -204,7 +266,9 @@ impl QueueActor {
             }
             QueueCommand::Purge { reply } => {
                 let n = self.ready.len() as u32;
-                self.ready.clear();
+                for e in std::mem::take(&mut self.ready) {
+                    self.forget(&e);
+                }
                 self.ready_bytes = 0;
                 let _ = reply.send(n);
             }
@@ -229,6 +293,24 @@ impl QueueActor {
                     let _ = reply.send(Ok(n));
                     return false;
                 }
+            }
+            QueueCommand::Shutdown { reply } => {
+                // RabbitMQ flags, after a graceful restart, only the messages that had
+                // really been delivered: the unacked ones and those requeued before.
+                if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
+                    let mut seqs: Vec<u64> = self
+                        .unacked
+                        .values()
+                        .map(|u| &u.entry)
+                        .chain(self.ready.iter().filter(|e| e.redelivered))
+                        .filter(|e| e.persisted)
+                        .map(|e| e.seq)
+                        .collect();
+                    seqs.sort_unstable();
+                    store.mark_redelivered(id, seqs);
+                }
+                let _ = reply.send(());
+                return false;
             }
             QueueCommand::Counts { reply } => {
                 self.expire(now);
@@ -270,11 +352,20 @@ impl QueueActor {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready_bytes += size;
+        let persisted = self.store.is_some() && message.is_persistent();
+        let mut confirm = confirm;
+        if persisted {
+            if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
+                // The confirm is answered by the store, after the sync that covers it.
+                store.enqueue(id, seq, &message, confirm.take());
+            }
+        }
         self.ready.push_back(Entry {
             seq,
             message,
             expires_at,
             redelivered: false,
+            persisted,
         });
         count(&self.handle, |s| &s.published, 1);
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
@@ -282,7 +373,10 @@ impl QueueActor {
             || max_bytes.is_some_and(|m| self.ready_bytes > m)
         {
             match self.ready.pop_front() {
-                Some(dropped) => self.ready_bytes -= dropped.message.body.len() as u64,
+                Some(dropped) => {
+                    self.ready_bytes -= dropped.message.body.len() as u64;
+                    self.forget(&dropped);
+                }
                 None => break,
             }
         }
@@ -355,6 +449,7 @@ impl QueueActor {
             }
             if !requeue {
                 count(&self.handle, |s| &s.acked, 1);
+                self.forget(&entry);
             }
             if requeue {
                 entry.redelivered = true;
@@ -389,6 +484,7 @@ impl QueueActor {
         {
             if let Some(e) = self.ready.pop_front() {
                 self.ready_bytes -= e.message.body.len() as u64;
+                self.forget(&e);
             }
         }
     }
@@ -449,7 +545,11 @@ impl QueueActor {
             if entry.redelivered {
                 count(&self.handle, |s| &s.redelivered, 1);
             }
-            if !c.spec.no_ack {
+            if c.spec.no_ack {
+                if entry.persisted {
+                    self.settled.push(entry.seq);
+                }
+            } else {
                 c.unacked += 1;
                 self.unacked.insert(
                     entry.seq,
@@ -511,6 +611,9 @@ fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         }
         QueueCommand::Counts { reply } => {
             let _ = reply.send(QueueCounts::default());
+        }
+        QueueCommand::Shutdown { reply } => {
+            let _ = reply.send(());
         }
         QueueCommand::Settle { .. }
         | QueueCommand::ChannelClosed { .. }

@@ -249,6 +249,11 @@ pub enum QueueCommand {
         /// Ready count, or an error.
         reply: oneshot::Sender<AmqpResult<u32>>,
     },
+    /// Graceful stop: log which messages were delivered before, then end the task.
+    Shutdown {
+        /// Answered when done.
+        reply: oneshot::Sender<()>,
+    },
     /// Report counts.
     Counts {
         /// The counts.
@@ -273,6 +278,8 @@ pub struct QueueShared {
     pub args: QueueArgs,
     /// Live counters, written by the queue task after every command.
     pub stats: QueueStats,
+    /// Id in the message store, for a durable queue of a broker with a data directory.
+    pub store_id: Option<u64>,
     tx: mpsc::Sender<QueueCommand>,
     id: u64,
 }
@@ -324,6 +331,7 @@ impl QueueHandle {
         auto_delete: bool,
         arguments: FieldTable,
         args: QueueArgs,
+        store_id: Option<u64>,
     ) -> (QueueHandle, mpsc::Receiver<QueueCommand>) {
         let (tx, rx) = mpsc::channel(QUEUE_CHANNEL_DEPTH);
         let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +343,7 @@ impl QueueHandle {
             arguments,
             args,
             stats: QueueStats::default(),
+            store_id,
             tx,
             id,
         };
