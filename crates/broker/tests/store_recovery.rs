@@ -194,3 +194,45 @@ async fn settled_messages_do_not_come_back_and_dead_segments_are_deleted() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_long_lived_message_is_copied_forward_so_disk_use_stays_bounded() {
+    let dir = fresh_dir("compact");
+    let opts = StoreOptions {
+        segment_size: 8192,
+        ..Default::default()
+    };
+    let (store, _) = Store::open(&dir, opts.clone()).unwrap();
+    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    // Message 1 stays in the queue for the whole run; 2..=400 come and go.
+    store.enqueue(id, 1, &message("long-lived"), None);
+    let body = "y".repeat(500);
+    for seq in 2..=400u64 {
+        store.enqueue(id, seq, &message(&body), None);
+        store.settle(id, vec![seq]);
+        if seq % 20 == 0 {
+            assert!(store.sync().await);
+        }
+    }
+    store.enqueue(id, 401, &message("last"), None);
+    assert!(store.sync().await);
+    let bytes: u64 = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    // 400 × ~550 octets went through; what stays must be a few segments, not all of it.
+    assert!(bytes < 5 * 8192, "{bytes} octets remain on disk");
+    store.close().await;
+    let (store, recovered) = Store::open(&dir, opts).unwrap();
+    let got: Vec<(u64, String)> = recovered[0]
+        .messages
+        .iter()
+        .map(|m| (m.seq, String::from_utf8(m.message.body.to_vec()).unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1, "long-lived".to_string()), (401, "last".to_string())]
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

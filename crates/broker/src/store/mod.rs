@@ -151,7 +151,7 @@ impl Store {
         }
         let mut file = writer::create_segment(&seg_dir, seg)?;
         let mut size = FILE_HEADER_LEN as u64;
-        live.segments.entry(seg).or_insert(0);
+        live.segments.entry(seg).or_default();
         if replay.needs_rewrite {
             // Everything live is written again, so no live record depends on a segment
             // that was found damaged; then the old segments go.

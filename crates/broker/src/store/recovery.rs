@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::format::{
     check_header, parse_segment_name, Record, RecordError, FILE_HEADER_LEN, SEGMENT_MAGIC,
 };
-use super::writer::{Liveness, Track};
+use super::writer::{Liveness, SegCount};
 use crate::message::Message;
 
 /// A message recovered into a queue.
@@ -68,17 +68,23 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 struct State {
-    live: Liveness,
-    bodies: HashMap<u64, Arc<Message>>,
-    order: HashMap<u64, BTreeMap<u64, u64>>,
+    /// msg id → (segment of its newest record, the message).
+    bodies: HashMap<u64, (u64, Arc<Message>)>,
+    /// queue id → seq → (msg id, segment of the enqueue record).
+    order: HashMap<u64, BTreeMap<u64, (u64, u64)>>,
     marks: HashMap<u64, HashSet<u64>>,
+    totals: BTreeMap<u64, u64>,
     clean: bool,
     max_msg_id: u64,
 }
 
 impl State {
+    /// Applies one record. Records may come out of order: compaction copies a live
+    /// message record forward, past enqueue records that refer to it, so messages are
+    /// matched with their enqueues only at the end.
     fn apply(&mut self, seg: u64, record: Record) {
         self.clean = matches!(record, Record::CleanShutdown);
+        *self.totals.entry(seg).or_insert(0) += 1;
         match record {
             Record::Message {
                 msg_id,
@@ -89,33 +95,17 @@ impl State {
             } => {
                 self.max_msg_id = self.max_msg_id.max(msg_id);
                 let m = Message::new(exchange.into(), routing_key.into(), properties, body);
-                self.bodies.insert(msg_id, Arc::new(m));
-                self.live.messages.entry(msg_id).or_insert((seg, 0));
-                *self.live.segments.entry(seg).or_insert(0) += 1;
+                self.bodies.insert(msg_id, (seg, Arc::new(m)));
             }
             Record::Enqueue {
                 queue_id,
                 seq,
                 msg_id,
             } => {
-                if self.live.messages.contains_key(&msg_id) {
-                    self.live.apply(
-                        seg,
-                        &Track::Enqueue {
-                            queue_id,
-                            seq,
-                            msg_id,
-                        },
-                    );
-                    self.order.entry(queue_id).or_default().insert(seq, msg_id);
-                } else {
-                    tracing::warn!(
-                        queue_id,
-                        seq,
-                        msg_id,
-                        "enqueue record for an unknown message; skipped"
-                    );
-                }
+                self.order
+                    .entry(queue_id)
+                    .or_default()
+                    .insert(seq, (msg_id, seg));
             }
             Record::Settle { queue_id, seqs } => {
                 if let Some(order) = self.order.get_mut(&queue_id) {
@@ -123,13 +113,47 @@ impl State {
                         order.remove(s);
                     }
                 }
-                self.live.apply(seg, &Track::Settle { queue_id, seqs });
             }
             Record::Redelivered { queue_id, seqs } => {
                 self.marks.entry(queue_id).or_default().extend(seqs);
             }
             Record::CleanShutdown | Record::Queue(_) | Record::NextQueueId(_) => {}
         }
+    }
+
+    /// Live state once every record is in: what the writer goes on with.
+    fn liveness(&mut self) -> Liveness {
+        let mut live = Liveness::default();
+        for (seg, total) in &self.totals {
+            live.segments.insert(
+                *seg,
+                SegCount {
+                    live: 0,
+                    total: *total,
+                },
+            );
+        }
+        for (queue_id, order) in self.order.iter_mut() {
+            order.retain(|seq, (msg_id, eseg)| {
+                let Some((mseg, _)) = self.bodies.get(msg_id) else {
+                    tracing::warn!(
+                        queue_id,
+                        seq,
+                        msg_id,
+                        "enqueue record for an unknown message; skipped"
+                    );
+                    return false;
+                };
+                live.enqueues.insert((*queue_id, *seq), (*msg_id, *eseg));
+                live.segments.entry(*eseg).or_default().live += 1;
+                live.messages.entry(*msg_id).or_insert((*mseg, 0)).1 += 1;
+                true
+            });
+        }
+        for (mseg, _) in live.messages.values() {
+            live.segments.entry(*mseg).or_default().live += 1;
+        }
+        live
     }
 }
 
@@ -138,10 +162,10 @@ impl State {
 pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
     let segs = list_segments(seg_dir)?;
     let mut st = State {
-        live: Liveness::default(),
         bodies: HashMap::new(),
         order: HashMap::new(),
         marks: HashMap::new(),
+        totals: BTreeMap::new(),
         clean: false,
         max_msg_id: 0,
     };
@@ -149,18 +173,18 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
     let last = segs.last().map(|(n, _)| *n);
     for (n, path) in &segs {
         let is_last = Some(*n) == last;
-        st.live.segments.entry(*n).or_insert(0);
+        st.totals.entry(*n).or_insert(0);
         let data = Bytes::from(std::fs::read(path)?);
         if let Err(why) = check_header(&data, SEGMENT_MAGIC) {
             if is_last && data.len() < FILE_HEADER_LEN {
                 tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
                 std::fs::remove_file(path)?;
-                st.live.segments.remove(n);
+                st.totals.remove(n);
                 continue;
             }
             tracing::error!(path = %path.display(), offset = 0, %why, "damaged segment; moving it aside");
             damaged.push(move_aside(path, damaged_dir)?);
-            st.live.segments.remove(n);
+            st.totals.remove(n);
             continue;
         }
         let mut offset = FILE_HEADER_LEN;
@@ -203,28 +227,15 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
             }
         }
     }
-    // A message record whose enqueue was lost (torn tail between them) holds nothing.
-    let orphans: Vec<(u64, u64)> = st
-        .live
-        .messages
-        .iter()
-        .filter(|(_, (_, r))| *r == 0)
-        .map(|(id, (s, _))| (*id, *s))
-        .collect();
-    for (id, seg) in orphans {
-        st.live.messages.remove(&id);
-        if let Some(l) = st.live.segments.get_mut(&seg) {
-            *l = l.saturating_sub(1);
-        }
-    }
+    let live = st.liveness();
     let clean = st.clean;
     let mut queues = HashMap::new();
-    for (queue_id, order) in st.order {
+    for (queue_id, order) in std::mem::take(&mut st.order) {
         let marks = st.marks.get(&queue_id);
         let msgs: Vec<RecoveredMessage> = order
             .into_iter()
-            .filter_map(|(seq, msg_id)| {
-                let message = st.bodies.get(&msg_id)?.clone();
+            .filter_map(|(seq, (msg_id, _))| {
+                let message = st.bodies.get(&msg_id)?.1.clone();
                 let redelivered = if clean {
                     marks.is_some_and(|m| m.contains(&seq))
                 } else {
@@ -242,7 +253,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
     }
     Ok(Replay {
         queues,
-        live: st.live,
+        live,
         max_msg_id: st.max_msg_id,
         max_segment: segs.last().map_or(0, |(n, _)| *n),
         clean,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::format::{file_header, segment_name, SEGMENT_MAGIC};
+use super::format::{file_header, segment_name, Record, SEGMENT_MAGIC};
 use super::FsyncMode;
 use crate::queue::ConfirmTicket;
 
@@ -76,24 +76,37 @@ pub enum Op {
     Stop(std::sync::mpsc::Sender<bool>),
 }
 
+/// Record counts of one segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegCount {
+    /// Records still needed (live messages and unsettled enqueues).
+    pub live: u64,
+    /// Records written.
+    pub total: u64,
+}
+
 /// Liveness state, rebuilt by recovery and kept by the writer.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    /// Live records per segment.
-    pub segments: BTreeMap<u64, u64>,
-    /// msg id → (segment of its record, live enqueues).
+    /// Counts per segment.
+    pub segments: BTreeMap<u64, SegCount>,
+    /// msg id → (segment of its newest record, live enqueues).
     pub messages: HashMap<u64, (u64, u32)>,
     /// (queue id, seq) → (msg id, segment of the enqueue record).
     pub enqueues: HashMap<(u64, u64), (u64, u64)>,
 }
 
 impl Liveness {
-    fn seg_add(&mut self, seg: u64, n: i64) {
-        let live = self.segments.entry(seg).or_insert(0);
-        *live = (*live as i64 + n).max(0) as u64;
+    fn seg_live(&mut self, seg: u64, n: i64) {
+        let c = self.segments.entry(seg).or_default();
+        c.live = (c.live as i64 + n).max(0) as u64;
     }
 
-    /// Applies one record's effect.
+    fn seg_total(&mut self, seg: u64, n: u64) {
+        self.segments.entry(seg).or_default().total += n;
+    }
+
+    /// Applies the effect of records appended to segment `seg`.
     pub fn apply(&mut self, seg: u64, track: &Track) {
         match track {
             Track::MessageEnqueue {
@@ -102,7 +115,8 @@ impl Liveness {
                 seq,
             } => {
                 self.messages.entry(*msg_id).or_insert((seg, 0));
-                self.seg_add(seg, 1);
+                self.seg_live(seg, 1);
+                self.seg_total(seg, 1);
                 self.apply(
                     seg,
                     &Track::Enqueue {
@@ -117,20 +131,20 @@ impl Liveness {
                 seq,
                 msg_id,
             } => {
+                self.seg_total(seg, 1);
                 if let Some(m) = self.messages.get_mut(msg_id) {
                     m.1 += 1;
                     self.enqueues.insert((*queue_id, *seq), (*msg_id, seg));
-                    self.seg_add(seg, 1);
+                    self.seg_live(seg, 1);
                 }
             }
             Track::Settle { queue_id, seqs } => {
+                self.seg_total(seg, 1);
                 for seq in seqs {
                     self.settle(*queue_id, *seq);
                 }
             }
-            Track::Nothing => {
-                self.segments.entry(seg).or_insert(0);
-            }
+            Track::Nothing => self.seg_total(seg, 1),
         }
     }
 
@@ -138,7 +152,7 @@ impl Liveness {
         let Some((msg_id, eseg)) = self.enqueues.remove(&(queue_id, seq)) else {
             return;
         };
-        self.seg_add(eseg, -1);
+        self.seg_live(eseg, -1);
         let mut dead = None;
         if let Some(m) = self.messages.get_mut(&msg_id) {
             m.1 = m.1.saturating_sub(1);
@@ -148,7 +162,7 @@ impl Liveness {
         }
         if let Some(mseg) = dead {
             self.messages.remove(&msg_id);
-            self.seg_add(mseg, -1);
+            self.seg_live(mseg, -1);
         }
     }
 
@@ -162,6 +176,30 @@ impl Liveness {
             .collect();
         for seq in seqs {
             self.settle(queue_id, seq);
+        }
+    }
+
+    /// A live message record was copied forward from `from` to `to`.
+    fn moved_message(&mut self, msg_id: u64, from: u64, to: u64) {
+        if let Some(m) = self.messages.get_mut(&msg_id) {
+            if m.0 == from {
+                m.0 = to;
+                self.seg_live(from, -1);
+                self.seg_live(to, 1);
+                self.seg_total(to, 1);
+            }
+        }
+    }
+
+    /// A live enqueue record was copied forward from `from` to `to`.
+    fn moved_enqueue(&mut self, key: (u64, u64), from: u64, to: u64) {
+        if let Some(e) = self.enqueues.get_mut(&key) {
+            if e.1 == from {
+                e.1 = to;
+                self.seg_live(from, -1);
+                self.seg_live(to, 1);
+                self.seg_total(to, 1);
+            }
         }
     }
 }
@@ -253,6 +291,9 @@ impl Writer {
             }
             let ok = self.write_out(&mut buf, &mut waiters, force_sync);
             self.delete_dead_segments();
+            if self.compact_oldest() {
+                self.delete_dead_segments();
+            }
             for r in replies {
                 let _ = r.send(ok);
             }
@@ -309,7 +350,7 @@ impl Writer {
                 self.file = f;
                 self.seg = next;
                 self.size = super::format::FILE_HEADER_LEN as u64;
-                self.live.segments.entry(next).or_insert(0);
+                self.live.segments.entry(next).or_default();
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a new segment; refusing persistent messages from now on");
@@ -319,8 +360,8 @@ impl Writer {
     }
 
     fn delete_dead_segments(&mut self) {
-        while let Some((&seg, &live)) = self.live.segments.first_key_value() {
-            if seg >= self.seg || live > 0 {
+        while let Some((&seg, count)) = self.live.segments.first_key_value() {
+            if seg >= self.seg || count.live > 0 {
                 break;
             }
             let path = self.dir.join(segment_name(seg));
@@ -334,5 +375,71 @@ impl Writer {
             }
             self.live.segments.remove(&seg);
         }
+    }
+
+    /// Copies the few live records of the oldest segment forward to the current one, so a
+    /// long-lived message does not keep a mostly dead segment (and every later one) on
+    /// disk. Runs when the oldest closed segment is less than a quarter live. Answers
+    /// whether it copied anything.
+    fn compact_oldest(&mut self) -> bool {
+        let Some((&seg, &count)) = self.live.segments.first_key_value() else {
+            return false;
+        };
+        if seg >= self.seg || count.live == 0 || count.live * 4 >= count.total.max(1) {
+            return false;
+        }
+        if self.poisoned.load(Ordering::SeqCst) {
+            return false;
+        }
+        let path = self.dir.join(segment_name(seg));
+        let data = match std::fs::read(&path) {
+            Ok(d) => Bytes::from(d),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot read segment to compact");
+                return false;
+            }
+        };
+        let mut out = Vec::new();
+        let mut moved_msgs = Vec::new();
+        let mut moved_enqs = Vec::new();
+        let mut offset = super::format::FILE_HEADER_LEN;
+        while offset < data.len() {
+            let Ok((record, len)) = Record::decode(&data.slice(offset..)) else {
+                break;
+            };
+            match &record {
+                Record::Message { msg_id, .. }
+                    if self.live.messages.get(msg_id).is_some_and(|m| m.0 == seg) =>
+                {
+                    out.extend_from_slice(&data[offset..offset + len]);
+                    moved_msgs.push(*msg_id);
+                }
+                Record::Enqueue { queue_id, seq, .. }
+                    if self
+                        .live
+                        .enqueues
+                        .get(&(*queue_id, *seq))
+                        .is_some_and(|e| e.1 == seg) =>
+                {
+                    out.extend_from_slice(&data[offset..offset + len]);
+                    moved_enqs.push((*queue_id, *seq));
+                }
+                _ => {}
+            }
+            offset += len;
+        }
+        let mut waiters = Vec::new();
+        if !self.write_out(&mut out, &mut waiters, true) {
+            return false;
+        }
+        let to = self.seg;
+        for id in moved_msgs {
+            self.live.moved_message(id, seg, to);
+        }
+        for key in moved_enqs {
+            self.live.moved_enqueue(key, seg, to);
+        }
+        tracing::debug!(segment = seg, "compacted: live records copied forward");
+        true
     }
 }
