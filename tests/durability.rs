@@ -33,23 +33,39 @@ async fn start(dir: &Path) -> Broker {
 }
 
 async fn open(broker: &Broker) -> (Connection, Channel) {
-    let conn = within(Connection::connect(&broker.amqp_url(), ConnectionProperties::default()))
-        .await
-        .expect("connect");
+    let conn = within(Connection::connect(
+        &broker.amqp_url(),
+        ConnectionProperties::default(),
+    ))
+    .await
+    .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     (conn, ch)
 }
 
 async fn declare(ch: &Channel, name: &str, durable: bool) -> lapin::Result<lapin::Queue> {
-    ch.queue_declare(name, QueueDeclareOptions { durable, ..Default::default() }, FieldTable::default())
-        .await
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
 }
 
 /// Publishes with a confirm and waits for it.
 async fn publish(ch: &Channel, queue: &str, body: &str, persistent: bool) {
     let props = BasicProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
     let confirm = ch
-        .basic_publish("", queue, BasicPublishOptions::default(), body.as_bytes(), props)
+        .basic_publish(
+            "",
+            queue,
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props,
+        )
         .await
         .expect("publish");
     let c = within(confirm).await.expect("confirm");
@@ -59,8 +75,15 @@ async fn publish(ch: &Channel, queue: &str, body: &str, persistent: bool) {
 /// Drains a queue with basic.get: (body, redelivered) in order.
 async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
-    while let Some(m) = ch.basic_get(queue, BasicGetOptions { no_ack: true }).await.expect("get") {
-        out.push((String::from_utf8(m.delivery.data.clone()).unwrap(), m.delivery.redelivered));
+    while let Some(m) = ch
+        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        out.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
+            m.delivery.redelivered,
+        ));
     }
     out
 }
@@ -70,7 +93,9 @@ async fn durable_queues_and_persistent_messages_survive_a_graceful_restart() {
     let dir = data_dir("graceful");
     let broker = start(&dir).await;
     let (conn, ch) = open(&broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     declare(&ch, "tasks", true).await.unwrap();
     declare(&ch, "scratch", false).await.unwrap();
     publish(&ch, "tasks", "one", true).await;
@@ -83,18 +108,38 @@ async fn durable_queues_and_persistent_messages_survive_a_graceful_restart() {
 
     let broker = start(&dir).await;
     let (_conn, ch) = open(&broker).await;
-    let q = declare(&ch, "tasks", true).await.expect("redeclare with the same flags works");
-    assert_eq!(q.message_count(), 3, "persistent messages in the durable queue survive, transient ones do not");
+    let q = declare(&ch, "tasks", true)
+        .await
+        .expect("redeclare with the same flags works");
+    assert_eq!(
+        q.message_count(),
+        3,
+        "persistent messages in the durable queue survive, transient ones do not"
+    );
     assert_eq!(
         drain(&ch, "tasks").await,
-        vec![("one".into(), false), ("two".into(), false), ("three".into(), false)],
+        vec![
+            ("one".into(), false),
+            ("two".into(), false),
+            ("three".into(), false)
+        ],
         "original order; never delivered, so not flagged"
     );
     let err = ch
-        .queue_declare("scratch", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "scratch",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("NOT_FOUND"), "a non-durable queue is gone: {err}");
+    assert!(
+        err.to_string().contains("NOT_FOUND"),
+        "a non-durable queue is gone: {err}"
+    );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -104,7 +149,9 @@ async fn unacked_messages_are_ready_again_after_a_restart_flagged_redelivered() 
     let dir = data_dir("unacked");
     let broker = start(&dir).await;
     let (_conn, ch) = open(&broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     declare(&ch, "q", true).await.unwrap();
     for body in ["a", "b", "c", "d"] {
         publish(&ch, "q", body, true).await;
@@ -112,8 +159,15 @@ async fn unacked_messages_are_ready_again_after_a_restart_flagged_redelivered() 
     // Prefetch 1: "a" is delivered and acked, then "b" is delivered and kept unacked
     // until the broker stops; "c" and "d" are never delivered.
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-    let mut consumer =
-        ch.basic_consume("q", "c", BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            "q",
+            "c",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let a = within(consumer.next()).await.unwrap().unwrap();
     assert_eq!(&a.data[..], b"a");
     a.ack(BasicAckOptions::default()).await.unwrap();
@@ -140,19 +194,30 @@ async fn deleted_and_purged_messages_stay_gone_and_flags_are_checked_after_recov
     let dir = data_dir("deleted");
     let broker = start(&dir).await;
     let (_conn, ch) = open(&broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     declare(&ch, "purged", true).await.unwrap();
     declare(&ch, "deleted", true).await.unwrap();
     publish(&ch, "purged", "x", true).await;
     publish(&ch, "deleted", "y", true).await;
     ch.queue_purge("purged", Default::default()).await.unwrap();
-    ch.queue_delete("deleted", Default::default()).await.unwrap();
+    ch.queue_delete("deleted", Default::default())
+        .await
+        .unwrap();
     broker.shutdown().await;
 
     let broker = start(&dir).await;
     let (conn, ch) = open(&broker).await;
     let err = ch
-        .queue_declare("deleted", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "deleted",
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("NOT_FOUND"), "{err}");
@@ -171,9 +236,16 @@ async fn deleted_and_purged_messages_stay_gone_and_flags_are_checked_after_recov
 async fn a_second_server_on_the_same_data_directory_is_refused() {
     let dir = data_dir("lock");
     let broker = start(&dir).await;
-    let second = Broker::builder().listen("127.0.0.1:0".parse().unwrap()).data_dir(&dir).start().await;
+    let second = Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(&dir)
+        .start()
+        .await;
     let err = second.err().expect("the second server must not start");
-    assert!(err.to_string().contains("in use by another minimq-server"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another minimq-server"),
+        "{err}"
+    );
     broker.shutdown().await;
     // Released at shutdown: the directory can be opened again.
     let again = start(&dir).await;
@@ -186,14 +258,38 @@ async fn messages_routed_to_two_durable_queues_are_stored_once_and_survive_in_bo
     let dir = data_dir("fanout");
     let broker = start(&dir).await;
     let (_conn, ch) = open(&broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     declare(&ch, "left", true).await.unwrap();
     declare(&ch, "right", true).await.unwrap();
-    ch.queue_bind("left", "amq.fanout", "", Default::default(), FieldTable::default()).await.unwrap();
-    ch.queue_bind("right", "amq.fanout", "", Default::default(), FieldTable::default()).await.unwrap();
+    ch.queue_bind(
+        "left",
+        "amq.fanout",
+        "",
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "right",
+        "amq.fanout",
+        "",
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     let props = BasicProperties::default().with_delivery_mode(2);
     let confirm = ch
-        .basic_publish("amq.fanout", "", BasicPublishOptions::default(), b"both", props)
+        .basic_publish(
+            "amq.fanout",
+            "",
+            BasicPublishOptions::default(),
+            b"both",
+            props,
+        )
         .await
         .unwrap();
     assert!(within(confirm).await.unwrap().is_ack());
@@ -207,6 +303,61 @@ async fn messages_routed_to_two_durable_queues_are_stored_once_and_survive_in_bo
     declare(&ch, "right", true).await.unwrap();
     assert!(drain(&ch, "left").await.is_empty());
     assert_eq!(drain(&ch, "right").await, vec![("both".into(), false)]);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_failed_fsync_nacks_waiting_publishers_and_refuses_further_persistent_publishes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = data_dir("poison");
+    let fail = Arc::new(AtomicBool::new(false));
+    let config = minimq_broker::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: Some(dir.clone()),
+        fail_syncs: Some(fail.clone()),
+        ..Default::default()
+    };
+    let broker = Broker::builder().config(config).start().await.unwrap();
+    let (conn, ch) = open(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare(&ch, "q", true).await.unwrap();
+    publish(&ch, "q", "before", true).await;
+    fail.store(true, Ordering::SeqCst);
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let confirm = ch
+        .basic_publish(
+            "",
+            "q",
+            BasicPublishOptions::default(),
+            b"during",
+            props.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        within(confirm).await.unwrap().is_nack(),
+        "a message that may not be on disk is nacked"
+    );
+    // From now on persistent publishes to durable queues are a channel error...
+    let confirm = ch
+        .basic_publish("", "q", BasicPublishOptions::default(), b"after", props)
+        .await
+        .unwrap();
+    let err = within(confirm).await.unwrap_err();
+    assert!(
+        err.to_string().contains("the message store failed"),
+        "{err}"
+    );
+    // ...while transient traffic goes on.
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish(&ch, "q", "transient", false).await;
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

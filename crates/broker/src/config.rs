@@ -17,6 +17,8 @@ pub struct Config {
     pub fsync: crate::store::FsyncMode,
     /// Size of a log segment before a new one is started.
     pub segment_size: u64,
+    /// Failure injection for tests: while set, every log sync fails.
+    pub fail_syncs: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Users and passwords accepted by PLAIN and AMQPLAIN.
     pub users: Vec<(String, String)>,
     /// `channel_max` offered in `connection.tune`.
@@ -41,6 +43,7 @@ impl Default for Config {
             data_dir: None,
             fsync: crate::store::FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
+            fail_syncs: None,
             users: vec![("guest".into(), "guest".into())],
             channel_max: 2047,
             frame_max: 131_072,

@@ -36,6 +36,8 @@ pub struct BrokerState {
     pub store: Option<Arc<crate::store::Store>>,
     /// Open connections, for the management API.
     pub connections: crate::registry::Connections,
+    /// The bound AMQP and management API addresses (the API lists them).
+    pub bound: (SocketAddr, Option<SocketAddr>),
     next_conn_id: AtomicU64,
 }
 
@@ -105,6 +107,7 @@ impl BrokerBuilder {
                 let opts = crate::store::StoreOptions {
                     fsync: self.config.fsync,
                     segment_size: self.config.segment_size,
+                    fail_syncs: self.config.fail_syncs.clone(),
                 };
                 let (store, queues) = crate::store::Store::open(dir, opts)?;
                 (Some(store), queues)
@@ -126,6 +129,7 @@ impl BrokerBuilder {
             store,
             shutdown: CancellationToken::new(),
             connections: Default::default(),
+            bound: (addr, http_addr),
             next_conn_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();

@@ -54,6 +54,8 @@ pub struct StoreOptions {
     pub fsync: FsyncMode,
     /// Segment size before rotation.
     pub segment_size: u64,
+    /// Failure injection for tests: while set, every sync fails as if the disk had.
+    pub fail_syncs: Option<Arc<AtomicBool>>,
 }
 
 impl Default for StoreOptions {
@@ -61,6 +63,7 @@ impl Default for StoreOptions {
         StoreOptions {
             fsync: FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
+            fail_syncs: None,
         }
     }
 }
@@ -200,6 +203,7 @@ impl Store {
             size,
             segment_size: opts.segment_size,
             fsync: opts.fsync,
+            fail_syncs: opts.fail_syncs.clone(),
             live,
             poisoned: poisoned.clone(),
         };

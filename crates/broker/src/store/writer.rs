@@ -222,6 +222,8 @@ pub struct Writer {
     pub live: Liveness,
     /// Set when a write or sync failed.
     pub poisoned: Arc<AtomicBool>,
+    /// Test hook: fail syncs while set.
+    pub fail_syncs: Option<Arc<AtomicBool>>,
 }
 
 /// Creates segment `n` with its header, and syncs the directory entry.
@@ -329,7 +331,16 @@ impl Writer {
             buf.clear();
         }
         if ok && (force || !waiters.is_empty()) && self.fsync == FsyncMode::Batch {
-            if let Err(e) = self.file.sync_data() {
+            let injected = self
+                .fail_syncs
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            let result = if injected {
+                Err(std::io::Error::other("injected sync failure"))
+            } else {
+                self.file.sync_data()
+            };
+            if let Err(e) = result {
                 tracing::error!(error = %e, segment = self.seg, "message store fsync failed; refusing persistent messages from now on");
                 ok = false;
             }
