@@ -120,19 +120,17 @@ pub async fn read_request<R: AsyncRead + Unpin>(
 
 /// Where the head ends: (length of the head without the blank line, length with it).
 fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let limit = buf.len().min(MAX_HEAD + 4);
-    let b = &buf[..limit];
-    for i in 0..b.len() {
-        if b[i] == b'\n' {
-            if b.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
-            }
-            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
+    let b = &buf[..buf.len().min(MAX_HEAD + 4)];
+    b.iter().enumerate().find_map(|(i, &c)| {
+        if c != b'\n' {
+            return None;
         }
-    }
-    None
+        match (b.get(i + 1), b.get(i + 2)) {
+            (Some(b'\n'), _) => Some((i, i + 2)),
+            (Some(b'\r'), Some(b'\n')) => Some((i, i + 3)),
+            _ => None,
+        }
+    })
 }
 
 fn parse_head(head: &[u8]) -> Result<Request, HttpError> {

@@ -286,7 +286,20 @@ fn overview(state: &BrokerState) -> Value {
             })
         })
         .collect();
+    let (amqp, http) = state.bound;
+    let listeners: Vec<Value> = std::iter::once(("amqp", amqp))
+        .chain(http.map(|a| ("http", a)))
+        .map(|(protocol, a)| {
+            json!({
+                "node": node,
+                "protocol": protocol,
+                "ip_address": a.ip().to_string(),
+                "port": a.port(),
+            })
+        })
+        .collect();
     json!({
+        "listeners": listeners,
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "product_name": "minimq",
