@@ -76,6 +76,19 @@ struct State {
     totals: BTreeMap<u64, u64>,
     clean: bool,
     max_msg_id: u64,
+    last_exchange: Option<Arc<str>>,
+    last_routing_key: Option<Arc<str>>,
+}
+
+fn intern(last: &mut Option<Arc<str>>, s: String) -> Arc<str> {
+    match last {
+        Some(l) if **l == *s => l.clone(),
+        _ => {
+            let a: Arc<str> = s.into();
+            *last = Some(a.clone());
+            a
+        }
+    }
 }
 
 impl State {
@@ -94,7 +107,10 @@ impl State {
                 body,
             } => {
                 self.max_msg_id = self.max_msg_id.max(msg_id);
-                let m = Message::new(exchange.into(), routing_key.into(), properties, body);
+                // Most messages share an exchange and routing key: share the strings too.
+                let exchange = intern(&mut self.last_exchange, exchange);
+                let routing_key = intern(&mut self.last_routing_key, routing_key);
+                let m = Message::new(exchange, routing_key, properties, body);
                 self.bodies.insert(msg_id, (seg, Arc::new(m)));
             }
             Record::Enqueue {
@@ -168,6 +184,8 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         totals: BTreeMap::new(),
         clean: false,
         max_msg_id: 0,
+        last_exchange: None,
+        last_routing_key: None,
     };
     let mut damaged = Vec::new();
     let last = segs.last().map(|(n, _)| *n);
