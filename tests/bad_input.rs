@@ -1308,3 +1308,25 @@ async fn shutdown_does_not_wait_for_a_client_stuck_in_the_handshake() {
     within(broker.shutdown()).await;
     c.expect_eof().await;
 }
+
+#[tokio::test]
+async fn connection_update_secret_is_accepted() {
+    let broker = broker().await;
+    let mut c = Client::open(broker.local_addr()).await;
+    c.send(
+        0,
+        minimq_protocol::ConnectionUpdateSecret {
+            new_secret: Bytes::from_static(b"guest"),
+            reason: "token refresh".into(),
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(
+        c.method(0).await,
+        Method::ConnectionUpdateSecretOk(_)
+    ));
+    assert_serves(broker.local_addr()).await;
+    drop(c);
+    broker.shutdown().await;
+}
