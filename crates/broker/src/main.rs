@@ -111,3 +111,23 @@ impl From<FsyncArg> for minimq_broker::store::FsyncMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_flag() {
+        assert_eq!(parse_http("off").unwrap().0, None);
+        assert_eq!(parse_http("None").unwrap().0, None);
+        assert_eq!(
+            parse_http("0.0.0.0:15672").unwrap().0,
+            Some("0.0.0.0:15672".parse().unwrap())
+        );
+        assert!(parse_http("localhost").is_err());
+        if std::env::var_os("MINIMQ_HTTP").is_none() {
+            let args = Args::try_parse_from(["minimq-server"]).unwrap();
+            assert_eq!(args.http.0, Some("127.0.0.1:15672".parse().unwrap()));
+        }
+    }
+}

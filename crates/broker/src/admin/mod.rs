@@ -455,7 +455,7 @@ fn channels(state: &BrokerState) -> Value {
                 "name": channel_name(&c, &ch),
                 "number": ch.number,
                 "node": node,
-                "state": "running",
+                "state": if ch.closing.load(Relaxed) { "closing" } else { "running" },
                 "user": c.user,
                 "user_who_performed_action": c.user,
                 "vhost": c.vhost,

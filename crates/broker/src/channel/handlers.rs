@@ -442,6 +442,7 @@ impl Conn {
                 .send(QueueCommand::Settle {
                     ids,
                     requeue: requeue && !ack,
+                    rejected: !ack,
                 })
                 .await;
         }
@@ -679,6 +680,7 @@ impl Conn {
                 d.queue.send_now(QueueCommand::Settle {
                     ids: vec![d.msg_id],
                     requeue: true,
+                    rejected: false,
                 });
             }
             if d.charged {

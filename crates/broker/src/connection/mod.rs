@@ -342,6 +342,9 @@ impl Conn {
         self.release_channel(channel, false).await;
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.status = ChannelStatus::Closing;
+            ch.info
+                .closing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             ch.publish = None;
         }
         self.send_method(

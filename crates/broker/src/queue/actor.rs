@@ -16,6 +16,7 @@ use minimq_protocol::ReplyCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, QueueCommand, QueueCounts,
     QueueEvent, QueueHandle,
@@ -32,6 +33,8 @@ struct Entry {
     redelivered: bool,
     /// Logged in the message store: leaving the queue must be logged too.
     persisted: bool,
+    /// How often it was delivered (`x-delivery-count` on a redelivery is this minus one).
+    deliveries: u32,
 }
 
 struct Unacked {
@@ -105,6 +108,7 @@ pub fn spawn(
             seq: m.seq,
             expires_at: ttl.map(|ms| now + std::time::Duration::from_millis(ms)),
             message: m.message,
+            deliveries: u32::from(m.redelivered),
             redelivered: m.redelivered,
             persisted: true,
         });
@@ -158,6 +162,47 @@ impl QueueActor {
         tracing::debug!(queue = %self.handle.name(), "queue stopped");
     }
 
+    /// Publishes `message` to this queue's dead-letter exchange, if it has one, unless
+    /// that would loop without a rejection in the loop (then it is dropped, as in
+    /// RabbitMQ).
+    fn dead_letter(&mut self, message: &Arc<Message>, reason: Reason) {
+        let args = &self.handle.info().args;
+        let Some(dlx) = args.dead_letter_exchange.as_deref() else {
+            return;
+        };
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        let queue = self.handle.name();
+        let dead = Arc::new(deadletter::dead_letter(
+            message,
+            queue,
+            reason,
+            dlx,
+            args.dead_letter_routing_key.as_deref(),
+        ));
+        let mut targets = Vec::new();
+        if let Err(e) = vhost.route(
+            dlx,
+            &dead.routing_key,
+            dead.properties.headers.as_ref(),
+            &mut targets,
+        ) {
+            tracing::warn!(queue = %queue, dlx, error = %e.text, "dead-letter exchange unusable; message dropped");
+            return;
+        }
+        for target in targets {
+            if reason != Reason::Rejected && deadletter::is_cycle(message, target.name()) {
+                tracing::debug!(queue = %queue, target = %target.name(), "dead-letter cycle; message dropped");
+                continue;
+            }
+            target.send_now(QueueCommand::Publish {
+                message: dead.clone(),
+                confirm: None,
+            });
+        }
+    }
+
     /// Notes that `entry` left the queue for good.
     fn forget(&mut self, entry: &Entry) {
         if entry.persisted {
@@ -207,8 +252,12 @@ impl QueueActor {
                     return self.auto_delete();
                 }
             }
-            QueueCommand::Settle { ids, requeue } => {
-                self.settle(ids, requeue);
+            QueueCommand::Settle {
+                ids,
+                requeue,
+                rejected,
+            } => {
+                self.settle(ids, requeue, rejected);
                 self.dispatch(now);
             }
             QueueCommand::ChannelClosed {
@@ -226,7 +275,7 @@ impl QueueActor {
                     self.consumers.remove(id);
                 }
                 self.active.retain(|c| !gone.contains(c));
-                self.settle(requeue, true);
+                self.settle(requeue, true, false);
                 if self.should_auto_delete() {
                     return self.auto_delete();
                 }
@@ -238,12 +287,13 @@ impl QueueActor {
             }
             QueueCommand::Get { no_ack, reply } => {
                 self.expire(now);
-                let result = self.ready.pop_front().map(|entry| {
+                let result = self.ready.pop_front().map(|mut entry| {
+                    entry.deliveries += 1;
                     self.ready_bytes -= entry.message.body.len() as u64;
                     count(&self.handle, |s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
-                        message: entry.message.clone(),
+                        message: delivered_copy(&entry),
                         redelivered: entry.redelivered,
                         remaining: self.ready.len() as u32,
                     };
@@ -325,7 +375,8 @@ impl QueueActor {
     }
 
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>, now: Instant) {
-        let args = &self.handle.info().args;
+        let handle = self.handle.clone();
+        let args = &handle.info().args;
         let size = message.body.len() as u64;
         let full = args
             .max_length
@@ -341,6 +392,9 @@ impl QueueActor {
         {
             if let Some(c) = confirm {
                 c.send(false);
+            }
+            if args.overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(&message, Reason::MaxLen);
             }
             return;
         }
@@ -366,6 +420,7 @@ impl QueueActor {
             expires_at,
             redelivered: false,
             persisted,
+            deliveries: 0,
         });
         count(&self.handle, |s| &s.published, 1);
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
@@ -376,6 +431,7 @@ impl QueueActor {
                 Some(dropped) => {
                     self.ready_bytes -= dropped.message.body.len() as u64;
                     self.forget(&dropped);
+                    self.dead_letter(&dropped.message, Reason::MaxLen);
                 }
                 None => break,
             }
@@ -430,7 +486,9 @@ impl QueueActor {
         self.active.clear();
     }
 
-    fn settle(&mut self, mut ids: Vec<u64>, requeue: bool) {
+    /// Ends unacked deliveries: requeue them (unless they are over the delivery limit),
+    /// or forget them — dead-lettering the rejected ones.
+    fn settle(&mut self, mut ids: Vec<u64>, requeue: bool, rejected: bool) {
         if requeue {
             // Highest first, so a batch that all belongs before the head costs O(1) each.
             ids.sort_unstable_by(|a, b| b.cmp(a));
@@ -447,11 +505,17 @@ impl QueueActor {
             if let Some(cid) = consumer {
                 freed.push(cid);
             }
-            if !requeue {
+            let limit = self.handle.info().args.delivery_limit;
+            let over_limit = requeue && limit.is_some_and(|l| u64::from(entry.deliveries) > l);
+            if !requeue || over_limit {
                 count(&self.handle, |s| &s.acked, 1);
                 self.forget(&entry);
-            }
-            if requeue {
+                if over_limit {
+                    self.dead_letter(&entry.message, Reason::DeliveryLimit);
+                } else if rejected {
+                    self.dead_letter(&entry.message, Reason::Rejected);
+                }
+            } else {
                 entry.redelivered = true;
                 self.ready_bytes += entry.message.body.len() as u64;
                 let pos = self.ready.partition_point(|e| e.seq < entry.seq);
@@ -485,6 +549,7 @@ impl QueueActor {
             if let Some(e) = self.ready.pop_front() {
                 self.ready_bytes -= e.message.body.len() as u64;
                 self.forget(&e);
+                self.dead_letter(&e.message, Reason::Expired);
             }
         }
     }
@@ -515,16 +580,17 @@ impl QueueActor {
                 }
                 _ => false,
             };
-            let Some(entry) = self.ready.pop_front() else {
+            let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
+            entry.deliveries += 1;
             let delivery = Delivery {
                 channel: c.spec.channel,
                 consumer_tag: c.spec.tag.clone(),
                 consumer_id: cid,
                 queue: self.handle.clone(),
                 msg_id: entry.seq,
-                message: entry.message.clone(),
+                message: delivered_copy(&entry),
                 redelivered: entry.redelivered,
                 no_ack: c.spec.no_ack,
                 charged,
@@ -536,6 +602,7 @@ impl QueueActor {
                         credit.release(1);
                     }
                 }
+                entry.deliveries -= 1;
                 self.ready.push_front(entry);
                 self.consumers.remove(&cid);
                 continue;
@@ -565,6 +632,19 @@ impl QueueActor {
                 c.blocked = true;
             }
         }
+    }
+}
+
+/// The message as a consumer gets it: on a redelivery, with `x-delivery-count` (a copy
+/// sharing the body; the queue keeps the original).
+fn delivered_copy(entry: &Entry) -> Arc<Message> {
+    if entry.deliveries > 1 {
+        Arc::new(deadletter::with_delivery_count(
+            &entry.message,
+            entry.deliveries - 1,
+        ))
+    } else {
+        entry.message.clone()
     }
 }
 

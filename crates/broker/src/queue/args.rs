@@ -38,6 +38,12 @@ pub struct QueueArgs {
     pub overflow: Overflow,
     /// `x-queue-type`.
     pub queue_type: QueueType,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-delivery-limit`: returns allowed before a message is dead-lettered or dropped.
+    pub delivery_limit: Option<u64>,
 }
 
 impl Default for QueueArgs {
@@ -48,6 +54,9 @@ impl Default for QueueArgs {
             max_length_bytes: None,
             overflow: Overflow::DropHead,
             queue_type: QueueType::Classic,
+            dead_letter_exchange: None,
+            dead_letter_routing_key: None,
+            delivery_limit: None,
         }
     }
 }
@@ -95,6 +104,21 @@ impl QueueArgs {
                 "x-max-length" => args.max_length = Some(non_negative(key, queue, value)?),
                 "x-max-length-bytes" => {
                     args.max_length_bytes = Some(non_negative(key, queue, value)?)
+                }
+                "x-delivery-limit" => args.delivery_limit = Some(non_negative(key, queue, value)?),
+                "x-dead-letter-exchange" | "x-dead-letter-routing-key" => {
+                    let Some(v) = value.as_str() else {
+                        return Err(invalid(
+                            key,
+                            queue,
+                            format!("{{unacceptable_type,{}}}", value.type_name()),
+                        ));
+                    };
+                    if key == "x-dead-letter-exchange" {
+                        args.dead_letter_exchange = Some(v.to_string());
+                    } else {
+                        args.dead_letter_routing_key = Some(v.to_string());
+                    }
                 }
                 "x-expires" => {
                     let v = non_negative(key, queue, value)?;

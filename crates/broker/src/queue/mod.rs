@@ -11,6 +11,7 @@
 
 pub mod actor;
 pub mod args;
+pub mod deadletter;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -216,6 +217,8 @@ pub enum QueueCommand {
         ids: Vec<u64>,
         /// Put back instead of forgetting.
         requeue: bool,
+        /// Rejected or nacked (not acked): dead-lettered when not requeued.
+        rejected: bool,
     },
     /// A channel closed: remove its consumers, then requeue `requeue`.
     ChannelClosed {
