@@ -77,6 +77,8 @@ pub struct Conn {
     pub(crate) cancel_notify: bool,
     pub(crate) auth_failure_close: bool,
     closing: bool,
+    /// Queues told that this connection's channels closed (see `hand_back_in_flight`).
+    released: Vec<QueueHandle>,
     /// The client sent `connection.close` and was answered: it closes the socket.
     client_closed: bool,
     last_sent: Instant,
@@ -124,7 +126,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
     let (read_half, write_half) = socket.into_split();
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut reader = FramedRead::new(read_half, FrameCodec::new(state.config.frame_max));
     let mut conn = Conn {
         id: state.next_conn_id(),
@@ -146,6 +148,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         cancel_notify: false,
         auth_failure_close: false,
         closing: false,
+        released: Vec::new(),
         client_closed: false,
         last_sent: Instant::now(),
     };
@@ -158,7 +161,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
     match handshake {
         Ok(Ok(handshake::Outcome::Open)) => {
             tracing::debug!(%peer, conn = conn.id, user = %conn.user, "connection open");
-            conn.run(&mut reader, events_rx).await;
+            conn.run(&mut reader, &mut events_rx).await;
             if conn.client_closed {
                 // After `close-ok` it is the client's turn to close the socket (as with
                 // RabbitMQ); closing it first can make the client report an abort.
@@ -174,6 +177,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         Err(_) => tracing::debug!(%peer, "handshake timed out"),
     }
     conn.cleanup().await;
+    conn.hand_back_in_flight(&mut events_rx).await;
     conn.unregister();
     drop(conn);
     let _ = writer_task.await;
@@ -205,7 +209,7 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, reader: &mut Reader, mut events: mpsc::UnboundedReceiver<QueueEvent>) {
+    async fn run(&mut self, reader: &mut Reader, events: &mut mpsc::UnboundedReceiver<QueueEvent>) {
         let hb = Duration::from_secs(u64::from(self.heartbeat));
         let mut tick = tokio::time::interval(if self.heartbeat > 0 {
             hb / 2
@@ -231,7 +235,12 @@ impl Conn {
                         last_recv = Instant::now();
                         match self.on_frame(frame).await {
                             Ok(Flow::Continue) => {}
-                            Ok(Flow::Stop) => break,
+                            Ok(Flow::Stop) => {
+                                // Before close-ok leaves: every message this connection
+                                // held, or had in flight, is back in its queue.
+                                self.hand_back_in_flight(events).await;
+                                break;
+                            }
                             Err(e) => self.fail_connection(e, &mut close_deadline).await,
                         }
                     }
@@ -559,15 +568,21 @@ impl Conn {
     async fn release_all(&mut self) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for ch in ids {
-            self.release_channel(ch, true).await;
+            for q in self.release_channel(ch, true).await {
+                if !self.released.iter().any(|x| x.same(&q)) {
+                    self.released.push(q);
+                }
+            }
         }
     }
 
     /// Returns a channel's unacked messages to their queues and removes its consumers.
     /// With `remove`, the channel itself is forgotten.
-    pub(crate) async fn release_channel(&mut self, ch: u16, remove: bool) {
+    /// Answers the queues it told.
+    pub(crate) async fn release_channel(&mut self, ch: u16, remove: bool) -> Vec<QueueHandle> {
+        let mut notified = Vec::new();
         let Some(channel) = self.channels.get_mut(&ch) else {
-            return;
+            return notified;
         };
         let outstanding = std::mem::take(&mut channel.outstanding);
         channel.info.set_unacked(0);
@@ -595,6 +610,34 @@ impl Conn {
                 requeue,
             })
             .await;
+            notified.push(q);
+        }
+        notified
+    }
+
+    /// Hands back deliveries that queues sent but this connection never wrote (e.g. a
+    /// message requeued from one closing channel and dispatched to another channel of
+    /// this connection). The receiver is closed first, so once every released queue has
+    /// answered a round trip no queue can add one: its send fails and it keeps the
+    /// message. Then what is left in the receiver goes back.
+    async fn hand_back_in_flight(&mut self, events: &mut mpsc::UnboundedReceiver<QueueEvent>) {
+        self.release_all().await;
+        events.close();
+        for q in std::mem::take(&mut self.released) {
+            let _ = q.counts().await;
+        }
+        while let Ok(ev) = events.try_recv() {
+            if let QueueEvent::Deliver(d) = ev {
+                if !d.no_ack {
+                    d.queue
+                        .send(QueueCommand::Settle {
+                            ids: vec![d.msg_id],
+                            requeue: true,
+                            rejected: false,
+                        })
+                        .await;
+                }
+            }
         }
     }
 

@@ -1,0 +1,660 @@
+//! The management HTTP API over real TCP: a broker with `.http(127.0.0.1:0)`, AMQP driven
+//! with lapin, the API read with a tiny raw HTTP client.
+//!
+//! No sleeps. Queue counters are written by the queue task after each command, and a
+//! passive `queue.declare` goes through the same queue's command channel, so after one
+//! (see [`sync`]) every earlier command from this client is counted. The registry of
+//! connections, channels and consumers is updated before the broker answers the method
+//! that changed it (open-ok, consume-ok, close-ok, a delivery).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::within;
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use minimq_broker::Broker;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q="; // base64("guest:guest")
+
+/// A broker with the management API on an ephemeral port (and a data directory of its
+/// own, so tests running in parallel never share one).
+async fn start() -> Broker {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "minimq-admin-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let broker = Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .start()
+        .await
+        .expect("broker starts");
+    assert!(broker.http_addr().is_some());
+    broker
+}
+
+async fn connect_named(broker: &Broker, name: &str) -> Connection {
+    within(Connection::connect(
+        &broker.amqp_url(),
+        ConnectionProperties::default().with_connection_name(name.into()),
+    ))
+    .await
+    .expect("connect")
+}
+
+async fn open(conn: &Connection) -> Channel {
+    within(conn.create_channel()).await.expect("channel.open")
+}
+
+/// A response: status, lower-cased headers, body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let text_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of response head");
+    let head = std::str::from_utf8(&raw[..text_end]).expect("UTF-8 head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[text_end + 4..].to_vec(),
+    }
+}
+
+/// Sends raw bytes and ends the request stream, reads until the server closes.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    within(async {
+        let mut s = TcpStream::connect(addr).await.expect("connect to HTTP");
+        s.write_all(bytes).await.expect("write");
+        let _ = s.shutdown().await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    })
+    .await
+}
+
+async fn request(broker: &Broker, method: &str, path: &str, auth: Option<&str>) -> Resp {
+    let auth = auth
+        .map(|a| format!("Authorization: Basic {a}\r\n"))
+        .unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    parse_response(&raw(broker.http_addr().unwrap(), req.as_bytes()).await)
+}
+
+/// GET as guest, expecting 200 and JSON.
+async fn get(broker: &Broker, path: &str) -> Value {
+    let r = request(broker, "GET", path, Some(GUEST)).await;
+    assert_eq!(
+        r.status,
+        200,
+        "GET {path}: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    r.json()
+}
+
+/// Every command this client sent to `queue` before this call has been handled (and
+/// counted) once it returns: the passive declare queues behind them.
+async fn sync(ch: &Channel, queue: &str) {
+    within(ch.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("passive declare");
+}
+
+async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
+    let confirm = within(ch.basic_publish(
+        "",
+        queue,
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    ))
+    .await
+    .expect("basic.publish");
+    within(confirm).await.expect("confirm");
+}
+
+/// (messages, ready, unacked, consumers) of a queue from the API.
+async fn counts(broker: &Broker, queue: &str) -> (u64, u64, u64, u64) {
+    let q = get(broker, &format!("/api/queues/%2F/{queue}")).await;
+    let n = |k: &str| q[k].as_u64().unwrap_or_else(|| panic!("{k} in {q}"));
+    (
+        n("messages"),
+        n("messages_ready"),
+        n("messages_unacknowledged"),
+        n("consumers"),
+    )
+}
+
+#[tokio::test]
+async fn disabled_unless_asked() {
+    let broker = common::start_broker().await;
+    assert_eq!(broker.http_addr(), None);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn tutorial_counts_are_live() {
+    let broker = start().await;
+    let conn = connect_named(&broker, "tutorial").await;
+    let producer = open(&conn).await;
+    within(producer.queue_declare(
+        "task_queue",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(producer.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for body in [&b"First."[..], b"Second..", b"Third..."] {
+        publish(&producer, "task_queue", body).await;
+    }
+    sync(&producer, "task_queue").await;
+    let q = get(&broker, "/api/queues/%2F/task_queue").await;
+    assert_eq!(q["name"], "task_queue");
+    assert_eq!(q["vhost"], "/");
+    assert_eq!(q["durable"], true);
+    assert_eq!(q["auto_delete"], false);
+    assert_eq!(q["exclusive"], false);
+    assert_eq!(q["arguments"], serde_json::json!({}));
+    assert_eq!(q["state"], "running");
+    assert_eq!(q["type"], "classic");
+    assert_eq!(q["message_bytes_ready"], 6 + 8 + 8);
+    assert_eq!(q["message_stats"]["publish"], 3);
+    assert_eq!(q["consumer_details"], serde_json::json!([]));
+    assert_eq!(counts(&broker, "task_queue").await, (3, 3, 0, 0));
+
+    // A worker with prefetch 1 takes one task and holds it.
+    let worker = open(&conn).await;
+    within(worker.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut consumer = within(worker.basic_consume(
+        "task_queue",
+        "worker-1",
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let first = within(consumer.next()).await.unwrap().unwrap();
+    assert_eq!(first.data, b"First.");
+    sync(&worker, "task_queue").await;
+    assert_eq!(counts(&broker, "task_queue").await, (3, 2, 1, 1));
+
+    let overview = get(&broker, "/api/overview").await;
+    assert_eq!(overview["product_name"], "minimq");
+    assert!(overview["rabbitmq_version"].is_string());
+    assert!(overview["product_version"].is_string());
+    let listeners = overview["listeners"].as_array().unwrap();
+    let port_of = |protocol: &str| {
+        listeners
+            .iter()
+            .find(|l| l["protocol"] == protocol)
+            .map(|l| l["port"].as_u64().unwrap() as u16)
+    };
+    assert_eq!(port_of("amqp"), Some(broker.local_addr().port()));
+    assert_eq!(port_of("http"), broker.http_addr().map(|a| a.port()));
+    assert_eq!(
+        overview["queue_totals"],
+        serde_json::json!({"messages": 3, "messages_ready": 2, "messages_unacknowledged": 1})
+    );
+    let totals = &overview["object_totals"];
+    assert_eq!(totals["queues"], 1);
+    assert_eq!(totals["connections"], 1);
+    assert_eq!(totals["channels"], 2);
+    assert_eq!(totals["consumers"], 1);
+    assert!(totals["exchanges"].as_u64().unwrap() >= 6);
+
+    let channels = get(&broker, "/api/channels").await;
+    let channels = channels.as_array().unwrap();
+    assert_eq!(channels.len(), 2);
+    let by_number = |n: u64| {
+        channels
+            .iter()
+            .find(|c| c["number"] == n)
+            .unwrap_or_else(|| panic!("channel {n} in {channels:?}"))
+    };
+    let (p, w) = (by_number(1), by_number(2));
+    assert_eq!(p["confirm"], true);
+    assert_eq!(p["consumer_count"], 0);
+    assert_eq!(p["messages_unacknowledged"], 0);
+    assert_eq!(w["confirm"], false);
+    assert_eq!(w["consumer_count"], 1);
+    assert_eq!(w["messages_unacknowledged"], 1);
+    assert_eq!(w["prefetch_count"], 1);
+    assert_eq!(w["global_prefetch_count"], 0);
+    assert_eq!(w["user"], "guest");
+    assert_eq!(w["vhost"], "/");
+    let conn_name = w["connection_details"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(w["name"], format!("{conn_name} (2)"));
+
+    let consumers = get(&broker, "/api/consumers").await;
+    let consumers = consumers.as_array().unwrap();
+    assert_eq!(consumers.len(), 1);
+    let c = &consumers[0];
+    assert_eq!(c["consumer_tag"], "worker-1");
+    assert_eq!(
+        c["queue"],
+        serde_json::json!({"name": "task_queue", "vhost": "/"})
+    );
+    assert_eq!(c["ack_required"], true);
+    assert_eq!(c["prefetch_count"], 1);
+    assert_eq!(c["exclusive"], false);
+    assert_eq!(c["active"], true);
+    assert_eq!(c["channel_details"]["number"], 2);
+    assert_eq!(c["channel_details"]["connection_name"], conn_name.as_str());
+    let q = get(&broker, "/api/queues/%2F/task_queue").await;
+    assert_eq!(q["consumer_details"][0]["consumer_tag"], "worker-1");
+
+    // The ack frees the worker: it gets the second task.
+    within(worker.basic_ack(first.delivery_tag, BasicAckOptions::default()))
+        .await
+        .unwrap();
+    let second = within(consumer.next()).await.unwrap().unwrap();
+    assert_eq!(second.data, b"Second..");
+    sync(&worker, "task_queue").await;
+    assert_eq!(counts(&broker, "task_queue").await, (2, 1, 1, 1));
+    let q = get(&broker, "/api/queues/%2F/task_queue").await;
+    assert_eq!(q["message_stats"]["ack"], 1);
+    assert_eq!(q["message_stats"]["deliver_get"], 2);
+
+    // Cancelled: no consumer, the unacked task stays with the channel until acked.
+    within(worker.basic_cancel("worker-1", BasicCancelOptions::default()))
+        .await
+        .unwrap();
+    sync(&worker, "task_queue").await;
+    assert_eq!(counts(&broker, "task_queue").await, (2, 1, 1, 0));
+    assert_eq!(get(&broker, "/api/consumers").await, serde_json::json!([]));
+    within(worker.basic_ack(second.delivery_tag, BasicAckOptions::default()))
+        .await
+        .unwrap();
+    sync(&worker, "task_queue").await;
+    assert_eq!(counts(&broker, "task_queue").await, (1, 1, 0, 0));
+    let channels = get(&broker, "/api/channels").await;
+    assert!(channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["messages_unacknowledged"] == 0));
+
+    // Listing by vhost, and all queues.
+    let all = get(&broker, "/api/queues").await;
+    assert_eq!(all, get(&broker, "/api/queues/%2F").await);
+    assert_eq!(all.as_array().unwrap().len(), 1);
+
+    within(conn.close(200, "bye")).await.unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_and_channels_come_and_go() {
+    let broker = start().await;
+    assert_eq!(
+        get(&broker, "/api/connections").await,
+        serde_json::json!([])
+    );
+    let conn = connect_named(&broker, "lister").await;
+    let list = get(&broker, "/api/connections").await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let c = &list[0];
+    assert_eq!(c["user"], "guest");
+    assert_eq!(c["vhost"], "/");
+    assert_eq!(c["state"], "running");
+    assert_eq!(c["protocol"], "AMQP 0-9-1");
+    assert_eq!(c["auth_mechanism"], "PLAIN");
+    assert_eq!(c["channels"], 0);
+    assert_eq!(c["peer_host"], "127.0.0.1");
+    assert_eq!(c["port"], broker.local_addr().port());
+    assert_eq!(c["client_properties"]["connection_name"], "lister");
+    assert_eq!(c["user_provided_name"], "lister");
+    assert!(c["client_properties"]["product"].is_string());
+    let peer_port = c["peer_port"].as_u64().unwrap();
+    assert_eq!(
+        c["name"],
+        format!("127.0.0.1:{peer_port} -> {}", broker.local_addr())
+    );
+
+    let a = open(&conn).await;
+    let b = open(&conn).await;
+    within(b.basic_qos(5, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let list = get(&broker, "/api/connections").await;
+    assert_eq!(list[0]["channels"], 2);
+    let chans = get(&broker, "/api/channels").await;
+    let g = chans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["number"] == 2)
+        .unwrap();
+    assert_eq!(g["global_prefetch_count"], 5);
+    assert_eq!(g["connection_details"]["peer_port"], peer_port);
+
+    within(a.close(200, "done")).await.unwrap();
+    let chans = get(&broker, "/api/channels").await;
+    assert_eq!(chans.as_array().unwrap().len(), 1);
+    assert_eq!(chans[0]["number"], 2);
+
+    // An exclusive queue names its owner.
+    let q = within(b.queue_declare(
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let info = get(&broker, &format!("/api/queues/%2F/{}", q.name().as_str())).await;
+    assert_eq!(info["exclusive"], true);
+    assert_eq!(info["owner_pid_details"]["peer_port"], peer_port);
+
+    within(conn.close(200, "bye")).await.unwrap();
+    assert_eq!(
+        get(&broker, "/api/connections").await,
+        serde_json::json!([])
+    );
+    assert_eq!(get(&broker, "/api/channels").await, serde_json::json!([]));
+    assert_eq!(get(&broker, "/api/queues").await, serde_json::json!([]));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_and_purge() {
+    let broker = start().await;
+    let conn = connect_named(&broker, "deleter").await;
+    let ch = open(&conn).await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for q in ["jobs", "other"] {
+        within(ch.queue_declare(q, QueueDeclareOptions::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        publish(&ch, "jobs", b"x").await;
+    }
+    sync(&ch, "jobs").await;
+    assert_eq!(counts(&broker, "jobs").await, (2, 2, 0, 0));
+
+    // if-empty refuses a queue with messages, as RabbitMQ does.
+    let r = request(
+        &broker,
+        "DELETE",
+        "/api/queues/%2F/jobs?if-empty=true",
+        Some(GUEST),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "bad_request", "reason": "queue 'jobs' in vhost '/' not empty"})
+    );
+
+    // Purge.
+    let r = request(
+        &broker,
+        "DELETE",
+        "/api/queues/%2F/jobs/contents",
+        Some(GUEST),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(counts(&broker, "jobs").await, (0, 0, 0, 0));
+    let r = request(&broker, "GET", "/api/queues/%2F/jobs/contents", Some(GUEST)).await;
+    assert_eq!(r.status, 405);
+
+    // if-unused refuses a queue with a consumer.
+    let consumer_ch = open(&conn).await;
+    let mut consumer = within(consumer_ch.basic_consume(
+        "jobs",
+        "c",
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let r = request(
+        &broker,
+        "DELETE",
+        "/api/queues/%2F/jobs?if-unused=true&if-empty=true",
+        Some(GUEST),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["reason"], "queue 'jobs' in vhost '/' in use");
+
+    // Deleted: gone from the API and from AMQP; its consumer is cancelled.
+    let r = request(&broker, "DELETE", "/api/queues/%2F/jobs", Some(GUEST)).await;
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    assert!(
+        within(consumer.next()).await.is_none(),
+        "consumer cancelled"
+    );
+    let r = request(&broker, "GET", "/api/queues/%2F/jobs", Some(GUEST)).await;
+    assert_eq!(r.status, 404);
+    let gone = within(ch.queue_declare(
+        "jobs",
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await;
+    assert!(gone.is_err());
+    let names: Vec<Value> = get(&broker, "/api/queues")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].clone())
+        .collect();
+    assert_eq!(names, vec![Value::from("other")]);
+
+    // Missing queues.
+    for (method, path) in [
+        ("DELETE", "/api/queues/%2F/jobs"),
+        ("DELETE", "/api/queues/%2F/jobs/contents"),
+        ("GET", "/api/queues/%2F/nope"),
+        ("GET", "/api/queues/other-vhost"),
+        ("GET", "/api/queues/other-vhost/other"),
+    ] {
+        let r = request(&broker, method, path, Some(GUEST)).await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"error": "Object Not Found", "reason": "Not Found"})
+        );
+    }
+    within(conn.close(200, "bye")).await.unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_and_errors() {
+    let broker = start().await;
+    for auth in [
+        None,
+        Some("Z3Vlc3Q6d3Jvbmc="), // guest:wrong
+        Some("!!!not base64!!!"),
+        Some("bm9ib2R5Omd1ZXN0"), // nobody:guest
+    ] {
+        let r = request(&broker, "GET", "/api/overview", auth).await;
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Basic realm=\"RabbitMQ Management\"")
+        );
+        assert_eq!(r.json()["error"], "not_authorized");
+    }
+    let r = request(&broker, "GET", "/api/queues/%2F/nope", Some(GUEST)).await;
+    assert_eq!(r.status, 404);
+    let r = request(&broker, "GET", "/api/nothing-here", Some(GUEST)).await;
+    assert_eq!(r.status, 404);
+    let r = request(&broker, "POST", "/api/overview", Some(GUEST)).await;
+    assert_eq!(r.status, 405);
+    assert!(r.header("allow").unwrap().contains("GET"));
+    let r = request(&broker, "DELETE", "/api/queues", None).await;
+    assert_eq!(r.status, 405, "wrong method answered before credentials");
+    let r = request(&broker, "HEAD", "/api/overview", Some(GUEST)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let me = get(&broker, "/api/whoami").await;
+    assert_eq!(me["name"], "guest");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_do_not_hurt_the_broker() {
+    let broker = start().await;
+    let http = broker.http_addr().unwrap();
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"garbage\r\n\r\n".to_vec(), 400),
+        (b"GET\r\n\r\n".to_vec(), 400),
+        (b"GET /api/overview HTTP/9.9\r\n\r\n".to_vec(), 505),
+        (b"GET /api/queues/%zz HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            b"GET /api/overview HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"GET /api/overview HTTP/1.1\r\nContent-Length: lots\r\n\r\n".to_vec(),
+            400,
+        ),
+        (b"\xff\xfe\xfd /x HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            format!(
+                "GET /api/overview HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(20_000)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            b"DELETE /api/queues/%2F/q HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            b"DELETE /api/queues/%2F/q HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            501,
+        ),
+    ];
+    for (req, status) in cases {
+        let r = parse_response(&raw(http, &req).await);
+        assert_eq!(
+            r.status,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(&req[..req.len().min(60)])
+        );
+    }
+    // A client that leaves halfway, and one that says nothing.
+    raw(http, b"GET /api/overv").await;
+    drop(TcpStream::connect(http).await.unwrap());
+
+    // Keep-alive: two requests on one connection.
+    let mut s = within(TcpStream::connect(http)).await.unwrap();
+    let req = format!("GET /api/whoami HTTP/1.1\r\nAuthorization: Basic {GUEST}\r\n\r\n");
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..2 {
+        within(s.write_all(req.as_bytes())).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let n = within(s.read(&mut buf)).await.unwrap();
+            assert!(n > 0, "server closed a keep-alive connection");
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(b"}") {
+                break;
+            }
+        }
+        let r = parse_response(&got);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["name"], "guest");
+    }
+    drop(s);
+
+    // Still serving, HTTP and AMQP.
+    assert_eq!(
+        get(&broker, "/api/overview").await["product_name"],
+        "minimq"
+    );
+    let conn = connect_named(&broker, "after").await;
+    let ch = open(&conn).await;
+    within(ch.queue_declare(
+        "still",
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(counts(&broker, "still").await, (0, 0, 0, 0));
+    within(conn.close(200, "bye")).await.unwrap();
+    within(broker.shutdown()).await;
+}
