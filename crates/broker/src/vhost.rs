@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use minimq_protocol::{FieldTable, ReplyCode};
 
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Binding, Exchange, ExchangeKind};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueType};
 use crate::store::{RecoveredQueue, Store};
 
@@ -171,9 +171,7 @@ impl VHost {
             .remove_if(handle.name().as_ref(), |_, q| q.same(handle))
             .is_some();
         if removed {
-            for e in self.exchanges.iter() {
-                e.unbind_queue(handle.name());
-            }
+            self.forget_destination(&Destination::Queue(handle.name().clone()));
             if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
                 if let Err(e) = store.remove_queue(id) {
                     tracing::error!(error = %e, queue = %handle.name(), "cannot record queue deletion");
@@ -323,6 +321,7 @@ impl VHost {
             )));
         }
         self.exchanges.remove(name);
+        self.forget_destination(&Destination::Exchange(e.name.clone()));
         Ok(())
     }
 
@@ -338,7 +337,7 @@ impl VHost {
         let e = self.binding_exchange(exchange)?;
         let q = self.queue_for(queue, conn_id)?;
         e.bind(Binding {
-            queue: q.name().clone(),
+            destination: Destination::Queue(q.name().clone()),
             key: key.to_string(),
             arguments,
         });
@@ -356,8 +355,63 @@ impl VHost {
     ) -> AmqpResult<()> {
         let e = self.binding_exchange(exchange)?;
         let q = self.queue_for(queue, conn_id)?;
-        e.unbind(q.name(), key, arguments);
+        e.unbind(&Destination::Queue(q.name().clone()), key, arguments);
+        self.auto_delete_exchange(&e);
         Ok(())
+    }
+
+    /// Binds exchange `destination` to exchange `source` (`exchange.bind`).
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        let src = self.binding_exchange(source)?;
+        let dst = self.binding_exchange(destination)?;
+        src.bind(Binding {
+            destination: Destination::Exchange(dst.name.clone()),
+            key: key.to_string(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    /// Removes an exchange-to-exchange binding (`exchange.unbind`).
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<()> {
+        let src = self.binding_exchange(source)?;
+        let dst = self.binding_exchange(destination)?;
+        src.unbind(&Destination::Exchange(dst.name.clone()), key, arguments);
+        self.auto_delete_exchange(&src);
+        Ok(())
+    }
+
+    /// Deletes an auto-delete exchange once its last binding is gone.
+    fn auto_delete_exchange(&self, e: &Exchange) {
+        if e.auto_delete && !e.has_bindings() && !e.name.starts_with("amq.") && !e.name.is_empty() {
+            self.exchanges.remove(&*e.name);
+            self.forget_destination(&Destination::Exchange(e.name.clone()));
+        }
+    }
+
+    /// Removes every binding to `destination` from every exchange.
+    fn forget_destination(&self, destination: &Destination) {
+        let exchanges: Vec<Arc<Exchange>> =
+            self.exchanges.iter().map(|e| e.value().clone()).collect();
+        for e in &exchanges {
+            let had = e.has_bindings();
+            e.unbind_all(destination);
+            if had {
+                self.auto_delete_exchange(e);
+            }
+        }
     }
 
     fn binding_exchange(&self, exchange: &str) -> AmqpResult<Arc<Exchange>> {
@@ -372,6 +426,8 @@ impl VHost {
     }
 
     /// Routes a publish: the queues it goes to (404 when the exchange does not exist).
+    /// Follows exchange-to-exchange bindings and alternate exchanges, each exchange at
+    /// most once per message, so cycles end.
     pub fn route(
         &self,
         exchange: &str,
@@ -394,10 +450,52 @@ impl VHost {
                 format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
             ));
         }
-        let mut names = Vec::new();
-        e.route(routing_key, headers, &mut names);
-        out.extend(names.iter().filter_map(|n| self.queue(n)));
+        let mut visited = Vec::new();
+        let mut queues = Vec::new();
+        self.route_from(&e, routing_key, headers, &mut visited, &mut queues);
+        out.extend(queues.iter().filter_map(|n| self.queue(n)));
         Ok(())
+    }
+
+    fn route_from(
+        &self,
+        e: &Exchange,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        visited: &mut Vec<Arc<str>>,
+        queues: &mut Vec<Arc<str>>,
+    ) {
+        if visited.contains(&e.name) {
+            return;
+        }
+        visited.push(e.name.clone());
+        let mut destinations = Vec::new();
+        e.route(routing_key, headers, &mut destinations);
+        let mut reached = false;
+        for d in destinations {
+            match d {
+                Destination::Queue(q) => {
+                    if self.queue(&q).is_some() {
+                        reached = true;
+                        if !queues.contains(&q) {
+                            queues.push(q);
+                        }
+                    }
+                }
+                Destination::Exchange(x) => {
+                    if let Some(next) = self.exchange(&x) {
+                        let before = queues.len();
+                        self.route_from(&next, routing_key, headers, visited, queues);
+                        reached |= queues.len() > before;
+                    }
+                }
+            }
+        }
+        if !reached {
+            if let Some(ae) = e.alternate_exchange().and_then(|n| self.exchange(n)) {
+                self.route_from(&ae, routing_key, headers, visited, queues);
+            }
+        }
     }
 }
 

@@ -131,10 +131,30 @@ impl Conn {
                 }
                 Ok(())
             }
-            Method::ExchangeBind(_) | Method::ExchangeUnbind(_) => Err(AmqpError::new(
-                ReplyCode::NotImplemented,
-                "exchange-to-exchange bindings are not supported yet",
-            )),
+            Method::ExchangeBind(b) => {
+                self.state.vhost.bind_exchange(
+                    &b.destination,
+                    &b.source,
+                    &b.routing_key,
+                    b.arguments,
+                )?;
+                if !b.no_wait {
+                    self.send_method(ch, ExchangeBindOk.into());
+                }
+                Ok(())
+            }
+            Method::ExchangeUnbind(u) => {
+                self.state.vhost.unbind_exchange(
+                    &u.destination,
+                    &u.source,
+                    &u.routing_key,
+                    &u.arguments,
+                )?;
+                if !u.no_wait {
+                    self.send_method(ch, ExchangeUnbindOk.into());
+                }
+                Ok(())
+            }
             Method::BasicQos(q) => {
                 if q.prefetch_size != 0 {
                     return Err(AmqpError::new(

@@ -22,10 +22,10 @@ pub enum Outcome {
 
 fn server_properties() -> FieldTable {
     let mut caps = FieldTable::new();
-    // Only what is implemented: exchange-to-exchange bindings and connection.blocked
-    // are advertised once they exist.
+    // Only what is implemented: connection.blocked is advertised once it exists.
     for cap in [
         "publisher_confirms",
+        "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
         "authentication_failure_close",

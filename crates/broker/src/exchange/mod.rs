@@ -54,11 +54,20 @@ impl ExchangeKind {
     }
 }
 
-/// A queue bound to an exchange.
+/// What a binding delivers to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A queue (`queue.bind`).
+    Queue(Arc<str>),
+    /// Another exchange (`exchange.bind`).
+    Exchange(Arc<str>),
+}
+
+/// A queue or exchange bound to an exchange.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
-    /// The bound queue.
-    pub queue: Arc<str>,
+    /// Where matching messages go.
+    pub destination: Destination,
     /// The binding key.
     pub key: String,
     /// Binding arguments (used by headers exchanges).
@@ -118,19 +127,34 @@ impl Exchange {
     }
 
     /// Removes a binding; whether it existed.
-    pub fn unbind(&self, queue: &str, key: &str, arguments: &FieldTable) -> bool {
+    pub fn unbind(&self, destination: &Destination, key: &str, arguments: &FieldTable) -> bool {
         let mut b = self.bindings.write().unwrap_or_else(|e| e.into_inner());
         let before = b.len();
-        b.retain(|x| !(&*x.queue == queue && x.key == key && &x.arguments == arguments));
+        b.retain(|x| !(&x.destination == destination && x.key == key && &x.arguments == arguments));
         b.len() != before
     }
 
-    /// Removes every binding to `queue` (the queue was deleted).
-    pub fn unbind_queue(&self, queue: &str) {
+    /// Removes every binding to `destination` (it was deleted).
+    pub fn unbind_all(&self, destination: &Destination) {
         self.bindings
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|x| &*x.queue != queue);
+            .retain(|x| &x.destination != destination);
+    }
+
+    /// A snapshot of the bindings.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The `alternate-exchange` argument: where unroutable messages go instead.
+    pub fn alternate_exchange(&self) -> Option<&str> {
+        self.arguments
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
     }
 
     /// Whether any queue is bound.
@@ -142,9 +166,14 @@ impl Exchange {
             .is_empty()
     }
 
-    /// The names of the queues a message with `routing_key` and `headers` goes to,
-    /// without duplicates. The default exchange is routed by the vhost.
-    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Arc<str>>) {
+    /// The destinations a message with `routing_key` and `headers` goes to, without
+    /// duplicates. The default exchange is routed by the vhost.
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         let bindings = self.bindings.read().unwrap_or_else(|e| e.into_inner());
         for b in bindings.iter() {
             let hit = match self.kind {
@@ -153,8 +182,8 @@ impl Exchange {
                 ExchangeKind::Topic => topic::matches(&b.key, routing_key),
                 ExchangeKind::Headers => headers_match(&b.arguments, headers),
             };
-            if hit && !out.contains(&b.queue) {
-                out.push(b.queue.clone());
+            if hit && !out.contains(&b.destination) {
+                out.push(b.destination.clone());
             }
         }
     }
