@@ -361,3 +361,107 @@ async fn a_failed_fsync_nacks_waiting_publishers_and_refuses_further_persistent_
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn durable_exchanges_and_bindings_survive_a_restart_transient_ones_do_not() {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    use lapin::ExchangeKind;
+    let dir = data_dir("topology");
+    let broker = start(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    let durable_x = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "orders",
+        ExchangeKind::Topic,
+        durable_x,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.exchange_declare(
+        "scratch-x",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    declare(&ch, "eu-orders", true).await.unwrap();
+    declare(&ch, "tmp", false).await.unwrap();
+    ch.queue_bind(
+        "eu-orders",
+        "orders",
+        "eu.#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "tmp",
+        "orders",
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    broker.shutdown().await;
+
+    let broker = start(&dir).await;
+    let (conn, ch) = open(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let c = ch
+        .basic_publish(
+            "orders",
+            "eu.paris",
+            BasicPublishOptions::default(),
+            b"routed after restart",
+            props,
+        )
+        .await
+        .unwrap();
+    assert!(within(c).await.unwrap().is_ack());
+    assert_eq!(
+        drain(&ch, "eu-orders").await,
+        vec![("routed after restart".into(), false)]
+    );
+    let err = ch
+        .exchange_declare(
+            "scratch-x",
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("NOT_FOUND"),
+        "a non-durable exchange is gone: {err}"
+    );
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .exchange_declare(
+            "orders",
+            ExchangeKind::Direct,
+            durable_x,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("inequivalent arg 'type'"),
+        "the recovered exchange keeps its type: {err}"
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

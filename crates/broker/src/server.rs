@@ -116,6 +116,7 @@ impl BrokerBuilder {
         };
         let vhost = VHost::new(store.clone());
         vhost.restore(recovered);
+        vhost.restore_topology();
         let listener = TcpListener::bind(self.config.listen).await?;
         let addr = listener.local_addr()?;
         let http = match self.config.http {

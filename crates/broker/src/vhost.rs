@@ -14,7 +14,7 @@ use minimq_protocol::{FieldTable, ReplyCode};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueType};
-use crate::store::{RecoveredQueue, Store};
+use crate::store::{BindingDef, ExchangeDef, RecoveredQueue, Store};
 
 /// Exchanges every vhost has from the start.
 const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -291,6 +291,18 @@ impl VHost {
                 format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
             ));
         }
+        if let (Some(store), true) = (&self.store, durable) {
+            let def = ExchangeDef {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                auto_delete,
+                internal,
+                arguments: arguments.clone(),
+            };
+            store
+                .put_exchange(def)
+                .map_err(|e| store_failed("exchange", name, e))?;
+        }
         self.exchanges.entry(name.into()).or_insert_with(|| {
             Arc::new(Exchange::new(
                 name,
@@ -322,7 +334,106 @@ impl VHost {
         }
         self.exchanges.remove(name);
         self.forget_destination(&Destination::Exchange(e.name.clone()));
+        self.unstore_exchange(&e);
         Ok(())
+    }
+
+    fn unstore_exchange(&self, e: &Exchange) {
+        if let (Some(store), true) = (&self.store, e.durable) {
+            if let Err(err) = store.remove_exchange(&e.name) {
+                tracing::error!(error = %err, exchange = %e.name, "cannot record exchange deletion");
+            }
+        }
+    }
+
+    /// Whether a binding from `source` to `destination` outlives a restart: both ends
+    /// durable (a queue kept in the store).
+    fn durable_binding(&self, source: &Exchange, destination: &Destination) -> bool {
+        if self.store.is_none() || !source.durable {
+            return false;
+        }
+        match destination {
+            Destination::Queue(q) => self.queue(q).is_some_and(|q| q.info().store_id.is_some()),
+            Destination::Exchange(x) => self.exchange(x).is_some_and(|x| x.durable),
+        }
+    }
+
+    fn binding_def(
+        source: &Exchange,
+        destination: &Destination,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> BindingDef {
+        let (to_exchange, name) = match destination {
+            Destination::Queue(q) => (false, q.to_string()),
+            Destination::Exchange(x) => (true, x.to_string()),
+        };
+        BindingDef {
+            source: source.name.to_string(),
+            to_exchange,
+            destination: name,
+            key: key.to_string(),
+            arguments: arguments.clone(),
+        }
+    }
+
+    fn store_binding(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<()> {
+        if let (Some(store), true) = (&self.store, self.durable_binding(source, destination)) {
+            let def = Self::binding_def(source, destination, key, arguments);
+            store
+                .put_binding(def)
+                .map_err(|e| store_failed("binding", &source.name, e))?;
+        }
+        Ok(())
+    }
+
+    fn unstore_binding(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        key: &str,
+        arguments: &FieldTable,
+    ) {
+        if let Some(store) = &self.store {
+            let def = Self::binding_def(source, destination, key, arguments);
+            if let Err(e) = store.remove_bindings(|b| *b == def) {
+                tracing::error!(error = %e, "cannot record unbinding");
+            }
+        }
+    }
+
+    /// Recreates durable exchanges and bindings recorded in the store.
+    pub fn restore_topology(&self) {
+        let Some(store) = &self.store else { return };
+        let (exchanges, bindings) = store.topology();
+        for e in exchanges {
+            let Ok(kind) = ExchangeKind::parse(&e.kind) else {
+                continue;
+            };
+            let x = Exchange::new(&e.name, kind, true, e.auto_delete, e.internal, e.arguments);
+            self.exchanges.insert(e.name.as_str().into(), Arc::new(x));
+        }
+        for b in bindings {
+            let Some(source) = self.exchange(&b.source) else {
+                continue;
+            };
+            let destination = if b.to_exchange {
+                Destination::Exchange(b.destination.as_str().into())
+            } else {
+                Destination::Queue(b.destination.as_str().into())
+            };
+            source.bind(Binding {
+                destination,
+                key: b.key,
+                arguments: b.arguments,
+            });
+        }
     }
 
     /// Binds `queue` to `exchange`.
@@ -336,8 +447,10 @@ impl VHost {
     ) -> AmqpResult<()> {
         let e = self.binding_exchange(exchange)?;
         let q = self.queue_for(queue, conn_id)?;
+        let destination = Destination::Queue(q.name().clone());
+        self.store_binding(&e, &destination, key, &arguments)?;
         e.bind(Binding {
-            destination: Destination::Queue(q.name().clone()),
+            destination,
             key: key.to_string(),
             arguments,
         });
@@ -355,7 +468,9 @@ impl VHost {
     ) -> AmqpResult<()> {
         let e = self.binding_exchange(exchange)?;
         let q = self.queue_for(queue, conn_id)?;
-        e.unbind(&Destination::Queue(q.name().clone()), key, arguments);
+        let destination = Destination::Queue(q.name().clone());
+        e.unbind(&destination, key, arguments);
+        self.unstore_binding(&e, &destination, key, arguments);
         self.auto_delete_exchange(&e);
         Ok(())
     }
@@ -370,8 +485,10 @@ impl VHost {
     ) -> AmqpResult<()> {
         let src = self.binding_exchange(source)?;
         let dst = self.binding_exchange(destination)?;
+        let destination = Destination::Exchange(dst.name.clone());
+        self.store_binding(&src, &destination, key, &arguments)?;
         src.bind(Binding {
-            destination: Destination::Exchange(dst.name.clone()),
+            destination,
             key: key.to_string(),
             arguments,
         });
@@ -388,7 +505,9 @@ impl VHost {
     ) -> AmqpResult<()> {
         let src = self.binding_exchange(source)?;
         let dst = self.binding_exchange(destination)?;
-        src.unbind(&Destination::Exchange(dst.name.clone()), key, arguments);
+        let destination = Destination::Exchange(dst.name.clone());
+        src.unbind(&destination, key, arguments);
+        self.unstore_binding(&src, &destination, key, arguments);
         self.auto_delete_exchange(&src);
         Ok(())
     }
@@ -397,6 +516,7 @@ impl VHost {
     fn auto_delete_exchange(&self, e: &Exchange) {
         if e.auto_delete && !e.has_bindings() && !e.name.starts_with("amq.") && !e.name.is_empty() {
             self.exchanges.remove(&*e.name);
+            self.unstore_exchange(e);
             self.forget_destination(&Destination::Exchange(e.name.clone()));
         }
     }
@@ -497,6 +617,14 @@ impl VHost {
             }
         }
     }
+}
+
+fn store_failed(what: &str, name: &str, e: std::io::Error) -> AmqpError {
+    tracing::error!(error = %e, what, name, "cannot record in the store");
+    AmqpError::new(
+        ReplyCode::InternalError,
+        format!("cannot record {what} '{name}': {e}"),
+    )
 }
 
 fn check_access(q: &QueueHandle, conn_id: u64) -> AmqpResult<()> {

@@ -27,6 +27,38 @@ const T_REDELIVERED: u8 = 4;
 const T_CLEAN_SHUTDOWN: u8 = 5;
 const T_QUEUE: u8 = 6;
 const T_NEXT_QUEUE_ID: u8 = 7;
+const T_EXCHANGE: u8 = 8;
+const T_BINDING: u8 = 9;
+
+/// A durable exchange's definition, kept in the meta file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDef {
+    /// Name.
+    pub name: String,
+    /// Type name (`direct`, `fanout`, `topic`, `headers`).
+    pub kind: String,
+    /// Auto-delete flag.
+    pub auto_delete: bool,
+    /// Internal flag.
+    pub internal: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+}
+
+/// A binding between durable objects, kept in the meta file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingDef {
+    /// Source exchange.
+    pub source: String,
+    /// Whether the destination is an exchange (else a queue).
+    pub to_exchange: bool,
+    /// Destination name.
+    pub destination: String,
+    /// Binding key.
+    pub key: String,
+    /// Binding arguments.
+    pub arguments: FieldTable,
+}
 
 /// A durable queue's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +121,10 @@ pub enum Record {
     /// The next queue id to hand out (meta file only): ids are never reused, so records
     /// of a deleted queue can never be taken for a new one's.
     NextQueueId(u64),
+    /// A durable exchange (meta file only).
+    Exchange(ExchangeDef),
+    /// A binding between durable objects (meta file only).
+    Binding(BindingDef),
 }
 
 /// Why bytes did not decode as a record.
@@ -160,6 +196,19 @@ impl Record {
                 write::table(buf, &def.arguments);
             }
             Record::NextQueueId(id) => buf.put_u64(*id),
+            Record::Exchange(e) => {
+                write::shortstr(buf, &e.name);
+                write::shortstr(buf, &e.kind);
+                buf.put_u8(u8::from(e.auto_delete) | (u8::from(e.internal) << 1));
+                write::table(buf, &e.arguments);
+            }
+            Record::Binding(b) => {
+                write::shortstr(buf, &b.source);
+                buf.put_u8(u8::from(b.to_exchange));
+                write::shortstr(buf, &b.destination);
+                write::shortstr(buf, &b.key);
+                write::table(buf, &b.arguments);
+            }
         }
         let len = (buf.len() - payload_at) as u32;
         buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -177,6 +226,8 @@ impl Record {
             Record::CleanShutdown => T_CLEAN_SHUTDOWN,
             Record::Queue(_) => T_QUEUE,
             Record::NextQueueId(_) => T_NEXT_QUEUE_ID,
+            Record::Exchange(_) => T_EXCHANGE,
+            Record::Binding(_) => T_BINDING,
         }
     }
 
@@ -243,6 +294,26 @@ impl Record {
                 arguments: read::table(p).ok()?,
             }),
             T_NEXT_QUEUE_ID => Record::NextQueueId(read::u64(p).ok()?),
+            T_EXCHANGE => {
+                let name = read::shortstr(p).ok()?;
+                let kind = read::shortstr(p).ok()?;
+                let flags = read::u8(p).ok()?;
+                let arguments = read::table(p).ok()?;
+                Record::Exchange(ExchangeDef {
+                    name,
+                    kind,
+                    auto_delete: flags & 1 != 0,
+                    internal: flags & 2 != 0,
+                    arguments,
+                })
+            }
+            T_BINDING => Record::Binding(BindingDef {
+                source: read::shortstr(p).ok()?,
+                to_exchange: read::u8(p).ok()? != 0,
+                destination: read::shortstr(p).ok()?,
+                key: read::shortstr(p).ok()?,
+                arguments: read::table(p).ok()?,
+            }),
             _ => return None,
         };
         if p.has_remaining() {
@@ -339,6 +410,20 @@ mod tests {
         });
         roundtrip(Record::CleanShutdown);
         roundtrip(Record::NextQueueId(9));
+        roundtrip(Record::Exchange(ExchangeDef {
+            name: "x".into(),
+            kind: "topic".into(),
+            auto_delete: true,
+            internal: false,
+            arguments: FieldTable::new(),
+        }));
+        roundtrip(Record::Binding(BindingDef {
+            source: "x".into(),
+            to_exchange: false,
+            destination: "q".into(),
+            key: "a.#".into(),
+            arguments: FieldTable::new(),
+        }));
         roundtrip(Record::Queue(QueueDef {
             id: 4,
             name: "q".into(),

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::message::Message;
 use crate::queue::ConfirmTicket;
 use format::{check_header, file_header, QueueDef, Record, FILE_HEADER_LEN, META_MAGIC};
+pub use format::{BindingDef, ExchangeDef};
 pub use recovery::RecoveredMessage;
 use writer::{Op, Track, Writer};
 
@@ -89,9 +90,12 @@ pub struct Store {
     lock: Mutex<Option<File>>,
 }
 
+#[derive(Default)]
 struct Meta {
     defs: BTreeMap<u64, QueueDef>,
     next_id: u64,
+    exchanges: BTreeMap<String, ExchangeDef>,
+    bindings: Vec<BindingDef>,
 }
 
 impl std::fmt::Debug for Store {
@@ -124,7 +128,8 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir)?;
-        let (defs, next_id) = load_meta(&dir.join("queues.meta"))?;
+        let meta = load_meta(&dir.join("queues.meta"))?;
+        let defs = meta.defs.clone();
         let started = std::time::Instant::now();
         let mut replay = recovery::replay(&seg_dir, &dir.join("damaged"))?;
         let mut queues = Vec::new();
@@ -215,7 +220,7 @@ impl Store {
             tx,
             poisoned,
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
-            meta: Mutex::new(Meta { defs, next_id }),
+            meta: Mutex::new(meta),
             thread: Mutex::new(Some(thread)),
             lock: Mutex::new(Some(lock)),
         };
@@ -256,10 +261,62 @@ impl Store {
         Ok(id)
     }
 
+    /// The durable exchanges and bindings recorded (to restore at start-up).
+    pub fn topology(&self) -> (Vec<ExchangeDef>, Vec<BindingDef>) {
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            meta.exchanges.values().cloned().collect(),
+            meta.bindings.clone(),
+        )
+    }
+
+    /// Records a durable exchange (synchronous, like [`Store::add_queue`]).
+    pub fn put_exchange(&self, def: ExchangeDef) -> std::io::Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        meta.exchanges.insert(def.name.clone(), def);
+        write_meta(&self.dir.join("queues.meta"), &meta)
+    }
+
+    /// Forgets a durable exchange and every binding from or to it.
+    pub fn remove_exchange(&self, name: &str) -> std::io::Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let before = (meta.exchanges.len(), meta.bindings.len());
+        meta.exchanges.remove(name);
+        meta.bindings
+            .retain(|b| b.source != name && !(b.to_exchange && b.destination == name));
+        if before != (meta.exchanges.len(), meta.bindings.len()) {
+            write_meta(&self.dir.join("queues.meta"), &meta)?;
+        }
+        Ok(())
+    }
+
+    /// Records a binding between durable objects.
+    pub fn put_binding(&self, def: BindingDef) -> std::io::Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        if meta.bindings.contains(&def) {
+            return Ok(());
+        }
+        meta.bindings.push(def);
+        write_meta(&self.dir.join("queues.meta"), &meta)
+    }
+
+    /// Forgets the bindings `matches` selects.
+    pub fn remove_bindings(&self, matches: impl Fn(&BindingDef) -> bool) -> std::io::Result<()> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let before = meta.bindings.len();
+        meta.bindings.retain(|b| !matches(b));
+        if meta.bindings.len() != before {
+            write_meta(&self.dir.join("queues.meta"), &meta)?;
+        }
+        Ok(())
+    }
+
     /// Forgets a durable queue and everything it held.
     pub fn remove_queue(&self, id: u64) -> std::io::Result<()> {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        if meta.defs.remove(&id).is_some() {
+        if let Some(def) = meta.defs.remove(&id) {
+            meta.bindings
+                .retain(|b| b.to_exchange || b.destination != def.name);
             write_meta(&self.dir.join("queues.meta"), &meta)?;
         }
         let _ = self.tx.send(Op::DropQueue(id));
@@ -392,12 +449,14 @@ fn message_record(msg_id: u64, m: &Message, buf: &mut BytesMut) {
     .encode(buf);
 }
 
-fn load_meta(path: &Path) -> std::io::Result<(BTreeMap<u64, QueueDef>, u64)> {
-    let mut defs = BTreeMap::new();
-    let mut next_id = 1;
+fn load_meta(path: &Path) -> std::io::Result<Meta> {
+    let mut meta = Meta {
+        next_id: 1,
+        ..Meta::default()
+    };
     let data = match std::fs::read(path) {
         Ok(d) => Bytes::from(d),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((defs, next_id)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(meta),
         Err(e) => return Err(e),
     };
     check_header(&data, META_MAGIC).map_err(|why| io_err(format!("{}: {why}", path.display())))?;
@@ -411,15 +470,19 @@ fn load_meta(path: &Path) -> std::io::Result<(BTreeMap<u64, QueueDef>, u64)> {
         })?;
         match record {
             Record::Queue(def) => {
-                next_id = next_id.max(def.id + 1);
-                defs.insert(def.id, def);
+                meta.next_id = meta.next_id.max(def.id + 1);
+                meta.defs.insert(def.id, def);
             }
-            Record::NextQueueId(n) => next_id = next_id.max(n),
+            Record::NextQueueId(n) => meta.next_id = meta.next_id.max(n),
+            Record::Exchange(e) => {
+                meta.exchanges.insert(e.name.clone(), e);
+            }
+            Record::Binding(b) => meta.bindings.push(b),
             _ => {}
         }
         offset += len;
     }
-    Ok((defs, next_id))
+    Ok(meta)
 }
 
 fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
@@ -428,6 +491,12 @@ fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
     Record::NextQueueId(meta.next_id).encode(&mut buf);
     for def in meta.defs.values() {
         Record::Queue(def.clone()).encode(&mut buf);
+    }
+    for e in meta.exchanges.values() {
+        Record::Exchange(e.clone()).encode(&mut buf);
+    }
+    for b in &meta.bindings {
+        Record::Binding(b.clone()).encode(&mut buf);
     }
     let tmp = path.with_extension("meta.tmp");
     {

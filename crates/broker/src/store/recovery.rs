@@ -133,7 +133,11 @@ impl State {
             Record::Redelivered { queue_id, seqs } => {
                 self.marks.entry(queue_id).or_default().extend(seqs);
             }
-            Record::CleanShutdown | Record::Queue(_) | Record::NextQueueId(_) => {}
+            Record::CleanShutdown
+            | Record::Queue(_)
+            | Record::NextQueueId(_)
+            | Record::Exchange(_)
+            | Record::Binding(_) => {}
         }
     }
 
