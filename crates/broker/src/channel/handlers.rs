@@ -350,6 +350,13 @@ impl Conn {
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             prefetch: channel.prefetch,
+            priority: c
+                .arguments
+                .get("x-priority")
+                .and_then(|v| v.as_i64())
+                .map_or(0, |p| {
+                    p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+                }),
             channel_credit: channel.global_qos.then(|| channel.credit.clone()),
             sink,
         };

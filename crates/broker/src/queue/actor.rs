@@ -16,6 +16,7 @@ use minimq_protocol::ReplyCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, QueueCommand, QueueCounts,
@@ -35,6 +36,15 @@ struct Entry {
     persisted: bool,
     /// How often it was delivered (`x-delivery-count` on a redelivery is this minus one).
     deliveries: u32,
+    /// Its priority in a priority queue (`x-max-priority`); 0 otherwise.
+    priority: u8,
+}
+
+impl Entry {
+    /// The ready list's order: higher priority first, then publish order.
+    fn key(&self) -> (std::cmp::Reverse<u8>, u64) {
+        (std::cmp::Reverse(self.priority), self.seq)
+    }
 }
 
 struct Unacked {
@@ -76,7 +86,9 @@ pub struct QueueActor {
     ready_bytes: u64,
     unacked: HashMap<u64, Unacked>,
     consumers: BTreeMap<u64, Consumer>,
-    active: VecDeque<u64>,
+    active: Active,
+    /// Last time the queue was used (consumed, got from, declared), for `x-expires`.
+    last_used: Instant,
     next_seq: u64,
     had_consumer: bool,
 }
@@ -94,12 +106,15 @@ pub fn spawn(
     let store = store.filter(|_| handle.info().store_id.is_some());
     let now = Instant::now();
     let ttl = handle.info().args.message_ttl;
+    let max_priority = handle.info().args.max_priority;
     let mut ready = VecDeque::with_capacity(recovered.len());
     let mut ready_bytes = 0;
     let mut next_seq = 1;
     for m in recovered {
         next_seq = next_seq.max(m.seq + 1);
         ready_bytes += m.message.body.len() as u64;
+        let priority =
+            max_priority.map_or(0, |max| m.message.properties.priority.unwrap_or(0).min(max));
         let ttl = match (ttl, m.message.ttl_ms()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -111,7 +126,11 @@ pub fn spawn(
             deliveries: u32::from(m.redelivered),
             redelivered: m.redelivered,
             persisted: true,
+            priority,
         });
+    }
+    if max_priority.is_some() {
+        ready.make_contiguous().sort_by_key(Entry::key);
     }
     let actor = QueueActor {
         handle,
@@ -122,7 +141,8 @@ pub fn spawn(
         ready_bytes,
         unacked: HashMap::new(),
         consumers: BTreeMap::new(),
-        active: VecDeque::new(),
+        active: Active::default(),
+        last_used: now,
         next_seq,
         had_consumer: false,
     };
@@ -133,6 +153,7 @@ impl QueueActor {
     async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
         loop {
             let deadline = self.ready.front().and_then(|e| e.expires_at);
+            let unused_until = self.unused_deadline();
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
@@ -144,6 +165,15 @@ impl QueueActor {
                     self.dispatch(now);
                     self.log_settled();
                     self.publish_stats();
+                    continue;
+                }
+                _ = sleep_until_opt(unused_until), if unused_until.is_some() => {
+                    if self.unused_deadline().is_some_and(|d| Instant::now() >= d) {
+                        tracing::debug!(queue = %self.handle.name(), "unused for x-expires; deleting");
+                        self.cancel_all_consumers();
+                        self.auto_delete();
+                        break;
+                    }
                     continue;
                 }
             };
@@ -232,6 +262,16 @@ impl QueueActor {
     /// Handles one command; `false` when the queue is deleted.
     fn handle(&mut self, cmd: QueueCommand) -> bool {
         let now = Instant::now();
+        if matches!(
+            cmd,
+            QueueCommand::Consume { .. }
+                | QueueCommand::Get { .. }
+                | QueueCommand::Counts { .. }
+                | QueueCommand::Cancel { .. }
+                | QueueCommand::ChannelClosed { .. }
+        ) {
+            self.last_used = now;
+        }
         match cmd {
             QueueCommand::Publish { message, confirm } => {
                 self.publish(message, confirm, now);
@@ -244,7 +284,7 @@ impl QueueActor {
             }
             QueueCommand::Cancel { consumer_id, reply } => {
                 self.consumers.remove(&consumer_id);
-                self.active.retain(|c| *c != consumer_id);
+                self.active.retain(|c| c != consumer_id);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
@@ -274,7 +314,7 @@ impl QueueActor {
                 for id in &gone {
                     self.consumers.remove(id);
                 }
-                self.active.retain(|c| !gone.contains(c));
+                self.active.retain(|c| !gone.contains(&c));
                 self.settle(requeue, true, false);
                 if self.should_auto_delete() {
                     return self.auto_delete();
@@ -414,14 +454,25 @@ impl QueueActor {
                 store.enqueue(id, seq, &message, confirm.take());
             }
         }
-        self.ready.push_back(Entry {
+        let priority = args
+            .max_priority
+            .map_or(0, |max| message.properties.priority.unwrap_or(0).min(max));
+        let entry = Entry {
             seq,
             message,
             expires_at,
             redelivered: false,
             persisted,
             deliveries: 0,
-        });
+            priority,
+        };
+        if priority > 0 {
+            let pos = self.ready.partition_point(|e| e.key() < entry.key());
+            self.ready.insert(pos, entry);
+        } else {
+            // Priority 0 sorts after every other priority and this seq after every other.
+            self.ready.push_back(entry);
+        }
         count(&self.handle, |s| &s.published, 1);
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
         while max_len.is_some_and(|m| self.ready.len() as u64 > m)
@@ -459,9 +510,18 @@ impl QueueActor {
                 blocked: false,
             },
         );
-        self.active.push_back(id);
+        let priority = self.consumers.get(&id).map_or(0, |c| c.spec.priority);
+        self.active.push_back(id, priority);
         self.had_consumer = true;
         Ok(())
+    }
+
+    /// When an unused queue with `x-expires` is due for deletion.
+    fn unused_deadline(&self) -> Option<Instant> {
+        let ms = self.handle.info().args.expires?;
+        self.consumers
+            .is_empty()
+            .then(|| self.last_used + std::time::Duration::from_millis(ms))
     }
 
     fn should_auto_delete(&self) -> bool {
@@ -518,7 +578,7 @@ impl QueueActor {
             } else {
                 entry.redelivered = true;
                 self.ready_bytes += entry.message.body.len() as u64;
-                let pos = self.ready.partition_point(|e| e.seq < entry.seq);
+                let pos = self.ready.partition_point(|e| e.key() < entry.key());
                 self.ready.insert(pos, entry);
             }
         }
@@ -535,7 +595,7 @@ impl QueueActor {
         for (id, c) in self.consumers.iter_mut() {
             if c.blocked && c.own_credit() && c.channel_credit() && filter(c) {
                 c.blocked = false;
-                self.active.push_back(*id);
+                self.active.push_back(*id, c.spec.priority);
             }
         }
     }
@@ -555,24 +615,38 @@ impl QueueActor {
     }
 
     fn dispatch(&mut self, now: Instant) {
+        let sac = self.handle.info().args.single_active_consumer;
         loop {
             self.expire(now);
             if self.ready.is_empty() {
                 return;
             }
-            let Some(cid) = self.active.pop_front() else {
+            // With a single active consumer, only the earliest registered one (consumer
+            // ids grow) receives; when it goes, the next one takes over.
+            let next = if sac {
+                self.consumers.keys().next().copied()
+            } else {
+                self.active.pop_front()
+            };
+            let Some(cid) = next else {
                 return;
             };
             let Some(c) = self.consumers.get_mut(&cid) else {
                 continue;
             };
             if !c.own_credit() {
+                if sac {
+                    return;
+                }
                 c.blocked = true;
                 continue;
             }
             let charged = match (&c.spec.channel_credit, c.spec.no_ack) {
                 (Some(credit), false) => {
                     if !credit.try_acquire() {
+                        if sac {
+                            return;
+                        }
                         c.blocked = true;
                         continue;
                     }
@@ -626,8 +700,10 @@ impl QueueActor {
                     },
                 );
             }
-            if c.own_credit() && c.channel_credit() {
-                self.active.push_back(cid);
+            if sac {
+                // The single active consumer is chosen afresh each round.
+            } else if c.own_credit() && c.channel_credit() {
+                self.active.push_back(cid, c.spec.priority);
             } else {
                 c.blocked = true;
             }

@@ -44,6 +44,12 @@ pub struct QueueArgs {
     pub dead_letter_routing_key: Option<String>,
     /// `x-delivery-limit`: returns allowed before a message is dead-lettered or dropped.
     pub delivery_limit: Option<u64>,
+    /// `x-expires`: delete the queue after this many milliseconds unused.
+    pub expires: Option<u64>,
+    /// `x-max-priority`: a priority queue with priorities 0..=N.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
 }
 
 impl Default for QueueArgs {
@@ -57,6 +63,9 @@ impl Default for QueueArgs {
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
             delivery_limit: None,
+            expires: None,
+            max_priority: None,
+            single_active_consumer: false,
         }
     }
 }
@@ -125,7 +134,25 @@ impl QueueArgs {
                     if v == 0 {
                         return Err(invalid(key, queue, "{value_zero,0}"));
                     }
+                    args.expires = Some(v);
                 }
+                "x-max-priority" => {
+                    let v = non_negative(key, queue, value)?;
+                    if v > 255 {
+                        return Err(invalid(key, queue, format!("{{value_too_large,{v},255}}")));
+                    }
+                    args.max_priority = Some(v as u8);
+                }
+                "x-single-active-consumer" => match value.as_bool() {
+                    Some(b) => args.single_active_consumer = b,
+                    None => {
+                        return Err(invalid(
+                            key,
+                            queue,
+                            format!("{{unacceptable_type,{}}}", value.type_name()),
+                        ))
+                    }
+                },
                 "x-overflow" => {
                     args.overflow = match value.as_str() {
                         Some("drop-head") => Overflow::DropHead,

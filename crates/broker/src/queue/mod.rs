@@ -9,6 +9,7 @@
 //!   the queue and message id it stands for;
 //! - [`ChannelCredit`]: the one piece shared between them, for `basic.qos global=true`.
 
+pub mod active;
 pub mod actor;
 pub mod args;
 pub mod deadletter;
@@ -156,6 +157,8 @@ pub struct ConsumerSpec {
     pub exclusive: bool,
     /// Per-consumer prefetch (0 = unlimited).
     pub prefetch: u32,
+    /// Consumer priority (`x-priority`); higher priorities are served first.
+    pub priority: i32,
     /// The channel's shared credit, when `basic.qos global` is in force.
     pub channel_credit: Option<Arc<ChannelCredit>>,
     /// Where deliveries go.
