@@ -465,3 +465,80 @@ async fn durable_exchanges_and_bindings_survive_a_restart_transient_ones_do_not(
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_delivery_count_of_a_persistent_message_survives_a_restart() {
+    use lapin::options::BasicNackOptions;
+    use lapin::types::{AMQPValue, ShortString};
+    let dir = data_dir("deliveries");
+    let mut limit = FieldTable::default();
+    limit.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(1));
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let broker = start(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("limited", durable, limit.clone())
+        .await
+        .unwrap();
+    publish(&ch, "limited", "poison", true).await;
+    let m = ch
+        .basic_get("limited", BasicGetOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    ch.basic_nack(
+        m.delivery.delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    ch.queue_declare("limited", durable, limit.clone())
+        .await
+        .unwrap();
+    broker.shutdown().await;
+
+    let broker = start(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    let m = ch
+        .basic_get("limited", BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("still queued");
+    let count = m
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(
+        count,
+        Some(AMQPValue::LongLongInt(1)),
+        "one earlier delivery, remembered across the restart"
+    );
+    ch.basic_nack(
+        m.delivery.delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        ch.basic_get("limited", BasicGetOptions::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "the second return is over the limit: dropped"
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

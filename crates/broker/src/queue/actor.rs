@@ -123,7 +123,7 @@ pub fn spawn(
             seq: m.seq,
             expires_at: ttl.map(|ms| now + std::time::Duration::from_millis(ms)),
             message: m.message,
-            deliveries: u32::from(m.redelivered),
+            deliveries: m.deliveries.max(u32::from(m.redelivered)),
             redelivered: m.redelivered,
             persisted: true,
             priority,
@@ -554,6 +554,7 @@ impl QueueActor {
             ids.sort_unstable_by(|a, b| b.cmp(a));
         }
         let mut freed = Vec::new();
+        let mut returned = Vec::new();
         for id in ids {
             let Some(Unacked {
                 mut entry,
@@ -577,6 +578,9 @@ impl QueueActor {
                 }
             } else {
                 entry.redelivered = true;
+                if entry.persisted {
+                    returned.push((entry.seq, entry.deliveries));
+                }
                 self.ready_bytes += entry.message.body.len() as u64;
                 let pos = self.ready.partition_point(|e| e.key() < entry.key());
                 self.ready.insert(pos, entry);
@@ -586,6 +590,10 @@ impl QueueActor {
             if let Some(c) = self.consumers.get_mut(&cid) {
                 c.unacked = c.unacked.saturating_sub(1);
             }
+        }
+        // The delivery count of a persistent message outlives a restart.
+        if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
+            store.log_deliveries(id, returned);
         }
         self.unblock_where(|_| true);
     }

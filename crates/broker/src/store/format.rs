@@ -29,6 +29,7 @@ const T_QUEUE: u8 = 6;
 const T_NEXT_QUEUE_ID: u8 = 7;
 const T_EXCHANGE: u8 = 8;
 const T_BINDING: u8 = 9;
+const T_DELIVERIES: u8 = 10;
 
 /// A durable exchange's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +126,14 @@ pub enum Record {
     Exchange(ExchangeDef),
     /// A binding between durable objects (meta file only).
     Binding(BindingDef),
+    /// Delivery counts of messages returned to a queue, for `x-delivery-count` and
+    /// `x-delivery-limit` across restarts.
+    Deliveries {
+        /// Queue id.
+        queue_id: u64,
+        /// (sequence, deliveries so far).
+        counts: Vec<(u64, u32)>,
+    },
 }
 
 /// Why bytes did not decode as a record.
@@ -202,6 +211,14 @@ impl Record {
                 buf.put_u8(u8::from(e.auto_delete) | (u8::from(e.internal) << 1));
                 write::table(buf, &e.arguments);
             }
+            Record::Deliveries { queue_id, counts } => {
+                buf.put_u64(*queue_id);
+                buf.put_u32(counts.len() as u32);
+                for (seq, n) in counts {
+                    buf.put_u64(*seq);
+                    buf.put_u32(*n);
+                }
+            }
             Record::Binding(b) => {
                 write::shortstr(buf, &b.source);
                 buf.put_u8(u8::from(b.to_exchange));
@@ -228,6 +245,7 @@ impl Record {
             Record::NextQueueId(_) => T_NEXT_QUEUE_ID,
             Record::Exchange(_) => T_EXCHANGE,
             Record::Binding(_) => T_BINDING,
+            Record::Deliveries { .. } => T_DELIVERIES,
         }
     }
 
@@ -306,6 +324,15 @@ impl Record {
                     internal: flags & 2 != 0,
                     arguments,
                 })
+            }
+            T_DELIVERIES => {
+                let queue_id = read::u64(p).ok()?;
+                let n = read::u32(p).ok()? as usize;
+                if p.remaining() < n.checked_mul(12)? {
+                    return None;
+                }
+                let counts = (0..n).map(|_| (p.get_u64(), p.get_u32())).collect();
+                Record::Deliveries { queue_id, counts }
             }
             T_BINDING => Record::Binding(BindingDef {
                 source: read::shortstr(p).ok()?,
@@ -410,6 +437,10 @@ mod tests {
         });
         roundtrip(Record::CleanShutdown);
         roundtrip(Record::NextQueueId(9));
+        roundtrip(Record::Deliveries {
+            queue_id: 3,
+            counts: vec![(1, 2), (5, 1)],
+        });
         roundtrip(Record::Exchange(ExchangeDef {
             name: "x".into(),
             kind: "topic".into(),

@@ -387,6 +387,16 @@ impl Store {
         self.send(buf.freeze(), Track::Settle { queue_id, seqs }, None);
     }
 
+    /// Logs the delivery counts of messages returned to queue `queue_id`.
+    pub fn log_deliveries(&self, queue_id: u64, counts: Vec<(u64, u32)>) {
+        if counts.is_empty() {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        Record::Deliveries { queue_id, counts }.encode(&mut buf);
+        self.send(buf.freeze(), Track::Nothing, None);
+    }
+
     /// Logs, at a graceful stop, which messages of a queue had been delivered before.
     pub fn mark_redelivered(&self, queue_id: u64, seqs: Vec<u64>) {
         if seqs.is_empty() {

@@ -32,6 +32,8 @@ pub struct RecoveredMessage {
     pub message: Arc<Message>,
     /// Whether to flag it redelivered.
     pub redelivered: bool,
+    /// Deliveries so far, as last logged when it was returned to the queue.
+    pub deliveries: u32,
 }
 
 /// What a replay found.
@@ -73,6 +75,7 @@ struct State {
     /// queue id → seq → (msg id, segment of the enqueue record).
     order: HashMap<u64, BTreeMap<u64, (u64, u64)>>,
     marks: HashMap<u64, HashSet<u64>>,
+    deliveries: HashMap<(u64, u64), u32>,
     totals: BTreeMap<u64, u64>,
     clean: bool,
     max_msg_id: u64,
@@ -133,6 +136,11 @@ impl State {
             Record::Redelivered { queue_id, seqs } => {
                 self.marks.entry(queue_id).or_default().extend(seqs);
             }
+            Record::Deliveries { queue_id, counts } => {
+                for (seq, n) in counts {
+                    self.deliveries.insert((queue_id, seq), n);
+                }
+            }
             Record::CleanShutdown
             | Record::Queue(_)
             | Record::NextQueueId(_)
@@ -185,6 +193,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         bodies: HashMap::new(),
         order: HashMap::new(),
         marks: HashMap::new(),
+        deliveries: HashMap::new(),
         totals: BTreeMap::new(),
         clean: false,
         max_msg_id: 0,
@@ -263,11 +272,13 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
                 } else {
                     true
                 };
+                let deliveries = st.deliveries.get(&(queue_id, seq)).copied().unwrap_or(0);
                 Some(RecoveredMessage {
                     seq,
                     msg_id,
                     message,
                     redelivered,
+                    deliveries,
                 })
             })
             .collect();

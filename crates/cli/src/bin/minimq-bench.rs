@@ -1,0 +1,455 @@
+//! `minimq-bench`: a load generator in the spirit of RabbitMQ's PerfTest, on
+//! `minimq-client`. Producers and consumers each get their own connection; every message
+//! carries its producer, sequence number and send time, so the run reports throughput,
+//! end-to-end latency percentiles, and whether every message arrived exactly once.
+//!
+//! ```text
+//! minimq-bench --producers 2 --consumers 2 --size 1024 --confirm 100 --duration 10
+//! minimq-bench --count 10000 --rate 1000 --persistent --durable --json
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use minimq_cli::bench::{decode, encode, now_nanos, percentile, Ledger};
+use minimq_cli::{connect, fail, interrupt_token, one_line, DEFAULT_URL};
+use minimq_client::{
+    BasicConsumeOptions, BasicProperties, Confirmation, FieldTable, QueueDeclareOptions,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// How long consumers may go without a message, after the producers finished, before
+/// the run stops waiting for the rest.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Load test for minimq / RabbitMQ (modelled on RabbitMQ's PerfTest).
+#[derive(Debug, Parser)]
+#[command(name = "minimq-bench", version, about)]
+struct Args {
+    /// Broker URL.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_URL)]
+    url: String,
+    /// Queue to use (declared, and purged before the run).
+    #[arg(long, default_value = "minimq-bench")]
+    queue: String,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    producers: u32,
+    /// Consumer connections (0: publish only, no delivery check).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    consumers: u32,
+    /// Message size in bytes (at least the 20-byte header).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Consumer prefetch (basic.qos; 0 = unlimited).
+    #[arg(long, default_value_t = 100)]
+    prefetch: u16,
+    /// Consume with auto-ack (no_ack).
+    #[arg(long)]
+    auto_ack: bool,
+    /// Acknowledge every K messages with multiple=true (1 = each message).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    multi_ack: u32,
+    /// Send persistent messages (delivery-mode 2).
+    #[arg(long)]
+    persistent: bool,
+    /// Declare the queue durable.
+    #[arg(long)]
+    durable: bool,
+    /// Publisher confirms with at most WINDOW unconfirmed messages per producer.
+    #[arg(long, value_name = "WINDOW")]
+    confirm: Option<u32>,
+    /// Run for SECS seconds [default: 10 unless --count is given].
+    #[arg(long, value_name = "SECS", conflicts_with = "count")]
+    duration: Option<f64>,
+    /// Messages per producer.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Messages per second per producer (default: as fast as possible).
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = validate(&args) {
+        fail("minimq-bench", &e);
+    }
+    match run(args).await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => fail("minimq-bench", &e),
+    }
+}
+
+fn validate(args: &Args) -> Result<(), String> {
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(format!("--duration must be positive, not {d}"));
+        }
+    }
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(format!("--rate must be positive, not {r}"));
+        }
+    }
+    if args.confirm == Some(0) {
+        return Err("--confirm needs a window of at least 1".into());
+    }
+    if args.multi_ack == 0 {
+        return Err("--multi-ack must be at least 1".into());
+    }
+    if !args.auto_ack && args.prefetch != 0 && args.multi_ack > u32::from(args.prefetch) {
+        return Err(format!(
+            "--multi-ack {} is larger than --prefetch {}: consumers would stall waiting for \
+             messages the broker will not send before an ack",
+            args.multi_ack, args.prefetch
+        ));
+    }
+    Ok(())
+}
+
+/// What one producer did.
+#[derive(Debug, Default)]
+struct ProducerStats {
+    sent: u64,
+    confirmed: u64,
+    nacked: u64,
+}
+
+/// What one consumer saw.
+#[derive(Debug, Default)]
+struct ConsumerStats {
+    ledger: Ledger,
+    latencies_us: Vec<u64>,
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let args = Arc::new(args);
+    let interrupted = interrupt_token();
+
+    // Declare and purge the queue.
+    let setup = connect(&args.url).await?;
+    let ch = setup
+        .open_channel()
+        .await
+        .map_err(|e| format!("cannot open a channel: {e}"))?;
+    let options = QueueDeclareOptions {
+        durable: args.durable,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(&args.queue, options, FieldTable::new())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot declare queue '{}' (durable={}): {}",
+                args.queue,
+                args.durable,
+                one_line(&e.to_string())
+            )
+        })?;
+    ch.queue_purge(&args.queue)
+        .await
+        .map_err(|e| format!("cannot purge '{}': {e}", args.queue))?;
+    let _ = setup.close().await;
+
+    // Consumers first, so nothing piles up in the queue.
+    let received = Arc::new(AtomicU64::new(0));
+    let stop_consumers = CancellationToken::new();
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers {
+        let (args, received, stop) = (args.clone(), received.clone(), stop_consumers.clone());
+        let conn = connect(&args.url).await?;
+        let ch = conn
+            .open_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        if !args.auto_ack {
+            ch.basic_qos(args.prefetch, false)
+                .await
+                .map_err(|e| format!("basic.qos failed: {e}"))?;
+        }
+        let opts = BasicConsumeOptions {
+            no_ack: args.auto_ack,
+            ..BasicConsumeOptions::default()
+        };
+        let mut consumer = ch
+            .basic_consume(&args.queue, "", opts, FieldTable::new())
+            .await
+            .map_err(|e| format!("cannot consume: {}", one_line(&e.to_string())))?;
+        consumers.push(tokio::spawn(async move {
+            let mut stats = ConsumerStats::default();
+            let mut pending = 0u32;
+            let mut last_tag = 0u64;
+            loop {
+                let delivery = tokio::select! {
+                    d = consumer.next() => match d {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(format!("consumer failed: {}", one_line(&e.to_string()))),
+                        None => break,
+                    },
+                    _ = stop.cancelled() => break,
+                };
+                let now = now_nanos();
+                match decode(&delivery.body) {
+                    Some((producer, seq, sent)) => {
+                        stats.ledger.record(producer, seq);
+                        stats.latencies_us.push(now.saturating_sub(sent) / 1000);
+                    }
+                    None => stats.ledger.foreign += 1,
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+                if !args.auto_ack {
+                    if args.multi_ack <= 1 {
+                        delivery.ack().await.map_err(|e| format!("ack failed: {e}"))?;
+                    } else {
+                        pending += 1;
+                        last_tag = delivery.delivery_tag;
+                        if pending >= args.multi_ack {
+                            ch.basic_ack(last_tag, true)
+                                .await
+                                .map_err(|e| format!("ack failed: {e}"))?;
+                            pending = 0;
+                        }
+                    }
+                }
+            }
+            if pending > 0 {
+                let _ = ch.basic_ack(last_tag, true).await;
+            }
+            let _ = conn.close().await;
+            Ok::<ConsumerStats, String>(stats)
+        }));
+    }
+
+    // Producers.
+    let start = Instant::now();
+    let deadline = match (args.count, args.duration) {
+        (Some(_), _) => None,
+        (None, d) => Some(start + Duration::from_secs_f64(d.unwrap_or(10.0))),
+    };
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for id in 0..args.producers {
+        let (args, sent_total, interrupted) =
+            (args.clone(), sent_total.clone(), interrupted.clone());
+        let conn = connect(&args.url).await?;
+        let ch = conn
+            .open_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        if args.confirm.is_some() {
+            ch.confirm_select()
+                .await
+                .map_err(|e| format!("confirm.select failed: {e}"))?;
+        }
+        producers.push(tokio::spawn(async move {
+            let props = BasicProperties {
+                delivery_mode: Some(if args.persistent { 2 } else { 1 }),
+                ..BasicProperties::default()
+            };
+            let window = args.confirm.unwrap_or(0) as usize;
+            let mut outstanding = VecDeque::new();
+            let mut stats = ProducerStats::default();
+            let settle = |c: Confirmation, stats: &mut ProducerStats| match c {
+                Confirmation::Ack => stats.confirmed += 1,
+                Confirmation::Nack => stats.nacked += 1,
+                Confirmation::NotRequested => {}
+            };
+            let mut seq = 0u64;
+            loop {
+                if args.count.is_some_and(|n| seq >= n)
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                    || interrupted.is_cancelled()
+                {
+                    break;
+                }
+                if let Some(rate) = args.rate {
+                    let due = start + Duration::from_secs_f64(seq as f64 / rate);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = interrupted.cancelled() => break,
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                }
+                let body = encode(id, seq, now_nanos(), args.size);
+                let confirm = ch
+                    .basic_publish("", &args.queue, false, props.clone(), body)
+                    .await
+                    .map_err(|e| format!("publish failed: {}", one_line(&e.to_string())))?;
+                seq += 1;
+                sent_total.fetch_add(1, Ordering::Relaxed);
+                if window > 0 {
+                    outstanding.push_back(confirm);
+                    while outstanding.len() >= window {
+                        let c = outstanding.pop_front().expect("non-empty").await;
+                        settle(c.map_err(|e| format!("confirm failed: {e}"))?, &mut stats);
+                    }
+                }
+            }
+            while let Some(c) = outstanding.pop_front() {
+                settle(
+                    c.await.map_err(|e| format!("confirm failed: {e}"))?,
+                    &mut stats,
+                );
+            }
+            stats.sent = seq;
+            // close waits for close-ok: every publish before it has reached the broker.
+            conn.close()
+                .await
+                .map_err(|e| format!("closing a producer failed: {e}"))?;
+            Ok::<ProducerStats, String>(stats)
+        }));
+    }
+
+    let mut per_producer = Vec::new();
+    let mut first_error = None;
+    for p in producers {
+        match p.await {
+            Ok(Ok(stats)) => per_producer.push(stats),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+                per_producer.push(ProducerStats::default());
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("producer task failed: {e}"));
+                per_producer.push(ProducerStats::default());
+            }
+        }
+    }
+    let publish_elapsed = start.elapsed();
+    let sent: u64 = per_producer.iter().map(|p| p.sent).sum();
+
+    // Let the consumers drain what was sent, stopping if they stall.
+    if args.consumers > 0 && first_error.is_none() {
+        let mut last = received.load(Ordering::Relaxed);
+        let mut last_progress = Instant::now();
+        while received.load(Ordering::Relaxed) < sent && !interrupted.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let now = received.load(Ordering::Relaxed);
+            if now != last {
+                last = now;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > DRAIN_TIMEOUT {
+                break;
+            }
+        }
+    }
+    let receive_elapsed = start.elapsed();
+    stop_consumers.cancel();
+    let mut ledger = Ledger::default();
+    let mut latencies = Vec::new();
+    for c in consumers {
+        match c.await {
+            Ok(Ok(stats)) => {
+                ledger.merge(&stats.ledger);
+                latencies.extend(stats.latencies_us);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("consumer task failed: {e}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+
+    latencies.sort_unstable();
+    let sent_each: Vec<u64> = per_producer.iter().map(|p| p.sent).collect();
+    let (missing, duplicates) = ledger.check(&sent_each);
+    let confirmed: u64 = per_producer.iter().map(|p| p.confirmed).sum();
+    let nacked: u64 = per_producer.iter().map(|p| p.nacked).sum();
+    let received_n = latencies.len() as u64 + ledger.foreign;
+    let rate = |n: u64, d: Duration| {
+        if d.as_secs_f64() > 0.0 {
+            n as f64 / d.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
+    let ms = |us: u64| us as f64 / 1000.0;
+    let checked = args.consumers > 0;
+    let exactly_once = !checked || (missing == 0 && duplicates == 0);
+    let report = json!({
+        "producers": args.producers,
+        "consumers": args.consumers,
+        "size": args.size.max(minimq_cli::bench::HEADER_LEN),
+        "elapsed_s": publish_elapsed.as_secs_f64(),
+        "sent": sent,
+        "sent_rate": rate(sent, publish_elapsed),
+        "confirmed": confirmed,
+        "nacked": nacked,
+        "confirmed_rate": rate(confirmed, publish_elapsed),
+        "received": received_n,
+        "received_rate": rate(received_n, receive_elapsed),
+        "latency_ms": {
+            "p50": ms(percentile(&latencies, 50.0)),
+            "p95": ms(percentile(&latencies, 95.0)),
+            "p99": ms(percentile(&latencies, 99.0)),
+            "max": ms(latencies.last().copied().unwrap_or(0)),
+        },
+        "missing": missing,
+        "duplicates": duplicates,
+        "exactly_once": exactly_once,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} producer(s), {} consumer(s), {} B messages, {:.2} s",
+            args.producers,
+            args.consumers,
+            report["size"],
+            publish_elapsed.as_secs_f64()
+        );
+        println!(
+            "sent:      {sent} msg, {:.0} msg/s",
+            rate(sent, publish_elapsed)
+        );
+        if args.confirm.is_some() {
+            println!(
+                "confirmed: {confirmed} msg, {:.0} msg/s, nacked {nacked}",
+                rate(confirmed, publish_elapsed)
+            );
+        }
+        if checked {
+            println!(
+                "received:  {received_n} msg, {:.0} msg/s",
+                rate(received_n, receive_elapsed)
+            );
+            println!(
+                "latency:   p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                ms(percentile(&latencies, 50.0)),
+                ms(percentile(&latencies, 95.0)),
+                ms(percentile(&latencies, 99.0)),
+                ms(latencies.last().copied().unwrap_or(0))
+            );
+            println!(
+                "delivery:  {} (missing {missing}, duplicates {duplicates})",
+                if exactly_once {
+                    "every message exactly once"
+                } else {
+                    "NOT exactly once"
+                }
+            );
+        }
+    }
+    if !exactly_once {
+        eprintln!("minimq-bench: error: {missing} message(s) missing, {duplicates} duplicate(s)");
+    }
+    Ok(exactly_once)
+}

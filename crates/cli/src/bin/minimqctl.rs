@@ -1,0 +1,169 @@
+//! `minimqctl`: rabbitmqctl's listing and queue commands over the management HTTP API
+//! (minimq's `--http`, or RabbitMQ's management plugin).
+//!
+//! ```text
+//! minimqctl list_queues name messages_ready messages_unacknowledged
+//! minimqctl --formatter json list_consumers
+//! minimqctl purge_queue task_queue
+//! ```
+
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+use minimq_cli::ctl::{self, Command, CtlError, Formatter, Listing, Options};
+use minimq_cli::one_line;
+
+/// Inspects and manages a minimq (or RabbitMQ) broker through its management HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "minimqctl", version, about)]
+struct Cli {
+    /// Management API base URL.
+    #[arg(
+        long,
+        env = "MINIMQ_MGMT_URL",
+        default_value = "http://127.0.0.1:15672",
+        global = true
+    )]
+    url: String,
+    /// User for HTTP basic authentication.
+    #[arg(long, default_value = "guest", global = true)]
+    user: String,
+    /// Password for HTTP basic authentication.
+    #[arg(long, default_value = "guest", global = true)]
+    password: String,
+    /// Virtual host.
+    #[arg(long, short = 'p', default_value = "/", global = true)]
+    vhost: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    formatter: Formatter,
+    /// Leave out the info lines (`Listing queues ...`).
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+    /// Leave out the header row of tables.
+    #[arg(long, global = true)]
+    no_table_headers: bool,
+    /// Seconds each HTTP request may take.
+    #[arg(long, short = 't', default_value_t = 60.0, global = true)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+#[command(rename_all = "snake_case")]
+enum Cmd {
+    /// Lists queues: name messages by default. Columns: name vhost durable auto_delete
+    /// exclusive arguments policy messages messages_ready messages_unacknowledged
+    /// message_bytes ... consumers consumer_utilisation memory state type.
+    ListQueues {
+        /// Columns to show.
+        columns: Vec<String>,
+    },
+    /// Lists connections: user peer_host peer_port state by default.
+    ListConnections {
+        /// Columns to show.
+        columns: Vec<String>,
+    },
+    /// Lists channels: pid user consumer_count messages_unacknowledged by default
+    /// (pid shows the channel's name).
+    ListChannels {
+        /// Columns to show.
+        columns: Vec<String>,
+    },
+    /// Lists consumers: queue_name channel_pid consumer_tag ack_required prefetch_count
+    /// active arguments by default.
+    ListConsumers {
+        /// Columns to show.
+        columns: Vec<String>,
+    },
+    /// Removes every ready message from a queue.
+    PurgeQueue {
+        /// Queue name.
+        queue: String,
+    },
+    /// Deletes a queue.
+    DeleteQueue {
+        /// Queue name.
+        queue: String,
+        /// Only if it has no messages.
+        #[arg(long = "if-empty", short = 'e')]
+        if_empty: bool,
+        /// Only if it has no consumers.
+        #[arg(long = "if-unused", short = 'u')]
+        if_unused: bool,
+    },
+    /// Shows the broker's version, totals and listeners.
+    Status,
+}
+
+fn fail(e: CtlError) -> ! {
+    eprintln!("minimqctl: error: {}", one_line(&e.message));
+    std::process::exit(e.code);
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+                fail(CtlError::usage(
+                    "no command given; commands: list_queues list_connections list_channels \
+                     list_consumers purge_queue delete_queue status (see --help)",
+                ))
+            }
+            _ => {
+                // clap's message is its first paragraph; the usage and hints follow.
+                let text = e.render().to_string();
+                let first: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let first = first.join(" ");
+                let first = first.strip_prefix("error: ").unwrap_or(&first);
+                fail(CtlError::usage(format!("{first} (see --help)")))
+            }
+        },
+    };
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        fail(CtlError::usage(format!(
+            "--timeout must be a positive number of seconds, not {}",
+            cli.timeout
+        )));
+    }
+    let options = Options {
+        url: cli.url,
+        user: cli.user,
+        password: cli.password,
+        vhost: cli.vhost,
+        formatter: cli.formatter,
+        quiet: cli.quiet,
+        no_table_headers: cli.no_table_headers,
+        timeout: Duration::from_secs_f64(cli.timeout),
+    };
+    let command = match cli.command {
+        Cmd::ListQueues { columns } => Command::List(Listing::Queues, columns),
+        Cmd::ListConnections { columns } => Command::List(Listing::Connections, columns),
+        Cmd::ListChannels { columns } => Command::List(Listing::Channels, columns),
+        Cmd::ListConsumers { columns } => Command::List(Listing::Consumers, columns),
+        Cmd::PurgeQueue { queue } => Command::PurgeQueue(queue),
+        Cmd::DeleteQueue {
+            queue,
+            if_empty,
+            if_unused,
+        } => Command::DeleteQueue {
+            name: queue,
+            if_empty,
+            if_unused,
+        },
+        Cmd::Status => Command::Status,
+    };
+    match ctl::run(&options, &command).await {
+        Ok(out) => print!("{out}"),
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,228 @@
+//! `minimqctl` against the embedded broker's management HTTP API, with `task` and
+//! `worker` making something to list: queues with ready and unacknowledged messages, a
+//! connection, a channel, a consumer; then purge, delete and status.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TASK: &str = env!("CARGO_BIN_EXE_task");
+const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+const CTL: &str = env!("CARGO_BIN_EXE_minimqctl");
+
+struct TestBroker {
+    rt: tokio::runtime::Runtime,
+    broker: Option<minimq_broker::Broker>,
+    amqp: String,
+    http: String,
+}
+
+impl TestBroker {
+    fn start() -> TestBroker {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let broker = rt
+            .block_on(
+                minimq_broker::Broker::builder()
+                    .listen("127.0.0.1:0".parse().unwrap())
+                    .http(Some("127.0.0.1:0".parse().unwrap()))
+                    .start(),
+            )
+            .expect("broker starts");
+        let amqp = broker.amqp_url();
+        let http = format!("http://{}", broker.http_addr().expect("HTTP API enabled"));
+        TestBroker {
+            rt,
+            broker: Some(broker),
+            amqp,
+            http,
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(CTL)
+            .arg("--url")
+            .arg(&self.http)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("minimqctl runs")
+    }
+
+    /// Runs minimqctl until its stdout equals `want` (counters may settle a moment after
+    /// the AMQP side); fails after 10 s with the last output.
+    fn ctl_until(&self, args: &[&str], want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.ctl(args);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && stdout == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "minimqctl {args:?}: got {stdout:?} (stderr {:?}), want {want:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            self.rt.block_on(broker.shutdown());
+        }
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    /// SIGINT, so the worker kills its command on the way out; SIGKILL if it lingers.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn minimqctl_lists_and_manages_the_embedded_broker() {
+    let b = TestBroker::start();
+    for args in [
+        &["--count", "3", "job"][..],
+        &["--queue", "other", "--queue-type", "classic", "x"][..],
+    ] {
+        let out = Command::new(TASK)
+            .arg("--url")
+            .arg(&b.amqp)
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+
+    // A worker that holds one message (its command never finishes).
+    let mut child = Command::new(WORKER)
+        .args(["--url", &b.amqp, "--exec", "exec sleep 600 >/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let worker = Worker(child);
+    let mut next = || lines.next().expect("worker output").unwrap();
+    assert_eq!(next(), " [*] Waiting for messages. To exit press CTRL+C");
+    assert_eq!(next(), " [x] Received 'job 1'");
+
+    b.ctl_until(
+        &[
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            "durable",
+            "arguments",
+        ],
+        "Timeout: 60.0 seconds ...\nListing queues for vhost / ...\n\
+         name\tmessages\tmessages_ready\tmessages_unacknowledged\tconsumers\tdurable\targuments\n\
+         other\t1\t1\t0\t0\ttrue\t[{\"x-queue-type\",\"classic\"}]\n\
+         task_queue\t3\t2\t1\t1\ttrue\t[{\"x-queue-type\",\"quorum\"}]\n",
+    );
+    b.ctl_until(
+        &["--formatter", "json", "list_queues", "name", "messages_ready"],
+        "[\n{\"name\":\"other\",\"messages_ready\":1}\n,{\"name\":\"task_queue\",\"messages_ready\":2}\n]\n",
+    );
+
+    let conns = ok(&b.ctl(&["list_connections", "user", "state", "channels"]));
+    assert_eq!(
+        conns,
+        "Listing connections ...\nuser\tstate\tchannels\nguest\trunning\t1\n"
+    );
+    let channels = ok(&b.ctl(&[
+        "-q",
+        "list_channels",
+        "user",
+        "consumer_count",
+        "messages_unacknowledged",
+        "prefetch_count",
+    ]));
+    assert_eq!(
+        channels,
+        "user\tconsumer_count\tmessages_unacknowledged\tprefetch_count\nguest\t1\t1\t1\n"
+    );
+    let consumers = ok(&b.ctl(&[
+        "list_consumers",
+        "queue_name",
+        "ack_required",
+        "prefetch_count",
+    ]));
+    assert_eq!(
+        consumers,
+        "Listing consumers in vhost / ...\nqueue_name\tack_required\tprefetch_count\ntask_queue\ttrue\t1\n"
+    );
+
+    let status = ok(&b.ctl(&["status"]));
+    assert!(status.starts_with("Status of node "), "{status}");
+    assert!(status.contains("Queue count: 2\n"), "{status}");
+    assert!(status.contains("protocol: amqp"), "{status}");
+
+    // Purge drops the ready messages only; the held one stays unacknowledged.
+    assert_eq!(
+        ok(&b.ctl(&["purge_queue", "task_queue"])),
+        "Purging queue 'task_queue' in vhost '/' ...\n"
+    );
+    b.ctl_until(
+        &[
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+        "name\tmessages_ready\tmessages_unacknowledged\nother\t1\t0\ntask_queue\t0\t1\n",
+    );
+
+    assert_eq!(
+        ok(&b.ctl(&["delete_queue", "other"])),
+        "Deleting queue 'other' on vhost '/' ...\nQueue was successfully deleted with 1 ready messages\n"
+    );
+    let out = b.ctl(&["delete_queue", "other"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "minimqctl: error: queue 'other' in vhost '/' not found\n"
+    );
+    let out = b.ctl(&["--password", "wrong", "list_queues"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
+
+    drop(worker);
+    b.ctl_until(&["-q", "list_connections"], "");
+}
