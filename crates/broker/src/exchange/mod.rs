@@ -219,3 +219,78 @@ fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
         considered.all(check)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::headers_match;
+    use minimq_protocol::{FieldTable, FieldValue};
+
+    fn table(pairs: &[(&str, FieldValue)]) -> FieldTable {
+        pairs.iter().cloned().collect()
+    }
+
+    #[test]
+    fn headers_matching_follows_rabbitmq_for_every_x_match_mode() {
+        let msg = table(&[
+            ("format", "pdf".into()),
+            ("type", "report".into()),
+            ("x-tenant", "a".into()),
+        ]);
+        let all = |extra: &[(&str, FieldValue)]| {
+            let mut t = table(&[("x-match", "all".into())]);
+            for (k, v) in extra {
+                t.insert(*k, v.clone());
+            }
+            t
+        };
+        assert!(headers_match(
+            &all(&[("format", "pdf".into()), ("type", "report".into())]),
+            Some(&msg)
+        ));
+        assert!(!headers_match(
+            &all(&[("format", "pdf".into()), ("type", "log".into())]),
+            Some(&msg)
+        ));
+        // x- keys in the binding are ignored by "all" / "any"...
+        assert!(headers_match(
+            &all(&[("format", "pdf".into()), ("x-tenant", "b".into())]),
+            Some(&msg)
+        ));
+        // ...and considered by "all-with-x" / "any-with-x".
+        let with_x = table(&[("x-match", "all-with-x".into()), ("x-tenant", "b".into())]);
+        assert!(!headers_match(&with_x, Some(&msg)));
+        let with_x = table(&[("x-match", "all-with-x".into()), ("x-tenant", "a".into())]);
+        assert!(headers_match(&with_x, Some(&msg)));
+        let any = table(&[
+            ("x-match", "any".into()),
+            ("format", "doc".into()),
+            ("type", "report".into()),
+        ]);
+        assert!(headers_match(&any, Some(&msg)));
+        let any = table(&[
+            ("x-match", "any".into()),
+            ("format", "doc".into()),
+            ("x-tenant", "a".into()),
+        ]);
+        assert!(
+            !headers_match(&any, Some(&msg)),
+            "x-tenant is ignored by plain any"
+        );
+        let any_x = table(&[
+            ("x-match", "any-with-x".into()),
+            ("format", "doc".into()),
+            ("x-tenant", "a".into()),
+        ]);
+        assert!(headers_match(&any_x, Some(&msg)));
+        // A void binding value matches on presence; the default mode is all.
+        assert!(headers_match(
+            &table(&[("type", FieldValue::Void)]),
+            Some(&msg)
+        ));
+        assert!(!headers_match(
+            &table(&[("missing", FieldValue::Void)]),
+            Some(&msg)
+        ));
+        assert!(!headers_match(&table(&[("type", "report".into())]), None));
+    }
+}
