@@ -566,12 +566,36 @@ impl Conn {
 
     /// Requeues everything every channel holds and removes their consumers.
     async fn release_all(&mut self) {
+        // Two phases: first every consumer of this connection goes, then the unacked
+        // messages are requeued. Requeueing channel by channel would let a queue hand a
+        // message from a closed channel to a consumer on another channel of this same,
+        // closing connection.
         let ids: Vec<u16> = self.channels.keys().copied().collect();
+        let mut outstanding = Vec::new();
+        for ch in &ids {
+            let Some(channel) = self.channels.get_mut(ch) else {
+                continue;
+            };
+            outstanding.extend(std::mem::take(&mut channel.outstanding).into_values());
+            channel.info.set_unacked(0);
+        }
         for ch in ids {
             for q in self.release_channel(ch, true).await {
                 if !self.released.iter().any(|x| x.same(&q)) {
                     self.released.push(q);
                 }
+            }
+        }
+        for (queue, ids, _) in crate::channel::group_by_queue(outstanding) {
+            queue
+                .send(QueueCommand::Settle {
+                    ids,
+                    requeue: true,
+                    rejected: false,
+                })
+                .await;
+            if !self.released.iter().any(|x| x.same(&queue)) {
+                self.released.push(queue);
             }
         }
     }
