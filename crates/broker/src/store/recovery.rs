@@ -137,8 +137,11 @@ impl State {
                 self.marks.entry(queue_id).or_default().extend(seqs);
             }
             Record::Deliveries { queue_id, counts } => {
+                // Counts only grow; the largest wins even if compaction copied an older
+                // record past a newer one.
                 for (seq, n) in counts {
-                    self.deliveries.insert((queue_id, seq), n);
+                    let c = self.deliveries.entry((queue_id, seq)).or_insert(0);
+                    *c = (*c).max(n);
                 }
             }
             Record::CleanShutdown

@@ -435,6 +435,24 @@ impl Writer {
                     out.extend_from_slice(&data[offset..offset + len]);
                     moved_enqs.push((*queue_id, *seq));
                 }
+                Record::Deliveries { queue_id, counts } => {
+                    // Delivery counts of messages still queued go forward too.
+                    let live: Vec<(u64, u32)> = counts
+                        .iter()
+                        .copied()
+                        .filter(|(seq, _)| self.live.enqueues.contains_key(&(*queue_id, *seq)))
+                        .collect();
+                    if !live.is_empty() {
+                        let mut buf = bytes::BytesMut::new();
+                        Record::Deliveries {
+                            queue_id: *queue_id,
+                            counts: live,
+                        }
+                        .encode(&mut buf);
+                        out.extend_from_slice(&buf);
+                        self.live.segments.entry(self.seg).or_default().total += 1;
+                    }
+                }
                 _ => {}
             }
             offset += len;
