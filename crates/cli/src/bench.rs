@@ -81,6 +81,12 @@ impl Ledger {
         }
     }
 
+    /// For each producer seen, one more than the highest sequence number that arrived:
+    /// what it must have sent when the send counts are unknown (a drain).
+    pub fn extent(&self) -> Vec<u64> {
+        self.seen.iter().map(|v| v.len() as u64).collect()
+    }
+
     /// (missing, duplicates) given how many messages each producer sent (seqs 0..n).
     pub fn check(&self, sent_per_producer: &[u64]) -> (u64, u64) {
         let mut missing = 0;
@@ -144,5 +150,14 @@ mod tests {
         // producer 0 sent 3 (seq 2 missing), producer 1 sent 2 (seq 1 missing)
         assert_eq!(a.check(&[3, 2]), (2, 1));
         assert_eq!(a.check(&[2, 1]), (0, 1));
+    }
+
+    #[test]
+    fn extent_is_highest_seq_plus_one() {
+        let mut a = Ledger::default();
+        a.record(0, 4);
+        a.record(2, 0);
+        assert_eq!(a.extent(), vec![5, 0, 1]);
+        assert_eq!(a.check(&a.extent()), (4, 0));
     }
 }

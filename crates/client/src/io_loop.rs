@@ -338,7 +338,10 @@ impl IoLoop {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
         for waiter in self.close_waiters.drain(..) {
-            let _ = waiter.send(if self.closed_by_client {
+            // Only a close the broker confirmed is a clean close: a timeout may have cut
+            // off publishes still queued for the socket.
+            let clean = matches!(reason, Error::ConnectionClosed { code: 200, .. });
+            let _ = waiter.send(if self.closed_by_client && clean {
                 Ok(())
             } else {
                 Err(reason.clone())
@@ -397,7 +400,14 @@ impl IoLoop {
                 written = self.writer.write_buf(&mut self.outbox), if !self.outbox.is_empty() => {
                     match written {
                         Ok(0) => return Error::io(std::io::ErrorKind::WriteZero.into()),
-                        Ok(_) => self.last_write = Instant::now(),
+                        Ok(_) => {
+                            self.last_write = Instant::now();
+                            // A close waits behind everything queued before it: while the
+                            // socket drains, the broker is still taking our frames.
+                            if matches!(self.state, State::Closing) {
+                                self.deadline = Some(self.last_write + CLOSE_TIMEOUT);
+                            }
+                        }
                         Err(e) => return Error::io(e),
                     }
                 },

@@ -6,6 +6,8 @@
 //! ```text
 //! minimq-bench --producers 2 --consumers 2 --size 1024 --confirm 100 --duration 10
 //! minimq-bench --count 10000 --rate 1000 --persistent --durable --json
+//! minimq-bench --fill 1000000 --size 16 --json      # publish only, leave them queued
+//! minimq-bench --drain --prefetch 100 --json        # consume what is queued, then stop
 //! ```
 
 use std::collections::VecDeque;
@@ -73,6 +75,14 @@ struct Args {
     /// Messages per second per producer (default: as fast as possible).
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
+    /// Fill mode: publish N messages in all (split over the producers) with no
+    /// consumers, and leave them in the queue (for a later --drain).
+    #[arg(long, value_name = "N", conflicts_with_all = ["count", "duration", "drain"])]
+    fill: Option<u64>,
+    /// Drain mode: no producers and no purge; consume the messages already in the queue
+    /// (its count at the start) and stop when they have all arrived.
+    #[arg(long, conflicts_with_all = ["count", "duration", "rate"])]
+    drain: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -104,6 +114,12 @@ fn validate(args: &Args) -> Result<(), String> {
     }
     if args.confirm == Some(0) {
         return Err("--confirm needs a window of at least 1".into());
+    }
+    if args.drain && args.consumers == 0 {
+        return Err("--drain needs at least one consumer".into());
+    }
+    if args.fill == Some(0) {
+        return Err("--fill needs at least one message".into());
     }
     if args.multi_ack == 0 {
         return Err("--multi-ack must be at least 1".into());
@@ -157,16 +173,40 @@ async fn run(args: Args) -> Result<bool, String> {
                 one_line(&e.to_string())
             )
         })?;
-    ch.queue_purge(&args.queue)
+    // Drain mode consumes what the queue holds now; every other mode starts empty.
+    let expected = if args.drain {
+        ch.queue_declare(
+            &args.queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::new(),
+        )
         .await
-        .map_err(|e| format!("cannot purge '{}': {e}", args.queue))?;
+        .map_err(|e| format!("cannot count '{}': {e}", args.queue))?
+        .message_count as u64
+    } else {
+        ch.queue_purge(&args.queue)
+            .await
+            .map_err(|e| format!("cannot purge '{}': {e}", args.queue))?;
+        0
+    };
     let _ = setup.close().await;
+    let consumer_count = if args.fill.is_some() {
+        0
+    } else {
+        args.consumers
+    };
+    let producer_count = if args.drain { 0 } else { args.producers };
+    // In drain mode the clock starts with the first consumer (it receives at once).
+    let drain_start = Instant::now();
 
     // Consumers first, so nothing piles up in the queue.
     let received = Arc::new(AtomicU64::new(0));
     let stop_consumers = CancellationToken::new();
     let mut consumers = Vec::new();
-    for _ in 0..args.consumers {
+    for _ in 0..consumer_count {
         let (args, received, stop) = (args.clone(), received.clone(), stop_consumers.clone());
         let conn = connect(&args.url).await?;
         let ch = conn
@@ -234,14 +274,23 @@ async fn run(args: Args) -> Result<bool, String> {
     // Producers.
     let start = Instant::now();
     let deadline = match (args.count, args.duration) {
+        _ if args.fill.is_some() || args.drain => None,
         (Some(_), _) => None,
         (None, d) => Some(start + Duration::from_secs_f64(d.unwrap_or(10.0))),
     };
     let sent_total = Arc::new(AtomicU64::new(0));
     let mut producers = Vec::new();
-    for id in 0..args.producers {
+    for id in 0..producer_count {
         let (args, sent_total, interrupted) =
             (args.clone(), sent_total.clone(), interrupted.clone());
+        // --fill N splits N over the producers; --count N is per producer.
+        let limit = match args.fill {
+            Some(n) => {
+                let p = u64::from(args.producers);
+                Some(n / p + u64::from(u64::from(id) < n % p))
+            }
+            None => args.count,
+        };
         let conn = connect(&args.url).await?;
         let ch = conn
             .open_channel()
@@ -267,7 +316,7 @@ async fn run(args: Args) -> Result<bool, String> {
             };
             let mut seq = 0u64;
             loop {
-                if args.count.is_some_and(|n| seq >= n)
+                if limit.is_some_and(|n| seq >= n)
                     || deadline.is_some_and(|d| Instant::now() >= d)
                     || interrupted.is_cancelled()
                 {
@@ -332,10 +381,11 @@ async fn run(args: Args) -> Result<bool, String> {
     let sent: u64 = per_producer.iter().map(|p| p.sent).sum();
 
     // Let the consumers drain what was sent, stopping if they stall.
-    if args.consumers > 0 && first_error.is_none() {
+    let target = if args.drain { expected } else { sent };
+    if consumer_count > 0 && first_error.is_none() {
         let mut last = received.load(Ordering::Relaxed);
         let mut last_progress = Instant::now();
-        while received.load(Ordering::Relaxed) < sent && !interrupted.is_cancelled() {
+        while received.load(Ordering::Relaxed) < target && !interrupted.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let now = received.load(Ordering::Relaxed);
             if now != last {
@@ -346,7 +396,11 @@ async fn run(args: Args) -> Result<bool, String> {
             }
         }
     }
-    let receive_elapsed = start.elapsed();
+    let receive_elapsed = if args.drain {
+        drain_start.elapsed()
+    } else {
+        start.elapsed()
+    };
     stop_consumers.cancel();
     let mut ledger = Ledger::default();
     let mut latencies = Vec::new();
@@ -369,8 +423,14 @@ async fn run(args: Args) -> Result<bool, String> {
     }
 
     latencies.sort_unstable();
-    let sent_each: Vec<u64> = per_producer.iter().map(|p| p.sent).collect();
-    let (missing, duplicates) = ledger.check(&sent_each);
+    // A drain knows no send counts: each producer's messages must be 0..=highest seen,
+    // and as many as the queue held must arrive.
+    let sent_each: Vec<u64> = if args.drain {
+        ledger.extent()
+    } else {
+        per_producer.iter().map(|p| p.sent).collect()
+    };
+    let (mut missing, duplicates) = ledger.check(&sent_each);
     let confirmed: u64 = per_producer.iter().map(|p| p.confirmed).sum();
     let nacked: u64 = per_producer.iter().map(|p| p.nacked).sum();
     let received_n = latencies.len() as u64 + ledger.foreign;
@@ -382,11 +442,23 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     };
     let ms = |us: u64| us as f64 / 1000.0;
-    let checked = args.consumers > 0;
+    if args.drain {
+        missing = missing.max(expected.saturating_sub(received_n));
+    }
+    let checked = consumer_count > 0;
     let exactly_once = !checked || (missing == 0 && duplicates == 0);
+    let mode = if args.drain {
+        "drain"
+    } else if args.fill.is_some() {
+        "fill"
+    } else {
+        "run"
+    };
     let report = json!({
-        "producers": args.producers,
-        "consumers": args.consumers,
+        "mode": mode,
+        "producers": producer_count,
+        "consumers": consumer_count,
+        "expected": if args.drain { expected } else { sent },
         "size": args.size.max(minimq_cli::bench::HEADER_LEN),
         "elapsed_s": publish_elapsed.as_secs_f64(),
         "sent": sent,
@@ -409,10 +481,16 @@ async fn run(args: Args) -> Result<bool, String> {
     if args.json {
         println!("{report}");
     } else {
+        // A plain run keeps the line that scripts and tests look for.
+        let prefix = if mode == "run" {
+            String::new()
+        } else {
+            format!("{mode}: ")
+        };
         println!(
-            "{} producer(s), {} consumer(s), {} B messages, {:.2} s",
-            args.producers,
-            args.consumers,
+            "{prefix}{} producer(s), {} consumer(s), {} B messages, {:.2} s",
+            producer_count,
+            consumer_count,
             report["size"],
             publish_elapsed.as_secs_f64()
         );
@@ -427,6 +505,9 @@ async fn run(args: Args) -> Result<bool, String> {
             );
         }
         if checked {
+            if args.drain {
+                println!("queued:    {expected} msg at the start");
+            }
             println!(
                 "received:  {received_n} msg, {:.0} msg/s",
                 rate(received_n, receive_elapsed)
