@@ -179,6 +179,7 @@ impl QueueActor {
             };
             let alive = self.handle(cmd);
             self.log_settled();
+            self.shrink_if_drained();
             self.publish_stats();
             if !alive {
                 break;
@@ -247,6 +248,18 @@ impl QueueActor {
         let seqs = std::mem::take(&mut self.settled);
         if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
             store.settle(id, seqs);
+        }
+    }
+
+    /// Gives memory back after a backlog drained: a `VecDeque` or `HashMap` keeps the
+    /// capacity of its largest size otherwise.
+    fn shrink_if_drained(&mut self) {
+        const KEEP: usize = 1024;
+        if self.ready.len() < KEEP / 4 && self.ready.capacity() > KEEP * 16 {
+            self.ready.shrink_to(KEEP);
+        }
+        if self.unacked.len() < KEEP / 4 && self.unacked.capacity() > KEEP * 16 {
+            self.unacked.shrink_to(KEEP);
         }
     }
 
