@@ -10,7 +10,7 @@ use futures::StreamExt;
 use minimq_protocol::frame::encode_method;
 use minimq_protocol::{
     ConnectionCloseOk, ConnectionOpen, ConnectionStartOk, ConnectionTune, ConnectionTuneOk,
-    FieldTable, FieldValue, Frame, Method, PROTOCOL_HEADER,
+    FieldTable, FieldValue, Frame, FrameCodec, Method, PROTOCOL_HEADER,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::channel::{Channel, ChannelCore};
-use crate::codec::{ClientCodec, Incoming};
+
 use crate::config::ConnectionConfig;
 use crate::error::{Error, Result};
 use crate::io_loop::{IoLoop, Request};
@@ -157,7 +157,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
         let mut hs = Handshake {
-            reader: FramedRead::new(read, ClientCodec::new(0)),
+            reader: FramedRead::new(read, FrameCodec::new(0)),
             writer: write,
         };
         let (tune, server_properties) = hs.run(config).await?;
@@ -233,7 +233,7 @@ impl Connection {
 
 /// The client side of the opening handshake, before the connection task exists.
 struct Handshake {
-    reader: FramedRead<OwnedReadHalf, ClientCodec>,
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
     writer: OwnedWriteHalf,
 }
 
@@ -320,8 +320,8 @@ impl Handshake {
                 }
             };
             match incoming {
-                Incoming::Frame(Frame::Method(0, method)) => return Ok(method),
-                Incoming::Frame(Frame::Heartbeat) => continue,
+                Frame::Method(0, method) => return Ok(method),
+                Frame::Heartbeat => continue,
                 other => {
                     return Err(Error::Handshake(format!(
                         "unexpected {other:?} during the handshake"

@@ -24,7 +24,8 @@ use futures::StreamExt;
 use minimq_protocol::frame::{encode_content, encode_method};
 use minimq_protocol::{
     BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk, ChannelOpen,
-    CodecError, ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, Method, ReplyCode,
+    CodecError, ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, FrameCodec, Method,
+    ReplyCode,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,7 +35,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::acker::Acker;
 use crate::channel::{ChannelCore, ChannelShared};
-use crate::codec::{ClientCodec, Incoming};
+
 use crate::confirm::Confirmation;
 use crate::connection::{BlockedState, ConnHandle, ConnectionShared};
 use crate::error::{Error, Result};
@@ -268,7 +269,7 @@ enum State {
 
 /// The connection task. See the module docs.
 pub(crate) struct IoLoop {
-    reader: FramedRead<OwnedReadHalf, ClientCodec>,
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
     reader_done: bool,
     writer: OwnedWriteHalf,
     outbox: BytesMut,
@@ -291,7 +292,7 @@ pub(crate) struct IoLoop {
 
 impl IoLoop {
     pub(crate) fn new(
-        reader: FramedRead<OwnedReadHalf, ClientCodec>,
+        reader: FramedRead<OwnedReadHalf, FrameCodec>,
         writer: OwnedWriteHalf,
         requests: mpsc::Receiver<Request>,
         weak: mpsc::WeakSender<Request>,
@@ -638,23 +639,18 @@ impl IoLoop {
 
     // ----- frames from the server -----
 
-    fn on_incoming(&mut self, incoming: Incoming) {
-        let frame = match incoming {
-            Incoming::Blocked(reason) => {
-                tracing::warn!(%reason, "connection blocked by the server");
+    fn on_incoming(&mut self, frame: Frame) {
+        match frame {
+            Frame::Method(0, Method::ConnectionBlocked(b)) => {
+                tracing::warn!(reason = %b.reason, "connection blocked by the server");
                 self.shared
                     .blocked
-                    .send_replace(BlockedState::Blocked { reason });
-                return;
+                    .send_replace(BlockedState::Blocked { reason: b.reason });
             }
-            Incoming::Unblocked => {
+            Frame::Method(0, Method::ConnectionUnblocked(_)) => {
                 tracing::info!("connection unblocked");
                 self.shared.blocked.send_replace(BlockedState::Unblocked);
-                return;
             }
-            Incoming::Frame(frame) => frame,
-        };
-        match frame {
             Frame::Heartbeat => {}
             Frame::Method(0, method) => self.on_connection_method(method),
             other if other.channel() == 0 => self.violation(

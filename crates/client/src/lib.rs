@@ -39,7 +39,6 @@
 
 pub mod acker;
 pub mod channel;
-mod codec;
 pub mod config;
 pub mod confirm;
 pub mod connection;
