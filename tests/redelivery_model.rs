@@ -182,6 +182,11 @@ enum Op {
     /// Close every connection, stop the broker gracefully, start it again on the same
     /// data directory, reconnect two connections of one channel each.
     Restart,
+    /// Kill the broker (`Broker::crash`: no close frames, no requeue, no clean-shutdown
+    /// record), start it again on the same data directory, reconnect two connections.
+    /// Durable queues keep their persistent messages, unacked ones included, all flagged
+    /// `redelivered`.
+    Crash,
 }
 
 impl fmt::Debug for Op {
@@ -261,6 +266,7 @@ impl fmt::Debug for Op {
             Op::Cancel { conn, ch, pick } => write!(f, "Cancel(c{conn}/ch{ch} #{pick})"),
             Op::Purge { conn, ch, queue } => write!(f, "Purge(c{conn}/ch{ch} q{queue})"),
             Op::Restart => write!(f, "Restart"),
+            Op::Crash => write!(f, "Crash"),
         }
     }
 }
@@ -313,6 +319,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         4 => (idx(), idx(), idx()).prop_map(|(conn, ch, pick)| Op::Cancel { conn, ch, pick }),
         2 => (idx(), idx(), q()).prop_map(|(conn, ch, queue)| Op::Purge { conn, ch, queue }),
         2 => Just(Op::Restart),
+        2 => Just(Op::Crash),
     ]
 }
 
@@ -821,6 +828,30 @@ impl Driver {
         Ok(lost)
     }
 
+    /// Kills the broker and starts it again; the model drops every connection (their
+    /// unacked messages return), then keeps what a restart keeps, all flagged.
+    async fn crash(&mut self) -> Res<Vec<usize>> {
+        let conns: Vec<usize> = self.model.conns.keys().copied().collect();
+        let broker = self.broker.take().expect("the broker is running");
+        within("broker crash", broker.crash()).await?;
+        for conn in conns {
+            self.forget(conn).await;
+            self.model.close_conn(conn);
+        }
+        self.broker = Some(start_broker(&self.data_dir).await?);
+        let lost = self.model.restart();
+        for q in &self.model.queues {
+            for id in q.ready.values() {
+                self.model.msgs[*id].delivered = true;
+            }
+        }
+        for _ in 0..2 {
+            let conn = self.connect().await?;
+            self.open_channel(conn).await?;
+        }
+        Ok(lost)
+    }
+
     // --- wire level ----------------------------------------------------------------------
 
     async fn send(&mut self, conn: usize, frame: Frame) -> Res {
@@ -1307,6 +1338,16 @@ impl Driver {
                 self.model.chan(conn, ch).consumers.remove(&tag);
                 self.model.consumers.remove(&tag);
                 Ok(Some(format!("c{conn}/ch{ch}: basic.cancel {tag}")))
+            }
+            Op::Crash => {
+                let lost = self.crash().await?;
+                let lost: Vec<String> = lost.iter().map(|id| format!("m{id}")).collect();
+                Ok(Some(format!(
+                    "broker crash (lost: [{}]); connect c{} and c{}",
+                    lost.join(","),
+                    self.model.next_conn - 2,
+                    self.model.next_conn - 1
+                )))
             }
             Op::Restart => {
                 let lost = self.restart().await?;

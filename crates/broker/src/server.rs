@@ -32,6 +32,8 @@ pub struct BrokerState {
     pub vhost: Arc<VHost>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled by [`Broker::crash`]: connection tasks stop dead, as in `kill -9`.
+    pub killed: CancellationToken,
     /// The message store, when the broker has a data directory.
     pub store: Option<Arc<crate::store::Store>>,
     /// Open connections, for the management API.
@@ -129,6 +131,7 @@ impl BrokerBuilder {
             vhost,
             store,
             shutdown: CancellationToken::new(),
+            killed: CancellationToken::new(),
             connections: Default::default(),
             bound: (addr, http_addr),
             next_conn_id: AtomicU64::new(1),
@@ -206,6 +209,24 @@ impl Broker {
         self.state.shutdown.cancelled().await;
     }
 
+    /// Stops the broker the way `kill -9` would, for crash-recovery tests: connections
+    /// are dropped without a word, queues stop without logging anything more, and the
+    /// log is closed without its clean-shutdown record (so the next start recovers as
+    /// after a crash). What was already handed to the log writer is written, as the
+    /// operating system would still write what a killed process had written.
+    pub async fn crash(self) {
+        self.state.killed.cancel();
+        self.state.shutdown.cancel();
+        self.accept.abort();
+        let _ = self.accept.await;
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.state.vhost.halt_queues().await;
+        if let Some(store) = &self.state.store {
+            store.halt().await;
+        }
+    }
+
     /// Graceful shutdown: stop accepting, close every connection with 320
     /// CONNECTION_FORCED, wait for them to finish.
     pub async fn shutdown(self) {
@@ -235,7 +256,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
                 let _ = socket.set_nodelay(true);
                 let state = state.clone();
                 tracker.spawn(async move {
-                    connection::serve(socket, peer, state).await;
+                    let killed = state.killed.clone();
+                    tokio::select! {
+                        _ = connection::serve(socket, peer, state) => {}
+                        // Dropped mid-flight: no close frames, no requeue, no cleanup.
+                        _ = killed.cancelled() => {}
+                    }
                 });
             }
             Err(e) => {

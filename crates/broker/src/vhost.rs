@@ -199,6 +199,16 @@ impl VHost {
         }
     }
 
+    /// Stops every queue task at once, logging nothing ([`crate::Broker::crash`]).
+    pub async fn halt_queues(&self) {
+        for q in self.queues() {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if q.send(QueueCommand::Halt { reply }).await {
+                let _ = rx.await;
+            }
+        }
+    }
+
     /// Graceful stop of every queue: durable queues log which messages were delivered
     /// before, then their tasks end.
     pub async fn shutdown_queues(&self) {

@@ -397,6 +397,10 @@ impl QueueActor {
                     return false;
                 }
             }
+            QueueCommand::Halt { reply } => {
+                let _ = reply.send(());
+                return false;
+            }
             QueueCommand::Shutdown { reply } => {
                 // RabbitMQ flags, after a graceful restart, only the messages that had
                 // really been delivered: the unacked ones and those requeued before.
@@ -789,7 +793,7 @@ fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         QueueCommand::Counts { reply } => {
             let _ = reply.send(QueueCounts::default());
         }
-        QueueCommand::Shutdown { reply } => {
+        QueueCommand::Shutdown { reply } | QueueCommand::Halt { reply } => {
             let _ = reply.send(());
         }
         QueueCommand::Settle { .. }

@@ -260,6 +260,11 @@ pub enum QueueCommand {
         /// Answered when done.
         reply: oneshot::Sender<()>,
     },
+    /// Stop at once, logging nothing (a simulated crash).
+    Halt {
+        /// Answered when stopped.
+        reply: oneshot::Sender<()>,
+    },
     /// Report counts.
     Counts {
         /// The counts.

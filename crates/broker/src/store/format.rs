@@ -30,6 +30,7 @@ const T_NEXT_QUEUE_ID: u8 = 7;
 const T_EXCHANGE: u8 = 8;
 const T_BINDING: u8 = 9;
 const T_DELIVERIES: u8 = 10;
+const T_OPENED: u8 = 11;
 
 /// A durable exchange's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +118,9 @@ pub enum Record {
     },
     /// The last record of a graceful stop.
     CleanShutdown,
+    /// The first record after every start: a log that ends here (or later, without a
+    /// `CleanShutdown`) was not stopped cleanly.
+    Opened,
     /// A durable queue definition (meta file only).
     Queue(QueueDef),
     /// The next queue id to hand out (meta file only): ids are never reused, so records
@@ -197,7 +201,7 @@ impl Record {
                 buf.put_u64(*queue_id);
                 put_seqs(buf, seqs);
             }
-            Record::CleanShutdown => {}
+            Record::CleanShutdown | Record::Opened => {}
             Record::Queue(def) => {
                 buf.put_u64(def.id);
                 write::shortstr(buf, &def.name);
@@ -241,6 +245,7 @@ impl Record {
             Record::Settle { .. } => T_SETTLE,
             Record::Redelivered { .. } => T_REDELIVERED,
             Record::CleanShutdown => T_CLEAN_SHUTDOWN,
+            Record::Opened => T_OPENED,
             Record::Queue(_) => T_QUEUE,
             Record::NextQueueId(_) => T_NEXT_QUEUE_ID,
             Record::Exchange(_) => T_EXCHANGE,
@@ -305,6 +310,7 @@ impl Record {
                 seqs: get_seqs(p)?,
             },
             T_CLEAN_SHUTDOWN => Record::CleanShutdown,
+            T_OPENED => Record::Opened,
             T_QUEUE => Record::Queue(QueueDef {
                 id: read::u64(p).ok()?,
                 name: read::shortstr(p).ok()?,
@@ -436,6 +442,7 @@ mod tests {
             seqs: vec![],
         });
         roundtrip(Record::CleanShutdown);
+        roundtrip(Record::Opened);
         roundtrip(Record::NextQueueId(9));
         roundtrip(Record::Deliveries {
             queue_id: 3,

@@ -199,6 +199,14 @@ impl Store {
                 *m.message.store_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.msg_id);
             }
         }
+        // Marks this start, so a crash before anything else is written is not taken for
+        // the clean stop that ended the previous run.
+        let mut opened = BytesMut::new();
+        Record::Opened.encode(&mut opened);
+        file.write_all(&opened)?;
+        file.sync_data()?;
+        size += opened.len() as u64;
+        live.segments.entry(seg).or_default().total += 1;
         let poisoned = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
         let w = Writer {
@@ -428,6 +436,20 @@ impl Store {
         tokio::task::spawn_blocking(move || rx.recv().unwrap_or(false))
             .await
             .unwrap_or(false)
+    }
+
+    /// Stops the writer without the clean-shutdown record, as a crash would leave the log
+    /// (what was already handed to the writer is written), and releases the lock.
+    pub async fn halt(&self) {
+        let (reply, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Op::Stop(reply)).is_ok() {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Graceful close: logs the clean-shutdown record, syncs, stops the writer.

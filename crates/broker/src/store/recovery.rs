@@ -145,6 +145,7 @@ impl State {
                 }
             }
             Record::CleanShutdown
+            | Record::Opened
             | Record::Queue(_)
             | Record::NextQueueId(_)
             | Record::Exchange(_)
