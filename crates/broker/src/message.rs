@@ -14,8 +14,9 @@ pub struct Message {
     pub exchange: Arc<str>,
     /// The routing key it was published with.
     pub routing_key: Arc<str>,
-    /// Its properties.
-    pub properties: BasicProperties,
+    /// Its properties, shared between messages that carry the same ones (a publisher
+    /// usually sends the same properties every time): most messages cost no copy of them.
+    pub properties: Arc<BasicProperties>,
     /// Its body.
     pub body: Bytes,
     /// Its id in the message store once a durable queue has logged it (the first queue
@@ -28,13 +29,13 @@ impl Message {
     pub fn new(
         exchange: Arc<str>,
         routing_key: Arc<str>,
-        properties: BasicProperties,
+        properties: impl Into<Arc<BasicProperties>>,
         body: Bytes,
     ) -> Message {
         Message {
             exchange,
             routing_key,
-            properties,
+            properties: properties.into(),
             body,
             store_id: Mutex::new(None),
         }

@@ -617,9 +617,36 @@ impl Conn {
             )
             .on(60, 40));
         }
+        let properties = {
+            let last = &mut self.channel(ch).last_properties;
+            match last {
+                Some(p) if **p == properties => p.clone(),
+                _ => {
+                    let p = Arc::new(properties);
+                    *last = Some(p.clone());
+                    p
+                }
+            }
+        };
+        let (exchange, routing_key) = {
+            let last = &mut self.channel(ch).last_route;
+            match last {
+                Some((e, k)) if **e == *method.exchange && **k == *method.routing_key => {
+                    (e.clone(), k.clone())
+                }
+                _ => {
+                    let route: (Arc<str>, Arc<str>) = (
+                        method.exchange.as_str().into(),
+                        method.routing_key.as_str().into(),
+                    );
+                    *last = Some(route.clone());
+                    route
+                }
+            }
+        };
         let message = Arc::new(Message::new(
-            method.exchange.as_str().into(),
-            method.routing_key.as_str().into(),
+            exchange,
+            routing_key,
             properties,
             body.into_bytes(),
         ));

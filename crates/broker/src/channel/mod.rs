@@ -136,6 +136,11 @@ pub struct Channel {
     pub confirms: Option<Confirms>,
     /// A publish being assembled.
     pub publish: Option<PendingPublish>,
+    /// The properties of the last publish: the next one usually carries the same, and
+    /// then shares them instead of keeping its own copy.
+    pub last_properties: Option<Arc<BasicProperties>>,
+    /// The exchange and routing key of the last publish, shared the same way.
+    pub last_route: Option<(Arc<str>, Arc<str>)>,
     /// What the management API sees of this channel.
     pub info: Arc<ChannelInfo>,
     /// Keeps the channel listed in its connection's registry entry while it exists.
@@ -156,6 +161,8 @@ impl Channel {
             global_qos: false,
             confirms: None,
             publish: None,
+            last_properties: None,
+            last_route: None,
             info: Arc::new(ChannelInfo::new(id)),
             registration: None,
         }

@@ -78,7 +78,7 @@ pub fn dead_letter(
     dlx: &str,
     dlrk: Option<&str>,
 ) -> Message {
-    let mut properties = message.properties.clone();
+    let mut properties = (*message.properties).clone();
     let mut headers = properties.headers.take().unwrap_or_default();
     let original_expiration = properties.expiration.take();
     let mut deaths = match headers.remove("x-death") {
@@ -129,7 +129,7 @@ pub fn dead_letter(
 
 /// A copy of `message` (sharing its body) carrying `x-delivery-count: count`.
 pub fn with_delivery_count(message: &Message, count: u32) -> Message {
-    let mut properties = message.properties.clone();
+    let mut properties = (*message.properties).clone();
     properties
         .headers
         .get_or_insert_with(FieldTable::new)

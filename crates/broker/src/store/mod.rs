@@ -475,7 +475,7 @@ fn message_record(msg_id: u64, m: &Message, buf: &mut BytesMut) {
         msg_id,
         exchange: m.exchange.to_string(),
         routing_key: m.routing_key.to_string(),
-        properties: m.properties.clone(),
+        properties: (*m.properties).clone(),
         body: m.body.clone(),
     }
     .encode(buf);

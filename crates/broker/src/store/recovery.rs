@@ -81,6 +81,7 @@ struct State {
     max_msg_id: u64,
     last_exchange: Option<Arc<str>>,
     last_routing_key: Option<Arc<str>>,
+    last_properties: Option<Arc<minimq_protocol::BasicProperties>>,
 }
 
 fn intern(last: &mut Option<Arc<str>>, s: String) -> Arc<str> {
@@ -113,6 +114,14 @@ impl State {
                 // Most messages share an exchange and routing key: share the strings too.
                 let exchange = intern(&mut self.last_exchange, exchange);
                 let routing_key = intern(&mut self.last_routing_key, routing_key);
+                let properties = match &self.last_properties {
+                    Some(p) if **p == properties => p.clone(),
+                    _ => {
+                        let p = Arc::new(properties);
+                        self.last_properties = Some(p.clone());
+                        p
+                    }
+                };
                 let m = Message::new(exchange, routing_key, properties, body);
                 self.bodies.insert(msg_id, (seg, Arc::new(m)));
             }
@@ -203,6 +212,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         max_msg_id: 0,
         last_exchange: None,
         last_routing_key: None,
+        last_properties: None,
     };
     let mut damaged = Vec::new();
     let last = segs.last().map(|(n, _)| *n);
