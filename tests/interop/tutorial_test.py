@@ -73,8 +73,13 @@ class Failure(Exception):
     pass
 
 
+_log_lock = threading.Lock()  # reader threads and the main thread log concurrently
+
+
 def log(msg=""):
-    print(msg, flush=True)
+    with _log_lock:  # one write per line: print() writes msg and "\n" separately
+        sys.stdout.write(f"{msg}\n")
+        sys.stdout.flush()
 
 
 def check(cond, msg):
