@@ -169,25 +169,25 @@ fn get_seqs(p: &mut Bytes) -> Option<Vec<u64>> {
 impl Record {
     /// Appends the record, header and checksum included.
     pub fn encode(&self, buf: &mut BytesMut) {
+        if let Record::Message {
+            msg_id,
+            exchange,
+            routing_key,
+            properties,
+            body,
+        } = self
+        {
+            encode_message(buf, *msg_id, exchange, routing_key, properties, body);
+            return;
+        }
         let start = buf.len();
         buf.put_u32(0);
         buf.put_u8(self.kind());
         buf.put_u32(0);
         let payload_at = buf.len();
         match self {
-            Record::Message {
-                msg_id,
-                exchange,
-                routing_key,
-                properties,
-                body,
-            } => {
-                buf.put_u64(*msg_id);
-                write::shortstr(buf, exchange);
-                write::shortstr(buf, routing_key);
-                properties.encode(buf);
-                buf.put_slice(body);
-            }
+            // Encoded by `encode_message` above.
+            Record::Message { .. } => {}
             Record::Enqueue {
                 queue_id,
                 seq,
@@ -354,6 +354,32 @@ impl Record {
         }
         Some(record)
     }
+}
+
+/// Appends a Message record straight from borrowed parts: the broker logs a persistent
+/// message without copying its strings or properties first.
+pub fn encode_message(
+    buf: &mut BytesMut,
+    msg_id: u64,
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+) {
+    let start = buf.len();
+    buf.put_u32(0);
+    buf.put_u8(T_MESSAGE);
+    buf.put_u32(0);
+    let payload_at = buf.len();
+    buf.put_u64(msg_id);
+    write::shortstr(buf, exchange);
+    write::shortstr(buf, routing_key);
+    properties.encode(buf);
+    buf.put_slice(body);
+    let len = (buf.len() - payload_at) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&[T_MESSAGE]), &buf[payload_at..]);
+    buf[start + 5..start + 9].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// A file header with `magic`.

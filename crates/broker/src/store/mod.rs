@@ -471,14 +471,14 @@ impl Store {
 }
 
 fn message_record(msg_id: u64, m: &Message, buf: &mut BytesMut) {
-    Record::Message {
+    format::encode_message(
+        buf,
         msg_id,
-        exchange: m.exchange.to_string(),
-        routing_key: m.routing_key.to_string(),
-        properties: (*m.properties).clone(),
-        body: m.body.clone(),
-    }
-    .encode(buf);
+        &m.exchange,
+        &m.routing_key,
+        &m.properties,
+        &m.body,
+    );
 }
 
 fn load_meta(path: &Path) -> std::io::Result<Meta> {
