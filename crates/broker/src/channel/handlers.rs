@@ -434,11 +434,12 @@ impl Conn {
             routing_key: m.routing_key.to_string(),
             message_count: got.remaining,
         });
+        let properties = fitting_properties(&m.properties, self.frame_max);
         encode_content(
             &mut self.out,
             ch,
             &method,
-            &m.properties,
+            &properties,
             &m.body,
             self.frame_max,
         );
@@ -755,7 +756,7 @@ impl Conn {
             d.redelivered,
             &m.exchange,
             &m.routing_key,
-            &m.properties,
+            &fitting_properties(&m.properties, frame_max),
             &m.body,
             frame_max,
         );
@@ -771,4 +772,37 @@ impl Conn {
             channel.info.set_unacked(channel.outstanding.len());
         }
     }
+}
+
+/// A content header frame cannot be split. Headers the broker added (`x-delivery-count` on a
+/// redelivery, a growing `x-death` on a dead letter) can push a header that fit the
+/// publisher's frame_max over a consumer's: drop what the broker added, until it fits.
+fn fitting_properties(
+    p: &BasicProperties,
+    frame_max: u32,
+) -> std::borrow::Cow<'_, BasicProperties> {
+    use std::borrow::Cow;
+    // Frame header and end (8), class, weight and body size (12).
+    let limit = (frame_max as usize).saturating_sub(20);
+    let size = |p: &BasicProperties| {
+        let mut scratch = bytes::BytesMut::new();
+        p.encode(&mut scratch);
+        scratch.len()
+    };
+    if frame_max == 0 || p.headers.is_none() || size(p) <= limit {
+        return Cow::Borrowed(p);
+    }
+    let mut fitted = p.clone();
+    if let Some(h) = fitted.headers.as_mut() {
+        h.remove("x-delivery-count");
+    }
+    if size(&fitted) > limit {
+        if let Some(h) = fitted.headers.as_mut() {
+            if let Some(FieldValue::Array(mut deaths)) = h.remove("x-death") {
+                deaths.truncate(1);
+                h.insert("x-death", FieldValue::Array(deaths));
+            }
+        }
+    }
+    Cow::Owned(fitted)
 }
