@@ -9,9 +9,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::http::{get, parse_response, raw, request, GUEST};
 use common::within;
 use futures::StreamExt;
 use lapin::options::*;
@@ -21,8 +21,6 @@ use minimq_broker::Broker;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q="; // base64("guest:guest")
 
 /// A broker with the management API on an ephemeral port (and a data directory of its
 /// own, so tests running in parallel never share one).
@@ -55,87 +53,6 @@ async fn connect_named(broker: &Broker, name: &str) -> Connection {
 
 async fn open(conn: &Connection) -> Channel {
     within(conn.create_channel()).await.expect("channel.open")
-}
-
-/// A response: status, lower-cased headers, body.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Resp {
-    let text_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of response head");
-    let head = std::str::from_utf8(&raw[..text_end]).expect("UTF-8 head");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: raw[text_end + 4..].to_vec(),
-    }
-}
-
-/// Sends raw bytes and ends the request stream, reads until the server closes.
-async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    within(async {
-        let mut s = TcpStream::connect(addr).await.expect("connect to HTTP");
-        s.write_all(bytes).await.expect("write");
-        let _ = s.shutdown().await;
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        out
-    })
-    .await
-}
-
-async fn request(broker: &Broker, method: &str, path: &str, auth: Option<&str>) -> Resp {
-    let auth = auth
-        .map(|a| format!("Authorization: Basic {a}\r\n"))
-        .unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
-    parse_response(&raw(broker.http_addr().unwrap(), req.as_bytes()).await)
-}
-
-/// GET as guest, expecting 200 and JSON.
-async fn get(broker: &Broker, path: &str) -> Value {
-    let r = request(broker, "GET", path, Some(GUEST)).await;
-    assert_eq!(
-        r.status,
-        200,
-        "GET {path}: {:?}",
-        String::from_utf8_lossy(&r.body)
-    );
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    r.json()
 }
 
 /// Every command this client sent to `queue` before this call has been handled (and

@@ -575,3 +575,196 @@ async fn after_a_crash_every_recovered_message_is_flagged_and_nothing_confirmed_
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A broker whose durable queues keep at most `memory` bytes of persistent messages in
+/// memory, with the management API (to see how many are paged out).
+async fn start_paging(dir: &Path, memory: u64) -> Broker {
+    Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .queue_memory(memory)
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .start()
+        .await
+        .expect("broker starts")
+}
+
+/// (ready + unacked, paged out, ready in memory) of a queue, as the management API
+/// reports them.
+/// The passive declare first makes sure every earlier command to the queue is counted.
+async fn paging_counts(broker: &Broker, ch: &Channel, queue: &str) -> (u64, u64, u64) {
+    ch.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare");
+    let q = common::http::get(broker, &format!("/api/queues/%2f/{queue}")).await;
+    let n = |k: &str| q[k].as_u64().unwrap_or_else(|| panic!("{k} in {q}"));
+    (
+        n("messages_ready") + n("messages_unacknowledged"),
+        n("messages_paged_out"),
+        n("messages_ready_ram"),
+    )
+}
+
+/// The body of message `i`: its number, then padding to 1 KiB.
+fn paged_body(i: usize) -> Vec<u8> {
+    let mut b = format!("{i:06}").into_bytes();
+    b.resize(1024, b'.');
+    b
+}
+
+/// Consumes `n` messages and checks they are messages `from..from + n`, in order, with
+/// their body and properties intact.
+async fn consume_in_order(ch: &Channel, queue: &str, from: usize, n: usize) {
+    ch.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            queue,
+            &format!("c{from}"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for i in from..from + n {
+        let d = within(consumer.next()).await.expect("delivery").unwrap();
+        assert_eq!(d.data, paged_body(i), "message {i}");
+        assert_eq!(
+            d.properties.correlation_id().as_ref().map(|s| s.as_str()),
+            Some(format!("id-{i}").as_str())
+        );
+        assert_eq!(*d.properties.delivery_mode(), Some(2));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    ch.basic_cancel(&format!("c{from}"), Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_long_durable_queue_keeps_most_messages_on_disk_and_reads_them_back_in_order() {
+    const N: usize = 2000;
+    const MEMORY: u64 = 64 * 1024;
+    // Each message costs its 1 KiB body plus 256 octets of bookkeeping.
+    const IN_MEMORY: u64 = MEMORY / (1024 + 256);
+    let dir = data_dir("paging");
+    let broker = start_paging(&dir, MEMORY).await;
+    let (conn, ch) = open(&broker).await;
+    declare(&ch, "paged", true).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..N {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_correlation_id(format!("id-{i}").into());
+        confirms.push(
+            ch.basic_publish(
+                "",
+                "paged",
+                BasicPublishOptions::default(),
+                &paged_body(i),
+                props,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(within(c).await.unwrap().is_ack());
+    }
+    let (queued, paged, in_memory) = paging_counts(&broker, &ch, "paged").await;
+    assert_eq!(queued, N as u64);
+    assert!(
+        in_memory <= IN_MEMORY,
+        "{in_memory} messages held in memory"
+    );
+    assert_eq!(paged + in_memory, queued);
+
+    // The first half comes back in order, read from the log as consumers reach it.
+    consume_in_order(&ch, "paged", 0, N / 2).await;
+    // (Up to a prefetch of 50 more may be out to the cancelled consumer, unacked.)
+    let (queued, _, in_memory) = paging_counts(&broker, &ch, "paged").await;
+    assert_eq!(queued, (N / 2) as u64);
+    assert!(
+        in_memory <= IN_MEMORY + 256,
+        "{in_memory} messages held in memory"
+    );
+    conn.close(200, "bye").await.unwrap();
+    broker.shutdown().await;
+
+    // After a restart nothing is read until it is delivered.
+    let broker = start_paging(&dir, MEMORY).await;
+    let (conn, ch) = open(&broker).await;
+    assert_eq!(
+        paging_counts(&broker, &ch, "paged").await,
+        ((N / 2) as u64, (N / 2) as u64, 0)
+    );
+    consume_in_order(&ch, "paged", N / 2, N / 2).await;
+    assert_eq!(paging_counts(&broker, &ch, "paged").await, (0, 0, 0));
+    conn.close(200, "bye").await.unwrap();
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn paged_out_messages_dropped_by_max_length_are_dead_lettered_whole() {
+    use lapin::types::AMQPValue;
+    let dir = data_dir("paging-dlx");
+    // Room for about three 1 KiB messages in memory: the rest are paged out.
+    let broker = start_paging(&dir, 4 * 1024).await;
+    let (conn, ch) = open(&broker).await;
+    declare(&ch, "dead", true).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(5));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("dead".into()),
+    );
+    ch.queue_declare(
+        "capped",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_correlation_id(format!("id-{i}").into());
+        let c = ch
+            .basic_publish(
+                "",
+                "capped",
+                BasicPublishOptions::default(),
+                &paged_body(i),
+                props,
+            )
+            .await
+            .unwrap();
+        assert!(within(c).await.unwrap().is_ack());
+    }
+    // The 35 oldest went to "dead", whole and in order; the 5 newest stayed.
+    consume_in_order(&ch, "dead", 0, 35).await;
+    consume_in_order(&ch, "capped", 35, 5).await;
+    conn.close(200, "bye").await.unwrap();
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

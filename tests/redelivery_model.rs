@@ -395,12 +395,15 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 }
 
 /// A broker on an ephemeral port keeping durable data in `dir` (no fsync: a graceful
-/// restart does not need it, and the test stays fast).
+/// restart does not need it, and the test stays fast). Durable queues keep only about
+/// three persistent messages in memory, so most of them are paged out to the log and
+/// read back on delivery: every operation is checked with both kinds in the queue.
 async fn start_broker(dir: &Path) -> Res<Broker> {
     Broker::builder()
         .listen("127.0.0.1:0".parse().unwrap())
         .data_dir(dir)
         .fsync(FsyncMode::Off)
+        .queue_memory(800)
         .start()
         .await
         .map_err(|e| format!("broker start: {e}"))

@@ -2,6 +2,8 @@
 //! lapin connection to it. Kept small and stable; test files add their own helpers.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -17,6 +17,9 @@ pub struct Config {
     pub fsync: crate::store::FsyncMode,
     /// Size of a log segment before a new one is started.
     pub segment_size: u64,
+    /// Bytes of persistent messages a durable queue keeps in memory (bodies plus about
+    /// 256 octets each); past it they stay on disk and are read back when delivered.
+    pub queue_memory: u64,
     /// Failure injection for tests: while set, every log sync fails.
     pub fail_syncs: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Users and passwords accepted by PLAIN and AMQPLAIN.
@@ -43,6 +46,7 @@ impl Default for Config {
             data_dir: None,
             fsync: crate::store::FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
+            queue_memory: crate::store::DEFAULT_QUEUE_MEMORY,
             fail_syncs: None,
             users: vec![("guest".into(), "guest".into())],
             channel_max: 2047,

@@ -26,6 +26,10 @@ struct Args {
     /// (UNSAFE: confirmed messages can be lost on power loss or an OS crash).
     #[arg(long, env = "MINIMQ_FSYNC", value_enum, default_value = "batch")]
     fsync: FsyncArg,
+    /// Memory a durable queue may use for its persistent messages (bodies plus about 256
+    /// octets each), e.g. `64MiB`; past it they stay on disk until delivered.
+    #[arg(long, env = "MINIMQ_QUEUE_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    queue_memory: u64,
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "MINIMQ_LOG", default_value = "info")]
     log: String,
@@ -52,6 +56,29 @@ fn parse_http(s: &str) -> Result<HttpAddr, String> {
     }
 }
 
+/// A size: octets, or with a `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`) suffix.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a size such as 67108864 or 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}`: too large"))
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -63,6 +90,7 @@ async fn main() -> std::process::ExitCode {
         fsync: args.fsync.into(),
         heartbeat: args.heartbeat,
         http: args.http.0,
+        queue_memory: args.queue_memory,
         ..Config::default()
     };
     let broker = match Broker::builder().config(config).start().await {

@@ -76,6 +76,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Bytes of persistent messages a durable queue keeps in memory before the rest
+    /// stay on disk only (see [`Config::queue_memory`]).
+    pub fn queue_memory(mut self, bytes: u64) -> Self {
+        self.config.queue_memory = bytes;
+        self
+    }
+
     /// Heartbeat interval offered to clients, seconds (0 disables).
     pub fn heartbeat(mut self, secs: u16) -> Self {
         self.config.heartbeat = secs;
@@ -110,6 +117,7 @@ impl BrokerBuilder {
                     fsync: self.config.fsync,
                     segment_size: self.config.segment_size,
                     fail_syncs: self.config.fail_syncs.clone(),
+                    queue_memory: self.config.queue_memory,
                 };
                 let (store, queues) = crate::store::Store::open(dir, opts)?;
                 (Some(store), queues)

@@ -58,14 +58,16 @@ fn segment(dir: &Path) -> PathBuf {
     segs.pop().expect("a segment")
 }
 
-fn bodies(queues: &[minimq_broker::store::RecoveredQueue]) -> Vec<String> {
-    queues
+/// The bodies of the recovered messages, read back from the log as a queue reads them.
+fn bodies(store: &Store, queues: &[minimq_broker::store::RecoveredQueue]) -> Vec<String> {
+    let ids: Vec<u64> = queues
         .iter()
-        .flat_map(|q| {
-            q.messages
-                .iter()
-                .map(|m| String::from_utf8(m.message.body.to_vec()).unwrap())
-        })
+        .flat_map(|q| q.messages.iter().map(|m| m.msg_id))
+        .collect();
+    store
+        .read_messages(&ids)
+        .into_iter()
+        .map(|m| String::from_utf8(m.expect("readable").body.to_vec()).unwrap())
         .collect()
 }
 
@@ -96,7 +98,7 @@ async fn a_torn_tail_at_any_offset_of_the_last_records_is_truncated_and_the_pref
             .set_len(cut)
             .unwrap();
         let (store, recovered) = Store::open(&work, StoreOptions::default()).unwrap();
-        let got = bodies(&recovered);
+        let got = bodies(&store, &recovered);
         let complete = offsets.iter().skip(1).filter(|o| **o <= cut).count();
         let want: Vec<String> = (0..complete.min(4)).map(|i| format!("m{i}")).collect();
         assert_eq!(got, want, "cut at {cut}");
@@ -138,7 +140,7 @@ async fn a_flipped_bit_in_the_middle_is_reported_the_segment_kept_aside_and_the_
     data[at] ^= 0x01;
     std::fs::write(&wseg, &data).unwrap();
     let (store, recovered) = Store::open(&work, StoreOptions::default()).unwrap();
-    let got = bodies(&recovered);
+    let got = bodies(&store, &recovered);
     assert!(
         !got.contains(&"m2".to_string()),
         "the damaged message cannot be verified: {got:?}"
@@ -158,7 +160,7 @@ async fn a_flipped_bit_in_the_middle_is_reported_the_segment_kept_aside_and_the_
     store.close().await;
     // The store was rewritten: a second start finds no damage and the same messages.
     let (store, again) = Store::open(&work, StoreOptions::default()).unwrap();
-    assert_eq!(bodies(&again), got);
+    assert_eq!(bodies(&store, &again), got);
     assert_eq!(std::fs::read_dir(work.join("damaged")).unwrap().count(), 1);
     store.close().await;
     let _ = std::fs::remove_dir_all(&base);
@@ -205,7 +207,15 @@ async fn a_long_lived_message_is_copied_forward_so_disk_use_stays_bounded() {
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
     let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
     // Message 1 stays in the queue for the whole run; 2..=400 come and go.
-    store.enqueue(id, 1, &message("long-lived"), None);
+    let long = message("long-lived");
+    store.enqueue(id, 1, &long, None);
+    let long_id = long.store_id.lock().unwrap().expect("a store id");
+    // Read back at once (the writer may not have written it yet: the read waits).
+    let read_body = |store: &Store| {
+        let m = store.read_messages(&[long_id]).pop().flatten();
+        m.map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+    };
+    assert_eq!(read_body(&store).as_deref(), Some("long-lived"));
     let body = "y".repeat(500);
     for seq in 2..=400u64 {
         store.enqueue(id, seq, &message(&body), None);
@@ -222,13 +232,12 @@ async fn a_long_lived_message_is_copied_forward_so_disk_use_stays_bounded() {
         .sum();
     // 400 × ~550 octets went through; what stays must be a few segments, not all of it.
     assert!(bytes < 5 * 8192, "{bytes} octets remain on disk");
+    // The copy forward moved it: it is read from its new place.
+    assert_eq!(read_body(&store).as_deref(), Some("long-lived"));
     store.close().await;
     let (store, recovered) = Store::open(&dir, opts).unwrap();
-    let got: Vec<(u64, String)> = recovered[0]
-        .messages
-        .iter()
-        .map(|m| (m.seq, String::from_utf8(m.message.body.to_vec()).unwrap()))
-        .collect();
+    let seqs: Vec<u64> = recovered[0].messages.iter().map(|m| m.seq).collect();
+    let got: Vec<(u64, String)> = seqs.into_iter().zip(bodies(&store, &recovered)).collect();
     assert_eq!(
         got,
         vec![(1, "long-lived".to_string()), (401, "last".to_string())]

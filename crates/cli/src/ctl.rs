@@ -90,6 +90,7 @@ const QUEUE_COLUMNS: &[Column] = &[
         Zero,
     ),
     ("messages_persistent", "/messages_persistent", Zero),
+    ("messages_paged_out", "/messages_paged_out", Zero),
     ("message_bytes", "/message_bytes", Zero),
     ("message_bytes_ready", "/message_bytes_ready", Zero),
     (

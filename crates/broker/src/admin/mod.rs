@@ -344,6 +344,7 @@ fn queue_json(state: &BrokerState, q: &QueueHandle, detail: bool) -> Value {
     let info = q.info();
     let s = &info.stats;
     let ready = s.ready.load(Relaxed);
+    let paged = s.paged_out.load(Relaxed);
     let unacked = s.unacked.load(Relaxed);
     let node = node_name();
     let mut v = json!({
@@ -365,6 +366,10 @@ fn queue_json(state: &BrokerState, q: &QueueHandle, detail: bool) -> Value {
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "message_bytes_ready": s.ready_bytes.load(Relaxed),
+        "messages_paged_out": paged,
+        "messages_ready_ram": ready.saturating_sub(paged),
+        "messages_unacknowledged_ram": unacked,
+        "messages_ram": ready.saturating_sub(paged) + unacked,
         "consumers": s.consumers.load(Relaxed),
         "message_stats": {
             "publish": s.published.load(Relaxed),

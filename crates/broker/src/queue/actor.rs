@@ -24,12 +24,22 @@ use super::{
 };
 use crate::error::AmqpError;
 use crate::message::Message;
-use crate::store::{RecoveredMessage, Store};
+use crate::store::{RecoveredMessage, Store, PAGE_OVERHEAD};
 use crate::vhost::VHost;
+
+/// A queued message's content: in memory, or — for a persistent message of a durable
+/// queue past its memory budget — only in the log, by store message id, read back just
+/// before it is delivered.
+enum Held {
+    Mem(Arc<Message>),
+    Disk(u64),
+}
 
 struct Entry {
     seq: u64,
-    message: Arc<Message>,
+    held: Held,
+    /// Body length.
+    size: u32,
     expires_at: Option<Instant>,
     redelivered: bool,
     /// Logged in the message store: leaving the queue must be logged too.
@@ -44,6 +54,22 @@ impl Entry {
     /// The ready list's order: higher priority first, then publish order.
     fn key(&self) -> (std::cmp::Reverse<u8>, u64) {
         (std::cmp::Reverse(self.priority), self.seq)
+    }
+
+    /// The message, once in memory (every entry is, before it is delivered).
+    fn message(&self) -> &Arc<Message> {
+        match &self.held {
+            Held::Mem(m) => m,
+            Held::Disk(id) => unreachable!("message {id} delivered without being read back"),
+        }
+    }
+
+    /// What it costs in memory while ready, for the queue's memory budget.
+    fn mem_cost(&self) -> u64 {
+        match self.held {
+            Held::Mem(_) => u64::from(self.size) + PAGE_OVERHEAD,
+            Held::Disk(_) => 0,
+        }
     }
 }
 
@@ -84,6 +110,12 @@ pub struct QueueActor {
     settled: Vec<u64>,
     ready: VecDeque<Entry>,
     ready_bytes: u64,
+    /// Memory cost of the ready messages held in memory ([`Entry::mem_cost`]).
+    ready_mem: u64,
+    /// Ready messages held only on disk.
+    paged: u64,
+    /// Past this `ready_mem`, persistent messages are paged out.
+    memory_budget: u64,
     unacked: HashMap<u64, Unacked>,
     consumers: BTreeMap<u64, Consumer>,
     active: Active,
@@ -110,19 +142,21 @@ pub fn spawn(
     let mut ready = VecDeque::with_capacity(recovered.len());
     let mut ready_bytes = 0;
     let mut next_seq = 1;
+    let paged = recovered.len() as u64;
+    // Recovered messages start on disk; they are read back as consumers reach them.
     for m in recovered {
         next_seq = next_seq.max(m.seq + 1);
-        ready_bytes += m.message.body.len() as u64;
-        let priority =
-            max_priority.map_or(0, |max| m.message.properties.priority.unwrap_or(0).min(max));
-        let ttl = match (ttl, m.message.ttl_ms()) {
+        ready_bytes += u64::from(m.body_len);
+        let priority = max_priority.map_or(0, |max| m.priority.min(max));
+        let ttl = match (ttl, m.ttl_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         ready.push_back(Entry {
             seq: m.seq,
             expires_at: ttl.map(|ms| now + std::time::Duration::from_millis(ms)),
-            message: m.message,
+            held: Held::Disk(m.msg_id),
+            size: m.body_len,
             deliveries: m.deliveries.max(u32::from(m.redelivered)),
             redelivered: m.redelivered,
             persisted: true,
@@ -132,6 +166,7 @@ pub fn spawn(
     if max_priority.is_some() {
         ready.make_contiguous().sort_by_key(Entry::key);
     }
+    let memory_budget = store.as_ref().map_or(u64::MAX, |s| s.queue_memory());
     let actor = QueueActor {
         handle,
         vhost,
@@ -139,6 +174,9 @@ pub fn spawn(
         settled: Vec::new(),
         ready,
         ready_bytes,
+        ready_mem: 0,
+        paged,
+        memory_budget,
         unacked: HashMap::new(),
         consumers: BTreeMap::new(),
         active: Active::default(),
@@ -270,6 +308,7 @@ impl QueueActor {
         stats.unacked.store(self.unacked.len() as u64, Relaxed);
         stats.consumers.store(self.consumers.len() as u64, Relaxed);
         stats.ready_bytes.store(self.ready_bytes, Relaxed);
+        stats.paged_out.store(self.paged, Relaxed);
     }
 
     /// Handles one command; `false` when the queue is deleted.
@@ -340,9 +379,9 @@ impl QueueActor {
             }
             QueueCommand::Get { no_ack, reply } => {
                 self.expire(now);
-                let result = self.ready.pop_front().map(|mut entry| {
+                self.page_in_head();
+                let result = self.pop_ready().map(|mut entry| {
                     entry.deliveries += 1;
-                    self.ready_bytes -= entry.message.body.len() as u64;
                     count(&self.handle, |s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
@@ -373,6 +412,8 @@ impl QueueActor {
                     self.forget(&e);
                 }
                 self.ready_bytes = 0;
+                self.ready_mem = 0;
+                self.paged = 0;
                 let _ = reply.send(n);
             }
             QueueCommand::Delete {
@@ -462,7 +503,6 @@ impl QueueActor {
         let expires_at = ttl.map(|ms| now + std::time::Duration::from_millis(ms));
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready_bytes += size;
         let persisted = self.store.is_some() && message.is_persistent();
         let mut confirm = confirm;
         if persisted {
@@ -476,30 +516,25 @@ impl QueueActor {
             .map_or(0, |max| message.properties.priority.unwrap_or(0).min(max));
         let entry = Entry {
             seq,
-            message,
+            held: Held::Mem(message),
+            size: size as u32,
             expires_at,
             redelivered: false,
             persisted,
             deliveries: 0,
             priority,
         };
-        if priority > 0 {
-            let pos = self.ready.partition_point(|e| e.key() < entry.key());
-            self.ready.insert(pos, entry);
-        } else {
-            // Priority 0 sorts after every other priority and this seq after every other.
-            self.ready.push_back(entry);
-        }
+        // Priority 0 sorts after every other priority and this seq after every other.
+        self.insert_ready(entry, priority == 0);
         count(&self.handle, |s| &s.published, 1);
         let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
         while max_len.is_some_and(|m| self.ready.len() as u64 > m)
             || max_bytes.is_some_and(|m| self.ready_bytes > m)
         {
-            match self.ready.pop_front() {
+            match self.pop_ready() {
                 Some(dropped) => {
-                    self.ready_bytes -= dropped.message.body.len() as u64;
                     self.forget(&dropped);
-                    self.dead_letter(&dropped.message, Reason::MaxLen);
+                    self.dead_letter_entry(dropped, Reason::MaxLen);
                 }
                 None => break,
             }
@@ -507,6 +542,109 @@ impl QueueActor {
         if let Some(c) = confirm {
             c.send(true);
         }
+    }
+
+    /// Takes the head of the ready list.
+    fn pop_ready(&mut self) -> Option<Entry> {
+        let e = self.ready.pop_front()?;
+        self.ready_bytes -= u64::from(e.size);
+        self.ready_mem -= e.mem_cost();
+        if matches!(e.held, Held::Disk(_)) {
+            self.paged -= 1;
+        }
+        Some(e)
+    }
+
+    /// Puts an entry in the ready list at its place (priority, then publish order), or
+    /// at the tail when the caller knows that is its place. A persistent message is
+    /// kept on disk only when the queue is over its memory budget.
+    fn insert_ready(&mut self, mut entry: Entry, at_tail: bool) {
+        if entry.persisted && self.ready_mem + entry.mem_cost() > self.memory_budget {
+            if let (Held::Mem(m), Some(store)) = (&entry.held, &self.store) {
+                let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
+                if let (Some(id), false) = (id, store.is_poisoned()) {
+                    entry.held = Held::Disk(id);
+                }
+            }
+        }
+        self.ready_bytes += u64::from(entry.size);
+        self.ready_mem += entry.mem_cost();
+        if matches!(entry.held, Held::Disk(_)) {
+            self.paged += 1;
+        }
+        if at_tail {
+            self.ready.push_back(entry);
+        } else {
+            let pos = self.ready.partition_point(|e| e.key() < entry.key());
+            self.ready.insert(pos, entry);
+        }
+    }
+
+    /// Reads paged-out messages at the head of the ready list back into memory: the
+    /// head and the ones right behind it, with as few reads as the log allows.
+    fn page_in_head(&mut self) {
+        const BATCH: usize = 256;
+        const BATCH_BYTES: u64 = 1 << 20;
+        if !matches!(self.ready.front(), Some(e) if matches!(e.held, Held::Disk(_))) {
+            return;
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let mut slots = Vec::new();
+        let mut ids = Vec::new();
+        let mut bytes = 0;
+        for (i, e) in self.ready.iter().enumerate().take(BATCH) {
+            if let Held::Disk(id) = e.held {
+                if !ids.is_empty() && bytes + u64::from(e.size) > BATCH_BYTES {
+                    break;
+                }
+                bytes += u64::from(e.size);
+                slots.push(i);
+                ids.push(id);
+            }
+        }
+        let read = store.read_messages(&ids);
+        let mut lost = Vec::new();
+        for (slot, m) in slots.into_iter().zip(read) {
+            match m {
+                Some(m) => {
+                    let e = &mut self.ready[slot];
+                    e.held = Held::Mem(Arc::new(m));
+                    self.paged -= 1;
+                    self.ready_mem += e.mem_cost();
+                }
+                None => lost.push(slot),
+            }
+        }
+        for slot in lost.into_iter().rev() {
+            if let Some(e) = self.ready.remove(slot) {
+                self.ready_bytes -= u64::from(e.size);
+                self.paged -= 1;
+                tracing::error!(queue = %self.handle.name(), seq = e.seq, "message dropped from the queue: it could not be read back from the log (left in the log)");
+            }
+        }
+    }
+
+    /// Dead-letters a message that left the queue, reading it back first if it was
+    /// paged out (only when there is a dead-letter exchange to send it to).
+    fn dead_letter_entry(&mut self, entry: Entry, reason: Reason) {
+        if self.handle.info().args.dead_letter_exchange.is_none() {
+            return;
+        }
+        let message = match entry.held {
+            Held::Mem(m) => m,
+            Held::Disk(id) => {
+                let Some(store) = &self.store else {
+                    return;
+                };
+                match store.read_messages(&[id]).pop().flatten() {
+                    Some(m) => Arc::new(m),
+                    None => return,
+                }
+            }
+        };
+        self.dead_letter(&message, reason);
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
@@ -589,18 +727,16 @@ impl QueueActor {
                 count(&self.handle, |s| &s.acked, 1);
                 self.forget(&entry);
                 if over_limit {
-                    self.dead_letter(&entry.message, Reason::DeliveryLimit);
+                    self.dead_letter_entry(entry, Reason::DeliveryLimit);
                 } else if rejected {
-                    self.dead_letter(&entry.message, Reason::Rejected);
+                    self.dead_letter_entry(entry, Reason::Rejected);
                 }
             } else {
                 entry.redelivered = true;
                 if entry.persisted {
                     returned.push((entry.seq, entry.deliveries));
                 }
-                self.ready_bytes += entry.message.body.len() as u64;
-                let pos = self.ready.partition_point(|e| e.key() < entry.key());
-                self.ready.insert(pos, entry);
+                self.insert_ready(entry, false);
             }
         }
         for cid in freed {
@@ -631,10 +767,9 @@ impl QueueActor {
             .front()
             .is_some_and(|e| e.expires_at.is_some_and(|t| now > t))
         {
-            if let Some(e) = self.ready.pop_front() {
-                self.ready_bytes -= e.message.body.len() as u64;
+            if let Some(e) = self.pop_ready() {
                 self.forget(&e);
-                self.dead_letter(&e.message, Reason::Expired);
+                self.dead_letter_entry(e, Reason::Expired);
             }
         }
     }
@@ -643,6 +778,9 @@ impl QueueActor {
         let sac = self.handle.info().args.single_active_consumer;
         loop {
             self.expire(now);
+            if !self.consumers.is_empty() {
+                self.page_in_head();
+            }
             if self.ready.is_empty() {
                 return;
             }
@@ -679,9 +817,12 @@ impl QueueActor {
                 }
                 _ => false,
             };
+            // The head is in memory: `page_in_head` ran at the top of the loop.
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
+            self.ready_bytes -= u64::from(entry.size);
+            self.ready_mem -= entry.mem_cost();
             entry.deliveries += 1;
             let delivery = Delivery {
                 channel: c.spec.channel,
@@ -702,11 +843,12 @@ impl QueueActor {
                     }
                 }
                 entry.deliveries -= 1;
+                self.ready_bytes += u64::from(entry.size);
+                self.ready_mem += entry.mem_cost();
                 self.ready.push_front(entry);
                 self.consumers.remove(&cid);
                 continue;
             }
-            self.ready_bytes -= entry.message.body.len() as u64;
             count(&self.handle, |s| &s.delivered, 1);
             if entry.redelivered {
                 count(&self.handle, |s| &s.redelivered, 1);
@@ -741,11 +883,11 @@ impl QueueActor {
 fn delivered_copy(entry: &Entry) -> Arc<Message> {
     if entry.deliveries > 1 {
         Arc::new(deadletter::with_delivery_count(
-            &entry.message,
+            entry.message(),
             entry.deliveries - 1,
         ))
     } else {
-        entry.message.clone()
+        entry.message().clone()
     }
 }
 

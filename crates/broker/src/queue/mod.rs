@@ -307,6 +307,8 @@ pub struct QueueStats {
     pub consumers: AtomicU64,
     /// Body octets of ready messages.
     pub ready_bytes: AtomicU64,
+    /// Ready messages whose body is only on disk (paged out of memory).
+    pub paged_out: AtomicU64,
     /// Messages published into the queue, ever.
     pub published: AtomicU64,
     /// Messages delivered (including `basic.get`), ever.

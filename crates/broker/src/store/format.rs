@@ -140,6 +140,121 @@ pub enum Record {
     },
 }
 
+/// Verifies the header and checksum of the record at the start of `buf` without decoding
+/// its payload; answers its type and encoded length.
+pub fn check_record(buf: &[u8]) -> Result<(u8, usize), RecordError> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return Err(RecordError::Short);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let kind = buf[4];
+    let crc = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+    if len > MAX_RECORD_LEN {
+        return Err(RecordError::BadChecksum);
+    }
+    let total = RECORD_HEADER_LEN + len;
+    if buf.len() < total {
+        return Err(RecordError::Short);
+    }
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&[kind]), &buf[RECORD_HEADER_LEN..total]);
+    if actual != crc {
+        return Err(RecordError::BadChecksum);
+    }
+    Ok((kind, total))
+}
+
+/// Whether a record type is a message record.
+pub fn is_message(kind: u8) -> bool {
+    kind == T_MESSAGE
+}
+
+/// What a queue needs to know of a stored message without holding it: enough to order,
+/// count and expire it while its body stays on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// Store-wide message id.
+    pub msg_id: u64,
+    /// Body length.
+    pub body_len: u32,
+    /// The `priority` property (0 when absent).
+    pub priority: u8,
+    /// The `expiration` property in milliseconds, when present and valid.
+    pub ttl_ms: Option<u64>,
+}
+
+/// Reads a message record's payload (after the record header) far enough for its
+/// [`MessageMeta`], skipping strings and tables by their lengths: no allocation.
+pub fn peek_message(payload: &[u8]) -> Option<MessageMeta> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Some(a)
+        }
+        fn u8(&mut self) -> Option<u8> {
+            self.take(1).map(|b| b[0])
+        }
+        fn u16(&mut self) -> Option<u16> {
+            self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+        }
+        fn shortstr(&mut self) -> Option<&'a [u8]> {
+            let n = self.u8()? as usize;
+            self.take(n)
+        }
+        fn table(&mut self) -> Option<()> {
+            let n = self.take(4)?;
+            let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize;
+            self.take(n).map(|_| ())
+        }
+    }
+    let mut c = Cursor(payload);
+    let id = c.take(8)?;
+    let msg_id = u64::from_be_bytes(id.try_into().ok()?);
+    c.shortstr()?;
+    c.shortstr()?;
+    let flags = c.u16()?;
+    let mut more = flags & 1 != 0;
+    while more {
+        more = c.u16()? & 1 != 0;
+    }
+    let has = |bit: u16| flags & (1 << bit) != 0;
+    let mut priority = 0;
+    let mut ttl_ms = None;
+    for bit in (2..=15).rev() {
+        if !has(bit) {
+            continue;
+        }
+        match bit {
+            13 => c.table()?,
+            12 => {
+                c.u8()?;
+            }
+            11 => priority = c.u8()?,
+            8 => {
+                ttl_ms = std::str::from_utf8(c.shortstr()?)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+            }
+            6 => {
+                c.take(8)?;
+            }
+            _ => {
+                c.shortstr()?;
+            }
+        }
+    }
+    Some(MessageMeta {
+        msg_id,
+        body_len: u32::try_from(c.0.len()).ok()?,
+        priority,
+        ttl_ms,
+    })
+}
+
 /// Why bytes did not decode as a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordError {
@@ -257,26 +372,36 @@ impl Record {
     /// Decodes the record at the start of `buf`; answers it and its encoded length.
     /// `buf` is a shared slice of the file, so a message body is not copied.
     pub fn decode(buf: &Bytes) -> Result<(Record, usize), RecordError> {
-        if buf.len() < RECORD_HEADER_LEN {
-            return Err(RecordError::Short);
-        }
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        let kind = buf[4];
-        let crc = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
-        if len > MAX_RECORD_LEN {
-            return Err(RecordError::BadChecksum);
-        }
-        let total = RECORD_HEADER_LEN + len;
-        if buf.len() < total {
-            return Err(RecordError::Short);
-        }
+        let (kind, total) = check_record(buf)?;
         let payload = buf.slice(RECORD_HEADER_LEN..total);
-        let actual = crc32c::crc32c_append(crc32c::crc32c(&[kind]), &payload);
-        if actual != crc {
-            return Err(RecordError::BadChecksum);
-        }
         let record = Self::decode_payload(kind, payload).ok_or(RecordError::Malformed)?;
         Ok((record, total))
+    }
+
+    /// Decodes a verified record from a plain slice: the common enqueue record without
+    /// allocating, others from a copy (their payloads are small).
+    pub fn decode_slice(raw: &[u8], kind: u8) -> Result<Record, RecordError> {
+        if kind == T_ENQUEUE && raw.len() == RECORD_HEADER_LEN + 24 {
+            let mut words = raw[RECORD_HEADER_LEN..]
+                .chunks_exact(8)
+                .map(|w| w.iter().fold(0u64, |n, b| n << 8 | u64::from(*b)));
+            if let (Some(queue_id), Some(seq), Some(msg_id)) =
+                (words.next(), words.next(), words.next())
+            {
+                return Ok(Record::Enqueue {
+                    queue_id,
+                    seq,
+                    msg_id,
+                });
+            }
+        }
+        Self::decode_checked(&Bytes::copy_from_slice(raw), kind, raw.len())
+    }
+
+    /// Decodes a record whose header and checksum [`check_record`] already verified.
+    pub fn decode_checked(buf: &Bytes, kind: u8, total: usize) -> Result<Record, RecordError> {
+        Self::decode_payload(kind, buf.slice(RECORD_HEADER_LEN..total))
+            .ok_or(RecordError::Malformed)
     }
 
     fn decode_payload(kind: u8, mut p: Bytes) -> Option<Record> {
@@ -496,5 +621,49 @@ mod tests {
                 .into_iter()
                 .collect(),
         }));
+    }
+
+    proptest::proptest! {
+        /// The allocation-free peek agrees with the full decode on every property mix.
+        #[test]
+        fn peek_agrees_with_decode(
+            content_type in proptest::option::of("[a-z/]{0,20}"),
+            header in proptest::option::of(("[a-z]{1,8}", proptest::num::i32::ANY)),
+            delivery_mode in proptest::option::of(1u8..=2),
+            priority in proptest::option::of(proptest::num::u8::ANY),
+            correlation_id in proptest::option::of("[a-z0-9]{0,30}"),
+            expiration in proptest::option::of(proptest::prop_oneof!["[0-9]{1,9}", "[a-z]{0,4}"]),
+            timestamp in proptest::option::of(proptest::num::u64::ANY),
+            app_id in proptest::option::of("[a-z]{0,10}"),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            msg_id in proptest::num::u64::ANY,
+        ) {
+            let properties = BasicProperties {
+                content_type,
+                headers: header.map(|(k, v)| {
+                    [(k.as_str(), minimq_protocol::FieldValue::I32(v))].into_iter().collect()
+                }),
+                delivery_mode,
+                priority,
+                correlation_id,
+                expiration,
+                timestamp,
+                app_id,
+                ..Default::default()
+            };
+            let mut buf = BytesMut::new();
+            encode_message(&mut buf, msg_id, "ex", "rk", &properties, &body);
+            let bytes = buf.freeze();
+            let (kind, total) = check_record(&bytes).unwrap();
+            proptest::prop_assert!(is_message(kind));
+            proptest::prop_assert_eq!(total, bytes.len());
+            let meta = peek_message(&bytes[RECORD_HEADER_LEN..]).unwrap();
+            proptest::prop_assert_eq!(meta, MessageMeta {
+                msg_id,
+                body_len: body.len() as u32,
+                priority: properties.priority.unwrap_or(0),
+                ttl_ms: properties.expiration.as_deref().and_then(|e| e.parse().ok()),
+            });
+        }
     }
 }

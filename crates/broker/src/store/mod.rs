@@ -17,6 +17,8 @@
 //! vhost rewrites `queues.meta` when a durable queue is declared or deleted.
 
 pub mod format;
+pub mod idhash;
+pub mod reader;
 pub mod recovery;
 pub mod writer;
 
@@ -35,7 +37,7 @@ use crate::queue::ConfirmTicket;
 use format::{check_header, file_header, QueueDef, Record, FILE_HEADER_LEN, META_MAGIC};
 pub use format::{BindingDef, ExchangeDef};
 pub use recovery::RecoveredMessage;
-use writer::{Op, Track, Writer};
+use writer::{Index, Op, Track, Writer};
 
 /// When the log is synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,7 +59,17 @@ pub struct StoreOptions {
     pub segment_size: u64,
     /// Failure injection for tests: while set, every sync fails as if the disk had.
     pub fail_syncs: Option<Arc<AtomicBool>>,
+    /// How many bytes of persistent messages a durable queue keeps in memory (bodies,
+    /// plus [`PAGE_OVERHEAD`] each); past it, new ones are kept on disk only and read
+    /// back when delivered.
+    pub queue_memory: u64,
 }
+
+/// What a message costs in memory besides its body, for [`StoreOptions::queue_memory`].
+pub const PAGE_OVERHEAD: u64 = 256;
+
+/// Default of [`StoreOptions::queue_memory`].
+pub const DEFAULT_QUEUE_MEMORY: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -65,6 +77,7 @@ impl Default for StoreOptions {
             fsync: FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
             fail_syncs: None,
+            queue_memory: DEFAULT_QUEUE_MEMORY,
         }
     }
 }
@@ -81,6 +94,10 @@ pub struct RecoveredQueue {
 /// The open store.
 pub struct Store {
     dir: PathBuf,
+    seg_dir: PathBuf,
+    /// Where live message records are (shared with the writer).
+    index: Arc<Mutex<Index>>,
+    queue_memory: u64,
     tx: mpsc::UnboundedSender<Op>,
     poisoned: Arc<AtomicBool>,
     next_msg_id: AtomicU64,
@@ -151,7 +168,7 @@ impl Store {
         let seg = replay.max_segment + 1;
         let mut live = replay.live;
         // Queues that no longer exist hold nothing.
-        let known: Vec<u64> = live.enqueues.keys().map(|(q, _)| *q).collect();
+        let known: idhash::IdSet<u64> = live.enqueues.keys().map(|(q, _)| *q).collect();
         for q in known {
             if !defs.contains_key(&q) {
                 live.drop_queue(q);
@@ -165,23 +182,42 @@ impl Store {
             // that was found damaged; then the old segments go.
             let mut buf = BytesMut::new();
             let mut fresh = writer::Liveness::default();
+            let mut files: std::collections::HashMap<u64, File> = Default::default();
+            let mut copied = std::collections::HashSet::new();
             for q in &queues {
                 for m in &q.messages {
-                    message_record(m.msg_id, &m.message, &mut buf);
+                    let offset = size + buf.len() as u64;
+                    let Some(loc) = live.messages.get(&m.msg_id).copied() else {
+                        continue;
+                    };
+                    let track = if copied.insert(m.msg_id) {
+                        let f = match files.entry(loc.seg) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(File::open(seg_dir.join(format::segment_name(loc.seg)))?)
+                            }
+                        };
+                        buf.extend_from_slice(&reader::read_raw(f, loc.offset, loc.len)?);
+                        Track::MessageEnqueue {
+                            msg_id: m.msg_id,
+                            len: loc.len,
+                            queue_id: q.def.id,
+                            seq: m.seq,
+                        }
+                    } else {
+                        Track::Enqueue {
+                            queue_id: q.def.id,
+                            seq: m.seq,
+                            msg_id: m.msg_id,
+                        }
+                    };
                     Record::Enqueue {
                         queue_id: q.def.id,
                         seq: m.seq,
                         msg_id: m.msg_id,
                     }
                     .encode(&mut buf);
-                    fresh.apply(
-                        seg,
-                        &Track::MessageEnqueue {
-                            msg_id: m.msg_id,
-                            queue_id: q.def.id,
-                            seq: m.seq,
-                        },
-                    );
+                    fresh.apply(seg, offset, &track);
                 }
             }
             file.write_all(&buf)?;
@@ -194,11 +230,6 @@ impl Store {
             }
             live = fresh;
         }
-        for q in &queues {
-            for m in &q.messages {
-                *m.message.store_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.msg_id);
-            }
-        }
         // Marks this start, so a crash before anything else is written is not taken for
         // the clean stop that ended the previous run.
         let mut opened = BytesMut::new();
@@ -209,15 +240,19 @@ impl Store {
         live.segments.entry(seg).or_default().total += 1;
         let poisoned = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
+        let index = Arc::new(Mutex::new(Index {
+            live,
+            files: Default::default(),
+        }));
         let w = Writer {
-            dir: seg_dir,
+            dir: seg_dir.clone(),
             file,
             seg,
             size,
             segment_size: opts.segment_size,
             fsync: opts.fsync,
             fail_syncs: opts.fail_syncs.clone(),
-            live,
+            index: index.clone(),
             poisoned: poisoned.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -225,6 +260,9 @@ impl Store {
             .spawn(move || w.run(rx))?;
         let store = Store {
             dir: dir.to_path_buf(),
+            seg_dir,
+            index,
+            queue_memory: opts.queue_memory,
             tx,
             poisoned,
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
@@ -360,6 +398,7 @@ impl Store {
             None => {
                 let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
                 message_record(msg_id, message, &mut buf);
+                let len = buf.len() as u32;
                 Record::Enqueue {
                     queue_id,
                     seq,
@@ -371,6 +410,7 @@ impl Store {
                 // enqueue of this message cannot reach the log before the message.
                 let track = Track::MessageEnqueue {
                     msg_id,
+                    len,
                     queue_id,
                     seq,
                 };
@@ -425,6 +465,23 @@ impl Store {
         }) {
             n.send(false);
         }
+    }
+
+    /// How many bytes of persistent messages a durable queue keeps in memory.
+    pub fn queue_memory(&self) -> u64 {
+        self.queue_memory
+    }
+
+    /// Reads paged-out messages back, in the order asked; `None` for one that cannot
+    /// be read (logged loudly). Blocking file reads (`pread`, usually from the page
+    /// cache); a message paged out before the writer wrote it waits for that write.
+    pub fn read_messages(&self, ids: &[u64]) -> Vec<Option<Message>> {
+        reader::read_messages(&self.index, &self.seg_dir, ids, || {
+            let (reply, rx) = std::sync::mpsc::channel();
+            if self.tx.send(Op::Flush(reply)).is_ok() {
+                let _ = rx.recv();
+            }
+        })
     }
 
     /// Waits until everything appended so far is durable.

@@ -9,27 +9,30 @@
 //!   and after it when the records can be resynchronised) is used, and the store is
 //!   rewritten so nothing live depends on the moved file.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use bytes::Bytes;
 
 use super::format::{
-    check_header, parse_segment_name, Record, RecordError, FILE_HEADER_LEN, SEGMENT_MAGIC,
+    check_header, check_record, is_message, parse_segment_name, peek_message, MessageMeta, Record,
+    RecordError, FILE_HEADER_LEN, RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
-use super::writer::{Liveness, SegCount};
-use crate::message::Message;
+use super::idhash::{IdMap, IdSet};
+use super::writer::{Liveness, MsgLoc, SegCount};
 
-/// A message recovered into a queue.
+/// A message recovered into a queue. Its body stays on disk until it is delivered.
 #[derive(Debug, Clone)]
 pub struct RecoveredMessage {
     /// The queue's sequence number for it.
     pub seq: u64,
     /// The store's message id.
     pub msg_id: u64,
-    /// The message.
-    pub message: Arc<Message>,
+    /// Body length.
+    pub body_len: u32,
+    /// Its `priority` property (0 when absent).
+    pub priority: u8,
+    /// Its `expiration` property, in milliseconds.
+    pub ttl_ms: Option<u64>,
     /// Whether to flag it redelivered.
     pub redelivered: bool,
     /// Deliveries so far, as last logged when it was returned to the queue.
@@ -69,62 +72,52 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(segs)
 }
 
+/// A message record found by the replay.
+struct Found {
+    seg: u64,
+    offset: u64,
+    len: u32,
+    meta: MessageMeta,
+}
+
 struct State {
-    /// msg id → (segment of its newest record, the message).
-    bodies: HashMap<u64, (u64, Arc<Message>)>,
+    /// msg id → its newest record.
+    bodies: IdMap<u64, Found>,
     /// queue id → seq → (msg id, segment of the enqueue record).
-    order: HashMap<u64, BTreeMap<u64, (u64, u64)>>,
-    marks: HashMap<u64, HashSet<u64>>,
-    deliveries: HashMap<(u64, u64), u32>,
+    order: IdMap<u64, BTreeMap<u64, (u64, u64)>>,
+    marks: IdMap<u64, IdSet<u64>>,
+    deliveries: IdMap<(u64, u64), u32>,
     totals: BTreeMap<u64, u64>,
     clean: bool,
     max_msg_id: u64,
-    last_exchange: Option<Arc<str>>,
-    last_routing_key: Option<Arc<str>>,
-    last_properties: Option<Arc<minimq_protocol::BasicProperties>>,
-}
-
-fn intern(last: &mut Option<Arc<str>>, s: String) -> Arc<str> {
-    match last {
-        Some(l) if **l == *s => l.clone(),
-        _ => {
-            let a: Arc<str> = s.into();
-            *last = Some(a.clone());
-            a
-        }
-    }
 }
 
 impl State {
-    /// Applies one record. Records may come out of order: compaction copies a live
-    /// message record forward, past enqueue records that refer to it, so messages are
-    /// matched with their enqueues only at the end.
+    /// Notes a message record: only where it is and what the queue needs to know of it;
+    /// the body is read again when the message is delivered.
+    fn message(&mut self, seg: u64, offset: u64, len: u32, meta: MessageMeta) {
+        self.clean = false;
+        *self.totals.entry(seg).or_insert(0) += 1;
+        self.max_msg_id = self.max_msg_id.max(meta.msg_id);
+        self.bodies.insert(
+            meta.msg_id,
+            Found {
+                seg,
+                offset,
+                len,
+                meta,
+            },
+        );
+    }
+
+    /// Applies one record other than a message. Records may come out of order:
+    /// compaction copies a live message record forward, past enqueue records that refer
+    /// to it, so messages are matched with their enqueues only at the end.
     fn apply(&mut self, seg: u64, record: Record) {
         self.clean = matches!(record, Record::CleanShutdown);
         *self.totals.entry(seg).or_insert(0) += 1;
         match record {
-            Record::Message {
-                msg_id,
-                exchange,
-                routing_key,
-                properties,
-                body,
-            } => {
-                self.max_msg_id = self.max_msg_id.max(msg_id);
-                // Most messages share an exchange and routing key: share the strings too.
-                let exchange = intern(&mut self.last_exchange, exchange);
-                let routing_key = intern(&mut self.last_routing_key, routing_key);
-                let properties = match &self.last_properties {
-                    Some(p) if **p == properties => p.clone(),
-                    _ => {
-                        let p = Arc::new(properties);
-                        self.last_properties = Some(p.clone());
-                        p
-                    }
-                };
-                let m = Message::new(exchange, routing_key, properties, body);
-                self.bodies.insert(msg_id, (seg, Arc::new(m)));
-            }
+            Record::Message { .. } => {}
             Record::Enqueue {
                 queue_id,
                 seq,
@@ -162,8 +155,9 @@ impl State {
         }
     }
 
-    /// Live state once every record is in: what the writer goes on with.
-    fn liveness(&mut self) -> Liveness {
+    /// Once every record is in: the liveness the writer goes on with, and each queue's
+    /// live messages in queue order.
+    fn finish(&mut self) -> (Liveness, HashMap<u64, Vec<RecoveredMessage>>) {
         let mut live = Liveness::default();
         for (seg, total) in &self.totals {
             live.segments.insert(
@@ -174,27 +168,55 @@ impl State {
                 },
             );
         }
-        for (queue_id, order) in self.order.iter_mut() {
-            order.retain(|seq, (msg_id, eseg)| {
-                let Some((mseg, _)) = self.bodies.get(msg_id) else {
+        let enqueues: usize = self.order.values().map(BTreeMap::len).sum();
+        live.enqueues.reserve(enqueues);
+        live.messages.reserve(self.bodies.len());
+        let mut queues = HashMap::new();
+        for (queue_id, order) in std::mem::take(&mut self.order) {
+            let marks = self.marks.get(&queue_id);
+            let mut msgs = Vec::with_capacity(order.len());
+            for (seq, (msg_id, eseg)) in order {
+                let Some(found) = self.bodies.get(&msg_id) else {
                     tracing::warn!(
                         queue_id,
                         seq,
                         msg_id,
                         "enqueue record for an unknown message; skipped"
                     );
-                    return false;
+                    continue;
                 };
-                live.enqueues.insert((*queue_id, *seq), (*msg_id, *eseg));
-                live.segments.entry(*eseg).or_default().live += 1;
-                live.messages.entry(*msg_id).or_insert((*mseg, 0)).1 += 1;
-                true
-            });
+                live.enqueues.insert((queue_id, seq), (msg_id, eseg));
+                live.segments.entry(eseg).or_default().live += 1;
+                live.messages
+                    .entry(msg_id)
+                    .or_insert(MsgLoc {
+                        seg: found.seg,
+                        offset: found.offset,
+                        len: found.len,
+                        live: 0,
+                    })
+                    .live += 1;
+                let redelivered = if self.clean {
+                    marks.is_some_and(|m| m.contains(&seq))
+                } else {
+                    true
+                };
+                msgs.push(RecoveredMessage {
+                    seq,
+                    msg_id,
+                    body_len: found.meta.body_len,
+                    priority: found.meta.priority,
+                    ttl_ms: found.meta.ttl_ms,
+                    redelivered,
+                    deliveries: self.deliveries.get(&(queue_id, seq)).copied().unwrap_or(0),
+                });
+            }
+            queues.insert(queue_id, msgs);
         }
-        for (mseg, _) in live.messages.values() {
-            live.segments.entry(*mseg).or_default().live += 1;
+        for m in live.messages.values() {
+            live.segments.entry(m.seg).or_default().live += 1;
         }
-        live
+        (live, queues)
     }
 }
 
@@ -203,23 +225,23 @@ impl State {
 pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
     let segs = list_segments(seg_dir)?;
     let mut st = State {
-        bodies: HashMap::new(),
-        order: HashMap::new(),
-        marks: HashMap::new(),
-        deliveries: HashMap::new(),
+        bodies: IdMap::default(),
+        order: IdMap::default(),
+        marks: IdMap::default(),
+        deliveries: IdMap::default(),
         totals: BTreeMap::new(),
         clean: false,
         max_msg_id: 0,
-        last_exchange: None,
-        last_routing_key: None,
-        last_properties: None,
     };
     let mut damaged = Vec::new();
     let last = segs.last().map(|(n, _)| *n);
+    let mut data = Vec::new();
     for (n, path) in &segs {
         let is_last = Some(*n) == last;
         st.totals.entry(*n).or_insert(0);
-        let data = Bytes::from(std::fs::read(path)?);
+        // One buffer for every segment: no fresh pages to fault in per segment.
+        data.clear();
+        std::fs::File::open(path)?.read_to_end(&mut data)?;
         if let Err(why) = check_header(&data, SEGMENT_MAGIC) {
             if is_last && data.len() < FILE_HEADER_LEN {
                 tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
@@ -235,11 +257,18 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         let mut offset = FILE_HEADER_LEN;
         let mut moved = false;
         while offset < data.len() {
-            match Record::decode(&data.slice(offset..)) {
-                Ok((record, len)) => {
-                    st.apply(*n, record);
-                    offset += len;
+            let decoded = check_record(&data[offset..]).and_then(|(kind, len)| {
+                if is_message(kind) {
+                    let meta = peek_message(&data[offset + RECORD_HEADER_LEN..offset + len])
+                        .ok_or(RecordError::Malformed)?;
+                    st.message(*n, offset as u64, len as u32, meta);
+                } else {
+                    st.apply(*n, Record::decode_slice(&data[offset..offset + len], kind)?);
                 }
+                Ok(len)
+            });
+            match decoded {
+                Ok(len) => offset += len,
                 Err(err) => {
                     let resync = resync_after(&data, offset);
                     if is_last && resync.is_none() {
@@ -272,32 +301,8 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
             }
         }
     }
-    let live = st.liveness();
+    let (live, queues) = st.finish();
     let clean = st.clean;
-    let mut queues = HashMap::new();
-    for (queue_id, order) in std::mem::take(&mut st.order) {
-        let marks = st.marks.get(&queue_id);
-        let msgs: Vec<RecoveredMessage> = order
-            .into_iter()
-            .filter_map(|(seq, (msg_id, _))| {
-                let message = st.bodies.get(&msg_id)?.1.clone();
-                let redelivered = if clean {
-                    marks.is_some_and(|m| m.contains(&seq))
-                } else {
-                    true
-                };
-                let deliveries = st.deliveries.get(&(queue_id, seq)).copied().unwrap_or(0);
-                Some(RecoveredMessage {
-                    seq,
-                    msg_id,
-                    message,
-                    redelivered,
-                    deliveries,
-                })
-            })
-            .collect();
-        queues.insert(queue_id, msgs);
-    }
     Ok(Replay {
         queues,
         live,
@@ -311,7 +316,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
 
 /// Finds where valid records resume after a bad one at `offset`, trusting its length
 /// field: `Some(next)` when every record from `next` to the end verifies.
-fn resync_after(data: &Bytes, offset: usize) -> Option<usize> {
+fn resync_after(data: &[u8], offset: usize) -> Option<usize> {
     let rest = data.len().checked_sub(offset)?;
     if rest < super::format::RECORD_HEADER_LEN {
         return None;
@@ -330,10 +335,17 @@ fn resync_after(data: &Bytes, offset: usize) -> Option<usize> {
     }
     let mut at = next;
     while at < data.len() {
-        match Record::decode(&data.slice(at..)) {
-            Ok((_, l)) => at += l,
-            Err(RecordError::Short) | Err(_) => return None,
+        let (kind, len) = check_record(&data[at..]).ok()?;
+        let raw = &data[at..at + len];
+        let valid = if is_message(kind) {
+            peek_message(&raw[RECORD_HEADER_LEN..]).is_some()
+        } else {
+            Record::decode_slice(raw, kind).is_ok()
+        };
+        if !valid {
+            return None;
         }
+        at += len;
     }
     Some(next)
 }

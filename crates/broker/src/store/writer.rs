@@ -15,12 +15,16 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::format::{file_header, segment_name, Record, SEGMENT_MAGIC};
+use super::format::{
+    check_record, file_header, is_message, peek_message, segment_name, Record, RECORD_HEADER_LEN,
+    SEGMENT_MAGIC,
+};
+use super::idhash::IdMap;
 use super::FsyncMode;
 use crate::queue::ConfirmTicket;
 
@@ -32,6 +36,8 @@ pub enum Track {
     MessageEnqueue {
         /// Message id.
         msg_id: u64,
+        /// Length of the message record (the enqueue record follows it).
+        len: u32,
         /// Queue id.
         queue_id: u64,
         /// Sequence in the queue.
@@ -53,6 +59,8 @@ pub enum Track {
         /// Settled sequences.
         seqs: Vec<u64>,
     },
+    /// A durable queue was deleted: everything it held is dead.
+    DropQueue(u64),
     /// Nothing to track.
     Nothing,
 }
@@ -72,6 +80,8 @@ pub enum Op {
     DropQueue(u64),
     /// Sync now and answer.
     Sync(std::sync::mpsc::Sender<bool>),
+    /// Answer once everything sent before is written (not necessarily synced).
+    Flush(std::sync::mpsc::Sender<bool>),
     /// Sync, then stop.
     Stop(std::sync::mpsc::Sender<bool>),
 }
@@ -85,15 +95,30 @@ pub struct SegCount {
     pub total: u64,
 }
 
-/// Liveness state, rebuilt by recovery and kept by the writer.
+/// Where a live message record is, and how many queues still hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsgLoc {
+    /// Segment of its newest copy.
+    pub seg: u64,
+    /// Offset of the record in that segment.
+    pub offset: u64,
+    /// Length of the record, header included.
+    pub len: u32,
+    /// Live enqueues.
+    pub live: u32,
+}
+
+/// Liveness state, rebuilt by recovery and kept by the writer. Shared with the readers
+/// of paged-out messages (behind [`Index`]); a location appears only once its record
+/// has been written.
 #[derive(Debug, Default)]
 pub struct Liveness {
     /// Counts per segment.
     pub segments: BTreeMap<u64, SegCount>,
-    /// msg id → (segment of its newest record, live enqueues).
-    pub messages: HashMap<u64, (u64, u32)>,
+    /// msg id → its location and live enqueues.
+    pub messages: IdMap<u64, MsgLoc>,
     /// (queue id, seq) → (msg id, segment of the enqueue record).
-    pub enqueues: HashMap<(u64, u64), (u64, u64)>,
+    pub enqueues: IdMap<(u64, u64), (u64, u64)>,
 }
 
 impl Liveness {
@@ -106,19 +131,26 @@ impl Liveness {
         self.segments.entry(seg).or_default().total += n;
     }
 
-    /// Applies the effect of records appended to segment `seg`.
-    pub fn apply(&mut self, seg: u64, track: &Track) {
+    /// Applies the effect of records appended to segment `seg` at `offset`.
+    pub fn apply(&mut self, seg: u64, offset: u64, track: &Track) {
         match track {
             Track::MessageEnqueue {
                 msg_id,
+                len,
                 queue_id,
                 seq,
             } => {
-                self.messages.entry(*msg_id).or_insert((seg, 0));
+                self.messages.entry(*msg_id).or_insert(MsgLoc {
+                    seg,
+                    offset,
+                    len: *len,
+                    live: 0,
+                });
                 self.seg_live(seg, 1);
                 self.seg_total(seg, 1);
                 self.apply(
                     seg,
+                    offset + u64::from(*len),
                     &Track::Enqueue {
                         queue_id: *queue_id,
                         seq: *seq,
@@ -133,7 +165,7 @@ impl Liveness {
             } => {
                 self.seg_total(seg, 1);
                 if let Some(m) = self.messages.get_mut(msg_id) {
-                    m.1 += 1;
+                    m.live += 1;
                     self.enqueues.insert((*queue_id, *seq), (*msg_id, seg));
                     self.seg_live(seg, 1);
                 }
@@ -144,6 +176,7 @@ impl Liveness {
                     self.settle(*queue_id, *seq);
                 }
             }
+            Track::DropQueue(id) => self.drop_queue(*id),
             Track::Nothing => self.seg_total(seg, 1),
         }
     }
@@ -155,9 +188,9 @@ impl Liveness {
         self.seg_live(eseg, -1);
         let mut dead = None;
         if let Some(m) = self.messages.get_mut(&msg_id) {
-            m.1 = m.1.saturating_sub(1);
-            if m.1 == 0 {
-                dead = Some(m.0);
+            m.live = m.live.saturating_sub(1);
+            if m.live == 0 {
+                dead = Some(m.seg);
             }
         }
         if let Some(mseg) = dead {
@@ -179,11 +212,12 @@ impl Liveness {
         }
     }
 
-    /// A live message record was copied forward from `from` to `to`.
-    fn moved_message(&mut self, msg_id: u64, from: u64, to: u64) {
+    /// A live message record was copied forward from `from` to `to`, at `offset`.
+    fn moved_message(&mut self, msg_id: u64, from: u64, to: u64, offset: u64) {
         if let Some(m) = self.messages.get_mut(&msg_id) {
-            if m.0 == from {
-                m.0 = to;
+            if m.seg == from {
+                m.seg = to;
+                m.offset = offset;
                 self.seg_live(from, -1);
                 self.seg_live(to, 1);
                 self.seg_total(to, 1);
@@ -204,6 +238,21 @@ impl Liveness {
     }
 }
 
+/// What the writer shares with readers: liveness (with every live message's location)
+/// and open handles of the segments, dropped when a segment is deleted.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// Liveness and locations.
+    pub live: Liveness,
+    /// Open segments, for reads.
+    pub files: HashMap<u64, Arc<File>>,
+}
+
+/// Locks the index; a panic elsewhere does not make it unusable.
+pub fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The writer's state.
 pub struct Writer {
     /// Segment directory.
@@ -218,8 +267,8 @@ pub struct Writer {
     pub segment_size: u64,
     /// Sync policy.
     pub fsync: FsyncMode,
-    /// Liveness.
-    pub live: Liveness,
+    /// Liveness and locations, shared with readers.
+    pub index: Arc<Mutex<Index>>,
     /// Set when a write or sync failed.
     pub poisoned: Arc<AtomicBool>,
     /// Test hook: fail syncs while set.
@@ -245,6 +294,7 @@ impl Writer {
         let mut batch = Vec::new();
         let mut waiters: Vec<ConfirmTicket> = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut pending: Vec<(u64, u64, Track)> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
             while batch.len() < 4096 {
@@ -272,19 +322,21 @@ impl Writer {
                         if self.size + buf.len() as u64 >= self.segment_size && self.size > 16 {
                             // Rotate: flush what belongs to the old segment first.
                             self.write_out(&mut buf, &mut waiters, true);
+                            self.publish(&mut pending);
                             self.rotate();
                         }
+                        pending.push((self.seg, self.size + buf.len() as u64, track));
                         buf.extend_from_slice(&bytes);
-                        self.live.apply(self.seg, &track);
                         if let Some(n) = notify {
                             waiters.push(n);
                         }
                     }
-                    Op::DropQueue(id) => self.live.drop_queue(id),
+                    Op::DropQueue(id) => pending.push((self.seg, 0, Track::DropQueue(id))),
                     Op::Sync(reply) => {
                         force_sync = true;
                         replies.push(reply);
                     }
+                    Op::Flush(reply) => replies.push(reply),
                     Op::Stop(reply) => {
                         force_sync = true;
                         stop = Some(reply);
@@ -292,6 +344,7 @@ impl Writer {
                 }
             }
             let ok = self.write_out(&mut buf, &mut waiters, force_sync);
+            self.publish(&mut pending);
             self.delete_dead_segments();
             if self.compact_oldest() {
                 self.delete_dead_segments();
@@ -303,6 +356,17 @@ impl Writer {
                 let _ = r.send(ok);
                 return;
             }
+        }
+    }
+
+    /// Applies the bookkeeping of records just written: from now on readers find them.
+    fn publish(&mut self, pending: &mut Vec<(u64, u64, Track)>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut index = lock(&self.index);
+        for (seg, offset, track) in pending.drain(..) {
+            index.live.apply(seg, offset, &track);
         }
     }
 
@@ -361,7 +425,7 @@ impl Writer {
                 self.file = f;
                 self.seg = next;
                 self.size = super::format::FILE_HEADER_LEN as u64;
-                self.live.segments.entry(next).or_default();
+                lock(&self.index).live.segments.entry(next).or_default();
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a new segment; refusing persistent messages from now on");
@@ -371,10 +435,18 @@ impl Writer {
     }
 
     fn delete_dead_segments(&mut self) {
-        while let Some((&seg, count)) = self.live.segments.first_key_value() {
-            if seg >= self.seg || count.live > 0 {
-                break;
-            }
+        loop {
+            let seg = {
+                let mut index = lock(&self.index);
+                let Some((&seg, count)) = index.live.segments.first_key_value() else {
+                    break;
+                };
+                if seg >= self.seg || count.live > 0 {
+                    break;
+                }
+                index.files.remove(&seg);
+                seg
+            };
             let path = self.dir.join(segment_name(seg));
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::debug!(segment = seg, "deleted settled segment"),
@@ -384,7 +456,7 @@ impl Writer {
                     break;
                 }
             }
-            self.live.segments.remove(&seg);
+            lock(&self.index).live.segments.remove(&seg);
         }
     }
 
@@ -393,7 +465,12 @@ impl Writer {
     /// disk. Runs when the oldest closed segment is less than a quarter live. Answers
     /// whether it copied anything.
     fn compact_oldest(&mut self) -> bool {
-        let Some((&seg, &count)) = self.live.segments.first_key_value() else {
+        let Some((seg, count)) = lock(&self.index)
+            .live
+            .segments
+            .first_key_value()
+            .map(|(s, c)| (*s, *c))
+        else {
             return false;
         };
         if seg >= self.seg || count.live == 0 || count.live * 4 >= count.total.max(1) {
@@ -414,43 +491,59 @@ impl Writer {
         let mut moved_msgs = Vec::new();
         let mut moved_enqs = Vec::new();
         let mut offset = super::format::FILE_HEADER_LEN;
+        let mut extra_total = 0;
+        // Only this thread changes the index: it is locked per look-up, not for the
+        // whole scan, so readers of paged-out messages are not held up.
         while offset < data.len() {
-            let Ok((record, len)) = Record::decode(&data.slice(offset..)) else {
+            let Ok((kind, len)) = check_record(&data[offset..]) else {
                 break;
             };
-            match &record {
-                Record::Message { msg_id, .. }
-                    if self.live.messages.get(msg_id).is_some_and(|m| m.0 == seg) =>
-                {
-                    out.extend_from_slice(&data[offset..offset + len]);
-                    moved_msgs.push(*msg_id);
+            let raw = &data[offset..offset + len];
+            if is_message(kind) {
+                if let Some(m) = peek_message(&raw[RECORD_HEADER_LEN..]) {
+                    let live = lock(&self.index)
+                        .live
+                        .messages
+                        .get(&m.msg_id)
+                        .is_some_and(|l| l.seg == seg);
+                    if live {
+                        moved_msgs.push((m.msg_id, out.len() as u64));
+                        out.extend_from_slice(raw);
+                    }
                 }
-                Record::Enqueue { queue_id, seq, .. }
-                    if self
+                offset += len;
+                continue;
+            }
+            match Record::decode_checked(&data.slice(offset..), kind, len) {
+                Ok(Record::Enqueue { queue_id, seq, .. }) => {
+                    let live = lock(&self.index)
                         .live
                         .enqueues
-                        .get(&(*queue_id, *seq))
-                        .is_some_and(|e| e.1 == seg) =>
-                {
-                    out.extend_from_slice(&data[offset..offset + len]);
-                    moved_enqs.push((*queue_id, *seq));
+                        .get(&(queue_id, seq))
+                        .is_some_and(|e| e.1 == seg);
+                    if live {
+                        out.extend_from_slice(raw);
+                        moved_enqs.push((queue_id, seq));
+                    }
                 }
-                Record::Deliveries { queue_id, counts } => {
+                Ok(Record::Deliveries { queue_id, counts }) => {
                     // Delivery counts of messages still queued go forward too.
-                    let live: Vec<(u64, u32)> = counts
-                        .iter()
-                        .copied()
-                        .filter(|(seq, _)| self.live.enqueues.contains_key(&(*queue_id, *seq)))
-                        .collect();
+                    let live: Vec<(u64, u32)> = {
+                        let index = lock(&self.index);
+                        counts
+                            .into_iter()
+                            .filter(|(seq, _)| index.live.enqueues.contains_key(&(queue_id, *seq)))
+                            .collect()
+                    };
                     if !live.is_empty() {
                         let mut buf = bytes::BytesMut::new();
                         Record::Deliveries {
-                            queue_id: *queue_id,
+                            queue_id,
                             counts: live,
                         }
                         .encode(&mut buf);
                         out.extend_from_slice(&buf);
-                        self.live.segments.entry(self.seg).or_default().total += 1;
+                        extra_total += 1;
                     }
                 }
                 _ => {}
@@ -458,15 +551,18 @@ impl Writer {
             offset += len;
         }
         let mut waiters = Vec::new();
+        let base = self.size;
         if !self.write_out(&mut out, &mut waiters, true) {
             return false;
         }
         let to = self.seg;
-        for id in moved_msgs {
-            self.live.moved_message(id, seg, to);
+        let mut index = lock(&self.index);
+        index.live.segments.entry(to).or_default().total += extra_total;
+        for (id, at) in moved_msgs {
+            index.live.moved_message(id, seg, to, base + at);
         }
         for key in moved_enqs {
-            self.live.moved_enqueue(key, seg, to);
+            index.live.moved_enqueue(key, seg, to);
         }
         tracing::debug!(segment = seg, "compacted: live records copied forward");
         true
