@@ -1,4 +1,6 @@
 //! `minimq-server`: runs the broker with flags or `MINIMQ_*` environment variables.
+// One measured exception, in `release_freed_memory`; the library forbids unsafe code.
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +102,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    release_freed_memory();
     let handle = broker.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -109,6 +112,20 @@ async fn main() -> std::process::ExitCode {
     broker.wait_for_shutdown_request().await;
     broker.shutdown().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// Hands the memory that start-up recovery freed back to the operating system.
+///
+/// mimalloc returns freed pages lazily, when the thread that freed them allocates again.
+/// Replaying a large log frees its working memory (index maps, the per-queue order) on
+/// the main thread, which then mostly waits, so without this the server would keep it
+/// resident. Measured on a restart with 1,000,000 persistent 100-byte messages queued:
+/// RSS 355 MB without, 209 MB with (docs/benchmarks.md).
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
+    // time; it only frees mimalloc's own unused pages.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 async fn wait_for_signal() {

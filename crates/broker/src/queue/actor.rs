@@ -184,6 +184,8 @@ pub fn spawn(
         next_seq,
         had_consumer: false,
     };
+    // Recovered messages are counted before the first command arrives.
+    actor.publish_stats();
     tokio::spawn(actor.run(rx));
 }
 

@@ -72,17 +72,22 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(segs)
 }
 
-/// A message record found by the replay.
+/// A message record found by the replay (kept small: there is one per record).
+#[derive(Clone, Copy)]
 struct Found {
+    msg_id: u64,
     seg: u64,
     offset: u64,
     len: u32,
-    meta: MessageMeta,
+    body_len: u32,
+    /// `u64::MAX` when the message has no valid `expiration`.
+    ttl_ms: u64,
+    priority: u8,
 }
 
 struct State {
-    /// msg id → its newest record.
-    bodies: IdMap<u64, Found>,
+    /// Every message record, in log order; sorted by id (newest copy last) at the end.
+    bodies: Vec<Found>,
     /// queue id → seq → (msg id, segment of the enqueue record).
     order: IdMap<u64, BTreeMap<u64, (u64, u64)>>,
     marks: IdMap<u64, IdSet<u64>>,
@@ -99,15 +104,15 @@ impl State {
         self.clean = false;
         *self.totals.entry(seg).or_insert(0) += 1;
         self.max_msg_id = self.max_msg_id.max(meta.msg_id);
-        self.bodies.insert(
-            meta.msg_id,
-            Found {
-                seg,
-                offset,
-                len,
-                meta,
-            },
-        );
+        self.bodies.push(Found {
+            msg_id: meta.msg_id,
+            seg,
+            offset,
+            len,
+            body_len: meta.body_len,
+            ttl_ms: meta.ttl_ms.unwrap_or(u64::MAX),
+            priority: meta.priority,
+        });
     }
 
     /// Applies one record other than a message. Records may come out of order:
@@ -170,13 +175,23 @@ impl State {
         }
         let enqueues: usize = self.order.values().map(BTreeMap::len).sum();
         live.enqueues.reserve(enqueues);
-        live.messages.reserve(self.bodies.len());
+        live.messages.reserve(enqueues.min(self.bodies.len()));
+        // Ids grow in log order, so this is nearly sorted already; a compacted copy of a
+        // record comes after the original, and the stable sort keeps it last.
+        self.bodies.sort_by_key(|f| f.msg_id);
+        let bodies = &self.bodies;
+        let find = |msg_id: u64| -> Option<&Found> {
+            let end = bodies.partition_point(|f| f.msg_id <= msg_id);
+            end.checked_sub(1)
+                .map(|i| &bodies[i])
+                .filter(|f| f.msg_id == msg_id)
+        };
         let mut queues = HashMap::new();
         for (queue_id, order) in std::mem::take(&mut self.order) {
             let marks = self.marks.get(&queue_id);
             let mut msgs = Vec::with_capacity(order.len());
             for (seq, (msg_id, eseg)) in order {
-                let Some(found) = self.bodies.get(&msg_id) else {
+                let Some(found) = find(msg_id) else {
                     tracing::warn!(
                         queue_id,
                         seq,
@@ -204,9 +219,9 @@ impl State {
                 msgs.push(RecoveredMessage {
                     seq,
                     msg_id,
-                    body_len: found.meta.body_len,
-                    priority: found.meta.priority,
-                    ttl_ms: found.meta.ttl_ms,
+                    body_len: found.body_len,
+                    priority: found.priority,
+                    ttl_ms: (found.ttl_ms != u64::MAX).then_some(found.ttl_ms),
                     redelivered,
                     deliveries: self.deliveries.get(&(queue_id, seq)).copied().unwrap_or(0),
                 });
@@ -225,7 +240,7 @@ impl State {
 pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
     let segs = list_segments(seg_dir)?;
     let mut st = State {
-        bodies: IdMap::default(),
+        bodies: Vec::new(),
         order: IdMap::default(),
         marks: IdMap::default(),
         deliveries: IdMap::default(),
@@ -235,39 +250,35 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
     };
     let mut damaged = Vec::new();
     let last = segs.last().map(|(n, _)| *n);
-    let mut data = Vec::new();
+    let mut chunk = Vec::new();
     for (n, path) in &segs {
         let is_last = Some(*n) == last;
         st.totals.entry(*n).or_insert(0);
-        // One buffer for every segment: no fresh pages to fault in per segment.
-        data.clear();
-        std::fs::File::open(path)?.read_to_end(&mut data)?;
-        if let Err(why) = check_header(&data, SEGMENT_MAGIC) {
-            if is_last && data.len() < FILE_HEADER_LEN {
-                tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
-                std::fs::remove_file(path)?;
+        // The common case: every record verifies, read in chunks of a few MiB.
+        let Some(start) = scan_chunked(path, *n, &mut st, &mut chunk)? else {
+            continue;
+        };
+        // Damage or a torn tail: the careful path, over the whole segment, from the
+        // first record that did not verify.
+        let data = std::fs::read(path)?;
+        if start == 0 {
+            if let Err(why) = check_header(&data, SEGMENT_MAGIC) {
+                if is_last && data.len() < FILE_HEADER_LEN {
+                    tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
+                    std::fs::remove_file(path)?;
+                    st.totals.remove(n);
+                    continue;
+                }
+                tracing::error!(path = %path.display(), offset = 0, %why, "damaged segment; moving it aside");
+                damaged.push(move_aside(path, damaged_dir)?);
                 st.totals.remove(n);
                 continue;
             }
-            tracing::error!(path = %path.display(), offset = 0, %why, "damaged segment; moving it aside");
-            damaged.push(move_aside(path, damaged_dir)?);
-            st.totals.remove(n);
-            continue;
         }
-        let mut offset = FILE_HEADER_LEN;
+        let mut offset = start.max(FILE_HEADER_LEN);
         let mut moved = false;
         while offset < data.len() {
-            let decoded = check_record(&data[offset..]).and_then(|(kind, len)| {
-                if is_message(kind) {
-                    let meta = peek_message(&data[offset + RECORD_HEADER_LEN..offset + len])
-                        .ok_or(RecordError::Malformed)?;
-                    st.message(*n, offset as u64, len as u32, meta);
-                } else {
-                    st.apply(*n, Record::decode_slice(&data[offset..offset + len], kind)?);
-                }
-                Ok(len)
-            });
-            match decoded {
+            match apply_record(&mut st, *n, &data[offset..], offset) {
                 Ok(len) => offset += len,
                 Err(err) => {
                     let resync = resync_after(&data, offset);
@@ -312,6 +323,65 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         needs_rewrite: !damaged.is_empty(),
         damaged,
     })
+}
+
+/// Verifies and applies the record at the start of `buf`, found at `offset` of segment
+/// `seg`; answers its length.
+fn apply_record(st: &mut State, seg: u64, buf: &[u8], offset: usize) -> Result<usize, RecordError> {
+    let (kind, len) = check_record(buf)?;
+    if is_message(kind) {
+        let meta = peek_message(&buf[RECORD_HEADER_LEN..len]).ok_or(RecordError::Malformed)?;
+        st.message(seg, offset as u64, len as u32, meta);
+    } else {
+        st.apply(seg, Record::decode_slice(&buf[..len], kind)?);
+    }
+    Ok(len)
+}
+
+/// Replays segment `seg` reading it in chunks, so the replay needs a few MiB of buffer
+/// rather than a whole segment. Answers `None` when every record verified, or the offset
+/// of the first that did not (0: the file header); everything before it is applied.
+fn scan_chunked(
+    path: &Path,
+    seg: u64,
+    st: &mut State,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    const CHUNK: usize = 4 << 20;
+    let mut file = std::fs::File::open(path)?;
+    let mut header = [0u8; FILE_HEADER_LEN];
+    if file.read_exact(&mut header).is_err() || check_header(&header, SEGMENT_MAGIC).is_err() {
+        return Ok(Some(0));
+    }
+    // File offset of buf[0].
+    let mut base = FILE_HEADER_LEN;
+    let mut eof = false;
+    buf.clear();
+    loop {
+        let mut at = 0;
+        while at < buf.len() {
+            match apply_record(st, seg, &buf[at..], base + at) {
+                Ok(len) => at += len,
+                Err(RecordError::Short) if !eof => break,
+                Err(_) => return Ok(Some(base + at)),
+            }
+        }
+        buf.drain(..at);
+        base += at;
+        if eof {
+            return Ok((!buf.is_empty()).then_some(base));
+        }
+        // Read at least a chunk, and all of a record longer than that.
+        let pending = if buf.len() >= RECORD_HEADER_LEN {
+            RECORD_HEADER_LEN + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+        } else {
+            0
+        };
+        let want = CHUNK.max(pending.min(super::format::MAX_RECORD_LEN + RECORD_HEADER_LEN));
+        let need = want.saturating_sub(buf.len()).max(1);
+        let got = (&mut file).take(need as u64).read_to_end(buf)?;
+        eof = got < need;
+    }
 }
 
 /// Finds where valid records resume after a bad one at `offset`, trusting its length
