@@ -94,15 +94,21 @@ impl BodyParts {
         }
     }
 
-    /// The whole body.
+    /// The whole body. A small one is copied out of the frame it arrived in: as a
+    /// slice it would keep the connection's whole read buffer (kilobytes) alive for as
+    /// long as the message is queued, and keep the reader from reusing that buffer.
     pub fn into_bytes(self) -> Bytes {
         match self {
             BodyParts::Empty => Bytes::new(),
+            BodyParts::One(b) if b.len() <= SMALL_BODY => Bytes::copy_from_slice(&b),
             BodyParts::One(b) => b,
             BodyParts::Many(b) => b.freeze(),
         }
     }
 }
+
+/// Bodies up to this size get an allocation of their own (see [`BodyParts::into_bytes`]).
+pub const SMALL_BODY: usize = 1024;
 
 /// Open, or closed by the server and waiting for the client's `channel.close-ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

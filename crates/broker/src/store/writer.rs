@@ -238,6 +238,9 @@ impl Liveness {
     }
 }
 
+/// How many segments behind the current one the oldest must be before it is compacted.
+pub const COMPACT_LAG: u64 = 2;
+
 /// What the writer shares with readers: liveness (with every live message's location)
 /// and open handles of the segments, dropped when a segment is deleted.
 #[derive(Debug, Default)]
@@ -462,8 +465,8 @@ impl Writer {
 
     /// Copies the few live records of the oldest segment forward to the current one, so a
     /// long-lived message does not keep a mostly dead segment (and every later one) on
-    /// disk. Runs when the oldest closed segment is less than a quarter live. Answers
-    /// whether it copied anything.
+    /// disk. Runs when the oldest segment is at least [`COMPACT_LAG`] segments behind the
+    /// current one and less than a quarter live. Answers whether it copied anything.
     fn compact_oldest(&mut self) -> bool {
         let Some((seg, count)) = lock(&self.index)
             .live
@@ -473,7 +476,10 @@ impl Writer {
         else {
             return false;
         };
-        if seg >= self.seg || count.live == 0 || count.live * 4 >= count.total.max(1) {
+        // A segment just closed usually holds messages consumers are about to settle
+        // (a prefetch window): wait until it is two segments old, so copying is for the
+        // long-lived messages it is meant for, not for every lagging consumer.
+        if seg + COMPACT_LAG > self.seg || count.live == 0 || count.live * 4 >= count.total.max(1) {
             return false;
         }
         if self.poisoned.load(Ordering::SeqCst) {
