@@ -9,10 +9,11 @@
 # RabbitMQ node and a release `minimq-server` (--http off) on free ports with data in a
 # temporary directory, measures the machine's ceiling (loopback TCP, fdatasync rate of
 # that directory's filesystem), runs every scenario against both brokers with
-# `minimq-bench --json`, and writes the table to docs/benchmarks.md: everything above the
-# marker line there is hand-written and kept, everything below it is replaced.
+# `minimq-bench --json`, then restarts each broker with BENCH_RESTART persistent messages
+# queued (r), and writes the table to docs/benchmarks.md: everything above the marker
+# line there is hand-written and kept, everything below it is replaced.
 #
-# Environment: BENCH_SECONDS, BENCH_FILL, BENCH_OUT (default docs/benchmarks.md; "-" for
+# Environment: BENCH_SECONDS, BENCH_FILL, BENCH_RESTART (1000000; 50000 with --quick), BENCH_OUT (default docs/benchmarks.md; "-" for
 # stdout only), BENCH_RAW (where the raw JSON lines go; default target/bench-compare),
 # BENCH_NO_BUILD=1 (use the binaries already in target/release), BENCH_NOTE (a line
 # printed under the heading, e.g. "quiet machine, governor performance").
@@ -39,9 +40,11 @@ done
 if [[ $QUICK == 1 ]]; then
     SECS=${BENCH_SECONDS:-2}
     FILL=${BENCH_FILL:-50000}
+    RESTART_N=${BENCH_RESTART:-50000}
 else
     SECS=${BENCH_SECONDS:-10}
     FILL=${BENCH_FILL:-1000000}
+    RESTART_N=${BENCH_RESTART:-1000000}
 fi
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 RAW=${BENCH_RAW:-$ROOT/target/bench-compare}
@@ -175,13 +178,26 @@ for _ in range(syncs):
     os.write(fd, block); os.fdatasync(fd)
 fs = syncs / (time.perf_counter() - t0)
 os.close(fd); os.unlink(path)
-print(json.dumps({"loopback_mb_s": bulk / 1e6, "rtt_us": rtt * 1e6, "fdatasync_per_s": fs}))
+
+# Sequential write bandwidth with a sync every 16 MiB (what a group commit of large
+# persistent messages can reach at best).
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+block = b"z" * (1 << 20); total_w = (mb // 4) << 20
+t0 = time.perf_counter()
+for i in range(total_w >> 20):
+    os.write(fd, block)
+    if i % 16 == 15: os.fdatasync(fd)
+os.fdatasync(fd)
+wbw = total_w / (time.perf_counter() - t0)
+os.close(fd); os.unlink(path)
+print(json.dumps({"loopback_mb_s": bulk / 1e6, "rtt_us": rtt * 1e6, "fdatasync_per_s": fs,
+                  "write_mb_s": wbw / 1e6}))
 PY
 }
 
 # --- brokers ---------------------------------------------------------------------------
 start_minimq() {
-    MQ_PORT=$(free_port)
+    MQ_PORT=${MQ_PORT:-$(free_port)}
     mkdir -p "$WORK/minimq-data"
     "$SERVER" --listen "127.0.0.1:$MQ_PORT" --http off --data-dir "$WORK/minimq-data" \
         --log warn >"$WORK/minimq.log" 2>&1 &
@@ -190,12 +206,26 @@ start_minimq() {
     log "minimq-server pid $MQ_PID on port $MQ_PORT"
 }
 
+stop_minimq() {
+    kill -TERM "$MQ_PID" 2>/dev/null
+    wait "$MQ_PID" 2>/dev/null
+    MQ_PID=""
+}
+
+stop_rabbitmq() {
+    HOME=$WORK/rabbit timeout 120 "$RMQ_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" stop >/dev/null 2>&1 \
+        || kill "$RMQ_PID" 2>/dev/null
+    wait "$RMQ_WRAPPER" 2>/dev/null
+    RMQ_PID=""; RMQ_WRAPPER=""
+}
+
 start_rabbitmq() {
-    RMQ_PORT=$(free_port)
+    RMQ_PORT=${RMQ_PORT:-$(free_port)}
     local dist
     dist=$(free_port)
     local dir=$WORK/rabbit
     mkdir -p "$dir/mnesia" "$dir/log"
+    rm -f "$dir/pid"
     echo '[].' >"$dir/enabled_plugins"
     # Defaults otherwise, as a user would run it (classic queues, default watermarks).
     echo 'loopback_users = none' >"$dir/rabbitmq.conf"
@@ -293,6 +323,35 @@ run_matrix() { # broker pid url
         --duration "$d"
 }
 
+# Restart with a deep durable queue: fill it with persistent 100-byte messages, stop the
+# broker gracefully, start it again; time to accepting connections, RSS before and after,
+# then drain (which checks that every message came back exactly once).
+# restart_row BROKER (uses and updates MQ_*/RMQ_* through start_/stop_ functions)
+restart_row() {
+    local b=$1 pid port url rss_before rss_after t0 t1
+    if [[ $b == minimq ]]; then pid=$MQ_PID; url=$MQ_URL; else pid=$RMQ_PID; url=$RMQ_URL; fi
+    measure r-fill "$b" "$pid" "$url" --queue bench-r --size 100 --persistent --durable \
+        --confirm 1000 --fill "$RESTART_N"
+    sleep 1
+    rss_before=$(status_kb "$pid" VmRSS)
+    if [[ $b == minimq ]]; then
+        stop_minimq
+        t0=$(date +%s.%N)
+        start_minimq
+        t1=$(date +%s.%N)
+        pid=$MQ_PID; url=$MQ_URL
+    else
+        stop_rabbitmq
+        t0=$(date +%s.%N)
+        start_rabbitmq
+        t1=$(date +%s.%N)
+        pid=$RMQ_PID; url=$RMQ_URL
+    fi
+    rss_after=$(status_kb "$pid" VmRSS)
+    echo "{\"scenario\":\"r-restart\",\"broker\":\"$b\",\"seconds\":$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'),\"rss_before_kb\":${rss_before:-0},\"rss_after_kb\":${rss_after:-0}}" >>"$RESULTS"
+    measure r-drain "$b" "$pid" "$url" --queue bench-r --durable --drain --prefetch 100
+}
+
 # pika (a third-party client): publish N, then consume N with auto-ack; msg/s each way.
 pika_row() { # broker port
     local n=20000
@@ -342,6 +401,9 @@ log "scenarios against minimq (${SECS}s each, fill $FILL)"
 run_matrix minimq "$MQ_PID" "$MQ_URL"
 log "scenarios against RabbitMQ"
 run_matrix rabbitmq "$RMQ_PID" "$RMQ_URL"
+log "restart with $RESTART_N persistent messages queued"
+restart_row minimq
+restart_row rabbitmq
 if python3 -c 'import pika' 2>/dev/null; then
     log "pika smoke row"
     pika_row minimq "$MQ_PORT"
@@ -354,7 +416,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 # What the report needs besides the results, so that --report can re-render them.
 RMQ_VERSION=$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo unknown)
 ERLANG_VERSION=$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null || echo unknown)
-export QUICK SECS FILL LOAD_START LOAD_END CEILING RMQ_VERSION ERLANG_VERSION
+export QUICK SECS FILL RESTART_N LOAD_START LOAD_END CEILING RMQ_VERSION ERLANG_VERSION
 python3 - >"$META" <<'PY'
 import datetime, json, os, platform, subprocess
 model = "unknown"
@@ -368,6 +430,7 @@ except OSError:
 e = os.environ
 print(json.dumps({
     "quick": e["QUICK"] == "1", "secs": e["SECS"], "fill": int(e["FILL"]),
+    "restart": int(e["RESTART_N"]),
     "load_start": e["LOAD_START"], "load_end": e["LOAD_END"], "ceiling": json.loads(e["CEILING"]),
     "rabbitmq": e["RMQ_VERSION"], "erlang": e["ERLANG_VERSION"], "rustc": rustc,
     "nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
@@ -424,6 +487,11 @@ scen = [
     ("g-drain", "g. drain, prefetch 100", "received msg/s", lambda r: rep(r, "received_rate"), True),
     ("h", "h. 10,000 msg/s, 16 B, ack", "latency p50 ms", lambda r: rep(r, "latency_ms", "p50"), False),
     ("h", "h. (same)", "latency p99 ms", lambda r: rep(r, "latency_ms", "p99"), False),
+    ("r-fill", f"r. fill {int(M.get('restart', 0)):,} × 100 B persistent, durable queue, confirms 1000", "published msg/s", lambda r: rep(r, "sent_rate"), True),
+    ("r-restart", "r. graceful restart: stop to accepting connections", "seconds", lambda r: (r or {}).get("seconds"), False),
+    ("r-restart", "r. broker RSS before the restart", "MiB", lambda r: (r or {}).get("rss_before_kb", 0) / 1024 or None, False),
+    ("r-restart", "r. broker RSS after the restart", "MiB", lambda r: (r or {}).get("rss_after_kb", 0) / 1024 or None, False),
+    ("r-drain", "r. drain after the restart, prefetch 100", "received msg/s", lambda r: rep(r, "received_rate"), True),
 ]
 out = []
 title = "## Results"
@@ -452,7 +520,9 @@ out.append(f"- software: {rustc}; RabbitMQ {M['rabbitmq']} (Debian package, defa
            f"config, classic queues), Erlang {M['erlang']}")
 out.append(f"- machine ceiling: loopback TCP {ceiling['loopback_mb_s']:,.0f} MB/s (one stream), "
            f"16-byte round trip {ceiling['rtt_us']:.0f} µs, fdatasync {ceiling['fdatasync_per_s']:,.0f}/s "
-           f"(4 KiB appends, data directory's filesystem)")
+           f"(4 KiB appends, data directory's filesystem)"
+           + (f", sequential write {ceiling['write_mb_s']:,.0f} MB/s (1 MiB writes, fdatasync every 16 MiB)"
+              if 'write_mb_s' in ceiling else ""))
 out.append("- client: `minimq-bench` (minimq's client) for both brokers; the body carries a 20-byte "
            "header, so \"16 B\" messages are 20 B")
 out.append("")
@@ -464,7 +534,7 @@ for key, label, metric, f, higher in scen:
     ratio = "–"
     if vm and vr:
         ratio = f"{vm / vr:.2f}×" + ("" if higher else " (lower is better)")
-    if key in ("g-base", "g-rss"):
+    if key in ("g-base", "g-rss", "r-restart"):
         extra = ["", "", ""]
         eo = ""
     else:
@@ -473,7 +543,7 @@ for key, label, metric, f, higher in scen:
                  pair(m and m.get("hwm_kb"), r and r.get("hwm_kb"), mib)]
         def ok(x):
             if not x or not x.get("report"): return "failed"
-            if key == "g-fill": return "n/a"
+            if key in ("g-fill", "r-fill"): return "n/a"
             return "yes" if x["report"].get("exactly_once") else f"NO ({x['report'].get('missing')} missing, {x['report'].get('duplicates')} dup)"
         eo = f"{ok(m)} / {ok(r)}"
     out.append(f"| {label} | {metric} | {num(vm)} | {num(vr)} | {ratio} | " + " | ".join(extra) + f" | {eo} |")

@@ -1330,3 +1330,81 @@ async fn connection_update_secret_is_accepted() {
     drop(c);
     broker.shutdown().await;
 }
+
+/// Not bad input, but only a raw client can see it: the confirms that one group commit
+/// answers go out folded (`basic.ack` with `multiple`), not one frame per message.
+#[tokio::test]
+async fn the_confirms_of_a_group_commit_are_folded_into_few_acks() {
+    use minimq_protocol::{BasicProperties, ConfirmSelect};
+    let dir = std::env::temp_dir().join(format!("minimq-fold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let broker = start(Config {
+        data_dir: Some(dir.clone()),
+        ..Config::default()
+    })
+    .await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.send(
+        1,
+        QueueDeclare {
+            queue: "fold".into(),
+            durable: true,
+            ..Default::default()
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
+    c.send(1, ConfirmSelect { nowait: false }.into()).await;
+    assert!(matches!(c.method(1).await, Method::ConfirmSelectOk(_)));
+    // A hundred persistent publishes in one write.
+    const N: u64 = 100;
+    for _ in 0..N {
+        within(c.io.feed(Frame::Method(1, publish_to("fold"))))
+            .await
+            .unwrap();
+        within(c.io.feed(Frame::Header(
+            1,
+            Box::new(ContentHeader {
+                class_id: 60,
+                body_size: 4,
+                properties: BasicProperties {
+                    delivery_mode: Some(2),
+                    ..Default::default()
+                },
+            }),
+        )))
+        .await
+        .unwrap();
+        within(c.io.feed(Frame::Body(1, Bytes::from_static(b"work"))))
+            .await
+            .unwrap();
+    }
+    within(SinkExt::<Frame>::flush(&mut c.io)).await.unwrap();
+    let mut confirmed = 0;
+    let mut frames = 0;
+    while confirmed < N {
+        match c.method(1).await {
+            Method::BasicAck(BasicAck {
+                delivery_tag,
+                multiple,
+            }) => {
+                assert!(
+                    delivery_tag > confirmed,
+                    "tag {delivery_tag} confirmed twice"
+                );
+                assert!(
+                    multiple || delivery_tag == confirmed + 1,
+                    "a single ack skipped tags: {delivery_tag} after {confirmed}"
+                );
+                confirmed = delivery_tag;
+                frames += 1;
+            }
+            other => panic!("expected basic.ack, got {other:?}"),
+        }
+    }
+    // A few syncs cover the hundred messages; each sync's confirms are one frame.
+    assert!(frames <= 10, "{frames} basic.ack frames for {N} confirms");
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -82,6 +82,9 @@ pub struct Conn {
     /// The client sent `connection.close` and was answered: it closes the socket.
     client_closed: bool,
     last_sent: Instant,
+    /// Channels whose publisher confirms were answered during the current batch of queue
+    /// events: their `basic.ack`s go out once, folded, when the batch is done.
+    confirms_due: Vec<u16>,
 }
 
 /// The connection error for bytes that do not decode, with RabbitMQ's text where the
@@ -151,6 +154,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         released: Vec::new(),
         client_closed: false,
         last_sent: Instant::now(),
+        confirms_due: Vec::new(),
     };
     // A shutdown does not wait for a client that is still in the handshake.
     let shutdown = conn.state.shutdown.clone();
@@ -267,6 +271,10 @@ impl Conn {
                         if self.out.len() >= FLUSH_AT {
                             self.flush();
                         }
+                    }
+                    // One `basic.ack multiple` for every confirm of the batch.
+                    for ch in std::mem::take(&mut self.confirms_due) {
+                        self.emit_confirms(ch);
                     }
                 }
                 _ = tick.tick(), if self.heartbeat > 0 => {
@@ -533,7 +541,9 @@ impl Conn {
                 {
                     c.answer(seq, ok);
                 }
-                self.emit_confirms(channel);
+                if !self.confirms_due.contains(&channel) {
+                    self.confirms_due.push(channel);
+                }
             }
             QueueEvent::Cancelled {
                 channel,
