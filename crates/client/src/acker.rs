@@ -54,7 +54,9 @@ impl Acker {
         self.settled.load(Ordering::Acquire)
     }
 
-    /// `basic.ack` for this delivery alone.
+    /// `basic.ack` for this delivery alone. Returns once the connection has the ack
+    /// queued, without waiting for it to be written (as pika's `basic_ack`); acks leave in
+    /// order with everything sent on the connection before them.
     pub async fn ack(&self) -> Result<()> {
         self.settle(Method::BasicAck(BasicAck {
             delivery_tag: self.delivery_tag,
@@ -93,6 +95,6 @@ impl Acker {
                 self.delivery_tag
             )));
         }
-        self.channel.cast(method).await
+        self.channel.cast_nowait(method).await
     }
 }

@@ -142,6 +142,21 @@ impl ChannelCore {
             .await?;
         rx.await.map_err(|_| self.closed_error())?
     }
+
+    /// Sends a method that has no reply without waiting for the connection to take it
+    /// (acks: a consumer acking every message must not wait on the connection task for
+    /// each). Fails only if the channel is already known to be closed.
+    pub(crate) async fn cast_nowait(&self, method: Method) -> Result<()> {
+        self.check_open()?;
+        let (reply, _) = oneshot::channel();
+        self.conn
+            .send(Request::Cast {
+                channel: self.shared.clone(),
+                method,
+                reply,
+            })
+            .await
+    }
 }
 
 /// An AMQP channel. Cheap to clone; clones share the channel.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{encode_content, encode_method};
 use minimq_protocol::{
     BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk, ChannelOpen,
@@ -44,6 +44,8 @@ use crate::returned::ReturnedMessage;
 
 /// Stop taking requests while this many octets wait for the socket.
 const HIGH_WATER: usize = 1 << 20;
+/// Frames read, or requests taken, per wake-up at most.
+const BATCH: usize = 256;
 /// How long a closing connection waits for `close-ok` (or to flush a final frame).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -368,30 +370,40 @@ impl IoLoop {
                 && self.outbox.len() < HIGH_WATER;
             let deadline = self.deadline.unwrap_or_else(Instant::now);
             tokio::select! {
-                incoming = self.reader.next(), if !self.reader_done => match incoming {
-                    Some(Ok(incoming)) => {
-                        self.last_read = Instant::now();
-                        self.on_incoming(incoming);
-                    }
-                    Some(Err(CodecError::Decode(e))) => {
-                        self.reader_done = true;
-                        self.violation(e.reply_code(), e.to_string());
-                    }
-                    Some(Err(CodecError::Io(e))) => return Error::io(e),
-                    None => {
-                        self.reader_done = true;
-                        return match &self.state {
-                            State::Open => Error::io(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "server closed the socket without connection.close",
-                            )),
-                            State::Closing => client_close_reason(),
-                            State::Finishing(reason) => reason.clone(),
-                        };
+                // Read and take requests before writing: what piles up meanwhile leaves
+                // in one write (acks of a burst of deliveries, a burst of publishes).
+                biased;
+                incoming = self.reader.next(), if !self.reader_done => {
+                    // Everything already read is handled before the next wait (and
+                    // before the next write: replies to it leave in one write).
+                    let mut item = incoming;
+                    for n in 1..=BATCH {
+                        if let Some(end) = self.on_read(item) {
+                            return end;
+                        }
+                        if self.reader_done || n == BATCH {
+                            break;
+                        }
+                        match self.reader.next().now_or_never() {
+                            Some(next) => item = next,
+                            None => break,
+                        }
                     }
                 },
                 request = self.requests.recv(), if take_requests => match request {
-                    Some(request) => self.on_request(request),
+                    Some(request) => {
+                        self.on_request(request);
+                        // Take what else is queued, so it goes out in one write.
+                        for _ in 0..BATCH {
+                            if self.outbox.len() >= HIGH_WATER || !matches!(self.state, State::Open) {
+                                break;
+                            }
+                            match self.requests.try_recv() {
+                                Ok(request) => self.on_request(request),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         // Every handle is gone: nobody can use the connection any more.
                         self.requests_done = true;
@@ -422,6 +434,34 @@ impl IoLoop {
                 },
                 // Nothing left to wait for (cannot happen: every state has a live branch).
                 else => return self.end_reason(),
+            }
+        }
+    }
+
+    /// Handles what the reader produced; `Some` when the connection ends with it.
+    fn on_read(&mut self, item: Option<std::result::Result<Frame, CodecError>>) -> Option<Error> {
+        match item {
+            Some(Ok(incoming)) => {
+                self.last_read = Instant::now();
+                self.on_incoming(incoming);
+                None
+            }
+            Some(Err(CodecError::Decode(e))) => {
+                self.reader_done = true;
+                self.violation(e.reply_code(), e.to_string());
+                None
+            }
+            Some(Err(CodecError::Io(e))) => Some(Error::io(e)),
+            None => {
+                self.reader_done = true;
+                Some(match &self.state {
+                    State::Open => Error::io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the socket without connection.close",
+                    )),
+                    State::Closing => client_close_reason(),
+                    State::Finishing(reason) => reason.clone(),
+                })
             }
         }
     }

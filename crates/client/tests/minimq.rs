@@ -34,4 +34,5 @@ minimq_tests!(
     heartbeats_keep_an_idle_connection_alive,
     bad_credentials_are_refused,
     close_ends_consumers_and_calls,
+    a_burst_of_deliveries_arrives_whole_and_in_order,
 );

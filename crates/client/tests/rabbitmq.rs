@@ -41,9 +41,10 @@ rabbitmq_tests!(
     heartbeats_keep_an_idle_connection_alive,
     bad_credentials_are_refused,
     close_ends_consumers_and_calls,
+    a_burst_of_deliveries_arrives_whole_and_in_order,
 );
 
 #[test]
 fn every_scenario_is_listed() {
-    assert_eq!(scenarios::ALL.len(), 10);
+    assert_eq!(scenarios::ALL.len(), 11);
 }

@@ -455,8 +455,16 @@ impl Conn {
         requeue: bool,
         ack: bool,
     ) -> AmqpResult<()> {
+        let taken = self.channel(ch).take_outstanding(tag, multiple)?;
+        if ack && taken.iter().all(|o| !o.charged) {
+            // A plain ack: sent with the others of this read (see `Conn::hold_ack`).
+            for o in taken {
+                self.hold_ack(o.queue, o.msg_id);
+            }
+            return Ok(());
+        }
+        self.flush_acks().await;
         let channel = self.channel(ch);
-        let taken = channel.take_outstanding(tag, multiple)?;
         let credit = channel.credit.clone();
         let consumer_queues: Vec<QueueHandle> = channel
             .consumers

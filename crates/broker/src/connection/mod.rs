@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{encode_method, PROTOCOL_HEADER};
 use minimq_protocol::{
     ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk, DecodeError,
@@ -45,6 +45,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const FLUSH_AT: usize = 256 * 1024;
 /// Most queue events handled between two looks at the socket.
 const EVENT_BATCH: usize = 256;
+/// Frames handled per wake-up of the reader, at most.
+const READ_BATCH: usize = 256;
 
 /// What the frame loop does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,6 +87,9 @@ pub struct Conn {
     /// Channels whose publisher confirms were answered during the current batch of queue
     /// events: their `basic.ack`s go out once, folded, when the batch is done.
     confirms_due: Vec<u16>,
+    /// Plain acks of the current read, by queue, not yet sent (see [`Conn::hold_ack`]).
+    /// Sent before anything else this connection does with a queue.
+    pending_acks: Vec<(QueueHandle, Vec<u64>)>,
 }
 
 /// The connection error for bytes that do not decode, with RabbitMQ's text where the
@@ -155,6 +160,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         client_closed: false,
         last_sent: Instant::now(),
         confirms_due: Vec::new(),
+        pending_acks: Vec::new(),
     };
     // A shutdown does not wait for a client that is still in the handshake.
     let shutdown = conn.state.shutdown.clone();
@@ -224,7 +230,7 @@ impl Conn {
         let mut last_recv = Instant::now();
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
-        loop {
+        'main: loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !self.closing => {
@@ -234,33 +240,27 @@ impl Conn {
                     );
                     self.fail_connection(e, &mut close_deadline).await;
                 }
-                frame = reader.next() => match frame {
-                    Some(Ok(frame)) => {
+                frame = reader.next() => {
+                    // Handle every frame already read before waiting again: acks in one
+                    // read go to their queues as one command.
+                    let mut item = frame;
+                    let mut handled = 0;
+                    loop {
+                        if !self.on_read(item, events, &mut close_deadline).await {
+                            break 'main;
+                        }
                         last_recv = Instant::now();
-                        match self.on_frame(frame).await {
-                            Ok(Flow::Continue) => {}
-                            Ok(Flow::Stop) => {
-                                // Before close-ok leaves: every message this connection
-                                // held, or had in flight, is back in its queue.
-                                self.hand_back_in_flight(events).await;
-                                break;
-                            }
-                            Err(e) => self.fail_connection(e, &mut close_deadline).await,
+                        handled += 1;
+                        if handled == READ_BATCH || self.closing {
+                            break;
+                        }
+                        match reader.next().now_or_never() {
+                            Some(next) => item = next,
+                            None => break,
                         }
                     }
-                    Some(Err(CodecError::Decode(e))) => {
-                        tracing::debug!(conn = self.id, error = %e, "undecodable frame");
-                        let err = decode_error(e);
-                        self.release_all().await;
-                        self.send_connection_close(&err);
-                        self.flush();
-                        break;
-                    }
-                    Some(Err(CodecError::Io(_))) | None => {
-                        tracing::debug!(conn = self.id, "socket closed");
-                        break;
-                    }
-                },
+                    self.flush_acks().await;
+                }
                 Some(ev) = events.recv() => {
                     self.on_event(ev);
                     for _ in 0..EVENT_BATCH {
@@ -322,6 +322,63 @@ impl Conn {
         );
     }
 
+    /// Handles what the reader produced; `false` when the connection is done.
+    async fn on_read(
+        &mut self,
+        item: Option<Result<Frame, CodecError>>,
+        events: &mut mpsc::UnboundedReceiver<QueueEvent>,
+        close_deadline: &mut Instant,
+    ) -> bool {
+        match item {
+            Some(Ok(frame)) => match self.on_frame(frame).await {
+                Ok(Flow::Continue) => true,
+                Ok(Flow::Stop) => {
+                    // Before close-ok leaves: every message this connection held, or
+                    // had in flight, is back in its queue.
+                    self.hand_back_in_flight(events).await;
+                    false
+                }
+                Err(e) => {
+                    self.fail_connection(e, close_deadline).await;
+                    true
+                }
+            },
+            Some(Err(CodecError::Decode(e))) => {
+                tracing::debug!(conn = self.id, error = %e, "undecodable frame");
+                let err = decode_error(e);
+                self.release_all().await;
+                self.send_connection_close(&err);
+                self.flush();
+                false
+            }
+            Some(Err(CodecError::Io(_))) | None => {
+                tracing::debug!(conn = self.id, "socket closed");
+                false
+            }
+        }
+    }
+
+    /// Sends the acks held back by [`Conn::hold_ack`] to their queues.
+    pub(crate) async fn flush_acks(&mut self) {
+        for (queue, ids) in std::mem::take(&mut self.pending_acks) {
+            queue
+                .send(QueueCommand::Settle {
+                    ids,
+                    requeue: false,
+                    rejected: false,
+                })
+                .await;
+        }
+    }
+
+    /// Holds back a plain ack, to be sent with the others of the same read.
+    pub(crate) fn hold_ack(&mut self, queue: QueueHandle, msg_id: u64) {
+        match self.pending_acks.iter_mut().find(|(q, _)| q.same(&queue)) {
+            Some((_, ids)) => ids.push(msg_id),
+            None => self.pending_acks.push((queue, vec![msg_id])),
+        }
+    }
+
     async fn fail_connection(&mut self, e: AmqpError, deadline: &mut Instant) {
         if self.closing {
             return;
@@ -377,6 +434,10 @@ impl Conn {
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, AmqpError> {
+        if !matches!(frame, Frame::Method(_, Method::BasicAck(_))) {
+            // Held-back acks reach their queues before anything that follows them.
+            self.flush_acks().await;
+        }
         if self.closing {
             return Ok(match frame {
                 Frame::Method(0, Method::ConnectionCloseOk(_)) => Flow::Stop,
@@ -576,6 +637,7 @@ impl Conn {
 
     /// Requeues everything every channel holds and removes their consumers.
     async fn release_all(&mut self) {
+        self.flush_acks().await;
         // Two phases: first every consumer of this connection goes, then the unacked
         // messages are requeued. Requeueing channel by channel would let a queue hand a
         // message from a closed channel to a consumer on another channel of this same,

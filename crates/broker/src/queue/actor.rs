@@ -741,14 +741,24 @@ impl QueueActor {
                 self.insert_ready(entry, false);
             }
         }
-        for cid in freed {
-            if let Some(c) = self.consumers.get_mut(&cid) {
+        for cid in &freed {
+            if let Some(c) = self.consumers.get_mut(cid) {
                 c.unacked = c.unacked.saturating_sub(1);
             }
         }
         // The delivery count of a persistent message outlives a restart.
         if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
             store.log_deliveries(id, returned);
+        }
+        // Consumers freed by these acks rejoin in the order their acks came (one command
+        // may carry the acks of several channels), as if each ack had come alone.
+        for cid in freed {
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                if c.blocked && c.own_credit() && c.channel_credit() {
+                    c.blocked = false;
+                    self.active.push_back(cid, c.spec.priority);
+                }
+            }
         }
         self.unblock_where(|_| true);
     }

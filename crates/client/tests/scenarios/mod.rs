@@ -28,6 +28,7 @@ pub const ALL: &[&str] = &[
     "heartbeats_keep_an_idle_connection_alive",
     "bad_credentials_are_refused",
     "close_ends_consumers_and_calls",
+    "a_burst_of_deliveries_arrives_whole_and_in_order",
 ];
 
 /// A queue name no other scenario (or run) uses.
@@ -525,6 +526,42 @@ pub async fn close_ends_consumers_and_calls(url: &str) {
     ));
 }
 
+/// Thousands of deliveries with no prefetch limit arrive in bursts far larger than what
+/// the client handles per wake-up; every one arrives, in order, and the acks (which do not
+/// wait for the connection) all reach the broker before a later declare.
+pub async fn a_burst_of_deliveries_arrives_whole_and_in_order(url: &str) {
+    const N: u32 = 3000;
+    let (conn, ch) = connect(url).await;
+    let name = unique("burst");
+    ch.queue_declare(&name, exclusive(), FieldTable::new())
+        .await
+        .unwrap();
+    for i in 0..N {
+        ch.basic_publish("", &name, false, BasicProperties::default(), format!("{i}"))
+            .await
+            .unwrap();
+    }
+    wait_for_ready(&ch, &name, N).await;
+    let tag = unique("burst");
+    let mut consumer = ch
+        .basic_consume(&name, &tag, manual_ack(), FieldTable::new())
+        .await
+        .unwrap();
+    for i in 0..N {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.body, Bytes::from(format!("{i}")), "delivery {i}");
+        d.ack().await.unwrap();
+    }
+    ch.basic_cancel(&tag).await.unwrap();
+    let q = ch
+        .queue_declare(&name, passive(), FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count, 0);
+    assert!(ch.basic_get(&name, true).await.unwrap().is_none());
+    conn.close().await.unwrap();
+}
+
 /// Runs one scenario by name (see [`ALL`]).
 pub async fn run(name: &str, url: &str) {
     match name {
@@ -540,6 +577,9 @@ pub async fn run(name: &str, url: &str) {
         }
         "bad_credentials_are_refused" => bad_credentials_are_refused(url).await,
         "close_ends_consumers_and_calls" => close_ends_consumers_and_calls(url).await,
+        "a_burst_of_deliveries_arrives_whole_and_in_order" => {
+            a_burst_of_deliveries_arrives_whole_and_in_order(url).await
+        }
         other => panic!("no scenario {other}"),
     }
 }
