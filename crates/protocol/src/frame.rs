@@ -180,6 +180,35 @@ pub fn encode_deliver(
     body: &[u8],
     frame_max: u32,
 ) {
+    encode_deliver_head(
+        buf,
+        channel,
+        consumer_tag,
+        delivery_tag,
+        redelivered,
+        exchange,
+        routing_key,
+        properties,
+        body.len() as u64,
+    );
+    encode_body_frames(buf, channel, body, frame_max);
+}
+
+/// [`encode_deliver`] without the body frames: the method and a content header announcing
+/// `body_size` octets. The caller sends the body frames itself, e.g. a large body straight
+/// from its `Bytes`, framed with [`body_frame_start`] and [`FRAME_END`].
+#[allow(clippy::too_many_arguments)] // the fields of basic.deliver, as in encode_deliver
+pub fn encode_deliver_head(
+    buf: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body_size: u64,
+) {
     use crate::types::write;
     let at = begin(buf, FRAME_METHOD, channel);
     buf.put_u16(60);
@@ -190,7 +219,24 @@ pub fn encode_deliver(
     write::shortstr(buf, exchange);
     write::shortstr(buf, routing_key);
     finish(buf, at);
-    encode_header_and_body(buf, channel, 60, properties, body, frame_max);
+    encode_header(buf, channel, 60, properties, body_size);
+}
+
+/// The largest body-frame payload `frame_max` allows (0 = no limit).
+pub fn max_body_payload(frame_max: u32) -> usize {
+    if frame_max == 0 {
+        usize::MAX
+    } else {
+        (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
+    }
+}
+
+/// Appends the 7-octet header of a body frame carrying `len` octets; the payload and a
+/// [`FRAME_END`] octet must follow.
+pub fn body_frame_start(buf: &mut BytesMut, channel: u16, len: usize) {
+    buf.put_u8(FRAME_BODY);
+    buf.put_u16(channel);
+    buf.put_u32(len as u32);
 }
 
 fn encode_header_and_body(
@@ -201,17 +247,27 @@ fn encode_header_and_body(
     body: &[u8],
     frame_max: u32,
 ) {
+    encode_header(buf, channel, class_id, properties, body.len() as u64);
+    encode_body_frames(buf, channel, body, frame_max);
+}
+
+fn encode_header(
+    buf: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    properties: &BasicProperties,
+    body_size: u64,
+) {
     let at = begin(buf, FRAME_HEADER, channel);
     buf.put_u16(class_id);
     buf.put_u16(0);
-    buf.put_u64(body.len() as u64);
+    buf.put_u64(body_size);
     properties.encode(buf);
     finish(buf, at);
-    let max_payload = if frame_max == 0 {
-        usize::MAX
-    } else {
-        (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
-    };
+}
+
+fn encode_body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
+    let max_payload = max_body_payload(frame_max);
     buf.reserve(body.len() + (body.len() / max_payload + 1) * FRAME_OVERHEAD);
     for chunk in body.chunks(max_payload) {
         encode_body(buf, channel, chunk);

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use minimq_protocol::frame::{encode_content, encode_deliver};
+use minimq_protocol::frame::{
+    body_frame_start, encode_content, encode_deliver, encode_deliver_head, max_body_payload,
+    FRAME_END,
+};
 use minimq_protocol::*;
 use tokio::sync::oneshot;
 
@@ -755,19 +758,6 @@ impl Conn {
         };
         let tag = channel.next_tag;
         channel.next_tag += 1;
-        let m = &d.message;
-        encode_deliver(
-            &mut self.out,
-            d.channel,
-            &d.consumer_tag,
-            tag,
-            d.redelivered,
-            &m.exchange,
-            &m.routing_key,
-            &fitting_properties(&m.properties, frame_max),
-            &m.body,
-            frame_max,
-        );
         if !d.no_ack {
             channel.outstanding.insert(
                 tag,
@@ -779,8 +769,50 @@ impl Conn {
             );
             channel.info.set_unacked(channel.outstanding.len());
         }
+        let m = &d.message;
+        let properties = fitting_properties(&m.properties, frame_max);
+        if m.body.len() < ZERO_COPY_BODY {
+            encode_deliver(
+                &mut self.out,
+                d.channel,
+                &d.consumer_tag,
+                tag,
+                d.redelivered,
+                &m.exchange,
+                &m.routing_key,
+                &properties,
+                &m.body,
+                frame_max,
+            );
+            return;
+        }
+        // A large body goes to the socket as it is, between the frame headers and ends.
+        encode_deliver_head(
+            &mut self.out,
+            d.channel,
+            &d.consumer_tag,
+            tag,
+            d.redelivered,
+            &m.exchange,
+            &m.routing_key,
+            &properties,
+            m.body.len() as u64,
+        );
+        let max = max_body_payload(frame_max);
+        let mut at = 0;
+        while at < m.body.len() {
+            let end = m.body.len().min(at.saturating_add(max));
+            body_frame_start(&mut self.out, d.channel, end - at);
+            self.send_bytes(m.body.slice(at..end));
+            self.out.extend_from_slice(&[FRAME_END]);
+            at = end;
+        }
     }
 }
+
+/// Bodies from this size on are written to the socket from the message's own `Bytes`
+/// instead of being copied into the connection's output buffer.
+const ZERO_COPY_BODY: usize = 16 * 1024;
 
 /// A content header frame cannot be split. Headers the broker added (`x-delivery-count` on a
 /// redelivery, a growing `x-death` on a dead letter) can push a header that fit the

@@ -301,6 +301,13 @@ impl Conn {
     }
 
     /// Hands the out buffer to the writer.
+    /// Sends what is buffered, then `bytes` as they are (a large body, not copied).
+    pub(crate) fn send_bytes(&mut self, bytes: Bytes) {
+        self.flush();
+        let _ = self.writer.send(bytes);
+        self.last_sent = Instant::now();
+    }
+
     pub(crate) fn flush(&mut self) {
         if !self.out.is_empty() {
             let _ = self.writer.send(self.out.split().freeze());

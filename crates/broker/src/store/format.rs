@@ -491,6 +491,21 @@ pub fn encode_message(
     properties: &BasicProperties,
     body: &[u8],
 ) {
+    encode_message_head(buf, msg_id, exchange, routing_key, properties, body);
+    buf.put_slice(body);
+}
+
+/// A message record without its body: header (length and checksum cover the body too)
+/// and payload up to the body, which the caller writes right after it (a large body
+/// straight from the message's `Bytes`, not copied).
+pub fn encode_message_head(
+    buf: &mut BytesMut,
+    msg_id: u64,
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+) {
     let start = buf.len();
     buf.put_u32(0);
     buf.put_u8(T_MESSAGE);
@@ -500,10 +515,10 @@ pub fn encode_message(
     write::shortstr(buf, exchange);
     write::shortstr(buf, routing_key);
     properties.encode(buf);
-    buf.put_slice(body);
-    let len = (buf.len() - payload_at) as u32;
+    let len = (buf.len() - payload_at + body.len()) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&[T_MESSAGE]), &buf[payload_at..]);
+    let crc = crc32c::crc32c_append(crc, body);
     buf[start + 5..start + 9].copy_from_slice(&crc.to_be_bytes());
 }
 

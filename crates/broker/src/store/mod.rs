@@ -37,7 +37,7 @@ use crate::queue::ConfirmTicket;
 use format::{check_header, file_header, QueueDef, Record, FILE_HEADER_LEN, META_MAGIC};
 pub use format::{BindingDef, ExchangeDef};
 pub use recovery::RecoveredMessage;
-use writer::{Index, Op, Track, Writer};
+use writer::{Chunks, Index, Op, Track, Writer};
 
 /// When the log is synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +64,10 @@ pub struct StoreOptions {
     /// back when delivered.
     pub queue_memory: u64,
 }
+
+/// Message bodies from this size on are handed to the writer as they are, not copied
+/// into the record.
+const SPLIT_BODY: usize = 16 * 1024;
 
 /// What a message costs in memory besides its body, for [`StoreOptions::queue_memory`].
 pub const PAGE_OVERHEAD: u64 = 256;
@@ -397,8 +401,26 @@ impl Store {
             }
             None => {
                 let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
-                message_record(msg_id, message, &mut buf);
-                let len = buf.len() as u32;
+                // A large body is written from the message's own `Bytes`, not copied.
+                let split = message.body.len() >= SPLIT_BODY;
+                if split {
+                    format::encode_message_head(
+                        &mut buf,
+                        msg_id,
+                        &message.exchange,
+                        &message.routing_key,
+                        &message.properties,
+                        &message.body,
+                    );
+                } else {
+                    message_record(msg_id, message, &mut buf);
+                }
+                let head_len = buf.len();
+                let len = if split {
+                    (head_len + message.body.len()) as u32
+                } else {
+                    head_len as u32
+                };
                 Record::Enqueue {
                     queue_id,
                     seq,
@@ -414,11 +436,22 @@ impl Store {
                     queue_id,
                     seq,
                 };
-                self.send(buf.freeze(), track, notify);
+                let chunks = if split {
+                    let mut head = buf.freeze();
+                    let tail = head.split_off(head_len);
+                    Chunks::Split {
+                        head,
+                        body: message.body.clone(),
+                        tail,
+                    }
+                } else {
+                    Chunks::One(buf.freeze())
+                };
+                self.send(chunks, track, notify);
                 return;
             }
         };
-        self.send(buf.freeze(), track, notify);
+        self.send(Chunks::One(buf.freeze()), track, notify);
     }
 
     /// Logs that messages left queue `queue_id` for good.
@@ -432,7 +465,11 @@ impl Store {
             seqs: seqs.clone(),
         }
         .encode(&mut buf);
-        self.send(buf.freeze(), Track::Settle { queue_id, seqs }, None);
+        self.send(
+            Chunks::One(buf.freeze()),
+            Track::Settle { queue_id, seqs },
+            None,
+        );
     }
 
     /// Logs the delivery counts of messages returned to queue `queue_id`.
@@ -442,7 +479,7 @@ impl Store {
         }
         let mut buf = BytesMut::new();
         Record::Deliveries { queue_id, counts }.encode(&mut buf);
-        self.send(buf.freeze(), Track::Nothing, None);
+        self.send(Chunks::One(buf.freeze()), Track::Nothing, None);
     }
 
     /// Logs, at a graceful stop, which messages of a queue had been delivered before.
@@ -452,10 +489,10 @@ impl Store {
         }
         let mut buf = BytesMut::new();
         Record::Redelivered { queue_id, seqs }.encode(&mut buf);
-        self.send(buf.freeze(), Track::Nothing, None);
+        self.send(Chunks::One(buf.freeze()), Track::Nothing, None);
     }
 
-    fn send(&self, bytes: Bytes, track: Track, notify: Option<ConfirmTicket>) {
+    fn send(&self, bytes: Chunks, track: Track, notify: Option<ConfirmTicket>) {
         if let Err(mpsc::error::SendError(Op::Append {
             notify: Some(n), ..
         })) = self.tx.send(Op::Append {
@@ -513,7 +550,7 @@ impl Store {
     pub async fn close(&self) {
         let mut buf = BytesMut::new();
         Record::CleanShutdown.encode(&mut buf);
-        self.send(buf.freeze(), Track::Nothing, None);
+        self.send(Chunks::One(buf.freeze()), Track::Nothing, None);
         let (reply, rx) = std::sync::mpsc::channel();
         if self.tx.send(Op::Stop(reply)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;

@@ -65,12 +65,116 @@ pub enum Track {
     Nothing,
 }
 
+/// Encoded records handed to the writer.
+pub enum Chunks {
+    /// Records in one buffer.
+    One(Bytes),
+    /// A message record whose large body is the message's own `Bytes` (not copied):
+    /// the record's head, the body, then the records after it.
+    Split {
+        /// The message record up to its body.
+        head: Bytes,
+        /// The body.
+        body: Bytes,
+        /// Records that follow (the enqueue record).
+        tail: Bytes,
+    },
+}
+
+/// Bytes waiting to be written: small records copied together into one buffer, large
+/// bodies kept as they are; written with vectored writes.
+#[derive(Default)]
+pub struct Outgoing {
+    chunks: Vec<Bytes>,
+    cur: Vec<u8>,
+    len: u64,
+}
+
+impl Outgoing {
+    /// Octets waiting.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push_slice(&mut self, b: &[u8]) {
+        self.cur.extend_from_slice(b);
+        self.len += b.len() as u64;
+    }
+
+    fn push_bytes(&mut self, b: Bytes) {
+        if !self.cur.is_empty() {
+            self.chunks.push(Bytes::from(std::mem::take(&mut self.cur)));
+        }
+        self.len += b.len() as u64;
+        self.chunks.push(b);
+    }
+
+    /// Appends records.
+    pub fn push(&mut self, c: Chunks) {
+        match c {
+            Chunks::One(b) => self.push_slice(&b),
+            Chunks::Split { head, body, tail } => {
+                self.push_slice(&head);
+                self.push_bytes(body);
+                self.push_slice(&tail);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.cur.clear();
+        self.len = 0;
+    }
+
+    /// Writes everything, in order, then forgets it.
+    fn write_to(&mut self, file: &mut File) -> std::io::Result<()> {
+        let result = self.write_all(file);
+        self.clear();
+        result
+    }
+
+    fn write_all(&mut self, file: &mut File) -> std::io::Result<()> {
+        if self.chunks.is_empty() {
+            return file.write_all(&self.cur);
+        }
+        if !self.cur.is_empty() {
+            self.chunks.push(Bytes::from(std::mem::take(&mut self.cur)));
+        }
+        let mut i = 0;
+        while i < self.chunks.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = self.chunks[i..]
+                .iter()
+                .take(512)
+                .map(|c| std::io::IoSlice::new(c))
+                .collect();
+            let mut n = file.write_vectored(&slices)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while i < self.chunks.len() && n >= self.chunks[i].len() {
+                n -= self.chunks[i].len();
+                i += 1;
+            }
+            if n > 0 {
+                self.chunks[i] = self.chunks[i].slice(n..);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A request to the writer thread.
 pub enum Op {
-    /// Append an encoded record; tell `notify` once it is durable.
+    /// Append encoded records; tell `notify` once they are durable.
     Append {
-        /// The encoded record.
-        bytes: Bytes,
+        /// The encoded records.
+        bytes: Chunks,
         /// Liveness bookkeeping.
         track: Track,
         /// Who waits for the sync.
@@ -296,7 +400,7 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut batch = Vec::new();
         let mut waiters: Vec<ConfirmTicket> = Vec::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut buf = Outgoing::default();
         let mut pending: Vec<(u64, u64, Track)> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
@@ -322,14 +426,14 @@ impl Writer {
                             }
                             continue;
                         }
-                        if self.size + buf.len() as u64 >= self.segment_size && self.size > 16 {
+                        if self.size + buf.len() >= self.segment_size && self.size > 16 {
                             // Rotate: flush what belongs to the old segment first.
                             self.write_out(&mut buf, &mut waiters, true);
                             self.publish(&mut pending);
                             self.rotate();
                         }
-                        pending.push((self.seg, self.size + buf.len() as u64, track));
-                        buf.extend_from_slice(&bytes);
+                        pending.push((self.seg, self.size + buf.len(), track));
+                        buf.push(bytes);
                         if let Some(n) = notify {
                             waiters.push(n);
                         }
@@ -376,7 +480,7 @@ impl Writer {
     /// Writes `buf`, syncs if anyone waits (or `force`), then answers the waiters.
     fn write_out(
         &mut self,
-        buf: &mut Vec<u8>,
+        buf: &mut Outgoing,
         waiters: &mut Vec<ConfirmTicket>,
         force: bool,
     ) -> bool {
@@ -389,13 +493,13 @@ impl Writer {
         }
         let mut ok = true;
         if !buf.is_empty() {
-            if let Err(e) = self.file.write_all(buf) {
+            let len = buf.len();
+            if let Err(e) = buf.write_to(&mut self.file) {
                 tracing::error!(error = %e, segment = self.seg, "message store write failed; refusing persistent messages from now on");
                 ok = false;
             } else {
-                self.size += buf.len() as u64;
+                self.size += len;
             }
-            buf.clear();
         }
         if ok && (force || !waiters.is_empty()) && self.fsync == FsyncMode::Batch {
             let injected = self
@@ -558,7 +662,9 @@ impl Writer {
         }
         let mut waiters = Vec::new();
         let base = self.size;
-        if !self.write_out(&mut out, &mut waiters, true) {
+        let mut outgoing = Outgoing::default();
+        outgoing.push_bytes(Bytes::from(out));
+        if !self.write_out(&mut outgoing, &mut waiters, true) {
             return false;
         }
         let to = self.seg;
