@@ -388,6 +388,18 @@ PY
 
 # --- run ---------------------------------------------------------------------------------
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+# How idle the CPUs are before the run (5 s sample): a load average would still count a
+# build that just finished, and at the end it counts the benchmark itself.
+IDLE_BEFORE=$(python3 - <<'PY'
+import time
+def sample():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return f[3] + f[4], sum(f)
+i0, t0 = sample(); time.sleep(5); i1, t1 = sample()
+print(f"{100.0 * (i1 - i0) / max(1, t1 - t0):.0f}")
+PY
+)
+log "CPU idle before the run: ${IDLE_BEFORE}%"
 log "machine ceiling"
 CEILING=$(machine_ceiling)
 log "ceiling: $CEILING"
@@ -416,7 +428,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 # What the report needs besides the results, so that --report can re-render them.
 RMQ_VERSION=$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo unknown)
 ERLANG_VERSION=$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null || echo unknown)
-export QUICK SECS FILL RESTART_N LOAD_START LOAD_END CEILING RMQ_VERSION ERLANG_VERSION
+export QUICK SECS FILL RESTART_N IDLE_BEFORE LOAD_START LOAD_END CEILING RMQ_VERSION ERLANG_VERSION
 python3 - >"$META" <<'PY'
 import datetime, json, os, platform, subprocess
 model = "unknown"
@@ -430,7 +442,7 @@ except OSError:
 e = os.environ
 print(json.dumps({
     "quick": e["QUICK"] == "1", "secs": e["SECS"], "fill": int(e["FILL"]),
-    "restart": int(e["RESTART_N"]),
+    "restart": int(e["RESTART_N"]), "idle_before": float(e["IDLE_BEFORE"]),
     "load_start": e["LOAD_START"], "load_end": e["LOAD_END"], "ceiling": json.loads(e["CEILING"]),
     "rabbitmq": e["RMQ_VERSION"], "erlang": e["ERLANG_VERSION"], "rustc": rustc,
     "nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
@@ -450,7 +462,11 @@ by = {(r["scenario"], r["broker"]): r for r in rows}
 quick = M["quick"]
 nproc, model = M["nproc"], M["cpu"]
 load_start, load_end = M["load_start"], M["load_end"]
-busy = max(float(x) for x in (load_start + " " + load_end).split()) > 0.5 * nproc
+idle_before = M.get("idle_before")
+if idle_before is not None:
+    busy = idle_before < 80
+else:
+    busy = max(float(x) for x in (load_start + " " + load_end).split()) > 0.5 * nproc
 ceiling = M["ceiling"]
 rustc = M["rustc"]
 
@@ -503,7 +519,8 @@ out.append("")
 if quick or busy:
     why = []
     if quick: why.append(f"`--quick` ({M['secs']} s per scenario, fill {int(M['fill']):,})")
-    if busy: why.append(f"the machine was busy (load average {load_start} at the start, {load_end} at the end, on {nproc} CPUs)")
+    if busy: why.append(f"the machine was busy (CPU idle {idle_before:.0f} % before the run)" if idle_before is not None
+                        else f"the machine was busy (load average {load_start} at the start, {load_end} at the end, on {nproc} CPUs)")
     why = " and ".join(why)
     out.append("> **Not a result.** " + why[0].upper() + why[1:] + ". These figures only show that "
                "the script runs end to end against both brokers; a full run of `bench/compare.sh` on a "
@@ -515,7 +532,8 @@ if note:
 out.append(f"- date: {M['date']}; "
            f"{'quick' if quick else 'full'} run, {M['secs']} s per scenario")
 out.append(f"- machine: {nproc} × {model}; kernel {M['kernel']}; "
-           f"load average {load_start} (start), {load_end} (end)")
+           + (f"CPU idle {idle_before:.0f} % in the 5 s before the run; " if idle_before is not None else "")
+           + f"load average {load_start} (start), {load_end} (end, the benchmark's own load included)")
 out.append(f"- software: {rustc}; RabbitMQ {M['rabbitmq']} (Debian package, default "
            f"config, classic queues), Erlang {M['erlang']}")
 out.append(f"- machine ceiling: loopback TCP {ceiling['loopback_mb_s']:,.0f} MB/s (one stream), "

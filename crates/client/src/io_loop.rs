@@ -377,6 +377,7 @@ impl IoLoop {
                     // Everything already read is handled before the next wait (and
                     // before the next write: replies to it leave in one write).
                     let mut item = incoming;
+                    self.last_read = Instant::now();
                     for n in 1..=BATCH {
                         if let Some(end) = self.on_read(item) {
                             return end;
@@ -442,7 +443,6 @@ impl IoLoop {
     fn on_read(&mut self, item: Option<std::result::Result<Frame, CodecError>>) -> Option<Error> {
         match item {
             Some(Ok(incoming)) => {
-                self.last_read = Instant::now();
                 self.on_incoming(incoming);
                 None
             }

@@ -6,7 +6,7 @@
 pub mod confirms;
 pub mod handlers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -131,7 +131,7 @@ pub struct Channel {
     /// Unsettled deliveries by tag.
     pub outstanding: BTreeMap<u64, Outstanding>,
     /// Consumers by tag.
-    pub consumers: HashMap<Arc<str>, ChannelConsumer>,
+    pub consumers: crate::store::idhash::IdMap<Arc<str>, ChannelConsumer>,
     /// Prefetch for consumers created from now on (`basic.qos global=false`).
     pub prefetch: u32,
     /// The channel-wide limit (`basic.qos global=true`), shared with queues.
@@ -161,7 +161,7 @@ impl Channel {
             status: ChannelStatus::Open,
             next_tag: 1,
             outstanding: BTreeMap::new(),
-            consumers: HashMap::new(),
+            consumers: Default::default(),
             prefetch: 0,
             credit: Arc::new(ChannelCredit::default()),
             global_qos: false,

@@ -13,7 +13,6 @@
 mod handshake;
 mod writer;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +35,7 @@ use crate::channel::{Channel, ChannelStatus};
 use crate::error::AmqpError;
 use crate::queue::{EventSink, QueueCommand, QueueEvent, QueueHandle};
 use crate::server::BrokerState;
+use crate::store::idhash::IdMap;
 
 pub(crate) type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
 
@@ -74,7 +74,8 @@ pub struct Conn {
     pub(crate) frame_max: u32,
     pub(crate) channel_max: u16,
     pub(crate) heartbeat: u16,
-    pub(crate) channels: HashMap<u16, Channel>,
+    /// Open channels (a fast hash: looked up for every frame and every delivery).
+    pub(crate) channels: IdMap<u16, Channel>,
     pub(crate) exclusive_queues: Vec<QueueHandle>,
     pub(crate) cancel_notify: bool,
     pub(crate) auth_failure_close: bool,
@@ -151,7 +152,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         frame_max: 0,
         channel_max: 0,
         heartbeat: 0,
-        channels: HashMap::new(),
+        channels: IdMap::default(),
         exclusive_queues: Vec::new(),
         cancel_notify: false,
         auth_failure_close: false,
@@ -245,11 +246,11 @@ impl Conn {
                     // read go to their queues as one command.
                     let mut item = frame;
                     let mut handled = 0;
+                    last_recv = Instant::now();
                     loop {
                         if !self.on_read(item, events, &mut close_deadline).await {
                             break 'main;
                         }
-                        last_recv = Instant::now();
                         handled += 1;
                         if handled == READ_BATCH || self.closing {
                             break;

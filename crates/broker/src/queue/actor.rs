@@ -116,6 +116,11 @@ pub struct QueueActor {
     paged: u64,
     /// Past this `ready_mem`, persistent messages are paged out.
     memory_budget: u64,
+    /// Ready messages with an expiry: while there are none (and the queue has no TTL
+    /// or `x-expires`), a command needs no clock reading.
+    expiring: u64,
+    /// The last clock reading, for commands that need none.
+    last_now: Instant,
     unacked: HashMap<u64, Unacked>,
     consumers: BTreeMap<u64, Consumer>,
     active: Active,
@@ -143,6 +148,7 @@ pub fn spawn(
     let mut ready_bytes = 0;
     let mut next_seq = 1;
     let paged = recovered.len() as u64;
+    let mut expiring = 0;
     // Recovered messages start on disk; they are read back as consumers reach them.
     for m in recovered {
         next_seq = next_seq.max(m.seq + 1);
@@ -152,6 +158,7 @@ pub fn spawn(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        expiring += u64::from(ttl.is_some());
         ready.push_back(Entry {
             seq: m.seq,
             expires_at: ttl.map(|ms| now + std::time::Duration::from_millis(ms)),
@@ -177,6 +184,8 @@ pub fn spawn(
         ready_mem: 0,
         paged,
         memory_budget,
+        expiring,
+        last_now: now,
         unacked: HashMap::new(),
         consumers: BTreeMap::new(),
         active: Active::default(),
@@ -315,7 +324,7 @@ impl QueueActor {
 
     /// Handles one command; `false` when the queue is deleted.
     fn handle(&mut self, cmd: QueueCommand) -> bool {
-        let now = Instant::now();
+        let now = self.now();
         if matches!(
             cmd,
             QueueCommand::Consume { .. }
@@ -328,7 +337,7 @@ impl QueueActor {
         }
         match cmd {
             QueueCommand::Publish { message, confirm } => {
-                self.publish(message, confirm, now);
+                self.publish(message, confirm);
                 self.dispatch(now);
             }
             QueueCommand::Consume { consumer, reply } => {
@@ -416,6 +425,7 @@ impl QueueActor {
                 self.ready_bytes = 0;
                 self.ready_mem = 0;
                 self.paged = 0;
+                self.expiring = 0;
                 let _ = reply.send(n);
             }
             QueueCommand::Delete {
@@ -474,7 +484,7 @@ impl QueueActor {
         true
     }
 
-    fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>, now: Instant) {
+    fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
         let handle = self.handle.clone();
         let args = &handle.info().args;
         let size = message.body.len() as u64;
@@ -502,7 +512,8 @@ impl QueueActor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let expires_at = ttl.map(|ms| now + std::time::Duration::from_millis(ms));
+        // A message with a TTL may be the first to need the clock: read it now.
+        let expires_at = ttl.map(|ms| Instant::now() + std::time::Duration::from_millis(ms));
         let seq = self.next_seq;
         self.next_seq += 1;
         let persisted = self.store.is_some() && message.is_persistent();
@@ -546,9 +557,20 @@ impl QueueActor {
         }
     }
 
+    /// The time, read from the clock only when something depends on it (a TTL, an
+    /// expiring message, `x-expires`): reading it per message is measurable.
+    fn now(&mut self) -> Instant {
+        let args = &self.handle.info().args;
+        if self.expiring > 0 || args.message_ttl.is_some() || args.expires.is_some() {
+            self.last_now = Instant::now();
+        }
+        self.last_now
+    }
+
     /// Takes the head of the ready list.
     fn pop_ready(&mut self) -> Option<Entry> {
         let e = self.ready.pop_front()?;
+        self.expiring -= u64::from(e.expires_at.is_some());
         self.ready_bytes -= u64::from(e.size);
         self.ready_mem -= e.mem_cost();
         if matches!(e.held, Held::Disk(_)) {
@@ -571,6 +593,7 @@ impl QueueActor {
         }
         self.ready_bytes += u64::from(entry.size);
         self.ready_mem += entry.mem_cost();
+        self.expiring += u64::from(entry.expires_at.is_some());
         if matches!(entry.held, Held::Disk(_)) {
             self.paged += 1;
         }
@@ -622,6 +645,7 @@ impl QueueActor {
         for slot in lost.into_iter().rev() {
             if let Some(e) = self.ready.remove(slot) {
                 self.ready_bytes -= u64::from(e.size);
+                self.expiring -= u64::from(e.expires_at.is_some());
                 self.paged -= 1;
                 tracing::error!(queue = %self.handle.name(), seq = e.seq, "message dropped from the queue: it could not be read back from the log (left in the log)");
             }
@@ -835,6 +859,7 @@ impl QueueActor {
             };
             self.ready_bytes -= u64::from(entry.size);
             self.ready_mem -= entry.mem_cost();
+            self.expiring -= u64::from(entry.expires_at.is_some());
             entry.deliveries += 1;
             let delivery = Delivery {
                 channel: c.spec.channel,
@@ -857,6 +882,7 @@ impl QueueActor {
                 entry.deliveries -= 1;
                 self.ready_bytes += u64::from(entry.size);
                 self.ready_mem += entry.mem_cost();
+                self.expiring += u64::from(entry.expires_at.is_some());
                 self.ready.push_front(entry);
                 self.consumers.remove(&cid);
                 continue;
