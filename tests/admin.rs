@@ -58,16 +58,7 @@ async fn open(conn: &Connection) -> Channel {
 /// Every command this client sent to `queue` before this call has been handled (and
 /// counted) once it returns: the passive declare queues behind them.
 async fn sync(ch: &Channel, queue: &str) {
-    within(ch.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    ))
-    .await
-    .expect("passive declare");
+    common::passive_declare(ch, queue).await;
 }
 
 async fn publish(ch: &Channel, queue: &str, body: &[u8]) {

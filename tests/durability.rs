@@ -593,16 +593,7 @@ async fn start_paging(dir: &Path, memory: u64) -> Broker {
 /// reports them.
 /// The passive declare first makes sure every earlier command to the queue is counted.
 async fn paging_counts(broker: &Broker, ch: &Channel, queue: &str) -> (u64, u64, u64) {
-    ch.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive declare");
+    common::passive_declare(ch, queue).await;
     let q = common::http::get(broker, &format!("/api/queues/%2f/{queue}")).await;
     let n = |k: &str| q[k].as_u64().unwrap_or_else(|| panic!("{k} in {q}"));
     (

@@ -46,17 +46,7 @@ async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
 }
 
 async fn count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
+    common::passive_declare(ch, queue).await.message_count()
 }
 
 #[tokio::test]

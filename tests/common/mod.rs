@@ -38,3 +38,18 @@ pub async fn within<F: Future>(f: F) -> F::Output {
         .await
         .expect("timed out waiting for an event")
 }
+
+/// A passive `queue.declare`: the queue's counts, and proof that every command this
+/// channel sent to the queue before it has been handled (the declare queues behind them).
+pub async fn passive_declare(ch: &lapin::Channel, queue: &str) -> lapin::Queue {
+    within(ch.queue_declare(
+        queue,
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    ))
+    .await
+    .expect("passive declare")
+}

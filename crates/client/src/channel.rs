@@ -131,6 +131,19 @@ impl ChannelCore {
 
     /// Sends an asynchronous method (ack, nack, reject); returns once it is queued.
     pub(crate) async fn cast(&self, method: Method) -> Result<()> {
+        let rx = self.send_cast(method).await?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Sends a method that has no reply without waiting for the connection to take it
+    /// (acks: a consumer acking every message must not wait on the connection task for
+    /// each). Fails only if the channel is already known to be closed.
+    pub(crate) async fn cast_nowait(&self, method: Method) -> Result<()> {
+        self.send_cast(method).await.map(drop)
+    }
+
+    /// Hands a `Cast` to the connection; the receiver hears once it is queued there.
+    async fn send_cast(&self, method: Method) -> Result<oneshot::Receiver<Result<()>>> {
         self.check_open()?;
         let (reply, rx) = oneshot::channel();
         self.conn
@@ -140,22 +153,7 @@ impl ChannelCore {
                 reply,
             })
             .await?;
-        rx.await.map_err(|_| self.closed_error())?
-    }
-
-    /// Sends a method that has no reply without waiting for the connection to take it
-    /// (acks: a consumer acking every message must not wait on the connection task for
-    /// each). Fails only if the channel is already known to be closed.
-    pub(crate) async fn cast_nowait(&self, method: Method) -> Result<()> {
-        self.check_open()?;
-        let (reply, _) = oneshot::channel();
-        self.conn
-            .send(Request::Cast {
-                channel: self.shared.clone(),
-                method,
-                reply,
-            })
-            .await
+        Ok(rx)
     }
 }
 

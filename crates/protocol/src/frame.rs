@@ -266,7 +266,8 @@ fn encode_header(
     finish(buf, at);
 }
 
-fn encode_body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
+/// Appends `body` as body frames no larger than `frame_max` (0 = no limit).
+pub fn encode_body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
     let max_payload = max_body_payload(frame_max);
     buf.reserve(body.len() + (body.len() / max_payload + 1) * FRAME_OVERHEAD);
     for chunk in body.chunks(max_payload) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use minimq_protocol::frame::{
-    body_frame_start, encode_content, encode_deliver, encode_deliver_head, max_body_payload,
+    body_frame_start, encode_body_frames, encode_content, encode_deliver_head, max_body_payload,
     FRAME_END,
 };
 use minimq_protocol::*;
@@ -770,23 +770,6 @@ impl Conn {
             channel.info.set_unacked(channel.outstanding.len());
         }
         let m = &d.message;
-        let properties = fitting_properties(&m.properties, frame_max);
-        if m.body.len() < ZERO_COPY_BODY {
-            encode_deliver(
-                &mut self.out,
-                d.channel,
-                &d.consumer_tag,
-                tag,
-                d.redelivered,
-                &m.exchange,
-                &m.routing_key,
-                &properties,
-                &m.body,
-                frame_max,
-            );
-            return;
-        }
-        // A large body goes to the socket as it is, between the frame headers and ends.
         encode_deliver_head(
             &mut self.out,
             d.channel,
@@ -795,9 +778,14 @@ impl Conn {
             d.redelivered,
             &m.exchange,
             &m.routing_key,
-            &properties,
+            &fitting_properties(&m.properties, frame_max),
             m.body.len() as u64,
         );
+        if m.body.len() < ZERO_COPY_BODY {
+            encode_body_frames(&mut self.out, d.channel, &m.body, frame_max);
+            return;
+        }
+        // A large body goes to the socket as it is, between the frame headers and ends.
         let max = max_body_payload(frame_max);
         let mut at = 0;
         while at < m.body.len() {
