@@ -227,6 +227,9 @@ fn blocked_frame(method_id: u16, reason: Option<&str>) -> BytesMut {
 async fn blocked_and_unblocked_are_watchable() {
     let (listener, url) = listen("").await;
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    // The unblock is sent only once the client saw the block, so the two are never
+    // folded into one change of the watch.
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let mut peer = accept(&listener, tune(0, 131072)).await;
         go_rx.await.unwrap();
@@ -235,7 +238,8 @@ async fn blocked_and_unblocked_are_watchable() {
             .write_all(&blocked_frame(60, Some("low on memory")))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen_rx.await.unwrap();
+        let socket = peer.framed.get_mut();
         socket.write_all(&blocked_frame(61, None)).await.unwrap();
         // Still a working connection afterwards.
         peer.open_channel().await;
@@ -255,6 +259,7 @@ async fn blocked_and_unblocked_are_watchable() {
             reason: "low on memory".into()
         }
     );
+    seen_tx.send(()).unwrap();
     tokio::time::timeout(LIMIT, blocked.changed())
         .await
         .unwrap()
@@ -366,7 +371,9 @@ async fn an_unexpected_reply_is_a_connection_error() {
     let _ch = conn.open_channel().await.unwrap();
     let code = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
     assert_eq!(code, 505, "UNEXPECTED_FRAME");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A close after the violation waits for the connection to end and reports why.
+    let closed = tokio::time::timeout(LIMIT, conn.close()).await.unwrap();
+    assert!(matches!(closed, Err(Error::Protocol(_))), "{closed:?}");
     assert!(matches!(conn.close_reason(), Some(Error::Protocol(_))));
 }
 
