@@ -5,44 +5,10 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod common;
+use common::TestBroker;
+
 const BENCH: &str = env!("CARGO_BIN_EXE_minimq-bench");
-
-struct TestBroker {
-    rt: tokio::runtime::Runtime,
-    broker: Option<minimq_broker::Broker>,
-    url: String,
-}
-
-impl TestBroker {
-    fn start() -> TestBroker {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let broker = rt
-            .block_on(
-                minimq_broker::Broker::builder()
-                    .listen("127.0.0.1:0".parse().unwrap())
-                    .start(),
-            )
-            .expect("broker starts");
-        let url = broker.amqp_url();
-        TestBroker {
-            rt,
-            broker: Some(broker),
-            url,
-        }
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            self.rt.block_on(broker.shutdown());
-        }
-    }
-}
 
 fn bench(url: &str, args: &[&str]) -> Output {
     Command::new(BENCH)

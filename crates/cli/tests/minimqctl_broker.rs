@@ -10,38 +10,10 @@ const TASK: &str = env!("CARGO_BIN_EXE_task");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
 const CTL: &str = env!("CARGO_BIN_EXE_minimqctl");
 
-struct TestBroker {
-    rt: tokio::runtime::Runtime,
-    broker: Option<minimq_broker::Broker>,
-    amqp: String,
-    http: String,
-}
+mod common;
+use common::TestBroker;
 
 impl TestBroker {
-    fn start() -> TestBroker {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let broker = rt
-            .block_on(
-                minimq_broker::Broker::builder()
-                    .listen("127.0.0.1:0".parse().unwrap())
-                    .http(Some("127.0.0.1:0".parse().unwrap()))
-                    .start(),
-            )
-            .expect("broker starts");
-        let amqp = broker.amqp_url();
-        let http = format!("http://{}", broker.http_addr().expect("HTTP API enabled"));
-        TestBroker {
-            rt,
-            broker: Some(broker),
-            amqp,
-            http,
-        }
-    }
-
     fn ctl(&self, args: &[&str]) -> Output {
         Command::new(CTL)
             .arg("--url")
@@ -68,14 +40,6 @@ impl TestBroker {
                 String::from_utf8_lossy(&out.stderr)
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            self.rt.block_on(broker.shutdown());
         }
     }
 }
@@ -112,14 +76,14 @@ impl Drop for Worker {
 
 #[test]
 fn minimqctl_lists_and_manages_the_embedded_broker() {
-    let b = TestBroker::start();
+    let b = TestBroker::with_http();
     for args in [
         &["--count", "3", "job"][..],
         &["--queue", "other", "--queue-type", "classic", "x"][..],
     ] {
         let out = Command::new(TASK)
             .arg("--url")
-            .arg(&b.amqp)
+            .arg(&b.url)
             .args(args)
             .output()
             .unwrap();
@@ -128,7 +92,7 @@ fn minimqctl_lists_and_manages_the_embedded_broker() {
 
     // A worker that holds one message (its command never finishes).
     let mut child = Command::new(WORKER)
-        .args(["--url", &b.amqp, "--exec", "exec sleep 600 >/dev/null"])
+        .args(["--url", &b.url, "--exec", "exec sleep 600 >/dev/null"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

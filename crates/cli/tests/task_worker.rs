@@ -9,39 +9,14 @@ use std::time::{Duration, Instant};
 
 use minimq_client::{Connection, FieldTable, QueueDeclareOptions};
 
+mod common;
+use common::TestBroker;
+
 const TASK: &str = env!("CARGO_BIN_EXE_task");
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An in-process broker on its own runtime, so the test thread can block on pipes.
-struct TestBroker {
-    rt: tokio::runtime::Runtime,
-    broker: Option<minimq_broker::Broker>,
-    url: String,
-}
-
 impl TestBroker {
-    fn start() -> TestBroker {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let broker = rt
-            .block_on(
-                minimq_broker::Broker::builder()
-                    .listen("127.0.0.1:0".parse().unwrap())
-                    .start(),
-            )
-            .expect("broker starts");
-        let url = broker.amqp_url();
-        TestBroker {
-            rt,
-            broker: Some(broker),
-            url,
-        }
-    }
-
     /// Takes every ready message off `queue` (auto-ack): (body, redelivered) pairs.
     fn drain(&self, queue: &str) -> Vec<(String, bool)> {
         self.rt.block_on(async {
@@ -75,14 +50,6 @@ impl TestBroker {
             conn.close().await.unwrap();
             q.message_count
         })
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(broker) = self.broker.take() {
-            self.rt.block_on(broker.shutdown());
-        }
     }
 }
 
