@@ -467,13 +467,6 @@ impl Conn {
             return Ok(());
         }
         self.flush_acks().await;
-        let channel = self.channel(ch);
-        let credit = channel.credit.clone();
-        let consumer_queues: Vec<QueueHandle> = channel
-            .consumers
-            .values()
-            .map(|c| c.queue.clone())
-            .collect();
         let mut released = 0;
         for (queue, ids, charged) in group_by_queue(taken) {
             released += charged;
@@ -486,7 +479,15 @@ impl Conn {
                 .await;
         }
         if released > 0 {
-            credit.release(released);
+            // Channel-wide credit came back: every queue this channel consumes from may
+            // deliver again.
+            let channel = self.channel(ch);
+            channel.credit.release(released);
+            let consumer_queues: Vec<QueueHandle> = channel
+                .consumers
+                .values()
+                .map(|c| c.queue.clone())
+                .collect();
             for q in consumer_queues {
                 q.send(QueueCommand::CreditAvailable).await;
             }
@@ -817,7 +818,13 @@ fn fitting_properties(
         p.encode(&mut scratch);
         scratch.len()
     };
-    if frame_max == 0 || p.headers.is_none() || size(p) <= limit {
+    // Only what the broker added is dropped: without it there is nothing to fit, and no
+    // need to encode the properties an extra time to measure them (every delivery).
+    let added = p
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get("x-delivery-count").is_some() || h.get("x-death").is_some());
+    if frame_max == 0 || !added || size(p) <= limit {
         return Cow::Borrowed(p);
     }
     let mut fitted = p.clone();

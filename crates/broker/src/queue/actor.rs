@@ -89,6 +89,15 @@ impl Consumer {
         self.spec.no_ack || self.spec.prefetch == 0 || self.unacked < self.spec.prefetch
     }
 
+    /// Unblocks a blocked consumer that has credit again; answers whether it did.
+    fn rejoin(&mut self) -> bool {
+        let rejoins = self.blocked && self.own_credit() && self.channel_credit();
+        if rejoins {
+            self.blocked = false;
+        }
+        rejoins
+    }
+
     fn channel_credit(&self) -> bool {
         self.spec.no_ack
             || self
@@ -385,7 +394,7 @@ impl QueueActor {
                 self.dispatch(now);
             }
             QueueCommand::CreditAvailable => {
-                self.unblock_where(|_| true);
+                self.unblock_all();
                 self.dispatch(now);
             }
             QueueCommand::Get { no_ack, reply } => {
@@ -485,30 +494,35 @@ impl QueueActor {
     }
 
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
-        let handle = self.handle.clone();
-        let args = &handle.info().args;
+        // Copied out: the arguments are read between calls that need `&mut self`.
+        let (max_length, max_length_bytes, overflow, message_ttl, max_priority) = {
+            let a = &self.handle.info().args;
+            (
+                a.max_length,
+                a.max_length_bytes,
+                a.overflow,
+                a.message_ttl,
+                a.max_priority,
+            )
+        };
         let size = message.body.len() as u64;
-        let full = args
-            .max_length
-            .is_some_and(|m| self.ready.len() as u64 >= m)
-            || args
-                .max_length_bytes
-                .is_some_and(|m| self.ready_bytes + size > m);
+        let full = max_length.is_some_and(|m| self.ready.len() as u64 >= m)
+            || max_length_bytes.is_some_and(|m| self.ready_bytes + size > m);
         if full
             && matches!(
-                args.overflow,
+                overflow,
                 Overflow::RejectPublish | Overflow::RejectPublishDlx
             )
         {
             if let Some(c) = confirm {
                 c.send(false);
             }
-            if args.overflow == Overflow::RejectPublishDlx {
+            if overflow == Overflow::RejectPublishDlx {
                 self.dead_letter(&message, Reason::MaxLen);
             }
             return;
         }
-        let ttl = match (args.message_ttl, message.ttl_ms()) {
+        let ttl = match (message_ttl, message.ttl_ms()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -524,9 +538,8 @@ impl QueueActor {
                 store.enqueue(id, seq, &message, confirm.take());
             }
         }
-        let priority = args
-            .max_priority
-            .map_or(0, |max| message.properties.priority.unwrap_or(0).min(max));
+        let priority =
+            max_priority.map_or(0, |max| message.properties.priority.unwrap_or(0).min(max));
         let entry = Entry {
             seq,
             held: Held::Mem(message),
@@ -540,9 +553,8 @@ impl QueueActor {
         // Priority 0 sorts after every other priority and this seq after every other.
         self.insert_ready(entry, priority == 0);
         count(&self.handle, |s| &s.published, 1);
-        let (max_len, max_bytes) = (args.max_length, args.max_length_bytes);
-        while max_len.is_some_and(|m| self.ready.len() as u64 > m)
-            || max_bytes.is_some_and(|m| self.ready_bytes > m)
+        while max_length.is_some_and(|m| self.ready.len() as u64 > m)
+            || max_length_bytes.is_some_and(|m| self.ready_bytes > m)
         {
             match self.pop_ready() {
                 Some(dropped) => {
@@ -777,21 +789,24 @@ impl QueueActor {
         // Consumers freed by these acks rejoin in the order their acks came (one command
         // may carry the acks of several channels), as if each ack had come alone.
         for cid in freed {
-            if let Some(c) = self.consumers.get_mut(&cid) {
-                if c.blocked && c.own_credit() && c.channel_credit() {
-                    c.blocked = false;
-                    self.active.push_back(cid, c.spec.priority);
-                }
-            }
+            self.unblock(cid);
         }
-        self.unblock_where(|_| true);
+        self.unblock_all();
     }
 
-    /// Moves blocked consumers that have credit again to the tail of `active`.
-    fn unblock_where(&mut self, filter: impl Fn(&Consumer) -> bool) {
+    /// Moves consumer `cid` to the tail of `active` if it was blocked and has credit again.
+    fn unblock(&mut self, cid: u64) {
+        if let Some(c) = self.consumers.get_mut(&cid) {
+            if c.rejoin() {
+                self.active.push_back(cid, c.spec.priority);
+            }
+        }
+    }
+
+    /// Moves every blocked consumer that has credit again to the tail of `active`.
+    fn unblock_all(&mut self) {
         for (id, c) in self.consumers.iter_mut() {
-            if c.blocked && c.own_credit() && c.channel_credit() && filter(c) {
-                c.blocked = false;
+            if c.rejoin() {
                 self.active.push_back(*id, c.spec.priority);
             }
         }

@@ -459,17 +459,11 @@ impl Store {
         if seqs.is_empty() {
             return;
         }
-        let mut buf = BytesMut::new();
-        Record::Settle {
+        let record = Record::Settle {
             queue_id,
             seqs: seqs.clone(),
-        }
-        .encode(&mut buf);
-        self.send(
-            Chunks::One(buf.freeze()),
-            Track::Settle { queue_id, seqs },
-            None,
-        );
+        };
+        self.append(record, Track::Settle { queue_id, seqs });
     }
 
     /// Logs the delivery counts of messages returned to queue `queue_id`.
@@ -477,9 +471,7 @@ impl Store {
         if counts.is_empty() {
             return;
         }
-        let mut buf = BytesMut::new();
-        Record::Deliveries { queue_id, counts }.encode(&mut buf);
-        self.send(Chunks::One(buf.freeze()), Track::Nothing, None);
+        self.append(Record::Deliveries { queue_id, counts }, Track::Nothing);
     }
 
     /// Logs, at a graceful stop, which messages of a queue had been delivered before.
@@ -487,9 +479,14 @@ impl Store {
         if seqs.is_empty() {
             return;
         }
+        self.append(Record::Redelivered { queue_id, seqs }, Track::Nothing);
+    }
+
+    /// Appends one record nobody waits for.
+    fn append(&self, record: Record, track: Track) {
         let mut buf = BytesMut::new();
-        Record::Redelivered { queue_id, seqs }.encode(&mut buf);
-        self.send(Chunks::One(buf.freeze()), Track::Nothing, None);
+        record.encode(&mut buf);
+        self.send(Chunks::One(buf.freeze()), track, None);
     }
 
     fn send(&self, bytes: Chunks, track: Track, notify: Option<ConfirmTicket>) {
@@ -543,24 +540,14 @@ impl Store {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        // Dropping the file releases the lock: another server may now open the directory.
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Graceful close: logs the clean-shutdown record, syncs, stops the writer.
     pub async fn close(&self) {
-        let mut buf = BytesMut::new();
-        Record::CleanShutdown.encode(&mut buf);
-        self.send(Chunks::One(buf.freeze()), Track::Nothing, None);
-        let (reply, rx) = std::sync::mpsc::channel();
-        if self.tx.send(Op::Stop(reply)).is_ok() {
-            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
-        }
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-        // Dropping the file releases the lock: another server may now open the directory.
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.append(Record::CleanShutdown, Track::Nothing);
+        self.halt().await;
     }
 }
 
