@@ -37,7 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 
 import pika
@@ -48,7 +47,16 @@ APP_DIR = os.path.join(HERE, "celery_app")
 sys.path.insert(0, HERE)
 sys.path.insert(0, APP_DIR)
 
-from tutorial_test import Failure, Proc, check, connect, log, wait_until  # noqa: E402
+from tutorial_test import (  # noqa: E402
+    Failure,
+    Proc,
+    check,
+    connect,
+    log,
+    run_case,
+    summary,
+    wait_until,
+)
 
 HOST = os.environ.get("AMQP_HOST", "127.0.0.1")
 PORT = int(os.environ.get("AMQP_PORT", "5672"))
@@ -290,26 +298,20 @@ def main():
         except Failure as e:
             log(f"--- FAIL start worker: {e}")
             results.append(("start worker", e))
-            return 1
+            return summary(results)
         w.node = READY_RE.search(w.grep(READY_RE)[0]).group(1)
         log(f"--- worker {w.node} ready ({time.monotonic() - t0:.1f}s)")
 
         for name, fn in TESTS:
             if only and name not in only and name != "shutdown":
                 continue
-            log(f"\n=== {name} ===")
-            t0 = time.monotonic()
-            try:
+
+            def case(name=name, fn=fn):
                 if w.eof and name != "shutdown":
                     raise Failure(f"the worker exited (rc={w.popen.poll()})")
                 fn(w)
-                results.append((name, None))
-                log(f"--- PASS {name} ({time.monotonic() - t0:.1f}s)")
-            except Exception as e:
-                if not isinstance(e, Failure):
-                    traceback.print_exc(file=sys.stdout)
-                results.append((name, e))
-                log(f"--- FAIL {name}: {e}")
+
+            run_case(name, case, results)
     finally:
         if w is not None:
             w.reap()
@@ -317,12 +319,7 @@ def main():
             delete_queue()
         except Exception:
             pass
-        log("\n=== summary ===")
-        for name, err in results:
-            log(f"  {'PASS' if err is None else 'FAIL'}  {name}" + ("" if err is None else f": {err}"))
-        failed = sum(1 for _, e in results if e is not None)
-        log(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed or not results else 0
+    return summary(results)
 
 
 if __name__ == "__main__":

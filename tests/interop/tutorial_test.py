@@ -87,6 +87,47 @@ def check(cond, msg):
         raise Failure(msg)
 
 
+def run_case(name, body, results):
+    """Runs one named case: logs it, times it, records (name, None) or (name, error)."""
+    log(f"\n=== {name} ===")
+    t0 = time.monotonic()
+    try:
+        body()
+        results.append((name, None))
+        log(f"--- PASS {name} ({time.monotonic() - t0:.1f}s)")
+    except Exception as e:
+        if not isinstance(e, Failure):
+            traceback.print_exc(file=sys.stdout)
+        results.append((name, e))
+        log(f"--- FAIL {name}: {e}")
+
+
+def summary(results):
+    """Logs the summary; the process exit code (1 if anything failed or nothing ran)."""
+    log("\n=== summary ===")
+    for name, err in results:
+        log(f"  {'PASS' if err is None else 'FAIL'}  {name}" + ("" if err is None else f": {err}"))
+    failed = sum(1 for _, e in results if e is not None)
+    if not results:
+        log("no tests selected")
+        return 1
+    log(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def probe_server():
+    """Connects once and logs who answers; False (logged) when nobody does."""
+    try:
+        probe = connect()
+        props = probe._impl.server_properties  # informational only
+        log(f"server: {props.get('product', b'?')!r} {props.get('version', b'?')!r}")
+        probe.close()
+        return True
+    except Exception as e:
+        log(f"FAIL: cannot connect to {HOST}:{PORT}: {e!r}")
+        return False
+
+
 # --------------------------------------------------------------------------
 # subprocess handling
 
@@ -416,54 +457,33 @@ TESTS = [
 
 def main():
     log(f"tutorial-two interop driver: broker {HOST}:{PORT}, pika {pika.__version__}, python {sys.version.split()[0]}")
-    try:
-        probe = connect()
-        props = probe._impl.server_properties  # informational only
-        log(f"server: {props.get('product', b'?')!r} {props.get('version', b'?')!r}")
-        probe.close()
-    except Exception as e:
-        log(f"FAIL: cannot connect to {HOST}:{PORT}: {e!r}")
+    if not probe_server():
         return 1
-
     only = set(sys.argv[1:])
     results = []
     for name, fn in TESTS:
         if only and name not in only:
             continue
-        log(f"\n=== {name} ===")
-        procs = []
-        admin = None
-        t0 = time.monotonic()
-        try:
-            admin = Admin()
-            admin.delete_queue()  # independent of earlier runs / tests
-            fn(admin, procs)
-            results.append((name, None))
-            log(f"--- PASS {name} ({time.monotonic() - t0:.1f}s)")
-        except Exception as e:
-            if not isinstance(e, Failure):
-                traceback.print_exc(file=sys.stdout)
-            results.append((name, e))
-            log(f"--- FAIL {name}: {e}")
-        finally:
-            for p in procs:
-                p.reap()
-            if admin is not None:
-                try:
-                    admin.delete_queue()
-                except Exception:
-                    pass
-                admin.close()
 
-    log("\n=== summary ===")
-    for name, err in results:
-        log(f"  {'PASS' if err is None else 'FAIL'}  {name}" + ("" if err is None else f": {err}"))
-    failed = sum(1 for _, e in results if e is not None)
-    if not results:
-        log("no tests selected")
-        return 1
-    log(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+        def case(fn=fn):
+            procs = []
+            admin = None
+            try:
+                admin = Admin()
+                admin.delete_queue()  # independent of earlier runs / tests
+                fn(admin, procs)
+            finally:
+                for p in procs:
+                    p.reap()
+                if admin is not None:
+                    try:
+                        admin.delete_queue()
+                    except Exception:
+                        pass
+                    admin.close()
+
+        run_case(name, case, results)
+    return summary(results)
 
 
 if __name__ == "__main__":

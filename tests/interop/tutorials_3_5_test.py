@@ -38,14 +38,23 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import uuid
 
 import pika
 import pika.exceptions
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tutorial_test import Failure, Proc, check, connect, log, wait_until  # noqa: E402
+from tutorial_test import (  # noqa: E402
+    Failure,
+    Proc,
+    check,
+    connect,
+    log,
+    probe_server,
+    run_case,
+    summary,
+    wait_until,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST = os.environ.get("AMQP_HOST", "127.0.0.1")
@@ -378,49 +387,28 @@ TESTS = [
 
 def main():
     log(f"tutorials 3-5 interop driver: broker {HOST}:{PORT}, pika {pika.__version__}, python {sys.version.split()[0]}")
-    try:
-        probe = connect()
-        props = probe._impl.server_properties  # informational only
-        log(f"server: {props.get('product', b'?')!r} {props.get('version', b'?')!r}")
-        probe.close()
-    except Exception as e:
-        log(f"FAIL: cannot connect to {HOST}:{PORT}: {e!r}")
+    if not probe_server():
         return 1
-
     only = set(sys.argv[1:])
     results = []
     for name, fn in TESTS:
         if only and name not in only:
             continue
-        log(f"\n=== {name} ===")
-        procs = []
-        driver = None
-        t0 = time.monotonic()
-        try:
-            driver = Driver()
-            fn(driver, procs)
-            results.append((name, None))
-            log(f"--- PASS {name} ({time.monotonic() - t0:.1f}s)")
-        except Exception as e:
-            if not isinstance(e, Failure):
-                traceback.print_exc(file=sys.stdout)
-            results.append((name, e))
-            log(f"--- FAIL {name}: {e}")
-        finally:
-            for p in procs:
-                p.reap()
-            if driver is not None:
-                driver.close()
 
-    log("\n=== summary ===")
-    for name, err in results:
-        log(f"  {'PASS' if err is None else 'FAIL'}  {name}" + ("" if err is None else f": {err}"))
-    failed = sum(1 for _, e in results if e is not None)
-    if not results:
-        log("no tests selected")
-        return 1
-    log(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+        def case(fn=fn):
+            procs = []
+            driver = None
+            try:
+                driver = Driver()
+                fn(driver, procs)
+            finally:
+                for p in procs:
+                    p.reap()
+                if driver is not None:
+                    driver.close()
+
+        run_case(name, case, results)
+    return summary(results)
 
 
 if __name__ == "__main__":
