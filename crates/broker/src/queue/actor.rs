@@ -73,6 +73,37 @@ impl Entry {
     }
 }
 
+/// Running totals over the ready list, updated as each entry comes and goes (one place,
+/// so no path can forget one of them).
+#[derive(Debug, Default)]
+struct ReadyTotals {
+    /// Body octets.
+    bytes: u64,
+    /// Memory cost of the messages held in memory ([`Entry::mem_cost`]).
+    mem: u64,
+    /// Messages held only on disk.
+    paged: u64,
+    /// Messages with an expiry: while there are none (and the queue has no TTL or
+    /// `x-expires`), a command needs no clock reading.
+    expiring: u64,
+}
+
+impl ReadyTotals {
+    fn add(&mut self, e: &Entry) {
+        self.bytes += u64::from(e.size);
+        self.mem += e.mem_cost();
+        self.paged += u64::from(matches!(e.held, Held::Disk(_)));
+        self.expiring += u64::from(e.expires_at.is_some());
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        self.bytes -= u64::from(e.size);
+        self.mem -= e.mem_cost();
+        self.paged -= u64::from(matches!(e.held, Held::Disk(_)));
+        self.expiring -= u64::from(e.expires_at.is_some());
+    }
+}
+
 struct Unacked {
     entry: Entry,
     consumer: Option<u64>,
@@ -118,16 +149,10 @@ pub struct QueueActor {
     /// settle record when the command is done.
     settled: Vec<u64>,
     ready: VecDeque<Entry>,
-    ready_bytes: u64,
-    /// Memory cost of the ready messages held in memory ([`Entry::mem_cost`]).
-    ready_mem: u64,
-    /// Ready messages held only on disk.
-    paged: u64,
-    /// Past this `ready_mem`, persistent messages are paged out.
+    /// Running totals over `ready`.
+    totals: ReadyTotals,
+    /// Past this `totals.mem`, persistent messages are paged out.
     memory_budget: u64,
-    /// Ready messages with an expiry: while there are none (and the queue has no TTL
-    /// or `x-expires`), a command needs no clock reading.
-    expiring: u64,
     /// The last clock reading, for commands that need none.
     last_now: Instant,
     unacked: HashMap<u64, Unacked>,
@@ -154,21 +179,17 @@ pub fn spawn(
     let ttl = handle.info().args.message_ttl;
     let max_priority = handle.info().args.max_priority;
     let mut ready = VecDeque::with_capacity(recovered.len());
-    let mut ready_bytes = 0;
+    let mut totals = ReadyTotals::default();
     let mut next_seq = 1;
-    let paged = recovered.len() as u64;
-    let mut expiring = 0;
     // Recovered messages start on disk; they are read back as consumers reach them.
     for m in recovered {
         next_seq = next_seq.max(m.seq + 1);
-        ready_bytes += u64::from(m.body_len);
         let priority = max_priority.map_or(0, |max| m.priority.min(max));
         let ttl = match (ttl, m.ttl_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        expiring += u64::from(ttl.is_some());
-        ready.push_back(Entry {
+        let entry = Entry {
             seq: m.seq,
             expires_at: ttl.map(|ms| now + std::time::Duration::from_millis(ms)),
             held: Held::Disk(m.msg_id),
@@ -177,7 +198,9 @@ pub fn spawn(
             redelivered: m.redelivered,
             persisted: true,
             priority,
-        });
+        };
+        totals.add(&entry);
+        ready.push_back(entry);
     }
     if max_priority.is_some() {
         ready.make_contiguous().sort_by_key(Entry::key);
@@ -189,11 +212,8 @@ pub fn spawn(
         store,
         settled: Vec::new(),
         ready,
-        ready_bytes,
-        ready_mem: 0,
-        paged,
+        totals,
         memory_budget,
-        expiring,
         last_now: now,
         unacked: HashMap::new(),
         consumers: BTreeMap::new(),
@@ -327,8 +347,8 @@ impl QueueActor {
         stats.ready.store(self.ready.len() as u64, Relaxed);
         stats.unacked.store(self.unacked.len() as u64, Relaxed);
         stats.consumers.store(self.consumers.len() as u64, Relaxed);
-        stats.ready_bytes.store(self.ready_bytes, Relaxed);
-        stats.paged_out.store(self.paged, Relaxed);
+        stats.ready_bytes.store(self.totals.bytes, Relaxed);
+        stats.paged_out.store(self.totals.paged, Relaxed);
     }
 
     /// Handles one command; `false` when the queue is deleted.
@@ -431,10 +451,7 @@ impl QueueActor {
                 for e in std::mem::take(&mut self.ready) {
                     self.forget(&e);
                 }
-                self.ready_bytes = 0;
-                self.ready_mem = 0;
-                self.paged = 0;
-                self.expiring = 0;
+                self.totals = ReadyTotals::default();
                 let _ = reply.send(n);
             }
             QueueCommand::Delete {
@@ -507,7 +524,7 @@ impl QueueActor {
         };
         let size = message.body.len() as u64;
         let full = max_length.is_some_and(|m| self.ready.len() as u64 >= m)
-            || max_length_bytes.is_some_and(|m| self.ready_bytes + size > m);
+            || max_length_bytes.is_some_and(|m| self.totals.bytes + size > m);
         if full
             && matches!(
                 overflow,
@@ -554,7 +571,7 @@ impl QueueActor {
         self.insert_ready(entry, priority == 0);
         count(&self.handle, |s| &s.published, 1);
         while max_length.is_some_and(|m| self.ready.len() as u64 > m)
-            || max_length_bytes.is_some_and(|m| self.ready_bytes > m)
+            || max_length_bytes.is_some_and(|m| self.totals.bytes > m)
         {
             match self.pop_ready() {
                 Some(dropped) => {
@@ -573,7 +590,7 @@ impl QueueActor {
     /// expiring message, `x-expires`): reading it per message is measurable.
     fn now(&mut self) -> Instant {
         let args = &self.handle.info().args;
-        if self.expiring > 0 || args.message_ttl.is_some() || args.expires.is_some() {
+        if self.totals.expiring > 0 || args.message_ttl.is_some() || args.expires.is_some() {
             self.last_now = Instant::now();
         }
         self.last_now
@@ -582,12 +599,7 @@ impl QueueActor {
     /// Takes the head of the ready list.
     fn pop_ready(&mut self) -> Option<Entry> {
         let e = self.ready.pop_front()?;
-        self.expiring -= u64::from(e.expires_at.is_some());
-        self.ready_bytes -= u64::from(e.size);
-        self.ready_mem -= e.mem_cost();
-        if matches!(e.held, Held::Disk(_)) {
-            self.paged -= 1;
-        }
+        self.totals.remove(&e);
         Some(e)
     }
 
@@ -595,7 +607,7 @@ impl QueueActor {
     /// at the tail when the caller knows that is its place. A persistent message is
     /// kept on disk only when the queue is over its memory budget.
     fn insert_ready(&mut self, mut entry: Entry, at_tail: bool) {
-        if entry.persisted && self.ready_mem + entry.mem_cost() > self.memory_budget {
+        if entry.persisted && self.totals.mem + entry.mem_cost() > self.memory_budget {
             if let (Held::Mem(m), Some(store)) = (&entry.held, &self.store) {
                 let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
                 if let (Some(id), false) = (id, store.is_poisoned()) {
@@ -603,12 +615,7 @@ impl QueueActor {
                 }
             }
         }
-        self.ready_bytes += u64::from(entry.size);
-        self.ready_mem += entry.mem_cost();
-        self.expiring += u64::from(entry.expires_at.is_some());
-        if matches!(entry.held, Held::Disk(_)) {
-            self.paged += 1;
-        }
+        self.totals.add(&entry);
         if at_tail {
             self.ready.push_back(entry);
         } else {
@@ -647,18 +654,16 @@ impl QueueActor {
             match m {
                 Some(m) => {
                     let e = &mut self.ready[slot];
+                    self.totals.remove(e);
                     e.held = Held::Mem(Arc::new(m));
-                    self.paged -= 1;
-                    self.ready_mem += e.mem_cost();
+                    self.totals.add(e);
                 }
                 None => lost.push(slot),
             }
         }
         for slot in lost.into_iter().rev() {
             if let Some(e) = self.ready.remove(slot) {
-                self.ready_bytes -= u64::from(e.size);
-                self.expiring -= u64::from(e.expires_at.is_some());
-                self.paged -= 1;
+                self.totals.remove(&e);
                 tracing::error!(queue = %self.handle.name(), seq = e.seq, "message dropped from the queue: it could not be read back from the log (left in the log)");
             }
         }
@@ -872,9 +877,7 @@ impl QueueActor {
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
-            self.ready_bytes -= u64::from(entry.size);
-            self.ready_mem -= entry.mem_cost();
-            self.expiring -= u64::from(entry.expires_at.is_some());
+            self.totals.remove(&entry);
             entry.deliveries += 1;
             let delivery = Delivery {
                 channel: c.spec.channel,
@@ -895,9 +898,7 @@ impl QueueActor {
                     }
                 }
                 entry.deliveries -= 1;
-                self.ready_bytes += u64::from(entry.size);
-                self.ready_mem += entry.mem_cost();
-                self.expiring += u64::from(entry.expires_at.is_some());
+                self.totals.add(&entry);
                 self.ready.push_front(entry);
                 self.consumers.remove(&cid);
                 continue;
