@@ -16,7 +16,7 @@ use super::confirms::Confirm;
 use super::{group_by_queue, BodyParts, ChannelConsumer, Outstanding, PendingPublish};
 use crate::connection::Conn;
 use crate::error::{AmqpError, AmqpResult};
-use crate::message::Message;
+use crate::message::{share_last, Message};
 use crate::queue::{ConfirmTicket, ConsumerSpec, Delivery, QueueCommand, QueueHandle};
 use crate::vhost::{generate_name, QueueSpec};
 
@@ -630,17 +630,7 @@ impl Conn {
             )
             .on(60, 40));
         }
-        let properties = {
-            let last = &mut self.channel(ch).last_properties;
-            match last {
-                Some(p) if **p == properties => p.clone(),
-                _ => {
-                    let p = Arc::new(properties);
-                    *last = Some(p.clone());
-                    p
-                }
-            }
-        };
+        let properties = share_last(&mut self.channel(ch).last_properties, properties);
         let (exchange, routing_key) = {
             let last = &mut self.channel(ch).last_route;
             match last {

@@ -17,7 +17,7 @@ use minimq_protocol::BasicProperties;
 
 use super::format::{segment_name, Record};
 use super::writer::{lock, Index};
-use crate::message::Message;
+use crate::message::{share_last, Message};
 
 /// Records closer than this are read together.
 const MAX_GAP: u64 = 16 * 1024;
@@ -90,17 +90,6 @@ impl Interner {
         self.strings.insert(s, a.clone());
         a
     }
-
-    fn properties(&mut self, p: BasicProperties) -> Arc<BasicProperties> {
-        match &self.properties {
-            Some(last) if **last == p => last.clone(),
-            _ => {
-                let a = Arc::new(p);
-                self.properties = Some(a.clone());
-                a
-            }
-        }
-    }
 }
 
 /// Reads the message records of `wants` (sorted by place in the log), combining reads of
@@ -150,7 +139,7 @@ fn read_found(mut wants: Vec<Want>, out: &mut [Option<Message>]) {
                         let m = Message::new(
                             interner.string(exchange),
                             interner.string(routing_key),
-                            interner.properties(properties),
+                            share_last(&mut interner.properties, properties),
                             body,
                         );
                         *m.store_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg_id);
