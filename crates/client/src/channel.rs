@@ -131,7 +131,8 @@ impl ChannelCore {
 
     /// Sends an asynchronous method (ack, nack, reject); returns once it is queued.
     pub(crate) async fn cast(&self, method: Method) -> Result<()> {
-        let rx = self.send_cast(method).await?;
+        let (reply, rx) = oneshot::channel();
+        self.send_cast(method, Some(reply)).await?;
         rx.await.map_err(|_| self.closed_error())?
     }
 
@@ -139,21 +140,23 @@ impl ChannelCore {
     /// (acks: a consumer acking every message must not wait on the connection task for
     /// each). Fails only if the channel is already known to be closed.
     pub(crate) async fn cast_nowait(&self, method: Method) -> Result<()> {
-        self.send_cast(method).await.map(drop)
+        self.send_cast(method, None).await
     }
 
-    /// Hands a `Cast` to the connection; the receiver hears once it is queued there.
-    async fn send_cast(&self, method: Method) -> Result<oneshot::Receiver<Result<()>>> {
+    /// Hands a `Cast` to the connection; `reply` hears once it is queued there.
+    async fn send_cast(
+        &self,
+        method: Method,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    ) -> Result<()> {
         self.check_open()?;
-        let (reply, rx) = oneshot::channel();
         self.conn
             .send(Request::Cast {
                 channel: self.shared.clone(),
                 method,
                 reply,
             })
-            .await?;
-        Ok(rx)
+            .await
     }
 }
 

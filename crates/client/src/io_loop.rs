@@ -15,13 +15,14 @@
 //! When the connection ends, for whatever reason, every pending call, consumer and
 //! confirm fails with that reason: nothing waits forever.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{encode_content, encode_method};
+use minimq_protocol::idhash::IdMap;
 use minimq_protocol::{
     BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk, ChannelOpen,
     CodecError, ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, FrameCodec, Method,
@@ -63,11 +64,11 @@ pub(crate) enum Request {
         consumer: Option<ConsumerSink>,
         reply: oneshot::Sender<Result<Reply>>,
     },
-    /// Send an asynchronous method; answer once it is queued.
+    /// Send an asynchronous method; answer once it is queued (if anyone asks).
     Cast {
         channel: Arc<ChannelShared>,
         method: Method,
-        reply: oneshot::Sender<Result<()>>,
+        reply: Option<oneshot::Sender<Result<()>>>,
     },
     /// Publish a message; answer with its confirmation.
     Publish {
@@ -133,7 +134,9 @@ enum SlotState {
 struct PartialContent {
     method: Method,
     header: Option<(BasicProperties, u64)>,
-    chunks: Vec<Bytes>,
+    /// The body frames so far: most bodies are one frame, which needs no `Vec`.
+    first: Bytes,
+    more: Vec<Bytes>,
     received: u64,
 }
 
@@ -144,11 +147,12 @@ impl PartialContent {
 
     fn finish(mut self) -> (Method, Content) {
         let (properties, _) = self.header.take().unwrap_or_default();
-        let body = if self.chunks.len() == 1 {
-            self.chunks.pop().unwrap_or_default()
+        let body = if self.more.is_empty() {
+            self.first
         } else {
             let mut all = BytesMut::with_capacity(self.received as usize);
-            for chunk in &self.chunks {
+            all.extend_from_slice(&self.first);
+            for chunk in &self.more {
                 all.extend_from_slice(chunk);
             }
             all.freeze()
@@ -217,7 +221,7 @@ struct ChannelSlot {
     shared: Arc<ChannelShared>,
     state: SlotState,
     pending: VecDeque<Pending>,
-    consumers: HashMap<String, ConsumerSink>,
+    consumers: IdMap<String, ConsumerSink>,
     content: Option<PartialContent>,
     confirms: Option<Confirms>,
 }
@@ -280,7 +284,7 @@ pub(crate) struct IoLoop {
     /// To hand out channel handles (ackers) without keeping the queue open forever.
     weak: mpsc::WeakSender<Request>,
     shared: Arc<ConnectionShared>,
-    channels: HashMap<u16, ChannelSlot>,
+    channels: IdMap<u16, ChannelSlot>,
     next_channel: u16,
     state: State,
     /// Whether this client started the close (then consumers end without an error).
@@ -312,7 +316,7 @@ impl IoLoop {
             requests_done: false,
             weak,
             shared,
-            channels: HashMap::new(),
+            channels: IdMap::default(),
             next_channel: 1,
             state: State::Open,
             closed_by_client: false,
@@ -572,7 +576,9 @@ impl IoLoop {
                 if result.is_ok() {
                     encode_method(&mut self.outbox, channel.id, &method);
                 }
-                let _ = reply.send(result);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
             }
             Request::Publish {
                 channel,
@@ -645,7 +651,7 @@ impl IoLoop {
             shared,
             state: SlotState::Opening,
             pending: VecDeque::new(),
-            consumers: HashMap::new(),
+            consumers: IdMap::default(),
             content: None,
             confirms: None,
         };
@@ -748,7 +754,8 @@ impl IoLoop {
                     slot.content = Some(PartialContent {
                         method,
                         header: None,
-                        chunks: Vec::new(),
+                        first: Bytes::new(),
+                        more: Vec::new(),
                         received: 0,
                     });
                     return;
@@ -775,8 +782,14 @@ impl IoLoop {
             Frame::Body(_, chunk) => {
                 match &mut slot.content {
                     Some(partial) if partial.header.is_some() => {
-                        partial.received += chunk.len() as u64;
-                        partial.chunks.push(chunk);
+                        let len = chunk.len() as u64;
+                        // An empty first chunk may be replaced: it adds nothing.
+                        if partial.received == 0 {
+                            partial.first = chunk;
+                        } else {
+                            partial.more.push(chunk);
+                        }
+                        partial.received += len;
                     }
                     _ => {
                         let text = "body frame without a content header".into();
@@ -967,7 +980,7 @@ impl IoLoop {
 
 /// The slot of `channel` if it is open and still the same channel.
 fn open_slot<'a>(
-    channels: &'a mut HashMap<u16, ChannelSlot>,
+    channels: &'a mut IdMap<u16, ChannelSlot>,
     channel: &Arc<ChannelShared>,
 ) -> Result<&'a mut ChannelSlot> {
     match channels.get_mut(&channel.id) {
@@ -1011,7 +1024,7 @@ fn fail_request(request: Request, reason: &Error) {
     match request {
         Request::OpenChannel { reply } => drop(reply.send(Err(e))),
         Request::Call { reply, .. } => drop(reply.send(Err(e))),
-        Request::Cast { reply, .. } => drop(reply.send(Err(e))),
+        Request::Cast { reply, .. } => drop(reply.map(|r| r.send(Err(e)))),
         Request::Publish { confirm, .. } => drop(confirm.send(Err(e))),
         Request::WaitForConfirms { reply, .. } => drop(reply.send(Err(e))),
         Request::Close { reply } => drop(reply.send(Err(e))),

@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod idhash;
 pub mod method;
 pub mod properties;
 pub mod reply;

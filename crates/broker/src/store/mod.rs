@@ -17,7 +17,7 @@
 //! vhost rewrites `queues.meta` when a durable queue is declared or deleted.
 
 pub mod format;
-pub mod idhash;
+pub use minimq_protocol::idhash;
 pub mod reader;
 pub mod recovery;
 pub mod writer;

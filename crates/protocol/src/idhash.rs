@@ -1,9 +1,9 @@
-//! A fast hasher for the store's integer keys (message ids, queue ids, sequence
-//! numbers), and for the per-connection maps of channels and consumer tags. Store keys
-//! are not chosen by clients, and a client choosing colliding channel numbers or tags
-//! only slows its own connection, so SipHash's protection against crafted collisions
-//! buys nothing there; it dominated the replay of a large log and showed in every
-//! frame's channel look-up.
+//! A fast hasher for keys that are not chosen by an adversary: the broker's store ids
+//! (message ids, queue ids, sequence numbers), and the per-connection maps of channel
+//! numbers and consumer tags on both sides of a connection. A peer choosing colliding
+//! channel numbers or tags only slows its own connection, so SipHash's protection
+//! against crafted collisions buys nothing there; it dominated the broker's replay of a
+//! large log and showed in every frame's channel look-up in the broker and the client.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -40,10 +40,10 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A `HashMap` keyed by store ids.
+/// A `HashMap` with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
-/// A `HashSet` of store ids.
+/// A `HashSet` with [`IdHasher`].
 pub type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 #[cfg(test)]
