@@ -108,10 +108,16 @@ pub(crate) struct ConnHandle {
 impl ConnHandle {
     /// Queues a request for the connection task.
     pub(crate) async fn send(&self, request: Request) -> Result<()> {
-        self.tx
-            .send(request)
-            .await
-            .map_err(|_| self.shared.closed_error())
+        // Room is the common case: no send future (and no copy of the request into it).
+        match self.tx.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(request)) => self
+                .tx
+                .send(request)
+                .await
+                .map_err(|_| self.shared.closed_error()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.shared.closed_error()),
+        }
     }
 }
 

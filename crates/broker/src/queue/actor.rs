@@ -9,7 +9,7 @@
 //! Ordering: every message gets a sequence number at enqueue. The ready list is kept in
 //! sequence order, so a requeued message goes back to its original place, not the tail.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use minimq_protocol::ReplyCode;
@@ -24,6 +24,7 @@ use super::{
 };
 use crate::error::AmqpError;
 use crate::message::Message;
+use crate::store::idhash::IdMap;
 use crate::store::{RecoveredMessage, Store, PAGE_OVERHEAD};
 use crate::vhost::VHost;
 
@@ -155,7 +156,7 @@ pub struct QueueActor {
     memory_budget: u64,
     /// The last clock reading, for commands that need none.
     last_now: Instant,
-    unacked: HashMap<u64, Unacked>,
+    unacked: IdMap<u64, Unacked>,
     consumers: BTreeMap<u64, Consumer>,
     active: Active,
     /// Last time the queue was used (consumed, got from, declared), for `x-expires`.
@@ -215,7 +216,7 @@ pub fn spawn(
         totals,
         memory_budget,
         last_now: now,
-        unacked: HashMap::new(),
+        unacked: IdMap::default(),
         consumers: BTreeMap::new(),
         active: Active::default(),
         last_used: now,

@@ -385,7 +385,12 @@ impl QueueHandle {
 
     /// Sends a command; `false` when the queue is gone.
     pub async fn send(&self, cmd: QueueCommand) -> bool {
-        self.0.tx.send(cmd).await.is_ok()
+        // Room is the common case: no send future (and no copy of the command into it).
+        match self.0.tx.try_send(cmd) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(cmd)) => self.0.tx.send(cmd).await.is_ok(),
+        }
     }
 
     /// Sends a command without waiting for room; for cleanup paths that must not block.

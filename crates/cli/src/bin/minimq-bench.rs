@@ -11,6 +11,7 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use minimq_client::{
     BasicConsumeOptions, BasicProperties, Confirmation, FieldTable, QueueDeclareOptions,
 };
 use serde_json::json;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The same allocator as `minimq-server`: the client allocates per message (strings of
@@ -93,7 +95,30 @@ struct Args {
     json: bool,
 }
 
-#[tokio::main]
+/// Runs a producer or consumer on a thread of its own, with its own single-threaded
+/// runtime, as PerfTest gives each one a thread: its connection's task and the loop
+/// using it take turns on that thread instead of waking each other across threads.
+fn own_thread<T, F, Fut>(make: F) -> oneshot::Receiver<Result<T, String>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, String>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let result = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(make()),
+            Err(e) => Err(format!("cannot start a runtime: {e}")),
+        };
+        let _ = tx.send(result);
+    });
+    rx
+}
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
     if let Err(e) = validate(&args) {
@@ -213,25 +238,27 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut consumers = Vec::new();
     for _ in 0..consumer_count {
         let (args, received, stop) = (args.clone(), received.clone(), stop_consumers.clone());
-        let conn = connect(&args.url).await?;
-        let ch = conn
-            .open_channel()
-            .await
-            .map_err(|e| format!("cannot open a channel: {e}"))?;
-        if !args.auto_ack {
-            ch.basic_qos(args.prefetch, false)
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        consumers.push(own_thread(move || async move {
+            let conn = connect(&args.url).await?;
+            let ch = conn
+                .open_channel()
                 .await
-                .map_err(|e| format!("basic.qos failed: {e}"))?;
-        }
-        let opts = BasicConsumeOptions {
-            no_ack: args.auto_ack,
-            ..BasicConsumeOptions::default()
-        };
-        let mut consumer = ch
-            .basic_consume(&args.queue, "", opts, FieldTable::new())
-            .await
-            .map_err(|e| format!("cannot consume: {}", one_line(&e.to_string())))?;
-        consumers.push(tokio::spawn(async move {
+                .map_err(|e| format!("cannot open a channel: {e}"))?;
+            if !args.auto_ack {
+                ch.basic_qos(args.prefetch, false)
+                    .await
+                    .map_err(|e| format!("basic.qos failed: {e}"))?;
+            }
+            let opts = BasicConsumeOptions {
+                no_ack: args.auto_ack,
+                ..BasicConsumeOptions::default()
+            };
+            let mut consumer = ch
+                .basic_consume(&args.queue, "", opts, FieldTable::new())
+                .await
+                .map_err(|e| format!("cannot consume: {}", one_line(&e.to_string())))?;
+            let _ = ready_tx.send(());
             let mut stats = ConsumerStats::default();
             let mut pending = 0u32;
             let mut last_tag = 0u64;
@@ -277,6 +304,14 @@ async fn run(args: Args) -> Result<bool, String> {
             let _ = conn.close().await;
             Ok::<ConsumerStats, String>(stats)
         }));
+        // Each consume is registered before the next consumer, and any producer, starts.
+        if ready_rx.await.is_err() {
+            let failed = consumers.pop().expect("pushed above");
+            return Err(match failed.await {
+                Ok(Err(e)) => e,
+                _ => "a consumer thread failed".into(),
+            });
+        }
     }
 
     // Producers.
@@ -299,17 +334,17 @@ async fn run(args: Args) -> Result<bool, String> {
             }
             None => args.count,
         };
-        let conn = connect(&args.url).await?;
-        let ch = conn
-            .open_channel()
-            .await
-            .map_err(|e| format!("cannot open a channel: {e}"))?;
-        if args.confirm.is_some() {
-            ch.confirm_select()
+        producers.push(own_thread(move || async move {
+            let conn = connect(&args.url).await?;
+            let ch = conn
+                .open_channel()
                 .await
-                .map_err(|e| format!("confirm.select failed: {e}"))?;
-        }
-        producers.push(tokio::spawn(async move {
+                .map_err(|e| format!("cannot open a channel: {e}"))?;
+            if args.confirm.is_some() {
+                ch.confirm_select()
+                    .await
+                    .map_err(|e| format!("confirm.select failed: {e}"))?;
+            }
             let props = BasicProperties {
                 delivery_mode: Some(if args.persistent { 2 } else { 1 }),
                 ..BasicProperties::default()
