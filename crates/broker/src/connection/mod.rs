@@ -1,10 +1,10 @@
 //! One task per client connection: it reads frames, runs the handshake, keeps every
 //! channel's state, turns queue events into deliveries and confirms, and hands encoded
-//! frames to the connection's writer task ([`writer`]).
+//! frames to the socket's write side ([`writer`]).
 //!
-//! The task never blocks on the writer. It appends outgoing frames to `out` while it works
-//! through everything that is ready (frames and queue events), then sends the whole batch
-//! to the writer at once.
+//! The task never blocks on the socket. It appends outgoing frames to `out` while it works
+//! through everything that is ready (frames and queue events), then hands the whole batch
+//! over at once: written at once if the socket takes it, else by the writer task.
 //!
 //! Errors: a channel error closes that channel (`channel.close`), a connection error
 //! sends `connection.close` and waits briefly for `close-ok`. Either way every unacked
@@ -69,7 +69,7 @@ pub struct Conn {
     /// This connection's entry in the registry, once open.
     pub(crate) info: Option<Arc<crate::registry::ConnectionInfo>>,
     pub(crate) out: BytesMut,
-    writer: mpsc::UnboundedSender<Bytes>,
+    writer: writer::Writer,
     pub(crate) events: EventSink,
     pub(crate) frame_max: u32,
     pub(crate) channel_max: u16,
@@ -133,8 +133,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (read_half, write_half) = socket.into_split();
-    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
+    let (writer, writer_task) = writer::Writer::new(write_half);
+    let writer_task = tokio::spawn(writer_task);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut reader = FramedRead::new(read_half, FrameCodec::new(state.config.frame_max));
     let mut conn = Conn {
@@ -147,7 +147,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         auth_mechanism: String::new(),
         info: None,
         out: BytesMut::with_capacity(64 * 1024),
-        writer: writer_tx,
+        writer,
         events: events_tx,
         frame_max: 0,
         channel_max: 0,
@@ -305,13 +305,13 @@ impl Conn {
     /// Sends what is buffered, then `bytes` as they are (a large body, not copied).
     pub(crate) fn send_bytes(&mut self, bytes: Bytes) {
         self.flush();
-        let _ = self.writer.send(bytes);
+        self.writer.send(bytes);
         self.last_sent = Instant::now();
     }
 
     pub(crate) fn flush(&mut self) {
         if !self.out.is_empty() {
-            let _ = self.writer.send(self.out.split().freeze());
+            self.writer.send_buf(&mut self.out);
             self.last_sent = Instant::now();
         }
     }

@@ -1,8 +1,17 @@
-//! The writer task of a connection: it owns the socket's write half. The connection task
-//! hands it whole batches of encoded frames; the writer gathers every batch that is
-//! already waiting into one vectored write, so a burst of deliveries costs few syscalls.
+//! The socket's write side. The connection task hands it whole batches of encoded frames
+//! ([`Writer::send`]). When nothing is waiting to be written, a batch goes to the socket
+//! at once from the connection task, with a non-blocking write: no hand-over to another
+//! task, which is what a round trip (a delivery answered by an ack, with prefetch 1) waits
+//! on. Whatever the socket does not take at once goes to the writer task ([`run`]), and so
+//! does every batch after it until the task has written them all, so the order holds. The
+//! task gathers every batch already waiting into one vectored write, so a burst of
+//! deliveries to a slow reader costs few syscalls, and the connection task never waits
+//! for the socket.
 
-use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -10,8 +19,67 @@ use tokio::sync::mpsc;
 /// Most batches gathered into one vectored write.
 const MAX_GATHER: usize = 64;
 
-/// Runs until the connection drops its sender; then flushes and shuts the socket down.
-pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+/// The connection task's end of the write side.
+pub struct Writer {
+    socket: Arc<OwnedWriteHalf>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    /// Batches handed to the writer task and not yet written. Only the connection task
+    /// adds to it, so when it reads 0 everything it handed over is on the socket.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    /// The write side of a connection, and the task to spawn for what cannot be written
+    /// at once.
+    pub fn new(socket: OwnedWriteHalf) -> (Writer, impl std::future::Future<Output = ()>) {
+        let socket = Arc::new(socket);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = run(socket.clone(), rx, queued.clone());
+        (Writer { socket, tx, queued }, task)
+    }
+
+    /// Writes `bytes` after everything sent before, without waiting.
+    pub fn send(&self, mut bytes: Bytes) {
+        let written = self.try_write_now(&bytes);
+        if written < bytes.len() {
+            bytes.advance(written);
+            self.hand_over(bytes);
+        }
+    }
+
+    /// Writes and empties `out` (the connection's output buffer) after everything sent
+    /// before, without waiting. When the socket takes it all, `out` keeps its memory.
+    pub fn send_buf(&self, out: &mut BytesMut) {
+        let written = self.try_write_now(out);
+        out.advance(written);
+        if !out.is_empty() {
+            self.hand_over(out.split().freeze());
+        }
+    }
+
+    /// Writes what the socket takes at once, if nothing is waiting for the task.
+    fn try_write_now(&self, bytes: &[u8]) -> usize {
+        if bytes.is_empty() || self.queued.load(Ordering::Acquire) > 0 {
+            return 0;
+        }
+        // Would block, or failed: the task waits for room, or meets the error.
+        self.socket.try_write(bytes).unwrap_or(0)
+    }
+
+    fn hand_over(&self, bytes: Bytes) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tx.send(bytes);
+    }
+}
+
+/// Writes what [`Writer::send`] could not, in order, until the connection drops its
+/// [`Writer`]; then shuts the socket's write side down.
+async fn run(
+    socket: Arc<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_GATHER);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -21,26 +89,34 @@ pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Byt
                 Err(_) => break,
             }
         }
-        if let Err(e) = write_all_vectored(&mut socket, &mut batch).await {
+        if let Err(e) = write_all_vectored(&socket, &mut batch).await {
             tracing::debug!(error = %e, "write failed");
             return;
         }
+        queued.fetch_sub(batch.len(), Ordering::AcqRel);
         batch.clear();
     }
-    let _ = socket.shutdown().await;
+    // The connection's `Writer` is gone with the sender: this is the last reference.
+    if let Ok(mut socket) = Arc::try_unwrap(socket) {
+        let _ = socket.shutdown().await;
+    }
 }
 
-async fn write_all_vectored(
-    socket: &mut OwnedWriteHalf,
-    bufs: &mut [Bytes],
-) -> std::io::Result<()> {
+async fn write_all_vectored(socket: &OwnedWriteHalf, bufs: &mut [Bytes]) -> std::io::Result<()> {
     let mut start = 0;
     while start < bufs.len() {
         let slices: Vec<std::io::IoSlice<'_>> = bufs[start..]
             .iter()
             .map(|b| std::io::IoSlice::new(b))
             .collect();
-        let mut n = socket.write_vectored(&slices).await?;
+        let mut n = match socket.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -54,4 +130,71 @@ async fn write_all_vectored(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Batches written at once and batches the socket did not take (handed to the task)
+    /// arrive whole and in order, while the peer reads as they come.
+    #[tokio::test]
+    async fn order_holds_across_the_hand_over() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut reader = client.unwrap();
+        let (_read_half, write_half) = accepted.unwrap().0.into_split();
+        let (writer, task) = Writer::new(write_half);
+        let task = tokio::spawn(task);
+        // A slow reader: 16 KiB per turn against the writer's 64 KiB.
+        let read = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                let n = reader.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&chunk[..n]);
+                tokio::task::yield_now().await;
+            }
+        });
+
+        // 16 MiB in batches of 64 KiB, faster than the peer reads: the socket fills up,
+        // so some batches go through the task, and once the peer has read, the socket
+        // has room again while the task still holds batches.
+        let mut expected = Vec::new();
+        let mut handed_over = 0;
+        let mut out = BytesMut::new();
+        for i in 0..256u32 {
+            let batch: Vec<u8> = (0..64 * 1024u32)
+                .map(|j| (i.wrapping_mul(31) ^ j) as u8)
+                .collect();
+            expected.extend_from_slice(&batch);
+            if i % 2 == 0 {
+                writer.send(Bytes::from(batch));
+            } else {
+                out.extend_from_slice(&batch);
+                writer.send_buf(&mut out);
+                assert!(out.is_empty(), "send_buf empties the buffer");
+            }
+            if writer.queued.load(Ordering::Acquire) > 0 {
+                handed_over += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            handed_over > 0,
+            "the socket took 16 MiB at once: nothing was handed over"
+        );
+        drop(writer);
+
+        task.await.unwrap();
+        let got = read.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
+    }
 }
