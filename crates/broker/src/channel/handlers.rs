@@ -466,7 +466,7 @@ impl Conn {
             }
             return Ok(());
         }
-        self.flush_acks().await;
+        self.flush_acks();
         let mut released = 0;
         for (queue, ids, charged) in group_by_queue(taken) {
             released += charged;

@@ -260,7 +260,7 @@ impl Conn {
                             None => break,
                         }
                     }
-                    self.flush_acks().await;
+                    self.flush_acks();
                 }
                 Some(ev) = events.recv() => {
                     self.on_event(ev);
@@ -367,15 +367,9 @@ impl Conn {
     }
 
     /// Sends the acks held back by [`Conn::hold_ack`] to their queues.
-    pub(crate) async fn flush_acks(&mut self) {
+    pub(crate) fn flush_acks(&mut self) {
         for (queue, ids) in std::mem::take(&mut self.pending_acks) {
-            queue
-                .send(QueueCommand::Settle {
-                    ids,
-                    requeue: false,
-                    rejected: false,
-                })
-                .await;
+            queue.send_acks(ids);
         }
     }
 
@@ -444,7 +438,7 @@ impl Conn {
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, AmqpError> {
         if !matches!(frame, Frame::Method(_, Method::BasicAck(_))) {
             // Held-back acks reach their queues before anything that follows them.
-            self.flush_acks().await;
+            self.flush_acks();
         }
         if self.closing {
             return Ok(match frame {
@@ -645,7 +639,7 @@ impl Conn {
 
     /// Requeues everything every channel holds and removes their consumers.
     async fn release_all(&mut self) {
-        self.flush_acks().await;
+        self.flush_acks();
         // Two phases: first every consumer of this connection goes, then the unacked
         // messages are requeued. Requeueing channel by channel would let a queue hand a
         // message from a closed channel to a consumer on another channel of this same,

@@ -13,20 +13,23 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use minimq_protocol::ReplyCode;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, QueueCommand, QueueCounts,
-    QueueEvent, QueueHandle,
+    QueueEvent, QueueHandle, QueueInbox,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::store::idhash::IdMap;
 use crate::store::{RecoveredMessage, Store, PAGE_OVERHEAD};
 use crate::vhost::VHost;
+
+/// Most commands handled before the queue's bookkeeping (settle records for the log,
+/// the counts the management API reads) runs once for all of them.
+const COMMAND_BATCH: usize = 64;
 
 /// A queued message's content: in memory, or — for a persistent message of a durable
 /// queue past its memory budget — only in the log, by store message id, read back just
@@ -170,7 +173,7 @@ pub struct QueueActor {
 /// `recovered` messages, in order.
 pub fn spawn(
     handle: QueueHandle,
-    rx: mpsc::Receiver<QueueCommand>,
+    rx: QueueInbox,
     vhost: Weak<VHost>,
     store: Option<Arc<Store>>,
     recovered: Vec<RecoveredMessage>,
@@ -229,7 +232,7 @@ pub fn spawn(
 }
 
 impl QueueActor {
-    async fn run(mut self, mut rx: mpsc::Receiver<QueueCommand>) {
+    async fn run(mut self, mut rx: QueueInbox) {
         loop {
             let deadline = self.ready.front().and_then(|e| e.expires_at);
             let unused_until = self.unused_deadline();
@@ -256,7 +259,17 @@ impl QueueActor {
                     continue;
                 }
             };
-            let alive = self.handle(cmd);
+            let mut alive = self.handle(cmd);
+            // Whatever else is already waiting, before the bookkeeping below.
+            for _ in 1..COMMAND_BATCH {
+                if !alive {
+                    break;
+                }
+                match rx.try_recv() {
+                    Some(cmd) => alive = self.handle(cmd),
+                    None => break,
+                }
+            }
             self.log_settled();
             self.shrink_if_drained();
             self.publish_stats();
@@ -266,7 +279,7 @@ impl QueueActor {
         }
         // Gone: answer whatever is still queued so nobody waits forever.
         rx.close();
-        while let Ok(cmd) = rx.try_recv() {
+        while let Some(cmd) = rx.try_recv() {
             answer_dead(cmd, &self.handle);
         }
         tracing::debug!(queue = %self.handle.name(), "queue stopped");

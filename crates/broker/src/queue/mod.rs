@@ -292,6 +292,8 @@ pub struct QueueShared {
     /// Id in the message store, for a durable queue of a broker with a data directory.
     pub store_id: Option<u64>,
     tx: mpsc::Sender<QueueCommand>,
+    /// Plain acks, which the queue takes before any other command (see [`QueueInbox`]).
+    acks: mpsc::UnboundedSender<QueueCommand>,
     id: u64,
 }
 
@@ -330,6 +332,44 @@ impl QueueStats {
     }
 }
 
+/// What a queue task receives. Plain acks have a lane of their own, taken first: behind a
+/// publisher that keeps the command channel full, an ack would otherwise wait for
+/// thousands of publishes, and its consumer, out of prefetch credit, for the ack. An
+/// ack only frees its message and credit, so taking it before commands sent earlier
+/// changes nothing they do. The lane needs no bound: acks are bounded by the messages
+/// delivered and not yet acknowledged.
+#[derive(Debug)]
+pub struct QueueInbox {
+    commands: mpsc::Receiver<QueueCommand>,
+    acks: mpsc::UnboundedReceiver<QueueCommand>,
+}
+
+impl QueueInbox {
+    /// The next command: an ack if any is waiting, else the oldest other command.
+    /// `None` once the queue's handles are all gone.
+    pub(crate) async fn recv(&mut self) -> Option<QueueCommand> {
+        tokio::select! {
+            biased;
+            Some(cmd) = self.acks.recv() => Some(cmd),
+            cmd = self.commands.recv() => cmd,
+        }
+    }
+
+    /// The next command if one is waiting, acks first.
+    pub(crate) fn try_recv(&mut self) -> Option<QueueCommand> {
+        self.acks
+            .try_recv()
+            .or_else(|_| self.commands.try_recv())
+            .ok()
+    }
+
+    /// Refuses further commands; what is already queued can still be taken.
+    pub(crate) fn close(&mut self) {
+        self.commands.close();
+        self.acks.close();
+    }
+}
+
 /// A cheap, cloneable reference to a queue.
 #[derive(Debug, Clone)]
 pub struct QueueHandle(Arc<QueueShared>);
@@ -345,8 +385,9 @@ impl QueueHandle {
         arguments: FieldTable,
         args: QueueArgs,
         store_id: Option<u64>,
-    ) -> (QueueHandle, mpsc::Receiver<QueueCommand>) {
+    ) -> (QueueHandle, QueueInbox) {
         let (tx, rx) = mpsc::channel(QUEUE_CHANNEL_DEPTH);
+        let (acks, acks_rx) = mpsc::unbounded_channel();
         let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
         let shared = QueueShared {
             name,
@@ -358,9 +399,14 @@ impl QueueHandle {
             stats: QueueStats::default(),
             store_id,
             tx,
+            acks,
             id,
         };
-        (QueueHandle(Arc::new(shared)), rx)
+        let inbox = QueueInbox {
+            commands: rx,
+            acks: acks_rx,
+        };
+        (QueueHandle(Arc::new(shared)), inbox)
     }
 
     /// The queue's facts.
@@ -393,6 +439,17 @@ impl QueueHandle {
         }
     }
 
+    /// Sends plain acks (`Settle` without requeue or rejection) ahead of every other
+    /// command waiting for the queue; `false` when the queue is gone.
+    pub fn send_acks(&self, ids: Vec<u64>) -> bool {
+        let cmd = QueueCommand::Settle {
+            ids,
+            requeue: false,
+            rejected: false,
+        };
+        self.0.acks.send(cmd).is_ok()
+    }
+
     /// Sends a command without waiting for room; for cleanup paths that must not block.
     pub fn send_now(&self, cmd: QueueCommand) -> bool {
         match self.0.tx.try_send(cmd) {
@@ -415,5 +472,55 @@ impl QueueHandle {
             return None;
         }
         rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain acks overtake whatever else waits for the queue, and nothing is lost or
+    /// reordered within a lane.
+    #[tokio::test]
+    async fn acks_are_taken_before_other_commands() {
+        let (handle, mut inbox) = QueueHandle::new(
+            "q".into(),
+            false,
+            None,
+            false,
+            FieldTable::new(),
+            QueueArgs::default(),
+            None,
+        );
+        let mut purges = Vec::new();
+        for _ in 0..10 {
+            let (reply, rx) = oneshot::channel();
+            assert!(handle.send(QueueCommand::Purge { reply }).await);
+            purges.push(rx);
+        }
+        assert!(handle.send_acks(vec![1, 2]));
+        assert!(handle.send_acks(vec![3]));
+        let mut acked = Vec::new();
+        for _ in 0..2 {
+            match inbox.recv().await {
+                Some(QueueCommand::Settle {
+                    ids,
+                    requeue: false,
+                    rejected: false,
+                }) => acked.extend(ids),
+                other => panic!("expected the acks first, got {other:?}"),
+            }
+        }
+        assert_eq!(acked, [1, 2, 3]);
+        for n in 0..10 {
+            match inbox.try_recv() {
+                Some(QueueCommand::Purge { reply }) => reply.send(n).unwrap(),
+                other => panic!("expected purge {n}, got {other:?}"),
+            }
+        }
+        assert!(inbox.try_recv().is_none());
+        for (n, rx) in purges.into_iter().enumerate() {
+            assert_eq!(rx.await.unwrap(), n as u32, "purges answered in order");
+        }
     }
 }
