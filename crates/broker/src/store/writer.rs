@@ -5,6 +5,8 @@
 //! every batch handed over since its last sync and covers them all with one sync, which
 //! starts only after they were written; batches written meanwhile wait for the next.
 //! Only after the sync that covers a record are its waiters told (publisher confirms).
+//! With little written per sync, the writer waits for each sync to end instead, so small
+//! records pile up and are written together (see [`WRITE_DURING_SYNC`]).
 //!
 //! It also tracks which records are still live, to delete a segment once nothing in it is
 //! needed: segments are deleted oldest first, so a settle record never disappears before
@@ -18,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -402,12 +404,81 @@ struct SyncJob {
     replies: Vec<std::sync::mpsc::Sender<bool>>,
 }
 
+/// While less than this is written per sync, the writer waits for each sync to end before
+/// it takes more records: they pile up meanwhile and are written with one `write`, as
+/// small records are cheaper to write together than to overlap with the sync. From this
+/// much on, the writer goes on writing while the sync runs.
+const WRITE_DURING_SYNC: u64 = 1 << 20;
+
+/// How far the syncer is, for the writer's pacing.
+#[derive(Default)]
+struct Progress {
+    /// Sync rounds finished.
+    rounds: u64,
+    /// Jobs handed over and not answered yet.
+    pending: u64,
+    /// The syncer thread ended (only after a panic while the writer runs).
+    gone: bool,
+}
+
+/// [`Progress`] with its condition variable, shared by the writer and the syncer.
+#[derive(Default)]
+struct Shared {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the syncer thread holds. However the thread ends (a panic included), what it
+/// still holds or was handed is answered `false`, and the writer is told not to wait for
+/// it; the writer hands jobs over under the same lock, so none is left unanswered.
+struct SyncState {
+    rx: std::sync::mpsc::Receiver<SyncJob>,
+    jobs: Vec<SyncJob>,
+    shared: Arc<Shared>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Drop for SyncState {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the message store's sync thread panicked; refusing persistent messages from now on"
+            );
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        let mut p = self.shared.lock();
+        p.gone = true;
+        for job in self.jobs.drain(..).chain(self.rx.try_iter()) {
+            for w in job.waiters {
+                w.send(false);
+            }
+            for r in job.replies {
+                let _ = r.send(false);
+            }
+        }
+        drop(p);
+        self.shared.changed.notify_all();
+    }
+}
+
 /// The syncer thread, or none with `--fsync off` (waiters are then answered once their
 /// records are written).
 struct Syncer {
     tx: Option<std::sync::mpsc::Sender<SyncJob>>,
     thread: Option<JoinHandle<()>>,
     poisoned: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// The last finished round the writer saw, and what it wrote since.
+    seen: u64,
+    written: u64,
+    /// Whether the writer goes on writing during syncs (see [`WRITE_DURING_SYNC`]).
+    overlap: bool,
 }
 
 impl Syncer {
@@ -416,12 +487,21 @@ impl Syncer {
             tx: None,
             thread: None,
             poisoned: w.poisoned.clone(),
+            shared: Arc::default(),
+            seen: 0,
+            written: 0,
+            overlap: true,
         };
         if w.fsync == FsyncMode::Off {
             return syncer;
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let poisoned = w.poisoned.clone();
+        let state = SyncState {
+            rx,
+            jobs: Vec::new(),
+            shared: syncer.shared.clone(),
+            poisoned: w.poisoned.clone(),
+        };
         let fail_syncs = w.fail_syncs.clone();
         #[cfg(test)]
         let before_sync = w.before_sync.clone();
@@ -429,7 +509,7 @@ impl Syncer {
         let before_sync = None;
         match std::thread::Builder::new()
             .name("minimq-sync".into())
-            .spawn(move || sync_loop(rx, poisoned, fail_syncs, before_sync))
+            .spawn(move || sync_loop(state, fail_syncs, before_sync))
         {
             Ok(t) => {
                 syncer.tx = Some(tx);
@@ -464,17 +544,28 @@ impl Syncer {
             replies,
         };
         let job = match &self.tx {
-            Some(tx) if ok => match tx.send(job) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(job)) => {
-                    // Only if the syncer panicked: nothing can be synced any more.
-                    tracing::error!("the message store's sync thread is gone; refusing persistent messages from now on");
-                    self.poisoned.store(true, Ordering::SeqCst);
+            Some(tx) if ok => {
+                let mut p = self.shared.lock();
+                if p.gone {
                     job
+                } else {
+                    p.pending += 1;
+                    match tx.send(job) {
+                        Ok(()) => return,
+                        Err(std::sync::mpsc::SendError(job)) => {
+                            p.pending -= 1;
+                            job
+                        }
+                    }
                 }
-            },
+            }
             _ => job,
         };
+        if ok && self.tx.is_some() {
+            // Only if the syncer panicked: nothing can be synced any more.
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        // With `--fsync off` the records are as durable as they get once written.
         let ok = !self.poisoned.load(Ordering::SeqCst);
         for w in job.waiters {
             w.send(ok);
@@ -492,14 +583,39 @@ impl Syncer {
         rx.recv().unwrap_or(false) && !self.poisoned.load(Ordering::SeqCst)
     }
 
+    /// Called after each batch the writer wrote (`written` octets): with little written
+    /// per sync, waits until the sync in progress (or the next, if one is only queued)
+    /// ends, so the records sent meanwhile are taken and written together.
+    fn pace(&mut self, written: u64) {
+        if self.tx.is_none() {
+            return;
+        }
+        let mut p = self.shared.lock();
+        if p.rounds != self.seen {
+            self.overlap = self.written >= WRITE_DURING_SYNC;
+            self.seen = p.rounds;
+            self.written = 0;
+        }
+        self.written += written;
+        if self.overlap || p.pending == 0 || p.gone {
+            return;
+        }
+        let round = p.rounds;
+        while p.pending > 0 && p.rounds == round && !p.gone {
+            p = self
+                .shared
+                .changed
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Lets the syncer finish what it was handed, then joins it.
     fn stop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the message store's sync thread panicked");
-                self.poisoned.store(true, Ordering::SeqCst);
-            }
+            // A panic was logged, and the store poisoned, by the thread itself.
+            let _ = t.join();
         }
     }
 }
@@ -509,19 +625,18 @@ impl Syncer {
 /// records are written, so the sync covers them; jobs arriving during a sync wait for
 /// the next one. Once the store is poisoned, nothing is synced and everyone hears `false`.
 fn sync_loop(
-    rx: std::sync::mpsc::Receiver<SyncJob>,
-    poisoned: Arc<AtomicBool>,
+    mut s: SyncState,
     fail_syncs: Option<Arc<AtomicBool>>,
     before_sync: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 ) {
-    let mut jobs: Vec<SyncJob> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        jobs.push(first);
-        jobs.extend(rx.try_iter());
+    while let Ok(first) = s.rx.recv() {
+        s.jobs.push(first);
+        s.jobs.extend(s.rx.try_iter());
+        let poisoned = &s.poisoned;
         let mut ok = !poisoned.load(Ordering::SeqCst);
         let mut synced = None;
         // Jobs come in write order: those of an older segment first.
-        for job in &jobs {
+        for job in &s.jobs {
             if !ok {
                 break;
             }
@@ -548,7 +663,8 @@ fn sync_loop(
         }
         // A write may have failed meanwhile: then nothing is confirmed.
         let ok = ok && !poisoned.load(Ordering::SeqCst);
-        for job in jobs.drain(..) {
+        let answered = s.jobs.len() as u64;
+        for job in s.jobs.drain(..) {
             for w in job.waiters {
                 w.send(ok);
             }
@@ -556,6 +672,11 @@ fn sync_loop(
                 let _ = r.send(ok);
             }
         }
+        let mut p = s.shared.lock();
+        p.pending = p.pending.saturating_sub(answered);
+        p.rounds += 1;
+        drop(p);
+        s.shared.changed.notify_all();
     }
 }
 
@@ -625,6 +746,7 @@ impl Writer {
                     Op::Stop(reply) => stop = Some(reply),
                 }
             }
+            let written = buf.len();
             let ok = self.write_out(&mut buf);
             self.publish(&mut pending);
             // The syncer gets the batch's waiters before any Flush is answered: whoever
@@ -643,6 +765,7 @@ impl Writer {
                 let _ = r.send(ok);
                 return;
             }
+            syncer.pace(written);
         }
         syncer.stop();
     }
@@ -856,6 +979,7 @@ mod tests {
         syncs: Vec<u64>,
         hold: bool,
         held: bool,
+        panic: bool,
     }
 
     impl Gate {
@@ -863,6 +987,10 @@ mod tests {
             let gate = self.clone();
             Arc::new(move |seg| {
                 let mut s = gate.state.lock().unwrap();
+                if s.panic {
+                    drop(s);
+                    panic!("injected panic in the sync thread");
+                }
                 s.syncs.push(seg);
                 if s.hold {
                     s.held = true;
@@ -945,13 +1073,18 @@ mod tests {
     impl Harness {
         /// Appends a 100-octet record; `seq` hears when it is durable.
         fn append(&self, seq: u64) {
+            self.append_sized(seq, 100);
+        }
+
+        /// Appends a record of `len` octets; `seq` hears when it is durable.
+        fn append_sized(&self, seq: u64, len: usize) {
             let notify = ConfirmTicket {
                 sink: self.sink.clone(),
                 channel: 1,
                 seq,
             };
             let op = Op::Append {
-                bytes: Chunks::One(Bytes::from(vec![seq as u8; 100])),
+                bytes: Chunks::One(Bytes::from(vec![seq as u8; len])),
                 track: Track::Nothing,
                 notify: Some(notify),
             };
@@ -1001,6 +1134,13 @@ mod tests {
             out
         }
 
+        /// Octets in segment 1.
+        fn segment_len(&self) -> u64 {
+            std::fs::metadata(self.dir.join(segment_name(1)))
+                .unwrap()
+                .len()
+        }
+
         /// Stops the writer; answers its reply once the thread is joined.
         fn stop(mut self) -> bool {
             let ok = self.ask(Op::Stop).recv_timeout(WAIT).unwrap();
@@ -1014,6 +1154,7 @@ mod tests {
     fn a_record_written_during_a_sync_is_confirmed_only_by_a_later_sync() {
         let gate = Arc::new(Gate::default());
         let mut h = start("during", FsyncMode::Batch, 1 << 20, &gate);
+        // (The writer starts out writing during syncs.)
         gate.hold();
         h.append(1);
         gate.wait_held();
@@ -1084,6 +1225,47 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_writes_during_a_sync_only_when_much_is_written_per_sync() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("pace", FsyncMode::Batch, 64 << 20, &gate);
+        // Little per sync: records sent during a sync are written once it ends, together.
+        for seq in 0..3 {
+            h.append(seq);
+            assert_eq!(h.confirms(1), vec![(seq, true)]);
+        }
+        gate.hold();
+        h.append(10);
+        gate.wait_held();
+        let len = h.segment_len();
+        for seq in 11..=60 {
+            h.append(seq);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(h.segment_len(), len, "written during the sync");
+        let syncs = gate.syncs().len();
+        gate.release();
+        let confirms = h.confirms(51);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        assert_eq!(gate.syncs().len(), syncs + 1, "one sync for the fifty");
+        // After a round with a MiB written, the writer writes during the next sync.
+        h.append_sized(100, 1 << 20);
+        assert_eq!(h.confirms(1), vec![(100, true)]);
+        gate.hold();
+        h.append(102);
+        gate.wait_held();
+        let len = h.segment_len();
+        for seq in 103..=110 {
+            h.append(seq);
+        }
+        assert!(h.flush());
+        assert_eq!(h.segment_len(), len + 800, "not written during the sync");
+        gate.release();
+        let confirms = h.confirms(9);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        assert!(h.stop());
+    }
+
+    #[test]
     fn waiters_across_rotations_are_answered_after_a_sync_of_their_segment() {
         let gate = Arc::new(Gate::default());
         let mut h = start("rotate", FsyncMode::Batch, 4096, &gate);
@@ -1125,6 +1307,25 @@ mod tests {
         // The writer and the syncer are gone, with their handles on the hook.
         assert_eq!(Arc::strong_count(&gate), 1);
         let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn a_panic_in_the_sync_thread_nacks_everything_and_poisons_the_store() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("panic", FsyncMode::Batch, 1 << 20, &gate);
+        h.append(1);
+        assert_eq!(h.confirms(1), vec![(1, true)]);
+        gate.state.lock().unwrap().panic = true;
+        for seq in 2..=20 {
+            h.append(seq);
+        }
+        let confirms = h.confirms(19);
+        assert!(confirms.iter().all(|(_, ok)| !*ok), "{confirms:?}");
+        assert!(h.poisoned.load(Ordering::SeqCst));
+        h.append(21);
+        assert_eq!(h.confirms(1), vec![(21, false)]);
+        assert!(!h.ask(Op::Sync).recv_timeout(WAIT).unwrap());
+        assert!(!h.stop());
     }
 
     #[test]
