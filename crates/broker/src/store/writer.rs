@@ -6,7 +6,7 @@
 //! starts only after they were written; batches written meanwhile wait for the next.
 //! Only after the sync that covers a record are its waiters told (publisher confirms).
 //! With little written per sync, the writer waits for each sync to end instead, so small
-//! records pile up and are written together (see [`WRITE_DURING_SYNC`]).
+//! records pile up and are written together (below 1 MiB per sync).
 //!
 //! It also tracks which records are still live, to delete a segment once nothing in it is
 //! needed: segments are deleted oldest first, so a settle record never disappears before
