@@ -1,8 +1,10 @@
 //! Durable queues and persistent messages: an append-only log of checksummed records in
-//! segment files, written by one thread with group commit, replayed at start-up.
+//! segment files, written by one thread and synced by another (group commit), replayed at
+//! start-up.
 //!
 //! - [`format`]: file headers and record layout.
-//! - [`writer`]: the writer thread (append, group commit, segment rotation and deletion).
+//! - [`writer`]: the writer and syncer threads (append, group commit, segment rotation and
+//!   deletion).
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments.
 //!
 //! Layout of the data directory:
@@ -42,7 +44,8 @@ use writer::{Chunks, Index, Op, Track, Writer};
 /// When the log is synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncMode {
-    /// `fdatasync` once per batch that holds a record someone waits for (default).
+    /// `fdatasync` before every confirm; one sync covers every batch written before it
+    /// began (default).
     #[default]
     Batch,
     /// Never sync: confirms mean "written to the OS", as RabbitMQ's classic queues.
@@ -250,7 +253,7 @@ impl Store {
         }));
         let w = Writer {
             dir: seg_dir.clone(),
-            file,
+            file: Arc::new(file),
             seg,
             size,
             segment_size: opts.segment_size,
@@ -258,6 +261,8 @@ impl Store {
             fail_syncs: opts.fail_syncs.clone(),
             index: index.clone(),
             poisoned: poisoned.clone(),
+            #[cfg(test)]
+            before_sync: None,
         };
         let thread = std::thread::Builder::new()
             .name("minimq-store".into())

@@ -1,7 +1,12 @@
 //! The log writer: one thread appends the records of every queue and connection to the
-//! current segment and makes them durable with one `fdatasync` per batch (group commit).
-//! While a sync runs, new records pile up in the channel; the next batch takes them all.
+//! current segment; a second one, the syncer, makes them durable with `fdatasync` (group
+//! commit). The writer hands the syncer the waiters of each batch once the batch is
+//! written, and goes on writing the next one while the syncer syncs. The syncer takes
+//! every batch handed over since its last sync and covers them all with one sync, which
+//! starts only after they were written; batches written meanwhile wait for the next.
 //! Only after the sync that covers a record are its waiters told (publisher confirms).
+//! With little written per sync, the writer waits for each sync to end instead, so small
+//! records pile up and are written together (below 1 MiB per sync).
 //!
 //! It also tracks which records are still live, to delete a segment once nothing in it is
 //! needed: segments are deleted oldest first, so a settle record never disappears before
@@ -15,7 +20,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -133,13 +139,13 @@ impl Outgoing {
     }
 
     /// Writes everything, in order, then forgets it.
-    fn write_to(&mut self, file: &mut File) -> std::io::Result<()> {
+    fn write_to(&mut self, file: &File) -> std::io::Result<()> {
         let result = self.write_all(file);
         self.clear();
         result
     }
 
-    fn write_all(&mut self, file: &mut File) -> std::io::Result<()> {
+    fn write_all(&mut self, mut file: &File) -> std::io::Result<()> {
         if self.chunks.is_empty() {
             return file.write_all(&self.cur);
         }
@@ -364,8 +370,8 @@ pub fn lock(index: &Mutex<Index>) -> MutexGuard<'_, Index> {
 pub struct Writer {
     /// Segment directory.
     pub dir: PathBuf,
-    /// The segment being appended to.
-    pub file: File,
+    /// The segment being appended to (shared with the syncer).
+    pub file: Arc<File>,
     /// Its number.
     pub seg: u64,
     /// Its size.
@@ -380,6 +386,298 @@ pub struct Writer {
     pub poisoned: Arc<AtomicBool>,
     /// Test hook: fail syncs while set.
     pub fail_syncs: Option<Arc<AtomicBool>>,
+    /// Test hook: called with the segment number as each sync starts (after the
+    /// `fail_syncs` check), so a test can hold a sync in progress.
+    #[cfg(test)]
+    pub before_sync: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+/// Records written to a segment whose waiters need them synced.
+struct SyncJob {
+    /// The segment they were written to.
+    file: Arc<File>,
+    /// Its number.
+    seg: u64,
+    /// Publishers waiting for the confirm.
+    waiters: Vec<ConfirmTicket>,
+    /// `Op::Sync` and the writer's own waits (rotation, compaction, stop).
+    replies: Vec<std::sync::mpsc::Sender<bool>>,
+}
+
+/// While less than this is written per sync, the writer waits for each sync to end before
+/// it takes more records: they pile up meanwhile and are written with one `write`, as
+/// small records are cheaper to write together than to overlap with the sync. From this
+/// much on, the writer goes on writing while the sync runs.
+const WRITE_DURING_SYNC: u64 = 1 << 20;
+
+/// How far the syncer is, for the writer's pacing.
+#[derive(Default)]
+struct Progress {
+    /// Sync rounds finished.
+    rounds: u64,
+    /// Jobs handed over and not answered yet.
+    pending: u64,
+    /// The syncer thread ended (only after a panic while the writer runs).
+    gone: bool,
+}
+
+/// [`Progress`] with its condition variable, shared by the writer and the syncer.
+#[derive(Default)]
+struct Shared {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the syncer thread holds. However the thread ends (a panic included), what it
+/// still holds or was handed is answered `false`, and the writer is told not to wait for
+/// it; the writer hands jobs over under the same lock, so none is left unanswered.
+struct SyncState {
+    rx: std::sync::mpsc::Receiver<SyncJob>,
+    jobs: Vec<SyncJob>,
+    shared: Arc<Shared>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Drop for SyncState {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the message store's sync thread panicked; refusing persistent messages from now on"
+            );
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        let mut p = self.shared.lock();
+        p.gone = true;
+        for job in self.jobs.drain(..).chain(self.rx.try_iter()) {
+            for w in job.waiters {
+                w.send(false);
+            }
+            for r in job.replies {
+                let _ = r.send(false);
+            }
+        }
+        drop(p);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The syncer thread, or none with `--fsync off` (waiters are then answered once their
+/// records are written).
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<SyncJob>>,
+    thread: Option<JoinHandle<()>>,
+    poisoned: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// The last finished round the writer saw, and what it wrote since.
+    seen: u64,
+    written: u64,
+    /// Whether the writer goes on writing during syncs (see [`WRITE_DURING_SYNC`]).
+    overlap: bool,
+}
+
+impl Syncer {
+    fn start(w: &Writer) -> Syncer {
+        let mut syncer = Syncer {
+            tx: None,
+            thread: None,
+            poisoned: w.poisoned.clone(),
+            shared: Arc::default(),
+            seen: 0,
+            written: 0,
+            overlap: true,
+        };
+        if w.fsync == FsyncMode::Off {
+            return syncer;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let state = SyncState {
+            rx,
+            jobs: Vec::new(),
+            shared: syncer.shared.clone(),
+            poisoned: w.poisoned.clone(),
+        };
+        let fail_syncs = w.fail_syncs.clone();
+        #[cfg(test)]
+        let before_sync = w.before_sync.clone();
+        #[cfg(not(test))]
+        let before_sync = None;
+        match std::thread::Builder::new()
+            .name("minimq-sync".into())
+            .spawn(move || sync_loop(state, fail_syncs, before_sync))
+        {
+            Ok(t) => {
+                syncer.tx = Some(tx);
+                syncer.thread = Some(t);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the message store's sync thread; refusing persistent messages from now on");
+                w.poisoned.store(true, Ordering::SeqCst);
+            }
+        }
+        syncer
+    }
+
+    /// Hands over the waiters of records just written to `file`: they are answered after
+    /// a sync that starts from now on (at once with `--fsync off`, or `false` once the
+    /// store is poisoned).
+    fn commit(
+        &self,
+        file: &Arc<File>,
+        seg: u64,
+        waiters: &mut Vec<ConfirmTicket>,
+        replies: Vec<std::sync::mpsc::Sender<bool>>,
+    ) {
+        if waiters.is_empty() && replies.is_empty() {
+            return;
+        }
+        let ok = !self.poisoned.load(Ordering::SeqCst);
+        let job = SyncJob {
+            file: file.clone(),
+            seg,
+            waiters: std::mem::take(waiters),
+            replies,
+        };
+        let job = match &self.tx {
+            Some(tx) if ok => {
+                let mut p = self.shared.lock();
+                if p.gone {
+                    job
+                } else {
+                    p.pending += 1;
+                    match tx.send(job) {
+                        Ok(()) => return,
+                        Err(std::sync::mpsc::SendError(job)) => {
+                            p.pending -= 1;
+                            job
+                        }
+                    }
+                }
+            }
+            _ => job,
+        };
+        if ok && self.tx.is_some() {
+            // Only if the syncer panicked: nothing can be synced any more.
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        // With `--fsync off` the records are as durable as they get once written.
+        let ok = !self.poisoned.load(Ordering::SeqCst);
+        for w in job.waiters {
+            w.send(ok);
+        }
+        for r in job.replies {
+            let _ = r.send(ok);
+        }
+    }
+
+    /// Syncs everything written to `file` so far (answering `waiters` too) and waits for
+    /// it; answers whether the store is still sound.
+    fn sync_now(&self, file: &Arc<File>, seg: u64, waiters: &mut Vec<ConfirmTicket>) -> bool {
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.commit(file, seg, waiters, vec![reply]);
+        rx.recv().unwrap_or(false) && !self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Called after each batch the writer wrote (`written` octets): with little written
+    /// per sync, waits until the sync in progress (or the next, if one is only queued)
+    /// ends, so the records sent meanwhile are taken and written together.
+    fn pace(&mut self, written: u64) {
+        if self.tx.is_none() {
+            return;
+        }
+        let mut p = self.shared.lock();
+        if p.rounds != self.seen {
+            self.overlap = self.written >= WRITE_DURING_SYNC;
+            self.seen = p.rounds;
+            self.written = 0;
+        }
+        self.written += written;
+        if self.overlap || p.pending == 0 || p.gone {
+            return;
+        }
+        let round = p.rounds;
+        while p.pending > 0 && p.rounds == round && !p.gone {
+            p = self
+                .shared
+                .changed
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Lets the syncer finish what it was handed, then joins it.
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            // A panic was logged, and the store poisoned, by the thread itself.
+            let _ = t.join();
+        }
+    }
+}
+
+/// The syncer thread: takes every job handed over since its last sync, syncs each
+/// segment they were written to once, then answers them. A job arrives only once its
+/// records are written, so the sync covers them; jobs arriving during a sync wait for
+/// the next one. Once the store is poisoned, nothing is synced and everyone hears `false`.
+fn sync_loop(
+    mut s: SyncState,
+    fail_syncs: Option<Arc<AtomicBool>>,
+    before_sync: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+) {
+    while let Ok(first) = s.rx.recv() {
+        s.jobs.push(first);
+        s.jobs.extend(s.rx.try_iter());
+        let poisoned = &s.poisoned;
+        let mut ok = !poisoned.load(Ordering::SeqCst);
+        let mut synced = None;
+        // Jobs come in write order: those of an older segment first.
+        for job in &s.jobs {
+            if !ok {
+                break;
+            }
+            if synced == Some(job.seg) {
+                continue;
+            }
+            synced = Some(job.seg);
+            let injected = fail_syncs
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst));
+            if let Some(hook) = &before_sync {
+                hook(job.seg);
+            }
+            let result = if injected {
+                Err(std::io::Error::other("injected sync failure"))
+            } else {
+                job.file.sync_data()
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, segment = job.seg, "message store fsync failed; refusing persistent messages from now on");
+                poisoned.store(true, Ordering::SeqCst);
+                ok = false;
+            }
+        }
+        // A write may have failed meanwhile: then nothing is confirmed.
+        let ok = ok && !poisoned.load(Ordering::SeqCst);
+        let answered = s.jobs.len() as u64;
+        for job in s.jobs.drain(..) {
+            for w in job.waiters {
+                w.send(ok);
+            }
+            for r in job.replies {
+                let _ = r.send(ok);
+            }
+        }
+        let mut p = s.shared.lock();
+        p.pending = p.pending.saturating_sub(answered);
+        p.rounds += 1;
+        drop(p);
+        s.shared.changed.notify_all();
+    }
 }
 
 /// Creates segment `n` with its header, and syncs the directory entry.
@@ -396,8 +694,9 @@ pub fn create_segment(dir: &std::path::Path, n: u64) -> std::io::Result<File> {
 }
 
 impl Writer {
-    /// Runs until stopped (on its own thread).
+    /// Runs until stopped (on its own thread, with the syncer on another).
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut syncer = Syncer::start(&self);
         let mut batch = Vec::new();
         let mut waiters: Vec<ConfirmTicket> = Vec::new();
         let mut buf = Outgoing::default();
@@ -410,9 +709,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut replies = Vec::new();
+            let mut syncs = Vec::new();
+            let mut flushes = Vec::new();
             let mut stop = None;
-            let mut force_sync = false;
             for op in batch.drain(..) {
                 match op {
                     Op::Append {
@@ -427,9 +726,12 @@ impl Writer {
                             continue;
                         }
                         if self.size + buf.len() >= self.segment_size && self.size > 16 {
-                            // Rotate: flush what belongs to the old segment first.
-                            self.write_out(&mut buf, &mut waiters, true);
+                            // Rotate: what belongs to the old segment is written and
+                            // synced on it (its waiters answered) before the next segment
+                            // exists, so only the newest segment can have a torn tail.
+                            self.write_out(&mut buf);
                             self.publish(&mut pending);
+                            syncer.sync_now(&self.file, self.seg, &mut waiters);
                             self.rotate();
                         }
                         pending.push((self.seg, self.size + buf.len(), track));
@@ -439,31 +741,33 @@ impl Writer {
                         }
                     }
                     Op::DropQueue(id) => pending.push((self.seg, 0, Track::DropQueue(id))),
-                    Op::Sync(reply) => {
-                        force_sync = true;
-                        replies.push(reply);
-                    }
-                    Op::Flush(reply) => replies.push(reply),
-                    Op::Stop(reply) => {
-                        force_sync = true;
-                        stop = Some(reply);
-                    }
+                    Op::Sync(reply) => syncs.push(reply),
+                    Op::Flush(reply) => flushes.push(reply),
+                    Op::Stop(reply) => stop = Some(reply),
                 }
             }
-            let ok = self.write_out(&mut buf, &mut waiters, force_sync);
+            let written = buf.len();
+            let ok = self.write_out(&mut buf);
             self.publish(&mut pending);
-            self.delete_dead_segments();
-            if self.compact_oldest() {
-                self.delete_dead_segments();
-            }
-            for r in replies {
+            // The syncer gets the batch's waiters before any Flush is answered: whoever
+            // saw the flush knows the records are written and handed over.
+            syncer.commit(&self.file, self.seg, &mut waiters, syncs);
+            for r in flushes {
                 let _ = r.send(ok);
             }
+            self.delete_dead_segments();
+            if self.compact_oldest(&syncer) {
+                self.delete_dead_segments();
+            }
             if let Some(r) = stop {
+                let ok = syncer.sync_now(&self.file, self.seg, &mut waiters);
+                syncer.stop();
                 let _ = r.send(ok);
                 return;
             }
+            syncer.pace(written);
         }
+        syncer.stop();
     }
 
     /// Applies the bookkeeping of records just written: from now on readers find them.
@@ -477,59 +781,30 @@ impl Writer {
         }
     }
 
-    /// Writes `buf`, syncs if anyone waits (or `force`), then answers the waiters.
-    fn write_out(
-        &mut self,
-        buf: &mut Outgoing,
-        waiters: &mut Vec<ConfirmTicket>,
-        force: bool,
-    ) -> bool {
+    /// Writes `buf` to the current segment (not synced); answers whether the store is
+    /// still sound.
+    fn write_out(&mut self, buf: &mut Outgoing) -> bool {
         if self.poisoned.load(Ordering::SeqCst) {
-            for w in waiters.drain(..) {
-                w.send(false);
-            }
             buf.clear();
             return false;
         }
-        let mut ok = true;
         if !buf.is_empty() {
             let len = buf.len();
-            if let Err(e) = buf.write_to(&mut self.file) {
+            if let Err(e) = buf.write_to(&self.file) {
                 tracing::error!(error = %e, segment = self.seg, "message store write failed; refusing persistent messages from now on");
-                ok = false;
-            } else {
-                self.size += len;
+                self.poisoned.store(true, Ordering::SeqCst);
+                return false;
             }
+            self.size += len;
         }
-        if ok && (force || !waiters.is_empty()) && self.fsync == FsyncMode::Batch {
-            let injected = self
-                .fail_syncs
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::SeqCst));
-            let result = if injected {
-                Err(std::io::Error::other("injected sync failure"))
-            } else {
-                self.file.sync_data()
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, segment = self.seg, "message store fsync failed; refusing persistent messages from now on");
-                ok = false;
-            }
-        }
-        if !ok {
-            self.poisoned.store(true, Ordering::SeqCst);
-        }
-        for w in waiters.drain(..) {
-            w.send(ok);
-        }
-        ok
+        true
     }
 
     fn rotate(&mut self) {
         let next = self.seg + 1;
         match create_segment(&self.dir, next) {
             Ok(f) => {
-                self.file = f;
+                self.file = Arc::new(f);
                 self.seg = next;
                 self.size = super::format::FILE_HEADER_LEN as u64;
                 lock(&self.index).live.segments.entry(next).or_default();
@@ -571,7 +846,7 @@ impl Writer {
     /// long-lived message does not keep a mostly dead segment (and every later one) on
     /// disk. Runs when the oldest segment is at least [`COMPACT_LAG`] segments behind the
     /// current one and less than a quarter live. Answers whether it copied anything.
-    fn compact_oldest(&mut self) -> bool {
+    fn compact_oldest(&mut self, syncer: &Syncer) -> bool {
         let Some((seg, count)) = lock(&self.index)
             .live
             .segments
@@ -660,11 +935,12 @@ impl Writer {
             }
             offset += len;
         }
-        let mut waiters = Vec::new();
         let base = self.size;
         let mut outgoing = Outgoing::default();
         outgoing.push_bytes(Bytes::from(out));
-        if !self.write_out(&mut outgoing, &mut waiters, true) {
+        // The copies are synced before the segment they come from can be deleted.
+        if !self.write_out(&mut outgoing) || !syncer.sync_now(&self.file, self.seg, &mut Vec::new())
+        {
             return false;
         }
         let to = self.seg;
@@ -678,5 +954,391 @@ impl Writer {
         }
         tracing::debug!(segment = seg, "compacted: live records copied forward");
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueEvent;
+    use std::sync::Condvar;
+    use std::time::{Duration, Instant};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The `before_sync` hook: records every sync's segment and, while held, keeps the
+    /// sync in progress.
+    #[derive(Default)]
+    struct Gate {
+        state: Mutex<GateState>,
+        cv: Condvar,
+    }
+
+    #[derive(Default)]
+    struct GateState {
+        syncs: Vec<u64>,
+        hold: bool,
+        held: bool,
+        panic: bool,
+    }
+
+    impl Gate {
+        fn hook(self: &Arc<Self>) -> Arc<dyn Fn(u64) + Send + Sync> {
+            let gate = self.clone();
+            Arc::new(move |seg| {
+                let mut s = gate.state.lock().unwrap();
+                if s.panic {
+                    drop(s);
+                    panic!("injected panic in the sync thread");
+                }
+                s.syncs.push(seg);
+                if s.hold {
+                    s.held = true;
+                    gate.cv.notify_all();
+                    while s.hold {
+                        s = gate.cv.wait(s).unwrap();
+                    }
+                    s.held = false;
+                }
+            })
+        }
+
+        fn hold(&self) {
+            self.state.lock().unwrap().hold = true;
+        }
+
+        /// Waits until a sync is held in progress.
+        fn wait_held(&self) {
+            let s = self.state.lock().unwrap();
+            let (s, timeout) = self.cv.wait_timeout_while(s, WAIT, |s| !s.held).unwrap();
+            assert!(!timeout.timed_out() && s.held, "no sync started");
+        }
+
+        fn release(&self) {
+            self.state.lock().unwrap().hold = false;
+            self.cv.notify_all();
+        }
+
+        fn syncs(&self) -> Vec<u64> {
+            self.state.lock().unwrap().syncs.clone()
+        }
+    }
+
+    struct Harness {
+        dir: PathBuf,
+        tx: mpsc::UnboundedSender<Op>,
+        sink: crate::queue::EventSink,
+        events: mpsc::UnboundedReceiver<QueueEvent>,
+        thread: Option<JoinHandle<()>>,
+        fail: Arc<AtomicBool>,
+        poisoned: Arc<AtomicBool>,
+    }
+
+    fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> Harness {
+        let dir =
+            std::env::temp_dir().join(format!("minimq-writer-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = create_segment(&dir, 1).unwrap();
+        let mut index = Index::default();
+        index.live.segments.entry(1).or_default();
+        let fail = Arc::new(AtomicBool::new(false));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let w = Writer {
+            dir: dir.clone(),
+            file: Arc::new(file),
+            seg: 1,
+            size: super::super::format::FILE_HEADER_LEN as u64,
+            segment_size,
+            fsync,
+            index: Arc::new(Mutex::new(index)),
+            poisoned: poisoned.clone(),
+            fail_syncs: Some(fail.clone()),
+            before_sync: Some(gate.hook()),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (sink, events) = mpsc::unbounded_channel();
+        let thread = std::thread::spawn(move || w.run(rx));
+        Harness {
+            dir,
+            tx,
+            sink,
+            events,
+            thread: Some(thread),
+            fail,
+            poisoned,
+        }
+    }
+
+    impl Harness {
+        /// Appends a 100-octet record; `seq` hears when it is durable.
+        fn append(&self, seq: u64) {
+            self.append_sized(seq, 100);
+        }
+
+        /// Appends a record of `len` octets; `seq` hears when it is durable.
+        fn append_sized(&self, seq: u64, len: usize) {
+            let notify = ConfirmTicket {
+                sink: self.sink.clone(),
+                channel: 1,
+                seq,
+            };
+            let op = Op::Append {
+                bytes: Chunks::One(Bytes::from(vec![seq as u8; len])),
+                track: Track::Nothing,
+                notify: Some(notify),
+            };
+            assert!(self.tx.send(op).is_ok());
+        }
+
+        /// Sends an op answering on a channel; returns the channel.
+        fn ask(
+            &self,
+            op: fn(std::sync::mpsc::Sender<bool>) -> Op,
+        ) -> std::sync::mpsc::Receiver<bool> {
+            let (reply, rx) = std::sync::mpsc::channel();
+            assert!(self.tx.send(op(reply)).is_ok());
+            rx
+        }
+
+        /// Waits until everything sent so far is written.
+        fn flush(&self) -> bool {
+            self.ask(Op::Flush).recv_timeout(WAIT).unwrap()
+        }
+
+        /// The next `n` confirms, as (seq, ok).
+        fn confirms(&mut self, n: usize) -> Vec<(u64, bool)> {
+            let deadline = Instant::now() + WAIT;
+            let mut out = Vec::new();
+            while out.len() < n {
+                match self.events.try_recv() {
+                    Ok(QueueEvent::Confirm { seq, ok, .. }) => out.push((seq, ok)),
+                    Ok(_) => {}
+                    Err(_) => {
+                        assert!(Instant::now() < deadline, "confirms missing: {out:?}");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            out
+        }
+
+        /// Confirms already sent.
+        fn confirms_now(&mut self) -> Vec<(u64, bool)> {
+            let mut out = Vec::new();
+            while let Ok(ev) = self.events.try_recv() {
+                if let QueueEvent::Confirm { seq, ok, .. } = ev {
+                    out.push((seq, ok));
+                }
+            }
+            out
+        }
+
+        /// Octets in segment 1.
+        fn segment_len(&self) -> u64 {
+            std::fs::metadata(self.dir.join(segment_name(1)))
+                .unwrap()
+                .len()
+        }
+
+        /// Stops the writer; answers its reply once the thread is joined.
+        fn stop(mut self) -> bool {
+            let ok = self.ask(Op::Stop).recv_timeout(WAIT).unwrap();
+            self.thread.take().unwrap().join().unwrap();
+            let _ = std::fs::remove_dir_all(&self.dir);
+            ok
+        }
+    }
+
+    #[test]
+    fn a_record_written_during_a_sync_is_confirmed_only_by_a_later_sync() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("during", FsyncMode::Batch, 1 << 20, &gate);
+        // (The writer starts out writing during syncs.)
+        gate.hold();
+        h.append(1);
+        gate.wait_held();
+        // Record 2 is written while the sync for record 1 runs...
+        h.append(2);
+        assert!(h.flush());
+        assert!(
+            h.confirms_now().is_empty(),
+            "confirmed before the sync ended"
+        );
+        // ...so only the next sync, which fails, covers it.
+        h.fail.store(true, Ordering::SeqCst);
+        gate.release();
+        assert_eq!(h.confirms(2), vec![(1, true), (2, false)]);
+        assert!(h.poisoned.load(Ordering::SeqCst));
+        // Poisoned: later records are refused, even with syncs working again.
+        h.fail.store(false, Ordering::SeqCst);
+        h.append(3);
+        assert_eq!(h.confirms(1), vec![(3, false)]);
+        assert!(!h.ask(Op::Sync).recv_timeout(WAIT).unwrap());
+        assert!(!h.stop());
+    }
+
+    #[test]
+    fn a_failed_sync_nacks_its_waiters() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("fail", FsyncMode::Batch, 1 << 20, &gate);
+        h.append(1);
+        assert_eq!(h.confirms(1), vec![(1, true)]);
+        h.fail.store(true, Ordering::SeqCst);
+        h.append(2);
+        assert_eq!(h.confirms(1), vec![(2, false)]);
+        assert!(h.poisoned.load(Ordering::SeqCst));
+        assert!(!h.stop());
+    }
+
+    #[test]
+    fn one_sync_covers_every_batch_written_during_the_previous_one() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("group", FsyncMode::Batch, 1 << 20, &gate);
+        gate.hold();
+        h.append(0);
+        gate.wait_held();
+        // Several batches (each flush ends one), all written while the sync runs.
+        for seq in 1..=50 {
+            h.append(seq);
+            if seq % 10 == 0 {
+                assert!(h.flush());
+            }
+        }
+        let sync = h.ask(Op::Sync);
+        assert!(h.flush());
+        assert!(
+            sync.recv_timeout(Duration::from_millis(50)).is_err(),
+            "Sync answered while the sync it needs has not started"
+        );
+        assert!(h.confirms_now().is_empty());
+        gate.release();
+        let confirms = h.confirms(51);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        assert!(sync.recv_timeout(WAIT).unwrap());
+        assert_eq!(
+            gate.syncs(),
+            vec![1, 1],
+            "one sync for record 0, one for the rest"
+        );
+        assert!(h.stop());
+    }
+
+    #[test]
+    fn the_writer_writes_during_a_sync_only_when_much_is_written_per_sync() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("pace", FsyncMode::Batch, 64 << 20, &gate);
+        // Little per sync: records sent during a sync are written once it ends, together.
+        for seq in 0..3 {
+            h.append(seq);
+            assert_eq!(h.confirms(1), vec![(seq, true)]);
+        }
+        gate.hold();
+        h.append(10);
+        gate.wait_held();
+        let len = h.segment_len();
+        for seq in 11..=60 {
+            h.append(seq);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(h.segment_len(), len, "written during the sync");
+        let syncs = gate.syncs().len();
+        gate.release();
+        let confirms = h.confirms(51);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        assert_eq!(gate.syncs().len(), syncs + 1, "one sync for the fifty");
+        // After a round with a MiB written, the writer writes during the next sync.
+        h.append_sized(100, 1 << 20);
+        assert_eq!(h.confirms(1), vec![(100, true)]);
+        gate.hold();
+        h.append(102);
+        gate.wait_held();
+        let len = h.segment_len();
+        for seq in 103..=110 {
+            h.append(seq);
+        }
+        assert!(h.flush());
+        assert_eq!(h.segment_len(), len + 800, "not written during the sync");
+        gate.release();
+        let confirms = h.confirms(9);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        assert!(h.stop());
+    }
+
+    #[test]
+    fn waiters_across_rotations_are_answered_after_a_sync_of_their_segment() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("rotate", FsyncMode::Batch, 4096, &gate);
+        // 20,000 octets through 4 KiB segments: several rotations, inside batches too.
+        for seq in 0..200 {
+            h.append(seq);
+            if seq % 50 == 49 {
+                assert!(h.flush());
+            }
+        }
+        let confirms = h.confirms(200);
+        assert_eq!(confirms.len(), 200);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        let mut synced = gate.syncs();
+        synced.dedup();
+        let last = *synced.last().unwrap();
+        assert!(last >= 4, "{synced:?}");
+        assert_eq!(
+            synced,
+            (1..=last).collect::<Vec<_>>(),
+            "every segment synced, in order"
+        );
+        assert!(h.stop());
+    }
+
+    #[test]
+    fn stop_answers_everything_then_joins_the_syncer() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("stop", FsyncMode::Batch, 1 << 20, &gate);
+        for seq in 0..20 {
+            h.append(seq);
+        }
+        let stop = h.ask(Op::Stop);
+        assert!(stop.recv_timeout(WAIT).unwrap());
+        // Everything before the Stop was answered before it.
+        let confirms = h.confirms_now();
+        assert_eq!(confirms, (0..20).map(|s| (s, true)).collect::<Vec<_>>());
+        h.thread.take().unwrap().join().unwrap();
+        // The writer and the syncer are gone, with their handles on the hook.
+        assert_eq!(Arc::strong_count(&gate), 1);
+        let _ = std::fs::remove_dir_all(&h.dir);
+    }
+
+    #[test]
+    fn a_panic_in_the_sync_thread_nacks_everything_and_poisons_the_store() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("panic", FsyncMode::Batch, 1 << 20, &gate);
+        h.append(1);
+        assert_eq!(h.confirms(1), vec![(1, true)]);
+        gate.state.lock().unwrap().panic = true;
+        for seq in 2..=20 {
+            h.append(seq);
+        }
+        let confirms = h.confirms(19);
+        assert!(confirms.iter().all(|(_, ok)| !*ok), "{confirms:?}");
+        assert!(h.poisoned.load(Ordering::SeqCst));
+        h.append(21);
+        assert_eq!(h.confirms(1), vec![(21, false)]);
+        assert!(!h.ask(Op::Sync).recv_timeout(WAIT).unwrap());
+        assert!(!h.stop());
+    }
+
+    #[test]
+    fn fsync_off_answers_after_the_write_and_never_syncs() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("off", FsyncMode::Off, 4096, &gate);
+        for seq in 0..100 {
+            h.append(seq);
+        }
+        let confirms = h.confirms(100);
+        assert!(confirms.iter().all(|(_, ok)| *ok), "{confirms:?}");
+        assert!(h.ask(Op::Sync).recv_timeout(WAIT).unwrap());
+        assert!(h.stop());
+        assert!(gate.syncs().is_empty());
     }
 }
