@@ -14,7 +14,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use minimq_protocol::frame::{encode_content, encode_deliver};
+use minimq_protocol::frame::{encode_body_frames, encode_content, encode_deliver_head};
 use minimq_protocol::{BasicProperties, BasicPublish, FrameCodec, Method};
 use tokio_util::codec::Decoder;
 
@@ -101,7 +101,8 @@ fn encode(c: &mut Criterion) {
             let mut tag = 0u64;
             b.iter(|| {
                 tag += 1;
-                encode_deliver(
+                let body = black_box(&body);
+                encode_deliver_head(
                     &mut buf,
                     1,
                     black_box("amq.ctag-JzTY20BRgKO-HjmUJj0wLg"),
@@ -110,9 +111,9 @@ fn encode(c: &mut Criterion) {
                     black_box(""),
                     black_box("task_queue"),
                     black_box(&props),
-                    black_box(&body),
-                    FRAME_MAX,
+                    body.len() as u64,
                 );
+                encode_body_frames(&mut buf, 1, body, FRAME_MAX);
                 if buf.len() > 128 * 1024 {
                     buf.clear();
                 }

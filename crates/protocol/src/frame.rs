@@ -144,9 +144,7 @@ pub fn encode_method(buf: &mut BytesMut, channel: u16, method: &Method) {
 }
 
 fn encode_body(buf: &mut BytesMut, channel: u16, body: &[u8]) {
-    buf.put_u8(FRAME_BODY);
-    buf.put_u16(channel);
-    buf.put_u32(body.len() as u32);
+    body_frame_start(buf, channel, body.len());
     buf.put_slice(body);
     buf.put_u8(FRAME_END);
 }
@@ -165,39 +163,11 @@ pub fn encode_content(
     encode_header_and_body(buf, channel, method.class_id(), properties, body, frame_max);
 }
 
-/// Appends a `basic.deliver` with its content, writing the method arguments straight from
-/// borrowed strings: the broker's per-delivery hot path allocates nothing here.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_deliver(
-    buf: &mut BytesMut,
-    channel: u16,
-    consumer_tag: &str,
-    delivery_tag: u64,
-    redelivered: bool,
-    exchange: &str,
-    routing_key: &str,
-    properties: &BasicProperties,
-    body: &[u8],
-    frame_max: u32,
-) {
-    encode_deliver_head(
-        buf,
-        channel,
-        consumer_tag,
-        delivery_tag,
-        redelivered,
-        exchange,
-        routing_key,
-        properties,
-        body.len() as u64,
-    );
-    encode_body_frames(buf, channel, body, frame_max);
-}
-
-/// [`encode_deliver`] without the body frames: the method and a content header announcing
-/// `body_size` octets. The caller sends the body frames itself, e.g. a large body straight
-/// from its `Bytes`, framed with [`body_frame_start`] and [`FRAME_END`].
-#[allow(clippy::too_many_arguments)] // the fields of basic.deliver, as in encode_deliver
+/// Appends a `basic.deliver` and a content header announcing `body_size` octets, writing
+/// the method arguments straight from borrowed strings (the broker's per-delivery hot path
+/// allocates nothing here). The body follows: [`encode_body_frames`], or a large body sent
+/// straight from its `Bytes`, framed with [`body_frame_start`] and [`FRAME_END`].
+#[allow(clippy::too_many_arguments)] // the fields of basic.deliver
 pub fn encode_deliver_head(
     buf: &mut BytesMut,
     channel: u16,
