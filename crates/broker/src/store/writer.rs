@@ -962,7 +962,7 @@ mod tests {
     use super::*;
     use crate::queue::QueueEvent;
     use std::sync::Condvar;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -1108,16 +1108,19 @@ mod tests {
 
         /// The next `n` confirms, as (seq, ok).
         fn confirms(&mut self, n: usize) -> Vec<(u64, bool)> {
-            let deadline = Instant::now() + WAIT;
+            // Waits on the channel itself (a runtime only for its timer).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
             let mut out = Vec::new();
             while out.len() < n {
-                match self.events.try_recv() {
-                    Ok(QueueEvent::Confirm { seq, ok, .. }) => out.push((seq, ok)),
-                    Ok(_) => {}
-                    Err(_) => {
-                        assert!(Instant::now() < deadline, "confirms missing: {out:?}");
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+                let next =
+                    rt.block_on(async { tokio::time::timeout(WAIT, self.events.recv()).await });
+                match next {
+                    Ok(Some(QueueEvent::Confirm { seq, ok, .. })) => out.push((seq, ok)),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => panic!("confirms missing: {out:?}"),
                 }
             }
             out
