@@ -295,11 +295,7 @@ impl Record {
             encode_message(buf, *msg_id, exchange, routing_key, properties, body);
             return;
         }
-        let start = buf.len();
-        buf.put_u32(0);
-        buf.put_u8(self.kind());
-        buf.put_u32(0);
-        let payload_at = buf.len();
+        let at = begin_record(buf, self.kind());
         match self {
             // Encoded by `encode_message` above.
             Record::Message { .. } => {}
@@ -346,11 +342,7 @@ impl Record {
                 write::table(buf, &b.arguments);
             }
         }
-        let len = (buf.len() - payload_at) as u32;
-        buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        let mut crc = crc32c::crc32c(&[self.kind()]);
-        crc = crc32c::crc32c_append(crc, &buf[payload_at..]);
-        buf[start + 5..start + 9].copy_from_slice(&crc.to_be_bytes());
+        finish_record(buf, at, &[]);
     }
 
     fn kind(&self) -> u8 {
@@ -506,19 +498,42 @@ pub fn encode_message_head(
     properties: &BasicProperties,
     body: &[u8],
 ) {
-    let start = buf.len();
-    buf.put_u32(0);
-    buf.put_u8(T_MESSAGE);
-    buf.put_u32(0);
-    let payload_at = buf.len();
+    let at = begin_record(buf, T_MESSAGE);
     buf.put_u64(msg_id);
     write::shortstr(buf, exchange);
     write::shortstr(buf, routing_key);
     properties.encode(buf);
-    let len = (buf.len() - payload_at + body.len()) as u32;
+    finish_record(buf, at, body);
+}
+
+/// Where [`begin_record`] put a record's header, for [`finish_record`].
+struct RecordStart {
+    start: usize,
+    payload_at: usize,
+}
+
+/// Writes a record header (length, kind, checksum) with placeholders for the length and
+/// checksum; the payload follows.
+fn begin_record(buf: &mut BytesMut, kind: u8) -> RecordStart {
+    let start = buf.len();
+    buf.put_u32(0);
+    buf.put_u8(kind);
+    buf.put_u32(0);
+    RecordStart {
+        start,
+        payload_at: buf.len(),
+    }
+}
+
+/// Fills in the length and checksum of the record begun at `at`: its payload is what
+/// follows the header in `buf`, then `rest`, which the caller writes after it.
+fn finish_record(buf: &mut BytesMut, at: RecordStart, rest: &[u8]) {
+    let RecordStart { start, payload_at } = at;
+    let len = (buf.len() - payload_at + rest.len()) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&[T_MESSAGE]), &buf[payload_at..]);
-    let crc = crc32c::crc32c_append(crc, body);
+    let crc = crc32c::crc32c(&buf[start + 4..start + 5]);
+    let crc = crc32c::crc32c_append(crc, &buf[payload_at..]);
+    let crc = crc32c::crc32c_append(crc, rest);
     buf[start + 5..start + 9].copy_from_slice(&crc.to_be_bytes());
 }
 
