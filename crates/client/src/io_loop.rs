@@ -9,6 +9,9 @@
 //! - take a request from a handle and encode its frames into the outgoing buffer (only
 //!   while that buffer is below [`HIGH_WATER`], which is the back-pressure on publishers);
 //! - write the outgoing buffer to the socket (reading never waits for writing);
+//! - after every [`HAND_OFF`] deliveries, let the consumers run and write their acks
+//!   before handling more of what was read, so the broker works on those acks while the
+//!   consumers work on the rest;
 //! - on the heartbeat tick, send a heartbeat if nothing else went out lately and declare
 //!   the server dead after two silent intervals.
 //!
@@ -19,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{encode_content, encode_method};
 use minimq_protocol::idhash::IdMap;
@@ -47,6 +50,11 @@ use crate::returned::ReturnedMessage;
 const HIGH_WATER: usize = 1 << 20;
 /// Frames read, or requests taken, per wake-up at most.
 const BATCH: usize = 256;
+/// Deliveries handed to consumers before they get a turn, and their acks a write, ahead
+/// of the rest of what was read: the broker works on those acks (and sends the next
+/// deliveries) while the consumers work on the rest, instead of both sides taking turns
+/// with a whole prefetch window each.
+const HAND_OFF: usize = 32;
 /// How long a closing connection waits for `close-ok` (or to flush a final frame).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -294,6 +302,8 @@ pub(crate) struct IoLoop {
     heartbeat: Option<Duration>,
     last_read: Instant,
     last_write: Instant,
+    /// Deliveries handed to consumers since they last had a turn.
+    handed: usize,
 }
 
 impl IoLoop {
@@ -325,6 +335,7 @@ impl IoLoop {
             heartbeat,
             last_read: now,
             last_write: now,
+            handed: 0,
         }
     }
 
@@ -386,7 +397,7 @@ impl IoLoop {
                         if let Some(end) = self.on_read(item) {
                             return end;
                         }
-                        if self.reader_done || n == BATCH {
+                        if self.reader_done || n == BATCH || self.handed >= HAND_OFF {
                             break;
                         }
                         match self.reader.next().now_or_never() {
@@ -399,15 +410,7 @@ impl IoLoop {
                     Some(request) => {
                         self.on_request(request);
                         // Take what else is queued, so it goes out in one write.
-                        for _ in 0..BATCH {
-                            if self.outbox.len() >= HIGH_WATER || !matches!(self.state, State::Open) {
-                                break;
-                            }
-                            match self.requests.try_recv() {
-                                Ok(request) => self.on_request(request),
-                                Err(_) => break,
-                            }
-                        }
+                        self.take_queued_requests();
                     }
                     None => {
                         // Every handle is gone: nobody can use the connection any more.
@@ -440,6 +443,46 @@ impl IoLoop {
                 // Nothing left to wait for (cannot happen: every state has a live branch).
                 else => return self.end_reason(),
             }
+            if self.handed >= HAND_OFF {
+                if let Err(e) = self.consumers_turn().await {
+                    return Error::io(e);
+                }
+            }
+        }
+    }
+
+    /// Takes the requests already queued (up to a batch, while the outgoing buffer has
+    /// room and the connection is open).
+    fn take_queued_requests(&mut self) {
+        for _ in 0..BATCH {
+            if self.outbox.len() >= HIGH_WATER || !matches!(self.state, State::Open) {
+                break;
+            }
+            match self.requests.try_recv() {
+                Ok(request) => self.on_request(request),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Lets the consumers that were just handed deliveries run (on this thread, with a
+    /// single-threaded runtime), then takes their acks and writes them if the socket
+    /// takes them at once (else the select loop's write does, as usual).
+    async fn consumers_turn(&mut self) -> std::io::Result<()> {
+        self.handed = 0;
+        tokio::task::yield_now().await;
+        self.take_queued_requests();
+        if self.outbox.is_empty() || !matches!(self.state, State::Open) {
+            return Ok(());
+        }
+        match self.writer.try_write(&self.outbox) {
+            Ok(n) => {
+                self.outbox.advance(n);
+                self.last_write = Instant::now();
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -843,6 +886,7 @@ impl IoLoop {
                     properties: content.properties,
                     body: content.body,
                 };
+                self.handed += 1;
                 if sink.tx.send(Ok(delivery)).is_err() {
                     tracing::debug!("delivery for a dropped consumer discarded");
                 }

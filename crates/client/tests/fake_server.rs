@@ -421,3 +421,93 @@ async fn a_server_without_plain_is_refused() {
     );
     server.abort();
 }
+
+/// A burst of deliveries read at once is not handled as one block, with every ack
+/// waiting until the consumer went through all of it: the first deliveries' acks are on
+/// the wire before the consumer gets the later ones, so a broker can work on them (and
+/// send more) in the meantime. The consumer checks this without yielding, by reading the
+/// acks from the server's socket in blocking mode: if they had not been written yet,
+/// nothing could write them while it waits, and the read would time out.
+#[tokio::test]
+async fn acks_of_the_first_deliveries_leave_before_the_last_are_handed_out() {
+    use minimq_client::BasicConsumeOptions;
+    use minimq_protocol::frame::encode_content;
+    use minimq_protocol::{BasicConsumeOk, BasicDeliver, BasicProperties as Props};
+    use tokio_util::codec::Decoder;
+
+    // A prefetch window's worth; fewer than tokio's cooperative budget (128), which would
+    // make the consumer yield anyway.
+    const BURST: u64 = 100;
+    // Fewer than any sensible hand-off size, far fewer than the burst.
+    const EARLY: u64 = 8;
+    let (listener, url) = listen("").await;
+    let (socket_tx, socket_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut peer = accept(&listener, tune(0, 131_072)).await;
+        let ch = peer.open_channel().await;
+        match peer.recv_method().await {
+            (c, Method::BasicConsume(_)) => assert_eq!(c, ch),
+            other => panic!("{other:?}"),
+        }
+        peer.send(
+            ch,
+            Method::BasicConsumeOk(BasicConsumeOk {
+                consumer_tag: "c".into(),
+            }),
+        )
+        .await;
+        let mut burst = BytesMut::new();
+        for tag in 1..=BURST {
+            let deliver = Method::BasicDeliver(BasicDeliver {
+                consumer_tag: "c".into(),
+                delivery_tag: tag,
+                redelivered: false,
+                exchange: String::new(),
+                routing_key: "q".into(),
+            });
+            encode_content(&mut burst, ch, &deliver, &Props::default(), b"x", 131_072);
+        }
+        let mut socket = peer.framed.into_inner();
+        socket.write_all(&burst).await.unwrap();
+        let socket = socket.into_std().unwrap();
+        socket.set_nonblocking(false).unwrap();
+        socket.set_read_timeout(Some(LIMIT)).unwrap();
+        let _ = socket_tx.send(socket);
+    });
+    let conn = Connection::connect(&url).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume("q", "c", BasicConsumeOptions::default(), FieldTable::new())
+        .await
+        .unwrap();
+    let mut server = socket_rx.await.unwrap();
+    let mut acked = Vec::new();
+    let mut inbound = BytesMut::new();
+    let mut codec = FrameCodec::new(0);
+    for tag in 1..=BURST {
+        let delivery = tokio::time::timeout(LIMIT, consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("stream open")
+            .expect("a delivery");
+        assert_eq!(delivery.delivery_tag, tag);
+        if tag == BURST - EARLY {
+            // Blocking: nothing else on this runtime runs until the acks are read.
+            while (acked.len() as u64) < EARLY {
+                let mut buf = [0u8; 4096];
+                let n = std::io::Read::read(&mut server, &mut buf)
+                    .expect("acks of the first deliveries written before the last are handed out");
+                assert!(n > 0, "socket closed");
+                inbound.extend_from_slice(&buf[..n]);
+                while let Some(frame) = codec.decode(&mut inbound).unwrap() {
+                    match frame {
+                        Frame::Method(_, Method::BasicAck(a)) => acked.push(a.delivery_tag),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            assert_eq!(acked[..EARLY as usize], (1..=EARLY).collect::<Vec<_>>());
+        }
+        delivery.ack().await.unwrap();
+    }
+}
