@@ -1106,6 +1106,106 @@ async fn abrupt_tcp_drop_requeues_unacked_marked_redelivered() {
     }
 }
 
+/// Appends to `buf` a publish of `body` to `queue` on channel 1, as frames.
+fn publish_frames(buf: &mut bytes::BytesMut, queue: &str, body: &[u8]) {
+    let publish = Method::BasicPublish(minimq_protocol::BasicPublish {
+        exchange: String::new(),
+        routing_key: queue.into(),
+        mandatory: false,
+        immediate: false,
+    });
+    let props = minimq_protocol::BasicProperties::default();
+    minimq_protocol::frame::encode_content(buf, 1, &publish, &props, body, 131_072);
+}
+
+/// A connection's publishes from one read go to their queue together: whatever follows
+/// them in that read (a purge, a get, a channel close) still comes after them.
+#[tokio::test]
+async fn publishes_read_together_reach_the_queue_before_the_frames_after_them() {
+    use minimq_protocol::frame::encode_method;
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    declare(&ch, "q").await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut buf = bytes::BytesMut::new();
+    for i in 0..100 {
+        publish_frames(&mut buf, "q", format!("a{i}").as_bytes());
+    }
+    let purge = minimq_protocol::QueuePurge {
+        queue: "q".into(),
+        no_wait: false,
+    };
+    encode_method(&mut buf, 1, &purge.into());
+    for i in 0..50 {
+        publish_frames(&mut buf, "q", format!("b{i}").as_bytes());
+    }
+    let get = minimq_protocol::BasicGet {
+        queue: "q".into(),
+        no_ack: true,
+    };
+    encode_method(&mut buf, 1, &get.into());
+    for i in 0..10 {
+        publish_frames(&mut buf, "q", format!("c{i}").as_bytes());
+    }
+    let close = minimq_protocol::ChannelClose {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    encode_method(&mut buf, 1, &close.into());
+    // One write: the broker reads all of it together.
+    raw.io.get_mut().write_all(&buf).await.expect("write");
+
+    let Method::QueuePurgeOk(purged) = raw.method(1).await else {
+        panic!("expected queue.purge-ok")
+    };
+    assert_eq!(purged.message_count, 100, "the publishes before the purge");
+    let Method::BasicGetOk(got) = raw.method(1).await else {
+        panic!("expected basic.get-ok")
+    };
+    assert_eq!(
+        got.message_count, 49,
+        "the publishes between purge and get, less one"
+    );
+    let Frame::Header(1, _) = raw.frame().await else {
+        panic!("expected a content header")
+    };
+    let Frame::Body(1, first) = raw.frame().await else {
+        panic!("expected a content body")
+    };
+    assert_eq!(&first[..], b"b0");
+    let Method::ChannelCloseOk(_) = raw.method(1).await else {
+        panic!("expected channel.close-ok")
+    };
+    let want: Vec<String> = (1..50)
+        .map(|i| format!("b{i}"))
+        .chain((0..10).map(|i| format!("c{i}")))
+        .collect();
+    assert_eq!(drain(&ch, "q").await, want, "the rest, in publish order");
+}
+
+/// Publishes read together with the end of the stream are not lost with the connection.
+#[tokio::test]
+async fn publishes_read_with_the_end_of_the_stream_still_reach_the_queue() {
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    declare(&ch, "q").await;
+    let raw = Raw::connect(broker.local_addr()).await;
+    let mut buf = bytes::BytesMut::new();
+    for i in 0..100 {
+        publish_frames(&mut buf, "q", format!("{i}").as_bytes());
+    }
+    let mut socket = raw.io.into_inner();
+    socket.write_all(&buf).await.expect("write");
+    socket.shutdown().await.expect("shutdown");
+    wait_ready(&ch, "q", 100).await;
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(drain(&ch, "q").await, want);
+}
+
 #[tokio::test]
 async fn basic_cancel_does_not_requeue_unacked_which_stay_ackable() {
     let broker = start_broker().await;

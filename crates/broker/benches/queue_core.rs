@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use minimq_broker::message::Message;
-use minimq_broker::queue::{ConsumerSpec, QueueCommand, QueueEvent, QueueHandle};
+use minimq_broker::queue::{ConsumerSpec, Publish, QueueCommand, QueueEvent, QueueHandle};
 use minimq_broker::vhost::{QueueSpec, VHost};
 use minimq_protocol::{BasicProperties, FieldTable};
 use tokio::sync::{mpsc, oneshot};
@@ -109,12 +109,13 @@ async fn run(vhost: &VHost, mode: Mode, n: u64) {
     let publisher = {
         let queue = queue.clone();
         tokio::spawn(async move {
+            // One message per command: a connection that reads one publish at a time.
             for _ in 0..n {
-                let cmd = QueueCommand::Publish {
+                let publish = Publish {
                     message: message.clone(),
                     confirm: None,
                 };
-                assert!(queue.send(cmd).await);
+                queue.publish(vec![publish]).await;
             }
         })
     };

@@ -17,7 +17,7 @@ use super::{group_by_queue, BodyParts, ChannelConsumer, Outstanding, PendingPubl
 use crate::connection::Conn;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{share_last, Message};
-use crate::queue::{ConfirmTicket, ConsumerSpec, Delivery, QueueCommand, QueueHandle};
+use crate::queue::{ConfirmTicket, ConsumerSpec, Delivery, Publish, QueueCommand, QueueHandle};
 use crate::vhost::{generate_name, QueueSpec};
 
 static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
@@ -218,11 +218,7 @@ impl Conn {
                 if p.immediate {
                     return Err(AmqpError::new(ReplyCode::NotImplemented, "immediate=true"));
                 }
-                self.channel(ch).publish = Some(PendingPublish {
-                    method: p,
-                    header: None,
-                    body: BodyParts::Empty,
-                });
+                self.start_publish(ch, p);
                 Ok(())
             }
             Method::BasicGet(g) => self.basic_get(ch, g).await,
@@ -450,6 +446,25 @@ impl Conn {
     }
 
     /// Ack (`ack = true`), or reject / nack with or without requeue.
+    /// `basic.publish` on `ch`: its header and body come next.
+    pub(crate) fn start_publish(&mut self, ch: u16, method: BasicPublish) {
+        self.channel(ch).publish = Some(PendingPublish {
+            method,
+            header: None,
+            body: BodyParts::Empty,
+        });
+    }
+
+    /// `basic.ack` on a channel without channel-wide credit (`basic.qos global`): no
+    /// delivery took any, so every ack is plain and held for its queue (see
+    /// [`Conn::hold_ack`]).
+    pub(crate) fn plain_ack(&mut self, ch: u16, tag: u64, multiple: bool) -> AmqpResult<()> {
+        for o in self.channel(ch).take_outstanding(tag, multiple)? {
+            self.hold_ack(o.queue, o.msg_id);
+        }
+        Ok(())
+    }
+
     async fn settle(
         &mut self,
         ch: u16,
@@ -496,7 +511,7 @@ impl Conn {
     }
 
     /// A content header arrived on `ch`.
-    pub(crate) async fn on_header(&mut self, ch: u16, header: ContentHeader) -> AmqpResult<()> {
+    pub(crate) fn on_header(&mut self, ch: u16, header: ContentHeader) -> AmqpResult<()> {
         let max = self.state.config.max_message_size;
         let expecting = self
             .channels
@@ -541,13 +556,13 @@ impl Conn {
         let publish = self.channel(ch).publish.as_mut().expect("checked above");
         publish.header = Some((header.properties, size));
         if size == 0 {
-            self.complete_publish(ch).await?;
+            self.complete_publish(ch)?;
         }
         Ok(())
     }
 
     /// A body frame arrived on `ch`.
-    pub(crate) async fn on_body(&mut self, ch: u16, body: Bytes) -> AmqpResult<()> {
+    pub(crate) fn on_body(&mut self, ch: u16, body: Bytes) -> AmqpResult<()> {
         let no_method = || {
             AmqpError::new(
                 ReplyCode::UnexpectedFrame,
@@ -584,14 +599,14 @@ impl Conn {
         }
         parts.push(body);
         if parts.len() == size {
-            self.complete_publish(ch).await?;
+            self.complete_publish(ch)?;
         }
         Ok(())
     }
 
-    /// The publish on `ch` is complete: route it, hand it to its queues, arrange its
-    /// confirm and its return.
-    async fn complete_publish(&mut self, ch: u16) -> AmqpResult<()> {
+    /// The publish on `ch` is complete: route it, hold it for its queues (see
+    /// [`Conn::hold_publish`]), arrange its confirm and its return.
+    fn complete_publish(&mut self, ch: u16) -> AmqpResult<()> {
         let channel = self.channel(ch);
         let Some(PendingPublish {
             method,
@@ -680,18 +695,13 @@ impl Conn {
                 channel: ch,
                 seq,
             });
-            if !q
-                .send(QueueCommand::Publish {
+            self.hold_publish(
+                q,
+                Publish {
                     message: message.clone(),
                     confirm,
-                })
-                .await
-            {
-                // The queue was deleted under us: nobody will answer for it.
-                if let (Some(seq), Some(c)) = (seq, self.channel(ch).confirms.as_mut()) {
-                    c.answer(seq, true);
-                }
-            }
+                },
+            );
         }
         if seq.is_some() {
             self.emit_confirms(ch);

@@ -33,7 +33,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::channel::{Channel, ChannelStatus};
 use crate::error::AmqpError;
-use crate::queue::{EventSink, QueueCommand, QueueEvent, QueueHandle};
+use crate::queue::{EventSink, Publish, QueueCommand, QueueEvent, QueueHandle};
 use crate::server::BrokerState;
 use crate::store::idhash::IdMap;
 
@@ -91,6 +91,19 @@ pub struct Conn {
     /// Plain acks of the current read, by queue, not yet sent (see [`Conn::hold_ack`]).
     /// Sent before anything else this connection does with a queue.
     pending_acks: Vec<(QueueHandle, Vec<u64>)>,
+    /// Publishes of the current read, by queue, not yet sent (see
+    /// [`Conn::hold_publish`]).
+    pending_publishes: Vec<(QueueHandle, Vec<Publish>)>,
+}
+
+/// What [`Conn::on_frame_fast`] did with a frame.
+enum Fast {
+    /// Handled.
+    Done,
+    /// Handled, and it failed on this channel with this error.
+    Failed(u16, AmqpError),
+    /// Not one for the fast path: for [`Conn::on_frame`].
+    Slow(Frame),
 }
 
 /// The connection error for bytes that do not decode, with RabbitMQ's text where the
@@ -162,6 +175,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         last_sent: Instant::now(),
         confirms_due: Vec::new(),
         pending_acks: Vec::new(),
+        pending_publishes: Vec::new(),
     };
     // A shutdown does not wait for a client that is still in the handshake.
     let shutdown = conn.state.shutdown.clone();
@@ -248,7 +262,21 @@ impl Conn {
                     let mut handled = 0;
                     last_recv = Instant::now();
                     loop {
-                        if !self.on_read(item, events, &mut close_deadline).await {
+                        let go_on = match item {
+                            Some(Ok(frame)) if !self.closing => match self.on_frame_fast(frame) {
+                                Fast::Done => true,
+                                Fast::Failed(ch, e) => {
+                                    self.on_frame_error(ch, e, &mut close_deadline).await;
+                                    true
+                                }
+                                Fast::Slow(frame) => {
+                                    self.on_read(Some(Ok(frame)), events, &mut close_deadline)
+                                        .await
+                                }
+                            },
+                            item => self.on_read(item, events, &mut close_deadline).await,
+                        };
+                        if !go_on {
                             break 'main;
                         }
                         handled += 1;
@@ -261,6 +289,15 @@ impl Conn {
                         }
                     }
                     self.flush_acks();
+                    self.flush_publishes().await;
+                    if handled == READ_BATCH {
+                        // More is likely waiting. The tasks this read woke (a queue, a
+                        // consumer's connection) run on this worker once this task
+                        // yields; a peer that always has more to send would otherwise
+                        // keep them waiting for tokio's budget to run out.
+                        self.flush();
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Some(ev) = events.recv() => {
                     self.on_event(ev);
@@ -337,6 +374,8 @@ impl Conn {
         events: &mut mpsc::UnboundedReceiver<QueueEvent>,
         close_deadline: &mut Instant,
     ) -> bool {
+        // Publishes held from earlier frames of this read go before anything else.
+        self.flush_publishes().await;
         match item {
             Some(Ok(frame)) => match self.on_frame(frame).await {
                 Ok(Flow::Continue) => true,
@@ -375,9 +414,80 @@ impl Conn {
 
     /// Holds back a plain ack, to be sent with the others of the same read.
     pub(crate) fn hold_ack(&mut self, queue: QueueHandle, msg_id: u64) {
-        match self.pending_acks.iter_mut().find(|(q, _)| q.same(&queue)) {
-            Some((_, ids)) => ids.push(msg_id),
-            None => self.pending_acks.push((queue, vec![msg_id])),
+        hold(&mut self.pending_acks, queue, msg_id);
+    }
+
+    /// Holds back a publish, to be sent with the others of the same read to its queue
+    /// as one command. Sent when the read is done, or before the next frame that is not
+    /// part of a publish or an ack (so everything else this connection does with a queue
+    /// comes after them).
+    pub(crate) fn hold_publish(&mut self, queue: QueueHandle, publish: Publish) {
+        hold(&mut self.pending_publishes, queue, publish);
+    }
+
+    /// Sends the publishes held by [`Conn::hold_publish`] to their queues; waits while a
+    /// queue has too many waiting (see [`crate::queue::PublishRoom`]).
+    async fn flush_publishes(&mut self) {
+        if self.pending_publishes.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending_publishes);
+        for (queue, batch) in pending.drain(..) {
+            queue.publish(batch).await;
+        }
+        // Keeps its memory for the next read.
+        self.pending_publishes = pending;
+    }
+
+    /// The frames of a publish and plain acks — nearly all of a busy connection's
+    /// traffic — handled without the async frame path (whose futures are large to set
+    /// up for every frame). Other frames are handed back for [`Conn::on_frame`].
+    fn on_frame_fast(&mut self, frame: Frame) -> Fast {
+        let open = |ch: u16| {
+            self.channels
+                .get(&ch)
+                .filter(|c| c.status == ChannelStatus::Open)
+        };
+        match frame {
+            Frame::Method(ch, Method::BasicPublish(p))
+                if !p.immediate && open(ch).is_some_and(|c| c.publish.is_none()) =>
+            {
+                self.start_publish(ch, p);
+                Fast::Done
+            }
+            // Without channel-wide credit (`basic.qos global`) every ack is plain.
+            Frame::Method(ch, Method::BasicAck(a))
+                if open(ch).is_some_and(|c| c.publish.is_none() && !c.global_qos) =>
+            {
+                match self.plain_ack(ch, a.delivery_tag, a.multiple) {
+                    Ok(()) => Fast::Done,
+                    Err(e) => Fast::Failed(ch, e.on(60, 80)),
+                }
+            }
+            Frame::Header(ch, header) if ch != 0 && self.channels.contains_key(&ch) => {
+                match self.on_header(ch, *header) {
+                    Ok(()) => Fast::Done,
+                    Err(e) => Fast::Failed(ch, content_error(e)),
+                }
+            }
+            Frame::Body(ch, body) if ch != 0 && self.channels.contains_key(&ch) => {
+                match self.on_body(ch, body) {
+                    Ok(()) => Fast::Done,
+                    Err(e) => Fast::Failed(ch, content_error(e)),
+                }
+            }
+            other => Fast::Slow(other),
+        }
+    }
+
+    /// A frame on channel `ch` failed with `e`: a channel error closes the channel, a
+    /// connection error the connection.
+    async fn on_frame_error(&mut self, ch: u16, e: AmqpError, deadline: &mut Instant) {
+        self.flush_publishes().await;
+        if e.is_hard() {
+            self.fail_connection(e, deadline).await;
+        } else {
+            self.fail_channel(ch, e).await;
         }
     }
 
@@ -474,22 +584,22 @@ impl Conn {
             )),
             Frame::Header(ch, header) => {
                 self.check_channel_id(ch)?;
-                match self.on_header(ch, *header).await {
+                match self.on_header(ch, *header).map_err(content_error) {
                     Ok(()) => Ok(Flow::Continue),
                     Err(e) if e.is_hard() => Err(e),
                     Err(e) => {
-                        self.fail_channel(ch, e.on(60, 40)).await;
+                        self.fail_channel(ch, e).await;
                         Ok(Flow::Continue)
                     }
                 }
             }
             Frame::Body(ch, body) => {
                 self.check_channel_id(ch)?;
-                match self.on_body(ch, body).await {
+                match self.on_body(ch, body).map_err(content_error) {
                     Ok(()) => Ok(Flow::Continue),
                     Err(e) if e.is_hard() => Err(e),
                     Err(e) => {
-                        self.fail_channel(ch, e.on(60, 40)).await;
+                        self.fail_channel(ch, e).await;
                         Ok(Flow::Continue)
                     }
                 }
@@ -760,5 +870,23 @@ impl Conn {
                 .delete_queue(q.name(), self.id, false, false)
                 .await;
         }
+    }
+}
+
+/// The error of a content frame (header or body) as the client hears it: a channel
+/// error names `basic.publish`, a connection error stays as it is.
+fn content_error(e: AmqpError) -> AmqpError {
+    if e.is_hard() {
+        e
+    } else {
+        e.on(60, 40)
+    }
+}
+
+/// Adds `item` to the batch of `queue` in `held`.
+fn hold<T>(held: &mut Vec<(QueueHandle, Vec<T>)>, queue: QueueHandle, item: T) {
+    match held.iter_mut().find(|(q, _)| q.same(&queue)) {
+        Some((_, items)) => items.push(item),
+        None => held.push((queue, vec![item])),
     }
 }

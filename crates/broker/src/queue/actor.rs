@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
-    ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, QueueCommand, QueueCounts,
+    ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueCommand, QueueCounts,
     QueueEvent, QueueHandle, QueueInbox,
 };
 use crate::error::AmqpError;
@@ -319,10 +319,10 @@ impl QueueActor {
                 tracing::debug!(queue = %queue, target = %target.name(), "dead-letter cycle; message dropped");
                 continue;
             }
-            target.send_now(QueueCommand::Publish {
+            target.publish_now(vec![Publish {
                 message: dead.clone(),
                 confirm: None,
-            });
+            }]);
         }
     }
 
@@ -379,8 +379,12 @@ impl QueueActor {
             self.last_used = now;
         }
         match cmd {
-            QueueCommand::Publish { message, confirm } => {
-                self.publish(message, confirm);
+            QueueCommand::Publish(batch) => {
+                let n = batch.len();
+                for Publish { message, confirm } in batch {
+                    self.publish(message, confirm);
+                }
+                self.handle.info().room.taken(n);
                 self.dispatch(now);
             }
             QueueCommand::Consume { consumer, reply } => {
@@ -976,10 +980,11 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Answers a command that reached a queue after it was deleted.
-fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
+pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
     match cmd {
-        QueueCommand::Publish { confirm, .. } => {
-            if let Some(c) = confirm {
+        QueueCommand::Publish(batch) => {
+            handle.info().room.taken(batch.len());
+            for c in batch.into_iter().filter_map(|p| p.confirm) {
                 c.send(true);
             }
         }

@@ -14,18 +14,21 @@ pub mod actor;
 pub mod args;
 pub mod deadletter;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use minimq_protocol::FieldTable;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::AmqpResult;
 use crate::message::Message;
 pub use args::{Overflow, QueueArgs, QueueType};
 
-/// Depth of a queue's command channel: publishers wait when a queue falls this far behind.
+/// Depth of a queue's command channel: senders wait when this many commands wait.
 pub const QUEUE_CHANNEL_DEPTH: usize = 8192;
+/// Published messages that may wait for a queue before publishers wait (see
+/// [`PublishRoom`]); they resume once half of them were taken.
+pub const QUEUE_PUBLISH_ROOM: usize = 8192;
 
 /// Sender half of a connection's event channel.
 pub type EventSink = mpsc::UnboundedSender<QueueEvent>;
@@ -189,16 +192,22 @@ pub struct QueueCounts {
     pub consumers: u32,
 }
 
+/// One message for a queue, and where its confirm goes.
+#[derive(Debug)]
+pub struct Publish {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Report the outcome here.
+    pub confirm: Option<ConfirmTicket>,
+}
+
 /// A command to a queue task.
 #[derive(Debug)]
 pub enum QueueCommand {
-    /// Enqueue a message.
-    Publish {
-        /// The message.
-        message: Arc<Message>,
-        /// Report the outcome here.
-        confirm: Option<ConfirmTicket>,
-    },
+    /// Enqueue messages, in order (a connection's publishes to this queue from one read
+    /// of its socket). Sent with [`QueueHandle::publish`], which counts them in the
+    /// queue's [`PublishRoom`].
+    Publish(Vec<Publish>),
     /// Add a consumer.
     Consume {
         /// The consumer.
@@ -292,6 +301,8 @@ pub struct QueueShared {
     /// Id in the message store, for a durable queue of a broker with a data directory.
     pub store_id: Option<u64>,
     tx: mpsc::Sender<QueueCommand>,
+    /// Published messages waiting for the queue.
+    room: PublishRoom,
     /// Plain acks, which the queue takes before any other command (see [`QueueInbox`]).
     acks: mpsc::UnboundedSender<QueueCommand>,
     id: u64,
@@ -328,6 +339,47 @@ impl QueueStats {
             ready: self.ready.load(Ordering::Relaxed) as u32,
             unacked: self.unacked.load(Ordering::Relaxed) as u32,
             consumers: self.consumers.load(Ordering::Relaxed) as u32,
+        }
+    }
+}
+
+/// Flow control for publishers: counts the published messages sent to a queue and not
+/// yet taken by it. A publisher that finds more than [`QUEUE_PUBLISH_ROOM`] waiting
+/// stops (and stops reading its socket) until the queue has taken half of them, so a
+/// queue that falls behind wakes its publishers once per few thousand messages, not
+/// once per message as a full bounded channel would.
+#[derive(Debug, Default)]
+pub struct PublishRoom {
+    waiting: AtomicUsize,
+    drained: Notify,
+}
+
+impl PublishRoom {
+    /// Counts `n` more messages sent; `false` when that is more than the room.
+    fn add(&self, n: usize) -> bool {
+        self.waiting.fetch_add(n, Ordering::AcqRel) + n <= QUEUE_PUBLISH_ROOM
+    }
+
+    /// The queue took `n` messages.
+    pub(crate) fn taken(&self, n: usize) {
+        const LOW: usize = QUEUE_PUBLISH_ROOM / 2;
+        let before = self.waiting.fetch_sub(n, Ordering::AcqRel);
+        if before > LOW && before - n <= LOW {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until at most half the room is in use.
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a `taken` between the two is not missed.
+            notified.as_mut().enable();
+            if self.waiting.load(Ordering::Acquire) <= QUEUE_PUBLISH_ROOM / 2 {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -399,6 +451,7 @@ impl QueueHandle {
             stats: QueueStats::default(),
             store_id,
             tx,
+            room: PublishRoom::default(),
             acks,
             id,
         };
@@ -437,6 +490,38 @@ impl QueueHandle {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(cmd)) => self.0.tx.send(cmd).await.is_ok(),
         }
+    }
+
+    /// Sends publishes. When the queue has more published messages waiting than
+    /// [`QUEUE_PUBLISH_ROOM`], waits until it has taken half of them. A queue that is
+    /// gone confirms them at once: nobody else will.
+    pub async fn publish(&self, batch: Vec<Publish>) {
+        let room = self.0.room.add(batch.len());
+        let unsent = match self.0.tx.try_send(QueueCommand::Publish(batch)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                self.0.tx.send(cmd).await.err().map(|e| e.0)
+            }
+            Err(mpsc::error::TrySendError::Closed(cmd)) => Some(cmd),
+        };
+        if let Some(cmd) = unsent {
+            actor::answer_dead(cmd, self);
+            return;
+        }
+        if !room {
+            tokio::select! {
+                _ = self.0.room.drained() => {}
+                // A queue task that ended without taking them (it failed).
+                _ = self.0.tx.closed() => {}
+            }
+        }
+    }
+
+    /// Sends publishes without waiting (for a queue's own dead-lettering, which must not
+    /// wait for another queue).
+    pub fn publish_now(&self, batch: Vec<Publish>) -> bool {
+        self.0.room.add(batch.len());
+        self.send_now(QueueCommand::Publish(batch))
     }
 
     /// Sends plain acks (`Settle` without requeue or rejection) ahead of every other
@@ -478,12 +563,10 @@ impl QueueHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
-    /// Plain acks overtake whatever else waits for the queue, and nothing is lost or
-    /// reordered within a lane.
-    #[tokio::test]
-    async fn acks_are_taken_before_other_commands() {
-        let (handle, mut inbox) = QueueHandle::new(
+    fn bare_queue() -> (QueueHandle, QueueInbox) {
+        QueueHandle::new(
             "q".into(),
             false,
             None,
@@ -491,7 +574,111 @@ mod tests {
             FieldTable::new(),
             QueueArgs::default(),
             None,
+        )
+    }
+
+    fn batch(n: usize) -> Vec<Publish> {
+        let message = Arc::new(Message::new(
+            "".into(),
+            "q".into(),
+            minimq_protocol::BasicProperties::default(),
+            bytes::Bytes::from_static(b"x"),
+        ));
+        (0..n)
+            .map(|_| Publish {
+                message: message.clone(),
+                confirm: None,
+            })
+            .collect()
+    }
+
+    /// Takes the next publish command as a queue task does; answers how many it held.
+    fn take_publish(handle: &QueueHandle, inbox: &mut QueueInbox) -> usize {
+        match inbox.try_recv() {
+            Some(QueueCommand::Publish(batch)) => {
+                handle.info().room.taken(batch.len());
+                batch.len()
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    /// A publisher goes on while the queue has room, waits once it has more than
+    /// [`QUEUE_PUBLISH_ROOM`] messages waiting, and resumes only once no more than half
+    /// the room is in use — not at the first message taken.
+    #[tokio::test]
+    async fn a_publisher_waits_past_the_room_until_half_of_it_is_free() {
+        let (handle, mut inbox) = bare_queue();
+        let quarter = QUEUE_PUBLISH_ROOM / 4;
+        for _ in 0..4 {
+            assert!(
+                handle.publish(batch(quarter)).now_or_never().is_some(),
+                "within the room: no wait"
+            );
+        }
+        let over = handle.publish(batch(1));
+        tokio::pin!(over);
+        assert!(futures::poll!(over.as_mut()).is_pending(), "past the room");
+        assert_eq!(take_publish(&handle, &mut inbox), quarter);
+        assert!(
+            futures::poll!(over.as_mut()).is_pending(),
+            "3/4 + 1 waiting"
         );
+        assert_eq!(take_publish(&handle, &mut inbox), quarter);
+        assert!(
+            futures::poll!(over.as_mut()).is_pending(),
+            "1/2 + 1 waiting"
+        );
+        assert_eq!(take_publish(&handle, &mut inbox), quarter);
+        // Woken by the take that brought it to half or less.
+        tokio::time::timeout(std::time::Duration::from_secs(5), over)
+            .await
+            .expect("resumed once half the room was free");
+        assert_eq!(take_publish(&handle, &mut inbox), quarter);
+        assert_eq!(take_publish(&handle, &mut inbox), 1);
+        assert!(inbox.try_recv().is_none());
+    }
+
+    /// A waiting publisher is not stranded by a queue task that ends without taking
+    /// what it was sent; a publish to a queue that is gone confirms at once.
+    #[tokio::test]
+    async fn a_queue_that_is_gone_releases_and_confirms_its_publishers() {
+        let (handle, inbox) = bare_queue();
+        assert!(handle
+            .publish(batch(QUEUE_PUBLISH_ROOM))
+            .now_or_never()
+            .is_some());
+        let over = handle.publish(batch(1));
+        tokio::pin!(over);
+        assert!(futures::poll!(over.as_mut()).is_pending());
+        drop(inbox);
+        tokio::time::timeout(std::time::Duration::from_secs(5), over)
+            .await
+            .expect("released when the queue went");
+
+        let (events, mut confirms) = mpsc::unbounded_channel();
+        let mut late = batch(1);
+        late[0].confirm = Some(ConfirmTicket {
+            sink: events,
+            channel: 7,
+            seq: 42,
+        });
+        handle.publish(late).await;
+        match confirms.try_recv() {
+            Ok(QueueEvent::Confirm {
+                channel: 7,
+                seq: 42,
+                ok: true,
+            }) => {}
+            other => panic!("expected the confirm, got {other:?}"),
+        }
+    }
+
+    /// Plain acks overtake whatever else waits for the queue, and nothing is lost or
+    /// reordered within a lane.
+    #[tokio::test]
+    async fn acks_are_taken_before_other_commands() {
+        let (handle, mut inbox) = bare_queue();
         let mut purges = Vec::new();
         for _ in 0..10 {
             let (reply, rx) = oneshot::channel();
