@@ -55,16 +55,4 @@ impl Message {
     }
 }
 
-/// `value` as an `Arc`, sharing `last` when it is equal (a publisher usually sends the
-/// same properties every time, so most messages cost no copy of them); `last` becomes
-/// the answer.
-pub fn share_last<T: PartialEq>(last: &mut Option<Arc<T>>, value: T) -> Arc<T> {
-    match last {
-        Some(l) if **l == value => l.clone(),
-        _ => {
-            let a = Arc::new(value);
-            *last = Some(a.clone());
-            a
-        }
-    }
-}
+pub use minimq_protocol::properties::share_last;

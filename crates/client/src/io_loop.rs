@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{encode_content, encode_method};
 use minimq_protocol::idhash::IdMap;
+use minimq_protocol::properties::share_last;
 use minimq_protocol::{
     BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk, ChannelOpen,
     CodecError, ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, FrameCodec, Method,
@@ -105,7 +106,7 @@ pub(crate) struct Reply {
 /// A message's properties and body, reassembled from its header and body frames.
 #[derive(Debug, Default)]
 pub(crate) struct Content {
-    pub(crate) properties: BasicProperties,
+    pub(crate) properties: Arc<BasicProperties>,
     pub(crate) body: Bytes,
 }
 
@@ -141,7 +142,7 @@ enum SlotState {
 /// A message whose header and body frames are still arriving.
 struct PartialContent {
     method: Method,
-    header: Option<(BasicProperties, u64)>,
+    header: Option<(Arc<BasicProperties>, u64)>,
     /// The body frames so far: most bodies are one frame, which needs no `Vec`.
     first: Bytes,
     more: Vec<Bytes>,
@@ -232,6 +233,9 @@ struct ChannelSlot {
     consumers: IdMap<String, ConsumerSink>,
     content: Option<PartialContent>,
     confirms: Option<Confirms>,
+    /// The properties of the last message received: the next one usually carries the
+    /// same, and then shares them (see `share_last`).
+    last_properties: Option<Arc<BasicProperties>>,
 }
 
 impl ChannelSlot {
@@ -697,6 +701,7 @@ impl IoLoop {
             consumers: IdMap::default(),
             content: None,
             confirms: None,
+            last_properties: None,
         };
         slot.pending.push_back(Pending {
             request: (20, 10),
@@ -813,6 +818,7 @@ impl IoLoop {
                 } = *header;
                 match &mut slot.content {
                     Some(partial) if partial.header.is_none() => {
+                        let properties = share_last(&mut slot.last_properties, properties);
                         partial.header = Some((properties, body_size));
                     }
                     _ => {
@@ -897,7 +903,7 @@ impl IoLoop {
                     reply_text: ret.reply_text,
                     exchange: ret.exchange,
                     routing_key: ret.routing_key,
-                    properties: content.properties,
+                    properties: Arc::unwrap_or_clone(content.properties),
                     body: content.body,
                 };
                 let delivered = slot

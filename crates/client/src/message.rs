@@ -1,6 +1,8 @@
 //! Messages the broker hands to the client: [`Delivery`] (from a consumer or
 //! `basic.get`) and [`GetMessage`] (a delivery plus the queue's remaining count).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use minimq_protocol::BasicProperties;
 
@@ -21,8 +23,9 @@ pub struct Delivery {
     pub routing_key: String,
     /// The consumer it was delivered to (empty for `basic.get`).
     pub consumer_tag: String,
-    /// Its content properties.
-    pub properties: BasicProperties,
+    /// Its content properties: shared with the deliveries before it on the channel
+    /// when they carried the same (a publisher usually sends the same every time).
+    pub properties: Arc<BasicProperties>,
     /// Its body, zero-copy when it arrived in a single frame.
     pub body: Bytes,
     /// Settles the delivery; [`Delivery::ack`] and friends call it.

@@ -179,3 +179,46 @@ impl BasicProperties {
         })
     }
 }
+
+/// `value` as an `Arc`, sharing `last` when it is equal (a publisher usually sends the
+/// same properties every time, so most messages cost no copy of them); `last` becomes
+/// the answer.
+pub fn share_last<T: PartialEq>(
+    last: &mut Option<std::sync::Arc<T>>,
+    value: T,
+) -> std::sync::Arc<T> {
+    match last {
+        Some(l) if **l == value => l.clone(),
+        _ => {
+            let a = std::sync::Arc::new(value);
+            *last = Some(a.clone());
+            a
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_last_shares_equal_values_and_replaces_different_ones() {
+        let mut last = None;
+        let plain = BasicProperties::default();
+        let persistent = BasicProperties {
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        };
+        let a = share_last(&mut last, plain.clone());
+        let b = share_last(&mut last, plain.clone());
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "equal: shared");
+        let c = share_last(&mut last, persistent.clone());
+        assert_eq!(*c, persistent, "different: its own value");
+        assert_eq!(*a, plain, "earlier holders keep theirs");
+        let d = share_last(&mut last, persistent);
+        assert!(
+            std::sync::Arc::ptr_eq(&c, &d),
+            "the last one is what is shared"
+        );
+    }
+}
