@@ -127,9 +127,9 @@ status_kb() { # pid field -> kB
 machine_ceiling() {
     local mb=1024 syncs=400
     [[ $QUICK == 1 ]] && mb=256 && syncs=100
-    python3 - "$mb" "$syncs" "$WORK" <<'PY'
-import os, socket, sys, threading, time, json
-mb, syncs, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    python3 - "$mb" "$syncs" "$WORK" "$BENCH" <<'PY'
+import os, socket, subprocess, sys, threading, time, json
+mb, syncs, work, bench = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
 # Loopback TCP bulk throughput: one sender, one receiver, 64 KiB writes.
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
@@ -150,24 +150,12 @@ while sent < total:
 t.join(); bulk = total / (time.perf_counter() - t0)
 cli.close()
 
-# Loopback round trips: 16-byte ping-pong (a floor for latency, a ceiling for a
-# synchronous request/response client).
-srv2 = socket.socket(); srv2.bind(("127.0.0.1", 0)); srv2.listen(1)
-def echo():
-    c, _ = srv2.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while True:
-        d = c.recv(16)
-        if not d: break
-        c.sendall(d)
-t2 = threading.Thread(target=echo, daemon=True); t2.start()
-c2 = socket.create_connection(("127.0.0.1", srv2.getsockname()[1]))
-c2.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+# Loopback round trips: 16-byte ping-pong between two threads of a compiled program (a
+# floor for latency, a ceiling for a consumer with prefetch 1).
 n = 20000 if mb >= 1024 else 5000
-t0 = time.perf_counter()
-for _ in range(n):
-    c2.sendall(b"p" * 16); c2.recv(16)
-rtt = (time.perf_counter() - t0) / n
-c2.close()
+out = subprocess.run([bench, "--loopback-rtt", str(n), "--json"], check=True,
+                     capture_output=True, text=True).stdout
+rtt = json.loads(out)["rtt_us"] / 1e6
 
 # fdatasync rate of the filesystem the brokers' data lives on (4 KiB appends).
 path = os.path.join(work, "fsync-probe")
@@ -537,7 +525,7 @@ out.append(f"- machine: {nproc} × {model}; kernel {M['kernel']}; "
 out.append(f"- software: {rustc}; RabbitMQ {M['rabbitmq']} (Debian package, default "
            f"config, classic queues), Erlang {M['erlang']}")
 out.append(f"- machine ceiling: loopback TCP {ceiling['loopback_mb_s']:,.0f} MB/s (one stream), "
-           f"16-byte round trip {ceiling['rtt_us']:.0f} µs, fdatasync {ceiling['fdatasync_per_s']:,.0f}/s "
+           f"16-byte round trip {ceiling['rtt_us']:.0f} µs (two threads, `minimq-bench --loopback-rtt`), fdatasync {ceiling['fdatasync_per_s']:,.0f}/s "
            f"(4 KiB appends, data directory's filesystem)"
            + (f", sequential write {ceiling['write_mb_s']:,.0f} MB/s (1 MiB writes, fdatasync every 16 MiB)"
               if 'write_mb_s' in ceiling else ""))

@@ -1,7 +1,10 @@
 //! The pure parts of `minimq-bench`: the message header that carries the producer, the
-//! sequence number and the send time; latency percentiles; the exactly-once ledger.
+//! sequence number and the send time; latency percentiles; the exactly-once ledger; and
+//! the loopback round trip the machine allows.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes of the header every benchmark message starts with: producer id (u32), sequence
 /// number (u64), send time in nanoseconds since the Unix epoch (u64), big-endian.
@@ -35,6 +38,44 @@ pub fn decode(body: &[u8]) -> Option<(u32, u64, u64)> {
     let seq = u64::from_be_bytes(body[4..12].try_into().ok()?);
     let sent = u64::from_be_bytes(body[12..20].try_into().ok()?);
     Some((producer, seq, sent))
+}
+
+/// The mean time of `n` 16-byte round trips over loopback TCP between two threads with
+/// blocking sockets (`TCP_NODELAY`): what one synchronous request and answer cost on this
+/// machine before any protocol work, so a ceiling for a consumer with prefetch 1, which
+/// gets the next message only after the broker has its ack.
+pub fn loopback_round_trip(n: u32) -> std::io::Result<Duration> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut buf = [0u8; 16];
+        loop {
+            match socket.read_exact(&mut buf) {
+                Ok(()) => socket.write_all(&buf)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut socket = TcpStream::connect(addr)?;
+    socket.set_nodelay(true)?;
+    let mut buf = [0u8; 16];
+    let start = Instant::now();
+    for i in 0..n {
+        let ping = [i as u8; 16];
+        socket.write_all(&ping)?;
+        socket.read_exact(&mut buf)?;
+        if buf != ping {
+            return Err(std::io::Error::other("the echo differs from the ping"));
+        }
+    }
+    let elapsed = start.elapsed();
+    drop(socket);
+    echo.join()
+        .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    Ok(elapsed / n.max(1))
 }
 
 /// The `p`-th percentile (0..=100) of sorted values, nearest-rank; 0 for none.
@@ -116,6 +157,15 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_round_trips_are_measured_over_a_real_echo() {
+        let rtt = loopback_round_trip(200).expect("round trips");
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+            "{rtt:?}"
+        );
+    }
 
     #[test]
     fn header_round_trips() {

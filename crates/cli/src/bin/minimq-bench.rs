@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use minimq_cli::bench::{decode, encode, now_nanos, percentile, Ledger};
+use minimq_cli::bench::{decode, encode, loopback_round_trip, now_nanos, percentile, Ledger};
 use minimq_cli::{connect, fail, interrupt_token, one_line, DEFAULT_URL};
 use minimq_client::{
     BasicConsumeOptions, BasicProperties, Confirmation, FieldTable, QueueDeclareOptions,
@@ -93,6 +93,10 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure the machine instead: N 16-byte round trips over loopback TCP between two
+    /// threads (no broker), and print the mean round trip.
+    #[arg(long, value_name = "N", conflicts_with_all = ["count", "duration", "fill", "drain"])]
+    loopback_rtt: Option<u32>,
 }
 
 /// Runs a producer or consumer on a thread of its own, with its own single-threaded
@@ -121,6 +125,20 @@ where
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
+    if let Some(n) = args.loopback_rtt {
+        match loopback_round_trip(n) {
+            Ok(rtt) if args.json => println!(
+                "{}",
+                json!({ "round_trips": n, "rtt_us": rtt.as_secs_f64() * 1e6 })
+            ),
+            Ok(rtt) => println!(
+                "loopback TCP round trip (16 B, {n} times): {:.1} µs",
+                rtt.as_secs_f64() * 1e6
+            ),
+            Err(e) => fail("minimq-bench", &format!("loopback round trip: {e}")),
+        }
+        return;
+    }
     if let Err(e) = validate(&args) {
         fail("minimq-bench", &e);
     }
