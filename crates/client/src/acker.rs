@@ -17,30 +17,46 @@ use crate::error::{Error, Result};
 /// For deliveries received with `no_ack` every method is a no-op that returns `Ok`.
 #[derive(Clone)]
 pub struct Acker {
-    channel: ChannelCore,
     delivery_tag: u64,
-    no_ack: bool,
+    /// `None` for a delivery received with `no_ack`: there is nothing to settle, so
+    /// such a delivery costs no channel handle and no flag.
+    settle: Option<Settle>,
+}
+
+#[derive(Clone)]
+struct Settle {
+    channel: ChannelCore,
     settled: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Acker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Acker")
-            .field("channel", &self.channel.id())
+            .field("channel", &self.settle.as_ref().map(|s| s.channel.id()))
             .field("delivery_tag", &self.delivery_tag)
-            .field("no_ack", &self.no_ack)
-            .field("settled", &self.settled.load(Ordering::Relaxed))
+            .field("no_ack", &self.settle.is_none())
+            .field("settled", &self.is_settled())
             .finish()
     }
 }
 
 impl Acker {
-    pub(crate) fn new(channel: ChannelCore, delivery_tag: u64, no_ack: bool) -> Acker {
+    /// The acker of a delivery that needs settling, on `channel`.
+    pub(crate) fn new(channel: ChannelCore, delivery_tag: u64) -> Acker {
         Acker {
-            channel,
             delivery_tag,
-            no_ack,
-            settled: Arc::new(AtomicBool::new(false)),
+            settle: Some(Settle {
+                channel,
+                settled: Arc::new(AtomicBool::new(false)),
+            }),
+        }
+    }
+
+    /// The acker of a delivery received with `no_ack`.
+    pub(crate) fn no_ack(delivery_tag: u64) -> Acker {
+        Acker {
+            delivery_tag,
+            settle: None,
         }
     }
 
@@ -51,7 +67,9 @@ impl Acker {
 
     /// Whether the delivery was already acked, nacked or rejected through this acker.
     pub fn is_settled(&self) -> bool {
-        self.settled.load(Ordering::Acquire)
+        self.settle
+            .as_ref()
+            .is_some_and(|s| s.settled.load(Ordering::Acquire))
     }
 
     /// `basic.ack` for this delivery alone. Returns once the connection has the ack
@@ -86,15 +104,15 @@ impl Acker {
     }
 
     async fn settle(&self, method: Method) -> Result<()> {
-        if self.no_ack {
+        let Some(settle) = &self.settle else {
             return Ok(());
-        }
-        if self.settled.swap(true, Ordering::AcqRel) {
+        };
+        if settle.settled.swap(true, Ordering::AcqRel) {
             return Err(Error::InvalidState(format!(
                 "delivery {} was already acknowledged",
                 self.delivery_tag
             )));
         }
-        self.channel.cast_nowait(method).await
+        settle.channel.cast_nowait(method).await
     }
 }

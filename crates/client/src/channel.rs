@@ -450,7 +450,11 @@ impl Channel {
                         consumer_tag: String::new(),
                         properties: content.properties,
                         body: content.body,
-                        acker: Acker::new(self.core.clone(), ok.delivery_tag, no_ack),
+                        acker: if no_ack {
+                            Acker::no_ack(ok.delivery_tag)
+                        } else {
+                            Acker::new(self.core.clone(), ok.delivery_tag)
+                        },
                     },
                     message_count: ok.message_count,
                 }))

@@ -872,18 +872,23 @@ impl IoLoop {
                     tracing::warn!(tag = %deliver.consumer_tag, "delivery for an unknown consumer dropped");
                     return;
                 };
-                let Some(tx) = self.weak.upgrade() else {
-                    return;
+                let acker = if sink.no_ack {
+                    Acker::no_ack(deliver.delivery_tag)
+                } else {
+                    let Some(tx) = self.weak.upgrade() else {
+                        return;
+                    };
+                    let core = ChannelCore::new(
+                        slot.shared.clone(),
+                        ConnHandle {
+                            tx,
+                            shared: self.shared.clone(),
+                        },
+                    );
+                    Acker::new(core, deliver.delivery_tag)
                 };
-                let core = ChannelCore::new(
-                    slot.shared.clone(),
-                    ConnHandle {
-                        tx,
-                        shared: self.shared.clone(),
-                    },
-                );
                 let delivery = Delivery {
-                    acker: Acker::new(core, deliver.delivery_tag, sink.no_ack),
+                    acker,
                     delivery_tag: deliver.delivery_tag,
                     redelivered: deliver.redelivered,
                     exchange: deliver.exchange,

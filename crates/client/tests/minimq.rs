@@ -35,4 +35,5 @@ minimq_tests!(
     bad_credentials_are_refused,
     close_ends_consumers_and_calls,
     a_burst_of_deliveries_arrives_whole_and_in_order,
+    auto_ack_deliveries_need_no_settling,
 );

@@ -42,9 +42,10 @@ rabbitmq_tests!(
     bad_credentials_are_refused,
     close_ends_consumers_and_calls,
     a_burst_of_deliveries_arrives_whole_and_in_order,
+    auto_ack_deliveries_need_no_settling,
 );
 
 #[test]
 fn every_scenario_is_listed() {
-    assert_eq!(scenarios::ALL.len(), 11);
+    assert_eq!(scenarios::ALL.len(), 12);
 }

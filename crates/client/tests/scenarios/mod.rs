@@ -29,6 +29,7 @@ pub const ALL: &[&str] = &[
     "bad_credentials_are_refused",
     "close_ends_consumers_and_calls",
     "a_burst_of_deliveries_arrives_whole_and_in_order",
+    "auto_ack_deliveries_need_no_settling",
 ];
 
 /// A queue name no other scenario (or run) uses.
@@ -562,6 +563,48 @@ pub async fn a_burst_of_deliveries_arrives_whole_and_in_order(url: &str) {
     conn.close().await.unwrap();
 }
 
+/// With `no_ack` the broker forgets a message as it sends it: the deliveries' ack, nack
+/// and reject are no-ops that succeed (an ack on the wire would be an unknown tag, 406),
+/// and nothing stays unacknowledged.
+pub async fn auto_ack_deliveries_need_no_settling(url: &str) {
+    let (conn, ch) = connect(url).await;
+    let name = unique("auto-ack");
+    ch.queue_declare(&name, exclusive(), FieldTable::new())
+        .await
+        .unwrap();
+    let tag = unique("auto");
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = ch
+        .basic_consume(&name, &tag, options, FieldTable::new())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        ch.basic_publish("", &name, false, BasicProperties::default(), format!("{i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3u64 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.body, Bytes::from(format!("{i}")));
+        assert_eq!(d.delivery_tag, i + 1);
+        d.ack().await.unwrap();
+        d.nack(true).await.unwrap();
+        d.reject(false).await.unwrap();
+        assert!(!d.acker.is_settled(), "nothing was sent to settle");
+    }
+    ch.basic_cancel(&tag).await.unwrap();
+    // The channel is still open (no 406 for an unknown tag) and nothing came back.
+    let q = ch
+        .queue_declare(&name, passive(), FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!((q.message_count, q.consumer_count), (0, 0));
+    conn.close().await.unwrap();
+}
+
 /// Runs one scenario by name (see [`ALL`]).
 pub async fn run(name: &str, url: &str) {
     match name {
@@ -580,6 +623,7 @@ pub async fn run(name: &str, url: &str) {
         "a_burst_of_deliveries_arrives_whole_and_in_order" => {
             a_burst_of_deliveries_arrives_whole_and_in_order(url).await
         }
+        "auto_ack_deliveries_need_no_settling" => auto_ack_deliveries_need_no_settling(url).await,
         other => panic!("no scenario {other}"),
     }
 }
