@@ -5,12 +5,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use minimq_protocol::frame::encode_publish_head;
 use minimq_protocol::{
-    BasicAck, BasicCancel, BasicConsume, BasicGet, BasicNack, BasicProperties, BasicPublish,
-    BasicQos, BasicRecover, BasicReject, ChannelClose, ConfirmSelect, ExchangeBind,
-    ExchangeDeclare, ExchangeDelete, ExchangeUnbind, FieldTable, Method, QueueBind, QueueDeclare,
-    QueueDelete, QueuePurge, QueueUnbind,
+    BasicAck, BasicCancel, BasicConsume, BasicGet, BasicNack, BasicProperties, BasicQos,
+    BasicRecover, BasicReject, ChannelClose, ConfirmSelect, ExchangeBind, ExchangeDeclare,
+    ExchangeDelete, ExchangeUnbind, FieldTable, Method, QueueBind, QueueDeclare, QueueDelete,
+    QueuePurge, QueueUnbind,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -176,13 +177,19 @@ pub struct Channel {
 
 /// Checks a `shortstr` argument: the wire format allows at most 255 octets.
 fn short(value: &str, what: &str) -> Result<String> {
+    check_short(value, what)?;
+    Ok(value.to_string())
+}
+
+/// Refuses what does not fit an AMQP short string (255 octets).
+fn check_short(value: &str, what: &str) -> Result<()> {
     if value.len() > 255 {
         return Err(Error::InvalidArgument(format!(
             "{what} is {} octets long; the limit is 255",
             value.len()
         )));
     }
-    Ok(value.to_string())
+    Ok(())
 }
 
 fn unexpected(method: Method) -> Error {
@@ -477,21 +484,29 @@ impl Channel {
         properties: BasicProperties,
         body: impl Into<Bytes>,
     ) -> Result<PublisherConfirm> {
-        let publish = BasicPublish {
-            exchange: short(exchange, "exchange name")?,
-            routing_key: short(routing_key, "routing key")?,
-            mandatory,
-            immediate: false,
-        };
+        check_short(exchange, "exchange name")?;
+        check_short(routing_key, "routing key")?;
         self.core.check_open()?;
+        let body = body.into();
+        // Encoded here, from the borrowed strings: nothing of the publish but these bytes
+        // and the body travels to the connection task.
+        let mut head = BytesMut::with_capacity(64 + exchange.len() + routing_key.len());
+        encode_publish_head(
+            &mut head,
+            self.core.shared.id,
+            exchange,
+            routing_key,
+            mandatory,
+            &properties,
+            body.len() as u64,
+        );
         let (confirm, rx) = oneshot::channel();
         self.core
             .conn
             .send(Request::Publish {
                 channel: self.core.shared.clone(),
-                publish,
-                properties: Box::new(properties),
-                body: body.into(),
+                head: head.freeze(),
+                body,
                 confirm,
             })
             .await?;

@@ -24,13 +24,12 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use minimq_protocol::frame::{encode_content, encode_method};
+use minimq_protocol::frame::{encode_body_frames, encode_method};
 use minimq_protocol::idhash::IdMap;
 use minimq_protocol::properties::share_last;
 use minimq_protocol::{
-    BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk, ChannelOpen,
-    CodecError, ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, FrameCodec, Method,
-    ReplyCode,
+    BasicCancelOk, BasicProperties, ChannelCloseOk, ChannelFlowOk, ChannelOpen, CodecError,
+    ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, FrameCodec, Method, ReplyCode,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -82,8 +81,8 @@ pub(crate) enum Request {
     /// Publish a message; answer with its confirmation.
     Publish {
         channel: Arc<ChannelShared>,
-        publish: BasicPublish,
-        properties: Box<BasicProperties>,
+        /// Its `basic.publish` and content header frames, encoded by the caller.
+        head: Bytes,
         body: Bytes,
         confirm: oneshot::Sender<Result<Confirmation>>,
     },
@@ -629,8 +628,7 @@ impl IoLoop {
             }
             Request::Publish {
                 channel,
-                publish,
-                properties,
+                head,
                 body,
                 confirm,
             } => {
@@ -641,11 +639,10 @@ impl IoLoop {
                         return;
                     }
                 };
-                encode_content(
+                self.outbox.extend_from_slice(&head);
+                encode_body_frames(
                     &mut self.outbox,
                     channel.id,
-                    &Method::BasicPublish(publish),
-                    &properties,
                     &body,
                     self.shared.tune.frame_max,
                 );

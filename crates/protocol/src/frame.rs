@@ -192,6 +192,30 @@ pub fn encode_deliver_head(
     encode_header(buf, channel, 60, properties, body_size);
 }
 
+/// Appends a `basic.publish` (not immediate) and a content header announcing `body_size`
+/// octets, from borrowed strings, as [`encode_deliver_head`] does for deliveries (a
+/// client's per-publish hot path). The body follows with [`encode_body_frames`].
+pub fn encode_publish_head(
+    buf: &mut BytesMut,
+    channel: u16,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    properties: &BasicProperties,
+    body_size: u64,
+) {
+    use crate::types::write;
+    let at = begin(buf, FRAME_METHOD, channel);
+    buf.put_u16(60);
+    buf.put_u16(40);
+    buf.put_u16(0);
+    write::shortstr(buf, exchange);
+    write::shortstr(buf, routing_key);
+    buf.put_u8(u8::from(mandatory));
+    finish(buf, at);
+    encode_header(buf, channel, 60, properties, body_size);
+}
+
 /// The largest body-frame payload `frame_max` allows (0 = no limit).
 pub fn max_body_payload(frame_max: u32) -> usize {
     if frame_max == 0 {

@@ -200,6 +200,34 @@ proptest! {
         check_frame_roundtrip(&Frame::Header(channel, Box::new(header)))?;
     }
 
+    /// The client's borrowed-string publish encoding is byte for byte the generic one.
+    #[test]
+    fn publish_head_matches_the_generic_encoding(
+        channel in any::<u16>(),
+        exchange in shortstr(),
+        routing_key in shortstr(),
+        mandatory in any::<bool>(),
+        header in content_header(),
+        body in body(),
+        frame_max in prop_oneof![Just(0u32), 4096u32..200_000],
+    ) {
+        let method = Method::BasicPublish(BasicPublish {
+            exchange: exchange.clone(),
+            routing_key: routing_key.clone(),
+            mandatory,
+            immediate: false,
+        });
+        let mut generic = BytesMut::new();
+        encode_content(&mut generic, channel, &method, &header.properties, &body, frame_max);
+        let mut borrowed = BytesMut::new();
+        minimq_protocol::frame::encode_publish_head(
+            &mut borrowed, channel, &exchange, &routing_key, mandatory, &header.properties,
+            body.len() as u64,
+        );
+        minimq_protocol::frame::encode_body_frames(&mut borrowed, channel, &body, frame_max);
+        prop_assert_eq!(borrowed, generic);
+    }
+
     #[test]
     fn body_frames_roundtrip(channel in any::<u16>(), body in body()) {
         let frame = Frame::Body(channel, body.clone());
