@@ -19,7 +19,7 @@ use crate::acker::Acker;
 use crate::confirm::PublisherConfirm;
 use crate::connection::ConnHandle;
 use crate::consumer::Consumer;
-use crate::error::{Error, Result};
+use crate::error::{EndReason, Error, Result};
 use crate::io_loop::{ConsumerSink, Reply, Request};
 use crate::message::{Delivery, GetMessage};
 use crate::options::{
@@ -34,7 +34,7 @@ use crate::returned::{ReturnedMessage, ReturnedMessages};
 pub(crate) struct ChannelShared {
     pub(crate) id: u16,
     /// Set, once, when the channel is over: why.
-    closed: Mutex<Option<Error>>,
+    closed: EndReason,
     /// Where `basic.return`s go, if anybody listens.
     returns: Mutex<Option<mpsc::UnboundedSender<ReturnedMessage>>>,
 }
@@ -43,20 +43,20 @@ impl ChannelShared {
     pub(crate) fn new(id: u16) -> ChannelShared {
         ChannelShared {
             id,
-            closed: Mutex::new(None),
+            closed: EndReason::default(),
             returns: Mutex::new(None),
         }
     }
 
     /// Records why the channel ended (the first reason wins) and ends the returns stream.
     pub(crate) fn set_closed(&self, reason: Error) {
-        lock(&self.closed).get_or_insert(reason);
+        self.closed.set(reason);
         lock(&self.returns).take();
     }
 
     /// Why the channel ended, if it has.
     pub(crate) fn closed_reason(&self) -> Option<Error> {
-        lock(&self.closed).clone()
+        self.closed.get()
     }
 
     /// The current `basic.return` subscriber.

@@ -3,7 +3,7 @@
 //! `connection.blocked` notifications and the clean close. The socket itself belongs to
 //! the background task in `io_loop` once the handshake is done.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -21,7 +21,7 @@ use tokio_util::codec::FramedRead;
 use crate::channel::{Channel, ChannelCore};
 
 use crate::config::ConnectionConfig;
-use crate::error::{Error, Result};
+use crate::error::{EndReason, Error, Result};
 use crate::io_loop::{IoLoop, Request};
 
 /// How many requests from handles may wait for the connection task.
@@ -67,7 +67,7 @@ impl BlockedState {
 #[derive(Debug)]
 pub(crate) struct ConnectionShared {
     /// Set, once, when the connection is over: why.
-    status: Mutex<Option<Error>>,
+    status: EndReason,
     pub(crate) blocked: watch::Sender<BlockedState>,
     pub(crate) tune: TuneParams,
     pub(crate) server_properties: FieldTable,
@@ -76,16 +76,12 @@ pub(crate) struct ConnectionShared {
 impl ConnectionShared {
     /// Records why the connection ended (the first reason wins).
     pub(crate) fn set_closed(&self, reason: Error) {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.get_or_insert(reason);
+        self.status.set(reason);
     }
 
     /// Why the connection ended, if it has.
     pub(crate) fn closed_reason(&self) -> Option<Error> {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.get()
     }
 
     /// The error a call on a finished connection fails with.
@@ -174,7 +170,7 @@ impl Connection {
 
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let shared = Arc::new(ConnectionShared {
-            status: Mutex::new(None),
+            status: EndReason::default(),
             blocked: watch::Sender::new(BlockedState::Unblocked),
             tune,
             server_properties,
