@@ -415,7 +415,19 @@ async fn run(args: Args) -> Result<bool, String> {
                 );
             }
             stats.sent = seq;
-            // close waits for close-ok: every publish before it has reached the broker.
+            // A synchronous call is answered only after the broker has handled every
+            // publish sent before it on the channel, however long its flow control holds
+            // them back; a close alone gives up after the client's close timeout.
+            ch.queue_declare(
+                &args.queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::new(),
+            )
+            .await
+            .map_err(|e| format!("waiting for the broker to take the publishes: {e}"))?;
             conn.close()
                 .await
                 .map_err(|e| format!("closing a producer failed: {e}"))?;
