@@ -670,6 +670,40 @@ async fn default_exchange_routes_by_queue_name() {
     );
 }
 
+/// A channel remembers where its last default-exchange publish went; creating or deleting
+/// a queue makes it look again. Publishes on one channel, the queue changed from another.
+#[tokio::test]
+async fn default_exchange_routes_follow_queues_created_and_deleted_between_publishes() {
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let publisher = open(&conn).await;
+    let admin = open(&conn).await;
+    confirm_mode(&publisher).await;
+
+    // No queue yet: dropped. Then the queue appears: the same route now reaches it.
+    publish(&publisher, "", "q", b"before").await;
+    declare(&admin, "q").await;
+    publish(&publisher, "", "q", b"first").await;
+    assert_eq!(drain(&admin, "q").await, ["first"]);
+
+    // The queue goes and comes back: the new one gets the message, not the old one.
+    publish(&publisher, "", "q", b"to the old one").await;
+    within(admin.queue_delete("q", QueueDeleteOptions::default()))
+        .await
+        .expect("delete");
+    declare(&admin, "q").await;
+    publish(&publisher, "", "q", b"to the new one").await;
+    assert_eq!(drain(&admin, "q").await, ["to the new one"]);
+
+    // Deleted and not recreated: dropped, not sent to the queue that is gone.
+    within(admin.queue_delete("q", QueueDeleteOptions::default()))
+        .await
+        .expect("delete");
+    publish(&publisher, "", "q", b"nowhere").await;
+    declare(&admin, "q").await;
+    assert!(drain(&admin, "q").await.is_empty());
+}
+
 #[tokio::test]
 async fn publish_to_unknown_exchange_closes_the_channel_with_404() {
     let broker = start_broker().await;

@@ -41,9 +41,19 @@ pub struct QueueSpec {
     pub arguments: FieldTable,
 }
 
+/// A default-exchange route a channel looked up last (see [`VHost::route_default`]).
+#[derive(Debug)]
+pub struct DefaultRoute {
+    routing_key: Box<str>,
+    version: u64,
+    queue: Option<QueueHandle>,
+}
+
 /// A virtual host.
 pub struct VHost {
     queues: DashMap<Arc<str>, QueueHandle>,
+    /// Bumped after every change to `queues` (see [`VHost::route_default`]).
+    queues_version: AtomicU64,
     exchanges: DashMap<Arc<str>, Arc<Exchange>>,
     me: Weak<VHost>,
     store: Option<Arc<Store>>,
@@ -69,6 +79,7 @@ impl VHost {
         Arc::new_cyclic(|me| {
             let vhost = VHost {
                 queues: DashMap::new(),
+                queues_version: AtomicU64::new(0),
                 exchanges: DashMap::new(),
                 me: me.clone(),
                 store,
@@ -84,6 +95,38 @@ impl VHost {
     /// The queue named `name`.
     pub fn queue(&self, name: &str) -> Option<QueueHandle> {
         self.queues.get(name).map(|q| q.clone())
+    }
+
+    /// Marks the queue registry as changed: routes cached by [`VHost::route_default`]
+    /// are looked up again. Called after the change, so a lookup that read the version
+    /// before it cannot keep a result from before it.
+    fn queues_changed(&self) {
+        self.queues_version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The queue a publish to the default exchange with `routing_key` goes to, as
+    /// [`VHost::route`] answers it, but from `cache` (a channel's last such route) while
+    /// no queue was created or removed since: a publisher sends to the same queue over
+    /// and over.
+    pub fn route_default(
+        &self,
+        routing_key: &str,
+        cache: &mut Option<DefaultRoute>,
+    ) -> Option<QueueHandle> {
+        // Read before the lookup: a change after this read makes the entry stale.
+        let version = self.queues_version.load(Ordering::Acquire);
+        if let Some(c) = cache {
+            if c.version == version && *c.routing_key == *routing_key {
+                return c.queue.clone();
+            }
+        }
+        let queue = self.queue(routing_key);
+        *cache = Some(DefaultRoute {
+            routing_key: routing_key.into(),
+            version,
+            queue: queue.clone(),
+        });
+        queue
     }
 
     /// Every queue, for listings.
@@ -143,6 +186,7 @@ impl VHost {
                     store_id,
                 );
                 v.insert(handle.clone());
+                self.queues_changed();
                 queue::actor::spawn(
                     handle.clone(),
                     rx,
@@ -171,6 +215,7 @@ impl VHost {
             .remove_if(handle.name().as_ref(), |_, q| q.same(handle))
             .is_some();
         if removed {
+            self.queues_changed();
             self.forget_destination(&Destination::Queue(handle.name().clone()));
             if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
                 if let Err(e) = store.remove_queue(id) {
@@ -195,6 +240,7 @@ impl VHost {
             );
             self.queues
                 .insert(q.def.name.as_str().into(), handle.clone());
+            self.queues_changed();
             queue::actor::spawn(handle, rx, self.me.clone(), self.store.clone(), q.messages);
         }
     }

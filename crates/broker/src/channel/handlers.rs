@@ -626,15 +626,24 @@ impl Conn {
             }
         }
         let mut queues = Vec::new();
-        self.state
-            .vhost
-            .route(
-                &method.exchange,
-                &method.routing_key,
-                properties.headers.as_ref(),
-                &mut queues,
-            )
-            .map_err(|e| e.on(60, 40))?;
+        if method.exchange.is_empty() {
+            let cache = &mut self
+                .channels
+                .get_mut(&ch)
+                .expect("channel checked open by the caller")
+                .default_route;
+            queues.extend(self.state.vhost.route_default(&method.routing_key, cache));
+        } else {
+            self.state
+                .vhost
+                .route(
+                    &method.exchange,
+                    &method.routing_key,
+                    properties.headers.as_ref(),
+                    &mut queues,
+                )
+                .map_err(|e| e.on(60, 40))?;
+        }
         let store_failed = self.state.store.as_ref().is_some_and(|s| s.is_poisoned());
         if properties.is_persistent()
             && store_failed

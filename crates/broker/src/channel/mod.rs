@@ -147,6 +147,8 @@ pub struct Channel {
     pub last_properties: Option<Arc<BasicProperties>>,
     /// The exchange and routing key of the last publish, shared the same way.
     pub last_route: Option<(Arc<str>, Arc<str>)>,
+    /// The queue the last publish to the default exchange went to.
+    pub default_route: Option<crate::vhost::DefaultRoute>,
     /// What the management API sees of this channel.
     pub info: Arc<ChannelInfo>,
     /// Keeps the channel listed in its connection's registry entry while it exists.
@@ -169,6 +171,7 @@ impl Channel {
             publish: None,
             last_properties: None,
             last_route: None,
+            default_route: None,
             info: Arc::new(ChannelInfo::new(id)),
             registration: None,
         }
