@@ -182,6 +182,19 @@ fn validate(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A passive `queue.declare` of `queue`: its counts, answered after everything sent on
+/// the channel before it.
+async fn passive_declare(
+    ch: &minimq_client::Channel,
+    queue: &str,
+) -> minimq_client::Result<minimq_client::DeclaredQueue> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(queue, options, FieldTable::new()).await
+}
+
 /// What one producer did.
 #[derive(Debug, Default)]
 struct ProducerStats {
@@ -223,17 +236,10 @@ async fn run(args: Args) -> Result<bool, String> {
         })?;
     // Drain mode consumes what the queue holds now; every other mode starts empty.
     let expected = if args.drain {
-        ch.queue_declare(
-            &args.queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::new(),
-        )
-        .await
-        .map_err(|e| format!("cannot count '{}': {e}", args.queue))?
-        .message_count as u64
+        passive_declare(&ch, &args.queue)
+            .await
+            .map_err(|e| format!("cannot count '{}': {e}", args.queue))?
+            .message_count as u64
     } else {
         ch.queue_purge(&args.queue)
             .await
@@ -418,16 +424,9 @@ async fn run(args: Args) -> Result<bool, String> {
             // A synchronous call is answered only after the broker has handled every
             // publish sent before it on the channel, however long its flow control holds
             // them back; a close alone gives up after the client's close timeout.
-            ch.queue_declare(
-                &args.queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::new(),
-            )
-            .await
-            .map_err(|e| format!("waiting for the broker to take the publishes: {e}"))?;
+            passive_declare(&ch, &args.queue)
+                .await
+                .map_err(|e| format!("waiting for the broker to take the publishes: {e}"))?;
             conn.close()
                 .await
                 .map_err(|e| format!("closing a producer failed: {e}"))?;
