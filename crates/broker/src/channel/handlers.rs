@@ -445,7 +445,6 @@ impl Conn {
         Ok(())
     }
 
-    /// Ack (`ack = true`), or reject / nack with or without requeue.
     /// `basic.publish` on `ch`: its header and body come next.
     pub(crate) fn start_publish(&mut self, ch: u16, method: BasicPublish) {
         self.channel(ch).publish = Some(PendingPublish {
@@ -465,6 +464,7 @@ impl Conn {
         Ok(())
     }
 
+    /// Ack (`ack = true`), or reject / nack with or without requeue.
     async fn settle(
         &mut self,
         ch: u16,
