@@ -484,11 +484,16 @@ impl QueueHandle {
 
     /// Sends a command; `false` when the queue is gone.
     pub async fn send(&self, cmd: QueueCommand) -> bool {
+        self.deliver(cmd).await.is_ok()
+    }
+
+    /// Sends a command, waiting for room; gives it back when the queue is gone.
+    async fn deliver(&self, cmd: QueueCommand) -> Result<(), QueueCommand> {
         // Room is the common case: no send future (and no copy of the command into it).
         match self.0.tx.try_send(cmd) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(cmd)) => self.0.tx.send(cmd).await.is_ok(),
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(cmd)) => Err(cmd),
+            Err(mpsc::error::TrySendError::Full(cmd)) => self.0.tx.send(cmd).await.map_err(|e| e.0),
         }
     }
 
@@ -497,14 +502,7 @@ impl QueueHandle {
     /// gone confirms them at once: nobody else will.
     pub async fn publish(&self, batch: Vec<Publish>) {
         let room = self.0.room.add(batch.len());
-        let unsent = match self.0.tx.try_send(QueueCommand::Publish(batch)) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(cmd)) => {
-                self.0.tx.send(cmd).await.err().map(|e| e.0)
-            }
-            Err(mpsc::error::TrySendError::Closed(cmd)) => Some(cmd),
-        };
-        if let Some(cmd) = unsent {
+        if let Err(cmd) = self.deliver(QueueCommand::Publish(batch)).await {
             actor::answer_dead(cmd, self);
             return;
         }
