@@ -44,7 +44,8 @@ pub struct QueueSpec {
 /// A default-exchange route a channel looked up last (see [`VHost::route_default`]).
 #[derive(Debug)]
 pub struct DefaultRoute {
-    routing_key: Box<str>,
+    /// The channel's shared routing key (`Channel::last_route`): compared by pointer.
+    routing_key: Arc<str>,
     version: u64,
     queue: Option<QueueHandle>,
 }
@@ -107,22 +108,24 @@ impl VHost {
     /// The queue a publish to the default exchange with `routing_key` goes to, as
     /// [`VHost::route`] answers it, but from `cache` (a channel's last such route) while
     /// no queue was created or removed since: a publisher sends to the same queue over
-    /// and over.
+    /// and over. The cache knows `routing_key` by pointer: callers pass the routing key
+    /// they share between publishes (a different `Arc` of the same text only costs a
+    /// lookup).
     pub fn route_default(
         &self,
-        routing_key: &str,
+        routing_key: &Arc<str>,
         cache: &mut Option<DefaultRoute>,
     ) -> Option<QueueHandle> {
         // Read before the lookup: a change after this read makes the entry stale.
         let version = self.queues_version.load(Ordering::Acquire);
         if let Some(c) = cache {
-            if c.version == version && *c.routing_key == *routing_key {
+            if c.version == version && Arc::ptr_eq(&c.routing_key, routing_key) {
                 return c.queue.clone();
             }
         }
         let queue = self.queue(routing_key);
         *cache = Some(DefaultRoute {
-            routing_key: routing_key.into(),
+            routing_key: routing_key.clone(),
             version,
             queue: queue.clone(),
         });

@@ -625,14 +625,32 @@ impl Conn {
                 .on(60, 40));
             }
         }
+        // Shared with the channel's previous publish when the same: the message keeps
+        // these, and the default-exchange route cache knows them by pointer.
+        let (exchange, routing_key) = {
+            let last = &mut self.channel(ch).last_route;
+            match last {
+                Some((e, k)) if **e == *method.exchange && **k == *method.routing_key => {
+                    (e.clone(), k.clone())
+                }
+                _ => {
+                    let route: (Arc<str>, Arc<str>) = (
+                        method.exchange.as_str().into(),
+                        method.routing_key.as_str().into(),
+                    );
+                    *last = Some(route.clone());
+                    route
+                }
+            }
+        };
         let mut queues = Vec::new();
-        if method.exchange.is_empty() {
+        if exchange.is_empty() {
             let cache = &mut self
                 .channels
                 .get_mut(&ch)
                 .expect("channel checked open by the caller")
                 .default_route;
-            queues.extend(self.state.vhost.route_default(&method.routing_key, cache));
+            queues.extend(self.state.vhost.route_default(&routing_key, cache));
         } else {
             self.state
                 .vhost
@@ -655,22 +673,6 @@ impl Conn {
             .on(60, 40));
         }
         let properties = share_last(&mut self.channel(ch).last_properties, properties);
-        let (exchange, routing_key) = {
-            let last = &mut self.channel(ch).last_route;
-            match last {
-                Some((e, k)) if **e == *method.exchange && **k == *method.routing_key => {
-                    (e.clone(), k.clone())
-                }
-                _ => {
-                    let route: (Arc<str>, Arc<str>) = (
-                        method.exchange.as_str().into(),
-                        method.routing_key.as_str().into(),
-                    );
-                    *last = Some(route.clone());
-                    route
-                }
-            }
-        };
         let message = Arc::new(Message::new(
             exchange,
             routing_key,
