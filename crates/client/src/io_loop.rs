@@ -424,14 +424,7 @@ impl IoLoop {
                 written = self.writer.write_buf(&mut self.outbox), if !self.outbox.is_empty() => {
                     match written {
                         Ok(0) => return Error::io(std::io::ErrorKind::WriteZero.into()),
-                        Ok(_) => {
-                            self.last_write = Instant::now();
-                            // A close waits behind everything queued before it: while the
-                            // socket drains, the broker is still taking our frames.
-                            if matches!(self.state, State::Closing) {
-                                self.deadline = Some(self.last_write + CLOSE_TIMEOUT);
-                            }
-                        }
+                        Ok(_) => self.wrote(),
                         Err(e) => return Error::io(e),
                     }
                 },
@@ -468,6 +461,16 @@ impl IoLoop {
         }
     }
 
+    /// Notes that the socket took some of the outgoing buffer.
+    fn wrote(&mut self) {
+        self.last_write = Instant::now();
+        // A close waits behind everything queued before it: while the socket drains,
+        // the broker is still taking our frames.
+        if matches!(self.state, State::Closing) {
+            self.deadline = Some(self.last_write + CLOSE_TIMEOUT);
+        }
+    }
+
     /// Lets the consumers that were just handed deliveries run (on this thread, with a
     /// single-threaded runtime), then takes their acks and writes them if the socket
     /// takes them at once (else the select loop's write does, as usual).
@@ -481,7 +484,7 @@ impl IoLoop {
         match self.writer.try_write(&self.outbox) {
             Ok(n) => {
                 self.outbox.advance(n);
-                self.last_write = Instant::now();
+                self.wrote();
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
