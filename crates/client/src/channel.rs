@@ -452,9 +452,9 @@ impl Channel {
                     delivery: Delivery {
                         delivery_tag: ok.delivery_tag,
                         redelivered: ok.redelivered,
-                        exchange: ok.exchange,
-                        routing_key: ok.routing_key,
-                        consumer_tag: String::new(),
+                        exchange: ok.exchange.into(),
+                        routing_key: ok.routing_key.into(),
+                        consumer_tag: "".into(),
                         properties: content.properties,
                         body: content.body,
                         acker: if no_ack {

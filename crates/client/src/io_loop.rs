@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use minimq_protocol::frame::{encode_body_frames, encode_method};
+use minimq_protocol::frame::{encode_body_frames, encode_method, peek_content};
 use minimq_protocol::idhash::IdMap;
 use minimq_protocol::properties::share_last;
 use minimq_protocol::{
@@ -229,12 +229,18 @@ struct ChannelSlot {
     shared: Arc<ChannelShared>,
     state: SlotState,
     pending: VecDeque<Pending>,
-    consumers: IdMap<String, ConsumerSink>,
+    consumers: IdMap<Arc<str>, ConsumerSink>,
     content: Option<PartialContent>,
     confirms: Option<Confirms>,
     /// The properties of the last message received: the next one usually carries the
     /// same, and then shares them (see `share_last`).
     last_properties: Option<Arc<BasicProperties>>,
+    /// The octets `last_properties` were decoded from, when they came the fast way
+    /// (`take_deliveries`): the same octets again need no decoding.
+    last_raw_properties: Option<Bytes>,
+    /// Exchange and routing key of the last delivery taken the fast way, shared with the
+    /// next when its octets are the same.
+    last_route: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl ChannelSlot {
@@ -400,6 +406,7 @@ impl IoLoop {
                         if let Some(end) = self.on_read(item) {
                             return end;
                         }
+                        self.take_deliveries();
                         if self.reader_done || n == BATCH || self.handed >= HAND_OFF {
                             break;
                         }
@@ -439,10 +446,12 @@ impl IoLoop {
                 // Nothing left to wait for (cannot happen: every state has a live branch).
                 else => return self.end_reason(),
             }
-            if self.handed >= HAND_OFF {
+            // The rest of what was read may hold more deliveries, a turn's worth at a time.
+            while self.handed >= HAND_OFF {
                 if let Err(e) = self.consumers_turn().await {
                     return Error::io(e);
                 }
+                self.take_deliveries();
             }
         }
     }
@@ -489,6 +498,97 @@ impl IoLoop {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Takes whole deliveries straight from the read buffer while consumers may be handed
+    /// more: a `basic.deliver`, its header and its one body frame (`peek_content`), no
+    /// frame decoded, the body a slice of the buffer, and exchange, routing key, consumer
+    /// tag and properties shared with the previous delivery when their octets are the
+    /// same. Anything else (another frame, a body in several frames, an unknown consumer,
+    /// bad octets) stays in the buffer for the frame decoder, which handles it and its
+    /// errors as usual.
+    fn take_deliveries(&mut self) {
+        if !matches!(self.state, State::Open) || self.reader_done {
+            return;
+        }
+        let frame_max = self.reader.decoder().frame_max();
+        while self.handed < HAND_OFF {
+            let buf = self.reader.read_buffer();
+            let Some(raw) = peek_content(buf, frame_max) else {
+                return;
+            };
+            if (raw.class_id, raw.method_id) != (60, 60) {
+                return;
+            }
+            let Some(args) = DeliverArgs::parse(&buf[raw.arguments.clone()]) else {
+                return;
+            };
+            let Some(slot) = self.channels.get_mut(&raw.channel) else {
+                return;
+            };
+            if slot.content.is_some() {
+                return;
+            }
+            let route = match &slot.last_route {
+                Some((e, k))
+                    if e.as_bytes() == args.exchange && k.as_bytes() == args.routing_key =>
+                {
+                    (e.clone(), k.clone())
+                }
+                _ => {
+                    let (Ok(e), Ok(k)) = (
+                        std::str::from_utf8(args.exchange),
+                        std::str::from_utf8(args.routing_key),
+                    ) else {
+                        return;
+                    };
+                    let route: (Arc<str>, Arc<str>) = (e.into(), k.into());
+                    slot.last_route = Some(route.clone());
+                    route
+                }
+            };
+            let raw_properties = &buf[raw.properties.clone()];
+            let properties = match (&slot.last_properties, &slot.last_raw_properties) {
+                (Some(last), Some(octets)) if octets[..] == *raw_properties => last.clone(),
+                _ => {
+                    let mut octets = Bytes::copy_from_slice(raw_properties);
+                    let Ok(decoded) = BasicProperties::decode(&mut octets) else {
+                        return;
+                    };
+                    if !octets.is_empty() {
+                        return;
+                    }
+                    let shared = share_last(&mut slot.last_properties, decoded);
+                    slot.last_raw_properties = Some(Bytes::copy_from_slice(raw_properties));
+                    shared
+                }
+            };
+            let Some((tag, sink)) = std::str::from_utf8(args.consumer_tag)
+                .ok()
+                .and_then(|tag| slot.consumers.get_key_value(tag))
+            else {
+                return;
+            };
+            let (delivery_tag, redelivered) = (args.delivery_tag, args.redelivered);
+            let Some(acker) = acker(&self.weak, &self.shared, slot, sink, delivery_tag) else {
+                return;
+            };
+            let frames = self.reader.read_buffer_mut().split_to(raw.len).freeze();
+            let delivery = Delivery {
+                acker,
+                delivery_tag,
+                redelivered,
+                exchange: route.0,
+                routing_key: route.1,
+                consumer_tag: tag.clone(),
+                properties,
+                body: frames.slice(raw.body),
+            };
+            self.handed += 1;
+            if sink.tx.send(Ok(delivery)).is_err() {
+                tracing::debug!("delivery for a dropped consumer discarded");
+            }
         }
     }
 
@@ -702,6 +802,8 @@ impl IoLoop {
             content: None,
             confirms: None,
             last_properties: None,
+            last_raw_properties: None,
+            last_route: None,
         };
         slot.pending.push_back(Pending {
             request: (20, 10),
@@ -819,6 +921,7 @@ impl IoLoop {
                 match &mut slot.content {
                     Some(partial) if partial.header.is_none() => {
                         let properties = share_last(&mut slot.last_properties, properties);
+                        slot.last_raw_properties = None;
                         partial.header = Some((properties, body_size));
                     }
                     _ => {
@@ -868,32 +971,22 @@ impl IoLoop {
         let (method, content) = partial.finish();
         match method {
             Method::BasicDeliver(deliver) => {
-                let Some(sink) = slot.consumers.get(&deliver.consumer_tag) else {
+                let Some((tag, sink)) = slot.consumers.get_key_value(deliver.consumer_tag.as_str())
+                else {
                     tracing::warn!(tag = %deliver.consumer_tag, "delivery for an unknown consumer dropped");
                     return;
                 };
-                let acker = if sink.no_ack {
-                    Acker::no_ack(deliver.delivery_tag)
-                } else {
-                    let Some(tx) = self.weak.upgrade() else {
-                        return;
-                    };
-                    let core = ChannelCore::new(
-                        slot.shared.clone(),
-                        ConnHandle {
-                            tx,
-                            shared: self.shared.clone(),
-                        },
-                    );
-                    Acker::new(core, deliver.delivery_tag)
+                let Some(acker) = acker(&self.weak, &self.shared, slot, sink, deliver.delivery_tag)
+                else {
+                    return;
                 };
                 let delivery = Delivery {
                     acker,
                     delivery_tag: deliver.delivery_tag,
                     redelivered: deliver.redelivered,
-                    exchange: deliver.exchange,
-                    routing_key: deliver.routing_key,
-                    consumer_tag: deliver.consumer_tag,
+                    exchange: deliver.exchange.into(),
+                    routing_key: deliver.routing_key.into(),
+                    consumer_tag: tag.clone(),
                     properties: content.properties,
                     body: content.body,
                 };
@@ -974,7 +1067,7 @@ impl IoLoop {
             Method::BasicCancel(cancel) => {
                 // consumer_cancel_notify: the queue went away under the consumer.
                 tracing::info!(tag = %cancel.consumer_tag, "consumer cancelled by the server");
-                slot.consumers.remove(&cancel.consumer_tag);
+                slot.consumers.remove(cancel.consumer_tag.as_str());
                 if !cancel.no_wait {
                     let ok = Method::BasicCancelOk(BasicCancelOk {
                         consumer_tag: cancel.consumer_tag,
@@ -1010,10 +1103,10 @@ impl IoLoop {
             PendingReply::Call { reply, consumer } => {
                 match (&method, consumer) {
                     (Method::BasicConsumeOk(ok), Some(sink)) => {
-                        slot.consumers.insert(ok.consumer_tag.clone(), sink);
+                        slot.consumers.insert(ok.consumer_tag.as_str().into(), sink);
                     }
                     (Method::BasicCancelOk(ok), _) => {
-                        slot.consumers.remove(&ok.consumer_tag);
+                        slot.consumers.remove(ok.consumer_tag.as_str());
                     }
                     _ => {}
                 }
@@ -1030,6 +1123,63 @@ impl IoLoop {
                 }
             }
         }
+    }
+}
+
+/// The acker of a delivery to `sink` on `slot`; `None` when every handle of the
+/// connection is gone (nobody could ack it).
+fn acker(
+    weak: &mpsc::WeakSender<Request>,
+    conn: &Arc<ConnectionShared>,
+    slot: &ChannelSlot,
+    sink: &ConsumerSink,
+    delivery_tag: u64,
+) -> Option<Acker> {
+    if sink.no_ack {
+        return Some(Acker::no_ack(delivery_tag));
+    }
+    let handle = ConnHandle {
+        tx: weak.upgrade()?,
+        shared: conn.clone(),
+    };
+    Some(Acker::new(
+        ChannelCore::new(slot.shared.clone(), handle),
+        delivery_tag,
+    ))
+}
+
+/// The arguments of a `basic.deliver`, as slices of its frame.
+struct DeliverArgs<'a> {
+    consumer_tag: &'a [u8],
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &'a [u8],
+    routing_key: &'a [u8],
+}
+
+impl<'a> DeliverArgs<'a> {
+    /// Parses exactly `args` (what follows class and method id), or `None`.
+    fn parse(args: &'a [u8]) -> Option<DeliverArgs<'a>> {
+        fn shortstr<'a>(args: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+            let len = usize::from(*args.get(*at)?);
+            let s = args.get(*at + 1..*at + 1 + len)?;
+            *at += 1 + len;
+            Some(s)
+        }
+        let mut at = 0;
+        let consumer_tag = shortstr(args, &mut at)?;
+        let delivery_tag = u64::from_be_bytes(args.get(at..at + 8)?.try_into().ok()?);
+        let redelivered = args.get(at + 8)? & 1 != 0;
+        at += 9;
+        let exchange = shortstr(args, &mut at)?;
+        let routing_key = shortstr(args, &mut at)?;
+        (at == args.len()).then_some(DeliverArgs {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        })
     }
 }
 

@@ -18,11 +18,12 @@ pub struct Delivery {
     /// Whether the broker delivered it before (it was requeued or its channel died unacked).
     pub redelivered: bool,
     /// The exchange it was published to (empty for the default exchange).
-    pub exchange: String,
+    pub exchange: Arc<str>,
     /// The routing key it was published with.
-    pub routing_key: String,
-    /// The consumer it was delivered to (empty for `basic.get`).
-    pub consumer_tag: String,
+    pub routing_key: Arc<str>,
+    /// The consumer it was delivered to (empty for `basic.get`). The three strings are
+    /// shared with the deliveries before them when they are the same.
+    pub consumer_tag: Arc<str>,
     /// Its content properties: shared with the deliveries before it on the channel
     /// when they carried the same (a publisher usually sends the same every time).
     pub properties: Arc<BasicProperties>,

@@ -511,3 +511,127 @@ async fn acks_of_the_first_deliveries_leave_before_the_last_are_handed_out() {
         delivery.ack().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn deliveries_read_together_arrive_whole_and_in_order_whatever_their_framing() {
+    use std::sync::Arc;
+
+    use minimq_client::BasicConsumeOptions;
+    use minimq_protocol::frame::encode_content;
+    use minimq_protocol::{BasicConsumeOk, BasicDeliver, BasicProperties as Props};
+
+    let plain = Props::default();
+    let text = Props {
+        content_type: Some("text/plain".into()),
+        delivery_mode: Some(2),
+        ..Props::default()
+    };
+    // (consumer, tag, redelivered, exchange, routing key, properties, body, frame limit
+    // the body is split at)
+    type Step<'a> = (
+        &'a str,
+        u64,
+        bool,
+        &'a str,
+        &'a str,
+        &'a Props,
+        &'a [u8],
+        u32,
+    );
+    let big = vec![b'b'; 5000];
+    let script: Vec<Step> = vec![
+        ("c", 1, false, "", "q", &plain, b"one", 0),
+        ("c", 2, true, "", "q", &plain, b"two", 0),
+        ("c", 3, false, "", "q", &plain, b"three", 0),
+        // A body in two frames.
+        ("c", 4, false, "", "q", &plain, &big, 4096),
+        ("c", 5, false, "ex", "other", &text, b"five", 0),
+        // No body frame at all.
+        ("c", 6, false, "ex", "other", &text, b"", 0),
+        // A consumer this client does not have: dropped.
+        ("nobody", 7, false, "", "q", &plain, b"seven", 0),
+        ("c", 8, false, "ex", "other", &text, b"eight", 0),
+        ("c", 9, false, "ex", "other", &text, b"nine", 0),
+    ];
+    let mut wire = BytesMut::new();
+    for (ctag, tag, redelivered, exchange, rk, props, body, frame_max) in &script {
+        let deliver = Method::BasicDeliver(BasicDeliver {
+            consumer_tag: (*ctag).into(),
+            delivery_tag: *tag,
+            redelivered: *redelivered,
+            exchange: (*exchange).into(),
+            routing_key: (*rk).into(),
+        });
+        encode_content(&mut wire, 1, &deliver, props, body, *frame_max);
+    }
+
+    let (listener, url) = listen("").await;
+    tokio::spawn(async move {
+        let mut peer = accept(&listener, tune(0, 131_072)).await;
+        let ch = peer.open_channel().await;
+        assert_eq!(ch, 1);
+        match peer.recv_method().await {
+            (1, Method::BasicConsume(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        peer.send(
+            1,
+            Method::BasicConsumeOk(BasicConsumeOk {
+                consumer_tag: "c".into(),
+            }),
+        )
+        .await;
+        // All of them in one write: the client reads them together.
+        let mut socket = peer.framed.into_inner();
+        socket.write_all(&wire).await.unwrap();
+        // Keep the socket open until the client is done.
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest).await;
+    });
+    let conn = Connection::connect(&url).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = ch
+        .basic_consume("q", "c", options, FieldTable::new())
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    for (ctag, tag, redelivered, exchange, rk, props, body, _) in &script {
+        if *ctag != "c" {
+            continue;
+        }
+        let d = tokio::time::timeout(LIMIT, consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("stream open")
+            .expect("a delivery");
+        assert_eq!(
+            (
+                &*d.consumer_tag,
+                d.delivery_tag,
+                d.redelivered,
+                &*d.exchange,
+                &*d.routing_key
+            ),
+            (*ctag, *tag, *redelivered, *exchange, *rk)
+        );
+        assert_eq!(&*d.properties, *props, "properties of {tag}");
+        assert_eq!(&d.body[..], *body, "body of {tag}");
+        received.push(d);
+    }
+    // Deliveries after the first of a read carry the routing key and properties of the
+    // one before them, when they are the same, without copies.
+    let by_tag = |t: u64| received.iter().find(|d| d.delivery_tag == t).unwrap();
+    assert!(Arc::ptr_eq(&by_tag(2).routing_key, &by_tag(3).routing_key));
+    assert!(Arc::ptr_eq(&by_tag(2).properties, &by_tag(3).properties));
+    assert!(Arc::ptr_eq(&by_tag(8).routing_key, &by_tag(9).routing_key));
+    assert!(Arc::ptr_eq(&by_tag(8).properties, &by_tag(9).properties));
+    assert!(Arc::ptr_eq(
+        &by_tag(8).consumer_tag,
+        &by_tag(9).consumer_tag
+    ));
+    drop(conn);
+}

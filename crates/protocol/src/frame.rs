@@ -268,3 +268,100 @@ pub fn encode_body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_m
         encode_body(buf, channel, chunk);
     }
 }
+
+/// A content-carrying method, its header and its single body frame, found whole at the
+/// front of a read buffer by [`peek_content`]: where each part lies, nothing decoded or
+/// copied. A reader's hot path takes a message in one step from this and falls back to
+/// frame-by-frame decoding whenever `peek_content` says no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawContent {
+    /// The channel of all three frames.
+    pub channel: u16,
+    /// Class id of the method (and of the header).
+    pub class_id: u16,
+    /// Method id.
+    pub method_id: u16,
+    /// The method's arguments (after the class and method ids).
+    pub arguments: std::ops::Range<usize>,
+    /// The header's property flags and property list.
+    pub properties: std::ops::Range<usize>,
+    /// The body (empty, with no body frame, when the header announces 0 octets).
+    pub body: std::ops::Range<usize>,
+    /// Octets of the frames together.
+    pub len: usize,
+}
+
+/// Finds a whole content message at the front of `buf`: a method frame, a header frame
+/// of the same class on the same channel, and exactly one body frame carrying the size
+/// the header announces (none for an empty body), each frame within `frame_max` (0 = no
+/// limit) and properly ended. `None` for anything else — an incomplete or bad frame, a
+/// body in several frames, a method or header that does not parse as one — which the
+/// caller then decodes frame by frame, with the errors that brings.
+pub fn peek_content(buf: &[u8], frame_max: u32) -> Option<RawContent> {
+    let (method, at) = raw_frame(buf, 0, FRAME_METHOD, frame_max)?;
+    let (channel, method) = method;
+    if channel == 0 || method.len() < 4 {
+        return None;
+    }
+    let class_id = u16::from_be_bytes([buf[method.start], buf[method.start + 1]]);
+    let method_id = u16::from_be_bytes([buf[method.start + 2], buf[method.start + 3]]);
+    let ((header_channel, header), at) = raw_frame(buf, at, FRAME_HEADER, frame_max)?;
+    if header_channel != channel || header.len() < 14 {
+        return None;
+    }
+    let h = &buf[header.start..];
+    if u16::from_be_bytes([h[0], h[1]]) != class_id {
+        return None;
+    }
+    let body_size = u64::from_be_bytes(h[4..12].try_into().ok()?);
+    let properties = header.start + 12..header.end;
+    if body_size == 0 {
+        return Some(RawContent {
+            channel,
+            class_id,
+            method_id,
+            arguments: method.start + 4..method.end,
+            properties,
+            body: at..at,
+            len: at,
+        });
+    }
+    let ((body_channel, body), end) = raw_frame(buf, at, FRAME_BODY, frame_max)?;
+    if body_channel != channel || body.len() as u64 != body_size {
+        return None;
+    }
+    Some(RawContent {
+        channel,
+        class_id,
+        method_id,
+        arguments: method.start + 4..method.end,
+        properties,
+        body,
+        len: end,
+    })
+}
+
+/// The frame of type `kind` starting at `at` in `buf`, if it is whole and within
+/// `frame_max`: its channel, where its payload lies, and where the next frame starts.
+fn raw_frame(
+    buf: &[u8],
+    at: usize,
+    kind: u8,
+    frame_max: u32,
+) -> Option<((u16, std::ops::Range<usize>), usize)> {
+    let head = buf.get(at..at + 7)?;
+    if head[0] != kind {
+        return None;
+    }
+    let channel = u16::from_be_bytes([head[1], head[2]]);
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    if frame_max != 0 && size as u64 + FRAME_OVERHEAD as u64 > u64::from(frame_max) {
+        return None;
+    }
+    let start = at + 7;
+    let end = start.checked_add(size)?;
+    if *buf.get(end)? != FRAME_END {
+        return None;
+    }
+    Some(((channel, start..end), end + 1))
+}

@@ -191,8 +191,8 @@ async fn run_command(cmd: &str, delivery: &Delivery) -> std::io::Result<ExitStat
             "MINIMQ_REDELIVERED",
             if delivery.redelivered { "1" } else { "0" },
         )
-        .env("MINIMQ_ROUTING_KEY", &delivery.routing_key)
-        .env("MINIMQ_EXCHANGE", &delivery.exchange)
+        .env("MINIMQ_ROUTING_KEY", &*delivery.routing_key)
+        .env("MINIMQ_EXCHANGE", &*delivery.exchange)
         .stdin(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;

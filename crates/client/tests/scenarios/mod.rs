@@ -140,8 +140,8 @@ pub async fn declare_publish_get(url: &str) {
     assert_eq!(got.message_count, 2);
     let d = got.delivery;
     assert_eq!(d.body, Bytes::from("msg 0"));
-    assert_eq!(d.routing_key, q.name);
-    assert_eq!(d.exchange, "");
+    assert_eq!(&*d.routing_key, q.name);
+    assert_eq!(&*d.exchange, "");
     assert!(!d.redelivered);
     assert_eq!(d.properties.content_type.as_deref(), Some("text/plain"));
     assert_eq!(d.properties.correlation_id.as_deref(), Some("corr-1"));
@@ -232,7 +232,7 @@ pub async fn consume_and_ack(url: &str) {
     for i in 0..5 {
         let d = next(&mut consumer).await;
         assert_eq!(d.body, Bytes::from(format!("{i}")));
-        assert_eq!(d.consumer_tag, tag);
+        assert_eq!(&*d.consumer_tag, tag);
         assert!(!d.redelivered);
         // prefetch 1: nothing else is in flight until this one is acked.
         d.ack().await.unwrap();
