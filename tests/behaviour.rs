@@ -1220,6 +1220,106 @@ async fn publishes_read_together_reach_the_queue_before_the_frames_after_them() 
     assert_eq!(drain(&ch, "q").await, want, "the rest, in publish order");
 }
 
+/// Publishes read together, whatever their framing and however they differ from the one
+/// before them (routing key, properties, body in several frames or none, unroutable
+/// with `mandatory`, to a missing exchange), are each routed with their own route and
+/// properties, in order, with the return and the channel error a publish on its own gets.
+#[tokio::test]
+async fn publishes_read_together_keep_their_routes_properties_and_errors() {
+    use minimq_protocol::frame::encode_content;
+    use minimq_protocol::BasicProperties as Props;
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    declare(&ch, "q").await;
+    declare(&ch, "q2").await;
+    let a = Props {
+        content_type: Some("a".into()),
+        ..Props::default()
+    };
+    let b = Props {
+        content_type: Some("b".into()),
+        priority: Some(3),
+        ..Props::default()
+    };
+    let big = vec![b'x'; 5000];
+    // (exchange, routing key, mandatory, properties, body, frame limit the body is split at)
+    type Step<'a> = (&'a str, &'a str, bool, &'a Props, &'a [u8], u32);
+    let script: Vec<Step> = vec![
+        ("", "q", false, &a, b"1", 131_072),
+        ("", "q", false, &a, b"2", 131_072),
+        ("", "q2", false, &b, b"3", 131_072),
+        ("", "q", false, &a, &big, 4096),
+        ("", "q", false, &a, b"", 131_072),
+        ("", "nowhere", true, &b, b"returned", 131_072),
+        ("", "q", false, &b, b"7", 131_072),
+        ("missing", "q", false, &a, b"8", 131_072),
+        // After the channel error: discarded with the rest of the channel's frames.
+        ("", "q", false, &a, b"9", 131_072),
+    ];
+    let mut buf = bytes::BytesMut::new();
+    for (exchange, rk, mandatory, props, body, frame_max) in &script {
+        let publish = Method::BasicPublish(minimq_protocol::BasicPublish {
+            exchange: (*exchange).into(),
+            routing_key: (*rk).into(),
+            mandatory: *mandatory,
+            immediate: false,
+        });
+        encode_content(&mut buf, 1, &publish, props, body, *frame_max);
+    }
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    // One write: the broker reads all of it together.
+    raw.io.get_mut().write_all(&buf).await.expect("write");
+
+    let Method::BasicReturn(ret) = raw.method(1).await else {
+        panic!("expected basic.return")
+    };
+    assert_eq!((ret.reply_code, ret.routing_key.as_str()), (312, "nowhere"));
+    let Frame::Header(1, header) = raw.frame().await else {
+        panic!("expected a content header")
+    };
+    assert_eq!(header.properties, b);
+    let Frame::Body(1, returned) = raw.frame().await else {
+        panic!("expected a content body")
+    };
+    assert_eq!(&returned[..], b"returned");
+    let Method::ChannelClose(close) = raw.method(1).await else {
+        panic!("expected channel.close")
+    };
+    assert_eq!(
+        (close.reply_code, close.reply_text.as_str()),
+        (404, "NOT_FOUND - no exchange 'missing' in vhost '/'")
+    );
+
+    let mut got = Vec::new();
+    for queue in ["q", "q2"] {
+        while let Some(m) = get(&ch, queue).await {
+            let content_type = m.delivery.properties.content_type().clone();
+            let priority = *m.delivery.properties.priority();
+            got.push((
+                queue,
+                m.delivery.data.len(),
+                m.delivery.data.first().copied(),
+                content_type.map(|c| c.to_string()),
+                priority,
+            ));
+        }
+    }
+    let a_type = Some("a".to_string());
+    let b_type = Some("b".to_string());
+    assert_eq!(
+        got,
+        vec![
+            ("q", 1, Some(b'1'), a_type.clone(), None),
+            ("q", 1, Some(b'2'), a_type.clone(), None),
+            ("q", 5000, Some(b'x'), a_type.clone(), None),
+            ("q", 0, None, a_type.clone(), None),
+            ("q", 1, Some(b'7'), b_type.clone(), Some(3)),
+            ("q2", 1, Some(b'3'), b_type, Some(3)),
+        ]
+    );
+}
+
 /// Publishes read together with the end of the stream are not lost with the connection.
 #[tokio::test]
 async fn publishes_read_with_the_end_of_the_stream_still_reach_the_queue() {

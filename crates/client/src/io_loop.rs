@@ -1244,6 +1244,37 @@ mod tests {
     };
 
     #[test]
+    fn deliver_arguments_parse_as_the_method_decoder_reads_them() {
+        use minimq_protocol::BasicDeliver;
+        for (tag, redelivered, exchange, rk) in [
+            ("ctag", false, "", "q"),
+            ("amq.ctag-1", true, "ex", ""),
+            ("", false, "x", &*"k".repeat(255)),
+        ] {
+            let method = Method::BasicDeliver(BasicDeliver {
+                consumer_tag: tag.into(),
+                delivery_tag: 42,
+                redelivered,
+                exchange: exchange.into(),
+                routing_key: rk.into(),
+            });
+            let mut buf = BytesMut::new();
+            method.encode(&mut buf);
+            let args = DeliverArgs::parse(&buf[4..]).expect("parses");
+            assert_eq!(args.consumer_tag, tag.as_bytes());
+            assert_eq!((args.delivery_tag, args.redelivered), (42, redelivered));
+            assert_eq!(
+                (args.exchange, args.routing_key),
+                (exchange.as_bytes(), rk.as_bytes())
+            );
+            // Short or long by one octet: not a basic.deliver.
+            assert!(DeliverArgs::parse(&buf[4..buf.len() - 1]).is_none());
+            buf.extend_from_slice(&[0]);
+            assert!(DeliverArgs::parse(&buf[4..]).is_none());
+        }
+    }
+
+    #[test]
     fn replies_match_their_requests() {
         let declare_ok = Method::QueueDeclareOk(QueueDeclareOk::default());
         assert!(is_reply((50, 10), &declare_ok));

@@ -616,6 +616,37 @@ impl Conn {
         else {
             return Ok(());
         };
+        // Shared with the channel's previous publish when the same: the message keeps
+        // these, and the default-exchange route cache knows them by pointer.
+        let route = match &channel.last_route {
+            Some((e, k)) if **e == *method.exchange && **k == *method.routing_key => {
+                (e.clone(), k.clone())
+            }
+            _ => {
+                let route: (Arc<str>, Arc<str>) = (
+                    method.exchange.as_str().into(),
+                    method.routing_key.as_str().into(),
+                );
+                channel.last_route = Some(route.clone());
+                route
+            }
+        };
+        let properties = share_last(&mut channel.last_properties, properties);
+        channel.last_raw_properties = None;
+        self.publish_message(ch, route, method.mandatory, properties, body.into_bytes())
+    }
+
+    /// Routes a whole message published on `ch` (by [`Conn::complete_publish`], or taken
+    /// whole from the read buffer), holds it for its queues (see [`Conn::hold_publish`]),
+    /// and arranges its confirm and its return.
+    pub(crate) fn publish_message(
+        &mut self,
+        ch: u16,
+        (exchange, routing_key): (Arc<str>, Arc<str>),
+        mandatory: bool,
+        properties: Arc<BasicProperties>,
+        body: Bytes,
+    ) -> AmqpResult<()> {
         if let Some(uid) = properties.user_id.as_deref() {
             if uid != self.user {
                 return Err(AmqpError::precondition(format!(
@@ -625,24 +656,6 @@ impl Conn {
                 .on(60, 40));
             }
         }
-        // Shared with the channel's previous publish when the same: the message keeps
-        // these, and the default-exchange route cache knows them by pointer.
-        let (exchange, routing_key) = {
-            let last = &mut self.channel(ch).last_route;
-            match last {
-                Some((e, k)) if **e == *method.exchange && **k == *method.routing_key => {
-                    (e.clone(), k.clone())
-                }
-                _ => {
-                    let route: (Arc<str>, Arc<str>) = (
-                        method.exchange.as_str().into(),
-                        method.routing_key.as_str().into(),
-                    );
-                    *last = Some(route.clone());
-                    route
-                }
-            }
-        };
         let mut queues = Vec::new();
         if exchange.is_empty() {
             let cache = &mut self
@@ -655,8 +668,8 @@ impl Conn {
             self.state
                 .vhost
                 .route(
-                    &method.exchange,
-                    &method.routing_key,
+                    &exchange,
+                    &routing_key,
                     properties.headers.as_ref(),
                     &mut queues,
                 )
@@ -672,19 +685,13 @@ impl Conn {
             )
             .on(60, 40));
         }
-        let properties = share_last(&mut self.channel(ch).last_properties, properties);
-        let message = Arc::new(Message::new(
-            exchange,
-            routing_key,
-            properties,
-            body.into_bytes(),
-        ));
-        if queues.is_empty() && method.mandatory {
+        let message = Arc::new(Message::new(exchange, routing_key, properties, body));
+        if queues.is_empty() && mandatory {
             let ret = Method::BasicReturn(BasicReturn {
                 reply_code: ReplyCode::NoRoute.code(),
                 reply_text: "NO_ROUTE".into(),
-                exchange: method.exchange.clone(),
-                routing_key: method.routing_key.clone(),
+                exchange: message.exchange.to_string(),
+                routing_key: message.routing_key.to_string(),
             });
             encode_content(
                 &mut self.out,

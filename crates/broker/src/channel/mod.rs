@@ -145,6 +145,9 @@ pub struct Channel {
     /// The properties of the last publish: the next one usually carries the same, and
     /// then shares them instead of keeping its own copy.
     pub last_properties: Option<Arc<BasicProperties>>,
+    /// The octets `last_properties` were decoded from, when the publish was taken whole
+    /// from the read buffer: the same octets again need no decoding.
+    pub last_raw_properties: Option<Bytes>,
     /// The exchange and routing key of the last publish, shared the same way.
     pub last_route: Option<(Arc<str>, Arc<str>)>,
     /// The queue the last publish to the default exchange went to.
@@ -170,6 +173,7 @@ impl Channel {
             confirms: None,
             publish: None,
             last_properties: None,
+            last_raw_properties: None,
             last_route: None,
             default_route: None,
             info: Arc::new(ChannelInfo::new(id)),

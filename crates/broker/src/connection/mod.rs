@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use minimq_protocol::frame::{encode_method, PROTOCOL_HEADER};
+use minimq_protocol::frame::{encode_method, peek_content, PROTOCOL_HEADER};
 use minimq_protocol::{
-    ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk, DecodeError,
-    Frame, FrameCodec, Method, ReplyCode,
+    BasicProperties, ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk,
+    DecodeError, Frame, FrameCodec, Method, ReplyCode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use crate::channel::{Channel, ChannelStatus};
+use crate::channel::{Channel, ChannelStatus, SMALL_BODY};
 use crate::error::AmqpError;
 use crate::queue::{EventSink, Publish, QueueCommand, QueueEvent, QueueHandle};
 use crate::server::BrokerState;
@@ -280,7 +280,14 @@ impl Conn {
                             break 'main;
                         }
                         handled += 1;
-                        if handled == READ_BATCH || self.closing {
+                        if handled < READ_BATCH && !self.closing {
+                            let (frames, failed) = self.take_publishes(reader, READ_BATCH - handled);
+                            handled += frames;
+                            if let Some((ch, e)) = failed {
+                                self.on_frame_error(ch, e, &mut close_deadline).await;
+                            }
+                        }
+                        if handled >= READ_BATCH || self.closing {
                             break;
                         }
                         match reader.next().now_or_never() {
@@ -290,7 +297,7 @@ impl Conn {
                     }
                     self.flush_acks();
                     self.flush_publishes().await;
-                    if handled == READ_BATCH {
+                    if handled >= READ_BATCH {
                         // More is likely waiting. The tasks this read woke (a queue, a
                         // consumer's connection) run on this worker once this task
                         // yields; a peer that always has more to send would otherwise
@@ -478,6 +485,92 @@ impl Conn {
             }
             other => Fast::Slow(other),
         }
+    }
+
+    /// Takes whole publishes straight from the read buffer (see `peek_content`): a
+    /// `basic.publish`, its header and its one body frame, decoding nothing the channel's
+    /// previous publish already had (exchange, routing key and properties are compared as
+    /// octets), then on through [`Conn::publish_message`] as any publish. Anything else —
+    /// another frame, a body in several frames, a channel not ready for a publish, octets
+    /// that do not parse — stays for the frame decoder and [`Conn::on_frame_fast`], which
+    /// handle it and its errors as usual. Returns the frames taken (at least `most`
+    /// once reached) and, if the last publish failed, its channel and error.
+    fn take_publishes(
+        &mut self,
+        reader: &mut Reader,
+        most: usize,
+    ) -> (usize, Option<(u16, AmqpError)>) {
+        let frame_max = reader.decoder().frame_max();
+        let max_size = self.state.config.max_message_size;
+        let mut frames = 0;
+        while frames < most && !self.closing {
+            let buf = reader.read_buffer();
+            let Some(raw) = peek_content(buf, frame_max) else {
+                break;
+            };
+            if (raw.class_id, raw.method_id) != (60, 40) || raw.body.len() as u64 > max_size {
+                break;
+            }
+            let Some(args) = PublishArgs::parse(&buf[raw.arguments.clone()]) else {
+                break;
+            };
+            let mandatory = args.mandatory;
+            let Some(channel) = self
+                .channels
+                .get_mut(&raw.channel)
+                .filter(|c| c.status == ChannelStatus::Open && c.publish.is_none())
+            else {
+                break;
+            };
+            let route = match &channel.last_route {
+                Some((e, k))
+                    if e.as_bytes() == args.exchange && k.as_bytes() == args.routing_key =>
+                {
+                    (e.clone(), k.clone())
+                }
+                _ => {
+                    let (Ok(e), Ok(k)) = (
+                        std::str::from_utf8(args.exchange),
+                        std::str::from_utf8(args.routing_key),
+                    ) else {
+                        break;
+                    };
+                    let route: (Arc<str>, Arc<str>) = (e.into(), k.into());
+                    channel.last_route = Some(route.clone());
+                    route
+                }
+            };
+            let raw_properties = &buf[raw.properties.clone()];
+            let properties = match (&channel.last_properties, &channel.last_raw_properties) {
+                (Some(last), Some(octets)) if octets[..] == *raw_properties => last.clone(),
+                _ => {
+                    let mut octets = Bytes::copy_from_slice(raw_properties);
+                    let Ok(decoded) = BasicProperties::decode(&mut octets) else {
+                        break;
+                    };
+                    if octets.has_remaining() {
+                        break;
+                    }
+                    let shared = crate::message::share_last(&mut channel.last_properties, decoded);
+                    channel.last_raw_properties = Some(Bytes::copy_from_slice(raw_properties));
+                    shared
+                }
+            };
+            // A small body gets an allocation of its own (see `BodyParts::into_bytes`).
+            let body = if raw.body.len() <= SMALL_BODY {
+                let body = Bytes::copy_from_slice(&buf[raw.body.clone()]);
+                reader.read_buffer_mut().advance(raw.len);
+                body
+            } else {
+                let taken = reader.read_buffer_mut().split_to(raw.len).freeze();
+                taken.slice(raw.body.clone())
+            };
+            frames += if raw.body.is_empty() { 2 } else { 3 };
+            if let Err(e) = self.publish_message(raw.channel, route, mandatory, properties, body) {
+                return (frames, Some((raw.channel, e)));
+            }
+        }
+        (frames, None)
     }
 
     /// A frame on channel `ch` failed with `e`: a channel error closes the channel, a
@@ -888,5 +981,76 @@ fn hold<T>(held: &mut Vec<(QueueHandle, Vec<T>)>, queue: QueueHandle, item: T) {
     match held.iter_mut().find(|(q, _)| q.same(&queue)) {
         Some((_, items)) => items.push(item),
         None => held.push((queue, vec![item])),
+    }
+}
+
+/// The arguments of a `basic.publish`, as slices of its frame.
+struct PublishArgs<'a> {
+    exchange: &'a [u8],
+    routing_key: &'a [u8],
+    mandatory: bool,
+}
+
+impl<'a> PublishArgs<'a> {
+    /// Parses exactly `args` (what follows class and method id); `None` for anything
+    /// else, and for `immediate`, which the frame path refuses.
+    fn parse(args: &'a [u8]) -> Option<PublishArgs<'a>> {
+        fn shortstr<'a>(args: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+            let len = usize::from(*args.get(*at)?);
+            let s = args.get(*at + 1..*at + 1 + len)?;
+            *at += 1 + len;
+            Some(s)
+        }
+        let mut at = 2; // the reserved ticket
+        let exchange = shortstr(args, &mut at)?;
+        let routing_key = shortstr(args, &mut at)?;
+        let bits = *args.get(at)?;
+        (at + 1 == args.len() && bits & 2 == 0).then_some(PublishArgs {
+            exchange,
+            routing_key,
+            mandatory: bits & 1 != 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minimq_protocol::BasicPublish;
+
+    #[test]
+    fn publish_arguments_parse_as_the_method_decoder_reads_them() {
+        for (exchange, rk, mandatory, immediate) in [
+            ("", "q", false, false),
+            ("amq.direct", "", true, false),
+            ("x", &*"k".repeat(255), false, false),
+            ("", "q", false, true),
+            ("", "q", true, true),
+        ] {
+            let method = Method::BasicPublish(BasicPublish {
+                exchange: exchange.into(),
+                routing_key: rk.into(),
+                mandatory,
+                immediate,
+            });
+            let mut buf = BytesMut::new();
+            method.encode(&mut buf);
+            let parsed = PublishArgs::parse(&buf[4..]);
+            if immediate {
+                // Refused by the frame path, with its error.
+                assert!(parsed.is_none());
+                continue;
+            }
+            let args = parsed.expect("parses");
+            assert_eq!(
+                (args.exchange, args.routing_key),
+                (exchange.as_bytes(), rk.as_bytes())
+            );
+            assert_eq!(args.mandatory, mandatory);
+            // Short or long by one octet: not a basic.publish.
+            assert!(PublishArgs::parse(&buf[4..buf.len() - 1]).is_none());
+            buf.extend_from_slice(&[0]);
+            assert!(PublishArgs::parse(&buf[4..]).is_none());
+        }
     }
 }
