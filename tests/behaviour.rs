@@ -1320,6 +1320,75 @@ async fn publishes_read_together_keep_their_routes_properties_and_errors() {
     );
 }
 
+/// Acks read together are each applied in order, as on their own: single and multiple
+/// acks settle their messages, an unknown tag closes the channel with 406, and what the
+/// channel still had unacked then goes back to the queue.
+#[tokio::test]
+async fn acks_read_together_settle_in_order_until_one_fails() {
+    use minimq_protocol::frame::encode_method;
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    declare(&ch, "q").await;
+    for i in 1..=10 {
+        publish(&ch, "", "q", format!("m{i}").as_bytes()).await;
+    }
+    wait_ready(&ch, "q", 10).await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(
+        1,
+        minimq_protocol::BasicConsume {
+            queue: "q".into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: false,
+            arguments: Default::default(),
+        }
+        .into(),
+    )
+    .await;
+    let Method::BasicConsumeOk(_) = raw.method(1).await else {
+        panic!("expected basic.consume-ok")
+    };
+    for tag in 1..=10 {
+        let Method::BasicDeliver(d) = raw.method(1).await else {
+            panic!("expected basic.deliver")
+        };
+        assert_eq!(d.delivery_tag, tag);
+        raw.frame().await;
+        raw.frame().await;
+    }
+    let mut buf = bytes::BytesMut::new();
+    for (tag, multiple) in [
+        (1, false),
+        (2, false),
+        (5, true),
+        (7, false),
+        (99, false),
+        (8, false),
+    ] {
+        let ack = minimq_protocol::BasicAck {
+            delivery_tag: tag,
+            multiple,
+        };
+        encode_method(&mut buf, 1, &ack.into());
+    }
+    // One write: the broker reads all of it together.
+    raw.io.get_mut().write_all(&buf).await.expect("write");
+    let Method::ChannelClose(close) = raw.method(1).await else {
+        panic!("expected channel.close")
+    };
+    assert_eq!(
+        (close.reply_code, close.reply_text.as_str(), close.method_id),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 99", 80)
+    );
+    // 1–5 and 7 were acked; the ack of 8 came after the error and was discarded.
+    wait_ready(&ch, "q", 4).await;
+    assert_eq!(drain(&ch, "q").await, ["m6", "m8", "m9", "m10"]);
+}
+
 /// Publishes read together with the end of the stream are not lost with the connection.
 #[tokio::test]
 async fn publishes_read_with_the_end_of_the_stream_still_reach_the_queue() {

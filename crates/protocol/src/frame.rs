@@ -365,3 +365,26 @@ fn raw_frame(
     }
     Some(((channel, start..end), end + 1))
 }
+
+/// Octets of a `basic.ack` method frame: framing, class and method ids, delivery tag and
+/// the `multiple` bit.
+pub const ACK_FRAME_LEN: usize = FRAME_OVERHEAD + 4 + 8 + 1;
+
+/// A whole `basic.ack` method frame at the front of `buf`: its channel, delivery tag and
+/// `multiple` bit, read as the method decoder reads them. `None` for anything else,
+/// which the caller then decodes as usual.
+pub fn peek_ack(buf: &[u8]) -> Option<(u16, u64, bool)> {
+    let f = buf.get(..ACK_FRAME_LEN)?;
+    let size = u32::from_be_bytes([f[3], f[4], f[5], f[6]]);
+    let ids = [f[7], f[8], f[9], f[10]];
+    if f[0] != FRAME_METHOD
+        || size != 13
+        || ids != [0, 60, 0, 80]
+        || f[ACK_FRAME_LEN - 1] != FRAME_END
+    {
+        return None;
+    }
+    let channel = u16::from_be_bytes([f[1], f[2]]);
+    let tag = u64::from_be_bytes(f[11..19].try_into().ok()?);
+    Some((channel, tag, f[19] & 1 != 0))
+}

@@ -102,3 +102,39 @@ fn declines_frames_over_frame_max_and_mismatched_parts() {
     two_methods.extend_from_slice(&wire[..method_len]);
     assert_eq!(peek_content(&two_methods, 0), None);
 }
+
+proptest! {
+    /// A `basic.ack` frame is read as the decoder reads it; a nack or reject of the same
+    /// size, a prefix of the frame, or a broken frame end, is not an ack.
+    #[test]
+    fn peek_ack_reads_what_the_decoder_reads(
+        channel in any::<u16>(),
+        delivery_tag in any::<u64>(),
+        multiple in any::<bool>(),
+        after in vec(any::<u8>(), 0..30),
+    ) {
+        use minimq_protocol::frame::{encode_method, peek_ack, ACK_FRAME_LEN};
+        let ack = Method::BasicAck(BasicAck { delivery_tag, multiple });
+        let mut wire = BytesMut::new();
+        encode_method(&mut wire, channel, &ack);
+        prop_assert_eq!(wire.len(), ACK_FRAME_LEN);
+        prop_assert_eq!(decode_exactly_one(&wire), Frame::Method(channel, ack));
+        for cut in 0..ACK_FRAME_LEN {
+            prop_assert_eq!(peek_ack(&wire[..cut]), None);
+        }
+        let mut bad = wire.clone();
+        bad[ACK_FRAME_LEN - 1] = 0;
+        prop_assert_eq!(peek_ack(&bad), None);
+        wire.extend_from_slice(&after);
+        prop_assert_eq!(peek_ack(&wire), Some((channel, delivery_tag, multiple)));
+
+        for other in [
+            Method::BasicNack(BasicNack { delivery_tag, multiple, requeue: true }),
+            Method::BasicReject(BasicReject { delivery_tag, requeue: multiple }),
+        ] {
+            let mut wire = BytesMut::new();
+            encode_method(&mut wire, channel, &other);
+            prop_assert_eq!(peek_ack(&wire), None);
+        }
+    }
+}

@@ -458,6 +458,11 @@ impl Conn {
     /// delivery took any, so every ack is plain and held for its queue (see
     /// [`Conn::hold_ack`]).
     pub(crate) fn plain_ack(&mut self, ch: u16, tag: u64, multiple: bool) -> AmqpResult<()> {
+        if !multiple {
+            let o = self.channel(ch).take_one(tag)?;
+            self.hold_ack(o.queue, o.msg_id);
+            return Ok(());
+        }
         for o in self.channel(ch).take_outstanding(tag, multiple)? {
             self.hold_ack(o.queue, o.msg_id);
         }

@@ -189,6 +189,17 @@ impl Channel {
         taken
     }
 
+    /// Takes the one delivery a single ack / nack / reject names (as
+    /// [`Channel::take_outstanding`] without `multiple`).
+    pub fn take_one(&mut self, tag: u64) -> AmqpResult<Outstanding> {
+        let taken = self
+            .outstanding
+            .remove(&tag)
+            .ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")));
+        self.info.set_unacked(self.outstanding.len());
+        taken
+    }
+
     fn take_outstanding_inner(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
         if multiple && tag == 0 {
             return Ok(std::mem::take(&mut self.outstanding)

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use minimq_protocol::frame::{encode_method, peek_content, PROTOCOL_HEADER};
+use minimq_protocol::frame::{
+    encode_method, peek_ack, peek_content, ACK_FRAME_LEN, PROTOCOL_HEADER,
+};
 use minimq_protocol::{
     BasicProperties, ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk,
     DecodeError, Frame, FrameCodec, Method, ReplyCode,
@@ -281,7 +283,7 @@ impl Conn {
                         }
                         handled += 1;
                         if handled < READ_BATCH && !self.closing {
-                            let (frames, failed) = self.take_publishes(reader, READ_BATCH - handled);
+                            let (frames, failed) = self.take_raw(reader, READ_BATCH - handled);
                             handled += frames;
                             if let Some((ch, e)) = failed {
                                 self.on_frame_error(ch, e, &mut close_deadline).await;
@@ -487,24 +489,36 @@ impl Conn {
         }
     }
 
-    /// Takes whole publishes straight from the read buffer (see `peek_content`): a
-    /// `basic.publish`, its header and its one body frame, decoding nothing the channel's
-    /// previous publish already had (exchange, routing key and properties are compared as
-    /// octets), then on through [`Conn::publish_message`] as any publish. Anything else —
+    /// Takes whole publishes and plain acks straight from the read buffer (see
+    /// `peek_content` and `peek_ack`): a `basic.publish`, its header and its one body
+    /// frame, decoding nothing the channel's previous publish already had (exchange,
+    /// routing key and properties are compared as octets), then on through
+    /// [`Conn::publish_message`] as any publish; an ack as [`Conn::plain_ack`]. Anything else —
     /// another frame, a body in several frames, a channel not ready for a publish, octets
     /// that do not parse — stays for the frame decoder and [`Conn::on_frame_fast`], which
     /// handle it and its errors as usual. Returns the frames taken (at least `most`
     /// once reached) and, if the last publish failed, its channel and error.
-    fn take_publishes(
-        &mut self,
-        reader: &mut Reader,
-        most: usize,
-    ) -> (usize, Option<(u16, AmqpError)>) {
+    fn take_raw(&mut self, reader: &mut Reader, most: usize) -> (usize, Option<(u16, AmqpError)>) {
         let frame_max = reader.decoder().frame_max();
         let max_size = self.state.config.max_message_size;
         let mut frames = 0;
         while frames < most && !self.closing {
             let buf = reader.read_buffer();
+            if let Some((ch, tag, multiple)) = peek_ack(buf) {
+                // A plain ack, as `on_frame_fast` takes it.
+                let plain = self.channels.get(&ch).is_some_and(|c| {
+                    c.status == ChannelStatus::Open && c.publish.is_none() && !c.global_qos
+                });
+                if !plain {
+                    break;
+                }
+                reader.read_buffer_mut().advance(ACK_FRAME_LEN);
+                frames += 1;
+                if let Err(e) = self.plain_ack(ch, tag, multiple) {
+                    return (frames, Some((ch, e.on(60, 80))));
+                }
+                continue;
+            }
             let Some(raw) = peek_content(buf, frame_max) else {
                 break;
             };
