@@ -5,10 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use minimq_protocol::{BasicAck, BasicNack, BasicReject, Method};
-
 use crate::channel::ChannelCore;
 use crate::error::{Error, Result};
+use crate::io_loop::Settlement;
 
 /// Acknowledges, rejects or requeues one delivery. Cheap to clone; all clones share one
 /// "already settled" flag, so a second settlement is refused locally instead of making
@@ -76,34 +75,34 @@ impl Acker {
     /// queued, without waiting for it to be written (as pika's `basic_ack`); acks leave in
     /// order with everything sent on the connection before them.
     pub async fn ack(&self) -> Result<()> {
-        self.settle(Method::BasicAck(BasicAck {
+        self.settle(Settlement::Ack {
             delivery_tag: self.delivery_tag,
             multiple: false,
-        }))
+        })
         .await
     }
 
     /// `basic.nack` for this delivery alone; `requeue` puts it back on the queue (it is
     /// then redelivered with `redelivered = true`), otherwise it is dropped or dead-lettered.
     pub async fn nack(&self, requeue: bool) -> Result<()> {
-        self.settle(Method::BasicNack(BasicNack {
+        self.settle(Settlement::Nack {
             delivery_tag: self.delivery_tag,
             multiple: false,
             requeue,
-        }))
+        })
         .await
     }
 
     /// `basic.reject`: like [`Acker::nack`], in the method every AMQP broker knows.
     pub async fn reject(&self, requeue: bool) -> Result<()> {
-        self.settle(Method::BasicReject(BasicReject {
+        self.settle(Settlement::Reject {
             delivery_tag: self.delivery_tag,
             requeue,
-        }))
+        })
         .await
     }
 
-    async fn settle(&self, method: Method) -> Result<()> {
+    async fn settle(&self, method: Settlement) -> Result<()> {
         let Some(settle) = &self.settle else {
             return Ok(());
         };

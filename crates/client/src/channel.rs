@@ -3,15 +3,16 @@
 //! and wait for their `-ok`, in order per channel; publishes and acknowledgements only
 //! wait until the connection task has queued them for the socket.
 
+use std::borrow::Borrow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use minimq_protocol::frame::encode_publish_head;
 use minimq_protocol::{
-    BasicAck, BasicCancel, BasicConsume, BasicGet, BasicNack, BasicProperties, BasicQos,
-    BasicRecover, BasicReject, ChannelClose, ConfirmSelect, ExchangeBind, ExchangeDeclare,
-    ExchangeDelete, ExchangeUnbind, FieldTable, Method, QueueBind, QueueDeclare, QueueDelete,
-    QueuePurge, QueueUnbind,
+    BasicCancel, BasicConsume, BasicGet, BasicProperties, BasicQos, BasicRecover, ChannelClose,
+    ConfirmSelect, ExchangeBind, ExchangeDeclare, ExchangeDelete, ExchangeUnbind, FieldTable,
+    Method, QueueBind, QueueDeclare, QueueDelete, QueuePurge, QueueUnbind,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,7 +21,7 @@ use crate::confirm::PublisherConfirm;
 use crate::connection::ConnHandle;
 use crate::consumer::Consumer;
 use crate::error::{EndReason, Error, Result};
-use crate::io_loop::{ConsumerSink, Reply, Request};
+use crate::io_loop::{ConsumerSink, Reply, Request, Settlement};
 use crate::message::{Delivery, GetMessage};
 use crate::options::{
     BasicConsumeOptions, DeclaredQueue, ExchangeDeclareOptions, QueueDeclareOptions,
@@ -37,6 +38,9 @@ pub(crate) struct ChannelShared {
     closed: EndReason,
     /// Where `basic.return`s go, if anybody listens.
     returns: Mutex<Option<mpsc::UnboundedSender<ReturnedMessage>>>,
+    /// Set by the connection task when it sends `confirm.select`: publishes from then on
+    /// get a confirm to wait for.
+    pub(crate) confirming: AtomicBool,
 }
 
 impl ChannelShared {
@@ -45,6 +49,7 @@ impl ChannelShared {
             id,
             closed: EndReason::default(),
             returns: Mutex::new(None),
+            confirming: AtomicBool::new(false),
         }
     }
 
@@ -122,7 +127,7 @@ impl ChannelCore {
         self.conn
             .send(Request::Call {
                 channel: self.shared.clone(),
-                method,
+                method: Box::new(method),
                 consumer,
                 reply,
             })
@@ -131,30 +136,30 @@ impl ChannelCore {
     }
 
     /// Sends an asynchronous method (ack, nack, reject); returns once it is queued.
-    pub(crate) async fn cast(&self, method: Method) -> Result<()> {
+    pub(crate) async fn cast(&self, settle: Settlement) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.send_cast(method, Some(reply)).await?;
+        self.send_cast(settle, Some(reply)).await?;
         rx.await.map_err(|_| self.closed_error())?
     }
 
     /// Sends a method that has no reply without waiting for the connection to take it
     /// (acks: a consumer acking every message must not wait on the connection task for
     /// each). Fails only if the channel is already known to be closed.
-    pub(crate) async fn cast_nowait(&self, method: Method) -> Result<()> {
-        self.send_cast(method, None).await
+    pub(crate) async fn cast_nowait(&self, settle: Settlement) -> Result<()> {
+        self.send_cast(settle, None).await
     }
 
     /// Hands a `Cast` to the connection; `reply` hears once it is queued there.
     async fn send_cast(
         &self,
-        method: Method,
+        settle: Settlement,
         reply: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
         self.check_open()?;
         self.conn
             .send(Request::Cast {
                 channel: self.shared.clone(),
-                method,
+                settle,
                 reply,
             })
             .await
@@ -472,16 +477,18 @@ impl Channel {
 
     /// `basic.publish`. The body is split into frames of the negotiated `frame_max`.
     ///
-    /// Returns once the message is queued for the socket, with a [`PublisherConfirm`]:
-    /// in confirm mode ([`Channel::confirm_select`]) it resolves to the broker's ack or
-    /// nack, otherwise at once to [`crate::Confirmation::NotRequested`]. With
-    /// `mandatory`, an unroutable message comes back on [`Channel::returned_messages`].
+    /// Returns once the message is queued for the connection, with a
+    /// [`PublisherConfirm`]: in confirm mode ([`Channel::confirm_select`]) it resolves to
+    /// the broker's ack or nack, otherwise at once to
+    /// [`crate::Confirmation::NotRequested`]. With `mandatory`, an unroutable message
+    /// comes back on [`Channel::returned_messages`]. `properties` may be borrowed
+    /// (`&props`): a publisher sending the same ones every time need not clone them.
     pub async fn basic_publish(
         &self,
         exchange: &str,
         routing_key: &str,
         mandatory: bool,
-        properties: BasicProperties,
+        properties: impl Borrow<BasicProperties>,
         body: impl Into<Bytes>,
     ) -> Result<PublisherConfirm> {
         check_short(exchange, "exchange name")?;
@@ -497,10 +504,16 @@ impl Channel {
             exchange,
             routing_key,
             mandatory,
-            &properties,
+            properties.borrow(),
             body.len() as u64,
         );
-        let (confirm, rx) = oneshot::channel();
+        // Outside confirm mode there is nothing to wait for: no oneshot to make.
+        let (confirm, waiting) = if self.core.shared.confirming.load(Ordering::Acquire) {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some((rx, self.core.clone())))
+        } else {
+            (None, None)
+        };
         self.core
             .conn
             .send(Request::Publish {
@@ -510,37 +523,37 @@ impl Channel {
                 confirm,
             })
             .await?;
-        Ok(PublisherConfirm::new(rx, self.core.clone()))
+        Ok(PublisherConfirm::new(waiting))
     }
 
     /// `basic.ack` of `delivery_tag`, or with `multiple` of every tag up to it.
     pub async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
         self.core
-            .cast(Method::BasicAck(BasicAck {
+            .cast(Settlement::Ack {
                 delivery_tag,
                 multiple,
-            }))
+            })
             .await
     }
 
     /// `basic.nack` of `delivery_tag` (or every tag up to it, with `multiple`).
     pub async fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
         self.core
-            .cast(Method::BasicNack(BasicNack {
+            .cast(Settlement::Nack {
                 delivery_tag,
                 multiple,
                 requeue,
-            }))
+            })
             .await
     }
 
     /// `basic.reject` of `delivery_tag`.
     pub async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
         self.core
-            .cast(Method::BasicReject(BasicReject {
+            .cast(Settlement::Reject {
                 delivery_tag,
                 requeue,
-            }))
+            })
             .await
     }
 

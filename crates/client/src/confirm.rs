@@ -36,27 +36,31 @@ impl Confirmation {
 }
 
 /// Resolves to the [`Confirmation`] of one publish. On a channel without
-/// [`crate::Channel::confirm_select`] it resolves at once to
-/// [`Confirmation::NotRequested`] (after the message was queued for the socket). It
-/// fails with the channel's close reason if the channel or connection dies first.
+/// [`crate::Channel::confirm_select`] it is ready at once with
+/// [`Confirmation::NotRequested`]: as with any publish without confirms, nothing tells
+/// whether the broker took the message (a channel that closes meanwhile drops it). In
+/// confirm mode it fails with the channel's close reason if the channel or connection
+/// dies before the broker's answer.
 ///
 /// Dropping it does not cancel anything: the message was already sent.
 pub struct PublisherConfirm {
-    rx: oneshot::Receiver<Result<Confirmation>>,
-    channel: ChannelCore,
+    /// `None` outside confirm mode.
+    waiting: Option<(oneshot::Receiver<Result<Confirmation>>, ChannelCore)>,
 }
 
 impl std::fmt::Debug for PublisherConfirm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PublisherConfirm")
-            .field("channel", &self.channel.id())
+            .field("channel", &self.waiting.as_ref().map(|(_, c)| c.id()))
             .finish_non_exhaustive()
     }
 }
 
 impl PublisherConfirm {
-    pub(crate) fn new(rx: oneshot::Receiver<Result<Confirmation>>, channel: ChannelCore) -> Self {
-        PublisherConfirm { rx, channel }
+    pub(crate) fn new(
+        waiting: Option<(oneshot::Receiver<Result<Confirmation>>, ChannelCore)>,
+    ) -> Self {
+        PublisherConfirm { waiting }
     }
 }
 
@@ -64,9 +68,12 @@ impl Future for PublisherConfirm {
     type Output = Result<Confirmation>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.rx).poll(cx) {
+        let Some((rx, channel)) = &mut self.waiting else {
+            return Poll::Ready(Ok(Confirmation::NotRequested));
+        };
+        match Pin::new(rx).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(_)) => Poll::Ready(Err(self.channel.closed_error())),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(channel.closed_error())),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -19,6 +19,7 @@
 //! confirm fails with that reason: nothing waits forever.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,15 +68,16 @@ pub(crate) enum Request {
     /// Send a synchronous method and answer with its reply.
     Call {
         channel: Arc<ChannelShared>,
-        method: Method,
+        /// Boxed: calls are rare, and the queue moves every request.
+        method: Box<Method>,
         /// For `basic.consume`: where the consumer's deliveries go.
         consumer: Option<ConsumerSink>,
         reply: oneshot::Sender<Result<Reply>>,
     },
-    /// Send an asynchronous method; answer once it is queued (if anyone asks).
+    /// Send an ack, nack or reject; answer once it is queued (if anyone asks).
     Cast {
         channel: Arc<ChannelShared>,
-        method: Method,
+        settle: Settlement,
         reply: Option<oneshot::Sender<Result<()>>>,
     },
     /// Publish a message; answer with its confirmation.
@@ -84,7 +86,9 @@ pub(crate) enum Request {
         /// Its `basic.publish` and content header frames, encoded by the caller.
         head: Bytes,
         body: Bytes,
-        confirm: oneshot::Sender<Result<Confirmation>>,
+        /// Where its confirmation goes; `None` when the caller saw the channel outside
+        /// confirm mode (if `confirm.select` went out meanwhile, it is counted all the same).
+        confirm: Option<oneshot::Sender<Result<Confirmation>>>,
     },
     /// Answer once every outstanding confirm of the channel is in.
     WaitForConfirms {
@@ -93,6 +97,55 @@ pub(crate) enum Request {
     },
     /// Close the connection.
     Close { reply: oneshot::Sender<Result<()>> },
+}
+
+/// The methods a client sends without a reply ([`Request::Cast`]), in fewer octets than
+/// a [`Method`] (every request is moved through the connection's queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    Ack {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+    Reject {
+        delivery_tag: u64,
+        requeue: bool,
+    },
+}
+
+impl Settlement {
+    fn method(self) -> Method {
+        match self {
+            Settlement::Ack {
+                delivery_tag,
+                multiple,
+            } => Method::BasicAck(minimq_protocol::BasicAck {
+                delivery_tag,
+                multiple,
+            }),
+            Settlement::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => Method::BasicNack(minimq_protocol::BasicNack {
+                delivery_tag,
+                multiple,
+                requeue,
+            }),
+            Settlement::Reject {
+                delivery_tag,
+                requeue,
+            } => Method::BasicReject(minimq_protocol::BasicReject {
+                delivery_tag,
+                requeue,
+            }),
+        }
+    }
 }
 
 /// The reply to a [`Request::Call`]: the `-ok` method, and for `basic.get-ok` the message.
@@ -174,7 +227,7 @@ impl PartialContent {
 struct Confirms {
     /// Sequence number of the next publish (the broker counts from 1).
     next_seq: u64,
-    outstanding: BTreeMap<u64, oneshot::Sender<Result<Confirmation>>>,
+    outstanding: BTreeMap<u64, Option<oneshot::Sender<Result<Confirmation>>>>,
     /// Whether anything was nacked since the last `wait_for_confirms` answer.
     nacked: bool,
     waiters: Vec<oneshot::Sender<Result<bool>>>,
@@ -205,7 +258,7 @@ impl Confirms {
             self.nacked = true;
             Confirmation::Nack
         };
-        for (_, tx) in settled {
+        for tx in settled.into_values().flatten() {
             let _ = tx.send(Ok(verdict));
         }
         if self.outstanding.is_empty() {
@@ -271,7 +324,7 @@ impl ChannelSlot {
             }
         }
         if let Some(confirms) = self.confirms {
-            for (_, tx) in confirms.outstanding {
+            for tx in confirms.outstanding.into_values().flatten() {
                 let _ = tx.send(Err(reason.clone()));
             }
             for waiter in confirms.waiters {
@@ -701,11 +754,12 @@ impl IoLoop {
                         return;
                     }
                 };
-                match &method {
+                match &*method {
                     // The broker numbers publishes from the moment it sees confirm.select,
                     // so count from the moment it is sent.
                     Method::ConfirmSelect(_) => {
                         slot.confirms.get_or_insert_with(Confirms::new);
+                        channel.confirming.store(true, Ordering::Release);
                     }
                     Method::ChannelClose(_) => slot.state = SlotState::Closing,
                     _ => {}
@@ -718,12 +772,12 @@ impl IoLoop {
             }
             Request::Cast {
                 channel,
-                method,
+                settle,
                 reply,
             } => {
                 let result = open_slot(&mut self.channels, &channel).map(|_| ());
                 if result.is_ok() {
-                    encode_method(&mut self.outbox, channel.id, &method);
+                    encode_method(&mut self.outbox, channel.id, &settle.method());
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
@@ -738,7 +792,9 @@ impl IoLoop {
                 let slot = match open_slot(&mut self.channels, &channel) {
                     Ok(slot) => slot,
                     Err(e) => {
-                        let _ = confirm.send(Err(e));
+                        if let Some(confirm) = confirm {
+                            let _ = confirm.send(Err(e));
+                        }
                         return;
                     }
                 };
@@ -755,7 +811,9 @@ impl IoLoop {
                         confirms.next_seq += 1;
                     }
                     None => {
-                        let _ = confirm.send(Ok(Confirmation::NotRequested));
+                        if let Some(confirm) = confirm {
+                            let _ = confirm.send(Ok(Confirmation::NotRequested));
+                        }
                     }
                 }
             }
@@ -1230,7 +1288,7 @@ fn fail_request(request: Request, reason: &Error) {
         Request::OpenChannel { reply } => drop(reply.send(Err(e))),
         Request::Call { reply, .. } => drop(reply.send(Err(e))),
         Request::Cast { reply, .. } => drop(reply.map(|r| r.send(Err(e)))),
-        Request::Publish { confirm, .. } => drop(confirm.send(Err(e))),
+        Request::Publish { confirm, .. } => drop(confirm.map(|c| c.send(Err(e)))),
         Request::WaitForConfirms { reply, .. } => drop(reply.send(Err(e))),
         Request::Close { reply } => drop(reply.send(Err(e))),
     }
@@ -1300,7 +1358,7 @@ mod tests {
         let mut rxs = Vec::new();
         for seq in 1..=4 {
             let (tx, rx) = oneshot::channel();
-            c.outstanding.insert(seq, tx);
+            c.outstanding.insert(seq, Some(tx));
             rxs.push(rx);
         }
         let (wait_tx, mut wait_rx) = oneshot::channel();

@@ -383,8 +383,9 @@ async fn run(args: Args) -> Result<bool, String> {
             };
             let mut seq = 0u64;
             loop {
+                // The clock every 64 messages: at most 64 µs late at a million a second.
                 if limit.is_some_and(|n| seq >= n)
-                    || deadline.is_some_and(|d| Instant::now() >= d)
+                    || (seq.is_multiple_of(64) && deadline.is_some_and(|d| Instant::now() >= d))
                     || interrupted.is_cancelled()
                 {
                     break;
@@ -401,7 +402,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 }
                 let body = encode(id, seq, now_nanos(), args.size);
                 let confirm = ch
-                    .basic_publish("", &args.queue, false, props.clone(), body)
+                    .basic_publish("", &args.queue, false, &props, body)
                     .await
                     .map_err(|e| format!("publish failed: {}", one_line(&e.to_string())))?;
                 seq += 1;
