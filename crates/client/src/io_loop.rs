@@ -1376,4 +1376,20 @@ mod tests {
         assert!(!wait_rx.try_recv().unwrap().unwrap(), "one was nacked");
         assert!(!c.nacked, "the flag resets once reported");
     }
+
+    #[test]
+    fn a_publish_counted_without_a_sender_still_holds_the_waiters() {
+        // A publish sent while confirm.select was on its way: counted, nobody to tell.
+        let mut c = Confirms::new();
+        let (tx, mut rx) = oneshot::channel();
+        c.outstanding.insert(1, Some(tx));
+        c.outstanding.insert(2, None);
+        let (wait_tx, mut wait_rx) = oneshot::channel();
+        c.waiters.push(wait_tx);
+        c.settle(1, false, true);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), Confirmation::Ack);
+        assert!(wait_rx.try_recv().is_err(), "2 is still outstanding");
+        c.settle(2, true, true);
+        assert!(wait_rx.try_recv().unwrap().unwrap());
+    }
 }
