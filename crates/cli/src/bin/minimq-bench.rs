@@ -105,7 +105,7 @@ struct Args {
 fn own_thread<T, F, Fut>(make: F) -> oneshot::Receiver<Result<T, String>>
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, String>> + Send + 'static,
     T: Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
@@ -114,7 +114,14 @@ where
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(make()),
+            // Spawned rather than run as the `block_on` future: tokio polls its driver
+            // (an `epoll_wait`) each time it comes back to that future, which would be
+            // once per message for a consumer woken by its connection's task.
+            Ok(rt) => rt.block_on(async move {
+                tokio::spawn(make())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("task failed: {e}")))
+            }),
             Err(e) => Err(format!("cannot start a runtime: {e}")),
         };
         let _ = tx.send(result);
