@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use minimq_protocol::frame::{encode_body_frames, encode_method, peek_content};
+use minimq_protocol::frame::{encode_body_frames, encode_method, peek_content, peek_shortstr};
 use minimq_protocol::idhash::IdMap;
-use minimq_protocol::properties::share_last;
+use minimq_protocol::properties::LastContent;
 use minimq_protocol::{
     BasicCancelOk, BasicProperties, ChannelCloseOk, ChannelFlowOk, ChannelOpen, CodecError,
     ConnectionClose, ConnectionCloseOk, ContentHeader, Frame, FrameCodec, Method, ReplyCode,
@@ -285,15 +285,9 @@ struct ChannelSlot {
     consumers: IdMap<Arc<str>, ConsumerSink>,
     content: Option<PartialContent>,
     confirms: Option<Confirms>,
-    /// The properties of the last message received: the next one usually carries the
-    /// same, and then shares them (see `share_last`).
-    last_properties: Option<Arc<BasicProperties>>,
-    /// The octets `last_properties` were decoded from, when they came the fast way
-    /// (`take_deliveries`): the same octets again need no decoding.
-    last_raw_properties: Option<Bytes>,
-    /// Exchange and routing key of the last delivery taken the fast way, shared with the
-    /// next when its octets are the same.
-    last_route: Option<(Arc<str>, Arc<str>)>,
+    /// Exchange, routing key and properties of the last message received: the next one
+    /// usually carries the same, and then shares them.
+    last: LastContent,
 }
 
 impl ChannelSlot {
@@ -583,39 +577,11 @@ impl IoLoop {
             if slot.content.is_some() {
                 return;
             }
-            let route = match &slot.last_route {
-                Some((e, k))
-                    if e.as_bytes() == args.exchange && k.as_bytes() == args.routing_key =>
-                {
-                    (e.clone(), k.clone())
-                }
-                _ => {
-                    let (Ok(e), Ok(k)) = (
-                        std::str::from_utf8(args.exchange),
-                        std::str::from_utf8(args.routing_key),
-                    ) else {
-                        return;
-                    };
-                    let route: (Arc<str>, Arc<str>) = (e.into(), k.into());
-                    slot.last_route = Some(route.clone());
-                    route
-                }
+            let Some(route) = slot.last.route(args.exchange, args.routing_key) else {
+                return;
             };
-            let raw_properties = &buf[raw.properties.clone()];
-            let properties = match (&slot.last_properties, &slot.last_raw_properties) {
-                (Some(last), Some(octets)) if octets[..] == *raw_properties => last.clone(),
-                _ => {
-                    let mut octets = Bytes::copy_from_slice(raw_properties);
-                    let Ok(decoded) = BasicProperties::decode(&mut octets) else {
-                        return;
-                    };
-                    if !octets.is_empty() {
-                        return;
-                    }
-                    let shared = share_last(&mut slot.last_properties, decoded);
-                    slot.last_raw_properties = Some(Bytes::copy_from_slice(raw_properties));
-                    shared
-                }
+            let Some(properties) = slot.last.properties_from(&buf[raw.properties.clone()]) else {
+                return;
             };
             let Some((tag, sink)) = std::str::from_utf8(args.consumer_tag)
                 .ok()
@@ -859,9 +825,7 @@ impl IoLoop {
             consumers: IdMap::default(),
             content: None,
             confirms: None,
-            last_properties: None,
-            last_raw_properties: None,
-            last_route: None,
+            last: LastContent::default(),
         };
         slot.pending.push_back(Pending {
             request: (20, 10),
@@ -978,8 +942,7 @@ impl IoLoop {
                 } = *header;
                 match &mut slot.content {
                     Some(partial) if partial.header.is_none() => {
-                        let properties = share_last(&mut slot.last_properties, properties);
-                        slot.last_raw_properties = None;
+                        let properties = slot.last.properties(properties);
                         partial.header = Some((properties, body_size));
                     }
                     _ => {
@@ -1218,19 +1181,13 @@ struct DeliverArgs<'a> {
 impl<'a> DeliverArgs<'a> {
     /// Parses exactly `args` (what follows class and method id), or `None`.
     fn parse(args: &'a [u8]) -> Option<DeliverArgs<'a>> {
-        fn shortstr<'a>(args: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-            let len = usize::from(*args.get(*at)?);
-            let s = args.get(*at + 1..*at + 1 + len)?;
-            *at += 1 + len;
-            Some(s)
-        }
         let mut at = 0;
-        let consumer_tag = shortstr(args, &mut at)?;
+        let consumer_tag = peek_shortstr(args, &mut at)?;
         let delivery_tag = u64::from_be_bytes(args.get(at..at + 8)?.try_into().ok()?);
         let redelivered = args.get(at + 8)? & 1 != 0;
         at += 9;
-        let exchange = shortstr(args, &mut at)?;
-        let routing_key = shortstr(args, &mut at)?;
+        let exchange = peek_shortstr(args, &mut at)?;
+        let routing_key = peek_shortstr(args, &mut at)?;
         (at == args.len()).then_some(DeliverArgs {
             consumer_tag,
             delivery_tag,

@@ -366,6 +366,15 @@ fn raw_frame(
     Some(((channel, start..end), end + 1))
 }
 
+/// The octets of the short string at `*at` in a method's arguments, moving `*at` past
+/// it; `None` if `args` ends first.
+pub fn peek_shortstr<'a>(args: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::from(*args.get(*at)?);
+    let s = args.get(*at + 1..*at + 1 + len)?;
+    *at += 1 + len;
+    Some(s)
+}
+
 /// Octets of a `basic.ack` method frame: framing, class and method ids, delivery tag and
 /// the `multiple` bit.
 pub const ACK_FRAME_LEN: usize = FRAME_OVERHEAD + 4 + 8 + 1;

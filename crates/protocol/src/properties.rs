@@ -1,6 +1,8 @@
 //! The 14 properties of the `basic` class, carried in a content header frame.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::types::{read, write, FieldTable, ShortString};
@@ -197,9 +199,106 @@ pub fn share_last<T: PartialEq>(
     }
 }
 
+/// The exchange, routing key and properties of the last message on a channel, which the
+/// next one usually repeats: shared with it then (one `Arc` each instead of a copy per
+/// message), and when the next one comes as octets (a message taken whole from the read
+/// buffer, `frame::peek_content`), recognised by its octets without decoding them.
+#[derive(Debug, Default)]
+pub struct LastContent {
+    route: Option<(Arc<str>, Arc<str>)>,
+    properties: Option<Arc<BasicProperties>>,
+    /// The octets `properties` were decoded from, when they came as octets.
+    raw_properties: Option<Bytes>,
+}
+
+impl LastContent {
+    /// Exchange and routing key from their octets, shared with the last ones when the
+    /// same; `None` if either is not UTF-8.
+    pub fn route(&mut self, exchange: &[u8], routing_key: &[u8]) -> Option<(Arc<str>, Arc<str>)> {
+        if let Some((e, k)) = &self.route {
+            if e.as_bytes() == exchange && k.as_bytes() == routing_key {
+                return Some((e.clone(), k.clone()));
+            }
+        }
+        let route: (Arc<str>, Arc<str>) = (
+            std::str::from_utf8(exchange).ok()?.into(),
+            std::str::from_utf8(routing_key).ok()?.into(),
+        );
+        self.route = Some(route.clone());
+        Some(route)
+    }
+
+    /// Properties from their encoded octets (flags and property list), shared with the
+    /// last ones when the octets are the same, else decoded; `None` unless they decode
+    /// exactly (the frame decoder then reports the error).
+    pub fn properties_from(&mut self, octets: &[u8]) -> Option<Arc<BasicProperties>> {
+        if let (Some(last), Some(raw)) = (&self.properties, &self.raw_properties) {
+            if raw[..] == *octets {
+                return Some(last.clone());
+            }
+        }
+        let mut buf = Bytes::copy_from_slice(octets);
+        let decoded = BasicProperties::decode(&mut buf).ok()?;
+        if buf.has_remaining() {
+            return None;
+        }
+        let shared = share_last(&mut self.properties, decoded);
+        self.raw_properties = Some(Bytes::copy_from_slice(octets));
+        Some(shared)
+    }
+
+    /// Decoded properties, shared with the last ones when equal (see [`share_last`]).
+    pub fn properties(&mut self, properties: BasicProperties) -> Arc<BasicProperties> {
+        self.raw_properties = None;
+        share_last(&mut self.properties, properties)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_content_shares_what_repeats_and_decodes_what_changes() {
+        let mut last = LastContent::default();
+        let a = last.route(b"", b"q").unwrap();
+        let b = last.route(b"", b"q").unwrap();
+        assert!(Arc::ptr_eq(&a.1, &b.1), "same octets: shared");
+        let c = last.route(b"x", b"q").unwrap();
+        assert_eq!((&*c.0, &*c.1), ("x", "q"));
+        assert!(last.route(b"", &[0xff]).is_none(), "not UTF-8");
+
+        let persistent = BasicProperties {
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        };
+        let text = BasicProperties {
+            content_type: Some("text/plain".into()),
+            ..BasicProperties::default()
+        };
+        let octets = |p: &BasicProperties| {
+            let mut buf = BytesMut::new();
+            p.encode(&mut buf);
+            buf.freeze()
+        };
+        let p1 = last.properties_from(&octets(&persistent)).unwrap();
+        let p2 = last.properties_from(&octets(&persistent)).unwrap();
+        assert_eq!(*p1, persistent);
+        assert!(Arc::ptr_eq(&p1, &p2), "same octets: shared");
+        let p3 = last.properties_from(&octets(&text)).unwrap();
+        assert_eq!(*p3, text);
+        // Decoded properties replace the octets: the old octets are decoded again.
+        let p4 = last.properties(persistent.clone());
+        assert_eq!(*p4, persistent);
+        let p5 = last.properties_from(&octets(&text)).unwrap();
+        assert_eq!(*p5, text);
+        assert!(!Arc::ptr_eq(&p3, &p5));
+        // Octets that do not decode exactly are refused.
+        let mut trailing = octets(&text).to_vec();
+        trailing.push(0);
+        assert!(last.properties_from(&trailing).is_none());
+        assert!(last.properties_from(&[0x80]).is_none());
+    }
 
     #[test]
     fn share_last_shares_equal_values_and_replaces_different_ones() {

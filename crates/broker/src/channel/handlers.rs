@@ -16,7 +16,7 @@ use super::confirms::Confirm;
 use super::{group_by_queue, BodyParts, ChannelConsumer, Outstanding, PendingPublish};
 use crate::connection::Conn;
 use crate::error::{AmqpError, AmqpResult};
-use crate::message::{share_last, Message};
+use crate::message::Message;
 use crate::queue::{ConfirmTicket, ConsumerSpec, Delivery, Publish, QueueCommand, QueueHandle};
 use crate::vhost::{generate_name, QueueSpec};
 
@@ -621,23 +621,11 @@ impl Conn {
         else {
             return Ok(());
         };
-        // Shared with the channel's previous publish when the same: the message keeps
-        // these, and the default-exchange route cache knows them by pointer.
-        let route = match &channel.last_route {
-            Some((e, k)) if **e == *method.exchange && **k == *method.routing_key => {
-                (e.clone(), k.clone())
-            }
-            _ => {
-                let route: (Arc<str>, Arc<str>) = (
-                    method.exchange.as_str().into(),
-                    method.routing_key.as_str().into(),
-                );
-                channel.last_route = Some(route.clone());
-                route
-            }
-        };
-        let properties = share_last(&mut channel.last_properties, properties);
-        channel.last_raw_properties = None;
+        let route = channel
+            .last
+            .route(method.exchange.as_bytes(), method.routing_key.as_bytes())
+            .expect("decoded strings are UTF-8");
+        let properties = channel.last.properties(properties);
         self.publish_message(ch, route, method.mandatory, properties, body.into_bytes())
     }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use minimq_protocol::properties::LastContent;
 use minimq_protocol::{BasicProperties, BasicPublish};
 
 use crate::error::{AmqpError, AmqpResult};
@@ -142,14 +143,10 @@ pub struct Channel {
     pub confirms: Option<Confirms>,
     /// A publish being assembled.
     pub publish: Option<PendingPublish>,
-    /// The properties of the last publish: the next one usually carries the same, and
-    /// then shares them instead of keeping its own copy.
-    pub last_properties: Option<Arc<BasicProperties>>,
-    /// The octets `last_properties` were decoded from, when the publish was taken whole
-    /// from the read buffer: the same octets again need no decoding.
-    pub last_raw_properties: Option<Bytes>,
-    /// The exchange and routing key of the last publish, shared the same way.
-    pub last_route: Option<(Arc<str>, Arc<str>)>,
+    /// Exchange, routing key and properties of the last publish: the next one usually
+    /// carries the same, and then shares them instead of keeping its own copy (the
+    /// default-exchange route cache knows the routing key by pointer).
+    pub last: LastContent,
     /// The queue the last publish to the default exchange went to.
     pub default_route: Option<crate::vhost::DefaultRoute>,
     /// What the management API sees of this channel.
@@ -172,9 +169,7 @@ impl Channel {
             global_qos: false,
             confirms: None,
             publish: None,
-            last_properties: None,
-            last_raw_properties: None,
-            last_route: None,
+            last: LastContent::default(),
             default_route: None,
             info: Arc::new(ChannelInfo::new(id)),
             registration: None,

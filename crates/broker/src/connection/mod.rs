@@ -20,11 +20,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{
-    encode_method, peek_ack, peek_content, ACK_FRAME_LEN, PROTOCOL_HEADER,
+    encode_method, peek_ack, peek_content, peek_shortstr, ACK_FRAME_LEN, PROTOCOL_HEADER,
 };
 use minimq_protocol::{
-    BasicProperties, ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk,
-    DecodeError, Frame, FrameCodec, Method, ReplyCode,
+    ChannelClose, ChannelCloseOk, CodecError, ConnectionClose, ConnectionCloseOk, DecodeError,
+    Frame, FrameCodec, Method, ReplyCode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -536,39 +536,12 @@ impl Conn {
             else {
                 break;
             };
-            let route = match &channel.last_route {
-                Some((e, k))
-                    if e.as_bytes() == args.exchange && k.as_bytes() == args.routing_key =>
-                {
-                    (e.clone(), k.clone())
-                }
-                _ => {
-                    let (Ok(e), Ok(k)) = (
-                        std::str::from_utf8(args.exchange),
-                        std::str::from_utf8(args.routing_key),
-                    ) else {
-                        break;
-                    };
-                    let route: (Arc<str>, Arc<str>) = (e.into(), k.into());
-                    channel.last_route = Some(route.clone());
-                    route
-                }
+            let Some(route) = channel.last.route(args.exchange, args.routing_key) else {
+                break;
             };
-            let raw_properties = &buf[raw.properties.clone()];
-            let properties = match (&channel.last_properties, &channel.last_raw_properties) {
-                (Some(last), Some(octets)) if octets[..] == *raw_properties => last.clone(),
-                _ => {
-                    let mut octets = Bytes::copy_from_slice(raw_properties);
-                    let Ok(decoded) = BasicProperties::decode(&mut octets) else {
-                        break;
-                    };
-                    if octets.has_remaining() {
-                        break;
-                    }
-                    let shared = crate::message::share_last(&mut channel.last_properties, decoded);
-                    channel.last_raw_properties = Some(Bytes::copy_from_slice(raw_properties));
-                    shared
-                }
+            let Some(properties) = channel.last.properties_from(&buf[raw.properties.clone()])
+            else {
+                break;
             };
             // A small body gets an allocation of its own (see `BodyParts::into_bytes`).
             let body = if raw.body.len() <= SMALL_BODY {
@@ -1009,15 +982,9 @@ impl<'a> PublishArgs<'a> {
     /// Parses exactly `args` (what follows class and method id); `None` for anything
     /// else, and for `immediate`, which the frame path refuses.
     fn parse(args: &'a [u8]) -> Option<PublishArgs<'a>> {
-        fn shortstr<'a>(args: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-            let len = usize::from(*args.get(*at)?);
-            let s = args.get(*at + 1..*at + 1 + len)?;
-            *at += 1 + len;
-            Some(s)
-        }
         let mut at = 2; // the reserved ticket
-        let exchange = shortstr(args, &mut at)?;
-        let routing_key = shortstr(args, &mut at)?;
+        let exchange = peek_shortstr(args, &mut at)?;
+        let routing_key = peek_shortstr(args, &mut at)?;
         let bits = *args.get(at)?;
         (at + 1 == args.len() && bits & 2 == 0).then_some(PublishArgs {
             exchange,
