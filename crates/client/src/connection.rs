@@ -193,7 +193,9 @@ impl Connection {
     /// Closes the connection cleanly: `connection.close` (200), then waits for
     /// `close-ok`. Every pending call on every channel fails with
     /// [`Error::ConnectionClosed`]; consumers end. Closing a connection that this client
-    /// already closed is `Ok`; one the server closed or that failed returns why.
+    /// already closed is `Ok`; one the server closed or that failed returns why. A close
+    /// the server does not answer within 10 s of the last write progress fails with a
+    /// timeout ([`Error::Io`]): frames queued before it may not have been sent.
     pub async fn close(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         let result = match self.handle.send(Request::Close { reply }).await {

@@ -638,11 +638,17 @@ impl IoLoop {
         }
     }
 
-    /// Why the connection ends when it is cut short in its current state.
+    /// Why the connection ends when it is cut short in its current state. A close the
+    /// server did not answer in time is not a clean close: what was queued before it
+    /// (publishes a flow-controlled server had not taken yet) may never have left.
     fn end_reason(&self) -> Error {
         match &self.state {
             State::Finishing(reason) => reason.clone(),
-            State::Closing => client_close_reason(),
+            State::Closing => Error::io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the server did not answer connection.close in time; \
+                 frames queued before it may not have been sent",
+            )),
             State::Open => Error::io(std::io::ErrorKind::TimedOut.into()),
         }
     }

@@ -635,3 +635,28 @@ async fn deliveries_read_together_arrive_whole_and_in_order_whatever_their_frami
     ));
     drop(conn);
 }
+
+/// A close the server never answers is not reported as a clean close: publishes queued
+/// before it may never have left (a flow-controlled server may simply not be reading).
+#[tokio::test]
+async fn a_close_the_server_never_answers_is_an_error() {
+    let (listener, url) = listen("").await;
+    tokio::spawn(async move {
+        let mut peer = accept(&listener, tune(0, 131_072)).await;
+        match peer.recv_method().await {
+            (0, Method::ConnectionClose(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        // No close-ok; the socket stays open.
+        let _ = peer.framed.next().await;
+    });
+    let conn = Connection::connect(&url).await.unwrap();
+    // The client waits 10 s for close-ok.
+    let closed = tokio::time::timeout(LIMIT * 2, conn.close())
+        .await
+        .expect("close gives up in time");
+    match closed {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
