@@ -5,7 +5,7 @@
 
 use std::borrow::Borrow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use minimq_protocol::frame::encode_publish_head;
@@ -20,7 +20,7 @@ use crate::acker::Acker;
 use crate::confirm::PublisherConfirm;
 use crate::connection::ConnHandle;
 use crate::consumer::Consumer;
-use crate::error::{EndReason, Error, Result};
+use crate::error::{Error, Result};
 use crate::io_loop::{ConsumerSink, Reply, Request, Settlement};
 use crate::message::{Delivery, GetMessage};
 use crate::options::{
@@ -35,7 +35,7 @@ use crate::returned::{ReturnedMessage, ReturnedMessages};
 pub(crate) struct ChannelShared {
     pub(crate) id: u16,
     /// Set, once, when the channel is over: why.
-    closed: EndReason,
+    closed: OnceLock<Error>,
     /// Where `basic.return`s go, if anybody listens.
     returns: Mutex<Option<mpsc::UnboundedSender<ReturnedMessage>>>,
     /// Set by the connection task when it sends `confirm.select`: publishes from then on
@@ -47,7 +47,7 @@ impl ChannelShared {
     pub(crate) fn new(id: u16) -> ChannelShared {
         ChannelShared {
             id,
-            closed: EndReason::default(),
+            closed: OnceLock::new(),
             returns: Mutex::new(None),
             confirming: AtomicBool::new(false),
         }
@@ -55,13 +55,13 @@ impl ChannelShared {
 
     /// Records why the channel ended (the first reason wins) and ends the returns stream.
     pub(crate) fn set_closed(&self, reason: Error) {
-        self.closed.set(reason);
+        let _ = self.closed.set(reason);
         lock(&self.returns).take();
     }
 
     /// Why the channel ended, if it has.
     pub(crate) fn closed_reason(&self) -> Option<Error> {
-        self.closed.get()
+        self.closed.get().cloned()
     }
 
     /// The current `basic.return` subscriber.

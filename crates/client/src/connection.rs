@@ -3,7 +3,7 @@
 //! `connection.blocked` notifications and the clean close. The socket itself belongs to
 //! the background task in `io_loop` once the handshake is done.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -21,7 +21,7 @@ use tokio_util::codec::FramedRead;
 use crate::channel::{Channel, ChannelCore};
 
 use crate::config::ConnectionConfig;
-use crate::error::{EndReason, Error, Result};
+use crate::error::{Error, Result};
 use crate::io_loop::{IoLoop, Request};
 
 /// How many requests from handles may wait for the connection task.
@@ -67,7 +67,7 @@ impl BlockedState {
 #[derive(Debug)]
 pub(crate) struct ConnectionShared {
     /// Set, once, when the connection is over: why.
-    status: EndReason,
+    status: OnceLock<Error>,
     pub(crate) blocked: watch::Sender<BlockedState>,
     pub(crate) tune: TuneParams,
     pub(crate) server_properties: FieldTable,
@@ -76,12 +76,12 @@ pub(crate) struct ConnectionShared {
 impl ConnectionShared {
     /// Records why the connection ended (the first reason wins).
     pub(crate) fn set_closed(&self, reason: Error) {
-        self.status.set(reason);
+        let _ = self.status.set(reason);
     }
 
     /// Why the connection ended, if it has.
     pub(crate) fn closed_reason(&self) -> Option<Error> {
-        self.status.get()
+        self.status.get().cloned()
     }
 
     /// The error a call on a finished connection fails with.
@@ -170,7 +170,7 @@ impl Connection {
 
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let shared = Arc::new(ConnectionShared {
-            status: EndReason::default(),
+            status: OnceLock::new(),
             blocked: watch::Sender::new(BlockedState::Unblocked),
             tune,
             server_properties,

@@ -90,32 +90,3 @@ impl From<std::io::Error> for Error {
         Error::io(e)
     }
 }
-
-/// Why a connection or channel ended, once it has: set once (the first reason wins),
-/// read on every call. A flag answers the common case (still open) without taking the
-/// lock.
-#[derive(Debug, Default)]
-pub(crate) struct EndReason {
-    ended: std::sync::atomic::AtomicBool,
-    reason: std::sync::Mutex<Option<Error>>,
-}
-
-impl EndReason {
-    /// Records `reason` unless one was recorded before.
-    pub(crate) fn set(&self, reason: Error) {
-        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        slot.get_or_insert(reason);
-        self.ended.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The reason, if it ended.
-    pub(crate) fn get(&self) -> Option<Error> {
-        if !self.ended.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
-        }
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
