@@ -215,17 +215,29 @@ impl LastContent {
     /// Exchange and routing key from their octets, shared with the last ones when the
     /// same; `None` if either is not UTF-8.
     pub fn route(&mut self, exchange: &[u8], routing_key: &[u8]) -> Option<(Arc<str>, Arc<str>)> {
-        if let Some((e, k)) = &self.route {
-            if e.as_bytes() == exchange && k.as_bytes() == routing_key {
-                return Some((e.clone(), k.clone()));
-            }
+        if let Some(same) = self.same_route(exchange, routing_key) {
+            return Some(same);
         }
-        let route: (Arc<str>, Arc<str>) = (
-            std::str::from_utf8(exchange).ok()?.into(),
-            std::str::from_utf8(routing_key).ok()?.into(),
-        );
+        let exchange = std::str::from_utf8(exchange).ok()?;
+        let routing_key = std::str::from_utf8(routing_key).ok()?;
+        Some(self.new_route(exchange, routing_key))
+    }
+
+    /// [`LastContent::route`] for decoded strings.
+    pub fn route_str(&mut self, exchange: &str, routing_key: &str) -> (Arc<str>, Arc<str>) {
+        self.same_route(exchange.as_bytes(), routing_key.as_bytes())
+            .unwrap_or_else(|| self.new_route(exchange, routing_key))
+    }
+
+    fn same_route(&self, exchange: &[u8], routing_key: &[u8]) -> Option<(Arc<str>, Arc<str>)> {
+        let (e, k) = self.route.as_ref()?;
+        (e.as_bytes() == exchange && k.as_bytes() == routing_key).then(|| (e.clone(), k.clone()))
+    }
+
+    fn new_route(&mut self, exchange: &str, routing_key: &str) -> (Arc<str>, Arc<str>) {
+        let route: (Arc<str>, Arc<str>) = (exchange.into(), routing_key.into());
         self.route = Some(route.clone());
-        Some(route)
+        route
     }
 
     /// Properties from their encoded octets (flags and property list), shared with the
@@ -267,6 +279,11 @@ mod tests {
         let c = last.route(b"x", b"q").unwrap();
         assert_eq!((&*c.0, &*c.1), ("x", "q"));
         assert!(last.route(b"", &[0xff]).is_none(), "not UTF-8");
+        let d = last.route_str("x", "q");
+        assert!(
+            Arc::ptr_eq(&c.1, &d.1),
+            "decoded strings share the same way"
+        );
 
         let persistent = BasicProperties {
             delivery_mode: Some(2),

@@ -623,8 +623,7 @@ impl Conn {
         };
         let route = channel
             .last
-            .route(method.exchange.as_bytes(), method.routing_key.as_bytes())
-            .expect("decoded strings are UTF-8");
+            .route_str(&method.exchange, &method.routing_key);
         let properties = channel.last.properties(properties);
         self.publish_message(ch, route, method.mandatory, properties, body.into_bytes())
     }
