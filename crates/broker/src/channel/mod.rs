@@ -101,7 +101,7 @@ impl BodyParts {
     pub fn into_bytes(self) -> Bytes {
         match self {
             BodyParts::Empty => Bytes::new(),
-            BodyParts::One(b) if b.len() <= SMALL_BODY => Bytes::copy_from_slice(&b),
+            BodyParts::One(b) if owns_copy(b.len()) => Bytes::copy_from_slice(&b),
             BodyParts::One(b) => b,
             BodyParts::Many(b) => b.freeze(),
         }
@@ -110,6 +110,12 @@ impl BodyParts {
 
 /// Bodies up to this size get an allocation of their own (see [`BodyParts::into_bytes`]).
 pub const SMALL_BODY: usize = 1024;
+
+/// Whether a body of `len` octets arriving in one frame is copied into an allocation of
+/// its own rather than kept as a slice of the read buffer (see [`BodyParts::into_bytes`]).
+pub fn owns_copy(len: usize) -> bool {
+    len <= SMALL_BODY
+}
 
 /// Open, or closed by the server and waiting for the client's `channel.close-ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +180,18 @@ impl Channel {
             info: Arc::new(ChannelInfo::new(id)),
             registration: None,
         }
+    }
+
+    /// Whether a `basic.publish` may start here: open, with no publish in progress.
+    pub fn takes_publish(&self) -> bool {
+        self.status == ChannelStatus::Open && self.publish.is_none()
+    }
+
+    /// Whether a `basic.ack` here is plain (see `Conn::plain_ack`): as
+    /// [`Channel::takes_publish`], and without channel-wide credit (`basic.qos global`),
+    /// so no delivery took any.
+    pub fn takes_plain_ack(&self) -> bool {
+        self.takes_publish() && !self.global_qos
     }
 
     /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to

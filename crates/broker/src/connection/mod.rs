@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use crate::channel::{Channel, ChannelStatus, SMALL_BODY};
+use crate::channel::{owns_copy, Channel, ChannelStatus};
 use crate::error::AmqpError;
 use crate::queue::{EventSink, Publish, QueueCommand, QueueEvent, QueueHandle};
 use crate::server::BrokerState;
@@ -452,21 +452,16 @@ impl Conn {
     /// traffic — handled without the async frame path (whose futures are large to set
     /// up for every frame). Other frames are handed back for [`Conn::on_frame`].
     fn on_frame_fast(&mut self, frame: Frame) -> Fast {
-        let open = |ch: u16| {
-            self.channels
-                .get(&ch)
-                .filter(|c| c.status == ChannelStatus::Open)
-        };
+        let channel = |ch: u16| self.channels.get(&ch);
         match frame {
             Frame::Method(ch, Method::BasicPublish(p))
-                if !p.immediate && open(ch).is_some_and(|c| c.publish.is_none()) =>
+                if !p.immediate && channel(ch).is_some_and(Channel::takes_publish) =>
             {
                 self.start_publish(ch, p);
                 Fast::Done
             }
-            // Without channel-wide credit (`basic.qos global`) every ack is plain.
             Frame::Method(ch, Method::BasicAck(a))
-                if open(ch).is_some_and(|c| c.publish.is_none() && !c.global_qos) =>
+                if channel(ch).is_some_and(Channel::takes_plain_ack) =>
             {
                 match self.plain_ack(ch, a.delivery_tag, a.multiple) {
                     Ok(()) => Fast::Done,
@@ -506,10 +501,7 @@ impl Conn {
             let buf = reader.read_buffer();
             if let Some((ch, tag, multiple)) = peek_ack(buf) {
                 // A plain ack, as `on_frame_fast` takes it.
-                let plain = self.channels.get(&ch).is_some_and(|c| {
-                    c.status == ChannelStatus::Open && c.publish.is_none() && !c.global_qos
-                });
-                if !plain {
+                if !self.channels.get(&ch).is_some_and(Channel::takes_plain_ack) {
                     break;
                 }
                 reader.read_buffer_mut().advance(ACK_FRAME_LEN);
@@ -532,7 +524,7 @@ impl Conn {
             let Some(channel) = self
                 .channels
                 .get_mut(&raw.channel)
-                .filter(|c| c.status == ChannelStatus::Open && c.publish.is_none())
+                .filter(|c| c.takes_publish())
             else {
                 break;
             };
@@ -543,8 +535,7 @@ impl Conn {
             else {
                 break;
             };
-            // A small body gets an allocation of its own (see `BodyParts::into_bytes`).
-            let body = if raw.body.len() <= SMALL_BODY {
+            let body = if owns_copy(raw.body.len()) {
                 let body = Bytes::copy_from_slice(&buf[raw.body.clone()]);
                 reader.read_buffer_mut().advance(raw.len);
                 body
