@@ -577,16 +577,16 @@ impl IoLoop {
             if slot.content.is_some() {
                 return;
             }
-            let Some(route) = slot.last.route(args.exchange, args.routing_key) else {
-                return;
-            };
-            let Some(properties) = slot.last.properties_from(&buf[raw.properties.clone()]) else {
-                return;
-            };
             let Some((tag, sink)) = std::str::from_utf8(args.consumer_tag)
                 .ok()
                 .and_then(|tag| slot.consumers.get_key_value(tag))
             else {
+                return;
+            };
+            let Some(route) = slot.last.route(args.exchange, args.routing_key) else {
+                return;
+            };
+            let Some(properties) = slot.last.properties_from(&buf[raw.properties.clone()]) else {
                 return;
             };
             let (delivery_tag, redelivered) = (args.delivery_tag, args.redelivered);
@@ -604,10 +604,7 @@ impl IoLoop {
                 properties,
                 body: frames.slice(raw.body),
             };
-            self.handed += 1;
-            if sink.tx.send(Ok(delivery)).is_err() {
-                tracing::debug!("delivery for a dropped consumer discarded");
-            }
+            hand_over(&mut self.handed, sink, delivery);
         }
     }
 
@@ -1017,10 +1014,7 @@ impl IoLoop {
                     properties: content.properties,
                     body: content.body,
                 };
-                self.handed += 1;
-                if sink.tx.send(Ok(delivery)).is_err() {
-                    tracing::debug!("delivery for a dropped consumer discarded");
-                }
+                hand_over(&mut self.handed, sink, delivery);
             }
             Method::BasicReturn(ret) => {
                 let message = ReturnedMessage {
@@ -1173,6 +1167,14 @@ fn acker(
         ChannelCore::new(slot.shared.clone(), handle),
         delivery_tag,
     ))
+}
+
+/// Hands `delivery` to its consumer, counting it towards the consumers' next turn.
+fn hand_over(handed: &mut usize, sink: &ConsumerSink, delivery: Delivery) {
+    *handed += 1;
+    if sink.tx.send(Ok(delivery)).is_err() {
+        tracing::debug!("delivery for a dropped consumer discarded");
+    }
 }
 
 /// The arguments of a `basic.deliver`, as slices of its frame.
