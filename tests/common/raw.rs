@@ -1,0 +1,317 @@
+//! A raw AMQP 0-9-1 client for the end-to-end tests: frames built from minimq-protocol's
+//! codec or written octet by octet, so a test can send what no real client would and assert
+//! the exact frames that come back. Every wait is for an event under [`within`]'s guard.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use minimq_protocol::frame::PROTOCOL_HEADER;
+use minimq_protocol::{
+    BasicGet, BasicPublish, ChannelOpen, CodecError, ConnectionCloseOk, ConnectionOpen,
+    ConnectionStartOk, ConnectionTuneOk, ContentHeader, FieldTable, Frame, FrameCodec, Method,
+    QueueDeclare,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use super::within;
+
+/// A frame as bytes, with any frame-end octet.
+pub fn raw_frame(kind: u8, channel: u16, payload: &[u8], end: u8) -> Vec<u8> {
+    let mut b = Vec::with_capacity(payload.len() + 8);
+    b.push(kind);
+    b.extend_from_slice(&channel.to_be_bytes());
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload);
+    b.push(end);
+    b
+}
+
+/// A method frame as bytes: class, method and whatever argument bytes are given.
+pub fn raw_method(channel: u16, class_id: u16, method_id: u16, args: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&class_id.to_be_bytes());
+    payload.extend_from_slice(&method_id.to_be_bytes());
+    payload.extend_from_slice(args);
+    raw_frame(1, channel, &payload, 0xCE)
+}
+
+pub fn plain(user: &str, pass: &str) -> Bytes {
+    Bytes::from(format!("\0{user}\0{pass}"))
+}
+
+pub fn start_ok(mechanism: &str, response: Bytes, auth_failure_close: bool) -> Method {
+    let mut props = FieldTable::new();
+    props.insert("product", "bad_input");
+    if auth_failure_close {
+        let mut caps = FieldTable::new();
+        caps.insert("authentication_failure_close", true);
+        props.insert("capabilities", caps);
+    }
+    ConnectionStartOk {
+        client_properties: props,
+        mechanism: mechanism.into(),
+        response,
+        locale: "en_US".into(),
+    }
+    .into()
+}
+
+pub fn header(body_size: u64) -> Frame {
+    Frame::Header(
+        1,
+        Box::new(ContentHeader {
+            class_id: 60,
+            body_size,
+            properties: Default::default(),
+        }),
+    )
+}
+
+pub fn publish_to(queue: &str) -> Method {
+    BasicPublish {
+        exchange: String::new(),
+        routing_key: queue.into(),
+        mandatory: false,
+        immediate: false,
+    }
+    .into()
+}
+
+pub fn declare(queue: &str) -> Method {
+    QueueDeclare {
+        queue: queue.into(),
+        ..Default::default()
+    }
+    .into()
+}
+
+/// What the server did next.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Frame),
+    Closed,
+}
+
+/// A raw AMQP client.
+pub struct Client {
+    pub io: Framed<TcpStream, FrameCodec>,
+}
+
+impl Client {
+    /// Connects and sends `header`; nothing else.
+    pub async fn connect_with_header(addr: SocketAddr, header: &[u8]) -> Client {
+        let mut socket = within(TcpStream::connect(addr)).await.expect("connect");
+        socket.set_nodelay(true).expect("nodelay");
+        socket.write_all(header).await.expect("send header");
+        Client {
+            io: Framed::new(socket, FrameCodec::new(0)),
+        }
+    }
+
+    /// Connects, sends the protocol header and reads `connection.start`.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let mut c = Client::connect_with_header(addr, &PROTOCOL_HEADER).await;
+        let start = c.method(0).await;
+        assert!(
+            matches!(start, Method::ConnectionStart(_)),
+            "expected connection.start, got {start:?}"
+        );
+        c
+    }
+
+    /// Logs in as guest with PLAIN and returns the server's `connection.tune` values.
+    pub async fn login(addr: SocketAddr) -> (Client, u16, u32) {
+        let mut c = Client::connect(addr).await;
+        c.send(0, start_ok("PLAIN", plain("guest", "guest"), false))
+            .await;
+        match c.method(0).await {
+            Method::ConnectionTune(t) => (c, t.channel_max, t.frame_max),
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+    }
+
+    /// A full handshake with `tune-ok` as given, then `connection.open` of `/`.
+    pub async fn open_tuned(
+        addr: SocketAddr,
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    ) -> Client {
+        let (mut c, _, _) = Client::login(addr).await;
+        c.send(
+            0,
+            ConnectionTuneOk {
+                channel_max,
+                frame_max,
+                heartbeat,
+            }
+            .into(),
+        )
+        .await;
+        c.send(
+            0,
+            ConnectionOpen {
+                virtual_host: "/".into(),
+            }
+            .into(),
+        )
+        .await;
+        let ok = c.method(0).await;
+        assert!(
+            matches!(ok, Method::ConnectionOpenOk(_)),
+            "expected connection.open-ok, got {ok:?}"
+        );
+        c
+    }
+
+    /// A full handshake accepting the server's limits, no heartbeats.
+    pub async fn open(addr: SocketAddr) -> Client {
+        Client::open_tuned(addr, 2047, 131_072, 0).await
+    }
+
+    /// A full handshake and channel 1 open.
+    pub async fn open_channel1(addr: SocketAddr) -> Client {
+        let mut c = Client::open(addr).await;
+        c.open_channel(1).await;
+        c
+    }
+
+    pub async fn open_channel(&mut self, ch: u16) {
+        self.send(ch, ChannelOpen.into()).await;
+        let ok = self.method(ch).await;
+        assert!(
+            matches!(ok, Method::ChannelOpenOk(_)),
+            "expected channel.open-ok on {ch}, got {ok:?}"
+        );
+    }
+
+    pub async fn send(&mut self, channel: u16, method: Method) {
+        self.send_frame(Frame::Method(channel, method)).await;
+    }
+
+    pub async fn send_frame(&mut self, frame: Frame) {
+        within(self.io.send(frame)).await.expect("send frame");
+    }
+
+    /// Writes bytes as they are. The server may already have closed: errors are ignored,
+    /// what it answered is still read afterwards.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = within(self.io.get_mut().write_all(bytes)).await;
+    }
+
+    /// The next frame, heartbeats included, or the end of the connection.
+    pub async fn next(&mut self) -> Next {
+        match within(self.io.next()).await {
+            Some(Ok(frame)) => Next::Frame(frame),
+            None | Some(Err(CodecError::Io(_))) => Next::Closed,
+            Some(Err(CodecError::Decode(e))) => panic!("server sent an undecodable frame: {e}"),
+        }
+    }
+
+    /// The next frame other than a heartbeat; the connection must still be open.
+    pub async fn frame(&mut self) -> Frame {
+        loop {
+            match self.next().await {
+                Next::Frame(Frame::Heartbeat) => continue,
+                Next::Frame(f) => return f,
+                Next::Closed => panic!("the server closed the connection"),
+            }
+        }
+    }
+
+    /// The next method, which must be on `channel`.
+    pub async fn method(&mut self, channel: u16) -> Method {
+        match self.frame().await {
+            Frame::Method(ch, m) if ch == channel => m,
+            other => panic!("expected a method on channel {channel}, got {other:?}"),
+        }
+    }
+
+    /// Expects `connection.close` with exactly these fields, answers `close-ok`, and
+    /// expects the socket to close.
+    pub async fn expect_connection_close(
+        &mut self,
+        code: u16,
+        text: &str,
+        class_id: u16,
+        method_id: u16,
+    ) {
+        match self.method(0).await {
+            Method::ConnectionClose(c) => assert_eq!(
+                (c.reply_code, c.reply_text.as_str(), c.class_id, c.method_id),
+                (code, text, class_id, method_id),
+                "connection.close fields"
+            ),
+            other => panic!("expected connection.close, got {other:?}"),
+        }
+        // The server may not wait for it (a frame it could not decode ends the read side).
+        let _ = within(self.io.send(Frame::Method(0, ConnectionCloseOk.into()))).await;
+        self.expect_eof().await;
+    }
+
+    /// Expects `channel.close` on `ch` with exactly these fields and answers `close-ok`.
+    pub async fn expect_channel_close(
+        &mut self,
+        ch: u16,
+        code: u16,
+        text: &str,
+        class_id: u16,
+        method_id: u16,
+    ) {
+        match self.method(ch).await {
+            Method::ChannelClose(c) => assert_eq!(
+                (c.reply_code, c.reply_text.as_str(), c.class_id, c.method_id),
+                (code, text, class_id, method_id),
+                "channel.close fields"
+            ),
+            other => panic!("expected channel.close, got {other:?}"),
+        }
+        self.send(ch, minimq_protocol::ChannelCloseOk.into()).await;
+    }
+
+    /// Expects the server to close the socket without sending any frame first.
+    pub async fn expect_eof(&mut self) {
+        match self.next().await {
+            Next::Closed => {}
+            Next::Frame(f) => panic!("expected the socket to close, got {f:?}"),
+        }
+    }
+
+    /// Publishes `body` to `queue` through the default exchange on channel 1.
+    pub async fn publish(&mut self, queue: &str, body: &'static [u8]) {
+        self.send(1, publish_to(queue)).await;
+        self.send_frame(header(body.len() as u64)).await;
+        self.send_frame(Frame::Body(1, Bytes::from_static(body)))
+            .await;
+    }
+
+    /// `basic.get` on channel 1: the delivery tag, the redelivered flag and the body.
+    pub async fn get(&mut self, queue: &str, no_ack: bool) -> (u64, bool, Bytes) {
+        self.send(
+            1,
+            BasicGet {
+                queue: queue.into(),
+                no_ack,
+            }
+            .into(),
+        )
+        .await;
+        let Method::BasicGetOk(ok) = self.method(1).await else {
+            panic!("expected basic.get-ok")
+        };
+        let Frame::Header(1, h) = self.frame().await else {
+            panic!("expected a content header")
+        };
+        let mut body = BytesMut::new();
+        while (body.len() as u64) < h.body_size {
+            let Frame::Body(1, b) = self.frame().await else {
+                panic!("expected a content body")
+            };
+            body.extend_from_slice(&b);
+        }
+        (ok.delivery_tag, ok.redelivered, body.freeze())
+    }
+}
