@@ -1,6 +1,10 @@
 //! AMQP domain types: short and long strings, field tables and field values, with
-//! RabbitMQ's type tags (`t b B s u I i l f d D S A T F V x`), and the primitive
+//! RabbitMQ's type tags (`t b B s u I i l L f d D S A T F V x`), and the primitive
 //! readers and writers the method and property codecs use.
+//!
+//! The tags are the ones RabbitMQ's parser reads, with the names the AMQP 0-9-1 errata
+//! gives them. `L` is read as a signed 64-bit `long`, exactly like `l`, as RabbitMQ does
+//! (clients such as py-amqp send integers above 2^31 with it): it is written back as `l`.
 //!
 //! Readers take `&mut Bytes` so long strings and byte arrays are zero-copy slices of the
 //! frame they arrived in.
@@ -40,7 +44,7 @@ pub enum FieldValue {
     I32(i32),
     /// `i`
     U32(u32),
-    /// `l` (RabbitMQ: signed 64-bit)
+    /// `l`, and `L` on the way in (RabbitMQ reads both as signed 64-bit)
     I64(i64),
     /// `f`
     F32(f32),
@@ -63,7 +67,8 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    /// The value as an integer, whatever its integer width.
+    /// The value as an integer, whatever its integer width. A timestamp is not an integer
+    /// here: RabbitMQ refuses it where an integer argument is expected.
     pub fn as_i64(&self) -> Option<i64> {
         Some(match *self {
             FieldValue::I8(v) => v.into(),
@@ -73,7 +78,6 @@ impl FieldValue {
             FieldValue::I32(v) => v.into(),
             FieldValue::U32(v) => v.into(),
             FieldValue::I64(v) => v,
-            FieldValue::Timestamp(v) => i64::try_from(v).ok()?,
             _ => return None,
         })
     }
@@ -325,7 +329,7 @@ pub mod read {
             b'u' => FieldValue::U16(u16(buf)?),
             b'I' => FieldValue::I32(u32(buf)? as i32),
             b'i' => FieldValue::U32(u32(buf)?),
-            b'l' => FieldValue::I64(u64(buf)? as i64),
+            b'l' | b'L' => FieldValue::I64(u64(buf)? as i64),
             b'f' => FieldValue::F32(f32::from_bits(u32(buf)?)),
             b'd' => FieldValue::F64(f64::from_bits(u64(buf)?)),
             b'D' => {

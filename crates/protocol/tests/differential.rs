@@ -1320,17 +1320,23 @@ fn every_supported_value_type_uses_the_same_letter() {
     assert_eq!(q.arguments.len(), letters.len());
 }
 
-/// The letters amq-protocol reads but RabbitMQ (and we) do not: 'U' and 'L'.
+/// 'U' is read by amq-protocol but not by RabbitMQ (nor by us); 'L' is read by all three as
+/// a signed 64-bit integer.
 #[test]
-fn letters_only_amq_protocol_reads() {
+fn letters_u_and_l_as_amq_protocol_and_rabbitmq_read_them() {
     assert_eq!(AMQPType::from_id('U'), Some(AMQPType::ShortInt));
     assert_eq!(AMQPType::from_id('L'), Some(AMQPType::LongLongInt));
     // Neither side writes them: amq-protocol's writer maps both types to 's' and 'l'.
     assert_eq!(AMQPType::ShortInt.get_id(), 's');
     assert_eq!(AMQPType::LongLongUInt.get_id(), 'l');
-    for (tag, raw, theirs) in [
-        (b'U', vec![0xFF, 0xFE], AMQPValue::ShortInt(-2)),
-        (b'L', vec![0xFF; 8], AMQPValue::LongLongInt(-1)),
+    for (tag, raw, theirs, ours) in [
+        (b'U', vec![0xFF, 0xFE], AMQPValue::ShortInt(-2), None),
+        (
+            b'L',
+            vec![0xFF; 8],
+            AMQPValue::LongLongInt(-1),
+            Some(FieldValue::I64(-1)),
+        ),
     ] {
         // queue.declare "q" with arguments {"k": <tag> raw}
         let mut entry = vec![1, b'k', tag];
@@ -1346,7 +1352,16 @@ fn letters_only_amq_protocol_reads() {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(decode_error_of(&wire), DecodeError::UnknownFieldType(tag));
+        match ours {
+            None => assert_eq!(decode_error_of(&wire), DecodeError::UnknownFieldType(tag)),
+            Some(value) => {
+                let Frame::Method(_, Method::QueueDeclare(d)) = our_decode(&wire).unwrap() else {
+                    panic!("expected queue.declare")
+                };
+                assert_eq!(d.arguments.get("k"), Some(&value));
+                assert_eq!(o_value(&theirs), value);
+            }
+        }
     }
 }
 

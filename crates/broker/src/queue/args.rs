@@ -95,10 +95,11 @@ fn non_negative(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
     match v.as_i64() {
         Some(n) if n >= 0 => Ok(n as u64),
         Some(n) => Err(invalid(key, queue, format!("{{value_negative,{n}}}"))),
+        // RabbitMQ's check_int_arg words this one as a string, unlike the other checks.
         None => Err(invalid(
             key,
             queue,
-            format!("{{unacceptable_type,{}}}", v.type_name()),
+            format!("\"expected integer, got {}\"", v.type_name()),
         )),
     }
 }
