@@ -63,7 +63,11 @@ PORT = int(os.environ.get("AMQP_PORT", "5672"))
 os.environ["AMQP_HOST"], os.environ["AMQP_PORT"] = HOST, str(PORT)  # tasks.py reads them
 
 import celery  # noqa: E402
-import tasks  # noqa: E402
+import importlib  # noqa: E402
+
+# The app module: tasks.py, or another module of celery_app/ (CELERY_INTEROP_APP).
+APP_MODULE = os.environ.get("CELERY_INTEROP_APP", "tasks")
+tasks = importlib.import_module(APP_MODULE)
 
 QUEUE = tasks.app.conf.task_default_queue
 NODE = f"interop-{uuid.uuid4().hex[:8]}@%h"
@@ -81,7 +85,7 @@ class Worker(Proc):
         self.name = name
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", *args],
+            [sys.executable, "-m", "celery", "-A", APP_MODULE, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
