@@ -273,3 +273,45 @@ async fn records_across_read_chunks_and_larger_than_a_chunk_are_recovered() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A graceful close must leave the clean-shutdown record last. The writer compacts one
+/// segment per batch: with two segments due for compaction at close, the second was copied
+/// forward in the batch that carried the clean-shutdown record, after it, and the next
+/// start took the log for a crashed one and flagged every message redelivered.
+#[tokio::test]
+async fn a_compaction_at_close_does_not_hide_the_clean_shutdown() {
+    let dir = fresh_dir("compaction-at-close");
+    let opts = StoreOptions {
+        segment_size: 4096,
+        ..StoreOptions::default()
+    };
+    let (store, _) = Store::open(&dir, opts.clone()).unwrap();
+    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    // Many segments, each mostly messages that will be settled.
+    let body = "x".repeat(200);
+    let total = 200u64;
+    for seq in 1..=total {
+        store.enqueue(id, seq, &message(&format!("{seq:04}{body}")), None);
+        assert!(store.sync().await);
+    }
+    let segments = std::fs::read_dir(dir.join("segments")).unwrap().count();
+    assert!(segments > 6, "{segments} segments");
+    // Keep every 20th message (one or two per segment, so each old segment is under a
+    // quarter live and due for compaction), settle the rest in one batch.
+    let keep: Vec<u64> = (1..=total).filter(|s| s % 20 == 0).collect();
+    let settled: Vec<u64> = (1..=total).filter(|s| s % 20 != 0).collect();
+    store.settle(id, settled);
+    assert!(store.sync().await);
+    store.close().await;
+
+    let (store, recovered) = Store::open(&dir, opts).unwrap();
+    let msgs = &recovered[0].messages;
+    assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), keep);
+    let flagged: Vec<u64> = msgs.iter().filter(|m| m.redelivered).map(|m| m.seq).collect();
+    assert!(
+        flagged.is_empty(),
+        "after a graceful close nothing is redelivered; flagged: {flagged:?}"
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
