@@ -1974,3 +1974,55 @@ fn graceful_close_with_two_channels_consuming_one_queue() {
         }
     }
 }
+
+/// Cases found by the property test, run on every `cargo test` whatever the case count.
+#[test]
+fn a_graceful_restart_after_a_compaction_is_not_read_as_a_crash() {
+    // The third start found `Opened, CleanShutdown, Message m2, Enqueue m2` in the last
+    // segment (a compaction copied m2 in after the clean-shutdown record), took the log
+    // for a crashed one and flagged m2 redelivered although it was never delivered.
+    let publish = |persistent| Op::Publish {
+        conn: 0,
+        ch: 0,
+        queue: 1,
+        persistent,
+        confirm: false,
+    };
+    let ops = [
+        publish(false),
+        publish(true),
+        publish(true),
+        Op::Consume {
+            conn: 1,
+            ch: 0,
+            queue: 1,
+            prefetch: 1,
+            no_ack: false,
+        },
+        Op::CloseConnection { conn: 0 },
+        Op::Ack {
+            conn: 1,
+            ch: 0,
+            pick: 0,
+            multiple: false,
+        },
+        Op::Nack {
+            conn: 1,
+            ch: 0,
+            pick: 0,
+            multiple: false,
+            requeue: true,
+        },
+        Op::Restart,
+        Op::Get {
+            conn: 0,
+            ch: 0,
+            queue: 1,
+            no_ack: true,
+        },
+        Op::Restart,
+        Op::Restart,
+    ];
+    let outcome = runtime(threads()).block_on(run_case(&ops));
+    assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}
