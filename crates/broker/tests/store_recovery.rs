@@ -307,7 +307,11 @@ async fn a_compaction_at_close_does_not_hide_the_clean_shutdown() {
     let (store, recovered) = Store::open(&dir, opts).unwrap();
     let msgs = &recovered[0].messages;
     assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), keep);
-    let flagged: Vec<u64> = msgs.iter().filter(|m| m.redelivered).map(|m| m.seq).collect();
+    let flagged: Vec<u64> = msgs
+        .iter()
+        .filter(|m| m.redelivered)
+        .map(|m| m.seq)
+        .collect();
     assert!(
         flagged.is_empty(),
         "after a graceful close nothing is redelivered; flagged: {flagged:?}"

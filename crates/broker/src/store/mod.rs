@@ -537,8 +537,18 @@ impl Store {
     /// Stops the writer without the clean-shutdown record, as a crash would leave the log
     /// (what was already handed to the writer is written), and releases the lock.
     pub async fn halt(&self) {
+        self.stop(Op::Stop).await;
+    }
+
+    /// Graceful close: the writer logs the clean-shutdown record as the last record,
+    /// syncs and stops.
+    pub async fn close(&self) {
+        self.stop(Op::Close).await;
+    }
+
+    async fn stop(&self, op: fn(std::sync::mpsc::Sender<bool>) -> Op) {
         let (reply, rx) = std::sync::mpsc::channel();
-        if self.tx.send(Op::Stop(reply)).is_ok() {
+        if self.tx.send(op(reply)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
         }
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -547,12 +557,6 @@ impl Store {
         }
         // Dropping the file releases the lock: another server may now open the directory.
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-
-    /// Graceful close: logs the clean-shutdown record, syncs, stops the writer.
-    pub async fn close(&self) {
-        self.append(Record::CleanShutdown, Track::Nothing);
-        self.halt().await;
     }
 }
 

@@ -194,6 +194,10 @@ pub enum Op {
     Flush(std::sync::mpsc::Sender<bool>),
     /// Sync, then stop.
     Stop(std::sync::mpsc::Sender<bool>),
+    /// Graceful close: write the clean-shutdown record as the log's last record, sync,
+    /// stop. The writer writes it itself, after everything else it will ever write (a
+    /// compaction included), so the record cannot end up before other records.
+    Close(std::sync::mpsc::Sender<bool>),
 }
 
 /// Record counts of one segment.
@@ -712,6 +716,7 @@ impl Writer {
             let mut syncs = Vec::new();
             let mut flushes = Vec::new();
             let mut stop = None;
+            let mut clean = false;
             for op in batch.drain(..) {
                 match op {
                     Op::Append {
@@ -744,6 +749,10 @@ impl Writer {
                     Op::Sync(reply) => syncs.push(reply),
                     Op::Flush(reply) => flushes.push(reply),
                     Op::Stop(reply) => stop = Some(reply),
+                    Op::Close(reply) => {
+                        stop = Some(reply);
+                        clean = true;
+                    }
                 }
             }
             let written = buf.len();
@@ -756,10 +765,18 @@ impl Writer {
                 let _ = r.send(ok);
             }
             self.delete_dead_segments();
-            if self.compact_oldest(&syncer) {
+            // No compaction on the way out: it is not needed to stop, and it would write
+            // after the records of this batch.
+            if stop.is_none() && self.compact_oldest(&syncer) {
                 self.delete_dead_segments();
             }
             if let Some(r) = stop {
+                if clean {
+                    let mut record = bytes::BytesMut::new();
+                    Record::CleanShutdown.encode(&mut record);
+                    buf.push_bytes(record.freeze());
+                    self.write_out(&mut buf);
+                }
                 let ok = syncer.sync_now(&self.file, self.seg, &mut waiters);
                 syncer.stop();
                 let _ = r.send(ok);
