@@ -38,5 +38,6 @@ async fn every_listen_address_serves_the_same_broker() {
     let mut over_v4 = Client::open_channel1(addrs[0]).await;
     let (_, _, body) = over_v4.get("both-families", true).await;
     assert_eq!(&body[..], b"via ::1");
+    drop((over_v4, over_v6));
     broker.shutdown().await;
 }

@@ -10,6 +10,11 @@ use std::time::Duration;
 pub struct Config {
     /// Address to listen on for AMQP.
     pub listen: SocketAddr,
+    /// Further AMQP addresses; the broker does not start unless it can bind each.
+    pub also_listen: Vec<SocketAddr>,
+    /// AMQP addresses bound when the host has them, skipped with a warning otherwise
+    /// (`minimq-server`'s default `[::1]:5672` on a host without IPv6 loopback).
+    pub listen_if_available: Vec<SocketAddr>,
     /// Directory for durable queues and persistent messages; `None` keeps everything in
     /// memory (the default for embedded brokers; `minimq-server` uses `./minimq-data`).
     pub data_dir: Option<PathBuf>,
@@ -43,6 +48,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            also_listen: Vec::new(),
+            listen_if_available: Vec::new(),
             data_dir: None,
             fsync: crate::store::FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,

@@ -18,9 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "minimq-server", version, about)]
 struct Args {
-    /// Address to listen on for AMQP.
-    #[arg(long, env = "MINIMQ_LISTEN", default_value = "127.0.0.1:5672")]
-    listen: SocketAddr,
+    /// Address to listen on for AMQP; give it several times (or a comma-separated list
+    /// in MINIMQ_LISTEN) for several. Default: 127.0.0.1:5672, and [::1]:5672 where the
+    /// host has IPv6 loopback.
+    #[arg(long, env = "MINIMQ_LISTEN", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
     /// Directory for durable queues and persistent messages.
     #[arg(long, env = "MINIMQ_DATA_DIR", default_value = "./minimq-data")]
     data_dir: PathBuf,
@@ -81,13 +83,29 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}`: too large"))
 }
 
+/// The first address, the others, and those bound only where the host has them: with
+/// no `--listen`, 127.0.0.1:5672 and, if available, [::1]:5672.
+fn listen_addresses(given: &[SocketAddr]) -> (SocketAddr, Vec<SocketAddr>, Vec<SocketAddr>) {
+    match given.split_first() {
+        Some((first, rest)) => (*first, rest.to_vec(), Vec::new()),
+        None => (
+            SocketAddr::from(([127, 0, 0, 1], 5672)),
+            Vec::new(),
+            vec![SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5672))],
+        ),
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    let (listen, also_listen, listen_if_available) = listen_addresses(&args.listen);
     let config = Config {
-        listen: args.listen,
+        listen,
+        also_listen,
+        listen_if_available,
         data_dir: Some(args.data_dir),
         fsync: args.fsync.into(),
         heartbeat: args.heartbeat,
@@ -98,7 +116,7 @@ async fn main() -> std::process::ExitCode {
     let broker = match Broker::builder().config(config).start().await {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(error = %e, listen = %args.listen, "cannot start");
+            tracing::error!(error = %e, listen = ?args.listen, "cannot start");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -179,5 +197,27 @@ mod tests {
             let args = Args::try_parse_from(["minimq-server"]).unwrap();
             assert_eq!(args.http.0, Some("127.0.0.1:15672".parse().unwrap()));
         }
+    }
+
+    #[test]
+    fn listen_flag_takes_several_addresses() {
+        let v4: SocketAddr = "127.0.0.1:5672".parse().unwrap();
+        let v6: SocketAddr = "[::1]:5672".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:5673".parse().unwrap();
+        let args = Args::try_parse_from([
+            "minimq-server",
+            "--listen",
+            "127.0.0.1:5673",
+            "--listen",
+            "[::1]:5672",
+        ])
+        .unwrap();
+        assert_eq!(args.listen, vec![other, v6]);
+        assert_eq!(listen_addresses(&args.listen), (other, vec![v6], vec![]));
+        let args = Args::try_parse_from(["minimq-server", "--listen", "127.0.0.1:5673,[::1]:5672"])
+            .unwrap();
+        assert_eq!(args.listen, vec![other, v6]);
+        // None given: IPv4 loopback, and IPv6 loopback where the host has it.
+        assert_eq!(listen_addresses(&[]), (v4, vec![], vec![v6]));
     }
 }

@@ -63,6 +63,12 @@ impl BrokerBuilder {
         self
     }
 
+    /// Listens on `addr` too (AMQP), e.g. `[::1]:5672` beside `127.0.0.1:5672`.
+    pub fn also_listen(mut self, addr: SocketAddr) -> Self {
+        self.config.also_listen.push(addr);
+        self
+    }
+
     /// Data directory: durable queues and persistent messages are kept there and
     /// recovered from it at start. Without one, everything stays in memory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -127,8 +133,21 @@ impl BrokerBuilder {
         let vhost = VHost::new(store.clone());
         vhost.restore(recovered);
         vhost.restore_topology();
-        let listener = TcpListener::bind(self.config.listen).await?;
-        let addr = listener.local_addr()?;
+        let mut listeners = vec![TcpListener::bind(self.config.listen).await?];
+        for a in &self.config.also_listen {
+            listeners.push(TcpListener::bind(a).await?);
+        }
+        for a in &self.config.listen_if_available {
+            match TcpListener::bind(a).await {
+                Ok(l) => listeners.push(l),
+                Err(e) => tracing::warn!(addr = %a, error = %e, "not listening on this address"),
+            }
+        }
+        let addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let addr = addrs[0];
         let http = match self.config.http {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
@@ -145,14 +164,19 @@ impl BrokerBuilder {
             next_conn_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
-        let accept = tokio::spawn(accept_loop(listener, state.clone(), tracker.clone()));
-        tracing::info!(%addr, "minimq listening");
+        let accept = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(accept_loop(l, state.clone(), tracker.clone())))
+            .collect();
+        for a in &addrs {
+            tracing::info!(addr = %a, "minimq listening");
+        }
         if let Some(http) = http {
             tracker.spawn(crate::admin::serve(http, state.clone(), tracker.clone()));
             tracing::info!(addr = %http_addr.expect("bound"), "management API listening");
         }
         Ok(Broker {
-            addr,
+            addrs,
             http_addr,
             state,
             tracker,
@@ -163,11 +187,13 @@ impl BrokerBuilder {
 
 /// A running broker.
 pub struct Broker {
-    addr: SocketAddr,
+    /// The bound AMQP addresses, `listen` first.
+    addrs: Vec<SocketAddr>,
     http_addr: Option<SocketAddr>,
     state: Arc<BrokerState>,
     tracker: TaskTracker,
-    accept: JoinHandle<()>,
+    /// One accept loop per listener.
+    accept: Vec<JoinHandle<()>>,
 }
 
 /// Asks a running broker to shut down, from anywhere.
@@ -187,9 +213,14 @@ impl Broker {
         BrokerBuilder::default()
     }
 
-    /// The address the listener is bound to.
+    /// The address the first listener (`listen`) is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
+    }
+
+    /// Every AMQP address the broker listens on, `listen` first.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// The address the management HTTP API is bound to, when enabled.
@@ -199,7 +230,7 @@ impl Broker {
 
     /// `amqp://guest:guest@ADDR/%2f` for this broker.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
+        format!("amqp://guest:guest@{}/%2f", self.local_addr())
     }
 
     /// The shared state (registry, configuration).
@@ -225,8 +256,10 @@ impl Broker {
     pub async fn crash(self) {
         self.state.killed.cancel();
         self.state.shutdown.cancel();
-        self.accept.abort();
-        let _ = self.accept.await;
+        for a in self.accept {
+            a.abort();
+            let _ = a.await;
+        }
         self.tracker.close();
         self.tracker.wait().await;
         self.state.vhost.halt_queues().await;
@@ -239,8 +272,10 @@ impl Broker {
     /// CONNECTION_FORCED, wait for them to finish.
     pub async fn shutdown(self) {
         self.state.shutdown.cancel();
-        self.accept.abort();
-        let _ = self.accept.await;
+        for a in self.accept {
+            a.abort();
+            let _ = a.await;
+        }
         self.tracker.close();
         self.tracker.wait().await;
         // Connections are gone and their unacked messages requeued: let durable queues
