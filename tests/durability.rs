@@ -759,3 +759,59 @@ async fn paged_out_messages_dropped_by_max_length_are_dead_lettered_whole() {
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A consumer that stops reading its socket must not hold up a graceful shutdown: the
+/// broker closes its connection within a bounded time (it does not wait to write what the
+/// client will never read), its unacked messages go back to the queue, and the log is
+/// closed cleanly.
+#[tokio::test]
+async fn a_graceful_shutdown_does_not_wait_for_a_consumer_that_stops_reading() {
+    use common::raw::{declare as raw_declare, Client};
+    use minimq_protocol::{BasicConsume, Method};
+
+    let dir = data_dir("shutdown-stuck-reader");
+    let broker = start(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    declare(&ch, "stuck", true).await.expect("declare");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    // Far more than the socket buffers hold.
+    const N: usize = 48;
+    let body = "x".repeat(1024 * 1024);
+    for _ in 0..N {
+        publish(&ch, "stuck", &body, true).await;
+    }
+    // A consumer with no prefetch limit that never reads what it is sent.
+    let mut stuck = Client::open_channel1(broker.local_addr()).await;
+    stuck.send(1, raw_declare("stuck-probe")).await;
+    assert!(matches!(stuck.method(1).await, Method::QueueDeclareOk(_)));
+    stuck
+        .send(
+            1,
+            BasicConsume {
+                queue: "stuck".into(),
+                consumer_tag: "never-reads".into(),
+                ..Default::default()
+            }
+            .into(),
+        )
+        .await;
+    // It reads the consume-ok and the start of the first delivery, then nothing: the
+    // rest (tens of MiB, no prefetch limit) waits in the socket buffers and the broker.
+    assert!(matches!(stuck.method(1).await, Method::BasicConsumeOk(_)));
+    assert!(matches!(stuck.method(1).await, Method::BasicDeliver(_)));
+
+    // Bounded: RabbitMQ closes such a socket at once (linger 0).
+    tokio::time::timeout(std::time::Duration::from_secs(20), broker.shutdown())
+        .await
+        .expect("the shutdown waited for a client that does not read");
+    drop(stuck);
+
+    let broker = start(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    let q = declare(&ch, "stuck", true).await.expect("declare");
+    assert_eq!(q.message_count() as usize, N, "every unacked message is back");
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
