@@ -811,7 +811,11 @@ async fn a_graceful_shutdown_does_not_wait_for_a_consumer_that_stops_reading() {
     let broker = start(&dir).await;
     let (_conn, ch) = open(&broker).await;
     let q = declare(&ch, "stuck", true).await.expect("declare");
-    assert_eq!(q.message_count() as usize, N, "every unacked message is back");
+    assert_eq!(
+        q.message_count() as usize,
+        N,
+        "every unacked message is back"
+    );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

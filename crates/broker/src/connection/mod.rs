@@ -207,7 +207,24 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
     conn.hand_back_in_flight(&mut events_rx).await;
     conn.unregister();
     drop(conn);
-    let _ = writer_task.await;
+    finish_writes(writer_task, reader.get_ref().as_ref()).await;
+}
+
+/// Lets the writer task send what is left for at most [`CLOSE_TIMEOUT`], so a client
+/// that stopped reading holds neither its connection nor a shutdown open. Past it, the
+/// socket is reset (`SO_LINGER` 0, as RabbitMQ closes sockets) and what the client did not
+/// read is discarded: the messages in it were handed back to their queues already.
+async fn finish_writes(mut writer_task: tokio::task::JoinHandle<()>, socket: &TcpStream) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer_task)
+        .await
+        .is_err()
+    {
+        tracing::debug!("client not reading: connection reset");
+        // Linger 0 makes the close an immediate reset; it cannot block.
+        let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+        writer_task.abort();
+        let _ = writer_task.await;
+    }
 }
 
 impl Conn {
