@@ -319,3 +319,43 @@ async fn a_compaction_at_close_does_not_hide_the_clean_shutdown() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Flips `mask` in the length field of message `i`'s record in the newest segment.
+fn flip_length_bit(dir: &Path, offsets: &[u64], i: usize, mask: u8, byte: usize) {
+    let seg = segment(dir);
+    let mut data = std::fs::read(&seg).unwrap();
+    data[offsets[i] as usize + byte] ^= mask;
+    std::fs::write(&seg, &data).unwrap();
+}
+
+/// A flipped bit in a record's length field in the middle of the newest segment is
+/// corruption, not a torn tail: valid records follow it. Only that record may be lost;
+/// the segment is kept aside and every later record recovered. (The old replay trusted
+/// the broken length, found no record there and truncated the segment: 900 of 1,000
+/// confirmed messages gone.)
+#[tokio::test]
+async fn a_flipped_bit_in_a_length_field_loses_only_that_record() {
+    let base = fresh_dir("len-flip-base");
+    let (_seg, offsets) = populate(&base, 1000).await;
+    let work = fresh_dir("len-flip-work");
+    // A high bit (the length points past the end of the file) and a low one (it points
+    // inside the next record).
+    for (mask, byte) in [(0x40, 0), (0x01, 3)] {
+        copy_dir(&base, &work);
+        flip_length_bit(&work, &offsets, 100, mask, byte);
+        let (store, recovered) = Store::open(&work, StoreOptions::default()).unwrap();
+        let got = bodies(&store, &recovered);
+        let want: Vec<String> = (0..1000)
+            .filter(|i| *i != 100)
+            .map(|i| format!("m{i}"))
+            .collect();
+        assert_eq!(got.len(), 999, "mask {mask:#x}: {} recovered", got.len());
+        assert_eq!(got, want, "mask {mask:#x}");
+        let damaged = std::fs::read_dir(work.join("damaged")).unwrap().count();
+        assert_eq!(damaged, 1, "a copy of the damaged segment is kept");
+        store.close().await;
+        let _ = std::fs::remove_dir_all(work.join("damaged"));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&work);
+}
