@@ -27,6 +27,8 @@ pub struct Config {
     pub queue_memory: u64,
     /// Failure injection for tests: while set, every log sync fails.
     pub fail_syncs: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// What recovery does with a damaged log (`docs/storage.md`).
+    pub recovery_mode: crate::store::RecoveryMode,
     /// Users and passwords accepted by PLAIN and AMQPLAIN.
     pub users: Vec<(String, String)>,
     /// `channel_max` offered in `connection.tune`.
@@ -55,6 +57,7 @@ impl Default for Config {
             segment_size: 64 * 1024 * 1024,
             queue_memory: crate::store::DEFAULT_QUEUE_MEMORY,
             fail_syncs: None,
+            recovery_mode: crate::store::RecoveryMode::default(),
             users: vec![("guest".into(), "guest".into())],
             channel_max: 2047,
             frame_max: 131_072,

@@ -34,6 +34,11 @@ struct Args {
     /// octets each), e.g. `64MiB`; past it they stay on disk until delivered.
     #[arg(long, env = "MINIMQ_QUEUE_MEMORY", default_value = "64MiB", value_parser = parse_size)]
     queue_memory: u64,
+    /// What recovery does with a damaged log: `skip-corrupt` (truncate a torn tail, skip
+    /// corrupt records and report them), `tolerate-torn-tail` (refuse to start on damage
+    /// other than a torn tail) or `absolute` (refuse to start on any damage).
+    #[arg(long, env = "MINIMQ_RECOVERY_MODE", default_value = "skip-corrupt")]
+    recovery_mode: minimq_broker::store::RecoveryMode,
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "MINIMQ_LOG", default_value = "info")]
     log: String,
@@ -111,6 +116,7 @@ async fn main() -> std::process::ExitCode {
         heartbeat: args.heartbeat,
         http: args.http.0,
         queue_memory: args.queue_memory,
+        recovery_mode: args.recovery_mode,
         ..Config::default()
     };
     let broker = match Broker::builder().config(config).start().await {

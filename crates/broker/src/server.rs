@@ -123,6 +123,7 @@ impl BrokerBuilder {
                     fsync: self.config.fsync,
                     segment_size: self.config.segment_size,
                     fail_syncs: self.config.fail_syncs.clone(),
+                    recovery: self.config.recovery_mode,
                     queue_memory: self.config.queue_memory,
                 };
                 let (store, queues) = crate::store::Store::open(dir, opts)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use minimq_broker::message::Message;
-use minimq_broker::store::{Store, StoreOptions};
+use minimq_broker::store::{Damage, RecoveryMode, Store, StoreOptions};
 use minimq_protocol::{BasicProperties, FieldTable};
 
 fn fresh_dir(name: &str) -> PathBuf {
@@ -356,6 +356,108 @@ async fn a_flipped_bit_in_a_length_field_loses_only_that_record() {
         store.close().await;
         let _ = std::fs::remove_dir_all(work.join("damaged"));
     }
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Every stretch recovery did not use is reported with its segment and offset.
+#[tokio::test]
+async fn skipped_records_are_reported_with_segment_and_offset() {
+    let base = fresh_dir("report-base");
+    let (seg, offsets) = populate(&base, 20).await;
+    let seg_no: u64 = seg
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("numbered segment");
+    let work = fresh_dir("report-work");
+    copy_dir(&base, &work);
+    flip_length_bit(&work, &offsets, 7, 0x01, 3);
+    let (store, _) = Store::open(&work, StoreOptions::default()).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(report.mode, RecoveryMode::SkipCorrupt);
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    let k = &report.skipped[0];
+    assert_eq!(
+        (k.segment, k.offset, k.damage),
+        (seg_no, offsets[7], Damage::Corrupt)
+    );
+    // The stretch is the bad record, at most up to the next message's records.
+    assert!(k.len > 0 && offsets[7] + k.len <= offsets[8], "{k:?}");
+    assert_eq!(report.damaged_copies.len(), 1);
+    store.close().await;
+    // A torn tail is reported too.
+    copy_dir(&base, &work);
+    let wseg = segment(&work);
+    let cut = offsets[19] + 5;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wseg)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let (store, _) = Store::open(&work, StoreOptions::default()).unwrap();
+    let report = store.recovery_report().clone();
+    assert_eq!(report.skipped.len(), 1, "{report:?}");
+    assert_eq!(
+        (
+            report.skipped[0].offset,
+            report.skipped[0].len,
+            report.skipped[0].damage
+        ),
+        (offsets[19], 5, Damage::TornTail)
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The stricter recovery modes refuse to start instead of skipping, and say where.
+#[tokio::test]
+async fn the_stricter_recovery_modes_refuse_damage_they_do_not_tolerate() {
+    let base = fresh_dir("modes-base");
+    let (_seg, offsets) = populate(&base, 10).await;
+    let work = fresh_dir("modes-work");
+    let with = |recovery| StoreOptions {
+        recovery,
+        ..StoreOptions::default()
+    };
+    // Corruption in the middle: only skip-corrupt starts.
+    for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::Absolute] {
+        copy_dir(&base, &work);
+        flip_length_bit(&work, &offsets, 3, 0x01, 3);
+        let err = Store::open(&work, with(mode)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("corrupt record at offset {}", offsets[3]))
+                && err.contains("refusing to start"),
+            "{mode:?}: {err}"
+        );
+        // Nothing was changed: skip-corrupt still finds all but the bad record.
+        let (store, recovered) = Store::open(&work, with(RecoveryMode::SkipCorrupt)).unwrap();
+        assert_eq!(bodies(&store, &recovered).len(), 9, "{mode:?}");
+        store.close().await;
+    }
+    // A torn tail: refused only by absolute.
+    let torn = |work: &Path| {
+        copy_dir(&base, work);
+        let wseg = segment(work);
+        let len = std::fs::metadata(&wseg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wseg)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+    };
+    torn(&work);
+    let err = Store::open(&work, with(RecoveryMode::Absolute))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("torn tail"), "{err}");
+    torn(&work);
+    let (store, recovered) = Store::open(&work, with(RecoveryMode::TolerateTornTail)).unwrap();
+    assert_eq!(bodies(&store, &recovered).len(), 10);
+    store.close().await;
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&work);
 }

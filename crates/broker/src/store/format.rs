@@ -163,6 +163,11 @@ pub fn check_record(buf: &[u8]) -> Result<(u8, usize), RecordError> {
     Ok((kind, total))
 }
 
+/// Whether `kind` is a record type this version writes.
+pub fn is_known_kind(kind: u8) -> bool {
+    (T_MESSAGE..=T_OPENED).contains(&kind)
+}
+
 /// Whether a record type is a message record.
 pub fn is_message(kind: u8) -> bool {
     kind == T_MESSAGE

@@ -38,7 +38,20 @@ use crate::message::Message;
 use crate::queue::ConfirmTicket;
 use format::{check_header, file_header, QueueDef, Record, FILE_HEADER_LEN, META_MAGIC};
 pub use format::{BindingDef, ExchangeDef};
-pub use recovery::RecoveredMessage;
+pub use recovery::{Damage, RecoveredMessage, RecoveryMode, Skipped};
+
+/// What the last start-up's recovery did, for the log and the management API.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// The mode it ran in.
+    pub mode: RecoveryMode,
+    /// Whether the log ended with a clean shutdown.
+    pub clean: bool,
+    /// Every stretch of the log it did not use.
+    pub skipped: Vec<Skipped>,
+    /// Copies of damaged segments kept in `damaged/`.
+    pub damaged_copies: Vec<PathBuf>,
+}
 use writer::{Chunks, Index, Op, Track, Writer};
 
 /// When the log is synced.
@@ -62,6 +75,8 @@ pub struct StoreOptions {
     pub segment_size: u64,
     /// Failure injection for tests: while set, every sync fails as if the disk had.
     pub fail_syncs: Option<Arc<AtomicBool>>,
+    /// What recovery does with a damaged log.
+    pub recovery: RecoveryMode,
     /// How many bytes of persistent messages a durable queue keeps in memory (bodies,
     /// plus [`PAGE_OVERHEAD`] each); past it, new ones are kept on disk only and read
     /// back when delivered.
@@ -84,6 +99,7 @@ impl Default for StoreOptions {
             fsync: FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
             fail_syncs: None,
+            recovery: RecoveryMode::default(),
             queue_memory: DEFAULT_QUEUE_MEMORY,
         }
     }
@@ -112,6 +128,8 @@ pub struct Store {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The locked `LOCK` file; released by [`Store::close`].
     lock: Mutex<Option<File>>,
+    /// What recovery did at open.
+    recovery: RecoveryReport,
 }
 
 #[derive(Default)]
@@ -155,7 +173,13 @@ impl Store {
         let meta = load_meta(&dir.join("queues.meta"))?;
         let defs = meta.defs.clone();
         let started = std::time::Instant::now();
-        let mut replay = recovery::replay(&seg_dir, &dir.join("damaged"))?;
+        let mut replay = recovery::replay(&seg_dir, &dir.join("damaged"), opts.recovery)?;
+        let report = RecoveryReport {
+            mode: opts.recovery,
+            clean: replay.clean,
+            skipped: std::mem::take(&mut replay.skipped),
+            damaged_copies: replay.damaged.clone(),
+        };
         let mut queues = Vec::new();
         for def in defs.values() {
             let messages = replay.queues.remove(&def.id).unwrap_or_default();
@@ -172,6 +196,15 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "message store recovered"
         );
+        if !report.skipped.is_empty() {
+            let octets: u64 = report.skipped.iter().map(|k| k.len).sum();
+            tracing::error!(
+                stretches = report.skipped.len(),
+                octets,
+                mode = report.mode.name(),
+                "recovery did not use parts of the log (each logged above; copies in damaged/)"
+            );
+        }
         let seg = replay.max_segment + 1;
         let mut live = replay.live;
         // Queues that no longer exist hold nothing.
@@ -278,6 +311,7 @@ impl Store {
             meta: Mutex::new(meta),
             thread: Mutex::new(Some(thread)),
             lock: Mutex::new(Some(lock)),
+            recovery: report,
         };
         Ok((Arc::new(store), queues))
     }
@@ -285,6 +319,11 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What recovery did when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
     }
 
     /// Whether a failed write or sync stopped the store.

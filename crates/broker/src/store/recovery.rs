@@ -1,21 +1,25 @@
 //! Recovery at start-up: read the queue definitions, replay every segment in order, and
 //! rebuild each durable queue's messages in their original order.
 //!
-//! Damage policy (written down in `docs/storage.md`):
-//! - a short or corrupt record at the tail of the newest segment is a torn write: the
-//!   segment is truncated to its last valid record, with a warning;
-//! - damage anywhere else is reported with file and offset; the damaged segment is moved
-//!   to `damaged/`, never deleted; every record that still verifies (before the damage,
-//!   and after it when the records can be resynchronised) is used, and the store is
-//!   rewritten so nothing live depends on the moved file.
+//! Damage policy ([`RecoveryMode`], written down in `docs/storage.md`):
+//! - a record that does not verify, with no verifying record after it in the newest
+//!   segment, is a torn write (the last write before a crash): the segment is truncated to
+//!   its last valid record;
+//! - a record that does not verify with verifying records after it is corruption: the
+//!   replay looks for the next record that verifies (trusting the bad record's length
+//!   first, then byte by byte, since the length itself may be what is damaged), keeps a
+//!   copy of the segment in `damaged/`, skips the bad stretch and uses every record after
+//!   it; the store is then rewritten so nothing live depends on the damaged file;
+//! - every stretch not used is reported ([`Skipped`]: segment, offset, length), in the
+//!   log at start-up and by the management API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    check_header, check_record, is_message, parse_segment_name, peek_message, MessageMeta, Record,
-    RecordError, FILE_HEADER_LEN, RECORD_HEADER_LEN, SEGMENT_MAGIC,
+    check_header, check_record, is_known_kind, is_message, parse_segment_name, peek_message,
+    MessageMeta, Record, RecordError, FILE_HEADER_LEN, RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
 use super::idhash::{IdMap, IdSet};
 use super::writer::{Liveness, MsgLoc, SegCount};
@@ -39,6 +43,80 @@ pub struct RecoveredMessage {
     pub deliveries: u32,
 }
 
+/// What recovery does with a damaged log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Truncate a torn tail; skip a corrupt record anywhere else, keeping a copy of its
+    /// segment and reporting it. Loses the least: the default.
+    #[default]
+    SkipCorrupt,
+    /// Truncate a torn tail (what `kill -9` or a power loss leaves); refuse to start on
+    /// damage anywhere else.
+    TolerateTornTail,
+    /// Refuse to start on any damage, a torn tail included, so an operator can look first.
+    Absolute,
+}
+
+impl RecoveryMode {
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryMode::SkipCorrupt => "skip-corrupt",
+            RecoveryMode::TolerateTornTail => "tolerate-torn-tail",
+            RecoveryMode::Absolute => "absolute",
+        }
+    }
+}
+
+impl std::str::FromStr for RecoveryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skip-corrupt" => Ok(RecoveryMode::SkipCorrupt),
+            "tolerate-torn-tail" => Ok(RecoveryMode::TolerateTornTail),
+            "absolute" => Ok(RecoveryMode::Absolute),
+            other => Err(format!(
+                "`{other}`: expected skip-corrupt, tolerate-torn-tail or absolute"
+            )),
+        }
+    }
+}
+
+/// What kind of damage a skipped stretch was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// The end of the newest segment, cut off by a crash mid-write: truncated.
+    TornTail,
+    /// Records that do not verify, with valid records after them: skipped.
+    Corrupt,
+    /// A segment whose file header does not verify: moved aside whole.
+    BadHeader,
+}
+
+impl Damage {
+    /// Its name in the management API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Damage::TornTail => "torn_tail",
+            Damage::Corrupt => "corrupt",
+            Damage::BadHeader => "bad_header",
+        }
+    }
+}
+
+/// A stretch of a segment that recovery did not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Segment number.
+    pub segment: u64,
+    /// Byte offset of the first octet not used.
+    pub offset: u64,
+    /// Octets not used.
+    pub len: u64,
+    /// Why.
+    pub damage: Damage,
+}
+
 /// What a replay found.
 #[derive(Debug, Default)]
 pub struct Replay {
@@ -54,6 +132,8 @@ pub struct Replay {
     pub clean: bool,
     /// Segments moved aside because of damage.
     pub damaged: Vec<PathBuf>,
+    /// Every stretch of the log not used, in log order.
+    pub skipped: Vec<Skipped>,
     /// Messages that came from damaged segments or depend on one (to rewrite).
     pub needs_rewrite: bool,
 }
@@ -235,9 +315,18 @@ impl State {
     }
 }
 
+fn refuse(mode: RecoveryMode, path: &Path, offset: usize, what: &str) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{}: {what} at offset {offset}; refusing to start (recovery mode {}: start with \
+         --recovery-mode skip-corrupt to skip it, a copy is kept in damaged/)",
+        path.display(),
+        mode.name()
+    ))
+}
+
 /// Replays the segments in `seg_dir`, repairing a torn tail and moving damaged segments
-/// to `damaged_dir`.
-pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
+/// to `damaged_dir`, as `mode` allows.
+pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io::Result<Replay> {
     let segs = list_segments(seg_dir)?;
     let mut st = State {
         bodies: Vec::new(),
@@ -249,6 +338,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         max_msg_id: 0,
     };
     let mut damaged = Vec::new();
+    let mut skipped = Vec::new();
     let last = segs.last().map(|(n, _)| *n);
     let mut chunk = Vec::new();
     for (n, path) in &segs {
@@ -264,14 +354,32 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         if start == 0 {
             if let Err(why) = check_header(&data, SEGMENT_MAGIC) {
                 if is_last && data.len() < FILE_HEADER_LEN {
+                    if mode == RecoveryMode::Absolute {
+                        return Err(refuse(mode, path, 0, "torn segment header"));
+                    }
                     tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
                     std::fs::remove_file(path)?;
                     st.totals.remove(n);
+                    skipped.push(Skipped {
+                        segment: *n,
+                        offset: 0,
+                        len: data.len() as u64,
+                        damage: Damage::TornTail,
+                    });
                     continue;
+                }
+                if mode != RecoveryMode::SkipCorrupt {
+                    return Err(refuse(mode, path, 0, &format!("damaged header ({why})")));
                 }
                 tracing::error!(path = %path.display(), offset = 0, %why, "damaged segment; moving it aside");
                 damaged.push(move_aside(path, damaged_dir)?);
                 st.totals.remove(n);
+                skipped.push(Skipped {
+                    segment: *n,
+                    offset: 0,
+                    len: data.len() as u64,
+                    damage: Damage::BadHeader,
+                });
                 continue;
             }
         }
@@ -283,27 +391,48 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
                 Err(err) => {
                     let resync = resync_after(&data, offset);
                     if is_last && resync.is_none() {
+                        if mode == RecoveryMode::Absolute {
+                            return Err(refuse(mode, path, offset, "torn tail"));
+                        }
                         tracing::warn!(
                             path = %path.display(),
                             offset,
+                            octets = data.len() - offset,
                             error = ?err,
-                            "torn or corrupt record at the tail of the newest segment; truncating"
+                            "torn record at the tail of the newest segment; truncating"
                         );
                         let f = std::fs::OpenOptions::new().write(true).open(path)?;
                         f.set_len(offset as u64)?;
                         f.sync_all()?;
+                        skipped.push(Skipped {
+                            segment: *n,
+                            offset: offset as u64,
+                            len: (data.len() - offset) as u64,
+                            damage: Damage::TornTail,
+                        });
                         break;
                     }
+                    if mode != RecoveryMode::SkipCorrupt {
+                        return Err(refuse(mode, path, offset, "corrupt record"));
+                    }
+                    let end = resync.unwrap_or(data.len());
                     tracing::error!(
                         path = %path.display(),
                         offset,
+                        octets = end - offset,
                         error = ?err,
-                        "corrupt record in the middle of a segment; moving the segment aside and keeping every record that verifies"
+                        "corrupt record; skipping it, keeping a copy of the segment aside and every record that verifies"
                     );
                     if !moved {
                         damaged.push(copy_aside(path, damaged_dir)?);
                         moved = true;
                     }
+                    skipped.push(Skipped {
+                        segment: *n,
+                        offset: offset as u64,
+                        len: (end - offset) as u64,
+                        damage: Damage::Corrupt,
+                    });
                     match resync {
                         Some(next) => offset = next,
                         None => break,
@@ -322,6 +451,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
         clean,
         needs_rewrite: !damaged.is_empty(),
         damaged,
+        skipped,
     })
 }
 
@@ -384,11 +514,44 @@ fn scan_chunked(
     }
 }
 
-/// Finds where valid records resume after a bad one at `offset`, trusting its length
-/// field: `Some(next)` when every record from `next` to the end verifies.
+/// Finds where valid records resume after a bad one at `offset`: first where its length
+/// field points, when every record from there to the end verifies; else the first
+/// offset after it where a record verifies (the length itself may be what is damaged).
+/// `None`: nothing verifies after it, the bad record is the last write.
 fn resync_after(data: &[u8], offset: usize) -> Option<usize> {
+    if let Some(next) = trusted_length_resync(data, offset) {
+        return Some(next);
+    }
+    // Byte by byte. A record verifies only with its CRC-32C right over type and payload,
+    // so a false match in damaged or arbitrary bytes is a 1 in 2^32 chance per place;
+    // a type check first keeps the CRC work to plausible places.
+    let mut at = offset.checked_add(1)?;
+    while at + RECORD_HEADER_LEN <= data.len() {
+        if data.get(at + 4).copied().is_some_and(is_known_kind) && verifies(&data[at..]) {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Whether the record at the start of `buf` verifies and decodes.
+fn verifies(buf: &[u8]) -> bool {
+    let Ok((kind, len)) = check_record(buf) else {
+        return false;
+    };
+    if is_message(kind) {
+        peek_message(&buf[RECORD_HEADER_LEN..len]).is_some()
+    } else {
+        Record::decode_slice(&buf[..len], kind).is_ok()
+    }
+}
+
+/// Where the bad record at `offset` ends by its length field, when every record from
+/// there to the end of `data` verifies.
+fn trusted_length_resync(data: &[u8], offset: usize) -> Option<usize> {
     let rest = data.len().checked_sub(offset)?;
-    if rest < super::format::RECORD_HEADER_LEN {
+    if rest < RECORD_HEADER_LEN {
         return None;
     }
     let len = u32::from_be_bytes([
@@ -397,24 +560,16 @@ fn resync_after(data: &[u8], offset: usize) -> Option<usize> {
         data[offset + 2],
         data[offset + 3],
     ]) as usize;
-    let next = offset
-        .checked_add(super::format::RECORD_HEADER_LEN)?
-        .checked_add(len)?;
+    let next = offset.checked_add(RECORD_HEADER_LEN)?.checked_add(len)?;
     if next >= data.len() {
         return None;
     }
     let mut at = next;
     while at < data.len() {
-        let (kind, len) = check_record(&data[at..]).ok()?;
-        let raw = &data[at..at + len];
-        let valid = if is_message(kind) {
-            peek_message(&raw[RECORD_HEADER_LEN..]).is_some()
-        } else {
-            Record::decode_slice(raw, kind).is_ok()
-        };
-        if !valid {
+        if !verifies(&data[at..]) {
             return None;
         }
+        let (_, len) = check_record(&data[at..]).ok()?;
         at += len;
     }
     Some(next)
