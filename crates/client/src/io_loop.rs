@@ -39,11 +39,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 
 use crate::acker::Acker;
-use crate::channel::{ChannelCore, ChannelShared};
-
-use crate::confirm::Confirmation;
-use crate::connection::{BlockedState, ConnHandle, ConnectionShared};
 use crate::error::{Error, Result};
+use crate::handle::{
+    BlockedState, ChannelCore, ChannelShared, Confirmation, ConnHandle, ConnectionShared,
+    ConsumerSink, Content, Reply, Request,
+};
 use crate::message::Delivery;
 use crate::returned::ReturnedMessage;
 
@@ -58,115 +58,6 @@ const BATCH: usize = 256;
 const HAND_OFF: usize = 32;
 /// How long a closing connection waits for `close-ok` (or to flush a final frame).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a handle asks the connection task to do.
-pub(crate) enum Request {
-    /// Open a channel on a free number.
-    OpenChannel {
-        reply: oneshot::Sender<Result<Arc<ChannelShared>>>,
-    },
-    /// Send a synchronous method and answer with its reply.
-    Call {
-        channel: Arc<ChannelShared>,
-        /// Boxed: calls are rare, and the queue moves every request.
-        method: Box<Method>,
-        /// For `basic.consume`: where the consumer's deliveries go.
-        consumer: Option<ConsumerSink>,
-        reply: oneshot::Sender<Result<Reply>>,
-    },
-    /// Send an ack, nack or reject; answer once it is queued (if anyone asks).
-    Cast {
-        channel: Arc<ChannelShared>,
-        settle: Settlement,
-        reply: Option<oneshot::Sender<Result<()>>>,
-    },
-    /// Publish a message; answer with its confirmation.
-    Publish {
-        channel: Arc<ChannelShared>,
-        /// Its `basic.publish` and content header frames, encoded by the caller.
-        head: Bytes,
-        body: Bytes,
-        /// Where its confirmation goes; `None` when the caller saw the channel outside
-        /// confirm mode (if `confirm.select` went out meanwhile, it is counted all the same).
-        confirm: Option<oneshot::Sender<Result<Confirmation>>>,
-    },
-    /// Answer once every outstanding confirm of the channel is in.
-    WaitForConfirms {
-        channel: Arc<ChannelShared>,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    /// Close the connection.
-    Close { reply: oneshot::Sender<Result<()>> },
-}
-
-/// The methods a client sends without a reply ([`Request::Cast`]), in fewer octets than
-/// a [`Method`] (every request is moved through the connection's queue).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settlement {
-    Ack {
-        delivery_tag: u64,
-        multiple: bool,
-    },
-    Nack {
-        delivery_tag: u64,
-        multiple: bool,
-        requeue: bool,
-    },
-    Reject {
-        delivery_tag: u64,
-        requeue: bool,
-    },
-}
-
-impl Settlement {
-    fn method(self) -> Method {
-        match self {
-            Settlement::Ack {
-                delivery_tag,
-                multiple,
-            } => Method::BasicAck(minimq_protocol::BasicAck {
-                delivery_tag,
-                multiple,
-            }),
-            Settlement::Nack {
-                delivery_tag,
-                multiple,
-                requeue,
-            } => Method::BasicNack(minimq_protocol::BasicNack {
-                delivery_tag,
-                multiple,
-                requeue,
-            }),
-            Settlement::Reject {
-                delivery_tag,
-                requeue,
-            } => Method::BasicReject(minimq_protocol::BasicReject {
-                delivery_tag,
-                requeue,
-            }),
-        }
-    }
-}
-
-/// The reply to a [`Request::Call`]: the `-ok` method, and for `basic.get-ok` the message.
-#[derive(Debug)]
-pub(crate) struct Reply {
-    pub(crate) method: Method,
-    pub(crate) content: Option<Content>,
-}
-
-/// A message's properties and body, reassembled from its header and body frames.
-#[derive(Debug, Default)]
-pub(crate) struct Content {
-    pub(crate) properties: Arc<BasicProperties>,
-    pub(crate) body: Bytes,
-}
-
-/// Where one consumer's deliveries go.
-pub(crate) struct ConsumerSink {
-    pub(crate) tx: mpsc::UnboundedSender<Result<Delivery>>,
-    pub(crate) no_ack: bool,
-}
 
 /// A synchronous call waiting for its reply.
 struct Pending {

@@ -44,6 +44,7 @@ pub mod confirm;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+mod handle;
 mod io_loop;
 pub mod message;
 pub mod options;
