@@ -5,9 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::channel::ChannelCore;
 use crate::error::{Error, Result};
-use crate::io_loop::Settlement;
+use crate::handle::{ChannelCore, Settlement};
 
 /// Acknowledges, rejects or requeues one delivery. Cheap to clone; all clones share one
 /// "already settled" flag, so a second settlement is refused locally instead of making

@@ -4,8 +4,7 @@
 //! wait until the connection task has queued them for the socket.
 
 use std::borrow::Borrow;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use minimq_protocol::frame::encode_publish_head;
@@ -18,153 +17,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::acker::Acker;
 use crate::confirm::PublisherConfirm;
-use crate::connection::ConnHandle;
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
-use crate::io_loop::{ConsumerSink, Reply, Request, Settlement};
+use crate::handle::{ChannelCore, ConsumerSink, Request, Settlement};
 use crate::message::{Delivery, GetMessage};
 use crate::options::{
     BasicConsumeOptions, DeclaredQueue, ExchangeDeclareOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use crate::returned::{ReturnedMessage, ReturnedMessages};
-
-/// State the connection task shares with the handles of one channel. Requests carry
-/// the `Arc`, so the task can tell this channel from a later one that reuses its number.
-#[derive(Debug)]
-pub(crate) struct ChannelShared {
-    pub(crate) id: u16,
-    /// Set, once, when the channel is over: why.
-    closed: OnceLock<Error>,
-    /// Where `basic.return`s go, if anybody listens.
-    returns: Mutex<Option<mpsc::UnboundedSender<ReturnedMessage>>>,
-    /// Set by the connection task when it sends `confirm.select`: publishes from then on
-    /// get a confirm to wait for.
-    pub(crate) confirming: AtomicBool,
-}
-
-impl ChannelShared {
-    pub(crate) fn new(id: u16) -> ChannelShared {
-        ChannelShared {
-            id,
-            closed: OnceLock::new(),
-            returns: Mutex::new(None),
-            confirming: AtomicBool::new(false),
-        }
-    }
-
-    /// Records why the channel ended (the first reason wins) and ends the returns stream.
-    pub(crate) fn set_closed(&self, reason: Error) {
-        let _ = self.closed.set(reason);
-        lock(&self.returns).take();
-    }
-
-    /// Why the channel ended, if it has.
-    pub(crate) fn closed_reason(&self) -> Option<Error> {
-        self.closed.get().cloned()
-    }
-
-    /// The current `basic.return` subscriber.
-    pub(crate) fn returns_subscriber(&self) -> Option<mpsc::UnboundedSender<ReturnedMessage>> {
-        lock(&self.returns).clone()
-    }
-
-    fn subscribe_returns(&self) -> mpsc::UnboundedReceiver<ReturnedMessage> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        if self.closed_reason().is_none() {
-            *lock(&self.returns) = Some(tx);
-        }
-        rx
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What every channel-bound handle (channel, acker, consumer, confirm) holds.
-#[derive(Debug, Clone)]
-pub(crate) struct ChannelCore {
-    shared: Arc<ChannelShared>,
-    conn: ConnHandle,
-}
-
-impl ChannelCore {
-    pub(crate) fn new(shared: Arc<ChannelShared>, conn: ConnHandle) -> ChannelCore {
-        ChannelCore { shared, conn }
-    }
-
-    pub(crate) fn id(&self) -> u16 {
-        self.shared.id
-    }
-
-    /// The error calls on this channel fail with once it is gone.
-    pub(crate) fn closed_error(&self) -> Error {
-        self.shared
-            .closed_reason()
-            .unwrap_or_else(|| self.conn.shared.closed_error())
-    }
-
-    fn check_open(&self) -> Result<()> {
-        match self
-            .shared
-            .closed_reason()
-            .or_else(|| self.conn.shared.closed_reason())
-        {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends a synchronous method and waits for its reply.
-    pub(crate) async fn call(
-        &self,
-        method: Method,
-        consumer: Option<ConsumerSink>,
-    ) -> Result<Reply> {
-        self.check_open()?;
-        let (reply, rx) = oneshot::channel();
-        self.conn
-            .send(Request::Call {
-                channel: self.shared.clone(),
-                method: Box::new(method),
-                consumer,
-                reply,
-            })
-            .await?;
-        rx.await.map_err(|_| self.closed_error())?
-    }
-
-    /// Sends an asynchronous method (ack, nack, reject); returns once it is queued.
-    pub(crate) async fn cast(&self, settle: Settlement) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.send_cast(settle, Some(reply)).await?;
-        rx.await.map_err(|_| self.closed_error())?
-    }
-
-    /// Sends a method that has no reply without waiting for the connection to take it
-    /// (acks: a consumer acking every message must not wait on the connection task for
-    /// each). Fails only if the channel is already known to be closed.
-    pub(crate) async fn cast_nowait(&self, settle: Settlement) -> Result<()> {
-        self.send_cast(settle, None).await
-    }
-
-    /// Hands a `Cast` to the connection; `reply` hears once it is queued there.
-    async fn send_cast(
-        &self,
-        settle: Settlement,
-        reply: Option<oneshot::Sender<Result<()>>>,
-    ) -> Result<()> {
-        self.check_open()?;
-        self.conn
-            .send(Request::Cast {
-                channel: self.shared.clone(),
-                settle,
-                reply,
-            })
-            .await
-    }
-}
+use crate::returned::ReturnedMessages;
 
 /// An AMQP channel. Cheap to clone; clones share the channel.
 ///

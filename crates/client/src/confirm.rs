@@ -7,33 +7,10 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
-use crate::channel::ChannelCore;
 use crate::error::Result;
+use crate::handle::ChannelCore;
 
-/// The broker's verdict on one published message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Confirmation {
-    /// `basic.ack`: the broker has the message (on disk, for persistent messages to
-    /// durable queues). An unroutable mandatory message is acked too, after its
-    /// `basic.return`.
-    Ack,
-    /// `basic.nack`: the broker could not take the message.
-    Nack,
-    /// The channel is not in confirm mode, so there is nothing to wait for.
-    NotRequested,
-}
-
-impl Confirmation {
-    /// Whether this is [`Confirmation::Ack`].
-    pub fn is_ack(&self) -> bool {
-        matches!(self, Confirmation::Ack)
-    }
-
-    /// Whether this is [`Confirmation::Nack`].
-    pub fn is_nack(&self) -> bool {
-        matches!(self, Confirmation::Nack)
-    }
-}
+pub use crate::handle::Confirmation;
 
 /// Resolves to the [`Confirmation`] of one publish. On a channel without
 /// [`crate::Channel::confirm_select`] it is ready at once with

@@ -18,104 +18,19 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
-use crate::channel::{Channel, ChannelCore};
-
+use crate::channel::Channel;
 use crate::config::ConnectionConfig;
 use crate::error::{Error, Result};
-use crate::io_loop::{IoLoop, Request};
+use crate::handle::{ChannelCore, ConnHandle, ConnectionShared, Request};
+use crate::io_loop::IoLoop;
+
+pub use crate::handle::{BlockedState, TuneParams};
 
 /// How many requests from handles may wait for the connection task.
 const REQUEST_QUEUE: usize = 256;
 /// Read buffer per connection: a burst of small deliveries (about 130 octets each with
 /// their frames) is decoded from one read instead of one read per 60 messages.
 const READ_BUFFER: usize = 64 * 1024;
-
-/// The limits both sides agreed on in `connection.tune` / `tune-ok`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TuneParams {
-    /// Highest usable channel number (0 means 65535).
-    pub channel_max: u16,
-    /// Largest frame in octets, framing included (0 = no limit). Bodies are split into
-    /// frames of at most this size.
-    pub frame_max: u32,
-    /// Heartbeat interval in seconds (0 = heartbeats off).
-    pub heartbeat: u16,
-}
-
-/// Whether the broker has stopped reading from this connection to apply back-pressure
-/// (`connection.blocked`, sent when a memory or disk alarm goes off).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum BlockedState {
-    /// Publishing flows normally.
-    #[default]
-    Unblocked,
-    /// The broker is not reading publishes from this connection.
-    Blocked {
-        /// The broker's reason, e.g. `low on memory`.
-        reason: String,
-    },
-}
-
-impl BlockedState {
-    /// Whether the connection is blocked.
-    pub fn is_blocked(&self) -> bool {
-        matches!(self, BlockedState::Blocked { .. })
-    }
-}
-
-/// State the connection task shares with every handle.
-#[derive(Debug)]
-pub(crate) struct ConnectionShared {
-    /// Set, once, when the connection is over: why.
-    status: OnceLock<Error>,
-    pub(crate) blocked: watch::Sender<BlockedState>,
-    pub(crate) tune: TuneParams,
-    pub(crate) server_properties: FieldTable,
-}
-
-impl ConnectionShared {
-    /// Records why the connection ended (the first reason wins).
-    pub(crate) fn set_closed(&self, reason: Error) {
-        let _ = self.status.set(reason);
-    }
-
-    /// Why the connection ended, if it has.
-    pub(crate) fn closed_reason(&self) -> Option<Error> {
-        self.status.get().cloned()
-    }
-
-    /// The error a call on a finished connection fails with.
-    pub(crate) fn closed_error(&self) -> Error {
-        self.closed_reason()
-            .unwrap_or_else(|| Error::ConnectionClosed {
-                code: 0,
-                text: "connection task stopped".into(),
-            })
-    }
-}
-
-/// What channel handles, ackers and consumers hold to reach the connection task.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnHandle {
-    pub(crate) tx: mpsc::Sender<Request>,
-    pub(crate) shared: Arc<ConnectionShared>,
-}
-
-impl ConnHandle {
-    /// Queues a request for the connection task.
-    pub(crate) async fn send(&self, request: Request) -> Result<()> {
-        // Room is the common case: no send future (and no copy of the request into it).
-        match self.tx.try_send(request) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(request)) => self
-                .tx
-                .send(request)
-                .await
-                .map_err(|_| self.shared.closed_error()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.shared.closed_error()),
-        }
-    }
-}
 
 /// An open AMQP connection. A background task owns the socket; this is a handle to it.
 ///

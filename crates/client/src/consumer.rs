@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::channel::ChannelCore;
 use crate::error::Result;
+use crate::handle::ChannelCore;
 use crate::message::Delivery;
 
 /// The deliveries of one consumer, as a [`Stream`] of `Result<Delivery>`.

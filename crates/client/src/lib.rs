@@ -13,6 +13,21 @@
 //! - [`Error`] ([`error`]): server closes surface as [`Error::ChannelClosed`] /
 //!   [`Error::ConnectionClosed`] with the reply code, and fail every pending call.
 //!
+//! Inside, two private modules:
+//! - `handle`: the handle protocol and shared state: the requests handles send the
+//!   connection task and its replies, the state both sides share (end reasons, blocked
+//!   state, negotiated limits), and what every handle holds to reach the task. It imports
+//!   only `error`, `message` and `returned`.
+//! - `io_loop/`: the connection task. `mod.rs` has the select loop and the connection's
+//!   life (heartbeats, close, end), `incoming.rs` dispatches what the server sends,
+//!   `deliver.rs` takes whole deliveries straight from the read buffer, `requests.rs`
+//!   encodes what handles ask, `slot.rs` holds a channel's protocol state and
+//!   `confirms.rs` its publisher-confirm bookkeeping.
+//!
+//! Imports go one way: `io_loop` and the handle types (`channel`, `acker`, `confirm`,
+//! `consumer`, `returned`) import `handle`, not each other; only `connection` imports
+//! `io_loop` (to spawn it) and `channel` (to make channels).
+//!
 //! # Example
 //! ```no_run
 //! use futures::StreamExt;
@@ -44,6 +59,7 @@ pub mod confirm;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+mod handle;
 mod io_loop;
 pub mod message;
 pub mod options;

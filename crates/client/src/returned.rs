@@ -10,7 +10,7 @@ use futures::Stream;
 use minimq_protocol::BasicProperties;
 use tokio::sync::mpsc;
 
-use crate::channel::ChannelCore;
+use crate::handle::ChannelCore;
 
 /// A message the broker sent back with `basic.return`.
 #[derive(Debug, Clone)]
