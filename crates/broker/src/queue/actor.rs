@@ -367,6 +367,15 @@ impl QueueActor {
 
     /// Handles one command; `false` when the queue is deleted.
     fn handle(&mut self, cmd: QueueCommand) -> bool {
+        #[cfg(test)]
+        if self
+            .handle
+            .info()
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("queue task made to panic by a test");
+        }
         let now = self.now();
         if matches!(
             cmd,
@@ -1014,5 +1023,116 @@ pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         QueueCommand::Settle { .. }
         | QueueCommand::ChannelClosed { .. }
         | QueueCommand::CreditAvailable => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use minimq_protocol::{BasicProperties, FieldTable, ReplyCode};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::super::{ConfirmTicket, ConsumerSpec, Publish, QueueCommand, QueueEvent};
+    use crate::message::Message;
+    use crate::vhost::{QueueSpec, VHost};
+
+    fn spec(name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<QueueEvent>) -> QueueEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the sink is open")
+    }
+
+    /// A queue task that panics is noticed: its consumers are cancelled, a publish routed
+    /// to it afterwards is nacked (not confirmed and dropped), and declaring it answers
+    /// RabbitMQ's error for a crashed queue until it is deleted.
+    #[tokio::test]
+    async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
+        let vhost = VHost::new(None);
+        let (q, created) = vhost.declare_queue(spec("q"), 1).unwrap();
+        assert!(created);
+        let (sink, mut events) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        assert!(
+            q.send(QueueCommand::Consume {
+                consumer: ConsumerSpec {
+                    id: 77,
+                    tag: "ctag".into(),
+                    conn_id: 1,
+                    channel: 1,
+                    no_ack: false,
+                    exclusive: false,
+                    prefetch: 0,
+                    priority: 0,
+                    channel_credit: None,
+                    sink: sink.clone(),
+                },
+                reply,
+            })
+            .await
+        );
+        answer.await.unwrap().unwrap();
+
+        q.panic_for_tests();
+        let (reply, counts) = oneshot::channel();
+        assert!(q.send(QueueCommand::Counts { reply }).await);
+        assert!(counts.await.is_err(), "the task died on it");
+        match next_event(&mut events).await {
+            QueueEvent::Cancelled {
+                channel: 1,
+                consumer_tag,
+                consumer_id: 77,
+            } => assert_eq!(&*consumer_tag, "ctag"),
+            other => panic!("expected the consumer cancelled, got {other:?}"),
+        }
+
+        let mut routed = Vec::new();
+        vhost.route("", "q", None, &mut routed).unwrap();
+        for target in routed {
+            target
+                .publish(vec![Publish {
+                    message: std::sync::Arc::new(Message::new(
+                        "".into(),
+                        "q".into(),
+                        BasicProperties::default(),
+                        bytes::Bytes::from_static(b"lost?"),
+                    )),
+                    confirm: Some(ConfirmTicket {
+                        sink: sink.clone(),
+                        channel: 1,
+                        seq: 1,
+                    }),
+                }])
+                .await;
+        }
+        match next_event(&mut events).await {
+            QueueEvent::Confirm {
+                channel: 1,
+                seq: 1,
+                ok,
+            } => assert!(!ok, "a publish no live queue took is nacked"),
+            other => panic!("expected the confirm, got {other:?}"),
+        }
+
+        let err = vhost.declare_queue(spec("q"), 1).unwrap_err();
+        assert_eq!(err.code, ReplyCode::NotFound);
+        assert_eq!(
+            err.text,
+            "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart"
+        );
+        vhost.delete_queue("q", 1, false, false).await.unwrap();
+        let (_, created) = vhost.declare_queue(spec("q"), 1).unwrap();
+        assert!(created, "after a delete the name is free again");
     }
 }

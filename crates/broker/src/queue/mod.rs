@@ -306,6 +306,10 @@ pub struct QueueShared {
     /// Plain acks, which the queue takes before any other command (see [`QueueInbox`]).
     acks: mpsc::UnboundedSender<QueueCommand>,
     id: u64,
+    /// Test hook: the queue task panics at its next command (see
+    /// [`QueueHandle::panic_for_tests`]).
+    #[cfg(test)]
+    pub(crate) panic_next: std::sync::atomic::AtomicBool,
 }
 
 /// Live counters of a queue for listings (management API, `minimqctl`). Only the queue
@@ -454,6 +458,8 @@ impl QueueHandle {
             room: PublishRoom::default(),
             acks,
             id,
+            #[cfg(test)]
+            panic_next: std::sync::atomic::AtomicBool::new(false),
         };
         let inbox = QueueInbox {
             commands: rx,
@@ -475,6 +481,13 @@ impl QueueHandle {
     /// A broker-wide id, distinct for every queue ever created.
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// Test hook: makes the queue task panic when it handles its next command, as a bug
+    /// would.
+    #[cfg(test)]
+    pub(crate) fn panic_for_tests(&self) {
+        self.0.panic_next.store(true, Ordering::SeqCst);
     }
 
     /// Whether two handles refer to the same queue incarnation.
