@@ -164,6 +164,7 @@ impl VHost {
             Entry::Occupied(e) => {
                 let q = e.get().clone();
                 drop(e);
+                check_failed(&q)?;
                 check_access(&q, conn_id)?;
                 check_equivalent(&q, &spec)?;
                 Ok((q, false))
@@ -208,6 +209,7 @@ impl VHost {
     /// another connection.
     pub fn queue_for(&self, name: &str, conn_id: u64) -> AmqpResult<QueueHandle> {
         let q = self.queue(name).ok_or_else(|| AmqpError::no_queue(name))?;
+        check_failed(&q)?;
         check_access(&q, conn_id)?;
         Ok(q)
     }
@@ -700,6 +702,15 @@ fn store_failed(what: &str, name: &str, e: std::io::Error) -> AmqpError {
         ReplyCode::InternalError,
         format!("cannot record {what} '{name}': {e}"),
     )
+}
+
+/// A queue whose task failed is refused with RabbitMQ's text for a crashed queue; only
+/// deleting it is allowed.
+fn check_failed(q: &QueueHandle) -> AmqpResult<()> {
+    if q.info().is_failed() {
+        return Err(queue::crashed_error(q.name()));
+    }
+    Ok(())
 }
 
 fn check_access(q: &QueueHandle, conn_id: u64) -> AmqpResult<()> {
