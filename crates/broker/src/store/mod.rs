@@ -628,3 +628,58 @@ fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueEvent;
+    use minimq_protocol::{BasicProperties, FieldTable};
+
+    /// A writer thread that dies (a panic) is a store failure: the store is poisoned
+    /// (publishes of persistent messages to durable queues are refused from then on) and
+    /// a message handed to it afterwards is nacked, not confirmed or left unanswered.
+    #[test]
+    fn a_writer_thread_that_panics_poisons_the_store() {
+        let dir =
+            std::env::temp_dir().join(format!("minimq-store-writer-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(
+            &dir,
+            StoreOptions {
+                fsync: FsyncMode::Batch,
+                segment_size: 1 << 20,
+                fail_syncs: None,
+                queue_memory: DEFAULT_QUEUE_MEMORY,
+            },
+        )
+        .unwrap();
+        let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+        assert!(store.tx.send(Op::Panic).is_ok());
+        let thread = store.thread.lock().unwrap().take().unwrap();
+        let _ = thread.join();
+        assert!(store.is_poisoned(), "a dead writer is a store failure");
+        let (sink, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let message = Message::new(
+            "".into(),
+            "q".into(),
+            BasicProperties::default(),
+            bytes::Bytes::from_static(b"after"),
+        );
+        store.enqueue(
+            id,
+            1,
+            &message,
+            Some(ConfirmTicket {
+                sink,
+                channel: 1,
+                seq: 1,
+            }),
+        );
+        match events.try_recv() {
+            Ok(QueueEvent::Confirm { seq: 1, ok, .. }) => assert!(!ok, "nacked"),
+            other => panic!("expected the nack, got {other:?}"),
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
