@@ -110,6 +110,8 @@ pub struct Store {
     next_msg_id: AtomicU64,
     meta: Mutex<Meta>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the writer is asked to stop: a record sent later is not a failure.
+    stopping: AtomicBool,
     /// The locked `LOCK` file; released by [`Store::close`].
     lock: Mutex<Option<File>>,
 }
@@ -235,6 +237,8 @@ impl Store {
                     std::fs::remove_file(path)?;
                 }
             }
+            // The old segments' deletion durable before anything relies on it.
+            writer::sync_dir(&seg_dir)?;
             live = fresh;
         }
         // Marks this start, so a crash before anything else is written is not taken for
@@ -264,9 +268,21 @@ impl Store {
             #[cfg(test)]
             before_sync: None,
         };
+        let writer_poisoned = poisoned.clone();
         let thread = std::thread::Builder::new()
             .name("minimq-store".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || {
+                // A panic in the writer (a bug) is a store failure like a failed write:
+                // the store is poisoned, so persistent messages to durable queues are
+                // refused from then on instead of being handed to a thread that is gone.
+                // The waiters it held are nacked as their tickets drop. Unwind safety:
+                // nothing of the writer is used after the panic.
+                let run = std::panic::AssertUnwindSafe(move || w.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    writer_poisoned.store(true, Ordering::SeqCst);
+                    tracing::error!("message store writer thread panicked; refusing persistent messages from now on");
+                }
+            })?;
         let store = Store {
             dir: dir.to_path_buf(),
             seg_dir,
@@ -277,6 +293,7 @@ impl Store {
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
             meta: Mutex::new(meta),
             thread: Mutex::new(Some(thread)),
+            stopping: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
         };
         Ok((Arc::new(store), queues))
@@ -495,13 +512,24 @@ impl Store {
     }
 
     fn send(&self, bytes: Chunks, track: Track, notify: Option<ConfirmTicket>) {
-        if let Err(mpsc::error::SendError(Op::Append {
-            notify: Some(n), ..
-        })) = self.tx.send(Op::Append {
+        let Err(mpsc::error::SendError(op)) = self.tx.send(Op::Append {
             bytes,
             track,
             notify,
-        }) {
+        }) else {
+            return;
+        };
+        // The writer is gone without being stopped (it panicked): nothing will write
+        // this, so the store has failed; the first to find out says so.
+        if !self.stopping.load(Ordering::SeqCst) && !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                "message store writer is gone; refusing persistent messages from now on"
+            );
+        }
+        if let Op::Append {
+            notify: Some(n), ..
+        } = op
+        {
             n.send(false);
         }
     }
@@ -537,6 +565,7 @@ impl Store {
     /// Stops the writer without the clean-shutdown record, as a crash would leave the log
     /// (what was already handed to the writer is written), and releases the lock.
     pub async fn halt(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let (reply, rx) = std::sync::mpsc::channel();
         if self.tx.send(Op::Stop(reply)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;

@@ -266,6 +266,9 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path) -> std::io::Result<Replay> {
                 if is_last && data.len() < FILE_HEADER_LEN {
                     tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
                     std::fs::remove_file(path)?;
+                    if let Some(dir) = path.parent() {
+                        super::writer::sync_dir(dir)?;
+                    }
                     st.totals.remove(n);
                     continue;
                 }
@@ -436,6 +439,11 @@ fn aside_path(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
 fn move_aside(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
     let dest = aside_path(path, damaged_dir)?;
     std::fs::rename(path, &dest)?;
+    // Both directories changed: the segment must not come back into the log.
+    if let Some(from) = path.parent() {
+        super::writer::sync_dir(from)?;
+    }
+    super::writer::sync_dir(damaged_dir)?;
     Ok(dest)
 }
 

@@ -858,6 +858,7 @@ impl Writer {
     }
 
     fn delete_dead_segments(&mut self) {
+        let mut deleted = false;
         loop {
             let seg = {
                 let mut index = lock(&self.index);
@@ -876,6 +877,7 @@ impl Writer {
                     #[cfg(test)]
                     dir_events::note(&self.dir, "delete");
                     tracing::debug!(segment = seg, "deleted settled segment");
+                    deleted = true;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -884,6 +886,16 @@ impl Writer {
                 }
             }
             lock(&self.index).live.segments.remove(&seg);
+        }
+        // The deletions are durable only once the directory is synced: a segment that
+        // came back after a crash, without the later segments that settled its
+        // messages, would bring them back. One sync covers all of them. A failure leaves
+        // every record written so far intact, so it is logged rather than a reason to
+        // refuse persistent messages.
+        if deleted {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::error!(error = %e, dir = %self.dir.display(), "cannot sync the directory after deleting segments");
+            }
         }
     }
 
