@@ -1561,7 +1561,9 @@ async fn queue_arguments_out_of_rabbitmqs_ranges_are_406_and_its_largest_values_
     }
     // Accepted by RabbitMQ 3.10, classic and quorum: TTLs above 2^32 ms (Celery declares
     // up to 2^27 s), up to ten years; any x-delivery-limit on a quorum queue.
-    let accepted: &[(&str, bool, &[(&str, FieldValue)])] = &[
+    // (queue, quorum, arguments)
+    type Declare<'a> = (&'a str, bool, &'a [(&'a str, FieldValue)]);
+    let accepted: &[Declare] = &[
         (
             "ttl-classic",
             false,
