@@ -1104,3 +1104,211 @@ async fn the_confirms_of_a_group_commit_are_folded_into_few_acks() {
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// Invalid expirations and queue arguments (texts checked against RabbitMQ 3.10.8)
+// ---------------------------------------------------------------------------------------
+
+/// Publishes `body` to `queue` on `ch` with the `expiration` property `expiration`.
+async fn publish_expiring(c: &mut Client, ch: u16, queue: &str, expiration: &str) {
+    c.send(ch, publish_to(queue)).await;
+    c.send_frame(Frame::Header(
+        ch,
+        Box::new(ContentHeader {
+            class_id: 60,
+            body_size: 1,
+            properties: minimq_protocol::BasicProperties {
+                expiration: Some(expiration.into()),
+                ..Default::default()
+            },
+        }),
+    ))
+    .await;
+    c.send_frame(Frame::Body(ch, Bytes::from_static(b"x")))
+        .await;
+}
+
+#[tokio::test]
+async fn an_invalid_expiration_closes_the_channel_406_with_rabbitmqs_text() {
+    let broker = broker().await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.send(1, declare("expiring")).await;
+    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
+    let cases: &[(&str, &str)] = &[
+        ("abc", "no_integer"),
+        ("", "no_integer"),
+        (" 5", "no_integer"),
+        ("-1", "{value_negative,-1}"),
+        ("-007", "{value_negative,-7}"),
+        ("315360000001", "{value_too_large,315360000001}"),
+        ("1.5", "{leftover_string,\".5\"}"),
+        ("5 ", "{leftover_string,\" \"}"),
+        ("5\"\\", "{leftover_string,\"\\\"\\\\\"}"),
+        ("5\u{1}", "{leftover_string,[1]}"),
+        // Erlang's ~p breaks a term that would end past column 78 after the tuple's
+        // first element, indented to the column after the brace.
+        (
+            "9999999999999999999",
+            "{value_too_large,\n                                           9999999999999999999}",
+        ),
+        (
+            "-99999999999999999999",
+            "{value_negative,\n                                             -99999999999999999999}",
+        ),
+        (
+            "1xxxxxxxxxxxxxxxxxxxxxx",
+            "{leftover_string,\n                                               \"xxxxxxxxxxxxxxxxxxxxxx\"}",
+        ),
+    ];
+    let mut ch = 1;
+    for (expiration, reason) in cases {
+        publish_expiring(&mut c, ch, "expiring", expiration).await;
+        c.expect_channel_close(
+            ch,
+            406,
+            &format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}"),
+            60,
+            40,
+        )
+        .await;
+        ch += 1;
+        c.open_channel(ch).await;
+    }
+    // What RabbitMQ accepts: signs, leading zeros, up to ten years in milliseconds.
+    for expiration in ["0", "+5", "-0", "007", "315360000000", "00315360000000"] {
+        publish_expiring(&mut c, ch, "expiring", expiration).await;
+    }
+    c.send(ch, declare("expiring")).await;
+    match c.method(ch).await {
+        Method::QueueDeclareOk(ok) => assert!(ok.message_count >= 5, "{ok:?}"),
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+    drop(c);
+    assert_serves(broker.local_addr()).await;
+    broker.shutdown().await;
+}
+
+fn declare_with(queue: &str, quorum: bool, args: &[(&str, FieldValue)]) -> Method {
+    let mut arguments = FieldTable::new();
+    for (k, v) in args {
+        arguments.insert(*k, v.clone());
+    }
+    if quorum {
+        arguments.insert("x-queue-type", "quorum");
+    }
+    QueueDeclare {
+        queue: queue.into(),
+        durable: quorum,
+        arguments,
+        ..Default::default()
+    }
+    .into()
+}
+
+#[tokio::test]
+async fn queue_arguments_out_of_rabbitmqs_ranges_are_406_and_its_largest_values_accepted() {
+    let broker = broker().await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    let refused: &[(&str, FieldValue, &str)] = &[
+        (
+            "x-message-ttl",
+            FieldValue::I64(315_360_000_001),
+            "{value_too_large,315360000001}",
+        ),
+        (
+            "x-expires",
+            FieldValue::I64(315_360_000_001),
+            "{value_too_large,315360000001}",
+        ),
+        ("x-expires", FieldValue::I32(0), "{value_zero,0}"),
+        ("x-max-length", FieldValue::I32(-1), "{value_negative,-1}"),
+        (
+            "x-max-priority",
+            FieldValue::I32(256),
+            "{max_value_exceeded,256}",
+        ),
+        (
+            "x-message-ttl",
+            FieldValue::from("abc"),
+            "\"expected integer, got longstr\"",
+        ),
+        (
+            "x-max-length-bytes",
+            FieldValue::Bool(true),
+            "\"expected integer, got bool\"",
+        ),
+    ];
+    let mut ch = 1;
+    for (key, value, reason) in refused {
+        c.send(ch, declare_with("args", false, &[(key, value.clone())]))
+            .await;
+        c.expect_channel_close(
+            ch,
+            406,
+            &format!(
+                "PRECONDITION_FAILED - invalid arg '{key}' for queue 'args' in vhost '/': {reason}"
+            ),
+            50,
+            10,
+        )
+        .await;
+        ch += 1;
+        c.open_channel(ch).await;
+    }
+    // Accepted by RabbitMQ 3.10, classic and quorum: TTLs above 2^32 ms (Celery declares
+    // up to 2^27 s), up to ten years; any x-delivery-limit on a quorum queue.
+    // (queue, quorum, arguments)
+    type Declare<'a> = (&'a str, bool, &'a [(&'a str, FieldValue)]);
+    let accepted: &[Declare] = &[
+        (
+            "ttl-classic",
+            false,
+            &[("x-message-ttl", FieldValue::I64(134_217_728_000))],
+        ),
+        (
+            "ttl-quorum",
+            true,
+            &[("x-message-ttl", FieldValue::I64(134_217_728_000))],
+        ),
+        (
+            "ttl-max",
+            false,
+            &[("x-message-ttl", FieldValue::I64(315_360_000_000))],
+        ),
+        (
+            "expires-max",
+            false,
+            &[("x-expires", FieldValue::I64(315_360_000_000))],
+        ),
+        (
+            "priority-max",
+            false,
+            &[("x-max-priority", FieldValue::I32(255))],
+        ),
+        (
+            "length-big",
+            false,
+            &[("x-max-length", FieldValue::I64(i64::MAX))],
+        ),
+        (
+            "limit-negative",
+            true,
+            &[("x-delivery-limit", FieldValue::I32(-5))],
+        ),
+        (
+            "limit-text",
+            true,
+            &[("x-delivery-limit", FieldValue::from("abc"))],
+        ),
+    ];
+    for (queue, quorum, args) in accepted {
+        c.send(ch, declare_with(queue, *quorum, args)).await;
+        match c.method(ch).await {
+            Method::QueueDeclareOk(ok) => assert_eq!(ok.queue, *queue),
+            other => panic!("{queue}: expected queue.declare-ok, got {other:?}"),
+        }
+    }
+    drop(c);
+    assert_serves(broker.local_addr()).await;
+    broker.shutdown().await;
+}

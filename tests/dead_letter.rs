@@ -400,3 +400,58 @@ async fn a_poison_message_over_the_delivery_limit_is_dead_lettered_or_dropped() 
         .is_none());
     broker.shutdown().await;
 }
+
+/// A client can publish a message whose `x-death` already says it died `i64::MAX` times
+/// in this queue for this reason: dead-lettering it again must not overflow the count
+/// (an overflow panicked the queue task in debug builds and lost the message). The count
+/// stays at the largest value it can hold, and the queue keeps working.
+#[tokio::test]
+async fn an_x_death_count_at_its_maximum_is_dead_lettered_and_the_queue_keeps_working() {
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    setup_dlx(&ch, "dead").await;
+    declare(&ch, "work", args(&[("x-dead-letter-exchange", s("dlx"))])).await;
+    let mut death = FieldTable::default();
+    death.insert(ShortString::from("count"), AMQPValue::LongLongInt(i64::MAX));
+    death.insert(ShortString::from("reason"), s("rejected"));
+    death.insert(ShortString::from("queue"), s("work"));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("x-death"),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    ch.basic_publish(
+        "",
+        "work",
+        BasicPublishOptions::default(),
+        b"crafted",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap();
+    let m = ch
+        .basic_get("work", BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message");
+    ch.basic_reject(
+        m.delivery.delivery_tag,
+        BasicRejectOptions { requeue: false },
+    )
+    .await
+    .unwrap();
+    let d = next_from(&ch, "dead").await;
+    assert_eq!(&d.data[..], b"crafted");
+    let x = deaths(&d);
+    assert_eq!(x.len(), 1);
+    assert_eq!(field(&x[0], "count"), &AMQPValue::LongLongInt(i64::MAX));
+
+    publish(&ch, "work", b"after").await;
+    let m = within(ch.basic_get("work", BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the queue still takes and hands out messages");
+    assert_eq!(&m.delivery.data[..], b"after");
+    broker.shutdown().await;
+}

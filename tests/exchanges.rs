@@ -150,6 +150,76 @@ async fn unroutable_messages_go_to_the_alternate_exchange_without_a_return() {
     broker.shutdown().await;
 }
 
+/// RabbitMQ uses an exchange's alternate exchange only when that exchange's own bindings
+/// matched nothing (`rabbit_exchange:process_alternate` on its direct destinations): a
+/// match on a binding to another exchange counts, even when nothing downstream takes the
+/// message, and the publish is then unroutable.
+#[tokio::test]
+async fn the_alternate_exchange_is_used_only_when_no_binding_matched() {
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    exchange(&ch, "unrouted", ExchangeKind::Fanout, FieldTable::default()).await;
+    queue_bound(&ch, "lost-and-found", "unrouted", "").await;
+    exchange(&ch, "dead-end", ExchangeKind::Fanout, FieldTable::default()).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("alternate-exchange"),
+        AMQPValue::LongString("unrouted".into()),
+    );
+    exchange(&ch, "main", ExchangeKind::Direct, args).await;
+    ch.exchange_bind(
+        "dead-end",
+        "main",
+        "to-dead-end",
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let matched = ch
+        .basic_publish(
+            "main",
+            "to-dead-end",
+            mandatory,
+            b"matched",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        matched.take_message().is_some(),
+        "a binding matched, so no alternate exchange: unroutable, returned"
+    );
+    let stray = ch
+        .basic_publish(
+            "main",
+            "nothing",
+            mandatory,
+            b"stray",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(
+        stray.take_message().is_none(),
+        "went to the alternate exchange"
+    );
+    assert_eq!(count(&ch, "lost-and-found").await, 1, "only the stray one");
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_auto_delete_exchange_goes_with_its_last_binding() {
     let broker = start_broker().await;

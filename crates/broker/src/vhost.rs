@@ -4,6 +4,7 @@
 //! never across an `.await` (clippy's `await-holding-invalid-types` enforces it), so a
 //! queue task, which is where all the waiting happens, never blocks the registry.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -163,6 +164,7 @@ impl VHost {
             Entry::Occupied(e) => {
                 let q = e.get().clone();
                 drop(e);
+                check_failed(&q)?;
                 check_access(&q, conn_id)?;
                 check_equivalent(&q, &spec)?;
                 Ok((q, false))
@@ -207,6 +209,7 @@ impl VHost {
     /// another connection.
     pub fn queue_for(&self, name: &str, conn_id: u64) -> AmqpResult<QueueHandle> {
         let q = self.queue(name).ok_or_else(|| AmqpError::no_queue(name))?;
+        check_failed(&q)?;
         check_access(&q, conn_id)?;
         Ok(q)
     }
@@ -630,50 +633,64 @@ impl VHost {
                 format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
             ));
         }
-        let mut visited = Vec::new();
-        let mut queues = Vec::new();
-        self.route_from(&e, routing_key, headers, &mut visited, &mut queues);
-        out.extend(queues.iter().filter_map(|n| self.queue(n)));
+        self.route_from(e, routing_key, headers, out);
         Ok(())
     }
 
+    /// Routes from exchange `first` with an explicit work list, as RabbitMQ's
+    /// `rabbit_exchange:route1` does: not by recursion, because a chain of exchanges as
+    /// long as clients care to bind would overflow the stack and abort the process.
+    /// Every exchange enters the work list at most once per publish (the `seen` set,
+    /// O(1) per check), so the work is bounded by the exchanges and bindings there are,
+    /// and cycles end. An exchange's alternate exchange is used when that exchange's own
+    /// bindings matched nothing (RabbitMQ's `process_alternate`, applied to the
+    /// exchange's direct destinations): a binding to another exchange counts as a match
+    /// even if nothing downstream of it takes the message.
     fn route_from(
         &self,
-        e: &Exchange,
+        first: Arc<Exchange>,
         routing_key: &str,
         headers: Option<&FieldTable>,
-        visited: &mut Vec<Arc<str>>,
-        queues: &mut Vec<Arc<str>>,
+        out: &mut Vec<QueueHandle>,
     ) {
-        if visited.contains(&e.name) {
-            return;
-        }
-        visited.push(e.name.clone());
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
+        let mut taken: HashSet<Arc<str>> = HashSet::new();
+        seen.insert(first.name.clone());
+        let mut work = VecDeque::from([first]);
         let mut destinations = Vec::new();
-        e.route(routing_key, headers, &mut destinations);
-        let mut reached = false;
-        for d in destinations {
-            match d {
-                Destination::Queue(q) => {
-                    if self.queue(&q).is_some() {
-                        reached = true;
-                        if !queues.contains(&q) {
-                            queues.push(q);
+        while let Some(e) = work.pop_front() {
+            destinations.clear();
+            e.route(routing_key, headers, &mut destinations);
+            if destinations.is_empty() {
+                if let Some(ae) = e.alternate_exchange() {
+                    if !seen.contains(ae) {
+                        if let Some(next) = self.exchange(ae) {
+                            seen.insert(next.name.clone());
+                            work.push_back(next);
                         }
                     }
                 }
-                Destination::Exchange(x) => {
-                    if let Some(next) = self.exchange(&x) {
-                        let before = queues.len();
-                        self.route_from(&next, routing_key, headers, visited, queues);
-                        reached |= queues.len() > before;
+                continue;
+            }
+            for d in destinations.drain(..) {
+                match d {
+                    Destination::Queue(q) => {
+                        if !taken.contains(&q) {
+                            if let Some(handle) = self.queue(&q) {
+                                taken.insert(q);
+                                out.push(handle);
+                            }
+                        }
+                    }
+                    Destination::Exchange(x) => {
+                        if !seen.contains(&x) {
+                            if let Some(next) = self.exchange(&x) {
+                                seen.insert(x);
+                                work.push_back(next);
+                            }
+                        }
                     }
                 }
-            }
-        }
-        if !reached {
-            if let Some(ae) = e.alternate_exchange().and_then(|n| self.exchange(n)) {
-                self.route_from(&ae, routing_key, headers, visited, queues);
             }
         }
     }
@@ -685,6 +702,15 @@ fn store_failed(what: &str, name: &str, e: std::io::Error) -> AmqpError {
         ReplyCode::InternalError,
         format!("cannot record {what} '{name}': {e}"),
     )
+}
+
+/// A queue whose task failed is refused with RabbitMQ's text for a crashed queue; only
+/// deleting it is allowed.
+fn check_failed(q: &QueueHandle) -> AmqpResult<()> {
+    if q.info().is_failed() {
+        return Err(queue::crashed_error(q.name()));
+    }
+    Ok(())
 }
 
 fn check_access(q: &QueueHandle, conn_id: u64) -> AmqpResult<()> {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use minimq_protocol::{FieldTable, FieldValue};
 use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -180,7 +181,8 @@ fn authenticate(state: &BrokerState, req: &Request) -> Result<String, Response> 
         .config
         .users
         .iter()
-        .any(|(u, p)| u == user && p == pass)
+        // The password in constant time, as in the AMQP handshake.
+        .any(|(u, p)| u == user && bool::from(p.as_bytes().ct_eq(pass.as_bytes())))
     {
         Ok(user.to_string())
     } else {

@@ -648,6 +648,9 @@ impl Conn {
                 .on(60, 40));
             }
         }
+        if let Some(expiration) = properties.expiration.as_deref() {
+            crate::queue::args::parse_expiration(expiration).map_err(|e| e.on(60, 40))?;
+        }
         let mut queues = Vec::new();
         if exchange.is_empty() {
             let cache = &mut self

@@ -8,6 +8,7 @@ use minimq_protocol::{
     ConnectionOpenOk, ConnectionStart, ConnectionTune, FieldTable, FieldValue, Frame, Method,
     ReplyCode,
 };
+use subtle::ConstantTimeEq;
 
 use super::{Conn, Reader};
 use crate::error::AmqpError;
@@ -140,7 +141,9 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
             .config
             .users
             .iter()
-            .any(|(cu, cp)| cu == u && cp == p)
+            // The password in constant time: how long a wrong guess takes does not tell
+            // how much of it was right.
+            .any(|(cu, cp)| cu == u && bool::from(cp.as_bytes().ct_eq(p.as_bytes())))
     });
     if !accepted {
         tracing::warn!(peer = %conn.peer, user = ?creds.as_ref().map(|c| &c.0), "login refused");

@@ -187,7 +187,7 @@ pub fn spawn(
     let mut next_seq = 1;
     // Recovered messages start on disk; they are read back as consumers reach them.
     for m in recovered {
-        next_seq = next_seq.max(m.seq + 1);
+        next_seq = next_seq.max(m.seq.saturating_add(1));
         let priority = max_priority.map_or(0, |max| m.priority.min(max));
         let ttl = match (ttl, m.ttl_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -228,11 +228,50 @@ pub fn spawn(
     };
     // Recovered messages are counted before the first command arrives.
     actor.publish_stats();
-    tokio::spawn(actor.run(rx));
+    tokio::spawn(actor.supervise(rx));
 }
 
 impl QueueActor {
-    async fn run(mut self, mut rx: QueueInbox) {
+    /// Runs the queue and notices if it panics. A panic (a bug) must not leave a queue
+    /// that still looks alive but answers nothing, or that confirms publishes it never
+    /// took: the queue is marked failed instead (see `failed`).
+    async fn supervise(mut self, mut rx: QueueInbox) {
+        use futures::FutureExt;
+        // Unwind safety: after a panic the actor's state is only read to cancel its
+        // consumers and then dropped; nothing resumes from it.
+        let run = std::panic::AssertUnwindSafe(self.run(&mut rx)).catch_unwind();
+        if let Err(panic) = run.await {
+            self.failed(&*panic, &mut rx);
+        }
+    }
+
+    /// After a panic: the queue is marked failed and stays so until it is deleted. It is
+    /// not restarted in place: its state is no longer trustworthy, and a durable queue's
+    /// messages are still in the store, so the next broker start recovers it from there.
+    /// Its consumers are cancelled (as when it is deleted), and every command still
+    /// waiting, or sent later, is answered as a failed queue answers it (publishes nacked,
+    /// see [`answer_dead`]).
+    fn failed(&mut self, panic: &(dyn std::any::Any + Send), rx: &mut QueueInbox) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        tracing::error!(
+            queue = %self.handle.name(),
+            panic = what,
+            "queue task panicked; queue marked failed, its consumers cancelled"
+        );
+        self.handle.info().mark_failed();
+        self.cancel_all_consumers();
+        self.publish_stats();
+        rx.close();
+        while let Some(cmd) = rx.try_recv() {
+            answer_dead(cmd, &self.handle);
+        }
+    }
+
+    async fn run(&mut self, rx: &mut QueueInbox) {
         loop {
             let deadline = self.ready.front().and_then(|e| e.expires_at);
             let unused_until = self.unused_deadline();
@@ -367,6 +406,15 @@ impl QueueActor {
 
     /// Handles one command; `false` when the queue is deleted.
     fn handle(&mut self, cmd: QueueCommand) -> bool {
+        #[cfg(test)]
+        if self
+            .handle
+            .info()
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("queue task made to panic by a test");
+        }
         let now = self.now();
         if matches!(
             cmd,
@@ -439,7 +487,7 @@ impl QueueActor {
                 self.expire(now);
                 self.page_in_head();
                 let result = self.pop_ready().map(|mut entry| {
-                    entry.deliveries += 1;
+                    entry.deliveries = entry.deliveries.saturating_add(1);
                     count(&self.handle, |s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
@@ -896,7 +944,7 @@ impl QueueActor {
                 return;
             };
             self.totals.remove(&entry);
-            entry.deliveries += 1;
+            entry.deliveries = entry.deliveries.saturating_add(1);
             let delivery = Delivery {
                 channel: c.spec.channel,
                 consumer_tag: c.spec.tag.clone(),
@@ -979,17 +1027,26 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Answers a command that reached a queue after it was deleted.
+/// Answers a command that reached a queue after its task ended: deleted (a publish is
+/// confirmed, as RabbitMQ confirms a publish to a queue that went away normally) or
+/// failed (a publish is nacked: no live queue took it, as RabbitMQ nacks a publish whose
+/// queue crashed).
 pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
+    let failed = handle.info().is_failed();
     match cmd {
         QueueCommand::Publish(batch) => {
             handle.info().room.taken(batch.len());
             for c in batch.into_iter().filter_map(|p| p.confirm) {
-                c.send(true);
+                c.send(!failed);
             }
         }
         QueueCommand::Consume { reply, .. } => {
-            let _ = reply.send(Err(AmqpError::no_queue(handle.name())));
+            let err = if failed {
+                super::crashed_error(handle.name())
+            } else {
+                AmqpError::no_queue(handle.name())
+            };
+            let _ = reply.send(Err(err));
         }
         QueueCommand::Cancel { reply, .. } => {
             if let Some(r) = reply {
@@ -1014,5 +1071,116 @@ pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         QueueCommand::Settle { .. }
         | QueueCommand::ChannelClosed { .. }
         | QueueCommand::CreditAvailable => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use minimq_protocol::{BasicProperties, FieldTable, ReplyCode};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::super::{ConfirmTicket, ConsumerSpec, Publish, QueueCommand, QueueEvent};
+    use crate::message::Message;
+    use crate::vhost::{QueueSpec, VHost};
+
+    fn spec(name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<QueueEvent>) -> QueueEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the sink is open")
+    }
+
+    /// A queue task that panics is noticed: its consumers are cancelled, a publish routed
+    /// to it afterwards is nacked (not confirmed and dropped), and declaring it answers
+    /// RabbitMQ's error for a crashed queue until it is deleted.
+    #[tokio::test]
+    async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
+        let vhost = VHost::new(None);
+        let (q, created) = vhost.declare_queue(spec("q"), 1).unwrap();
+        assert!(created);
+        let (sink, mut events) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        assert!(
+            q.send(QueueCommand::Consume {
+                consumer: ConsumerSpec {
+                    id: 77,
+                    tag: "ctag".into(),
+                    conn_id: 1,
+                    channel: 1,
+                    no_ack: false,
+                    exclusive: false,
+                    prefetch: 0,
+                    priority: 0,
+                    channel_credit: None,
+                    sink: sink.clone(),
+                },
+                reply,
+            })
+            .await
+        );
+        answer.await.unwrap().unwrap();
+
+        q.panic_for_tests();
+        let (reply, counts) = oneshot::channel();
+        assert!(q.send(QueueCommand::Counts { reply }).await);
+        assert!(counts.await.is_err(), "the task died on it");
+        match next_event(&mut events).await {
+            QueueEvent::Cancelled {
+                channel: 1,
+                consumer_tag,
+                consumer_id: 77,
+            } => assert_eq!(&*consumer_tag, "ctag"),
+            other => panic!("expected the consumer cancelled, got {other:?}"),
+        }
+
+        let mut routed = Vec::new();
+        vhost.route("", "q", None, &mut routed).unwrap();
+        for target in routed {
+            target
+                .publish(vec![Publish {
+                    message: std::sync::Arc::new(Message::new(
+                        "".into(),
+                        "q".into(),
+                        BasicProperties::default(),
+                        bytes::Bytes::from_static(b"lost?"),
+                    )),
+                    confirm: Some(ConfirmTicket {
+                        sink: sink.clone(),
+                        channel: 1,
+                        seq: 1,
+                    }),
+                }])
+                .await;
+        }
+        match next_event(&mut events).await {
+            QueueEvent::Confirm {
+                channel: 1,
+                seq: 1,
+                ok,
+            } => assert!(!ok, "a publish no live queue took is nacked"),
+            other => panic!("expected the confirm, got {other:?}"),
+        }
+
+        let err = vhost.declare_queue(spec("q"), 1).unwrap_err();
+        assert_eq!(err.code, ReplyCode::NotFound);
+        assert_eq!(
+            err.text,
+            "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart"
+        );
+        vhost.delete_queue("q", 1, false, false).await.unwrap();
+        let (_, created) = vhost.declare_queue(spec("q"), 1).unwrap();
+        assert!(created, "after a delete the name is free again");
     }
 }

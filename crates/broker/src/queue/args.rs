@@ -91,16 +91,143 @@ fn invalid(key: &str, queue: &str, why: impl std::fmt::Display) -> AmqpError {
     ))
 }
 
-fn non_negative(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
-    match v.as_i64() {
-        Some(n) if n >= 0 => Ok(n as u64),
-        Some(n) => Err(invalid(key, queue, format!("{{value_negative,{n}}}"))),
-        // RabbitMQ's check_int_arg words this one as a string, unlike the other checks.
-        None => Err(invalid(
+/// The longest TTL RabbitMQ 3.10 accepts, per message (`expiration`) or per queue
+/// (`x-message-ttl`, `x-expires`), classic and quorum alike: ten years in milliseconds
+/// (`rabbit_misc:check_expiry`). Well above 2^32: Celery declares TTLs of up to 2^27 s.
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+/// An integer argument, as RabbitMQ's `check_int_arg` takes it.
+fn integer(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<i64> {
+    v.as_i64().ok_or_else(|| {
+        invalid(
             key,
             queue,
             format!("\"expected integer, got {}\"", v.type_name()),
-        )),
+        )
+    })
+}
+
+fn non_negative(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
+    match integer(key, queue, v)? {
+        n if n >= 0 => Ok(n as u64),
+        n => Err(invalid(key, queue, format!("{{value_negative,{n}}}"))),
+    }
+}
+
+/// A TTL argument: non-negative and at most [`MAX_EXPIRY_MS`].
+fn expiry(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
+    let n = non_negative(key, queue, v)?;
+    if n > MAX_EXPIRY_MS {
+        return Err(invalid(key, queue, format!("{{value_too_large,{n}}}")));
+    }
+    Ok(n)
+}
+
+/// Parses a message's `expiration` property as RabbitMQ 3.10 does
+/// (`rabbit_basic:parse_expiration`: Erlang's `string:to_integer`, then
+/// `rabbit_misc:check_expiry`): an optional sign and decimal digits, nothing after them,
+/// not negative, at most [`MAX_EXPIRY_MS`]. The error is RabbitMQ's 406 text, its reason
+/// written as Erlang's `~p` writes it.
+pub fn parse_expiration(expiration: &str) -> AmqpResult<u64> {
+    let bytes = expiration.as_bytes();
+    let (negative, unsigned) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        Some(b'+') => (false, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let digits = unsigned.iter().take_while(|b| b.is_ascii_digit()).count();
+    let reason = if digits == 0 {
+        Reason::Atom("no_integer")
+    } else if digits < unsigned.len() {
+        Reason::Leftover(&unsigned[digits..])
+    } else {
+        // Leading zeros do not count; the rest may be longer than any integer type.
+        let significant = expiration[expiration.len() - digits..].trim_start_matches('0');
+        let value = if significant.is_empty() {
+            Some(0)
+        } else if significant.len() > 20 {
+            None
+        } else {
+            significant.parse::<u64>().ok()
+        };
+        match (negative, value) {
+            (_, Some(0)) => return Ok(0),
+            (false, Some(n)) if n <= MAX_EXPIRY_MS => return Ok(n),
+            (true, _) => Reason::Tagged("value_negative", format!("-{significant}")),
+            (false, _) => Reason::Tagged("value_too_large", significant.to_string()),
+        }
+    };
+    let prefix = format!("invalid expiration '{expiration}': ");
+    Err(AmqpError::precondition(format!(
+        "{prefix}{}",
+        reason.erlang(prefix.len())
+    )))
+}
+
+/// Why an `expiration` is invalid, in RabbitMQ's terms.
+enum Reason<'a> {
+    /// `no_integer`.
+    Atom(&'static str),
+    /// `{value_negative,N}` / `{value_too_large,N}`.
+    Tagged(&'static str, String),
+    /// `{leftover_string,S}`: what follows the digits.
+    Leftover(&'a [u8]),
+}
+
+impl Reason<'_> {
+    /// The term as Erlang's `~p` prints it starting at column `column`: a tuple that would
+    /// reach column 79 is broken after its first element, the second indented to the
+    /// column after the brace (checked against RabbitMQ 3.10.8; a string too long for a
+    /// line is not split further here).
+    fn erlang(&self, column: usize) -> String {
+        let (tag, value) = match self {
+            Reason::Atom(a) => return (*a).to_string(),
+            Reason::Tagged(tag, n) => (*tag, n.clone()),
+            Reason::Leftover(rest) => ("leftover_string", erlang_string(rest)),
+        };
+        let flat = format!("{{{tag},{value}}}");
+        if column + flat.len() <= 78 {
+            flat
+        } else {
+            format!("{{{tag},\n{}{value}}}", " ".repeat(column + 1))
+        }
+    }
+}
+
+/// An Erlang list of bytes as `~p` prints it: a quoted string when every byte is
+/// printable in Latin-1 (escaping quotes, backslashes and control characters it names),
+/// a list of integers otherwise.
+fn erlang_string(bytes: &[u8]) -> String {
+    let escape = |b: u8| -> Option<&'static str> {
+        Some(match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x0b => "\\v",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x1b => "\\e",
+            _ => return None,
+        })
+    };
+    let printable = |b: u8| (32..=126).contains(&b) || b >= 160 || escape(b).is_some();
+    if bytes.iter().all(|&b| printable(b)) {
+        let mut out = Vec::with_capacity(bytes.len() + 2);
+        out.push(b'"');
+        for &b in bytes {
+            match escape(b) {
+                Some(e) => out.extend_from_slice(e.as_bytes()),
+                None => out.push(b),
+            }
+        }
+        out.push(b'"');
+        // Bytes of 160 and above stand for themselves, as RabbitMQ sends them back.
+        String::from_utf8_lossy(&out).into_owned()
+    } else {
+        let items: Vec<String> = bytes.iter().map(u8::to_string).collect();
+        format!("[{}]", items.join(","))
     }
 }
 
@@ -110,12 +237,15 @@ impl QueueArgs {
         let mut args = QueueArgs::default();
         for (key, value) in table.iter() {
             match key {
-                "x-message-ttl" => args.message_ttl = Some(non_negative(key, queue, value)?),
+                "x-message-ttl" => args.message_ttl = Some(expiry(key, queue, value)?),
                 "x-max-length" => args.max_length = Some(non_negative(key, queue, value)?),
                 "x-max-length-bytes" => {
                     args.max_length_bytes = Some(non_negative(key, queue, value)?)
                 }
-                "x-delivery-limit" => args.delivery_limit = Some(non_negative(key, queue, value)?),
+                // RabbitMQ 3.10 takes any value here (quorum queues): a negative limit is
+                // passed by every return (as 0 is here), a value that is not an integer
+                // by none.
+                "x-delivery-limit" => args.delivery_limit = value.as_i64().map(|n| n.max(0) as u64),
                 "x-dead-letter-exchange" | "x-dead-letter-routing-key" => {
                     let Some(v) = value.as_str() else {
                         return Err(invalid(
@@ -131,7 +261,7 @@ impl QueueArgs {
                     }
                 }
                 "x-expires" => {
-                    let v = non_negative(key, queue, value)?;
+                    let v = expiry(key, queue, value)?;
                     if v == 0 {
                         return Err(invalid(key, queue, "{value_zero,0}"));
                     }
@@ -140,7 +270,7 @@ impl QueueArgs {
                 "x-max-priority" => {
                     let v = non_negative(key, queue, value)?;
                     if v > 255 {
-                        return Err(invalid(key, queue, format!("{{value_too_large,{v},255}}")));
+                        return Err(invalid(key, queue, format!("{{max_value_exceeded,{v}}}")));
                     }
                     args.max_priority = Some(v as u8);
                 }

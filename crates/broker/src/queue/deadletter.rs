@@ -99,7 +99,13 @@ pub fn dead_letter(
         },
         None => FieldTable::new(),
     };
-    let count = entry.get("count").and_then(FieldValue::as_i64).unwrap_or(0) + 1;
+    // The count may come from the client (a published `x-death` header): it stays at
+    // the largest value it can hold instead of overflowing.
+    let count = entry
+        .get("count")
+        .and_then(FieldValue::as_i64)
+        .unwrap_or(0)
+        .saturating_add(1);
     entry.insert("count", FieldValue::I64(count));
     entry.insert("reason", reason.as_str());
     entry.insert("queue", queue);

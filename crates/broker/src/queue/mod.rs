@@ -17,10 +17,10 @@ pub mod deadletter;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use minimq_protocol::FieldTable;
+use minimq_protocol::{FieldTable, ReplyCode};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::error::AmqpResult;
+use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 pub use args::{Overflow, QueueArgs, QueueType};
 
@@ -92,14 +92,35 @@ pub struct ConfirmTicket {
     pub seq: u64,
 }
 
+/// `channel` of a ticket that was answered: no publish travels on channel 0 (the
+/// connection refuses content methods there), so no live ticket has it.
+const ANSWERED: u16 = 0;
+
 impl ConfirmTicket {
     /// Reports the outcome. A publisher that has gone away needs no answer.
-    pub fn send(self, ok: bool) {
+    pub fn send(mut self, ok: bool) {
+        self.answer(ok);
+    }
+
+    fn answer(&mut self, ok: bool) {
+        if self.channel == ANSWERED {
+            return;
+        }
         let _ = self.sink.send(QueueEvent::Confirm {
             channel: self.channel,
             seq: self.seq,
             ok,
         });
+        self.channel = ANSWERED;
+    }
+}
+
+/// A ticket dropped without an answer (its queue task panicked while holding it, the
+/// store's writer died before the message was durable) is a nack: a publish must never
+/// be confirmed, or left unanswered, when nothing took it.
+impl Drop for ConfirmTicket {
+    fn drop(&mut self) {
+        self.answer(false);
     }
 }
 
@@ -306,6 +327,34 @@ pub struct QueueShared {
     /// Plain acks, which the queue takes before any other command (see [`QueueInbox`]).
     acks: mpsc::UnboundedSender<QueueCommand>,
     id: u64,
+    /// Its task panicked (see `actor::QueueActor::failed`): declares and consumes are
+    /// refused, publishes nacked, until it is deleted.
+    failed: std::sync::atomic::AtomicBool,
+    /// Test hook: the queue task panics at its next command (see
+    /// [`QueueHandle::panic_for_tests`]).
+    #[cfg(test)]
+    pub(crate) panic_next: std::sync::atomic::AtomicBool,
+}
+
+/// 404 for a queue whose task failed: RabbitMQ's text for a crashed queue.
+pub fn crashed_error(name: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::NotFound,
+        format!("queue '{name}' in vhost '/' has crashed and failed to restart"),
+    )
+}
+
+impl QueueShared {
+    /// Whether the queue's task panicked (the queue is failed until deleted).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the queue failed; set before its command channel closes, so whoever finds
+    /// it closed sees the flag.
+    pub(crate) fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
 }
 
 /// Live counters of a queue for listings (management API, `minimqctl`). Only the queue
@@ -454,6 +503,9 @@ impl QueueHandle {
             room: PublishRoom::default(),
             acks,
             id,
+            failed: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            panic_next: std::sync::atomic::AtomicBool::new(false),
         };
         let inbox = QueueInbox {
             commands: rx,
@@ -475,6 +527,13 @@ impl QueueHandle {
     /// A broker-wide id, distinct for every queue ever created.
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// Test hook: makes the queue task panic when it handles its next command, as a bug
+    /// would.
+    #[cfg(test)]
+    pub(crate) fn panic_for_tests(&self) {
+        self.0.panic_next.store(true, Ordering::SeqCst);
     }
 
     /// Whether two handles refer to the same queue incarnation.

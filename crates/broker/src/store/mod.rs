@@ -126,6 +126,8 @@ pub struct Store {
     next_msg_id: AtomicU64,
     meta: Mutex<Meta>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the writer is asked to stop: a record sent later is not a failure.
+    stopping: AtomicBool,
     /// The locked `LOCK` file; released by [`Store::close`].
     lock: Mutex<Option<File>>,
     /// What recovery did at open.
@@ -268,6 +270,8 @@ impl Store {
                     std::fs::remove_file(path)?;
                 }
             }
+            // The old segments' deletion durable before anything relies on it.
+            writer::sync_dir(&seg_dir)?;
             live = fresh;
         }
         // Marks this start, so a crash before anything else is written is not taken for
@@ -297,9 +301,21 @@ impl Store {
             #[cfg(test)]
             before_sync: None,
         };
+        let writer_poisoned = poisoned.clone();
         let thread = std::thread::Builder::new()
             .name("minimq-store".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || {
+                // A panic in the writer (a bug) is a store failure like a failed write:
+                // the store is poisoned, so persistent messages to durable queues are
+                // refused from then on instead of being handed to a thread that is gone.
+                // The waiters it held are nacked as their tickets drop. Unwind safety:
+                // nothing of the writer is used after the panic.
+                let run = std::panic::AssertUnwindSafe(move || w.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    writer_poisoned.store(true, Ordering::SeqCst);
+                    tracing::error!("message store writer thread panicked; refusing persistent messages from now on");
+                }
+            })?;
         let store = Store {
             dir: dir.to_path_buf(),
             seg_dir,
@@ -310,6 +326,7 @@ impl Store {
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
             meta: Mutex::new(meta),
             thread: Mutex::new(Some(thread)),
+            stopping: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             recovery: report,
         };
@@ -534,13 +551,24 @@ impl Store {
     }
 
     fn send(&self, bytes: Chunks, track: Track, notify: Option<ConfirmTicket>) {
-        if let Err(mpsc::error::SendError(Op::Append {
-            notify: Some(n), ..
-        })) = self.tx.send(Op::Append {
+        let Err(mpsc::error::SendError(op)) = self.tx.send(Op::Append {
             bytes,
             track,
             notify,
-        }) {
+        }) else {
+            return;
+        };
+        // The writer is gone without being stopped (it panicked): nothing will write
+        // this, so the store has failed; the first to find out says so.
+        if !self.stopping.load(Ordering::SeqCst) && !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                "message store writer is gone; refusing persistent messages from now on"
+            );
+        }
+        if let Op::Append {
+            notify: Some(n), ..
+        } = op
+        {
             n.send(false);
         }
     }
@@ -586,6 +614,7 @@ impl Store {
     }
 
     async fn stop(&self, op: fn(std::sync::mpsc::Sender<bool>) -> Op) {
+        self.stopping.store(true, Ordering::SeqCst);
         let (reply, rx) = std::sync::mpsc::channel();
         if self.tx.send(op(reply)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
@@ -670,4 +699,58 @@ fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueEvent;
+    use minimq_protocol::{BasicProperties, FieldTable};
+
+    /// A writer thread that dies (a panic) is a store failure: the store is poisoned
+    /// (publishes of persistent messages to durable queues are refused from then on) and
+    /// a message handed to it afterwards is nacked, not confirmed or left unanswered.
+    #[test]
+    fn a_writer_thread_that_panics_poisons_the_store() {
+        let dir =
+            std::env::temp_dir().join(format!("minimq-store-writer-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(
+            &dir,
+            StoreOptions {
+                fsync: FsyncMode::Batch,
+                segment_size: 1 << 20,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+        assert!(store.tx.send(Op::Panic).is_ok());
+        let thread = store.thread.lock().unwrap().take().unwrap();
+        let _ = thread.join();
+        assert!(store.is_poisoned(), "a dead writer is a store failure");
+        let (sink, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let message = Message::new(
+            "".into(),
+            "q".into(),
+            BasicProperties::default(),
+            bytes::Bytes::from_static(b"after"),
+        );
+        store.enqueue(
+            id,
+            1,
+            &message,
+            Some(ConfirmTicket {
+                sink,
+                channel: 1,
+                seq: 1,
+            }),
+        );
+        match events.try_recv() {
+            Ok(QueueEvent::Confirm { seq: 1, ok, .. }) => assert!(!ok, "nacked"),
+            other => panic!("expected the nack, got {other:?}"),
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

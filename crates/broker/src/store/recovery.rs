@@ -359,6 +359,9 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
                     }
                     tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
                     std::fs::remove_file(path)?;
+                    if let Some(dir) = path.parent() {
+                        super::writer::sync_dir(dir)?;
+                    }
                     st.totals.remove(n);
                     skipped.push(Skipped {
                         segment: *n,
@@ -591,6 +594,11 @@ fn aside_path(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
 fn move_aside(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
     let dest = aside_path(path, damaged_dir)?;
     std::fs::rename(path, &dest)?;
+    // Both directories changed: the segment must not come back into the log.
+    if let Some(from) = path.parent() {
+        super::writer::sync_dir(from)?;
+    }
+    super::writer::sync_dir(damaged_dir)?;
     Ok(dest)
 }
 

@@ -198,6 +198,9 @@ pub enum Op {
     /// stop. The writer writes it itself, after everything else it will ever write (a
     /// compaction included), so the record cannot end up before other records.
     Close(std::sync::mpsc::Sender<bool>),
+    /// Test hook: the writer thread panics, as a bug would.
+    #[cfg(test)]
+    Panic,
 }
 
 /// Record counts of one segment.
@@ -693,8 +696,44 @@ pub fn create_segment(dir: &std::path::Path, n: u64) -> std::io::Result<File> {
         .open(&path)?;
     f.write_all(&file_header(SEGMENT_MAGIC))?;
     f.sync_data()?;
-    File::open(dir)?.sync_all()?;
+    sync_dir(dir)?;
     Ok(f)
+}
+
+/// Makes the entries of directory `dir` durable: a file created, renamed or deleted in
+/// it is only sure to stay so once the directory itself is synced.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    dir_events::note(dir, "sync");
+    Ok(())
+}
+
+/// Test record of what happened to the entries of each directory, in order.
+#[cfg(test)]
+pub(crate) mod dir_events {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static EVENTS: Mutex<Vec<(PathBuf, &'static str)>> = Mutex::new(Vec::new());
+
+    pub(crate) fn note(dir: &Path, what: &'static str) {
+        EVENTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((dir.to_path_buf(), what));
+    }
+
+    /// What happened in `dir`, in order.
+    pub(crate) fn of(dir: &Path) -> Vec<&'static str> {
+        EVENTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(d, _)| d == dir)
+            .map(|(_, w)| *w)
+            .collect()
+    }
 }
 
 impl Writer {
@@ -753,6 +792,8 @@ impl Writer {
                         stop = Some(reply);
                         clean = true;
                     }
+                    #[cfg(test)]
+                    Op::Panic => panic!("store writer made to panic by a test"),
                 }
             }
             let written = buf.len();
@@ -834,6 +875,7 @@ impl Writer {
     }
 
     fn delete_dead_segments(&mut self) {
+        let mut deleted = false;
         loop {
             let seg = {
                 let mut index = lock(&self.index);
@@ -848,7 +890,12 @@ impl Writer {
             };
             let path = self.dir.join(segment_name(seg));
             match std::fs::remove_file(&path) {
-                Ok(()) => tracing::debug!(segment = seg, "deleted settled segment"),
+                Ok(()) => {
+                    #[cfg(test)]
+                    dir_events::note(&self.dir, "delete");
+                    tracing::debug!(segment = seg, "deleted settled segment");
+                    deleted = true;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(error = %e, path = %path.display(), "cannot delete settled segment");
@@ -856,6 +903,16 @@ impl Writer {
                 }
             }
             lock(&self.index).live.segments.remove(&seg);
+        }
+        // The deletions are durable only once the directory is synced: a segment that
+        // came back after a crash, without the later segments that settled its
+        // messages, would bring them back. One sync covers all of them. A failure leaves
+        // every record written so far intact, so it is logged rather than a reason to
+        // refuse persistent messages.
+        if deleted {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::error!(error = %e, dir = %self.dir.display(), "cannot sync the directory after deleting segments");
+            }
         }
     }
 
@@ -1168,6 +1225,39 @@ mod tests {
             let _ = std::fs::remove_dir_all(&self.dir);
             ok
         }
+    }
+
+    /// A deleted segment stays deleted only once the directory is synced: without that, a
+    /// crash can bring a settled segment back.
+    #[test]
+    fn deleting_settled_segments_syncs_the_directory() {
+        let gate = Arc::new(Gate::default());
+        let mut h = start("dirsync", FsyncMode::Batch, 1000, &gate);
+        // Rounds the writer takes one at a time: each starts a new segment.
+        for round in 0..3 {
+            for seq in 1..=10 {
+                h.append(round * 10 + seq);
+            }
+            assert_eq!(h.confirms(10).len(), 10);
+        }
+        // Two flushes: the second is handled in a later batch than the first, so the
+        // first batch's segment deletion is done by then.
+        assert!(h.flush());
+        assert!(h.flush());
+        assert!(
+            !h.dir.join(segment_name(1)).exists(),
+            "settled segments are deleted"
+        );
+        let events = dir_events::of(&h.dir);
+        let last_delete = events
+            .iter()
+            .rposition(|e| *e == "delete")
+            .expect("a segment was deleted");
+        assert!(
+            events[last_delete..].contains(&"sync"),
+            "the directory is synced after the deletion: {events:?}"
+        );
+        assert!(h.stop());
     }
 
     #[test]
