@@ -748,8 +748,11 @@ impl Conn {
                 self.channels.remove(&ch);
                 Ok(())
             }
+            // The client's close crossed ours. As RabbitMQ does, it is answered and the
+            // channel keeps waiting for the close-ok of our close, which the client
+            // sends once it reads it: forgetting the channel here would make that
+            // close-ok a frame on a channel that is not open (504 for the connection).
             (Some((ChannelStatus::Closing, _)), Method::ChannelClose(_)) => {
-                self.channels.remove(&ch);
                 self.send_method(ch, ChannelCloseOk.into());
                 Ok(())
             }
