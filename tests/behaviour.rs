@@ -764,6 +764,64 @@ async fn mandatory_unroutable_publish_is_returned_312_before_its_confirm() {
     assert_eq!(c, Confirmation::Ack(None));
 }
 
+/// AMQPStorm's `test_functional_close_gracefully_after_publish_mandatory_fails` shape: 25
+/// unroutable mandatory publishes of an empty body (method and header frame, no body
+/// frame), each its own write. Every `basic.return` comes without the client sending
+/// anything more: a return waiting for a later event would time out here.
+#[tokio::test]
+async fn unroutable_mandatory_publishes_are_returned_without_waiting_for_more_input() {
+    let broker = start_broker().await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    for body in [&b""[..], b"x"] {
+        for _ in 0..25 {
+            let mut frames = bytes::BytesMut::new();
+            Frame::Method(
+                1,
+                minimq_protocol::BasicPublish {
+                    exchange: String::new(),
+                    routing_key: "nowhere".into(),
+                    mandatory: true,
+                    immediate: false,
+                }
+                .into(),
+            )
+            .encode(&mut frames);
+            Frame::Header(
+                1,
+                Box::new(ContentHeader {
+                    class_id: 60,
+                    body_size: body.len() as u64,
+                    properties: Default::default(),
+                }),
+            )
+            .encode(&mut frames);
+            if !body.is_empty() {
+                Frame::Body(1, Bytes::copy_from_slice(body)).encode(&mut frames);
+            }
+            raw.io.get_mut().write_all(&frames).await.expect("send");
+        }
+        for _ in 0..25 {
+            match raw.method(1).await {
+                Method::BasicReturn(r) => assert_eq!(
+                    (r.reply_code, r.reply_text.as_str(), r.routing_key.as_str()),
+                    (312, "NO_ROUTE", "nowhere")
+                ),
+                other => panic!("expected basic.return, got {other:?}"),
+            }
+            let Frame::Header(1, h) = raw.frame().await else {
+                panic!("expected the returned message's header")
+            };
+            assert_eq!(h.body_size, body.len() as u64);
+            if !body.is_empty() {
+                let Frame::Body(1, b) = raw.frame().await else {
+                    panic!("expected the returned message's body")
+                };
+                assert_eq!(&b[..], body);
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn user_id_must_match_the_authenticated_user() {
     let broker = start_broker().await;
