@@ -1518,6 +1518,70 @@ async fn basic_recover_requeues_unacked_marked_redelivered() {
     }
 }
 
+/// `basic.recover-async requeue=true` is `basic.recover` without the `recover-ok`, as in
+/// RabbitMQ 3.10: the unacked message is back in its queue, marked redelivered, and the
+/// next frame the client reads is the answer to its next method.
+#[tokio::test]
+async fn basic_recover_async_requeues_unacked_without_an_answer() {
+    let broker = start_broker().await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(
+        1,
+        minimq_protocol::QueueDeclare {
+            queue: "q".into(),
+            ..Default::default()
+        }
+        .into(),
+    )
+    .await;
+    let Method::QueueDeclareOk(_) = raw.method(1).await else {
+        panic!("expected queue.declare-ok")
+    };
+    raw.publish("q", b"m").await;
+    let get = || -> Method {
+        minimq_protocol::BasicGet {
+            queue: "q".into(),
+            no_ack: false,
+        }
+        .into()
+    };
+    raw.send(1, get()).await;
+    let Method::BasicGetOk(first) = raw.method(1).await else {
+        panic!("expected basic.get-ok")
+    };
+    assert!(!first.redelivered);
+    let _header = raw.frame().await;
+    let _body = raw.frame().await;
+    raw.send(
+        1,
+        minimq_protocol::BasicRecoverAsync { requeue: true }.into(),
+    )
+    .await;
+    raw.send(1, get()).await;
+    match raw.method(1).await {
+        Method::BasicGetOk(again) => assert_eq!(
+            (again.delivery_tag, again.redelivered, again.message_count),
+            (2, true, 0)
+        ),
+        other => panic!("expected basic.get-ok (and no recover-ok), got {other:?}"),
+    }
+    let _header = raw.frame().await;
+    let _body = raw.frame().await;
+    // requeue=false is refused as basic.recover refuses it: 540 is a connection error.
+    raw.send(
+        1,
+        minimq_protocol::BasicRecoverAsync { requeue: false }.into(),
+    )
+    .await;
+    match raw.method(0).await {
+        Method::ConnectionClose(c) => assert_eq!(
+            (c.reply_code, c.reply_text.as_str(), c.class_id, c.method_id),
+            (540, "NOT_IMPLEMENTED - requeue=false", 60, 100)
+        ),
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn basic_get_reports_remaining_count_then_get_empty() {
     let broker = start_broker().await;
