@@ -235,17 +235,12 @@ impl Conn {
                     .await
             }
             Method::BasicRecover(r) => {
-                if !r.requeue {
-                    return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
-                }
-                self.settle(ch, 0, true, true, false).await?;
+                self.recover(ch, r.requeue).await?;
                 self.send_method(ch, BasicRecoverOk.into());
                 Ok(())
             }
-            Method::BasicRecoverAsync(_) => Err(AmqpError::new(
-                ReplyCode::NotImplemented,
-                "basic.recover_async",
-            )),
+            // As in RabbitMQ 3.10: `basic.recover` without the answer.
+            Method::BasicRecoverAsync(r) => self.recover(ch, r.requeue).await,
             Method::ConfirmSelect(c) => {
                 let channel = self.channel(ch);
                 if channel.confirms.is_none() {
@@ -271,6 +266,15 @@ impl Conn {
                 ),
             )),
         }
+    }
+
+    /// `basic.recover` / `basic.recover-async`: every unacked delivery of the channel goes
+    /// back to its queue. Only `requeue=true`, as in RabbitMQ.
+    async fn recover(&mut self, ch: u16, requeue: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
+        }
+        self.settle(ch, 0, true, true, false).await
     }
 
     async fn queue_declare(&mut self, ch: u16, d: QueueDeclare) -> AmqpResult<()> {
