@@ -533,6 +533,81 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_when_it_closes(
     );
 }
 
+/// RabbitMQ compares a redeclare's `exclusive` through the owner check, not as a flag:
+/// the owning connection redeclaring its exclusive queue without `exclusive` (aiormq's
+/// `test_exclusive_queue_locked`), or anyone declaring a plain queue `exclusive`, is
+/// `405 RESOURCE_LOCKED`, checked before `durable`; another connection is 405 as before.
+/// Checked against RabbitMQ 3.10.
+#[tokio::test]
+async fn a_redeclare_with_another_exclusive_flag_is_resource_locked() {
+    let broker = start_broker().await;
+    let owner = connect(&broker).await;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let locked = |name: &str| {
+        format!(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost \
+             '/'. It could be originally declared on another connection or the exclusive \
+             property value does not match that of the original declaration."
+        )
+    };
+    let ch0 = open(&owner).await;
+    declare_with(&ch0, "ex", exclusive, FieldTable::default())
+        .await
+        .unwrap();
+    within(ch0.basic_consume(
+        "ex",
+        "c",
+        BasicConsumeOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for options in [
+        QueueDeclareOptions::default(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    ] {
+        let ch1 = open(&owner).await;
+        let got = expect_amqp(declare_with(&ch1, "ex", options, FieldTable::default()).await);
+        assert_eq!(got, (405, locked("ex")), "{options:?}");
+    }
+    // The owner's exclusive redeclare still works.
+    declare_with(&open(&owner).await, "ex", exclusive, FieldTable::default())
+        .await
+        .unwrap();
+    let other = connect(&broker).await;
+    let got = expect_amqp(
+        declare_with(
+            &open(&other).await,
+            "ex",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+    );
+    assert_eq!(got, (405, locked("ex")));
+    // A plain queue declared exclusive, by the connection that declared it.
+    declare(&ch0, "plain").await;
+    let got = expect_amqp(
+        declare_with(
+            &open(&owner).await,
+            "plain",
+            exclusive,
+            FieldTable::default(),
+        )
+        .await,
+    );
+    assert_eq!(got, (405, locked("plain")));
+}
+
 #[tokio::test]
 async fn auto_delete_queue_goes_when_its_last_consumer_cancels() {
     let broker = start_broker().await;
