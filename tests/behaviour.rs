@@ -1900,23 +1900,6 @@ async fn deleting_a_consumed_queue_sends_basic_cancel_to_its_consumers() {
 }
 
 #[tokio::test]
-async fn tx_select_is_deliberately_unsupported_and_closes_the_connection_540() {
-    let broker = start_broker().await;
-    let conn = connect(&broker).await;
-    let mut errors = connection_errors(&conn);
-    let ch = open(&conn).await;
-    let err = within(ch.tx_select()).await.expect_err("tx.select refused");
-    let want = (
-        540,
-        "NOT_IMPLEMENTED - transactions (tx.select) are not supported; use publisher confirms"
-            .to_string(),
-    );
-    assert_eq!(amqp(&err), want);
-    assert_eq!(next_error(&mut errors).await, want);
-    assert!(!conn.status().connected());
-}
-
-#[tokio::test]
 async fn graceful_shutdown_closes_client_connections_with_320() {
     let broker = start_broker().await;
     let addr = broker.local_addr();

@@ -571,6 +571,40 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
     assert_eq!(raw.ready("one").await, 1);
 }
 
+/// What a transaction holds is bounded (`Config::max_tx_size`): past it the publish is a
+/// channel error and everything held is dropped.
+#[tokio::test]
+async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
+    let broker = start(Config {
+        max_tx_size: 4096,
+        ..Config::default()
+    })
+    .await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.declare("q", Default::default()).await;
+    raw.select().await;
+    // 1000 octets of body and 256 of overhead each: three fit in 4096.
+    let body = [7u8; 1000];
+    for _ in 0..3 {
+        raw.publish("q", false, &body).await;
+    }
+    raw.publish("q", false, &body).await;
+    assert_eq!(
+        raw.expect_close(1).await,
+        precondition(
+            "transaction holds more than the limit of 4096 octets of messages; commit or roll back sooner",
+            60,
+            40
+        )
+    );
+    raw.open(1).await;
+    assert_eq!(raw.ready("q").await, 0, "the held publishes were dropped");
+    raw.select().await;
+    raw.publish("q", false, &body).await;
+    raw.commit().await;
+    assert_eq!(raw.ready("q").await, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Durability
 // ---------------------------------------------------------------------------------------
