@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_meant_for_another_transaction_is_ignored() {
+        let mut old = Tx::new(1 << 20);
+        let stale = old.confirms.publish(1);
+        let mut tx = Tx::new(1 << 20);
+        let seq = tx.confirms.publish(1);
+        assert_ne!(stale, seq);
+        tx.commit_sent();
+        tx.confirms.answer(stale, true);
+        let mut out = Vec::new();
+        tx.settled(&mut out);
+        assert!(out.is_empty(), "still waiting for its own answer");
+        tx.confirms.answer(seq, true);
+        tx.settled(&mut out);
+        assert_eq!(out, vec![Outcome::Committed]);
+    }
+
+    #[test]
     fn held_publishes_are_bounded() {
         use crate::message::Message;
         let message = |n: usize| {
