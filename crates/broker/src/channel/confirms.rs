@@ -36,6 +36,14 @@ impl Confirms {
         }
     }
 
+    /// Numbers publishes from `first` on (for numbers the client never sees).
+    pub fn starting_at(first: u64) -> Self {
+        Confirms {
+            next_seq: first,
+            pending: BTreeMap::new(),
+        }
+    }
+
     /// Registers a publish that waits for `answers` outcomes; returns its sequence number.
     pub fn publish(&mut self, answers: u32) -> u64 {
         let seq = self.next_seq;

@@ -19,6 +19,7 @@
 //! Settlements need no bound of their own: each holds a delivery the channel already had.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::confirms::{Confirm, Confirms};
@@ -30,6 +31,12 @@ use crate::queue::QueueHandle;
 /// Octets a held publish counts on top of its body: the message's header and routing,
 /// its queue list, the bookkeeping (the same allowance the queues use).
 pub const PUBLISH_OVERHEAD: u64 = 256;
+
+/// Sequence numbers of one transaction's publishes come from a range of their own
+/// (2^32 per `tx.select`, never shown to the client): a queue's late answer for a
+/// transaction that ended with its channel cannot be taken for an answer to a later
+/// transaction on a channel reopened under the same number.
+static NEXT_RANGE: AtomicU64 = AtomicU64::new(1 << 32);
 
 /// A publish held until commit.
 #[derive(Debug)]
@@ -93,7 +100,7 @@ impl Tx {
             settlements: Vec::new(),
             held: 0,
             limit,
-            confirms: Confirms::new(),
+            confirms: Confirms::starting_at(NEXT_RANGE.fetch_add(1 << 32, Ordering::Relaxed)),
             commits: VecDeque::new(),
         }
     }
