@@ -269,6 +269,7 @@ impl Conn {
                 // A second select keeps the transaction as it is (as RabbitMQ).
                 if channel.tx.is_none() {
                     channel.tx = Some(Box::new(Tx::new(limit)));
+                    channel.info.transactional.store(true, Ordering::Relaxed);
                 }
                 self.send_method(ch, TxSelectOk.into());
                 Ok(())
