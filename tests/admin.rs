@@ -300,6 +300,20 @@ async fn connections_and_channels_come_and_go() {
         .unwrap();
     assert_eq!(g["global_prefetch_count"], 5);
     assert_eq!(g["connection_details"]["peer_port"], peer_port);
+    assert_eq!(g["transactional"], false);
+    // A channel in tx mode says so, as RabbitMQ's API does.
+    within(b.tx_select()).await.unwrap();
+    let chans = get(&broker, "/api/channels").await;
+    let t = chans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["number"] == 2)
+        .unwrap();
+    assert_eq!(
+        (t["transactional"].clone(), t["confirm"].clone()),
+        (true.into(), false.into())
+    );
 
     within(a.close(200, "done")).await.unwrap();
     let chans = get(&broker, "/api/channels").await;

@@ -19,8 +19,9 @@ use futures::{SinkExt, StreamExt};
 use minimq_broker::{Broker, Config};
 use minimq_protocol::frame::PROTOCOL_HEADER;
 use minimq_protocol::{
-    BasicAck, ChannelOpen, CodecError, ConnectionClose, ConnectionCloseOk, ConnectionOpen,
-    ConnectionTuneOk, ContentHeader, FieldTable, FieldValue, Frame, Method, QueueDeclare,
+    BasicAck, BasicPublish, ChannelClose, ChannelCloseOk, ChannelOpen, CodecError, ConnectionClose,
+    ConnectionCloseOk, ConnectionOpen, ConnectionTuneOk, ContentHeader, FieldTable, FieldValue,
+    Frame, Method, QueueDeclare,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -592,6 +593,250 @@ async fn channel_max_limits_open_channels_to_530() {
     .await;
     assert_serves(broker.local_addr()).await;
     broker.shutdown().await;
+}
+
+/// Frames as bytes, for tests that need several of them in one write.
+fn frames_bytes(frames: &[Frame]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    for f in frames {
+        f.encode(&mut b);
+    }
+    b.to_vec()
+}
+
+/// A publish of an empty message to `exchange` on `ch`: its method and header frames.
+fn empty_publish(ch: u16, exchange: &str, routing_key: &str) -> [Frame; 2] {
+    [
+        Frame::Method(
+            ch,
+            BasicPublish {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                mandatory: false,
+                immediate: false,
+            }
+            .into(),
+        ),
+        Frame::Header(
+            ch,
+            Box::new(ContentHeader {
+                class_id: 60,
+                body_size: 0,
+                properties: Default::default(),
+            }),
+        ),
+    ]
+}
+
+fn client_channel_close(ch: u16) -> Frame {
+    Frame::Method(
+        ch,
+        ChannelClose {
+            reply_code: 200,
+            reply_text: "Goodbye".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
+    )
+}
+
+const NO_EXCHANGE_404: &str = "NOT_FOUND - no exchange 'nonexisting-exchange' in vhost '/'";
+
+/// amqp091-go's `TestChannelExceptionWithCloseIssue43`: channel 1 publishes to a missing
+/// exchange and closes in the same write, so the server's `channel.close` (404) and the
+/// client's cross. The server answers the client's close with `close-ok` and waits for
+/// the `close-ok` of its own close, which the client then sends; the connection and
+/// channel 2 stay up, as with RabbitMQ.
+#[tokio::test]
+async fn crossing_channel_closes_keep_the_connection_and_other_channels_up() {
+    let broker = broker().await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.open_channel(2).await;
+    let mut frames = empty_publish(1, "nonexisting-exchange", "").to_vec();
+    frames.push(client_channel_close(1));
+    c.send_raw(&frames_bytes(&frames)).await;
+    match c.method(1).await {
+        Method::ChannelClose(close) => assert_eq!(
+            (
+                close.reply_code,
+                close.reply_text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (404, NO_EXCHANGE_404, 60, 40)
+        ),
+        other => panic!("expected channel.close, got {other:?}"),
+    }
+    let ok = c.method(1).await;
+    assert!(matches!(ok, Method::ChannelCloseOk(_)), "got {ok:?}");
+    // The client's answer to the server's close, as amqp091-go sends it.
+    c.send(1, ChannelCloseOk.into()).await;
+    c.send(2, declare("issue43")).await;
+    let ok = c.method(2).await;
+    assert!(matches!(ok, Method::QueueDeclareOk(_)), "got {ok:?}");
+    // Channel 1 is closed for good and may be opened again.
+    c.open_channel(1).await;
+    drop(c);
+    assert_serves(broker.local_addr()).await;
+    broker.shutdown().await;
+}
+
+mod crossing {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+
+    /// One case: what channel 1 sends before and after the frame that fails, where in
+    /// that sequence the client's `channel.close` goes, where channel 2's declare goes,
+    /// and where the whole input is split into two writes.
+    #[derive(Debug, Clone)]
+    struct Case {
+        before: usize,
+        failure: u8,
+        after: Vec<u8>,
+        close_after_reading: bool,
+        declare_at: usize,
+        split: usize,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            0usize..4,
+            0u8..2,
+            proptest::collection::vec(0u8..3, 0..4),
+            any::<bool>(),
+            0usize..12,
+            any::<usize>(),
+        )
+            .prop_map(
+                |(before, failure, after, close_after_reading, declare_at, split)| Case {
+                    before,
+                    failure,
+                    after,
+                    close_after_reading,
+                    declare_at,
+                    split,
+                },
+            )
+    }
+
+    /// The frames after the failing one, which the server must ignore: a publish (to a
+    /// missing exchange or to a queue), or a queue.declare.
+    fn ignored(kind: u8) -> Vec<Frame> {
+        match kind {
+            0 => empty_publish(1, "nonexisting-exchange", "").to_vec(),
+            1 => empty_publish(1, "", "crossing").to_vec(),
+            _ => vec![Frame::Method(1, declare("ignored-declare"))],
+        }
+    }
+
+    async fn run(addr: SocketAddr, case: Case) -> Result<(), String> {
+        let mut c = Client::open_channel1(addr).await;
+        c.open_channel(2).await;
+        let mut frames: Vec<Frame> = Vec::new();
+        for _ in 0..case.before {
+            frames.extend(empty_publish(1, "", "crossing"));
+        }
+        let expected = if case.failure == 0 {
+            frames.extend(empty_publish(1, "nonexisting-exchange", ""));
+            (404, NO_EXCHANGE_404.to_string(), 60, 40)
+        } else {
+            frames.push(Frame::Method(
+                1,
+                BasicAck {
+                    delivery_tag: 7,
+                    multiple: false,
+                }
+                .into(),
+            ));
+            (
+                406,
+                "PRECONDITION_FAILED - unknown delivery tag 7".to_string(),
+                60,
+                80,
+            )
+        };
+        for kind in &case.after {
+            frames.extend(ignored(*kind));
+        }
+        if !case.close_after_reading {
+            frames.push(client_channel_close(1));
+        }
+        let at = case.declare_at.min(frames.len());
+        frames.insert(at, Frame::Method(2, declare("crossing")));
+        let bytes = frames_bytes(&frames);
+        let split = case.split % (bytes.len() + 1);
+        c.send_raw(&bytes[..split]).await;
+        c.send_raw(&bytes[split..]).await;
+        let (mut closed, mut close_ok, mut declared) = (false, false, false);
+        let want_close_ok = !case.close_after_reading;
+        while !(closed && declared && (close_ok || !want_close_ok)) {
+            match c.frame().await {
+                Frame::Method(1, Method::ChannelClose(close)) if !closed => {
+                    let got = (
+                        close.reply_code,
+                        close.reply_text,
+                        close.class_id,
+                        close.method_id,
+                    );
+                    if got != expected {
+                        return Err(format!("channel.close {got:?}, expected {expected:?}"));
+                    }
+                    closed = true;
+                }
+                Frame::Method(1, Method::ChannelCloseOk(_)) if closed && want_close_ok => {
+                    close_ok = true
+                }
+                Frame::Method(2, Method::QueueDeclareOk(_)) if !declared => declared = true,
+                other => return Err(format!("unexpected {other:?}")),
+            }
+        }
+        if case.close_after_reading {
+            // A close sent after the server's close was read is answered all the same.
+            c.send_frame(client_channel_close(1)).await;
+            match c.frame().await {
+                Frame::Method(1, Method::ChannelCloseOk(_)) => {}
+                other => return Err(format!("expected channel.close-ok, got {other:?}")),
+            }
+        }
+        c.send(1, ChannelCloseOk.into()).await;
+        c.send(2, declare("crossing")).await;
+        match c.frame().await {
+            Frame::Method(2, Method::QueueDeclareOk(_)) => {}
+            other => return Err(format!("expected declare-ok on 2, got {other:?}")),
+        }
+        c.send(1, ChannelOpen.into()).await;
+        match c.frame().await {
+            Frame::Method(1, Method::ChannelOpenOk(_)) => {}
+            other => return Err(format!("expected open-ok on 1, got {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Closes crossing at random points of a channel's traffic never take the
+    /// connection or another channel down.
+    #[test]
+    fn crossing_closes_at_random_points_leave_the_connection_up() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let broker = rt.block_on(super::broker());
+        let addr = broker.local_addr();
+        let mut runner = TestRunner::new(ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&case(), |case| {
+                rt.block_on(async { run(addr, case).await.map_err(TestCaseError::fail) })
+            })
+            .unwrap();
+        rt.block_on(broker.shutdown());
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -533,6 +533,81 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_when_it_closes(
     );
 }
 
+/// RabbitMQ compares a redeclare's `exclusive` through the owner check, not as a flag:
+/// the owning connection redeclaring its exclusive queue without `exclusive` (aiormq's
+/// `test_exclusive_queue_locked`), or anyone declaring a plain queue `exclusive`, is
+/// `405 RESOURCE_LOCKED`, checked before `durable`; another connection is 405 as before.
+/// Checked against RabbitMQ 3.10.
+#[tokio::test]
+async fn a_redeclare_with_another_exclusive_flag_is_resource_locked() {
+    let broker = start_broker().await;
+    let owner = connect(&broker).await;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let locked = |name: &str| {
+        format!(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost \
+             '/'. It could be originally declared on another connection or the exclusive \
+             property value does not match that of the original declaration."
+        )
+    };
+    let ch0 = open(&owner).await;
+    declare_with(&ch0, "ex", exclusive, FieldTable::default())
+        .await
+        .unwrap();
+    within(ch0.basic_consume(
+        "ex",
+        "c",
+        BasicConsumeOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for options in [
+        QueueDeclareOptions::default(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    ] {
+        let ch1 = open(&owner).await;
+        let got = expect_amqp(declare_with(&ch1, "ex", options, FieldTable::default()).await);
+        assert_eq!(got, (405, locked("ex")), "{options:?}");
+    }
+    // The owner's exclusive redeclare still works.
+    declare_with(&open(&owner).await, "ex", exclusive, FieldTable::default())
+        .await
+        .unwrap();
+    let other = connect(&broker).await;
+    let got = expect_amqp(
+        declare_with(
+            &open(&other).await,
+            "ex",
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+    );
+    assert_eq!(got, (405, locked("ex")));
+    // A plain queue declared exclusive, by the connection that declared it.
+    declare(&ch0, "plain").await;
+    let got = expect_amqp(
+        declare_with(
+            &open(&owner).await,
+            "plain",
+            exclusive,
+            FieldTable::default(),
+        )
+        .await,
+    );
+    assert_eq!(got, (405, locked("plain")));
+}
+
 #[tokio::test]
 async fn auto_delete_queue_goes_when_its_last_consumer_cancels() {
     let broker = start_broker().await;
@@ -762,6 +837,64 @@ async fn mandatory_unroutable_publish_is_returned_312_before_its_confirm() {
     declare(&ch, "q").await;
     let c = publish_with(&ch, "", "q", b"ok", mandatory, BasicProperties::default()).await;
     assert_eq!(c, Confirmation::Ack(None));
+}
+
+/// AMQPStorm's `test_functional_close_gracefully_after_publish_mandatory_fails` shape: 25
+/// unroutable mandatory publishes of an empty body (method and header frame, no body
+/// frame), each its own write. Every `basic.return` comes without the client sending
+/// anything more: a return waiting for a later event would time out here.
+#[tokio::test]
+async fn unroutable_mandatory_publishes_are_returned_without_waiting_for_more_input() {
+    let broker = start_broker().await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    for body in [&b""[..], b"x"] {
+        for _ in 0..25 {
+            let mut frames = bytes::BytesMut::new();
+            Frame::Method(
+                1,
+                minimq_protocol::BasicPublish {
+                    exchange: String::new(),
+                    routing_key: "nowhere".into(),
+                    mandatory: true,
+                    immediate: false,
+                }
+                .into(),
+            )
+            .encode(&mut frames);
+            Frame::Header(
+                1,
+                Box::new(ContentHeader {
+                    class_id: 60,
+                    body_size: body.len() as u64,
+                    properties: Default::default(),
+                }),
+            )
+            .encode(&mut frames);
+            if !body.is_empty() {
+                Frame::Body(1, Bytes::copy_from_slice(body)).encode(&mut frames);
+            }
+            raw.io.get_mut().write_all(&frames).await.expect("send");
+        }
+        for _ in 0..25 {
+            match raw.method(1).await {
+                Method::BasicReturn(r) => assert_eq!(
+                    (r.reply_code, r.reply_text.as_str(), r.routing_key.as_str()),
+                    (312, "NO_ROUTE", "nowhere")
+                ),
+                other => panic!("expected basic.return, got {other:?}"),
+            }
+            let Frame::Header(1, h) = raw.frame().await else {
+                panic!("expected the returned message's header")
+            };
+            assert_eq!(h.body_size, body.len() as u64);
+            if !body.is_empty() {
+                let Frame::Body(1, b) = raw.frame().await else {
+                    panic!("expected the returned message's body")
+                };
+                assert_eq!(&b[..], body);
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -1460,6 +1593,70 @@ async fn basic_recover_requeues_unacked_marked_redelivered() {
     }
 }
 
+/// `basic.recover-async requeue=true` is `basic.recover` without the `recover-ok`, as in
+/// RabbitMQ 3.10: the unacked message is back in its queue, marked redelivered, and the
+/// next frame the client reads is the answer to its next method.
+#[tokio::test]
+async fn basic_recover_async_requeues_unacked_without_an_answer() {
+    let broker = start_broker().await;
+    let mut raw = Raw::connect(broker.local_addr()).await;
+    raw.send(
+        1,
+        minimq_protocol::QueueDeclare {
+            queue: "q".into(),
+            ..Default::default()
+        }
+        .into(),
+    )
+    .await;
+    let Method::QueueDeclareOk(_) = raw.method(1).await else {
+        panic!("expected queue.declare-ok")
+    };
+    raw.publish("q", b"m").await;
+    let get = || -> Method {
+        minimq_protocol::BasicGet {
+            queue: "q".into(),
+            no_ack: false,
+        }
+        .into()
+    };
+    raw.send(1, get()).await;
+    let Method::BasicGetOk(first) = raw.method(1).await else {
+        panic!("expected basic.get-ok")
+    };
+    assert!(!first.redelivered);
+    let _header = raw.frame().await;
+    let _body = raw.frame().await;
+    raw.send(
+        1,
+        minimq_protocol::BasicRecoverAsync { requeue: true }.into(),
+    )
+    .await;
+    raw.send(1, get()).await;
+    match raw.method(1).await {
+        Method::BasicGetOk(again) => assert_eq!(
+            (again.delivery_tag, again.redelivered, again.message_count),
+            (2, true, 0)
+        ),
+        other => panic!("expected basic.get-ok (and no recover-ok), got {other:?}"),
+    }
+    let _header = raw.frame().await;
+    let _body = raw.frame().await;
+    // requeue=false is refused as basic.recover refuses it: 540 is a connection error.
+    raw.send(
+        1,
+        minimq_protocol::BasicRecoverAsync { requeue: false }.into(),
+    )
+    .await;
+    match raw.method(0).await {
+        Method::ConnectionClose(c) => assert_eq!(
+            (c.reply_code, c.reply_text.as_str(), c.class_id, c.method_id),
+            (540, "NOT_IMPLEMENTED - requeue=false", 60, 100)
+        ),
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn basic_get_reports_remaining_count_then_get_empty() {
     let broker = start_broker().await;
@@ -1700,23 +1897,6 @@ async fn deleting_a_consumed_queue_sends_basic_cancel_to_its_consumers() {
     );
     assert!(worker.status().connected(), "the channel stays open");
     declare(&worker, "other").await;
-}
-
-#[tokio::test]
-async fn tx_select_is_deliberately_unsupported_and_closes_the_connection_540() {
-    let broker = start_broker().await;
-    let conn = connect(&broker).await;
-    let mut errors = connection_errors(&conn);
-    let ch = open(&conn).await;
-    let err = within(ch.tx_select()).await.expect_err("tx.select refused");
-    let want = (
-        540,
-        "NOT_IMPLEMENTED - transactions (tx.select) are not supported; use publisher confirms"
-            .to_string(),
-    );
-    assert_eq!(amqp(&err), want);
-    assert_eq!(next_error(&mut errors).await, want);
-    assert!(!conn.status().connected());
 }
 
 #[tokio::test]

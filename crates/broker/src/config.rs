@@ -41,6 +41,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Largest message body accepted.
     pub max_message_size: u64,
+    /// Most octets of publishes a transaction holds until `tx.commit` (bodies plus 256
+    /// each); past it the publish is a channel error. RabbitMQ has no such bound.
+    pub max_tx_size: u64,
     /// Address of the management HTTP API; `None` disables it. Embedded brokers default
     /// to `None`; `minimq-server` defaults to `127.0.0.1:15672`.
     pub http: Option<SocketAddr>,
@@ -64,6 +67,8 @@ impl Default for Config {
             heartbeat: 60,
             handshake_timeout: Duration::from_secs(10),
             max_message_size: 128 * 1024 * 1024,
+            // Twice the largest message: any message fits in a transaction of its own.
+            max_tx_size: 256 * 1024 * 1024,
             http: None,
         }
     }

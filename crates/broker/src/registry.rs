@@ -141,6 +141,8 @@ pub struct ChannelInfo {
     pub global_prefetch: AtomicU32,
     /// In confirm mode.
     pub confirm: AtomicBool,
+    /// In tx mode.
+    pub transactional: AtomicBool,
     /// Closed by the broker, waiting for the client's `close-ok`.
     pub closing: AtomicBool,
     consumers: Mutex<BTreeMap<u64, ConsumerInfo>>,
@@ -155,6 +157,7 @@ impl ChannelInfo {
             prefetch: AtomicU32::new(0),
             global_prefetch: AtomicU32::new(0),
             confirm: AtomicBool::new(false),
+            transactional: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             consumers: Mutex::new(BTreeMap::new()),
         }

@@ -732,8 +732,14 @@ fn check_equivalent(q: &QueueHandle, spec: &QueueSpec) -> AmqpResult<()> {
             )))
         }
     };
+    // RabbitMQ (rabbit_amqqueue:assert_equivalence) does not compare `exclusive` as a
+    // flag: it checks, before anything else, that the declaring owner (this connection
+    // when `exclusive`, none otherwise) is the queue's owner, and answers 405 if not.
+    // Another connection never gets here (`check_access`).
+    if spec.exclusive != info.exclusive_owner.is_some() {
+        return Err(AmqpError::locked(name));
+    }
     flag("durable", spec.durable, info.durable)?;
-    flag("exclusive", spec.exclusive, info.exclusive_owner.is_some())?;
     flag("auto_delete", spec.auto_delete, info.auto_delete)?;
     QueueArgs::check_equivalent(name, &info.arguments, &spec.arguments)
 }

@@ -472,7 +472,7 @@ fn channels(state: &BrokerState) -> Value {
                 "prefetch_count": ch.prefetch.load(Relaxed),
                 "global_prefetch_count": ch.global_prefetch.load(Relaxed),
                 "confirm": ch.confirm.load(Relaxed),
-                "transactional": false,
+                "transactional": ch.transactional.load(Relaxed),
                 "messages_uncommitted": 0,
                 "acks_uncommitted": 0,
             }));

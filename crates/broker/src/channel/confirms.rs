@@ -1,7 +1,7 @@
 //! Publisher confirms for one channel: the single place that decides when a publish is
 //! confirmed. A publish is settled once every queue it was routed to has answered; the
 //! channel then confirms in publish order, folding runs of acks into one `multiple` ack.
-//! (Persistence will add "and its log record is fsynced" as one more answer to wait for.)
+//! A transaction ([`super::tx`]) waits for its commits with the same machinery.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +36,14 @@ impl Confirms {
         }
     }
 
+    /// Numbers publishes from `first` on (for numbers the client never sees).
+    pub fn starting_at(first: u64) -> Self {
+        Confirms {
+            next_seq: first,
+            pending: BTreeMap::new(),
+        }
+    }
+
     /// Registers a publish that waits for `answers` outcomes; returns its sequence number.
     pub fn publish(&mut self, answers: u32) -> u64 {
         let seq = self.next_seq;
@@ -48,6 +56,18 @@ impl Confirms {
             },
         );
         seq
+    }
+
+    /// The sequence number of the latest publish (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// Every publish up to this sequence number has been drained.
+    pub fn answered_upto(&self) -> u64 {
+        self.pending
+            .first_key_value()
+            .map_or(self.last_seq(), |(&seq, _)| seq.saturating_sub(1))
     }
 
     /// Records one outcome for `seq`.

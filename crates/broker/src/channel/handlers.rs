@@ -13,6 +13,7 @@ use minimq_protocol::*;
 use tokio::sync::oneshot;
 
 use super::confirms::Confirm;
+use super::tx::{Outcome, Tx, TxPublish, TxSettle};
 use super::{group_by_queue, BodyParts, ChannelConsumer, Outstanding, PendingPublish};
 use crate::connection::Conn;
 use crate::error::{AmqpError, AmqpResult};
@@ -235,19 +236,19 @@ impl Conn {
                     .await
             }
             Method::BasicRecover(r) => {
-                if !r.requeue {
-                    return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
-                }
-                self.settle(ch, 0, true, true, false).await?;
+                self.recover(ch, r.requeue).await?;
                 self.send_method(ch, BasicRecoverOk.into());
                 Ok(())
             }
-            Method::BasicRecoverAsync(_) => Err(AmqpError::new(
-                ReplyCode::NotImplemented,
-                "basic.recover_async",
-            )),
+            // As in RabbitMQ 3.10: `basic.recover` without the answer.
+            Method::BasicRecoverAsync(r) => self.recover(ch, r.requeue).await,
             Method::ConfirmSelect(c) => {
                 let channel = self.channel(ch);
+                if channel.tx.is_some() {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
                 if channel.confirms.is_none() {
                     channel.confirms = Some(super::confirms::Confirms::new());
                 }
@@ -257,11 +258,32 @@ impl Conn {
                 }
                 Ok(())
             }
-            Method::TxSelect(_) | Method::TxCommit(_) | Method::TxRollback(_) => {
-                Err(AmqpError::new(
-                    ReplyCode::NotImplemented,
-                    "transactions (tx.select) are not supported; use publisher confirms",
-                ))
+            Method::TxSelect(_) => {
+                let limit = self.state.config.max_tx_size;
+                let channel = self.channel(ch);
+                if channel.confirms.is_some() {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                // A second select keeps the transaction as it is (as RabbitMQ).
+                if channel.tx.is_none() {
+                    channel.tx = Some(Box::new(Tx::new(limit)));
+                    channel.info.transactional.store(true, Ordering::Relaxed);
+                }
+                self.send_method(ch, TxSelectOk.into());
+                Ok(())
+            }
+            Method::TxCommit(_) => self.tx_commit(ch).await,
+            Method::TxRollback(_) => {
+                let channel = self.channel(ch);
+                let Some(tx) = channel.tx.as_mut() else {
+                    return Err(not_transactional());
+                };
+                tx.rollback(&mut channel.outstanding);
+                channel.info.set_unacked(channel.outstanding.len());
+                self.send_method(ch, TxRollbackOk.into());
+                Ok(())
             }
             other => Err(AmqpError::new(
                 ReplyCode::CommandInvalid,
@@ -271,6 +293,95 @@ impl Conn {
                 ),
             )),
         }
+    }
+
+    /// `basic.recover` / `basic.recover-async`: every unacked delivery of the channel goes
+    /// back to its queue. Only `requeue=true`, as in RabbitMQ.
+    /// In a transaction too it acts at once, on the deliveries the transaction does not
+    /// hold (as RabbitMQ).
+    async fn recover(&mut self, ch: u16, requeue: bool) -> AmqpResult<()> {
+        if !requeue {
+            return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
+        }
+        let taken = self.channel(ch).take_outstanding(0, true)?;
+        self.apply_settle(ch, taken, true, false).await;
+        Ok(())
+    }
+
+    /// `tx.commit`: the held publishes go to their queues (an unroutable mandatory one is
+    /// returned), then the held settlements; `tx.commit-ok` follows once the queues have
+    /// answered every publish (see [`Conn::emit_confirms`]).
+    async fn tx_commit(&mut self, ch: u16) -> AmqpResult<()> {
+        let Some(tx) = self.channel(ch).tx.as_mut() else {
+            return Err(not_transactional());
+        };
+        let (publishes, settlements) = tx.take_held();
+        for p in publishes {
+            if p.queues.is_empty() {
+                if p.mandatory {
+                    self.send_return(ch, &p.message);
+                }
+                continue;
+            }
+            let Some(tx) = self.channel(ch).tx.as_mut() else {
+                break;
+            };
+            let seq = tx.confirms.publish(p.queues.len() as u32);
+            for q in p.queues {
+                let confirm = Some(ConfirmTicket {
+                    sink: self.events.clone(),
+                    channel: ch,
+                    seq,
+                });
+                let message = p.message.clone();
+                self.hold_publish(q, Publish { message, confirm });
+            }
+        }
+        if let Some(tx) = self.channel(ch).tx.as_mut() {
+            tx.commit_sent();
+        }
+        // The whole transaction reaches each queue as one batch: one group commit.
+        self.flush_publishes().await;
+        for s in settlements {
+            let taken = s.taken.into_iter().map(|(_, o)| o).collect();
+            self.apply_settle(ch, taken, s.requeue, s.ack).await;
+        }
+        self.emit_confirms(ch);
+        self.fail_transactions().await;
+        Ok(())
+    }
+
+    /// Closes the channels whose commit a queue refused (see [`Conn::emit_confirms`]),
+    /// with RabbitMQ's error.
+    pub(crate) async fn fail_transactions(&mut self) {
+        for ch in std::mem::take(&mut self.tx_failed) {
+            let open = self
+                .channels
+                .get(&ch)
+                .is_some_and(|c| c.status == super::ChannelStatus::Open);
+            if open {
+                let e = AmqpError::precondition("partial tx completion").on(90, 20);
+                self.fail_channel(ch, e).await;
+            }
+        }
+    }
+
+    /// Sends `basic.return` of an unroutable mandatory message.
+    fn send_return(&mut self, ch: u16, message: &Message) {
+        let ret = Method::BasicReturn(BasicReturn {
+            reply_code: ReplyCode::NoRoute.code(),
+            reply_text: "NO_ROUTE".into(),
+            exchange: message.exchange.to_string(),
+            routing_key: message.routing_key.to_string(),
+        });
+        encode_content(
+            &mut self.out,
+            ch,
+            &ret,
+            &message.properties,
+            &message.body,
+            self.frame_max,
+        );
     }
 
     async fn queue_declare(&mut self, ch: u16, d: QueueDeclare) -> AmqpResult<()> {
@@ -478,13 +589,33 @@ impl Conn {
         requeue: bool,
         ack: bool,
     ) -> AmqpResult<()> {
-        let taken = self.channel(ch).take_outstanding(tag, multiple)?;
+        let channel = self.channel(ch);
+        if channel.tx.is_some() {
+            // Taken now (an unknown tag fails now), applied at commit.
+            let taken = channel.take_tagged(tag, multiple)?;
+            if let Some(tx) = channel.tx.as_mut() {
+                tx.hold_settle(TxSettle {
+                    ack,
+                    requeue,
+                    taken,
+                });
+            }
+            return Ok(());
+        }
+        let taken = channel.take_outstanding(tag, multiple)?;
+        self.apply_settle(ch, taken, requeue, ack).await;
+        Ok(())
+    }
+
+    /// Settles deliveries taken from `ch`: acks them, or rejects them with or without
+    /// requeue; gives back the channel-wide credit they took.
+    async fn apply_settle(&mut self, ch: u16, taken: Vec<Outstanding>, requeue: bool, ack: bool) {
         if ack && taken.iter().all(|o| !o.charged) {
             // A plain ack: sent with the others of this read (see `Conn::hold_ack`).
             for o in taken {
                 self.hold_ack(o.queue, o.msg_id);
             }
-            return Ok(());
+            return;
         }
         self.flush_acks();
         let mut released = 0;
@@ -512,7 +643,6 @@ impl Conn {
                 q.send(QueueCommand::CreditAvailable).await;
             }
         }
-        Ok(())
     }
 
     /// A content header arrived on `ch`.
@@ -681,27 +811,23 @@ impl Conn {
             .on(60, 40));
         }
         let message = Arc::new(Message::new(exchange, routing_key, properties, body));
-        if queues.is_empty() && mandatory {
-            let ret = Method::BasicReturn(BasicReturn {
-                reply_code: ReplyCode::NoRoute.code(),
-                reply_text: "NO_ROUTE".into(),
-                exchange: message.exchange.to_string(),
-                routing_key: message.routing_key.to_string(),
-            });
-            encode_content(
-                &mut self.out,
-                ch,
-                &ret,
-                &message.properties,
-                &message.body,
-                self.frame_max,
-            );
+        let channel = self.channel(ch);
+        if let Some(tx) = channel.tx.as_mut() {
+            // Routed now, delivered (or returned) at commit.
+            let held = TxPublish {
+                message,
+                queues,
+                mandatory,
+            };
+            return tx.hold_publish(held).map_err(|e| e.on(60, 40));
         }
-        let seq = self
-            .channel(ch)
+        let seq = channel
             .confirms
             .as_mut()
             .map(|c| c.publish(queues.len() as u32));
+        if queues.is_empty() && mandatory {
+            self.send_return(ch, &message);
+        }
         for q in queues {
             let confirm = seq.map(|seq| ConfirmTicket {
                 sink: self.events.clone(),
@@ -723,10 +849,31 @@ impl Conn {
     }
 
     /// Sends the confirms that have become due on `ch`.
+    /// On a channel in tx mode: the `tx.commit-ok`s that have become due, and the
+    /// commits that failed (closed by [`Conn::fail_transactions`]).
     pub(crate) fn emit_confirms(&mut self, ch: u16) {
         let mut due = Vec::new();
-        if let Some(c) = self.channels.get_mut(&ch).and_then(|c| c.confirms.as_mut()) {
+        let Some(channel) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        if let Some(c) = channel.confirms.as_mut() {
             c.drain(&mut due);
+        } else if let Some(tx) = channel.tx.as_mut() {
+            let mut outcomes = Vec::new();
+            tx.settled(&mut outcomes);
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Committed => self.send_method(ch, TxCommitOk.into()),
+                    Outcome::Failed => {
+                        // The channel closes: no later commit-ok may follow.
+                        if !self.tx_failed.contains(&ch) {
+                            self.tx_failed.push(ch);
+                        }
+                        break;
+                    }
+                }
+            }
+            return;
         }
         for confirm in due {
             let m = match confirm {
@@ -853,4 +1000,9 @@ fn fitting_properties(
         }
     }
     Cow::Owned(fitted)
+}
+
+/// `tx.commit` / `tx.rollback` outside tx mode.
+fn not_transactional() -> AmqpError {
+    AmqpError::precondition("channel is not transactional")
 }

@@ -1,10 +1,11 @@
 //! Channel state, kept inside its connection task: delivery tags and what each stands
 //! for, the channel's consumers, its qos, its confirm state and the publish being
 //! assembled from method, header and body frames. The method handlers are in
-//! [`handlers`]; the confirm rule in [`confirms`].
+//! [`handlers`]; the confirm rule in [`confirms`]; a transaction's state in [`tx`].
 
 pub mod confirms;
 pub mod handlers;
+pub mod tx;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ pub struct Channel {
     pub global_qos: bool,
     /// Confirm mode state.
     pub confirms: Option<Confirms>,
+    /// Transaction state, in tx mode (boxed: most channels never use it).
+    pub tx: Option<Box<tx::Tx>>,
     /// A publish being assembled.
     pub publish: Option<PendingPublish>,
     /// Exchange, routing key and properties of the last publish: the next one usually
@@ -174,6 +177,7 @@ impl Channel {
             credit: Arc::new(ChannelCredit::default()),
             global_qos: false,
             confirms: None,
+            tx: None,
             publish: None,
             last: LastContent::default(),
             default_route: None,
@@ -188,10 +192,51 @@ impl Channel {
     }
 
     /// Whether a `basic.ack` here is plain (see `Conn::plain_ack`): as
-    /// [`Channel::takes_publish`], and without channel-wide credit (`basic.qos global`),
-    /// so no delivery took any.
+    /// [`Channel::takes_publish`], without channel-wide credit (`basic.qos global`), so
+    /// no delivery took any, and outside a transaction (which holds acks until commit).
     pub fn takes_plain_ack(&self) -> bool {
-        self.takes_publish() && !self.global_qos
+        self.takes_publish() && !self.global_qos && self.tx.is_none()
+    }
+
+    /// The confirm state that answers from queues go to: confirm mode's, or the
+    /// transaction's (the two modes exclude each other).
+    pub fn confirms_mut(&mut self) -> Option<&mut Confirms> {
+        match (&mut self.confirms, &mut self.tx) {
+            (Some(c), _) => Some(c),
+            (None, Some(tx)) => Some(&mut tx.confirms),
+            (None, None) => None,
+        }
+    }
+
+    /// Takes every unsettled delivery, those a transaction held included, and ends the
+    /// transaction: for a channel that closes, whose deliveries all go back.
+    pub fn take_unsettled(&mut self) -> BTreeMap<u64, Outstanding> {
+        if let Some(tx) = self.tx.take() {
+            tx.abandon(&mut self.outstanding);
+        }
+        self.info.set_unacked(0);
+        std::mem::take(&mut self.outstanding)
+    }
+
+    /// As [`Channel::take_outstanding`], keeping the tags (a transaction gives them back
+    /// on rollback).
+    pub fn take_tagged(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<(u64, Outstanding)>> {
+        let taken = if multiple && tag == 0 {
+            std::mem::take(&mut self.outstanding).into_iter().collect()
+        } else if !self.outstanding.contains_key(&tag) {
+            return Err(AmqpError::precondition(format!(
+                "unknown delivery tag {tag}"
+            )));
+        } else if multiple {
+            let rest = self.outstanding.split_off(&(tag + 1));
+            std::mem::replace(&mut self.outstanding, rest)
+                .into_iter()
+                .collect()
+        } else {
+            self.outstanding.remove_entry(&tag).into_iter().collect()
+        };
+        self.info.set_unacked(self.outstanding.len());
+        Ok(taken)
     }
 
     /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to

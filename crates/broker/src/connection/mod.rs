@@ -96,6 +96,9 @@ pub struct Conn {
     /// Publishes of the current read, by queue, not yet sent (see
     /// [`Conn::hold_publish`]).
     pending_publishes: Vec<(QueueHandle, Vec<Publish>)>,
+    /// Channels whose transaction failed to commit (a queue refused a publish), found
+    /// while answering confirms; each is closed once the batch is done.
+    pub(crate) tx_failed: Vec<u16>,
 }
 
 /// What [`Conn::on_frame_fast`] did with a frame.
@@ -178,6 +181,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         confirms_due: Vec::new(),
         pending_acks: Vec::new(),
         pending_publishes: Vec::new(),
+        tx_failed: Vec::new(),
     };
     // A shutdown does not wait for a client that is still in the handshake.
     let shutdown = conn.state.shutdown.clone();
@@ -340,6 +344,9 @@ impl Conn {
                     for ch in std::mem::take(&mut self.confirms_due) {
                         self.emit_confirms(ch);
                     }
+                    if !self.tx_failed.is_empty() {
+                        self.fail_transactions().await;
+                    }
                 }
                 _ = tick.tick(), if self.heartbeat > 0 => {
                     if last_recv.elapsed() > hb * 2 {
@@ -453,7 +460,7 @@ impl Conn {
 
     /// Sends the publishes held by [`Conn::hold_publish`] to their queues; waits while a
     /// queue has too many waiting (see [`crate::queue::PublishRoom`]).
-    async fn flush_publishes(&mut self) {
+    pub(crate) async fn flush_publishes(&mut self) {
         if self.pending_publishes.is_empty() {
             return;
         }
@@ -765,8 +772,11 @@ impl Conn {
                 self.channels.remove(&ch);
                 Ok(())
             }
+            // The client's close crossed ours. As RabbitMQ does, it is answered and the
+            // channel keeps waiting for the close-ok of our close, which the client
+            // sends once it reads it: forgetting the channel here would make that
+            // close-ok a frame on a channel that is not open (504 for the connection).
             (Some((ChannelStatus::Closing, _)), Method::ChannelClose(_)) => {
-                self.channels.remove(&ch);
                 self.send_method(ch, ChannelCloseOk.into());
                 Ok(())
             }
@@ -798,7 +808,7 @@ impl Conn {
                 if let Some(c) = self
                     .channels
                     .get_mut(&channel)
-                    .and_then(|c| c.confirms.as_mut())
+                    .and_then(Channel::confirms_mut)
                 {
                     c.answer(seq, ok);
                 }
@@ -848,8 +858,7 @@ impl Conn {
             let Some(channel) = self.channels.get_mut(ch) else {
                 continue;
             };
-            outstanding.extend(std::mem::take(&mut channel.outstanding).into_values());
-            channel.info.set_unacked(0);
+            outstanding.extend(channel.take_unsettled().into_values());
         }
         for ch in ids {
             for q in self.release_channel(ch, true).await {
@@ -880,8 +889,7 @@ impl Conn {
         let Some(channel) = self.channels.get_mut(&ch) else {
             return notified;
         };
-        let outstanding = std::mem::take(&mut channel.outstanding);
-        channel.info.set_unacked(0);
+        let outstanding = channel.take_unsettled();
         let consumers: Vec<QueueHandle> = channel.consumers.drain().map(|(_, c)| c.queue).collect();
         channel.confirms = None;
         if remove {
