@@ -9,7 +9,8 @@
 //!   a request head);
 //! - body: at most [`MAX_BODY`] bytes by `Content-Length` (413); no route reads a body,
 //!   so `Transfer-Encoding` is refused (501) rather than read without a length;
-//! - a handler has [`REQUEST_TIMEOUT`] to answer (503 after);
+//! - a handler has [`REQUEST_TIMEOUT`] to answer (503 after); a client that takes none of
+//!   its answer for [`WRITE_TIMEOUT`] is dropped;
 //! - an HTTP version other than 1.0 / 1.1 is answered 505, as RabbitMQ's cowboy does
 //!   (hyper alone would say 400): the first request line is looked at before hyper reads it.
 //!
@@ -18,6 +19,7 @@
 //! a request in progress gets [`SHUTDOWN_GRACE`] to finish.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub const MAX_BODY: u64 = 1024 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a handler has to answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a client may leave its answer unread (no byte taken) before it is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a request in progress has to finish once the broker shuts down.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -91,10 +95,7 @@ async fn serve_connection(mut socket: TcpStream, router: Router, shutdown: Cance
         return;
     }
     let unsupported = patch_unsupported_version(&mut prefix);
-    let io = TokioIo::new(Replay {
-        prefix,
-        inner: socket,
-    });
+    let io = TokioIo::new(Socket::new(prefix, socket, WRITE_TIMEOUT));
     let api = TowerToHyperService::new(router);
     let service = service_fn(move |req: Request<Incoming>| {
         let api = api.clone();
@@ -206,7 +207,7 @@ fn well_encoded(path: &str) -> bool {
 }
 
 /// Reads until the first line feed (or [`MAX_HEAD`] bytes, or the end): the request line
-/// to look at, handed on to hyper unconsumed through [`Replay`].
+/// to look at, handed on to hyper unconsumed through [`Socket`].
 async fn first_line(socket: &mut TcpStream) -> BytesMut {
     let mut buf = BytesMut::with_capacity(1024);
     while !buf.contains(&b'\n') && buf.len() < MAX_HEAD {
@@ -248,13 +249,50 @@ fn patch_unsupported_version(prefix: &mut BytesMut) -> bool {
     true
 }
 
-/// A socket whose first bytes were already read: they are read again before the rest.
-struct Replay {
+/// The connection's socket as hyper sees it: the first bytes, already read to look at
+/// the request line, are read again before the rest; and a write that makes no progress
+/// for `write_limit` (a client that does not read its answer) fails, so the connection
+/// ends instead of waiting forever. hyper has no write timeout of its own.
+struct Socket<S> {
     prefix: BytesMut,
-    inner: TcpStream,
+    inner: S,
+    write_limit: Duration,
+    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl AsyncRead for Replay {
+impl<S> Socket<S> {
+    fn new(prefix: BytesMut, inner: S, write_limit: Duration) -> Socket<S> {
+        Socket {
+            prefix,
+            inner,
+            write_limit,
+            write_stall: None,
+        }
+    }
+
+    /// After a write that could not proceed: pending until the client reads, an error
+    /// once it has read nothing for `write_limit`.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.write_limit;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client does not read its answer",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed<T>(&mut self, r: io::Result<T>) -> Poll<io::Result<T>> {
+        self.write_stall = None;
+        Poll::Ready(r)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Socket<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -270,21 +308,30 @@ impl AsyncRead for Replay {
     }
 }
 
-impl AsyncWrite for Replay {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.stalled(cx),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.stalled(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.stalled(cx),
+        }
     }
 
     fn poll_write_vectored(
@@ -292,7 +339,10 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.stalled(cx),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -310,6 +360,33 @@ mod tests {
         assert!(!well_encoded("queues/%zz"));
         assert!(!well_encoded("queues/%2"));
         assert!(!well_encoded("queues/%ff"));
+    }
+
+    #[tokio::test]
+    async fn replays_the_prefix_and_drops_a_client_that_does_not_read() {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(64);
+        let mut socket = Socket::new(
+            BytesMut::from(&b"GET "[..]),
+            server,
+            Duration::from_millis(100),
+        );
+        let (mut client_rx, mut client_tx) = tokio::io::split(client);
+        client_tx.write_all(b"/ HTTP/1.1").await.unwrap();
+        let mut got = [0u8; 14];
+        socket.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1");
+        // Read: writes go through.
+        socket.write_all(&[1; 64]).await.unwrap();
+        let mut sink = [0u8; 64];
+        client_rx.read_exact(&mut sink).await.unwrap();
+        socket.write_all(&[2; 64]).await.unwrap();
+        // Not read: the pipe stays full and the next write fails after the limit.
+        let err = tokio::time::timeout(Duration::from_secs(10), socket.write_all(&[3; 64]))
+            .await
+            .expect("the stall limit ends the write")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]
