@@ -580,3 +580,26 @@ async fn bad_requests_do_not_hurt_the_broker() {
     within(conn.close(200, "bye")).await.unwrap();
     within(broker.shutdown()).await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let broker = start().await;
+    let http = broker.http_addr().unwrap();
+    // A keep-alive connection that got one answer and now idles.
+    let mut s = within(TcpStream::connect(http)).await.unwrap();
+    let req = format!("GET /api/whoami HTTP/1.1\r\nAuthorization: Basic {GUEST}\r\n\r\n");
+    within(s.write_all(req.as_bytes())).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !got.ends_with(b"}") {
+        let n = within(s.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(parse_response(&got).status, 200);
+    // The broker's shutdown does not wait for it, and ends it.
+    within(broker.shutdown()).await;
+    let n = within(s.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "idle connection closed by the shutdown");
+    assert!(TcpStream::connect(http).await.is_err(), "listener closed");
+}

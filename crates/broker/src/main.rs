@@ -39,7 +39,8 @@ struct Args {
     /// other than a torn tail) or `absolute` (refuse to start on any damage).
     #[arg(long, env = "MINIMQ_RECOVERY_MODE", default_value = "skip-corrupt")]
     recovery_mode: minimq_broker::store::RecoveryMode,
-    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter). Logs go
+    /// to stderr, in colour only when it is a terminal.
     #[arg(long, env = "MINIMQ_LOG", default_value = "info")]
     log: String,
     /// Heartbeat interval offered to clients, seconds (0 disables).
@@ -105,7 +106,14 @@ fn listen_addresses(given: &[SocketAddr]) -> (SocketAddr, Vec<SocketAddr>, Vec<S
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs are diagnostics: stderr, leaving stdout alone. Colour codes only on a terminal,
+    // so a log file or a pipe (systemd, docker, `2>server.log`) gets plain text.
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal)
+        .init();
     let (listen, also_listen, listen_if_available) = listen_addresses(&args.listen);
     let config = Config {
         listen,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http::{encode_segment, BaseUrl, Client, Response};
+use crate::mgmt::{encode_segment, BaseUrl, Client, Response};
 
 /// Exit status for bad usage (unknown command, column, option): `EX_USAGE`, as rabbitmqctl.
 pub const EXIT_USAGE: i32 = 64;
@@ -565,7 +565,7 @@ pub struct Options {
 }
 
 /// Runs one command; returns what to print on stdout.
-pub async fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
+pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
     // Check the arguments before talking to the server.
     if let Command::List(listing, names) = command {
         select_columns(*listing, names)?;
@@ -573,15 +573,8 @@ pub async fn run(options: &Options, command: &Command) -> Result<String, CtlErro
     let base = BaseUrl::parse(&options.url).map_err(CtlError::usage)?;
     let client = Client::new(base, &options.user, &options.password, options.timeout);
     let vhost = options.vhost.as_str();
-    let get = |path: String| {
-        let client = &client;
-        async move {
-            let resp = client
-                .request("GET", &path)
-                .await
-                .map_err(CtlError::unavailable)?;
-            Ok::<Response, CtlError>(resp)
-        }
+    let get = |path: String| -> Result<Response, CtlError> {
+        client.request("GET", &path).map_err(CtlError::unavailable)
     };
     let parse = |resp: &Response| -> Result<Value, CtlError> {
         serde_json::from_slice(&resp.body).map_err(|e| {
@@ -595,7 +588,7 @@ pub async fn run(options: &Options, command: &Command) -> Result<String, CtlErro
     match command {
         Command::List(listing, names) => {
             let columns = select_columns(*listing, names)?;
-            let resp = get(listing.path().to_string()).await?;
+            let resp = get(listing.path().to_string())?;
             if !(200..300).contains(&resp.status) {
                 return Err(http_error(
                     &resp,
@@ -632,7 +625,6 @@ pub async fn run(options: &Options, command: &Command) -> Result<String, CtlErro
             );
             let resp = client
                 .request("DELETE", &path)
-                .await
                 .map_err(CtlError::unavailable)?;
             match resp.status {
                 200..=299 => {}
@@ -660,7 +652,7 @@ pub async fn run(options: &Options, command: &Command) -> Result<String, CtlErro
                 encode_segment(vhost),
                 encode_segment(name)
             );
-            let resp = get(path.clone()).await?;
+            let resp = get(path.clone())?;
             match resp.status {
                 200..=299 => {}
                 404 => return Err(not_found(name, vhost)),
@@ -691,7 +683,6 @@ pub async fn run(options: &Options, command: &Command) -> Result<String, CtlErro
             };
             let resp = client
                 .request("DELETE", &target)
-                .await
                 .map_err(CtlError::unavailable)?;
             match resp.status {
                 200..=299 => {}
@@ -715,7 +706,7 @@ pub async fn run(options: &Options, command: &Command) -> Result<String, CtlErro
             Ok(out)
         }
         Command::Status => {
-            let resp = get("/api/overview".to_string()).await?;
+            let resp = get("/api/overview".to_string())?;
             if !(200..300).contains(&resp.status) {
                 return Err(http_error(&resp, "GET /api/overview", &options.user));
             }

@@ -2,7 +2,7 @@
 //!
 //! - `task` (`src/bin/task.rs`): RabbitMQ tutorial two's `new_task.py`, plus bulk sends.
 //! - `worker` (`src/bin/worker.rs`): tutorial two's `worker.py`, plus `--exec CMD`.
-//! - `minimqctl` (`src/bin/minimqctl.rs`, logic in [`ctl`], HTTP in [`http`]): rabbitmqctl's
+//! - `minimqctl` (`src/bin/minimqctl.rs`, logic in [`ctl`], its HTTP client in [`mgmt`]): rabbitmqctl's
 //!   listings and queue commands over the management HTTP API.
 //! - `minimq-bench` (`src/bin/minimq-bench.rs`, pure parts in [`bench`]): a PerfTest-like
 //!   load generator with latency percentiles and an exactly-once check.
@@ -15,7 +15,7 @@
 
 pub mod bench;
 pub mod ctl;
-pub mod http;
+pub mod mgmt;
 pub mod progress;
 
 use std::io::Write;

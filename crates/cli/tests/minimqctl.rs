@@ -1,6 +1,7 @@
 //! `minimqctl` as a child process: argument errors (one line on stderr, rabbitmqctl's
 //! exit statuses) and the HTTP exchange against a canned server that answers with
-//! chunked and Content-Length bodies and records what it was asked.
+//! chunked and Content-Length bodies and records what it was asked, and one that never
+//! answers (the time limit).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -232,4 +233,25 @@ fn non_http_server_is_one_line_error() {
     let (url, _requests) = fake_server(vec!["SSH-2.0-OpenSSH_9.2\r\n".to_string()]);
     let out = ctl(&["--url", &url, "status"]);
     assert_one_line_error(&out, 69, "bad HTTP response");
+}
+
+#[test]
+fn silent_server_is_a_timeout_with_status_69() {
+    // Accepts, reads the request, never answers; keeps the socket open until the end.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let Ok((mut sock, _)) = listener.accept() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf);
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+    });
+    let out = ctl(&["--url", &url, "--timeout", "0.5", "status"]);
+    let _ = done_tx.send(());
+    server.join().unwrap();
+    assert_one_line_error(&out, 69, "no answer from http://127.0.0.1:");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("within 0.5 seconds"));
 }

@@ -103,8 +103,7 @@ fn fail(e: CtlError) -> ! {
     std::process::exit(e.code);
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => match e.kind() {
@@ -162,7 +161,7 @@ async fn main() {
         },
         Cmd::Status => Command::Status,
     };
-    match ctl::run(&options, &command).await {
+    match ctl::run(&options, &command) {
         Ok(out) => print!("{out}"),
         Err(e) => fail(e),
     }
