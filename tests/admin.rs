@@ -603,3 +603,81 @@ async fn shutdown_closes_idle_keep_alive_connections() {
     assert_eq!(n, 0, "idle connection closed by the shutdown");
     assert!(TcpStream::connect(http).await.is_err(), "listener closed");
 }
+
+/// What recovery skipped at start-up is in the overview: mode, whether the last stop was
+/// clean, and each stretch of the log not used (segment, offset, octets, kind).
+#[tokio::test]
+async fn the_overview_reports_what_recovery_skipped() {
+    let dir = std::env::temp_dir().join(format!("minimq-admin-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = |dir: std::path::PathBuf| async move {
+        Broker::builder()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .data_dir(dir)
+            .http(Some("127.0.0.1:0".parse().unwrap()))
+            .start()
+            .await
+            .expect("broker starts")
+    };
+    let broker = start(dir.clone()).await;
+    let v = get(&broker, "/api/overview").await;
+    assert_eq!(v["minimq_recovery"]["mode"], "skip-corrupt");
+    assert_eq!(v["minimq_recovery"]["skipped"], serde_json::json!([]));
+    let conn = connect_named(&broker, "recovery").await;
+    let ch = open(&conn).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare("r", durable, FieldTable::default()))
+        .await
+        .unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let body = format!("recovery-body-{i}-{}", "z".repeat(64));
+        let confirm = within(ch.basic_publish(
+            "",
+            "r",
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        ))
+        .await
+        .unwrap();
+        within(confirm).await.unwrap();
+    }
+    drop(conn);
+    broker.shutdown().await;
+    // Damage the middle message's body in the segment.
+    let seg = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment");
+    let mut data = std::fs::read(&seg).unwrap();
+    let at = data
+        .windows(16)
+        .position(|w| w == b"recovery-body-1-")
+        .expect("the second message's body");
+    data[at] ^= 0x20;
+    std::fs::write(&seg, &data).unwrap();
+    let seg_no: u64 = seg.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+
+    let broker = start(dir.clone()).await;
+    let v = get(&broker, "/api/overview").await;
+    let r = &v["minimq_recovery"];
+    assert_eq!(r["mode"], "skip-corrupt");
+    assert_eq!(r["clean_shutdown"], true);
+    let skipped = r["skipped"].as_array().expect("a list");
+    assert_eq!(skipped.len(), 1, "{r}");
+    assert_eq!(skipped[0]["segment"], seg_no);
+    assert_eq!(skipped[0]["damage"], "corrupt");
+    let offset = skipped[0]["offset"].as_u64().unwrap() as usize;
+    let len = skipped[0]["octets"].as_u64().unwrap() as usize;
+    assert!(offset < at && at < offset + len, "{r}, damage at {at}");
+    assert_eq!(r["damaged_copies"].as_array().map(Vec::len), Some(1), "{r}");
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
