@@ -39,7 +39,7 @@ pub struct BrokerState {
     /// Open connections, for the management API.
     pub connections: crate::registry::Connections,
     /// The bound AMQP and management API addresses (the API lists them).
-    pub bound: (SocketAddr, Option<SocketAddr>),
+    pub bound: (Vec<SocketAddr>, Option<SocketAddr>),
     next_conn_id: AtomicU64,
 }
 
@@ -148,7 +148,6 @@ impl BrokerBuilder {
             .iter()
             .map(TcpListener::local_addr)
             .collect::<std::io::Result<Vec<_>>>()?;
-        let addr = addrs[0];
         let http = match self.config.http {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
@@ -161,7 +160,7 @@ impl BrokerBuilder {
             shutdown: CancellationToken::new(),
             killed: CancellationToken::new(),
             connections: Default::default(),
-            bound: (addr, http_addr),
+            bound: (addrs.clone(), http_addr),
             next_conn_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();

@@ -59,6 +59,49 @@ pub struct Overview {
     message_stats: MessageStats,
     queue_totals: QueueTotals,
     object_totals: ObjectTotals,
+    /// minimq's own: what recovery did at start-up (`null` without a data directory).
+    minimq_recovery: Option<Recovery>,
+}
+
+/// What the message store's recovery did when the broker started.
+#[derive(Debug, Serialize)]
+struct Recovery {
+    mode: &'static str,
+    clean_shutdown: bool,
+    skipped: Vec<SkippedStretch>,
+    damaged_copies: Vec<String>,
+}
+
+/// One stretch of the log recovery did not use.
+#[derive(Debug, Serialize)]
+struct SkippedStretch {
+    segment: u64,
+    offset: u64,
+    octets: u64,
+    damage: &'static str,
+}
+
+fn recovery(state: &BrokerState) -> Option<Recovery> {
+    let report = state.store.as_ref()?.recovery_report();
+    Some(Recovery {
+        mode: report.mode.name(),
+        clean_shutdown: report.clean,
+        skipped: report
+            .skipped
+            .iter()
+            .map(|k| SkippedStretch {
+                segment: k.segment,
+                offset: k.offset,
+                octets: k.len,
+                damage: k.damage.name(),
+            })
+            .collect(),
+        damaged_copies: report
+            .damaged_copies
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -273,9 +316,11 @@ pub fn overview(state: &BrokerState) -> Overview {
         }
     }
     let node = node_name();
-    let (amqp, http) = state.bound;
+    let (amqp, http) = &state.bound;
     Overview {
-        listeners: std::iter::once(("amqp", amqp))
+        listeners: amqp
+            .iter()
+            .map(|a| ("amqp", *a))
             .chain(http.map(|a| ("http", a)))
             .map(|(protocol, a)| Listener {
                 node,
@@ -314,6 +359,7 @@ pub fn overview(state: &BrokerState) -> Overview {
             consumers,
             exchanges: state.vhost.exchange_count(),
         },
+        minimq_recovery: recovery(state),
     }
 }
 
