@@ -56,12 +56,11 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        if src.len() < 7 {
+        let Some(&[kind, c0, c1, s0, s1, s2, s3]) = src.get(..7) else {
             return Ok(None);
-        }
-        let kind = src[0];
-        let channel = u16::from_be_bytes([src[1], src[2]]);
-        let size = u32::from_be_bytes([src[3], src[4], src[5], src[6]]) as usize;
+        };
+        let channel = u16::from_be_bytes([c0, c1]);
+        let size = u32::from_be_bytes([s0, s1, s2, s3]) as usize;
         let total = size as u64 + FRAME_OVERHEAD as u64;
         if self.frame_max != 0 && total > u64::from(self.frame_max) {
             return Err(DecodeError::FrameTooLarge {
@@ -76,7 +75,10 @@ impl Decoder for FrameCodec {
             src.reserve((size + FRAME_OVERHEAD - src.len()).min(MAX_RESERVE_STEP));
             return Ok(None);
         }
-        let end = src[7 + size];
+        // Present: the length check above.
+        let Some(&end) = src.get(7 + size) else {
+            return Ok(None);
+        };
         if end != FRAME_END {
             return Err(DecodeError::BadFrameEnd(end).into());
         }

@@ -131,8 +131,7 @@ fn begin(buf: &mut BytesMut, kind: u8, channel: u16) -> usize {
 
 /// Fills in the size written by [`begin`] and appends the frame end.
 fn finish(buf: &mut BytesMut, size_at: usize) {
-    let size = (buf.len() - size_at - 4) as u32;
-    buf[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    crate::types::write::patch_len(buf, size_at);
     buf.put_u8(FRAME_END);
 }
 
@@ -300,20 +299,25 @@ pub struct RawContent {
 pub fn peek_content(buf: &[u8], frame_max: u32) -> Option<RawContent> {
     let (method, at) = raw_frame(buf, 0, FRAME_METHOD, frame_max)?;
     let (channel, method) = method;
-    if channel == 0 || method.len() < 4 {
+    if channel == 0 {
         return None;
     }
-    let class_id = u16::from_be_bytes([buf[method.start], buf[method.start + 1]]);
-    let method_id = u16::from_be_bytes([buf[method.start + 2], buf[method.start + 3]]);
+    let &[c0, c1, m0, m1] = buf.get(method.start..method.start.checked_add(4)?)? else {
+        return None;
+    };
+    let class_id = u16::from_be_bytes([c0, c1]);
+    let method_id = u16::from_be_bytes([m0, m1]);
     let ((header_channel, header), at) = raw_frame(buf, at, FRAME_HEADER, frame_max)?;
     if header_channel != channel || header.len() < 14 {
         return None;
     }
-    let h = &buf[header.start..];
-    if u16::from_be_bytes([h[0], h[1]]) != class_id {
+    // class (2), weight (2), body size (8), property flags (2 at least)
+    let h: &[u8; 12] = buf.get(header.start..header.start + 12)?.try_into().ok()?;
+    let &[h0, h1, _, _, b0, b1, b2, b3, b4, b5, b6, b7] = h;
+    if u16::from_be_bytes([h0, h1]) != class_id {
         return None;
     }
-    let body_size = u64::from_be_bytes(h[4..12].try_into().ok()?);
+    let body_size = u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
     let properties = header.start + 12..header.end;
     if body_size == 0 {
         return Some(RawContent {
@@ -349,12 +353,14 @@ fn raw_frame(
     kind: u8,
     frame_max: u32,
 ) -> Option<((u16, std::ops::Range<usize>), usize)> {
-    let head = buf.get(at..at + 7)?;
-    if head[0] != kind {
+    let &[head_kind, c0, c1, s0, s1, s2, s3] = buf.get(at..at.checked_add(7)?)? else {
+        return None;
+    };
+    if head_kind != kind {
         return None;
     }
-    let channel = u16::from_be_bytes([head[1], head[2]]);
-    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let channel = u16::from_be_bytes([c0, c1]);
+    let size = u32::from_be_bytes([s0, s1, s2, s3]) as usize;
     if frame_max != 0 && size as u64 + FRAME_OVERHEAD as u64 > u64::from(frame_max) {
         return None;
     }
@@ -383,17 +389,15 @@ pub const ACK_FRAME_LEN: usize = FRAME_OVERHEAD + 4 + 8 + 1;
 /// `multiple` bit, read as the method decoder reads them. `None` for anything else,
 /// which the caller then decodes as usual.
 pub fn peek_ack(buf: &[u8]) -> Option<(u16, u64, bool)> {
-    let f = buf.get(..ACK_FRAME_LEN)?;
-    let size = u32::from_be_bytes([f[3], f[4], f[5], f[6]]);
-    let ids = [f[7], f[8], f[9], f[10]];
-    if f[0] != FRAME_METHOD
-        || size != 13
-        || ids != [0, 60, 0, 80]
-        || f[ACK_FRAME_LEN - 1] != FRAME_END
+    let f: &[u8; ACK_FRAME_LEN] = buf.get(..ACK_FRAME_LEN)?.try_into().ok()?;
+    let &[kind, c0, c1, s0, s1, s2, s3, i0, i1, i2, i3, t0, t1, t2, t3, t4, t5, t6, t7, bits, end] =
+        f;
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    if kind != FRAME_METHOD || size != 13 || [i0, i1, i2, i3] != [0, 60, 0, 80] || end != FRAME_END
     {
         return None;
     }
-    let channel = u16::from_be_bytes([f[1], f[2]]);
-    let tag = u64::from_be_bytes(f[11..19].try_into().ok()?);
-    Some((channel, tag, f[19] & 1 != 0))
+    let channel = u16::from_be_bytes([c0, c1]);
+    let tag = u64::from_be_bytes([t0, t1, t2, t3, t4, t5, t6, t7]);
+    Some((channel, tag, bits & 1 != 0))
 }

@@ -11,6 +11,12 @@
 //!
 //! Bodies and long strings decode as zero-copy [`bytes::Bytes`] slices of the read buffer.
 #![forbid(unsafe_code)]
+// Every byte sequence must decode to a frame, "need more", or an error: no index may panic.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(
+    test,
+    allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
 #![warn(missing_docs)]
 
 pub mod codec;

@@ -372,7 +372,7 @@ pub mod write {
             len -= 1;
         }
         buf.put_u8(len as u8);
-        buf.put_slice(&s.as_bytes()[..len]);
+        buf.put_slice(s.get(..len).unwrap_or_default().as_bytes());
     }
 
     /// A long string.
@@ -389,8 +389,17 @@ pub mod write {
             shortstr(buf, k);
             value(buf, v);
         }
-        let len = (buf.len() - len_at - 4) as u32;
-        buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        patch_len(buf, len_at);
+    }
+
+    /// Fills in the 32-bit length at `at` (written as a placeholder by the caller) with the
+    /// number of octets written after it.
+    // `at` is where this buffer's caller reserved the four octets, before what follows:
+    // always in bounds, and a logic error (not input) if not.
+    #[allow(clippy::indexing_slicing)]
+    pub(crate) fn patch_len(buf: &mut BytesMut, at: usize) {
+        let len = (buf.len() - at - 4) as u32;
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
 
     /// One tagged field value.
@@ -418,8 +427,7 @@ pub mod write {
                 for item in items {
                     value(buf, item);
                 }
-                let len = (buf.len() - len_at - 4) as u32;
-                buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+                patch_len(buf, len_at);
             }
             FieldValue::Timestamp(t) => buf.put_u64(*t),
             FieldValue::Table(t) => table(buf, t),
