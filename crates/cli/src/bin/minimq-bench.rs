@@ -9,6 +9,8 @@
 //! minimq-bench --fill 1000000 --size 16 --json      # publish only, leave them queued
 //! minimq-bench --drain --prefetch 100 --json        # consume what is queued, then stop
 //! ```
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -337,10 +339,13 @@ async fn run(args: Args) -> Result<bool, String> {
         }));
         // Each consume is registered before the next consumer, and any producer, starts.
         if ready_rx.await.is_err() {
-            let failed = consumers.pop().expect("pushed above");
-            return Err(match failed.await {
-                Ok(Err(e)) => e,
-                _ => "a consumer thread failed".into(),
+            let failed = consumers.pop();
+            return Err(match failed {
+                Some(f) => match f.await {
+                    Ok(Err(e)) => e,
+                    _ => "a consumer thread failed".into(),
+                },
+                None => "a consumer thread failed".into(),
             });
         }
     }
@@ -417,7 +422,10 @@ async fn run(args: Args) -> Result<bool, String> {
                 if window > 0 {
                     outstanding.push_back(confirm);
                     while outstanding.len() >= window {
-                        let c = outstanding.pop_front().expect("non-empty").await;
+                        let Some(c) = outstanding.pop_front() else {
+                            break;
+                        };
+                        let c = c.await;
                         settle(c.map_err(|e| format!("confirm failed: {e}"))?, &mut stats);
                     }
                 }

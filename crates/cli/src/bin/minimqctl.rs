@@ -6,6 +6,8 @@
 //! minimqctl --formatter json list_consumers
 //! minimqctl purge_queue task_queue
 //! ```
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::time::Duration;
 

@@ -6,6 +6,8 @@
 //! task --count 10000 --rate 500 job.  # 10000 messages "job. 1" .. "job. 10000", confirmed
 //! seq 100 | task --stdin              # one message per line, confirmed
 //! ```
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

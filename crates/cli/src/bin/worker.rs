@@ -9,6 +9,8 @@
 //! A message is acknowledged after its work is done. Ctrl+C (or SIGTERM) stops the worker
 //! at once: a message in progress is not acknowledged, and the broker gives it to another
 //! worker when the connection closes.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
