@@ -36,4 +36,5 @@ minimq_tests!(
     close_ends_consumers_and_calls,
     a_burst_of_deliveries_arrives_whole_and_in_order,
     auto_ack_deliveries_need_no_settling,
+    transactions_commit_and_roll_back,
 );

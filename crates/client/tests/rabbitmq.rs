@@ -43,9 +43,10 @@ rabbitmq_tests!(
     close_ends_consumers_and_calls,
     a_burst_of_deliveries_arrives_whole_and_in_order,
     auto_ack_deliveries_need_no_settling,
+    transactions_commit_and_roll_back,
 );
 
 #[test]
 fn every_scenario_is_listed() {
-    assert_eq!(scenarios::ALL.len(), 12);
+    assert_eq!(scenarios::ALL.len(), 13);
 }

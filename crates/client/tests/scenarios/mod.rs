@@ -30,6 +30,7 @@ pub const ALL: &[&str] = &[
     "close_ends_consumers_and_calls",
     "a_burst_of_deliveries_arrives_whole_and_in_order",
     "auto_ack_deliveries_need_no_settling",
+    "transactions_commit_and_roll_back",
 ];
 
 /// A queue name no other scenario (or run) uses.
@@ -605,6 +606,62 @@ pub async fn auto_ack_deliveries_need_no_settling(url: &str) {
     conn.close().await.unwrap();
 }
 
+/// `tx.select`, then publishes and an ack held until `tx.commit`, and discarded by
+/// `tx.rollback`; commit and rollback on a channel that is not transactional are 406.
+pub async fn transactions_commit_and_roll_back(url: &str) {
+    let conn = Connection::connect(url).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    let name = unique("tx");
+    ch.queue_declare(&name, exclusive(), FieldTable::new())
+        .await
+        .unwrap();
+    ch.tx_select().await.unwrap();
+    for body in ["one", "two"] {
+        ch.basic_publish("", &name, false, BasicProperties::default(), body)
+            .await
+            .unwrap();
+    }
+    // Held until the commit: a passive declare counts nothing yet.
+    let q = ch
+        .queue_declare(&name, passive(), FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count, 0, "publishes in a transaction wait for the commit");
+    ch.tx_commit().await.unwrap();
+    assert_eq!(
+        ch.queue_declare(&name, passive(), FieldTable::new())
+            .await
+            .unwrap()
+            .message_count,
+        2
+    );
+    // A rolled-back publish never arrives; a rolled-back ack leaves the message unacked.
+    ch.basic_publish("", &name, false, BasicProperties::default(), "three")
+        .await
+        .unwrap();
+    let got = ch.basic_get(&name, false).await.unwrap().expect("a message");
+    assert_eq!(&got.delivery.body[..], b"one");
+    got.delivery.ack().await.unwrap();
+    ch.tx_rollback().await.unwrap();
+    ch.basic_recover(true).await.unwrap();
+    let mut bodies = Vec::new();
+    while let Some(m) = ch.basic_get(&name, true).await.unwrap() {
+        bodies.push(String::from_utf8(m.delivery.body.to_vec()).unwrap());
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["one", "two"], "the rollback dropped 'three' and the ack");
+    // Not transactional: 406 on the channel.
+    let plain = conn.open_channel().await.unwrap();
+    match plain.tx_commit().await {
+        Err(Error::ChannelClosed { code, text }) => assert_eq!(
+            (code, text.as_str()),
+            (406, "PRECONDITION_FAILED - channel is not transactional")
+        ),
+        other => panic!("expected 406, got {other:?}"),
+    }
+    conn.close().await.unwrap();
+}
+
 /// Runs one scenario by name (see [`ALL`]).
 pub async fn run(name: &str, url: &str) {
     match name {
@@ -624,6 +681,7 @@ pub async fn run(name: &str, url: &str) {
             a_burst_of_deliveries_arrives_whole_and_in_order(url).await
         }
         "auto_ack_deliveries_need_no_settling" => auto_ack_deliveries_need_no_settling(url).await,
+        "transactions_commit_and_roll_back" => transactions_commit_and_roll_back(url).await,
         other => panic!("no scenario {other}"),
     }
 }
