@@ -11,7 +11,8 @@ use minimq_protocol::frame::encode_publish_head;
 use minimq_protocol::{
     BasicCancel, BasicConsume, BasicGet, BasicProperties, BasicQos, BasicRecover, ChannelClose,
     ConfirmSelect, ExchangeBind, ExchangeDeclare, ExchangeDelete, ExchangeUnbind, FieldTable,
-    Method, QueueBind, QueueDeclare, QueueDelete, QueuePurge, QueueUnbind,
+    Method, QueueBind, QueueDeclare, QueueDelete, QueuePurge, QueueUnbind, TxCommit, TxRollback,
+    TxSelect,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -432,6 +433,34 @@ impl Channel {
     pub async fn confirm_select(&self) -> Result<()> {
         self.core
             .call(Method::ConfirmSelect(ConfirmSelect { nowait: false }), None)
+            .await
+            .map(drop)
+    }
+
+    /// `tx.select`: makes the channel transactional. Publishes and acks / nacks / rejects
+    /// are then held by the broker until [`Channel::tx_commit`], and dropped by
+    /// [`Channel::tx_rollback`]. A channel is transactional or in confirm mode, not both.
+    pub async fn tx_select(&self) -> Result<()> {
+        self.core
+            .call(Method::TxSelect(TxSelect), None)
+            .await
+            .map(drop)
+    }
+
+    /// `tx.commit`: applies everything held since the last commit or rollback; the broker
+    /// answers once persistent messages to durable queues are on disk.
+    pub async fn tx_commit(&self) -> Result<()> {
+        self.core
+            .call(Method::TxCommit(TxCommit), None)
+            .await
+            .map(drop)
+    }
+
+    /// `tx.rollback`: drops everything held since the last commit or rollback (deliveries
+    /// stay unacknowledged).
+    pub async fn tx_rollback(&self) -> Result<()> {
+        self.core
+            .call(Method::TxRollback(TxRollback), None)
             .await
             .map(drop)
     }

@@ -626,7 +626,10 @@ pub async fn transactions_commit_and_roll_back(url: &str) {
         .queue_declare(&name, passive(), FieldTable::new())
         .await
         .unwrap();
-    assert_eq!(q.message_count, 0, "publishes in a transaction wait for the commit");
+    assert_eq!(
+        q.message_count, 0,
+        "publishes in a transaction wait for the commit"
+    );
     ch.tx_commit().await.unwrap();
     assert_eq!(
         ch.queue_declare(&name, passive(), FieldTable::new())
@@ -639,7 +642,11 @@ pub async fn transactions_commit_and_roll_back(url: &str) {
     ch.basic_publish("", &name, false, BasicProperties::default(), "three")
         .await
         .unwrap();
-    let got = ch.basic_get(&name, false).await.unwrap().expect("a message");
+    let got = ch
+        .basic_get(&name, false)
+        .await
+        .unwrap()
+        .expect("a message");
     assert_eq!(&got.delivery.body[..], b"one");
     got.delivery.ack().await.unwrap();
     ch.tx_rollback().await.unwrap();
@@ -649,7 +656,11 @@ pub async fn transactions_commit_and_roll_back(url: &str) {
         bodies.push(String::from_utf8(m.delivery.body.to_vec()).unwrap());
     }
     bodies.sort();
-    assert_eq!(bodies, ["one", "two"], "the rollback dropped 'three' and the ack");
+    assert_eq!(
+        bodies,
+        ["one", "two"],
+        "the rollback dropped 'three' and the ack"
+    );
     // Not transactional: 406 on the channel.
     let plain = conn.open_channel().await.unwrap();
     match plain.tx_commit().await {
