@@ -383,3 +383,141 @@ async fn kill_loop_with_consumers_acking_loses_no_confirmed_message() {
     drop(seen);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One transaction of [`transactions_are_all_or_nothing_across_sigkill`].
+#[derive(Debug, Clone)]
+struct Tx {
+    /// Take the queue's head with `basic.get` and ack it inside the transaction.
+    ack_head: bool,
+    /// Persistent messages published inside it.
+    publishes: u8,
+    /// Committed (else rolled back; the last one is cut off by the kill instead).
+    commit: bool,
+}
+
+fn tx_strategy() -> impl proptest::strategy::Strategy<Value = (Vec<Tx>, bool)> {
+    use proptest::prelude::*;
+    let tx = (any::<bool>(), 0u8..6, any::<bool>()).prop_map(|(ack_head, publishes, commit)| Tx {
+        ack_head,
+        publishes,
+        commit,
+    });
+    // The transactions, and whether the kill lands just after the last commit-ok (else in
+    // the middle of one more transaction, after its publishes and ack, before its commit).
+    (proptest::collection::vec(tx, 1..8), any::<bool>())
+}
+
+/// `kill -9` between a `tx.commit-ok` and the next publish, or in the middle of a
+/// transaction: after the restart the queue holds exactly what the committed transactions
+/// left in it, in order — each transaction's publishes and ack all there or all absent.
+/// `MINIMQ_TX_CRASH_CASES` sets the number of cases (default 16).
+#[test]
+fn transactions_are_all_or_nothing_across_sigkill() {
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = std::env::var("MINIMQ_TX_CRASH_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let case = std::sync::atomic::AtomicU64::new(0);
+    runner
+        .run(&tx_strategy(), |(txs, kill_after_commit)| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rt.block_on(tx_crash_case(n, &txs, kill_after_commit));
+            Ok(())
+        })
+        .unwrap();
+}
+
+async fn tx_crash_case(n: u64, txs: &[Tx], kill_after_commit: bool) {
+    let dir = std::env::temp_dir().join(format!("minimq-tx-crash-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let queue = "tx-crash";
+    let persistent = || BasicProperties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    let addr = free_port();
+    let mut server = spawn_server(addr, &dir);
+    let url = format!("amqp://guest:guest@{addr}/%2f");
+    let conn = Connection::connect(&url).await.expect("connect");
+    let ch = conn.open_channel().await.unwrap();
+    ch.queue_declare(queue, durable(), FieldTable::new())
+        .await
+        .unwrap();
+    ch.tx_select().await.unwrap();
+    // What the committed transactions left in the queue, in order.
+    let mut model: std::collections::VecDeque<String> = Default::default();
+    let mut next = 0u32;
+    let last = txs.len() - 1;
+    for (i, tx) in txs.iter().enumerate() {
+        let cut_off = i == last && !kill_after_commit;
+        let mut acked = None;
+        if tx.ack_head {
+            if let Some(m) = ch.basic_get(queue, false).await.unwrap() {
+                let body = String::from_utf8(m.delivery.body.to_vec()).unwrap();
+                assert_eq!(Some(&body), model.front(), "the head of the queue");
+                m.delivery.ack().await.unwrap();
+                acked = Some(body);
+            }
+        }
+        let mut published = Vec::new();
+        for _ in 0..tx.publishes {
+            let body = format!("m{next}");
+            next += 1;
+            ch.basic_publish("", queue, false, persistent(), body.clone())
+                .await
+                .unwrap();
+            published.push(body);
+        }
+        if cut_off {
+            break;
+        }
+        if tx.commit || i == last {
+            ch.tx_commit().await.unwrap();
+            if acked.is_some() {
+                model.pop_front();
+            }
+            model.extend(published);
+        } else {
+            ch.tx_rollback().await.unwrap();
+            // The rolled-back ack leaves the message unacked: back to its place.
+            ch.basic_recover(true).await.unwrap();
+        }
+    }
+    server.kill().unwrap();
+    let _ = server.wait();
+    drop(conn);
+
+    let addr = free_port();
+    let mut server = spawn_server(addr, &dir);
+    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
+        .await
+        .expect("connect");
+    let ch = conn.open_channel().await.unwrap();
+    ch.queue_declare(queue, durable(), FieldTable::new())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = ch.basic_get(queue, true).await.unwrap() {
+        got.push(String::from_utf8(m.delivery.body.to_vec()).unwrap());
+    }
+    assert_eq!(
+        got,
+        Vec::from(model),
+        "after SIGKILL: {txs:?}, kill after the last commit-ok: {kill_after_commit}"
+    );
+    conn.close().await.unwrap();
+    server.kill().unwrap();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
