@@ -339,6 +339,18 @@ pub fn open(
     mode: RecoveryMode,
     fail_syncs: Option<Arc<AtomicBool>>,
 ) -> std::io::Result<(MetaLog, Recovered)> {
+    open_with(dir, mode, fail_syncs, None)
+}
+
+/// Test hook: called on the metadata thread before each sync of an append.
+type BeforeSync = Option<Box<dyn Fn() + Send>>;
+
+fn open_with(
+    dir: &Path,
+    mode: RecoveryMode,
+    fail_syncs: Option<Arc<AtomicBool>>,
+    before_sync: BeforeSync,
+) -> std::io::Result<(MetaLog, Recovered)> {
     let path = dir.join(LOG_NAME);
     let _ = std::fs::remove_file(dir.join(TMP_NAME));
     let (file, size, live) = if path.exists() {
@@ -379,6 +391,7 @@ pub fn open(
         fail_syncs,
         must_compact: false,
         failed: false,
+        before_sync,
     };
     let thread = std::thread::Builder::new()
         .name("minimq-meta".into())
@@ -414,6 +427,7 @@ struct Writer {
     /// A failed write could not be taken back: the log may hold records that were
     /// refused, so nothing more is written.
     failed: bool,
+    before_sync: BeforeSync,
 }
 
 impl Writer {
@@ -489,10 +503,12 @@ impl Writer {
             self.must_compact = false;
             return Ok(());
         }
-        let result = self
-            .file
-            .write_all(buf)
-            .and_then(|()| sync_file(&self.file, &self.fail_syncs));
+        let result = self.file.write_all(buf).and_then(|()| {
+            if let Some(hook) = &self.before_sync {
+                hook();
+            }
+            sync_file(&self.file, &self.fail_syncs)
+        });
         match result {
             Ok(()) => {
                 self.size = grown;
@@ -816,6 +832,51 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// Group commit: the changes handed over while a sync runs are written and synced
+    /// together by the next one, and each is answered only after the sync that covers it.
+    #[test]
+    fn changes_waiting_during_a_sync_share_the_next_one() {
+        let d = dir("group");
+        let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let counter = syncs.clone();
+        let hook = Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = entered_tx.send(());
+            let _ = released.lock().unwrap().recv();
+        });
+        let (log, _) = open_with(&d, RecoveryMode::default(), None, Some(hook)).unwrap();
+        let first = log.submit(Record::Exchange(exchange("first")), ());
+        entered.recv().unwrap();
+        // The first change's sync is in progress: these wait for the next one.
+        let mut rest: Vec<_> = (0..50)
+            .map(|i| log.submit(Record::Exchange(exchange(&format!("x{i}"))), ()))
+            .collect();
+        release.send(()).unwrap();
+        futures::executor::block_on(first.done()).unwrap();
+        entered.recv().unwrap();
+        for w in &mut rest {
+            assert!(
+                matches!(w.rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+                "not answered before its sync"
+            );
+        }
+        release.send(()).unwrap();
+        for w in rest {
+            futures::executor::block_on(w.done()).unwrap();
+        }
+        assert_eq!(
+            syncs.load(Ordering::SeqCst),
+            2,
+            "one sync for the 50 that waited"
+        );
+        drop(release);
+        log.stop_blocking();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// Declares and deletes over and over: the log is compacted, its size stays within
     /// twice the live set plus the floor, and the live set survives.
     #[test]
@@ -826,8 +887,11 @@ mod tests {
         change(&log, Record::Queue(queue(1, "q"))).unwrap();
         change(&log, Record::Binding(binding("keep", "q"))).unwrap();
         let mut largest = 0;
-        for i in 0..5000 {
-            let x = format!("tmp-{i}");
+        // Long names, so that few cycles (each one synced) write several times the
+        // floor: about 300 KiB here.
+        let pad = "n".repeat(100);
+        for i in 0..500 {
+            let x = format!("tmp-{i}-{pad}");
             change(&log, Record::Exchange(exchange(&x))).unwrap();
             change(&log, Record::Binding(binding(&x, "q"))).unwrap();
             change(&log, Record::RemoveExchange(x)).unwrap();
