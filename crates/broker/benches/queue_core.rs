@@ -77,7 +77,7 @@ async fn setup(vhost: &VHost, mode: Mode) -> (QueueHandle, mpsc::UnboundedReceiv
         auto_delete: false,
         arguments: FieldTable::new(),
     };
-    let (queue, _) = vhost.declare_queue(spec, 1).expect("declare");
+    let (queue, _) = vhost.declare_queue(spec, 1).await.expect("declare");
     let (sink, events) = mpsc::unbounded_channel();
     let (reply, answer) = oneshot::channel();
     let consumer = ConsumerSpec {

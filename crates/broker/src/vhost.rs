@@ -15,7 +15,7 @@ use minimq_protocol::{FieldTable, ReplyCode};
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueType};
-use crate::store::{BindingDef, ExchangeDef, RecoveredQueue, Store};
+use crate::store::{BindingDef, ExchangeDef, MetaWait, RecoveredQueue, Store};
 
 /// Exchanges every vhost has from the start.
 const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -141,7 +141,15 @@ impl VHost {
 
     /// Declares a queue for connection `conn_id`: creates it, or checks that the existing
     /// one is equivalent and accessible. Answers the handle and whether it was created.
-    pub fn declare_queue(&self, spec: QueueSpec, conn_id: u64) -> AmqpResult<(QueueHandle, bool)> {
+    ///
+    /// A durable queue is recorded first and registered only once its definition is on
+    /// disk: a queue whose record failed never existed (541, nothing to take back). The
+    /// record is awaited with no registry guard held.
+    pub async fn declare_queue(
+        &self,
+        spec: QueueSpec,
+        conn_id: u64,
+    ) -> AmqpResult<(QueueHandle, bool)> {
         let args = QueueArgs::parse(&spec.name, &spec.arguments)?;
         if args.queue_type == QueueType::Quorum {
             let bad = if !spec.durable {
@@ -160,28 +168,24 @@ impl VHost {
                 )));
             }
         }
-        match self.queues.entry(spec.name.as_str().into()) {
-            Entry::Occupied(e) => {
-                let q = e.get().clone();
-                drop(e);
-                check_failed(&q)?;
-                check_access(&q, conn_id)?;
-                check_equivalent(&q, &spec)?;
-                Ok((q, false))
-            }
+        if let Some(q) = self.queue(&spec.name) {
+            return existing_queue(q, &spec, conn_id);
+        }
+        // Exclusive queues die with their connection, so they are never stored
+        // (RabbitMQ deletes them at restart too).
+        let store_id = match (&self.store, spec.durable && !spec.exclusive) {
+            (Some(store), true) => Some(
+                store
+                    .add_queue(&spec.name, spec.auto_delete, &spec.arguments)
+                    .await
+                    .map_err(|e| store_failed("queue", &spec.name, e))?,
+            ),
+            _ => None,
+        };
+        let raced = match self.queues.entry(spec.name.as_str().into()) {
+            Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(v) => {
                 let owner = spec.exclusive.then_some(conn_id);
-                // Exclusive queues die with their connection, so they are never stored
-                // (RabbitMQ deletes them at restart too).
-                let store_id = match (&self.store, spec.durable && !spec.exclusive) {
-                    (Some(store), true) => {
-                        Some(store.add_queue(&spec.name, spec.auto_delete, &spec.arguments).map_err(|e| {
-                            tracing::error!(error = %e, queue = %spec.name, "cannot record durable queue");
-                            AmqpError::new(ReplyCode::InternalError, format!("cannot record queue '{}': {e}", spec.name))
-                        })?)
-                    }
-                    _ => None,
-                };
                 let (handle, rx) = QueueHandle::new(
                     spec.name.as_str().into(),
                     spec.durable,
@@ -200,9 +204,17 @@ impl VHost {
                     self.store.clone(),
                     Vec::new(),
                 );
-                Ok((handle, true))
+                return Ok((handle, true));
+            }
+        };
+        // Another connection declared it while this one's record was written: this
+        // record names a queue that never existed, so it goes again.
+        if let (Some(store), Some(id)) = (&self.store, store_id) {
+            if let Err(e) = store.remove_queue(id).done().await {
+                tracing::error!(error = %e, queue = %spec.name, "cannot take back the record of a queue declared twice at once");
             }
         }
+        existing_queue(raced, &spec, conn_id)
     }
 
     /// Looks a queue up for connection `conn_id`: 404 when missing, 405 when exclusive to
@@ -215,21 +227,25 @@ impl VHost {
     }
 
     /// Removes `handle` from the registry if it is still the registered incarnation, and
-    /// its bindings.
-    pub fn forget_queue(&self, handle: &QueueHandle) {
+    /// its bindings. A durable queue's removal is handed to the metadata log at once (so
+    /// it is ordered before any later declare); the answer tells when it is on disk, for
+    /// callers that answer a client (a caller that does not wait still gets the failure
+    /// logged by the metadata thread).
+    pub fn forget_queue(&self, handle: &QueueHandle) -> Option<MetaWait> {
         let removed = self
             .queues
             .remove_if(handle.name().as_ref(), |_, q| q.same(handle))
             .is_some();
-        if removed {
-            self.queues_changed();
-            self.forget_destination(&Destination::Queue(handle.name().clone()));
-            if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
-                if let Err(e) = store.remove_queue(id) {
-                    tracing::error!(error = %e, queue = %handle.name(), "cannot record queue deletion");
-                }
-            }
+        if !removed {
+            return None;
         }
+        self.queues_changed();
+        let done = match (&self.store, handle.info().store_id) {
+            (Some(store), Some(id)) => Some(store.remove_queue(id)),
+            _ => None,
+        };
+        self.forget_destination(&Destination::Queue(handle.name().clone()));
+        done
     }
 
     /// Recreates the durable queues recovered from the store, with their messages.
@@ -295,12 +311,23 @@ impl VHost {
             })
             .await
         {
-            self.forget_queue(&q);
+            self.unstore_queue(&q).await?;
             return Ok(0);
         }
         let n = rx.await.unwrap_or(Ok(0))?;
-        self.forget_queue(&q);
+        self.unstore_queue(&q).await?;
         Ok(n)
+    }
+
+    /// Forgets a deleted queue and answers once its removal is on disk (541 if it could
+    /// not be recorded: the queue is gone until a restart and may come back after it).
+    async fn unstore_queue(&self, q: &QueueHandle) -> AmqpResult<()> {
+        if let Some(done) = self.forget_queue(q) {
+            done.done()
+                .await
+                .map_err(|e| store_failed("queue deletion", q.name(), e))?;
+        }
+        Ok(())
     }
 
     /// How many exchanges there are (built-in ones included), for listings.
@@ -313,8 +340,10 @@ impl VHost {
         self.exchanges.get(name).map(|e| e.clone())
     }
 
-    /// Declares an exchange: creates it, or checks the existing one is equivalent.
-    pub fn declare_exchange(
+    /// Declares an exchange: creates it, or checks the existing one is equivalent. A
+    /// durable one is registered only once it is on disk (541 otherwise, and it does not
+    /// exist).
+    pub async fn declare_exchange(
         &self,
         name: &str,
         kind: &str,
@@ -364,6 +393,7 @@ impl VHost {
             };
             store
                 .put_exchange(def)
+                .await
                 .map_err(|e| store_failed("exchange", name, e))?;
         }
         self.exchanges.entry(name.into()).or_insert_with(|| {
@@ -379,8 +409,9 @@ impl VHost {
         Ok(())
     }
 
-    /// Deletes an exchange (`if_unused`: only without bindings).
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+    /// Deletes an exchange (`if_unused`: only without bindings). A durable one is
+    /// forgotten on disk first: if that fails (541) it still exists, here and on disk.
+    pub async fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
         if name.is_empty() || name.starts_with("amq.") {
             return Err(AmqpError::new(
                 ReplyCode::AccessRefused,
@@ -395,17 +426,22 @@ impl VHost {
                 "exchange '{name}' in vhost '/' in use"
             )));
         }
+        if let Some(done) = self.unstore_exchange(&e) {
+            done.done()
+                .await
+                .map_err(|err| store_failed("exchange deletion", name, err))?;
+        }
         self.exchanges.remove(name);
         self.forget_destination(&Destination::Exchange(e.name.clone()));
-        self.unstore_exchange(&e);
         Ok(())
     }
 
-    fn unstore_exchange(&self, e: &Exchange) {
-        if let (Some(store), true) = (&self.store, e.durable) {
-            if let Err(err) = store.remove_exchange(&e.name) {
-                tracing::error!(error = %err, exchange = %e.name, "cannot record exchange deletion");
-            }
+    /// Hands a durable exchange's removal to the metadata log (in order with every
+    /// other change); a caller that does not wait still gets a failure logged.
+    fn unstore_exchange(&self, e: &Exchange) -> Option<MetaWait> {
+        match (&self.store, e.durable) {
+            (Some(store), true) => Some(store.remove_exchange(&e.name)),
+            _ => None,
         }
     }
 
@@ -440,7 +476,7 @@ impl VHost {
         }
     }
 
-    fn store_binding(
+    async fn store_binding(
         &self,
         source: &Exchange,
         destination: &Destination,
@@ -451,24 +487,29 @@ impl VHost {
             let def = Self::binding_def(source, destination, key, arguments);
             store
                 .put_binding(def)
+                .await
                 .map_err(|e| store_failed("binding", &source.name, e))?;
         }
         Ok(())
     }
 
-    fn unstore_binding(
+    /// Forgets a binding on disk; answers once that is durable (541 otherwise).
+    async fn unstore_binding(
         &self,
         source: &Exchange,
         destination: &Destination,
         key: &str,
         arguments: &FieldTable,
-    ) {
-        if let Some(store) = &self.store {
+    ) -> AmqpResult<()> {
+        if let (Some(store), true) = (&self.store, self.durable_binding(source, destination)) {
             let def = Self::binding_def(source, destination, key, arguments);
-            if let Err(e) = store.remove_bindings(|b| *b == def) {
-                tracing::error!(error = %e, "cannot record unbinding");
-            }
+            store
+                .remove_binding(def)
+                .done()
+                .await
+                .map_err(|e| store_failed("unbinding", &source.name, e))?;
         }
+        Ok(())
     }
 
     /// Recreates durable exchanges and bindings recorded in the store.
@@ -499,8 +540,8 @@ impl VHost {
         }
     }
 
-    /// Binds `queue` to `exchange`.
-    pub fn bind(
+    /// Binds `queue` to `exchange` (a durable binding once it is on disk).
+    pub async fn bind(
         &self,
         queue: &str,
         exchange: &str,
@@ -511,7 +552,8 @@ impl VHost {
         let e = self.binding_exchange(exchange)?;
         let q = self.queue_for(queue, conn_id)?;
         let destination = Destination::Queue(q.name().clone());
-        self.store_binding(&e, &destination, key, &arguments)?;
+        self.store_binding(&e, &destination, key, &arguments)
+            .await?;
         e.bind(Binding {
             destination,
             key: key.to_string(),
@@ -520,8 +562,9 @@ impl VHost {
         Ok(())
     }
 
-    /// Removes a binding (absent bindings are fine, as in RabbitMQ).
-    pub fn unbind(
+    /// Removes a binding (absent bindings are fine, as in RabbitMQ); a durable one is
+    /// forgotten on disk first.
+    pub async fn unbind(
         &self,
         queue: &str,
         exchange: &str,
@@ -532,14 +575,15 @@ impl VHost {
         let e = self.binding_exchange(exchange)?;
         let q = self.queue_for(queue, conn_id)?;
         let destination = Destination::Queue(q.name().clone());
+        self.unstore_binding(&e, &destination, key, arguments)
+            .await?;
         e.unbind(&destination, key, arguments);
-        self.unstore_binding(&e, &destination, key, arguments);
         self.auto_delete_exchange(&e);
         Ok(())
     }
 
     /// Binds exchange `destination` to exchange `source` (`exchange.bind`).
-    pub fn bind_exchange(
+    pub async fn bind_exchange(
         &self,
         destination: &str,
         source: &str,
@@ -549,7 +593,8 @@ impl VHost {
         let src = self.binding_exchange(source)?;
         let dst = self.binding_exchange(destination)?;
         let destination = Destination::Exchange(dst.name.clone());
-        self.store_binding(&src, &destination, key, &arguments)?;
+        self.store_binding(&src, &destination, key, &arguments)
+            .await?;
         src.bind(Binding {
             destination,
             key: key.to_string(),
@@ -559,7 +604,7 @@ impl VHost {
     }
 
     /// Removes an exchange-to-exchange binding (`exchange.unbind`).
-    pub fn unbind_exchange(
+    pub async fn unbind_exchange(
         &self,
         destination: &str,
         source: &str,
@@ -569,8 +614,9 @@ impl VHost {
         let src = self.binding_exchange(source)?;
         let dst = self.binding_exchange(destination)?;
         let destination = Destination::Exchange(dst.name.clone());
+        self.unstore_binding(&src, &destination, key, arguments)
+            .await?;
         src.unbind(&destination, key, arguments);
-        self.unstore_binding(&src, &destination, key, arguments);
         self.auto_delete_exchange(&src);
         Ok(())
     }
@@ -579,7 +625,9 @@ impl VHost {
     fn auto_delete_exchange(&self, e: &Exchange) {
         if e.auto_delete && !e.has_bindings() && !e.name.starts_with("amq.") && !e.name.is_empty() {
             self.exchanges.remove(&*e.name);
-            self.unstore_exchange(e);
+            // Not waited for: this runs inside other changes (an unbind, a deletion),
+            // which answer for their own records; this one is ordered after them.
+            let _ = self.unstore_exchange(e);
             self.forget_destination(&Destination::Exchange(e.name.clone()));
         }
     }
@@ -694,6 +742,18 @@ impl VHost {
             }
         }
     }
+}
+
+/// A declare that found the queue: answers it if accessible and equivalent.
+fn existing_queue(
+    q: QueueHandle,
+    spec: &QueueSpec,
+    conn_id: u64,
+) -> AmqpResult<(QueueHandle, bool)> {
+    check_failed(&q)?;
+    check_access(&q, conn_id)?;
+    check_equivalent(&q, spec)?;
+    Ok((q, false))
 }
 
 fn store_failed(what: &str, name: &str, e: std::io::Error) -> AmqpError {

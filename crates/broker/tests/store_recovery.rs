@@ -34,7 +34,10 @@ fn message(body: &str) -> Arc<Message> {
 async fn populate(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
     let (store, recovered) = Store::open(dir, StoreOptions::default()).unwrap();
     assert!(recovered.is_empty());
-    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    let id = store
+        .add_queue("q", false, &FieldTable::new())
+        .await
+        .unwrap();
     let seg = segment(dir);
     let mut offsets = Vec::new();
     for i in 0..n {
@@ -74,7 +77,7 @@ fn bodies(store: &Store, queues: &[minimq_broker::store::RecoveredQueue]) -> Vec
 fn copy_dir(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
     std::fs::create_dir_all(to.join("segments")).unwrap();
-    std::fs::copy(from.join("queues.meta"), to.join("queues.meta")).unwrap();
+    std::fs::copy(from.join("metadata.log"), to.join("metadata.log")).unwrap();
     for e in std::fs::read_dir(from.join("segments")).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, to.join("segments").join(p.file_name().unwrap())).unwrap();
@@ -175,7 +178,10 @@ async fn settled_messages_do_not_come_back_and_dead_segments_are_deleted() {
         ..Default::default()
     };
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
-    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    let id = store
+        .add_queue("q", false, &FieldTable::new())
+        .await
+        .unwrap();
     let body = "x".repeat(1000);
     for seq in 1..=40u64 {
         store.enqueue(id, seq, &message(&body), None);
@@ -205,7 +211,10 @@ async fn a_long_lived_message_is_copied_forward_so_disk_use_stays_bounded() {
         ..Default::default()
     };
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
-    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    let id = store
+        .add_queue("q", false, &FieldTable::new())
+        .await
+        .unwrap();
     // Message 1 stays in the queue for the whole run; 2..=400 come and go.
     let long = message("long-lived");
     store.enqueue(id, 1, &long, None);
@@ -252,7 +261,10 @@ async fn records_across_read_chunks_and_larger_than_a_chunk_are_recovered() {
     // chunk boundaries, and one 5 MiB record is larger than a chunk.
     let dir = fresh_dir("chunks");
     let (store, _) = Store::open(&dir, StoreOptions::default()).unwrap();
-    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    let id = store
+        .add_queue("q", false, &FieldTable::new())
+        .await
+        .unwrap();
     let mut expected = Vec::new();
     for seq in 1..=300u64 {
         let size = if seq == 150 {
@@ -286,7 +298,10 @@ async fn a_compaction_at_close_does_not_hide_the_clean_shutdown() {
         ..StoreOptions::default()
     };
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
-    let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+    let id = store
+        .add_queue("q", false, &FieldTable::new())
+        .await
+        .unwrap();
     // Many segments, each mostly messages that will be settled.
     let body = "x".repeat(200);
     let total = 200u64;

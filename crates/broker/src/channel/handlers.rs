@@ -53,26 +53,20 @@ impl Conn {
             Method::ChannelFlowOk(_) => Ok(()),
             Method::QueueDeclare(d) => self.queue_declare(ch, d).await,
             Method::QueueBind(b) => {
-                self.state.vhost.bind(
-                    &b.queue,
-                    &b.exchange,
-                    &b.routing_key,
-                    b.arguments,
-                    self.id,
-                )?;
+                self.state
+                    .vhost
+                    .bind(&b.queue, &b.exchange, &b.routing_key, b.arguments, self.id)
+                    .await?;
                 if !b.no_wait {
                     self.send_method(ch, QueueBindOk.into());
                 }
                 Ok(())
             }
             Method::QueueUnbind(u) => {
-                self.state.vhost.unbind(
-                    &u.queue,
-                    &u.exchange,
-                    &u.routing_key,
-                    &u.arguments,
-                    self.id,
-                )?;
+                self.state
+                    .vhost
+                    .unbind(&u.queue, &u.exchange, &u.routing_key, &u.arguments, self.id)
+                    .await?;
                 self.send_method(ch, QueueUnbindOk.into());
                 Ok(())
             }
@@ -114,14 +108,17 @@ impl Conn {
                         .exchange(&d.exchange)
                         .ok_or_else(|| AmqpError::no_exchange(&d.exchange))?;
                 } else {
-                    self.state.vhost.declare_exchange(
-                        &d.exchange,
-                        &d.type_,
-                        d.durable,
-                        d.auto_delete,
-                        d.internal,
-                        d.arguments,
-                    )?;
+                    self.state
+                        .vhost
+                        .declare_exchange(
+                            &d.exchange,
+                            &d.type_,
+                            d.durable,
+                            d.auto_delete,
+                            d.internal,
+                            d.arguments,
+                        )
+                        .await?;
                 }
                 if !d.no_wait {
                     self.send_method(ch, ExchangeDeclareOk.into());
@@ -129,31 +126,30 @@ impl Conn {
                 Ok(())
             }
             Method::ExchangeDelete(d) => {
-                self.state.vhost.delete_exchange(&d.exchange, d.if_unused)?;
+                self.state
+                    .vhost
+                    .delete_exchange(&d.exchange, d.if_unused)
+                    .await?;
                 if !d.no_wait {
                     self.send_method(ch, ExchangeDeleteOk.into());
                 }
                 Ok(())
             }
             Method::ExchangeBind(b) => {
-                self.state.vhost.bind_exchange(
-                    &b.destination,
-                    &b.source,
-                    &b.routing_key,
-                    b.arguments,
-                )?;
+                self.state
+                    .vhost
+                    .bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
+                    .await?;
                 if !b.no_wait {
                     self.send_method(ch, ExchangeBindOk.into());
                 }
                 Ok(())
             }
             Method::ExchangeUnbind(u) => {
-                self.state.vhost.unbind_exchange(
-                    &u.destination,
-                    &u.source,
-                    &u.routing_key,
-                    &u.arguments,
-                )?;
+                self.state
+                    .vhost
+                    .unbind_exchange(&u.destination, &u.source, &u.routing_key, &u.arguments)
+                    .await?;
                 if !u.no_wait {
                     self.send_method(ch, ExchangeUnbindOk.into());
                 }
@@ -407,7 +403,7 @@ impl Conn {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments,
             };
-            let (q, created) = vhost.declare_queue(spec, self.id)?;
+            let (q, created) = vhost.declare_queue(spec, self.id).await?;
             if created && d.exclusive {
                 self.exclusive_queues.push(q.clone());
             }

@@ -1108,7 +1108,7 @@ mod tests {
     #[tokio::test]
     async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
         let vhost = VHost::new(None);
-        let (q, created) = vhost.declare_queue(spec("q"), 1).unwrap();
+        let (q, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
         assert!(created);
         let (sink, mut events) = mpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
@@ -1173,14 +1173,14 @@ mod tests {
             other => panic!("expected the confirm, got {other:?}"),
         }
 
-        let err = vhost.declare_queue(spec("q"), 1).unwrap_err();
+        let err = vhost.declare_queue(spec("q"), 1).await.unwrap_err();
         assert_eq!(err.code, ReplyCode::NotFound);
         assert_eq!(
             err.text,
             "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart"
         );
         vhost.delete_queue("q", 1, false, false).await.unwrap();
-        let (_, created) = vhost.declare_queue(spec("q"), 1).unwrap();
+        let (_, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
         assert!(created, "after a delete the name is free again");
     }
 }

@@ -9,8 +9,11 @@ use minimq_protocol::{BasicProperties, FieldTable};
 
 /// Magic of a segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"MINIMQSG";
-/// Magic of the queue-definitions file.
+/// Magic of the old queue-definitions file, `queues.meta` (a snapshot rewritten whole on
+/// every change); still read, and converted to the metadata log, at start-up.
 pub const META_MAGIC: &[u8; 8] = b"MINIMQMT";
+/// Magic of the metadata log, `metadata.log`.
+pub const META_LOG_MAGIC: &[u8; 8] = b"MINIMQML";
 /// Format version written by this build.
 pub const VERSION: u32 = 1;
 /// Length of a file header.
@@ -31,6 +34,9 @@ const T_EXCHANGE: u8 = 8;
 const T_BINDING: u8 = 9;
 const T_DELIVERIES: u8 = 10;
 const T_OPENED: u8 = 11;
+const T_REMOVE_QUEUE: u8 = 12;
+const T_REMOVE_EXCHANGE: u8 = 13;
+const T_REMOVE_BINDING: u8 = 14;
 
 /// A durable exchange's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +136,13 @@ pub enum Record {
     Exchange(ExchangeDef),
     /// A binding between durable objects (meta file only).
     Binding(BindingDef),
+    /// A durable queue was deleted, with the bindings to it (metadata log only).
+    RemoveQueue(u64),
+    /// A durable exchange was deleted, with every binding from or to it (metadata log
+    /// only).
+    RemoveExchange(String),
+    /// A binding between durable objects was removed (metadata log only).
+    RemoveBinding(BindingDef),
     /// Delivery counts of messages returned to a queue, for `x-delivery-count` and
     /// `x-delivery-limit` across restarts.
     Deliveries {
@@ -339,7 +352,9 @@ impl Record {
                     buf.put_u32(*n);
                 }
             }
-            Record::Binding(b) => {
+            Record::RemoveQueue(id) => buf.put_u64(*id),
+            Record::RemoveExchange(name) => write::shortstr(buf, name),
+            Record::Binding(b) | Record::RemoveBinding(b) => {
                 write::shortstr(buf, &b.source);
                 buf.put_u8(u8::from(b.to_exchange));
                 write::shortstr(buf, &b.destination);
@@ -363,6 +378,9 @@ impl Record {
             Record::Exchange(_) => T_EXCHANGE,
             Record::Binding(_) => T_BINDING,
             Record::Deliveries { .. } => T_DELIVERIES,
+            Record::RemoveQueue(_) => T_REMOVE_QUEUE,
+            Record::RemoveExchange(_) => T_REMOVE_EXCHANGE,
+            Record::RemoveBinding(_) => T_REMOVE_BINDING,
         }
     }
 
@@ -462,13 +480,22 @@ impl Record {
                 let counts = (0..n).map(|_| (p.get_u64(), p.get_u32())).collect();
                 Record::Deliveries { queue_id, counts }
             }
-            T_BINDING => Record::Binding(BindingDef {
-                source: read::shortstr(p).ok()?,
-                to_exchange: read::u8(p).ok()? != 0,
-                destination: read::shortstr(p).ok()?,
-                key: read::shortstr(p).ok()?,
-                arguments: read::table(p).ok()?,
-            }),
+            T_BINDING | T_REMOVE_BINDING => {
+                let b = BindingDef {
+                    source: read::shortstr(p).ok()?,
+                    to_exchange: read::u8(p).ok()? != 0,
+                    destination: read::shortstr(p).ok()?,
+                    key: read::shortstr(p).ok()?,
+                    arguments: read::table(p).ok()?,
+                };
+                if kind == T_BINDING {
+                    Record::Binding(b)
+                } else {
+                    Record::RemoveBinding(b)
+                }
+            }
+            T_REMOVE_QUEUE => Record::RemoveQueue(read::u64(p).ok()?),
+            T_REMOVE_EXCHANGE => Record::RemoveExchange(read::shortstr(p).ok()?),
             _ => return None,
         };
         if p.has_remaining() {
@@ -648,6 +675,15 @@ mod tests {
             key: "a.#".into(),
             arguments: FieldTable::new(),
         }));
+        roundtrip(Record::RemoveBinding(BindingDef {
+            source: "x".into(),
+            to_exchange: true,
+            destination: "y".into(),
+            key: "".into(),
+            arguments: FieldTable::new(),
+        }));
+        roundtrip(Record::RemoveQueue(4));
+        roundtrip(Record::RemoveExchange("x".into()));
         roundtrip(Record::Queue(QueueDef {
             id: 4,
             name: "q".into(),

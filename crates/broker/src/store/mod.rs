@@ -6,20 +6,24 @@
 //! - [`writer`]: the writer and syncer threads (append, group commit, segment rotation and
 //!   deletion).
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments.
+//! - [`meta`]: the metadata log (durable queues, exchanges, bindings) and its thread.
 //!
 //! Layout of the data directory:
 //! ```text
 //! LOCK            held while a server uses the directory
-//! queues.meta     durable queue definitions, rewritten atomically (tmp + rename)
+//! metadata.log    durable queues, exchanges and bindings: an append-only log, compacted
+//!                 (tmp + rename) when it grows past twice what is live
 //! segments/       NNNNNNNNNNNNNNNNNNNN.seg, the log
 //! damaged/        segments found damaged at start-up, kept for inspection
 //! ```
 //! Who writes what: queue tasks append enqueue / settle records for their persistent
 //! messages (the first queue to take a message also appends the message itself); the
-//! vhost rewrites `queues.meta` when a durable queue is declared or deleted.
+//! vhost hands a record to the metadata thread when a durable queue, exchange or binding
+//! is declared or deleted, and awaits it before answering.
 
 pub mod format;
 pub use minimq_protocol::idhash;
+pub mod meta;
 pub mod reader;
 pub mod recovery;
 pub mod writer;
@@ -31,13 +35,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::mpsc;
 
 use crate::message::Message;
 use crate::queue::ConfirmTicket;
-use format::{check_header, file_header, QueueDef, Record, FILE_HEADER_LEN, META_MAGIC};
 pub use format::{BindingDef, ExchangeDef};
+use format::{QueueDef, Record, FILE_HEADER_LEN};
+pub use meta::MetaWait;
 pub use recovery::{Damage, RecoveredMessage, RecoveryMode, Skipped};
 
 /// What the last start-up's recovery did, for the log and the management API.
@@ -124,7 +129,12 @@ pub struct Store {
     tx: mpsc::UnboundedSender<Op>,
     poisoned: Arc<AtomicBool>,
     next_msg_id: AtomicU64,
-    meta: Mutex<Meta>,
+    /// The metadata log's thread.
+    meta: Arc<meta::MetaLog>,
+    /// The next durable queue id (ids are never reused; see [`Record::NextQueueId`]).
+    next_queue_id: AtomicU64,
+    /// The durable exchanges and bindings found at start-up, until the vhost takes them.
+    topology: Mutex<Option<(Vec<ExchangeDef>, Vec<BindingDef>)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the writer is asked to stop: a record sent later is not a failure.
     stopping: AtomicBool,
@@ -132,14 +142,6 @@ pub struct Store {
     lock: Mutex<Option<File>>,
     /// What recovery did at open.
     recovery: RecoveryReport,
-}
-
-#[derive(Default)]
-struct Meta {
-    defs: BTreeMap<u64, QueueDef>,
-    next_id: u64,
-    exchanges: BTreeMap<String, ExchangeDef>,
-    bindings: Vec<BindingDef>,
 }
 
 impl std::fmt::Debug for Store {
@@ -172,8 +174,8 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir)?;
-        let meta = load_meta(&dir.join("queues.meta"))?;
-        let defs = meta.defs.clone();
+        let (meta_log, found) = meta::open(dir, opts.recovery, opts.fail_syncs.clone())?;
+        let defs: BTreeMap<u64, QueueDef> = found.queues.into_iter().map(|d| (d.id, d)).collect();
         let started = std::time::Instant::now();
         let mut replay = recovery::replay(&seg_dir, &dir.join("damaged"), opts.recovery)?;
         let report = RecoveryReport {
@@ -324,7 +326,9 @@ impl Store {
             tx,
             poisoned,
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
-            meta: Mutex::new(meta),
+            meta: Arc::new(meta_log),
+            next_queue_id: AtomicU64::new(found.next_id),
+            topology: Mutex::new(Some((found.exchanges, found.bindings))),
             thread: Mutex::new(Some(thread)),
             stopping: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
@@ -348,90 +352,63 @@ impl Store {
         self.poisoned.load(Ordering::SeqCst)
     }
 
-    /// Records a durable queue; answers its store id. Synchronous: the definition is on
-    /// disk when this returns.
-    pub fn add_queue(
+    /// Records a durable queue; answers its store id once the definition is on disk.
+    /// The file work runs on the metadata thread, not the caller's.
+    pub async fn add_queue(
         &self,
         name: &str,
         auto_delete: bool,
         arguments: &minimq_protocol::FieldTable,
     ) -> std::io::Result<u64> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let id = meta.next_id;
-        meta.next_id += 1;
-        meta.defs.insert(
+        let id = self.next_queue_id.fetch_add(1, Ordering::SeqCst);
+        let def = QueueDef {
             id,
-            QueueDef {
-                id,
-                name: name.to_string(),
-                auto_delete,
-                arguments: arguments.clone(),
-            },
-        );
-        write_meta(&self.dir.join("queues.meta"), &meta)?;
-        Ok(id)
+            name: name.to_string(),
+            auto_delete,
+            arguments: arguments.clone(),
+        };
+        self.meta.submit(Record::Queue(def), id).done().await
     }
 
-    /// The durable exchanges and bindings recorded (to restore at start-up).
+    /// The durable exchanges and bindings recovered at start-up (to restore them); the
+    /// first call takes them, later ones answer nothing.
     pub fn topology(&self) -> (Vec<ExchangeDef>, Vec<BindingDef>) {
-        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            meta.exchanges.values().cloned().collect(),
-            meta.bindings.clone(),
-        )
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
     }
 
-    /// Records a durable exchange (synchronous, like [`Store::add_queue`]).
-    pub fn put_exchange(&self, def: ExchangeDef) -> std::io::Result<()> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        meta.exchanges.insert(def.name.clone(), def);
-        write_meta(&self.dir.join("queues.meta"), &meta)
+    /// Records a durable exchange; answers once it is on disk.
+    pub async fn put_exchange(&self, def: ExchangeDef) -> std::io::Result<()> {
+        self.meta.submit(Record::Exchange(def), ()).done().await
     }
 
-    /// Forgets a durable exchange and every binding from or to it.
-    pub fn remove_exchange(&self, name: &str) -> std::io::Result<()> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let before = (meta.exchanges.len(), meta.bindings.len());
-        meta.exchanges.remove(name);
-        meta.bindings
-            .retain(|b| b.source != name && !(b.to_exchange && b.destination == name));
-        if before != (meta.exchanges.len(), meta.bindings.len()) {
-            write_meta(&self.dir.join("queues.meta"), &meta)?;
-        }
-        Ok(())
+    /// Forgets a durable exchange and every binding from or to it. Handed to the
+    /// metadata thread at once (so it is ordered before any later change); the answer
+    /// tells when it is on disk.
+    pub fn remove_exchange(&self, name: &str) -> MetaWait {
+        self.meta
+            .submit(Record::RemoveExchange(name.to_string()), ())
     }
 
-    /// Records a binding between durable objects.
-    pub fn put_binding(&self, def: BindingDef) -> std::io::Result<()> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        if meta.bindings.contains(&def) {
-            return Ok(());
-        }
-        meta.bindings.push(def);
-        write_meta(&self.dir.join("queues.meta"), &meta)
+    /// Records a binding between durable objects; answers once it is on disk.
+    pub async fn put_binding(&self, def: BindingDef) -> std::io::Result<()> {
+        self.meta.submit(Record::Binding(def), ()).done().await
     }
 
-    /// Forgets the bindings `matches` selects.
-    pub fn remove_bindings(&self, matches: impl Fn(&BindingDef) -> bool) -> std::io::Result<()> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let before = meta.bindings.len();
-        meta.bindings.retain(|b| !matches(b));
-        if meta.bindings.len() != before {
-            write_meta(&self.dir.join("queues.meta"), &meta)?;
-        }
-        Ok(())
+    /// Forgets a binding (as [`Store::remove_exchange`]).
+    pub fn remove_binding(&self, def: BindingDef) -> MetaWait {
+        self.meta.submit(Record::RemoveBinding(def), ())
     }
 
-    /// Forgets a durable queue and everything it held.
-    pub fn remove_queue(&self, id: u64) -> std::io::Result<()> {
-        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(def) = meta.defs.remove(&id) {
-            meta.bindings
-                .retain(|b| b.to_exchange || b.destination != def.name);
-            write_meta(&self.dir.join("queues.meta"), &meta)?;
-        }
+    /// Forgets a durable queue, the bindings to it, and everything it held (as
+    /// [`Store::remove_exchange`]).
+    pub fn remove_queue(&self, id: u64) -> MetaWait {
+        let done = self.meta.submit(Record::RemoveQueue(id), ());
         let _ = self.tx.send(Op::DropQueue(id));
-        Ok(())
+        done
     }
 
     /// Logs that `message` entered queue `queue_id` as number `seq`; the first queue to
@@ -615,6 +592,9 @@ impl Store {
 
     async fn stop(&self, op: fn(std::sync::mpsc::Sender<bool>) -> Op) {
         self.stopping.store(true, Ordering::SeqCst);
+        // Metadata changes handed over before the stop are written first.
+        let meta = self.meta.clone();
+        let _ = tokio::task::spawn_blocking(move || meta.stop_blocking()).await;
         let (reply, rx) = std::sync::mpsc::channel();
         if self.tx.send(op(reply)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
@@ -637,68 +617,6 @@ fn message_record(msg_id: u64, m: &Message, buf: &mut BytesMut) {
         &m.properties,
         &m.body,
     );
-}
-
-fn load_meta(path: &Path) -> std::io::Result<Meta> {
-    let mut meta = Meta {
-        next_id: 1,
-        ..Meta::default()
-    };
-    let data = match std::fs::read(path) {
-        Ok(d) => Bytes::from(d),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(meta),
-        Err(e) => return Err(e),
-    };
-    check_header(&data, META_MAGIC).map_err(|why| io_err(format!("{}: {why}", path.display())))?;
-    let mut offset = FILE_HEADER_LEN;
-    while offset < data.len() {
-        let (record, len) = Record::decode(&data.slice(offset..)).map_err(|e| {
-            io_err(format!(
-                "{}: damaged at offset {offset}: {e:?}",
-                path.display()
-            ))
-        })?;
-        match record {
-            Record::Queue(def) => {
-                meta.next_id = meta.next_id.max(def.id + 1);
-                meta.defs.insert(def.id, def);
-            }
-            Record::NextQueueId(n) => meta.next_id = meta.next_id.max(n),
-            Record::Exchange(e) => {
-                meta.exchanges.insert(e.name.clone(), e);
-            }
-            Record::Binding(b) => meta.bindings.push(b),
-            _ => {}
-        }
-        offset += len;
-    }
-    Ok(meta)
-}
-
-fn write_meta(path: &Path, meta: &Meta) -> std::io::Result<()> {
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&file_header(META_MAGIC));
-    Record::NextQueueId(meta.next_id).encode(&mut buf);
-    for def in meta.defs.values() {
-        Record::Queue(def.clone()).encode(&mut buf);
-    }
-    for e in meta.exchanges.values() {
-        Record::Exchange(e.clone()).encode(&mut buf);
-    }
-    for b in &meta.bindings {
-        Record::Binding(b.clone()).encode(&mut buf);
-    }
-    let tmp = path.with_extension("meta.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -724,7 +642,8 @@ mod tests {
             },
         )
         .unwrap();
-        let id = store.add_queue("q", false, &FieldTable::new()).unwrap();
+        let id =
+            futures::executor::block_on(store.add_queue("q", false, &FieldTable::new())).unwrap();
         assert!(store.tx.send(Op::Panic).is_ok());
         let thread = store.thread.lock().unwrap().take().unwrap();
         let _ = thread.join();

@@ -236,7 +236,10 @@ impl State {
             | Record::Queue(_)
             | Record::NextQueueId(_)
             | Record::Exchange(_)
-            | Record::Binding(_) => {}
+            | Record::Binding(_)
+            | Record::RemoveQueue(_)
+            | Record::RemoveExchange(_)
+            | Record::RemoveBinding(_) => {}
         }
     }
 
