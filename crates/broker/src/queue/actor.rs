@@ -10,7 +10,7 @@
 //! sequence order, so a requeued message goes back to its original place, not the tail.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use minimq_protocol::ReplyCode;
 use tokio::time::Instant;
@@ -19,13 +19,12 @@ use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueCommand, QueueCounts,
-    QueueEvent, QueueHandle, QueueInbox,
+    QueueEvent, QueueHandle, QueueHost, QueueInbox,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::store::idhash::IdMap;
 use crate::store::{RecoveredMessage, Store, PAGE_OVERHEAD};
-use crate::vhost::VHost;
 
 /// Most commands handled before the queue's bookkeeping (settle records for the log,
 /// the counts the management API reads) runs once for all of them.
@@ -146,7 +145,9 @@ impl Consumer {
 /// The state of one queue; see the module docs.
 pub struct QueueActor {
     handle: QueueHandle,
-    vhost: Weak<VHost>,
+    /// The registry holding the queue: where dead letters are routed, and what forgets
+    /// the queue when it deletes itself.
+    host: Arc<dyn QueueHost>,
     /// The message store, for a durable queue of a broker that has one.
     store: Option<Arc<Store>>,
     /// Persisted messages that left the queue during the current command; logged as one
@@ -168,13 +169,12 @@ pub struct QueueActor {
     had_consumer: bool,
 }
 
-/// Starts the task of a new queue.
 /// Starts the task of a queue; a durable queue recovered from the store starts with its
 /// `recovered` messages, in order.
 pub fn spawn(
     handle: QueueHandle,
     rx: QueueInbox,
-    vhost: Weak<VHost>,
+    host: Arc<dyn QueueHost>,
     store: Option<Arc<Store>>,
     recovered: Vec<RecoveredMessage>,
 ) {
@@ -212,7 +212,7 @@ pub fn spawn(
     let memory_budget = store.as_ref().map_or(u64::MAX, |s| s.queue_memory());
     let actor = QueueActor {
         handle,
-        vhost,
+        host,
         store,
         settled: Vec::new(),
         ready,
@@ -332,9 +332,6 @@ impl QueueActor {
         let Some(dlx) = args.dead_letter_exchange.as_deref() else {
             return;
         };
-        let Some(vhost) = self.vhost.upgrade() else {
-            return;
-        };
         let queue = self.handle.name();
         let dead = Arc::new(deadletter::dead_letter(
             message,
@@ -344,7 +341,7 @@ impl QueueActor {
             args.dead_letter_routing_key.as_deref(),
         ));
         let mut targets = Vec::new();
-        if let Err(e) = vhost.route(
+        if let Err(e) = self.host.route(
             dlx,
             &dead.routing_key,
             dead.properties.headers.as_ref(),
@@ -793,9 +790,7 @@ impl QueueActor {
     }
 
     fn auto_delete(&mut self) -> bool {
-        if let Some(vhost) = self.vhost.upgrade() {
-            vhost.forget_queue(&self.handle);
-        }
+        self.host.forget_queue(&self.handle);
         false
     }
 
@@ -1071,116 +1066,5 @@ pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         QueueCommand::Settle { .. }
         | QueueCommand::ChannelClosed { .. }
         | QueueCommand::CreditAvailable => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use minimq_protocol::{BasicProperties, FieldTable, ReplyCode};
-    use tokio::sync::{mpsc, oneshot};
-
-    use super::super::{ConfirmTicket, ConsumerSpec, Publish, QueueCommand, QueueEvent};
-    use crate::message::Message;
-    use crate::vhost::{QueueSpec, VHost};
-
-    fn spec(name: &str) -> QueueSpec {
-        QueueSpec {
-            name: name.into(),
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            arguments: FieldTable::new(),
-        }
-    }
-
-    async fn next_event(rx: &mut mpsc::UnboundedReceiver<QueueEvent>) -> QueueEvent {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an event in time")
-            .expect("the sink is open")
-    }
-
-    /// A queue task that panics is noticed: its consumers are cancelled, a publish routed
-    /// to it afterwards is nacked (not confirmed and dropped), and declaring it answers
-    /// RabbitMQ's error for a crashed queue until it is deleted.
-    #[tokio::test]
-    async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
-        let vhost = VHost::new(None);
-        let (q, created) = vhost.declare_queue(spec("q"), 1).unwrap();
-        assert!(created);
-        let (sink, mut events) = mpsc::unbounded_channel();
-        let (reply, answer) = oneshot::channel();
-        assert!(
-            q.send(QueueCommand::Consume {
-                consumer: ConsumerSpec {
-                    id: 77,
-                    tag: "ctag".into(),
-                    conn_id: 1,
-                    channel: 1,
-                    no_ack: false,
-                    exclusive: false,
-                    prefetch: 0,
-                    priority: 0,
-                    channel_credit: None,
-                    sink: sink.clone(),
-                },
-                reply,
-            })
-            .await
-        );
-        answer.await.unwrap().unwrap();
-
-        q.panic_for_tests();
-        let (reply, counts) = oneshot::channel();
-        assert!(q.send(QueueCommand::Counts { reply }).await);
-        assert!(counts.await.is_err(), "the task died on it");
-        match next_event(&mut events).await {
-            QueueEvent::Cancelled {
-                channel: 1,
-                consumer_tag,
-                consumer_id: 77,
-            } => assert_eq!(&*consumer_tag, "ctag"),
-            other => panic!("expected the consumer cancelled, got {other:?}"),
-        }
-
-        let mut routed = Vec::new();
-        vhost.route("", "q", None, &mut routed).unwrap();
-        for target in routed {
-            target
-                .publish(vec![Publish {
-                    message: std::sync::Arc::new(Message::new(
-                        "".into(),
-                        "q".into(),
-                        BasicProperties::default(),
-                        bytes::Bytes::from_static(b"lost?"),
-                    )),
-                    confirm: Some(ConfirmTicket {
-                        sink: sink.clone(),
-                        channel: 1,
-                        seq: 1,
-                    }),
-                }])
-                .await;
-        }
-        match next_event(&mut events).await {
-            QueueEvent::Confirm {
-                channel: 1,
-                seq: 1,
-                ok,
-            } => assert!(!ok, "a publish no live queue took is nacked"),
-            other => panic!("expected the confirm, got {other:?}"),
-        }
-
-        let err = vhost.declare_queue(spec("q"), 1).unwrap_err();
-        assert_eq!(err.code, ReplyCode::NotFound);
-        assert_eq!(
-            err.text,
-            "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart"
-        );
-        vhost.delete_queue("q", 1, false, false).await.unwrap();
-        let (_, created) = vhost.declare_queue(spec("q"), 1).unwrap();
-        assert!(created, "after a delete the name is free again");
     }
 }
