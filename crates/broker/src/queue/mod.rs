@@ -14,8 +14,12 @@
 
 pub mod active;
 pub mod actor;
+#[cfg(test)]
+mod actor_tests;
 pub mod args;
 pub mod deadletter;
+#[cfg(test)]
+mod harness;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
