@@ -260,3 +260,48 @@ async fn an_unused_queue_asks_its_host_to_forget_it() {
     q.stopped().await;
     assert_eq!(*q.host.forgotten.lock().unwrap(), [Arc::<str>::from("q")]);
 }
+
+/// A body of `len` octets starting with `marker`.
+fn big(marker: &str, len: usize) -> Vec<u8> {
+    let mut body = marker.as_bytes().to_vec();
+    body.resize(len, b'.');
+    body
+}
+
+/// A durable queue holding, all on disk: an unreadable message, then one too large to
+/// be read back in the same page-in batch, then a small one.
+async fn damaged_head(store: &TempStore) -> TestQueue {
+    let q = TestQueue::start_durable(FieldTable::new(), store);
+    q.publish_confirmed(big("unreadable-1", 600 * 1024)).await;
+    q.publish_confirmed(big("readable-2", 600 * 1024)).await;
+    q.publish_confirmed(b"readable-3".to_vec()).await;
+    assert_eq!(q.stat(|s| &s.paged_out), 3);
+    store.corrupt(b"unreadable-1");
+    q
+}
+
+/// An unreadable head whose successor lies outside its page-in batch: the successor is
+/// read back and delivered in turn (the queue neither panics nor stops).
+#[tokio::test]
+async fn an_unreadable_head_is_dropped_and_a_consumer_gets_the_next_batch() {
+    let store = TempStore::open(1);
+    let q = damaged_head(&store).await;
+    let mut c = q.consume(0).await;
+    assert!(c.next().await.message.body.starts_with(b"readable-2"));
+    assert_eq!(c.next().await.message.body, &b"readable-3"[..]);
+    assert_eq!(q.counts().await, counts(0, 2, 1));
+}
+
+/// The same on `basic.get`.
+#[tokio::test]
+async fn an_unreadable_head_is_dropped_and_a_get_gets_the_next_batch() {
+    let store = TempStore::open(1);
+    let q = damaged_head(&store).await;
+    let got = q.get(true).await.expect("the next readable message");
+    assert!(got.message.body.starts_with(b"readable-2"));
+    assert_eq!(got.remaining, 1);
+    let got = q.get(true).await.expect("the last one");
+    assert_eq!(got.message.body, &b"readable-3"[..]);
+    assert!(q.get(true).await.is_none());
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+}
