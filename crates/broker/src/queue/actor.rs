@@ -59,14 +59,6 @@ impl Entry {
         (std::cmp::Reverse(self.priority), self.seq)
     }
 
-    /// The message, once in memory (every entry is, before it is delivered).
-    fn message(&self) -> &Arc<Message> {
-        match &self.held {
-            Held::Mem(m) => m,
-            Held::Disk(id) => unreachable!("message {id} delivered without being read back"),
-        }
-    }
-
     /// What it costs in memory while ready, for the queue's memory budget.
     fn mem_cost(&self) -> u64 {
         match self.held {
@@ -482,13 +474,17 @@ impl QueueActor {
             }
             QueueCommand::Get { no_ack, reply } => {
                 self.expire(now);
-                self.page_in_head();
-                let result = self.pop_ready().map(|mut entry| {
+                // The message handed out is the one `head_message` read back: nothing
+                // changes the ready list between the two.
+                let head = self
+                    .head_message()
+                    .and_then(|message| Some((message, self.pop_ready()?)));
+                let result = head.map(|(message, mut entry)| {
                     entry.deliveries = entry.deliveries.saturating_add(1);
                     count(&self.handle, |s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
-                        message: delivered_copy(&entry),
+                        message: delivered_copy(message, entry.deliveries),
                         redelivered: entry.redelivered,
                         remaining: self.ready.len() as u32,
                     };
@@ -687,17 +683,27 @@ impl QueueActor {
         }
     }
 
-    /// Reads paged-out messages at the head of the ready list back into memory: the
-    /// head and the ones right behind it, with as few reads as the log allows.
-    fn page_in_head(&mut self) {
+    /// The message at the head of the ready list, in memory; `None` when the list is
+    /// empty. A paged-out head is read back first, with the ones right behind it (see
+    /// [`QueueActor::page_in`]). A message that cannot be read back (a damaged log) is
+    /// dropped and the next one tried, so what this answers is always a message in
+    /// memory, whatever the log holds: each round either answers or takes at least the
+    /// head out of the disk state, so the loop ends.
+    fn head_message(&mut self) -> Option<Arc<Message>> {
+        loop {
+            match &self.ready.front()?.held {
+                Held::Mem(m) => return Some(m.clone()),
+                Held::Disk(_) => self.page_in(),
+            }
+        }
+    }
+
+    /// Reads the paged-out messages at the head of the ready list back into memory: the
+    /// head and the ones right behind it, with as few reads as the log allows. One that
+    /// cannot be read back is dropped from the queue ([`QueueActor::unreadable`]).
+    fn page_in(&mut self) {
         const BATCH: usize = 256;
         const BATCH_BYTES: u64 = 1 << 20;
-        if !matches!(self.ready.front(), Some(e) if matches!(e.held, Held::Disk(_))) {
-            return;
-        }
-        let Some(store) = self.store.clone() else {
-            return;
-        };
         let mut slots = Vec::new();
         let mut ids = Vec::new();
         let mut bytes = 0;
@@ -711,25 +717,48 @@ impl QueueActor {
                 ids.push(id);
             }
         }
-        let read = store.read_messages(&ids);
+        // Without a store (never the case for a paged-out entry) nothing can be read.
+        let mut read = match &self.store {
+            Some(store) => store.read_messages(&ids).into_iter(),
+            None => Vec::new().into_iter(),
+        };
         let mut lost = Vec::new();
-        for (slot, m) in slots.into_iter().zip(read) {
-            match m {
+        for (slot, msg_id) in slots.into_iter().zip(ids) {
+            // An answer missing from the store's list counts as unreadable too.
+            match read.next().flatten() {
                 Some(m) => {
                     let e = &mut self.ready[slot];
                     self.totals.remove(e);
                     e.held = Held::Mem(Arc::new(m));
                     self.totals.add(e);
                 }
-                None => lost.push(slot),
+                None => lost.push((slot, msg_id)),
             }
         }
-        for slot in lost.into_iter().rev() {
+        // Dropped, but left in the log (no settle record): a log repaired before the
+        // next start still has them.
+        for (slot, msg_id) in lost.into_iter().rev() {
             if let Some(e) = self.ready.remove(slot) {
                 self.totals.remove(&e);
-                tracing::error!(queue = %self.handle.name(), seq = e.seq, "message dropped from the queue: it could not be read back from the log (left in the log)");
+                self.unreadable(&e, msg_id, "delivery");
             }
         }
+    }
+
+    /// Reports a paged-out message that cannot be read back from the log (the store
+    /// logged where and why) while `during` needed it: it leaves the queue, neither
+    /// delivered nor dead-lettered (both need its content). An error the queue handles,
+    /// not a panic: a damaged disk must not take the queue down with it.
+    fn unreadable(&self, e: &Entry, msg_id: u64, during: &str) {
+        count(&self.handle, |s| &s.unreadable, 1);
+        tracing::error!(
+            queue = %self.handle.name(),
+            seq = e.seq,
+            msg_id,
+            during,
+            reason = "cannot be read back from the log",
+            "message dropped from the queue"
+        );
     }
 
     /// Dead-letters a message that left the queue, reading it back first if it was
@@ -738,15 +767,19 @@ impl QueueActor {
         if self.handle.info().args.dead_letter_exchange.is_none() {
             return;
         }
-        let message = match entry.held {
-            Held::Mem(m) => m,
+        let message = match &entry.held {
+            Held::Mem(m) => m.clone(),
             Held::Disk(id) => {
-                let Some(store) = &self.store else {
-                    return;
-                };
-                match store.read_messages(&[id]).pop().flatten() {
+                let read = self
+                    .store
+                    .as_ref()
+                    .and_then(|store| store.read_messages(&[*id]).pop().flatten());
+                match read {
                     Some(m) => Arc::new(m),
-                    None => return,
+                    None => {
+                        self.unreadable(&entry, *id, "dead-lettering");
+                        return;
+                    }
                 }
             }
         };
@@ -895,12 +928,13 @@ impl QueueActor {
         let sac = self.handle.info().args.single_active_consumer;
         loop {
             self.expire(now);
-            if !self.consumers.is_empty() {
-                self.page_in_head();
-            }
-            if self.ready.is_empty() {
+            if self.consumers.is_empty() {
                 return;
             }
+            // The head, in memory: what this round delivers, if a consumer can take it.
+            let Some(message) = self.head_message() else {
+                return;
+            };
             // With a single active consumer, only the earliest registered one (consumer
             // ids grow) receives; when it goes, the next one takes over.
             let next = if sac {
@@ -934,7 +968,7 @@ impl QueueActor {
                 }
                 _ => false,
             };
-            // The head is in memory: `page_in_head` ran at the top of the loop.
+            // The entry `message` is the head of: nothing changed the ready list since.
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
@@ -946,7 +980,7 @@ impl QueueActor {
                 consumer_id: cid,
                 queue: self.handle.clone(),
                 msg_id: entry.seq,
-                message: delivered_copy(&entry),
+                message: delivered_copy(message, entry.deliveries),
                 redelivered: entry.redelivered,
                 no_ack: c.spec.no_ack,
                 charged,
@@ -995,14 +1029,11 @@ impl QueueActor {
 
 /// The message as a consumer gets it: on a redelivery, with `x-delivery-count` (a copy
 /// sharing the body; the queue keeps the original).
-fn delivered_copy(entry: &Entry) -> Arc<Message> {
-    if entry.deliveries > 1 {
-        Arc::new(deadletter::with_delivery_count(
-            entry.message(),
-            entry.deliveries - 1,
-        ))
+fn delivered_copy(message: Arc<Message>, deliveries: u32) -> Arc<Message> {
+    if deliveries > 1 {
+        Arc::new(deadletter::with_delivery_count(&message, deliveries - 1))
     } else {
-        entry.message().clone()
+        message
     }
 }
 

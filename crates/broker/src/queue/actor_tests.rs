@@ -247,6 +247,7 @@ async fn an_unreadable_paged_out_message_is_dropped_and_the_next_delivered() {
     let mut c = q.consume(0).await;
     assert_eq!(c.next().await.message.body, &b"readable-2"[..]);
     assert_eq!(q.counts().await, counts(0, 1, 1));
+    assert_eq!(q.stat(|s| &s.unreadable), 1);
 }
 
 /// A queue unused for `x-expires` deletes itself: it asks its host to forget it and its
@@ -290,6 +291,7 @@ async fn an_unreadable_head_is_dropped_and_a_consumer_gets_the_next_batch() {
     assert!(c.next().await.message.body.starts_with(b"readable-2"));
     assert_eq!(c.next().await.message.body, &b"readable-3"[..]);
     assert_eq!(q.counts().await, counts(0, 2, 1));
+    assert_eq!(q.stat(|s| &s.unreadable), 1, "the dropped one is counted");
 }
 
 /// The same on `basic.get`.
@@ -304,4 +306,5 @@ async fn an_unreadable_head_is_dropped_and_a_get_gets_the_next_batch() {
     assert_eq!(got.message.body, &b"readable-3"[..]);
     assert!(q.get(true).await.is_none());
     assert_eq!(q.counts().await, counts(0, 0, 0));
+    assert_eq!(q.stat(|s| &s.unreadable), 1, "the dropped one is counted");
 }

@@ -407,6 +407,9 @@ pub struct QueueStats {
     pub acked: AtomicU64,
     /// Messages redelivered, ever.
     pub redelivered: AtomicU64,
+    /// Paged-out messages dropped because they could not be read back from the log
+    /// (a damaged log), ever.
+    pub unreadable: AtomicU64,
 }
 
 impl QueueStats {
