@@ -130,10 +130,13 @@ async fn a_single_active_consumer_hands_over_when_cancelled() {
         second.received().is_empty(),
         "only the active consumer receives"
     );
+    // Nothing else happens: the cancel alone hands the waiting messages over.
     q.cancel(&first).await;
+    assert_eq!(q.counts().await, counts(0, 3, 1));
+    assert_eq!(second.received(), ["m2", "m3"]);
     q.publish("m4").await;
     assert_eq!(q.counts().await, counts(0, 4, 1));
-    assert_eq!(second.received(), ["m2", "m3", "m4"]);
+    assert_eq!(second.received(), ["m4"]);
 }
 
 /// A priority queue delivers higher priorities first, publish order within one, and
