@@ -438,6 +438,9 @@ impl QueueActor {
                 if self.should_auto_delete() {
                     return self.auto_delete();
                 }
+                // With a single active consumer, the next one takes over now: the ready
+                // messages waited only for the one that left.
+                self.dispatch(now);
             }
             QueueCommand::Settle {
                 ids,
