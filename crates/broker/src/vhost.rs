@@ -14,7 +14,7 @@ use minimq_protocol::{FieldTable, ReplyCode};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueType};
+use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueType};
 use crate::store::{BindingDef, ExchangeDef, MetaWait, RecoveredQueue, Store};
 
 /// Exchanges every vhost has from the start.
@@ -58,8 +58,35 @@ pub struct VHost {
     /// Bumped after every change to `queues` (see [`VHost::route_default`]).
     queues_version: AtomicU64,
     exchanges: DashMap<Arc<str>, Arc<Exchange>>,
-    me: Weak<VHost>,
+    /// What its queue tasks are given to reach it (see [`VHostLink`]).
+    queue_host: Arc<dyn QueueHost>,
     store: Option<Arc<Store>>,
+}
+
+/// A queue task's way to its vhost. Weak: the vhost holds its queues' handles, a queue
+/// task lives as long as its handles, so a strong reference back would keep both alive
+/// forever. A vhost that is gone routes nowhere and has nothing to forget.
+struct VHostLink(Weak<VHost>);
+
+impl QueueHost for VHostLink {
+    fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) -> AmqpResult<()> {
+        match self.0.upgrade() {
+            Some(vhost) => vhost.route(exchange, routing_key, headers, out),
+            None => Ok(()),
+        }
+    }
+
+    fn forget_queue(&self, queue: &QueueHandle) {
+        if let Some(vhost) = self.0.upgrade() {
+            vhost.forget_queue(queue);
+        }
+    }
 }
 
 static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -84,7 +111,7 @@ impl VHost {
                 queues: DashMap::new(),
                 queues_version: AtomicU64::new(0),
                 exchanges: DashMap::new(),
-                me: me.clone(),
+                queue_host: Arc::new(VHostLink(me.clone())),
                 store,
             };
             for (name, kind) in BUILTIN_EXCHANGES {
@@ -200,7 +227,7 @@ impl VHost {
                 queue::actor::spawn(
                     handle.clone(),
                     rx,
-                    self.me.clone(),
+                    self.queue_host.clone(),
                     self.store.clone(),
                     Vec::new(),
                 );
@@ -264,7 +291,13 @@ impl VHost {
             self.queues
                 .insert(q.def.name.as_str().into(), handle.clone());
             self.queues_changed();
-            queue::actor::spawn(handle, rx, self.me.clone(), self.store.clone(), q.messages);
+            queue::actor::spawn(
+                handle,
+                rx,
+                self.queue_host.clone(),
+                self.store.clone(),
+                q.messages,
+            );
         }
     }
 
@@ -802,4 +835,115 @@ fn check_equivalent(q: &QueueHandle, spec: &QueueSpec) -> AmqpResult<()> {
     flag("durable", spec.durable, info.durable)?;
     flag("auto_delete", spec.auto_delete, info.auto_delete)?;
     QueueArgs::check_equivalent(name, &info.arguments, &spec.arguments)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use minimq_protocol::{BasicProperties, FieldTable, ReplyCode};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{QueueSpec, VHost};
+    use crate::message::Message;
+    use crate::queue::{ConfirmTicket, ConsumerSpec, Publish, QueueCommand, QueueEvent};
+
+    fn spec(name: &str) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<QueueEvent>) -> QueueEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the sink is open")
+    }
+
+    /// A queue task that panics is noticed: its consumers are cancelled, a publish routed
+    /// to it afterwards is nacked (not confirmed and dropped), and declaring it answers
+    /// RabbitMQ's error for a crashed queue until it is deleted.
+    #[tokio::test]
+    async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
+        let vhost = VHost::new(None);
+        let (q, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
+        assert!(created);
+        let (sink, mut events) = mpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        assert!(
+            q.send(QueueCommand::Consume {
+                consumer: ConsumerSpec {
+                    id: 77,
+                    tag: "ctag".into(),
+                    conn_id: 1,
+                    channel: 1,
+                    no_ack: false,
+                    exclusive: false,
+                    prefetch: 0,
+                    priority: 0,
+                    channel_credit: None,
+                    sink: sink.clone(),
+                },
+                reply,
+            })
+            .await
+        );
+        answer.await.unwrap().unwrap();
+
+        q.panic_for_tests();
+        let (reply, counts) = oneshot::channel();
+        assert!(q.send(QueueCommand::Counts { reply }).await);
+        assert!(counts.await.is_err(), "the task died on it");
+        match next_event(&mut events).await {
+            QueueEvent::Cancelled {
+                channel: 1,
+                consumer_tag,
+                consumer_id: 77,
+            } => assert_eq!(&*consumer_tag, "ctag"),
+            other => panic!("expected the consumer cancelled, got {other:?}"),
+        }
+
+        let mut routed = Vec::new();
+        vhost.route("", "q", None, &mut routed).unwrap();
+        for target in routed {
+            target
+                .publish(vec![Publish {
+                    message: std::sync::Arc::new(Message::new(
+                        "".into(),
+                        "q".into(),
+                        BasicProperties::default(),
+                        bytes::Bytes::from_static(b"lost?"),
+                    )),
+                    confirm: Some(ConfirmTicket {
+                        sink: sink.clone(),
+                        channel: 1,
+                        seq: 1,
+                    }),
+                }])
+                .await;
+        }
+        match next_event(&mut events).await {
+            QueueEvent::Confirm {
+                channel: 1,
+                seq: 1,
+                ok,
+            } => assert!(!ok, "a publish no live queue took is nacked"),
+            other => panic!("expected the confirm, got {other:?}"),
+        }
+
+        let err = vhost.declare_queue(spec("q"), 1).await.unwrap_err();
+        assert_eq!(err.code, ReplyCode::NotFound);
+        assert_eq!(
+            err.text,
+            "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart"
+        );
+        vhost.delete_queue("q", 1, false, false).await.unwrap();
+        let (_, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
+        assert!(created, "after a delete the name is free again");
+    }
 }

@@ -338,13 +338,44 @@ impl Conn {
         }
         // The whole transaction reaches each queue as one batch: one group commit.
         self.flush_publishes().await;
+        // Durable queues whose messages the transaction settles: commit-ok must not go out
+        // before those settle records are on disk, or a crash right after it brings the
+        // acked messages back (the publishes are covered by their confirms).
+        let mut logged: Vec<QueueHandle> = Vec::new();
         for s in settlements {
+            for (_, o) in &s.taken {
+                let info = o.queue.info();
+                if info.store_id.is_some() && !logged.iter().any(|q| q.same(&o.queue)) {
+                    logged.push(o.queue.clone());
+                }
+            }
             let taken = s.taken.into_iter().map(|(_, o)| o).collect();
             self.apply_settle(ch, taken, s.requeue, s.ack).await;
+        }
+        if !logged.is_empty() {
+            self.flush_acks();
+            if !self.settles_logged(logged).await {
+                self.tx_failed.push(ch);
+            }
         }
         self.emit_confirms(ch);
         self.fail_transactions().await;
         Ok(())
+    }
+
+    /// Waits until each queue has handled what this connection sent it (a queue logs its
+    /// settle records before it answers `Counts`), then until the store has synced them.
+    async fn settles_logged(&mut self, queues: Vec<QueueHandle>) -> bool {
+        for q in queues {
+            let (reply, counts) = oneshot::channel();
+            if q.send(QueueCommand::Counts { reply }).await {
+                let _ = counts.await;
+            }
+        }
+        match &self.state.store {
+            Some(store) => store.sync().await,
+            None => true,
+        }
     }
 
     /// Closes the channels whose commit a queue refused (see [`Conn::emit_confirms`]),

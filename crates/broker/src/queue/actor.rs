@@ -10,7 +10,7 @@
 //! sequence order, so a requeued message goes back to its original place, not the tail.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use minimq_protocol::ReplyCode;
 use tokio::time::Instant;
@@ -19,13 +19,12 @@ use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueCommand, QueueCounts,
-    QueueEvent, QueueHandle, QueueInbox,
+    QueueEvent, QueueHandle, QueueHost, QueueInbox,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::store::idhash::IdMap;
 use crate::store::{RecoveredMessage, Store, PAGE_OVERHEAD};
-use crate::vhost::VHost;
 
 /// Most commands handled before the queue's bookkeeping (settle records for the log,
 /// the counts the management API reads) runs once for all of them.
@@ -58,14 +57,6 @@ impl Entry {
     /// The ready list's order: higher priority first, then publish order.
     fn key(&self) -> (std::cmp::Reverse<u8>, u64) {
         (std::cmp::Reverse(self.priority), self.seq)
-    }
-
-    /// The message, once in memory (every entry is, before it is delivered).
-    fn message(&self) -> &Arc<Message> {
-        match &self.held {
-            Held::Mem(m) => m,
-            Held::Disk(id) => unreachable!("message {id} delivered without being read back"),
-        }
     }
 
     /// What it costs in memory while ready, for the queue's memory budget.
@@ -146,7 +137,9 @@ impl Consumer {
 /// The state of one queue; see the module docs.
 pub struct QueueActor {
     handle: QueueHandle,
-    vhost: Weak<VHost>,
+    /// The registry holding the queue: where dead letters are routed, and what forgets
+    /// the queue when it deletes itself.
+    host: Arc<dyn QueueHost>,
     /// The message store, for a durable queue of a broker that has one.
     store: Option<Arc<Store>>,
     /// Persisted messages that left the queue during the current command; logged as one
@@ -168,13 +161,12 @@ pub struct QueueActor {
     had_consumer: bool,
 }
 
-/// Starts the task of a new queue.
 /// Starts the task of a queue; a durable queue recovered from the store starts with its
 /// `recovered` messages, in order.
 pub fn spawn(
     handle: QueueHandle,
     rx: QueueInbox,
-    vhost: Weak<VHost>,
+    host: Arc<dyn QueueHost>,
     store: Option<Arc<Store>>,
     recovered: Vec<RecoveredMessage>,
 ) {
@@ -212,7 +204,7 @@ pub fn spawn(
     let memory_budget = store.as_ref().map_or(u64::MAX, |s| s.queue_memory());
     let actor = QueueActor {
         handle,
-        vhost,
+        host,
         store,
         settled: Vec::new(),
         ready,
@@ -332,9 +324,6 @@ impl QueueActor {
         let Some(dlx) = args.dead_letter_exchange.as_deref() else {
             return;
         };
-        let Some(vhost) = self.vhost.upgrade() else {
-            return;
-        };
         let queue = self.handle.name();
         let dead = Arc::new(deadletter::dead_letter(
             message,
@@ -344,7 +333,7 @@ impl QueueActor {
             args.dead_letter_routing_key.as_deref(),
         ));
         let mut targets = Vec::new();
-        if let Err(e) = vhost.route(
+        if let Err(e) = self.host.route(
             dlx,
             &dead.routing_key,
             dead.properties.headers.as_ref(),
@@ -449,6 +438,9 @@ impl QueueActor {
                 if self.should_auto_delete() {
                     return self.auto_delete();
                 }
+                // With a single active consumer, the next one takes over now: the ready
+                // messages waited only for the one that left.
+                self.dispatch(now);
             }
             QueueCommand::Settle {
                 ids,
@@ -485,13 +477,17 @@ impl QueueActor {
             }
             QueueCommand::Get { no_ack, reply } => {
                 self.expire(now);
-                self.page_in_head();
-                let result = self.pop_ready().map(|mut entry| {
+                // The message handed out is the one `head_message` read back: nothing
+                // changes the ready list between the two.
+                let head = self
+                    .head_message()
+                    .and_then(|message| Some((message, self.pop_ready()?)));
+                let result = head.map(|(message, mut entry)| {
                     entry.deliveries = entry.deliveries.saturating_add(1);
                     count(&self.handle, |s| &s.delivered, 1);
                     let got = GetResult {
                         msg_id: entry.seq,
-                        message: delivered_copy(&entry),
+                        message: delivered_copy(message, entry.deliveries),
                         redelivered: entry.redelivered,
                         remaining: self.ready.len() as u32,
                     };
@@ -566,6 +562,9 @@ impl QueueActor {
             }
             QueueCommand::Counts { reply } => {
                 self.expire(now);
+                // Whoever asks may rely on everything sent before being logged (a
+                // transaction's commit waits on it for its settles).
+                self.log_settled();
                 let _ = reply.send(QueueCounts {
                     ready: self.ready.len() as u32,
                     unacked: self.unacked.len() as u32,
@@ -690,17 +689,27 @@ impl QueueActor {
         }
     }
 
-    /// Reads paged-out messages at the head of the ready list back into memory: the
-    /// head and the ones right behind it, with as few reads as the log allows.
-    fn page_in_head(&mut self) {
+    /// The message at the head of the ready list, in memory; `None` when the list is
+    /// empty. A paged-out head is read back first, with the ones right behind it (see
+    /// [`QueueActor::page_in`]). A message that cannot be read back (a damaged log) is
+    /// dropped and the next one tried, so what this answers is always a message in
+    /// memory, whatever the log holds: each round either answers or takes at least the
+    /// head out of the disk state, so the loop ends.
+    fn head_message(&mut self) -> Option<Arc<Message>> {
+        loop {
+            match &self.ready.front()?.held {
+                Held::Mem(m) => return Some(m.clone()),
+                Held::Disk(_) => self.page_in(),
+            }
+        }
+    }
+
+    /// Reads the paged-out messages at the head of the ready list back into memory: the
+    /// head and the ones right behind it, with as few reads as the log allows. One that
+    /// cannot be read back is dropped from the queue ([`QueueActor::unreadable`]).
+    fn page_in(&mut self) {
         const BATCH: usize = 256;
         const BATCH_BYTES: u64 = 1 << 20;
-        if !matches!(self.ready.front(), Some(e) if matches!(e.held, Held::Disk(_))) {
-            return;
-        }
-        let Some(store) = self.store.clone() else {
-            return;
-        };
         let mut slots = Vec::new();
         let mut ids = Vec::new();
         let mut bytes = 0;
@@ -714,25 +723,48 @@ impl QueueActor {
                 ids.push(id);
             }
         }
-        let read = store.read_messages(&ids);
+        // Without a store (never the case for a paged-out entry) nothing can be read.
+        let mut read = match &self.store {
+            Some(store) => store.read_messages(&ids).into_iter(),
+            None => Vec::new().into_iter(),
+        };
         let mut lost = Vec::new();
-        for (slot, m) in slots.into_iter().zip(read) {
-            match m {
+        for (slot, msg_id) in slots.into_iter().zip(ids) {
+            // An answer missing from the store's list counts as unreadable too.
+            match read.next().flatten() {
                 Some(m) => {
                     let e = &mut self.ready[slot];
                     self.totals.remove(e);
                     e.held = Held::Mem(Arc::new(m));
                     self.totals.add(e);
                 }
-                None => lost.push(slot),
+                None => lost.push((slot, msg_id)),
             }
         }
-        for slot in lost.into_iter().rev() {
+        // Dropped, but left in the log (no settle record): a log repaired before the
+        // next start still has them.
+        for (slot, msg_id) in lost.into_iter().rev() {
             if let Some(e) = self.ready.remove(slot) {
                 self.totals.remove(&e);
-                tracing::error!(queue = %self.handle.name(), seq = e.seq, "message dropped from the queue: it could not be read back from the log (left in the log)");
+                self.unreadable(&e, msg_id, "delivery");
             }
         }
+    }
+
+    /// Reports a paged-out message that cannot be read back from the log (the store
+    /// logged where and why) while `during` needed it: it leaves the queue, neither
+    /// delivered nor dead-lettered (both need its content). An error the queue handles,
+    /// not a panic: a damaged disk must not take the queue down with it.
+    fn unreadable(&self, e: &Entry, msg_id: u64, during: &str) {
+        count(&self.handle, |s| &s.unreadable, 1);
+        tracing::error!(
+            queue = %self.handle.name(),
+            seq = e.seq,
+            msg_id,
+            during,
+            reason = "cannot be read back from the log",
+            "message dropped from the queue"
+        );
     }
 
     /// Dead-letters a message that left the queue, reading it back first if it was
@@ -741,15 +773,19 @@ impl QueueActor {
         if self.handle.info().args.dead_letter_exchange.is_none() {
             return;
         }
-        let message = match entry.held {
-            Held::Mem(m) => m,
+        let message = match &entry.held {
+            Held::Mem(m) => m.clone(),
             Held::Disk(id) => {
-                let Some(store) = &self.store else {
-                    return;
-                };
-                match store.read_messages(&[id]).pop().flatten() {
+                let read = self
+                    .store
+                    .as_ref()
+                    .and_then(|store| store.read_messages(&[*id]).pop().flatten());
+                match read {
                     Some(m) => Arc::new(m),
-                    None => return,
+                    None => {
+                        self.unreadable(&entry, *id, "dead-lettering");
+                        return;
+                    }
                 }
             }
         };
@@ -793,9 +829,7 @@ impl QueueActor {
     }
 
     fn auto_delete(&mut self) -> bool {
-        if let Some(vhost) = self.vhost.upgrade() {
-            vhost.forget_queue(&self.handle);
-        }
+        self.host.forget_queue(&self.handle);
         false
     }
 
@@ -900,12 +934,13 @@ impl QueueActor {
         let sac = self.handle.info().args.single_active_consumer;
         loop {
             self.expire(now);
-            if !self.consumers.is_empty() {
-                self.page_in_head();
-            }
-            if self.ready.is_empty() {
+            if self.consumers.is_empty() {
                 return;
             }
+            // The head, in memory: what this round delivers, if a consumer can take it.
+            let Some(message) = self.head_message() else {
+                return;
+            };
             // With a single active consumer, only the earliest registered one (consumer
             // ids grow) receives; when it goes, the next one takes over.
             let next = if sac {
@@ -939,7 +974,7 @@ impl QueueActor {
                 }
                 _ => false,
             };
-            // The head is in memory: `page_in_head` ran at the top of the loop.
+            // The entry `message` is the head of: nothing changed the ready list since.
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
@@ -951,7 +986,7 @@ impl QueueActor {
                 consumer_id: cid,
                 queue: self.handle.clone(),
                 msg_id: entry.seq,
-                message: delivered_copy(&entry),
+                message: delivered_copy(message, entry.deliveries),
                 redelivered: entry.redelivered,
                 no_ack: c.spec.no_ack,
                 charged,
@@ -1000,14 +1035,11 @@ impl QueueActor {
 
 /// The message as a consumer gets it: on a redelivery, with `x-delivery-count` (a copy
 /// sharing the body; the queue keeps the original).
-fn delivered_copy(entry: &Entry) -> Arc<Message> {
-    if entry.deliveries > 1 {
-        Arc::new(deadletter::with_delivery_count(
-            entry.message(),
-            entry.deliveries - 1,
-        ))
+fn delivered_copy(message: Arc<Message>, deliveries: u32) -> Arc<Message> {
+    if deliveries > 1 {
+        Arc::new(deadletter::with_delivery_count(&message, deliveries - 1))
     } else {
-        entry.message().clone()
+        message
     }
 }
 
@@ -1071,116 +1103,5 @@ pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         QueueCommand::Settle { .. }
         | QueueCommand::ChannelClosed { .. }
         | QueueCommand::CreditAvailable => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use minimq_protocol::{BasicProperties, FieldTable, ReplyCode};
-    use tokio::sync::{mpsc, oneshot};
-
-    use super::super::{ConfirmTicket, ConsumerSpec, Publish, QueueCommand, QueueEvent};
-    use crate::message::Message;
-    use crate::vhost::{QueueSpec, VHost};
-
-    fn spec(name: &str) -> QueueSpec {
-        QueueSpec {
-            name: name.into(),
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            arguments: FieldTable::new(),
-        }
-    }
-
-    async fn next_event(rx: &mut mpsc::UnboundedReceiver<QueueEvent>) -> QueueEvent {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an event in time")
-            .expect("the sink is open")
-    }
-
-    /// A queue task that panics is noticed: its consumers are cancelled, a publish routed
-    /// to it afterwards is nacked (not confirmed and dropped), and declaring it answers
-    /// RabbitMQ's error for a crashed queue until it is deleted.
-    #[tokio::test]
-    async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
-        let vhost = VHost::new(None);
-        let (q, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
-        assert!(created);
-        let (sink, mut events) = mpsc::unbounded_channel();
-        let (reply, answer) = oneshot::channel();
-        assert!(
-            q.send(QueueCommand::Consume {
-                consumer: ConsumerSpec {
-                    id: 77,
-                    tag: "ctag".into(),
-                    conn_id: 1,
-                    channel: 1,
-                    no_ack: false,
-                    exclusive: false,
-                    prefetch: 0,
-                    priority: 0,
-                    channel_credit: None,
-                    sink: sink.clone(),
-                },
-                reply,
-            })
-            .await
-        );
-        answer.await.unwrap().unwrap();
-
-        q.panic_for_tests();
-        let (reply, counts) = oneshot::channel();
-        assert!(q.send(QueueCommand::Counts { reply }).await);
-        assert!(counts.await.is_err(), "the task died on it");
-        match next_event(&mut events).await {
-            QueueEvent::Cancelled {
-                channel: 1,
-                consumer_tag,
-                consumer_id: 77,
-            } => assert_eq!(&*consumer_tag, "ctag"),
-            other => panic!("expected the consumer cancelled, got {other:?}"),
-        }
-
-        let mut routed = Vec::new();
-        vhost.route("", "q", None, &mut routed).unwrap();
-        for target in routed {
-            target
-                .publish(vec![Publish {
-                    message: std::sync::Arc::new(Message::new(
-                        "".into(),
-                        "q".into(),
-                        BasicProperties::default(),
-                        bytes::Bytes::from_static(b"lost?"),
-                    )),
-                    confirm: Some(ConfirmTicket {
-                        sink: sink.clone(),
-                        channel: 1,
-                        seq: 1,
-                    }),
-                }])
-                .await;
-        }
-        match next_event(&mut events).await {
-            QueueEvent::Confirm {
-                channel: 1,
-                seq: 1,
-                ok,
-            } => assert!(!ok, "a publish no live queue took is nacked"),
-            other => panic!("expected the confirm, got {other:?}"),
-        }
-
-        let err = vhost.declare_queue(spec("q"), 1).await.unwrap_err();
-        assert_eq!(err.code, ReplyCode::NotFound);
-        assert_eq!(
-            err.text,
-            "NOT_FOUND - queue 'q' in vhost '/' has crashed and failed to restart"
-        );
-        vhost.delete_queue("q", 1, false, false).await.unwrap();
-        let (_, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
-        assert!(created, "after a delete the name is free again");
     }
 }

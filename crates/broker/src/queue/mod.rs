@@ -8,11 +8,18 @@
 //! - the channel (inside its connection task): delivery tags, and the map from a tag to
 //!   the queue and message id it stands for;
 //! - [`ChannelCredit`]: the one piece shared between them, for `basic.qos global=true`.
+//!
+//! A queue task knows the registry above it only through the [`QueueHost`] it is given
+//! at spawn: this module never imports the vhost, connection, channel or admin layers.
 
 pub mod active;
 pub mod actor;
+#[cfg(test)]
+mod actor_tests;
 pub mod args;
 pub mod deadletter;
+#[cfg(test)]
+mod harness;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +36,27 @@ pub const QUEUE_CHANNEL_DEPTH: usize = 8192;
 /// Published messages that may wait for a queue before publishers wait (see
 /// [`PublishRoom`]); they resume once half of them were taken.
 pub const QUEUE_PUBLISH_ROOM: usize = 8192;
+
+/// What a queue task needs from the registry that holds it, passed at spawn. The vhost
+/// implements it; tests pass a fake. Two operations, both off the hot path (publish →
+/// deliver → ack uses neither):
+pub trait QueueHost: Send + Sync {
+    /// The queues a dead-lettered message published to `exchange` with `routing_key`
+    /// (and `headers`) goes to, appended to `out`; an error when the exchange cannot
+    /// take it (missing, internal). A host that is gone routes nowhere.
+    fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) -> AmqpResult<()>;
+
+    /// The queue deleted itself (auto-delete after its last consumer, `x-expires`):
+    /// remove this incarnation from the registry, with its bindings and stored
+    /// definition.
+    fn forget_queue(&self, queue: &QueueHandle);
+}
 
 /// Sender half of a connection's event channel.
 pub type EventSink = mpsc::UnboundedSender<QueueEvent>;
@@ -379,6 +407,9 @@ pub struct QueueStats {
     pub acked: AtomicU64,
     /// Messages redelivered, ever.
     pub redelivered: AtomicU64,
+    /// Paged-out messages dropped because they could not be read back from the log
+    /// (a damaged log), ever.
+    pub unreadable: AtomicU64,
 }
 
 impl QueueStats {

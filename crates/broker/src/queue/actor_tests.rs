@@ -1,0 +1,314 @@
+//! Command-level tests of the queue task: a real task driven with [`QueueCommand`]s on a
+//! fake registry, with fake consumers (see [`super::harness`]); no sockets, no broker.
+//! Time-dependent ones run on tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use minimq_protocol::{BasicProperties, FieldTable, FieldValue};
+
+use super::harness::{args, body, Consumer, TempStore, TestQueue};
+use super::{ChannelCredit, QueueCounts};
+
+fn counts(ready: u32, unacked: u32, consumers: u32) -> QueueCounts {
+    QueueCounts {
+        ready,
+        unacked,
+        consumers,
+    }
+}
+
+fn dlx() -> (&'static str, FieldValue) {
+    ("x-dead-letter-exchange", FieldValue::from("dlx"))
+}
+
+/// Consumers with credit take turns: two consumers and five messages split 1,3,5 / 2,4.
+#[tokio::test]
+async fn consumers_take_turns() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    let mut a = q.consume(0).await;
+    let mut b = q.consume(0).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    assert_eq!(q.counts().await, counts(0, 5, 2));
+    assert_eq!(a.received(), ["m1", "m3", "m5"]);
+    assert_eq!(b.received(), ["m2", "m4"]);
+}
+
+/// A consumer gets no more than its prefetch unacked; an ack gives it the next one.
+#[tokio::test]
+async fn a_consumer_holds_at_most_its_prefetch() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    let mut c = q.consume(2).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    assert_eq!(q.counts().await, counts(3, 2, 1));
+    let first = c.next().await;
+    assert_eq!(body(&first.message), "m1");
+    assert_eq!(c.received(), ["m2"]);
+    q.ack(&[&first]);
+    assert_eq!(q.counts().await, counts(2, 2, 1));
+    assert_eq!(c.received(), ["m3"]);
+}
+
+/// A channel's shared credit (`basic.qos global`) bounds its consumers together; more
+/// credit (the channel settled some) resumes them.
+#[tokio::test]
+async fn consumers_of_a_channel_share_its_credit() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    let credit = Arc::new(ChannelCredit::default());
+    credit.set_limit(3);
+    let on_channel = || Consumer {
+        channel: 1,
+        channel_credit: Some(credit.clone()),
+        ..Consumer::default()
+    };
+    let mut a = q.consume_with(on_channel()).await;
+    let mut b = q.consume_with(on_channel()).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    assert_eq!(q.counts().await, counts(2, 3, 2));
+    assert_eq!(a.received(), ["m1", "m3"]);
+    assert_eq!(b.received(), ["m2"]);
+    assert!(!credit.available());
+    // The channel acked one delivery: it gives the unit back and tells the queue.
+    credit.release(1);
+    q.credit_available().await;
+    assert_eq!(q.counts().await, counts(1, 4, 2));
+    assert_eq!([a.received(), b.received()].concat(), ["m4"]);
+}
+
+/// A requeued message goes back to its original place, not to the tail, marked
+/// redelivered.
+#[tokio::test]
+async fn a_requeued_message_returns_to_its_place() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    for n in 1..=4 {
+        q.publish(&format!("m{n}")).await;
+    }
+    let m1 = q.get(false).await.unwrap();
+    let m2 = q.get(false).await.unwrap();
+    let m3 = q.get(false).await.unwrap();
+    assert_eq!(body(&m3.message), "m3");
+    q.settle(vec![m3.msg_id], true, false).await;
+    q.settle(vec![m1.msg_id], true, false).await;
+    q.settle(vec![m2.msg_id], false, false).await;
+    let mut order = Vec::new();
+    while let Some(got) = q.get(true).await {
+        order.push((body(&got.message), got.redelivered));
+    }
+    assert_eq!(
+        order,
+        [
+            ("m1".to_string(), true),
+            ("m3".to_string(), true),
+            ("m4".to_string(), false)
+        ]
+    );
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+}
+
+/// With `x-single-active-consumer`, only the first consumer receives; once it is
+/// cancelled the next one takes over, from where it left.
+#[tokio::test]
+async fn a_single_active_consumer_hands_over_when_cancelled() {
+    let q = TestQueue::start(args(&[(
+        "x-single-active-consumer",
+        FieldValue::Bool(true),
+    )]))
+    .await;
+    let mut first = q.consume(1).await;
+    let mut second = q.consume(0).await;
+    for n in 1..=3 {
+        q.publish(&format!("m{n}")).await;
+    }
+    assert_eq!(q.counts().await, counts(2, 1, 2));
+    assert_eq!(first.received(), ["m1"]);
+    assert!(
+        second.received().is_empty(),
+        "only the active consumer receives"
+    );
+    // Nothing else happens: the cancel alone hands the waiting messages over.
+    q.cancel(&first).await;
+    assert_eq!(q.counts().await, counts(0, 3, 1));
+    assert_eq!(second.received(), ["m2", "m3"]);
+    q.publish("m4").await;
+    assert_eq!(q.counts().await, counts(0, 4, 1));
+    assert_eq!(second.received(), ["m4"]);
+}
+
+/// A priority queue delivers higher priorities first, publish order within one, and
+/// caps priorities at `x-max-priority`.
+#[tokio::test]
+async fn higher_priorities_are_delivered_first() {
+    let q = TestQueue::start(args(&[("x-max-priority", FieldValue::I32(5))])).await;
+    for (text, priority) in [("p0", 0), ("p3", 3), ("p9", 9), ("p3b", 3), ("none", 255)] {
+        let properties = BasicProperties {
+            priority: (priority != 255).then_some(priority),
+            ..BasicProperties::default()
+        };
+        q.publish_with(text, properties).await;
+    }
+    let mut c = q.consume(0).await;
+    assert_eq!(q.counts().await, counts(0, 5, 1));
+    assert_eq!(c.received(), ["p9", "p3", "p3b", "p0", "none"]);
+}
+
+/// A message expires at the earlier of the queue's TTL and its own, and is
+/// dead-lettered as `expired`; the clock is tokio's, paused and advanced by hand.
+#[tokio::test]
+async fn messages_expire_at_the_queue_or_message_ttl() {
+    tokio::time::pause();
+    let q = TestQueue::start(args(&[("x-message-ttl", FieldValue::I32(1000)), dlx()])).await;
+    let short = BasicProperties {
+        expiration: Some("200".into()),
+        ..BasicProperties::default()
+    };
+    q.publish_with("short", short).await;
+    q.publish("queue-ttl").await;
+    assert_eq!(q.counts().await, counts(2, 0, 0));
+    tokio::time::advance(Duration::from_millis(201)).await;
+    assert_eq!(q.counts().await, counts(1, 0, 0));
+    assert_eq!(
+        q.host.dead_letters(),
+        [("short".to_string(), "expired".to_string())]
+    );
+    tokio::time::advance(Duration::from_millis(800)).await;
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+    assert_eq!(
+        q.host.dead_letters(),
+        [("queue-ttl".to_string(), "expired".to_string())]
+    );
+    assert_eq!(
+        *q.host.routed.lock().unwrap(),
+        [
+            ("dlx".to_string(), "q".to_string()),
+            ("dlx".to_string(), "q".to_string())
+        ]
+    );
+}
+
+/// A message returned more often than `x-delivery-limit` allows is dead-lettered as
+/// `delivery_limit` instead of requeued; without a dead-letter exchange, dropped.
+#[tokio::test]
+async fn a_message_past_its_delivery_limit_is_dead_lettered() {
+    for with_dlx in [true, false] {
+        let mut arguments = vec![("x-delivery-limit", FieldValue::I32(1))];
+        if with_dlx {
+            arguments.push(dlx());
+        }
+        let q = TestQueue::start(args(&arguments)).await;
+        let mut c = q.consume(0).await;
+        q.publish("m").await;
+        let first = c.next().await;
+        assert!(!first.redelivered);
+        q.reject(&[&first], true).await;
+        let second = c.next().await;
+        assert!(second.redelivered, "within the limit: requeued");
+        q.reject(&[&second], true).await;
+        assert_eq!(q.counts().await, counts(0, 0, 1));
+        assert!(c.received().is_empty());
+        let expected = if with_dlx {
+            vec![("m".to_string(), "delivery_limit".to_string())]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(q.host.dead_letters(), expected);
+    }
+}
+
+/// A durable queue past its memory budget keeps its further persistent messages on
+/// disk only, and reads them back, in order, as they are delivered.
+#[tokio::test]
+async fn a_durable_queue_over_its_budget_pages_out_and_back_in() {
+    // Two 2-octet messages fit (2 + PAGE_OVERHEAD each), a third does not.
+    let store = TempStore::open(600);
+    let q = TestQueue::start_durable(FieldTable::new(), &store).await;
+    for n in 1..=5 {
+        q.publish_confirmed(format!("m{n}").into_bytes()).await;
+    }
+    assert_eq!(q.counts().await, counts(5, 0, 0));
+    assert_eq!(q.stat(|s| &s.paged_out), 3);
+    let mut c = q.consume(0).await;
+    assert_eq!(q.counts().await, counts(0, 5, 1));
+    assert_eq!(c.received(), ["m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(q.stat(|s| &s.paged_out), 0);
+}
+
+/// A paged-out message whose record cannot be read back (damaged on disk) is dropped;
+/// the one behind it is delivered.
+#[tokio::test]
+async fn an_unreadable_paged_out_message_is_dropped_and_the_next_delivered() {
+    let store = TempStore::open(1);
+    let q = TestQueue::start_durable(FieldTable::new(), &store).await;
+    q.publish_confirmed(b"unreadable-1".to_vec()).await;
+    q.publish_confirmed(b"readable-2".to_vec()).await;
+    assert_eq!(q.stat(|s| &s.paged_out), 2);
+    store.corrupt(b"unreadable-1");
+    let mut c = q.consume(0).await;
+    assert_eq!(c.next().await.message.body, &b"readable-2"[..]);
+    assert_eq!(q.counts().await, counts(0, 1, 1));
+    assert_eq!(q.stat(|s| &s.unreadable), 1);
+}
+
+/// A queue unused for `x-expires` deletes itself: it asks its host to forget it and its
+/// task ends.
+#[tokio::test]
+async fn an_unused_queue_asks_its_host_to_forget_it() {
+    tokio::time::pause();
+    let q = TestQueue::start(args(&[("x-expires", FieldValue::I32(1000))])).await;
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    q.stopped().await;
+    assert_eq!(*q.host.forgotten.lock().unwrap(), [Arc::<str>::from("q")]);
+}
+
+/// A body of `len` octets starting with `marker`.
+fn big(marker: &str, len: usize) -> Vec<u8> {
+    let mut body = marker.as_bytes().to_vec();
+    body.resize(len, b'.');
+    body
+}
+
+/// A durable queue holding, all on disk: an unreadable message, then one too large to
+/// be read back in the same page-in batch, then a small one.
+async fn damaged_head(store: &TempStore) -> TestQueue {
+    let q = TestQueue::start_durable(FieldTable::new(), store).await;
+    q.publish_confirmed(big("unreadable-1", 600 * 1024)).await;
+    q.publish_confirmed(big("readable-2", 600 * 1024)).await;
+    q.publish_confirmed(b"readable-3".to_vec()).await;
+    assert_eq!(q.stat(|s| &s.paged_out), 3);
+    store.corrupt(b"unreadable-1");
+    q
+}
+
+/// An unreadable head whose successor lies outside its page-in batch: the successor is
+/// read back and delivered in turn (the queue neither panics nor stops).
+#[tokio::test]
+async fn an_unreadable_head_is_dropped_and_a_consumer_gets_the_next_batch() {
+    let store = TempStore::open(1);
+    let q = damaged_head(&store).await;
+    let mut c = q.consume(0).await;
+    assert!(c.next().await.message.body.starts_with(b"readable-2"));
+    assert_eq!(c.next().await.message.body, &b"readable-3"[..]);
+    assert_eq!(q.counts().await, counts(0, 2, 1));
+    assert_eq!(q.stat(|s| &s.unreadable), 1, "the dropped one is counted");
+}
+
+/// The same on `basic.get`.
+#[tokio::test]
+async fn an_unreadable_head_is_dropped_and_a_get_gets_the_next_batch() {
+    let store = TempStore::open(1);
+    let q = damaged_head(&store).await;
+    let got = q.get(true).await.expect("the next readable message");
+    assert!(got.message.body.starts_with(b"readable-2"));
+    assert_eq!(got.remaining, 1);
+    let got = q.get(true).await.expect("the last one");
+    assert_eq!(got.message.body, &b"readable-3"[..]);
+    assert!(q.get(true).await.is_none());
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+    assert_eq!(q.stat(|s| &s.unreadable), 1, "the dropped one is counted");
+}
