@@ -15,6 +15,8 @@
 //! - [`admin`]: the management HTTP API (RabbitMQ's paths and JSON); [`registry`]: the
 //!   live connections, channels and consumers it lists.
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
 pub mod channel;

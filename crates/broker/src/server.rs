@@ -171,9 +171,9 @@ impl BrokerBuilder {
         for a in &addrs {
             tracing::info!(addr = %a, "minimq listening");
         }
-        if let Some(http) = http {
+        if let (Some(http), Some(addr)) = (http, http_addr) {
             tracker.spawn(crate::admin::serve(http, state.clone(), tracker.clone()));
-            tracing::info!(addr = %http_addr.expect("bound"), "management API listening");
+            tracing::info!(%addr, "management API listening");
         }
         Ok(Broker {
             addrs,

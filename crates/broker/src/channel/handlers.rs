@@ -24,6 +24,9 @@ use crate::vhost::{generate_name, QueueSpec};
 static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Conn {
+    // Every caller runs on a channel the frame dispatch found open, and nothing between
+    // that check and this call removes a channel: a miss is a bug in this file, not input.
+    #[allow(clippy::expect_used)]
     fn channel(&mut self, ch: u16) -> &mut super::Channel {
         self.channels
             .get_mut(&ch)
@@ -715,7 +718,12 @@ impl Conn {
             )));
         }
         let size = header.body_size;
-        let publish = self.channel(ch).publish.as_mut().expect("checked above");
+        let Some(publish) = self.channel(ch).publish.as_mut() else {
+            return Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "content header without a basic.publish",
+            ));
+        };
         publish.header = Some((header.properties, size));
         if size == 0 {
             self.complete_publish(ch)?;
@@ -810,6 +818,8 @@ impl Conn {
         }
         let mut queues = Vec::new();
         if exchange.is_empty() {
+            // The channel is open (see `Conn::channel`); the fields are borrowed apart.
+            #[allow(clippy::expect_used)]
             let cache = &mut self
                 .channels
                 .get_mut(&ch)

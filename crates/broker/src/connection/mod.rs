@@ -43,11 +43,14 @@ pub(crate) type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
 
 /// How long a connection waits for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Flush the out buffer to the writer once it holds this much.
+/// Flush the out buffer to the writer once it holds this much: large enough that a burst
+/// of deliveries is a few big writes, small enough that the first of them leaves early.
 const FLUSH_AT: usize = 256 * 1024;
-/// Most queue events handled between two looks at the socket.
+/// Most queue events handled between two looks at the socket: deliveries are written in
+/// batches, yet a flood of them does not delay reading the client's acks.
 const EVENT_BATCH: usize = 256;
-/// Frames handled per wake-up of the reader, at most.
+/// Frames handled per wake-up of the reader, at most: a read's publishes go to each queue
+/// as one command, yet a client that always has more to send yields to the rest.
 const READ_BATCH: usize = 256;
 
 /// What the frame loop does next.

@@ -708,6 +708,9 @@ impl QueueActor {
     /// head and the ones right behind it, with as few reads as the log allows. One that
     /// cannot be read back is dropped from the queue ([`QueueActor::unreadable`]).
     fn page_in(&mut self) {
+        // Enough messages per read that a consumer draining a paged-out backlog costs one
+        // read per batch, not per message; at most 1 MiB so one page-in never holds much
+        // more memory than the queue's budget allows for a moment.
         const BATCH: usize = 256;
         const BATCH_BYTES: u64 = 1 << 20;
         let mut slots = Vec::new();

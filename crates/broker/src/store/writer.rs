@@ -355,6 +355,10 @@ impl Liveness {
     }
 }
 
+/// Most operations the writer takes per round: enough that a flood of small records is
+/// one write and one sync, few enough that the first waiter of a round is not held long.
+const WRITER_BATCH: usize = 4096;
+
 /// How many segments behind the current one the oldest must be before it is compacted.
 pub const COMPACT_LAG: u64 = 2;
 
@@ -746,7 +750,7 @@ impl Writer {
         let mut pending: Vec<(u64, u64, Track)> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
-            while batch.len() < 4096 {
+            while batch.len() < WRITER_BATCH {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
