@@ -6,6 +6,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -83,6 +84,23 @@ def test_restart_keeps_a_durable_queues_persistent_message():
         assert not _alive(old_pid)
         assert broker.url == old_url, "restart reuses the free port"
         assert _get(broker.url, "durable-q") == (1, b"survives")
+
+
+def test_restart_takes_a_new_port_when_the_old_one_is_taken():
+    with minimq.Broker(http=False) as broker:
+        _publish_persistent(broker.url, "moved-q", b"still here")
+        broker.stop()
+        port = int(broker.url.rsplit(":", 1)[1].split("/")[0])
+        squatter = socket.socket()
+        try:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            old_url = broker.url
+            broker.start()
+            assert broker.url != old_url
+        finally:
+            squatter.close()
+        assert _get(broker.url, "moved-q") == (1, b"still here")
 
 
 def test_kill_then_restart_recovers():
