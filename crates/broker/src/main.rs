@@ -198,7 +198,8 @@ async fn main() -> std::process::ExitCode {
             "amqp_url": broker.amqp_url(),
             "http_url": broker.http_addr().map(|a| format!("http://{a}")),
             "pid": std::process::id(),
-            "data_dir": data_dir.to_string_lossy(),
+            // Absolute: the harness may run in another directory than the one it gave.
+            "data_dir": std::path::absolute(&data_dir).unwrap_or(data_dir).to_string_lossy(),
         });
         // The line is the harness's signal that the broker is up: flushed at once, and a
         // broker nobody can find (stdout closed) is of no use, so it stops.

@@ -252,10 +252,12 @@ fn a_given_data_dir_is_kept_and_recovered_on_the_next_start() {
     let dir = std::env::temp_dir().join(format!("minimq-eph-keep-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let start = || {
+        // Given relative to the server's working directory; the line says where it is.
         let mut child = server()
             .args(["--ephemeral", "--exit-with-stdin", "--http", "off"])
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir.file_name().expect("a name"))
+            .current_dir(std::env::temp_dir())
             .stdin(Stdio::piped())
             .spawn()
             .expect("start minimq-server");
