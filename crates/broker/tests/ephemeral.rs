@@ -248,33 +248,38 @@ fn sigterm_exits_zero_and_removes_the_data_dir() {
 }
 
 #[test]
-fn a_given_data_dir_is_kept_and_recovered_on_the_next_start() {
+fn a_given_data_dir_is_kept_and_recovered_on_the_next_start_on_a_given_port() {
     let dir = std::env::temp_dir().join(format!("minimq-eph-keep-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let start = || {
+    let start = |listen: Option<String>| {
         // Given relative to the server's working directory; the line says where it is.
-        let mut child = server()
-            .args(["--ephemeral", "--exit-with-stdin", "--http", "off"])
+        let mut cmd = server();
+        cmd.args(["--ephemeral", "--exit-with-stdin", "--http", "off"])
             .arg("--data-dir")
             .arg(dir.file_name().expect("a name"))
             .current_dir(std::env::temp_dir())
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start minimq-server");
+            .stdin(Stdio::piped());
+        if let Some(addr) = listen {
+            cmd.args(["--listen", &addr]);
+        }
+        let mut child = cmd.spawn().expect("start minimq-server");
         let stdin = child.stdin.take().expect("stdin");
         let out = Stdout::watch(child.stdout.take().expect("stdout"));
         let line = out.json_line();
         assert_eq!(line.data_dir, dir);
         (child, stdin, out, line)
     };
-    let (child, stdin, out, first) = start();
+    let (child, stdin, out, first) = start(None);
     publish_persistent(&first.amqp_url, "eph-kept");
     drop(stdin);
     assert!(wait_exit(child).success());
     out.expect_eof_with_nothing_more();
     assert!(is_dir(&dir), "a given data dir is not removed");
 
-    let (child, stdin, out, second) = start();
+    // An explicit --listen wins over the free port: the same URL as before.
+    let same = format!("127.0.0.1:{}", port_of(&first.amqp_url));
+    let (child, stdin, out, second) = start(Some(same));
+    assert_eq!(second.amqp_url, first.amqp_url);
     assert_eq!(message_count(&second.amqp_url, "eph-kept"), 1);
     drop(stdin);
     assert!(wait_exit(child).success());
