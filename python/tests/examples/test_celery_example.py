@@ -9,7 +9,14 @@ from celery.contrib.testing.worker import start_worker
 @pytest.fixture(scope="module")
 def celery_app(minimq_url):
     app = Celery("minimq_example", broker=minimq_url, backend="rpc://")
-    app.conf.update(task_default_queue="minimq-example", broker_connection_retry_on_startup=True)
+    app.conf.update(
+        task_default_queue="minimq-example",
+        broker_connection_retry_on_startup=True,
+        # The worker's event loop sees the stop request only when it wakes: at the latest
+        # after 10 s with no timer due. A 2 s AMQP heartbeat is checked every second, so
+        # the worker thread ends within about a second of the fixture's teardown.
+        broker_heartbeat=2,
+    )
 
     @app.task(name="example.add")
     def add(x, y):
@@ -26,7 +33,13 @@ def celery_app(minimq_url):
 @pytest.fixture(scope="module")
 def celery_worker(celery_app):
     # A worker thread with the solo pool, consuming over AMQP like a deployed worker.
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, loglevel="WARNING") as w:
+    with start_worker(
+        celery_app,
+        pool="solo",
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,  # margin for a loaded machine; it takes about a second
+    ) as w:
         yield w
 
 
