@@ -1,11 +1,15 @@
-//! `minimq-server`: runs the broker with flags or `MINIMQ_*` environment variables.
+//! `minimq-server`: runs the broker with flags or `MINIMQ_*` environment variables, and
+//! with `--ephemeral` as a throw-away broker for another program's tests (free ports, a
+//! temporary data directory, one JSON line on stdout, exit when the parent goes).
 // One measured exception, in `release_freed_memory`; the library forbids unsafe code.
 #![deny(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use minimq_broker::{Broker, Config};
@@ -25,13 +29,15 @@ struct Args {
     /// host has IPv6 loopback.
     #[arg(long, env = "MINIMQ_LISTEN", value_delimiter = ',')]
     listen: Vec<SocketAddr>,
-    /// Directory for durable queues and persistent messages.
-    #[arg(long, env = "MINIMQ_DATA_DIR", default_value = "./minimq-data")]
-    data_dir: PathBuf,
+    /// Directory for durable queues and persistent messages [default: ./minimq-data; with
+    /// --ephemeral a fresh temporary directory, deleted on exit; given, it is kept].
+    #[arg(long, env = "MINIMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// When the message log is synced: `batch` (a confirm means on disk) or `off`
-    /// (UNSAFE: confirmed messages can be lost on power loss or an OS crash).
-    #[arg(long, env = "MINIMQ_FSYNC", value_enum, default_value = "batch")]
-    fsync: FsyncArg,
+    /// (UNSAFE: confirmed messages can be lost on power loss or an OS crash)
+    /// [default: batch; with --ephemeral, off].
+    #[arg(long, env = "MINIMQ_FSYNC", value_enum)]
+    fsync: Option<FsyncArg>,
     /// Memory a durable queue may use for its persistent messages (bodies plus about 256
     /// octets each), e.g. `64MiB`; past it they stay on disk until delivered.
     #[arg(long, env = "MINIMQ_QUEUE_MEMORY", default_value = "64MiB", value_parser = parse_size)]
@@ -48,9 +54,19 @@ struct Args {
     /// Heartbeat interval offered to clients, seconds (0 disables).
     #[arg(long, env = "MINIMQ_HEARTBEAT", default_value_t = 60)]
     heartbeat: u16,
-    /// Management HTTP API address, or `off` / `none` to disable it.
-    #[arg(long, env = "MINIMQ_HTTP", default_value = "127.0.0.1:15672", value_parser = parse_http)]
-    http: HttpAddr,
+    /// Management HTTP API address, or `off` / `none` to disable it [default:
+    /// 127.0.0.1:15672; with --ephemeral, a free port on 127.0.0.1].
+    #[arg(long, env = "MINIMQ_HTTP", value_parser = parse_http)]
+    http: Option<HttpAddr>,
+    /// A throw-away broker for tests: AMQP and management API on free loopback ports, a
+    /// temporary data directory deleted on exit, fsync off; prints one JSON line on stdout
+    /// (amqp_url, http_url, pid, data_dir) once it accepts connections, and exits when its
+    /// parent process does. Explicit --listen, --http, --data-dir, --fsync win.
+    #[arg(long)]
+    ephemeral: bool,
+    /// Shut down when stdin reaches end of file (the parent closed it or died).
+    #[arg(long)]
+    exit_with_stdin: bool,
 }
 
 /// The `--http` value: an address, or disabled.
@@ -92,10 +108,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The first address, the others, and those bound only where the host has them: with
-/// no `--listen`, 127.0.0.1:5672 and, if available, [::1]:5672.
-fn listen_addresses(given: &[SocketAddr]) -> (SocketAddr, Vec<SocketAddr>, Vec<SocketAddr>) {
+/// no `--listen`, 127.0.0.1:5672 and, if available, [::1]:5672; ephemeral, a free port on
+/// 127.0.0.1 only (a test needs one URL, and IPv6 may be missing).
+fn listen_addresses(
+    given: &[SocketAddr],
+    ephemeral: bool,
+) -> (SocketAddr, Vec<SocketAddr>, Vec<SocketAddr>) {
     match given.split_first() {
         Some((first, rest)) => (*first, rest.to_vec(), Vec::new()),
+        None if ephemeral => (
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Vec::new(),
+            Vec::new(),
+        ),
         None => (
             SocketAddr::from(([127, 0, 0, 1], 5672)),
             Vec::new(),
@@ -107,6 +132,11 @@ fn listen_addresses(given: &[SocketAddr]) -> (SocketAddr, Vec<SocketAddr>, Vec<S
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Read first: a parent that exits while the broker starts must still count as gone.
+    #[cfg(unix)]
+    let parent = std::os::unix::process::parent_id();
+    #[cfg(not(unix))]
+    let parent = 0;
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs are diagnostics: stderr, leaving stdout alone. Colour codes only on a terminal,
     // so a log file or a pipe (systemd, docker, `2>server.log`) gets plain text.
@@ -116,15 +146,44 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(stderr_is_terminal)
         .init();
-    let (listen, also_listen, listen_if_available) = listen_addresses(&args.listen);
+    let (listen, also_listen, listen_if_available) = listen_addresses(&args.listen, args.ephemeral);
+    // Ephemeral: a directory of our own, removed on exit, unless one was given (kept, so
+    // a test harness can restart a broker on the same data).
+    let temp_dir = match (&args.data_dir, args.ephemeral) {
+        (None, true) => match TempDir::create() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a temporary data directory");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let data_dir = match (&temp_dir, args.data_dir) {
+        (Some(t), _) => t.0.clone(),
+        (None, Some(d)) => d,
+        (None, None) => PathBuf::from("./minimq-data"),
+    };
+    // Tests throw the data away: syncing would only slow them (a test of durability
+    // across a crash of the machine asks for `--fsync batch`).
+    let fsync = args.fsync.unwrap_or(if args.ephemeral {
+        FsyncArg::Off
+    } else {
+        FsyncArg::Batch
+    });
+    let http = match args.http {
+        Some(h) => h.0,
+        None if args.ephemeral => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
+    };
     let config = Config {
         listen,
         also_listen,
         listen_if_available,
-        data_dir: Some(args.data_dir),
-        fsync: args.fsync.into(),
+        data_dir: Some(data_dir.clone()),
+        fsync: fsync.into(),
         heartbeat: args.heartbeat,
-        http: args.http.0,
+        http,
         queue_memory: args.queue_memory,
         recovery_mode: args.recovery_mode,
         ..Config::default()
@@ -136,16 +195,120 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if args.ephemeral {
+        let line = serde_json::json!({
+            "amqp_url": broker.amqp_url(),
+            "http_url": broker.http_addr().map(|a| format!("http://{a}")),
+            "pid": std::process::id(),
+            // Absolute: the harness may run in another directory than the one it gave.
+            "data_dir": std::path::absolute(&data_dir).unwrap_or(data_dir).to_string_lossy(),
+        });
+        // The line is the harness's signal that the broker is up: flushed at once, and a
+        // broker nobody can find (stdout closed) is of no use, so it stops.
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            tracing::error!(error = %e, "cannot write the JSON line to stdout");
+            broker.shutdown().await;
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     release_freed_memory();
     let handle = broker.shutdown_handle();
+    let on_signal = handle.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested");
-        handle.shutdown();
+        on_signal.shutdown();
     });
+    if args.ephemeral {
+        let on_orphan = handle.clone();
+        tokio::spawn(async move {
+            wait_for_parent_exit(parent).await;
+            tracing::info!("parent process exited; shutting down");
+            on_orphan.shutdown();
+        });
+    }
+    if args.exit_with_stdin {
+        // A plain thread, not `spawn_blocking`: the runtime waits for its blocking tasks
+        // when it is dropped, and this one may be blocked in `read` for ever.
+        let on_eof = handle.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            tracing::info!("stdin closed; shutting down");
+            on_eof.shutdown();
+        });
+    }
     broker.wait_for_shutdown_request().await;
     broker.shutdown().await;
+    drop(temp_dir);
     std::process::ExitCode::SUCCESS
+}
+
+/// Elsewhere the parent is not watched.
+#[cfg(not(unix))]
+async fn wait_for_parent_exit(_parent: u32) {
+    std::future::pending::<()>().await
+}
+
+/// A data directory made for one ephemeral run, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `$TMPDIR/minimq-ephemeral-PID-RANDOM`, readable by this user only.
+    fn create() -> std::io::Result<TempDir> {
+        let base = std::env::temp_dir();
+        let mut attempts = 0;
+        loop {
+            let path = base.join(format!(
+                "minimq-ephemeral-{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            let mut builder = std::fs::DirBuilder::new();
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            match builder.create(&path) {
+                Ok(()) => return Ok(TempDir(path)),
+                // Another process took the name: draw again (a few times at most).
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the data directory");
+        }
+    }
+}
+
+/// Returns when the parent process has exited (this process was re-parented), so a broker
+/// started by a test harness that crashed or was killed does not outlive it. Polled: the
+/// portable alternatives (prctl's PDEATHSIG, kqueue) need unsafe code or libc.
+#[cfg(unix)]
+async fn wait_for_parent_exit(parent: u32) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
 }
 
 /// Hands the memory that start-up recovery freed back to the operating system.
@@ -223,7 +386,7 @@ mod tests {
         assert!(parse_http("localhost").is_err());
         if std::env::var_os("MINIMQ_HTTP").is_none() {
             let args = Args::try_parse_from(["minimq-server"]).unwrap();
-            assert_eq!(args.http.0, Some("127.0.0.1:15672".parse().unwrap()));
+            assert!(args.http.is_none(), "no --http: the default applies");
         }
     }
 
@@ -241,11 +404,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.listen, vec![other, v6]);
-        assert_eq!(listen_addresses(&args.listen), (other, vec![v6], vec![]));
+        assert_eq!(
+            listen_addresses(&args.listen, false),
+            (other, vec![v6], vec![])
+        );
+        assert_eq!(
+            listen_addresses(&args.listen, true),
+            (other, vec![v6], vec![])
+        );
         let args = Args::try_parse_from(["minimq-server", "--listen", "127.0.0.1:5673,[::1]:5672"])
             .unwrap();
         assert_eq!(args.listen, vec![other, v6]);
         // None given: IPv4 loopback, and IPv6 loopback where the host has it.
-        assert_eq!(listen_addresses(&[]), (v4, vec![], vec![v6]));
+        assert_eq!(listen_addresses(&[], false), (v4, vec![], vec![v6]));
+        // Ephemeral: a free port on IPv4 loopback only.
+        let free: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(listen_addresses(&[], true), (free, vec![], vec![]));
     }
 }
