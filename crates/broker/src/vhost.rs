@@ -734,12 +734,14 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<QueueHandle>,
     ) {
-        let mut seen: HashSet<Arc<str>> = HashSet::new();
-        let mut taken: HashSet<Arc<str>> = HashSet::new();
+        // Small sets with no allocation for the usual publish (one exchange, a few queues).
+        let mut seen = NameSet::default();
+        let mut taken = NameSet::default();
         seen.insert(first.name.clone());
-        let mut work = VecDeque::from([first]);
+        let mut work = VecDeque::new();
+        let mut current = Some(first);
         let mut destinations = Vec::new();
-        while let Some(e) = work.pop_front() {
+        while let Some(e) = current.take().or_else(|| work.pop_front()) {
             destinations.clear();
             e.route(routing_key, headers, &mut destinations);
             if destinations.is_empty() {
@@ -772,6 +774,32 @@ impl VHost {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A set of exchange or queue names for one publish's routing: the first few inline, a
+/// hash set past them, so routing a publish through one exchange to a few queues
+/// allocates nothing for its bookkeeping.
+#[derive(Default)]
+struct NameSet {
+    small: [Option<Arc<str>>; 4],
+    big: Option<HashSet<Arc<str>>>,
+}
+
+impl NameSet {
+    fn contains(&self, name: &str) -> bool {
+        self.small.iter().flatten().any(|n| **n == *name)
+            || self.big.as_ref().is_some_and(|b| b.contains(name))
+    }
+
+    /// Adds `name` (the caller checked it is not there yet).
+    fn insert(&mut self, name: Arc<str>) {
+        match self.small.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(name),
+            None => {
+                self.big.get_or_insert_with(HashSet::new).insert(name);
             }
         }
     }
