@@ -70,6 +70,23 @@ def test_start_and_stop():
     assert not os.path.exists(data_dir), "the end of the with block deletes the data"
 
 
+def test_the_wheel_carries_minimqctl():
+    """`minimqctl` is installed beside `minimq-server` and speaks to the broker's API."""
+    server = minimq.find_server()
+    ctl = os.path.join(os.path.dirname(server), "minimqctl")
+    assert os.access(ctl, os.X_OK), f"no minimqctl beside {server}"
+    with minimq.Broker() as broker:
+        _publish_persistent(broker.url, "ctl-q", b"x")
+        out = subprocess.run(
+            [ctl, "--url", broker.http_url, "list_queues", "name", "messages"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "ctl-q\t1" in out.stdout.splitlines(), out.stdout
+
+
 def test_http_off():
     with minimq.Broker(http=False) as broker:
         assert broker.http_url is None
