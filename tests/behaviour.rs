@@ -10,22 +10,21 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::raw::Client;
 use common::{connect, start_broker, within, TIMEOUT};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
-use minimq_protocol::{ContentHeader, Frame, FrameCodec, Method, PROTOCOL_HEADER};
+use minimq_protocol::{ContentHeader, Frame, Method};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -218,117 +217,6 @@ async fn wait_ready(ch: &Channel, queue: &str, want: u32) {
             "queue '{queue}' still has {n} ready messages, expected {want}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A minimal AMQP client speaking raw frames, for what lapin cannot do (drop its socket
-/// abruptly, show the exact confirm frames).
-struct Raw {
-    io: Framed<TcpStream, FrameCodec>,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let mut socket = within(TcpStream::connect(addr)).await.expect("tcp connect");
-        socket.write_all(&PROTOCOL_HEADER).await.expect("header");
-        let mut raw = Raw {
-            io: Framed::new(socket, FrameCodec::new(131_072)),
-        };
-        let Method::ConnectionStart(_) = raw.method(0).await else {
-            panic!("expected connection.start")
-        };
-        raw.send(
-            0,
-            minimq_protocol::ConnectionStartOk {
-                client_properties: minimq_protocol::FieldTable::new(),
-                mechanism: "PLAIN".into(),
-                response: Bytes::from_static(b"\0guest\0guest"),
-                locale: "en_US".into(),
-            }
-            .into(),
-        )
-        .await;
-        let Method::ConnectionTune(tune) = raw.method(0).await else {
-            panic!("expected connection.tune")
-        };
-        raw.send(
-            0,
-            minimq_protocol::ConnectionTuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            }
-            .into(),
-        )
-        .await;
-        raw.send(
-            0,
-            minimq_protocol::ConnectionOpen {
-                virtual_host: "/".into(),
-            }
-            .into(),
-        )
-        .await;
-        let Method::ConnectionOpenOk(_) = raw.method(0).await else {
-            panic!("expected connection.open-ok")
-        };
-        raw.send(1, minimq_protocol::ChannelOpen.into()).await;
-        let Method::ChannelOpenOk(_) = raw.method(1).await else {
-            panic!("expected channel.open-ok")
-        };
-        raw
-    }
-
-    async fn send(&mut self, channel: u16, method: Method) {
-        self.io
-            .send(Frame::Method(channel, method))
-            .await
-            .expect("send frame");
-    }
-
-    async fn frame(&mut self) -> Frame {
-        loop {
-            match within(self.io.next()).await {
-                Some(Ok(Frame::Heartbeat)) => continue,
-                Some(Ok(frame)) => return frame,
-                other => panic!("expected a frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// The next method frame, which must be on `channel`.
-    async fn method(&mut self, channel: u16) -> Method {
-        match self.frame().await {
-            Frame::Method(ch, m) if ch == channel => m,
-            other => panic!("expected a method on channel {channel}, got {other:?}"),
-        }
-    }
-
-    async fn publish(&mut self, queue: &str, body: &'static [u8]) {
-        self.send(
-            1,
-            minimq_protocol::BasicPublish {
-                exchange: String::new(),
-                routing_key: queue.into(),
-                mandatory: false,
-                immediate: false,
-            }
-            .into(),
-        )
-        .await;
-        let header = ContentHeader {
-            class_id: 60,
-            body_size: body.len() as u64,
-            properties: Default::default(),
-        };
-        self.io
-            .send(Frame::Header(1, Box::new(header)))
-            .await
-            .expect("send header");
-        self.io
-            .send(Frame::Body(1, Bytes::from_static(body)))
-            .await
-            .expect("send body");
     }
 }
 
@@ -846,7 +734,7 @@ async fn mandatory_unroutable_publish_is_returned_312_before_its_confirm() {
 #[tokio::test]
 async fn unroutable_mandatory_publishes_are_returned_without_waiting_for_more_input() {
     let broker = start_broker().await;
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     for body in [&b""[..], b"x"] {
         for _ in 0..25 {
             let mut frames = bytes::BytesMut::new();
@@ -1231,7 +1119,7 @@ async fn abrupt_tcp_drop_requeues_unacked_marked_redelivered() {
     declare(&ch, "q").await;
     publish_numbered(&ch, "q", 2).await;
 
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     raw.send(
         1,
         minimq_protocol::BasicConsume {
@@ -1294,7 +1182,7 @@ async fn publishes_read_together_reach_the_queue_before_the_frames_after_them() 
     let conn = connect(&broker).await;
     let ch = open(&conn).await;
     declare(&ch, "q").await;
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     let mut buf = bytes::BytesMut::new();
     for i in 0..100 {
         publish_frames(&mut buf, "q", format!("a{i}").as_bytes());
@@ -1400,7 +1288,7 @@ async fn publishes_read_together_keep_their_routes_properties_and_errors() {
         });
         encode_content(&mut buf, 1, &publish, props, body, *frame_max);
     }
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     // One write: the broker reads all of it together.
     raw.io.get_mut().write_all(&buf).await.expect("write");
 
@@ -1467,7 +1355,7 @@ async fn acks_read_together_settle_in_order_until_one_fails() {
         publish(&ch, "", "q", format!("m{i}").as_bytes()).await;
     }
     // The consumer below waits for each of the ten deliveries in turn.
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     raw.send(
         1,
         minimq_protocol::BasicConsume {
@@ -1530,7 +1418,7 @@ async fn publishes_read_with_the_end_of_the_stream_still_reach_the_queue() {
     let conn = connect(&broker).await;
     let ch = open(&conn).await;
     declare(&ch, "q").await;
-    let raw = Raw::connect(broker.local_addr()).await;
+    let raw = Client::open_channel1(broker.local_addr()).await;
     let mut buf = bytes::BytesMut::new();
     for i in 0..100 {
         publish_frames(&mut buf, "q", format!("{i}").as_bytes());
@@ -1599,7 +1487,7 @@ async fn basic_recover_requeues_unacked_marked_redelivered() {
 #[tokio::test]
 async fn basic_recover_async_requeues_unacked_without_an_answer() {
     let broker = start_broker().await;
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     raw.send(
         1,
         minimq_protocol::QueueDeclare {
@@ -1740,7 +1628,7 @@ async fn publisher_confirms_ack_every_publish() {
 #[tokio::test]
 async fn publisher_confirm_tags_count_from_1_and_cover_every_publish_once() {
     let broker = start_broker().await;
-    let mut raw = Raw::connect(broker.local_addr()).await;
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
     raw.send(
         1,
         minimq_protocol::QueueDeclare {

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use common::raw::Client;
 use common::{connect, passive_declare, start_broker, within};
-use futures::{SinkExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
 };
@@ -22,12 +22,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use minimq_broker::{Broker, Config};
 use minimq_protocol::{
-    BasicPublish, ChannelClose, ContentHeader, FieldValue, Frame, FrameCodec, Method, QueueDeclare,
-    PROTOCOL_HEADER,
+    BasicPublish, ChannelClose, ContentHeader, FieldValue, Frame, Method, QueueDeclare,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -83,90 +79,39 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
     out
 }
 
-/// A raw AMQP client, for the exact frames and their order.
+/// The raw AMQP client of tests/common with the transaction helpers below, for the exact
+/// frames and their order.
 struct Raw {
-    io: Framed<TcpStream, FrameCodec>,
+    c: Client,
 }
 
 impl Raw {
     /// Connects, opens the connection and channel 1.
     async fn connect(addr: SocketAddr) -> Raw {
-        let mut socket = within(TcpStream::connect(addr)).await.expect("tcp connect");
-        socket.write_all(&PROTOCOL_HEADER).await.expect("header");
-        let mut raw = Raw {
-            io: Framed::new(socket, FrameCodec::new(131_072)),
-        };
-        let Method::ConnectionStart(_) = raw.method(0).await else {
-            panic!("expected connection.start")
-        };
-        raw.send(
-            0,
-            minimq_protocol::ConnectionStartOk {
-                client_properties: minimq_protocol::FieldTable::new(),
-                mechanism: "PLAIN".into(),
-                response: Bytes::from_static(b"\0guest\0guest"),
-                locale: "en_US".into(),
-            }
-            .into(),
-        )
-        .await;
-        let Method::ConnectionTune(tune) = raw.method(0).await else {
-            panic!("expected connection.tune")
-        };
-        raw.send(
-            0,
-            minimq_protocol::ConnectionTuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            }
-            .into(),
-        )
-        .await;
-        raw.send(
-            0,
-            minimq_protocol::ConnectionOpen {
-                virtual_host: "/".into(),
-            }
-            .into(),
-        )
-        .await;
-        let Method::ConnectionOpenOk(_) = raw.method(0).await else {
-            panic!("expected connection.open-ok")
-        };
-        raw.open(1).await;
-        raw
+        Raw {
+            c: Client::open_channel1(addr).await,
+        }
     }
 
     async fn open(&mut self, ch: u16) {
-        self.send(ch, minimq_protocol::ChannelOpen.into()).await;
-        let Method::ChannelOpenOk(_) = self.method(ch).await else {
-            panic!("expected channel.open-ok")
-        };
+        self.c.open_channel(ch).await;
     }
 
     async fn send(&mut self, channel: u16, method: Method) {
-        within(self.io.send(Frame::Method(channel, method)))
-            .await
-            .expect("send frame");
+        self.c.send(channel, method).await;
+    }
+
+    async fn send_frame(&mut self, frame: Frame) {
+        self.c.send_frame(frame).await;
     }
 
     async fn frame(&mut self) -> Frame {
-        loop {
-            match within(self.io.next()).await {
-                Some(Ok(Frame::Heartbeat)) => continue,
-                Some(Ok(frame)) => return frame,
-                other => panic!("expected a frame, got {other:?}"),
-            }
-        }
+        self.c.frame().await
     }
 
     /// The next method frame, which must be on `channel`.
     async fn method(&mut self, channel: u16) -> Method {
-        match self.frame().await {
-            Frame::Method(ch, m) if ch == channel => m,
-            other => panic!("expected a method on channel {channel}, got {other:?}"),
-        }
+        self.c.method(channel).await
     }
 
     /// Sends `method` on channel 1 and expects `channel.close`: its code, text and ids.
@@ -241,13 +186,10 @@ impl Raw {
             body_size: body.len() as u64,
             properties: Default::default(),
         };
-        within(self.io.send(Frame::Header(1, Box::new(header))))
-            .await
-            .expect("send header");
+        self.send_frame(Frame::Header(1, Box::new(header))).await;
         if !body.is_empty() {
-            within(self.io.send(Frame::Body(1, Bytes::copy_from_slice(body))))
-                .await
-                .expect("send body");
+            self.send_frame(Frame::Body(1, Bytes::copy_from_slice(body)))
+                .await;
         }
     }
 
@@ -402,9 +344,7 @@ async fn a_publish_to_a_missing_exchange_fails_at_once() {
         body_size: 0,
         properties: Default::default(),
     };
-    within(raw.io.send(Frame::Header(1, Box::new(header))))
-        .await
-        .unwrap();
+    raw.send_frame(Frame::Header(1, Box::new(header))).await;
     assert_eq!(
         raw.expect_close(1).await,
         (
@@ -699,12 +639,9 @@ async fn a_commit_whose_messages_cannot_be_synced_fails() {
             ..Default::default()
         },
     };
-    within(raw.io.send(Frame::Header(1, Box::new(header))))
-        .await
-        .unwrap();
-    within(raw.io.send(Frame::Body(1, Bytes::from_static(b"x"))))
-        .await
-        .unwrap();
+    raw.send_frame(Frame::Header(1, Box::new(header))).await;
+    raw.send_frame(Frame::Body(1, Bytes::from_static(b"x")))
+        .await;
     assert_eq!(
         raw.refused(minimq_protocol::TxCommit.into()).await,
         precondition("partial tx completion", 90, 20)
