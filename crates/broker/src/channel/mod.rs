@@ -221,30 +221,15 @@ impl Channel {
     /// As [`Channel::take_outstanding`], keeping the tags (a transaction gives them back
     /// on rollback).
     pub fn take_tagged(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<(u64, Outstanding)>> {
-        let taken = if multiple && tag == 0 {
-            std::mem::take(&mut self.outstanding).into_iter().collect()
-        } else if !self.outstanding.contains_key(&tag) {
-            return Err(AmqpError::precondition(format!(
-                "unknown delivery tag {tag}"
-            )));
-        } else if multiple {
-            let rest = self.outstanding.split_off(&(tag + 1));
-            std::mem::replace(&mut self.outstanding, rest)
-                .into_iter()
-                .collect()
-        } else {
-            self.outstanding.remove_entry(&tag).into_iter().collect()
-        };
-        self.info.set_unacked(self.outstanding.len());
-        Ok(taken)
+        self.take_range(tag, multiple)
+            .map(|taken| taken.into_iter().collect())
     }
 
     /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to
     /// it with `multiple` (all of them for tag 0). An unknown tag is 406, as in RabbitMQ.
     pub fn take_outstanding(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
-        let taken = self.take_outstanding_inner(tag, multiple);
-        self.info.set_unacked(self.outstanding.len());
-        taken
+        self.take_range(tag, multiple)
+            .map(|taken| taken.into_values().collect())
     }
 
     /// Takes the one delivery a single ack / nack / reject names (as
@@ -258,24 +243,23 @@ impl Channel {
         taken
     }
 
-    fn take_outstanding_inner(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
-        if multiple && tag == 0 {
-            return Ok(std::mem::take(&mut self.outstanding)
-                .into_values()
-                .collect());
-        }
-        if !self.outstanding.contains_key(&tag) {
+    /// The deliveries `tag` / `multiple` name, by tag, taken out of the channel's
+    /// unsettled ones (which the management API's count follows).
+    fn take_range(&mut self, tag: u64, multiple: bool) -> AmqpResult<BTreeMap<u64, Outstanding>> {
+        let taken = if multiple && tag == 0 {
+            std::mem::take(&mut self.outstanding)
+        } else if !self.outstanding.contains_key(&tag) {
             return Err(AmqpError::precondition(format!(
                 "unknown delivery tag {tag}"
             )));
-        }
-        if multiple {
+        } else if multiple {
             let rest = self.outstanding.split_off(&(tag + 1));
-            let taken = std::mem::replace(&mut self.outstanding, rest);
-            Ok(taken.into_values().collect())
+            std::mem::replace(&mut self.outstanding, rest)
         } else {
-            Ok(self.outstanding.remove(&tag).into_iter().collect())
-        }
+            self.outstanding.remove_entry(&tag).into_iter().collect()
+        };
+        self.info.set_unacked(self.outstanding.len());
+        Ok(taken)
     }
 }
 
