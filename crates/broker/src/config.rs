@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// RabbitMQ's default `disk_free_limit`: 50 MB.
+pub const DEFAULT_DISK_FREE_LIMIT: u64 = 50_000_000;
+
 /// Broker settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -47,6 +50,84 @@ pub struct Config {
     /// Address of the management HTTP API; `None` disables it. Embedded brokers default
     /// to `None`; `minimq-server` defaults to `127.0.0.1:15672`.
     pub http: Option<SocketAddr>,
+    /// Memory the broker may use before the memory alarm blocks publishers (RabbitMQ's
+    /// `vm_memory_high_watermark`; default 0.4 of the machine's or cgroup's memory).
+    pub memory_high_watermark: Watermark,
+    /// Free space on the data directory's filesystem under which the disk alarm blocks
+    /// publishers, octets (RabbitMQ's `disk_free_limit`; default 50 MB; 0 disables). An
+    /// in-memory broker has no disk alarm.
+    pub disk_free_limit: u64,
+}
+
+/// The memory high watermark: a fraction of the memory available, or octets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Watermark {
+    /// A fraction of the machine's (or the cgroup's) memory, in (0, 1].
+    Fraction(f64),
+    /// Octets; 0 disables the memory alarm.
+    Absolute(u64),
+}
+
+impl Default for Watermark {
+    /// RabbitMQ 3.10's default, 0.4.
+    fn default() -> Self {
+        Watermark::Fraction(0.4)
+    }
+}
+
+impl std::str::FromStr for Watermark {
+    type Err = String;
+
+    /// `0.4` (a number with a decimal point: a fraction) or a size (`256MiB`, `2GB`,
+    /// `1073741824`; see [`parse_size`]).
+    fn from_str(s: &str) -> Result<Watermark, String> {
+        let t = s.trim();
+        if t.contains('.') {
+            let f: f64 = t.parse().map_err(|_| {
+                format!("`{s}`: expected a fraction such as 0.4 or a size such as 256MiB")
+            })?;
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(format!(
+                    "`{s}`: a fraction of memory must be above 0 and at most 1"
+                ));
+            }
+            return Ok(Watermark::Fraction(f));
+        }
+        parse_size(t).map(Watermark::Absolute)
+    }
+}
+
+/// A size in octets: a plain count, or a count with a unit. `kB MB GB TB` are powers of
+/// 1000 and `KiB MiB GiB TiB` (and RabbitMQ's `k M G T`) powers of 1024, as in RabbitMQ's
+/// configuration; units are matched without regard to case except for that `B`/`iB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a size such as 67108864, 64MiB or 2GB"))?;
+    let unit = unit.trim();
+    let lower = unit.to_ascii_lowercase();
+    let power = |p: u32, base: u64| base.pow(p);
+    let mult: u64 = match lower.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => power(1, 1024),
+        "m" | "mib" => power(2, 1024),
+        "g" | "gib" => power(3, 1024),
+        "t" | "tib" => power(4, 1024),
+        "kb" => power(1, 1000),
+        "mb" => power(2, 1000),
+        "gb" => power(3, 1000),
+        "tb" => power(4, 1000),
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use kB, MB, GB, TB or KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}`: too large"))
 }
 
 impl Default for Config {
@@ -70,6 +151,41 @@ impl Default for Config {
             // Twice the largest message: any message fits in a transaction of its own.
             max_tx_size: 256 * 1024 * 1024,
             http: None,
+            memory_high_watermark: Watermark::default(),
+            disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("50MB"), Ok(50_000_000));
+        assert_eq!(parse_size("10kB"), Ok(10_000));
+        assert_eq!(parse_size("10KiB"), Ok(10_240));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1000TB"), Ok(1_000_000_000_000_000));
+        assert_eq!(parse_size("3TiB"), Ok(3 << 40));
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999TB").is_err(), "overflow is an error");
+    }
+
+    #[test]
+    fn a_watermark_is_a_fraction_or_a_size() {
+        assert_eq!("0.4".parse(), Ok(Watermark::Fraction(0.4)));
+        assert_eq!("1.0".parse(), Ok(Watermark::Fraction(1.0)));
+        assert_eq!("256MiB".parse(), Ok(Watermark::Absolute(256 << 20)));
+        assert_eq!("2GB".parse(), Ok(Watermark::Absolute(2_000_000_000)));
+        assert!("0.0".parse::<Watermark>().is_err());
+        assert!("1.5".parse::<Watermark>().is_err());
+        assert!("abc".parse::<Watermark>().is_err());
     }
 }

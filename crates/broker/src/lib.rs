@@ -11,6 +11,7 @@
 //! - [`queue`]: one task per queue owning its messages, consumers and credit.
 //! - [`message`]: the shared, immutable published message.
 //! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery).
+//! - [`alarm`]: the memory and disk alarms that block publishers.
 //! - [`error`]: AMQP errors with RabbitMQ's reply texts.
 //! - [`admin`]: the management HTTP API (RabbitMQ's paths and JSON); [`registry`]: the
 //!   live connections, channels and consumers it lists.
@@ -19,6 +20,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod alarm;
 pub mod channel;
 pub mod config;
 pub mod connection;

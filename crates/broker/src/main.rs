@@ -40,8 +40,17 @@ struct Args {
     fsync: Option<FsyncArg>,
     /// Memory a durable queue may use for its persistent messages (bodies plus about 256
     /// octets each), e.g. `64MiB`; past it they stay on disk until delivered.
-    #[arg(long, env = "MINIMQ_QUEUE_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "MINIMQ_QUEUE_MEMORY", default_value = "64MiB", value_parser = minimq_broker::config::parse_size)]
     queue_memory: u64,
+    /// Memory the broker may use before publishers are blocked (the memory alarm): a
+    /// fraction of the machine's (or cgroup's) memory such as `0.4`, or a size such as
+    /// `256MiB` or `2GB` (`0` disables the alarm).
+    #[arg(long, env = "MINIMQ_MEMORY_HIGH_WATERMARK", default_value = "0.4")]
+    memory_high_watermark: minimq_broker::config::Watermark,
+    /// Free space on the data directory's filesystem under which publishers are blocked
+    /// (the disk alarm), e.g. `50MB`, `2GiB` (`0` disables the alarm).
+    #[arg(long, env = "MINIMQ_DISK_FREE_LIMIT", default_value = "50MB", value_parser = minimq_broker::config::parse_size)]
+    disk_free_limit: u64,
     /// What recovery does with a damaged log: `skip-corrupt` (truncate a torn tail, skip
     /// corrupt records and report them), `tolerate-torn-tail` (refuse to start on damage
     /// other than a torn tail) or `absolute` (refuse to start on any damage).
@@ -82,29 +91,6 @@ fn parse_http(s: &str) -> Result<HttpAddr, String> {
             .map(|a| HttpAddr(Some(a)))
             .map_err(|e| format!("{e} (expected HOST:PORT, `off` or `none`)")),
     }
-}
-
-/// A size: octets, or with a `KiB`, `MiB`, `GiB` (or `K`, `M`, `G`) suffix.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a size such as 67108864 or 64MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown unit `{other}` (use KiB, MiB or GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}`: too large"))
 }
 
 /// The first address, the others, and those bound only where the host has them: with
@@ -186,6 +172,8 @@ async fn main() -> std::process::ExitCode {
         http,
         queue_memory: args.queue_memory,
         recovery_mode: args.recovery_mode,
+        memory_high_watermark: args.memory_high_watermark,
+        disk_free_limit: args.disk_free_limit,
         ..Config::default()
     };
     let broker = match Broker::builder().config(config).start().await {

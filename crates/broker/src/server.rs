@@ -40,6 +40,8 @@ pub struct BrokerState {
     pub connections: crate::registry::Connections,
     /// The bound AMQP and management API addresses (the API lists them).
     pub bound: (Vec<SocketAddr>, Option<SocketAddr>),
+    /// The memory and disk alarms (`alarm.rs`).
+    pub alarms: Arc<crate::alarm::Alarms>,
     next_conn_id: AtomicU64,
 }
 
@@ -131,6 +133,14 @@ impl BrokerBuilder {
             }
             None => (None, Vec::new()),
         };
+        let alarms = Arc::new(crate::alarm::Alarms::new(
+            crate::alarm::memory_limit(self.config.memory_high_watermark),
+            self.config.disk_free_limit,
+        ));
+        alarms.start_monitor(
+            Box::new(crate::alarm::SystemProbe),
+            self.config.data_dir.clone(),
+        )?;
         let vhost = VHost::new(store.clone());
         vhost.restore(recovered);
         vhost.restore_topology();
@@ -161,6 +171,7 @@ impl BrokerBuilder {
             killed: CancellationToken::new(),
             connections: Default::default(),
             bound: (addrs.clone(), http_addr),
+            alarms,
             next_conn_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
@@ -254,6 +265,7 @@ impl Broker {
     /// after a crash). What was already handed to the log writer is written, as the
     /// operating system would still write what a killed process had written.
     pub async fn crash(self) {
+        self.state.alarms.stop_monitor();
         self.state.killed.cancel();
         self.state.shutdown.cancel();
         for a in self.accept {
@@ -271,6 +283,7 @@ impl Broker {
     /// Graceful shutdown: stop accepting, close every connection with 320
     /// CONNECTION_FORCED, wait for them to finish.
     pub async fn shutdown(self) {
+        self.state.alarms.stop_monitor();
         self.state.shutdown.cancel();
         for a in self.accept {
             a.abort();

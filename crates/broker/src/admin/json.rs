@@ -61,6 +61,98 @@ pub struct Overview {
     object_totals: ObjectTotals,
     /// minimq's own: what recovery did at start-up (`null` without a data directory).
     minimq_recovery: Option<Recovery>,
+    /// minimq's own: the resource alarms in effect (`[]`, `["memory"]`, `["disk space"]`,
+    /// both); RabbitMQ shows them per node, in `/api/nodes`.
+    minimq_alarms: Vec<&'static str>,
+}
+
+/// One alarm in a health check's answer, as RabbitMQ's `rabbit_alarm:format_as_map`.
+#[derive(Debug, Serialize)]
+pub struct AlarmEntry {
+    resource: &'static str,
+    node: &'static str,
+}
+
+/// `GET /api/health/checks/alarms` and `local-alarms`: `{"status":"ok"}`, or (with a
+/// 503) `failed`, RabbitMQ's reason text and the alarms.
+#[derive(Debug, Serialize)]
+pub struct AlarmCheck {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alarms: Option<Vec<AlarmEntry>>,
+}
+
+/// The answer to an alarm health check, and whether it passed. `reason` is RabbitMQ's
+/// text for the cluster-wide or the node-local check (the same here: one node).
+pub fn alarm_check(state: &BrokerState, reason: &'static str) -> (bool, AlarmCheck) {
+    let set = state.alarms.current();
+    if !set.any() {
+        return (
+            true,
+            AlarmCheck {
+                status: "ok",
+                reason: None,
+                alarms: None,
+            },
+        );
+    }
+    let node = node_name();
+    let alarms = set
+        .resources()
+        .map(|r| AlarmEntry {
+            resource: r.name(),
+            node,
+        })
+        .collect();
+    (
+        false,
+        AlarmCheck {
+            status: "failed",
+            reason: Some(reason),
+            alarms: Some(alarms),
+        },
+    )
+}
+
+/// One entry of `GET /api/nodes`: the node's resources and alarms, with RabbitMQ's field
+/// names (the subset minimq measures).
+#[derive(Debug, Serialize)]
+pub struct Node {
+    name: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    running: bool,
+    mem_used: u64,
+    mem_limit: u64,
+    mem_alarm: bool,
+    disk_free: u64,
+    disk_free_limit: u64,
+    disk_free_alarm: bool,
+}
+
+impl Node {
+    /// The node's name, `minimq@HOSTNAME`.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+}
+
+/// `GET /api/nodes`: this node.
+pub fn nodes(state: &BrokerState) -> Vec<Node> {
+    let s = state.alarms.snapshot();
+    vec![Node {
+        name: node_name(),
+        kind: "disc",
+        running: true,
+        mem_used: s.mem_used,
+        mem_limit: s.mem_limit,
+        mem_alarm: s.alarms.memory,
+        disk_free: s.disk_free,
+        disk_free_limit: s.disk_free_limit,
+        disk_free_alarm: s.alarms.disk,
+    }]
 }
 
 /// What the message store's recovery did when the broker started.
@@ -360,6 +452,12 @@ pub fn overview(state: &BrokerState) -> Overview {
             exchanges: state.vhost.exchange_count(),
         },
         minimq_recovery: recovery(state),
+        minimq_alarms: state
+            .alarms
+            .current()
+            .resources()
+            .map(crate::alarm::Resource::name)
+            .collect(),
     }
 }
 

@@ -11,6 +11,8 @@
 //! | `/api/queues/{vhost}/{name}` | GET, DELETE (`?if-empty=true`, `?if-unused=true`) |
 //! | `/api/queues/{vhost}/{name}/contents` | DELETE (purge) |
 //! | `/api/connections`, `/api/channels`, `/api/consumers` | GET |
+//! | `/api/nodes`, `/api/nodes/{node}` | GET |
+//! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
 //!
 //! HEAD is answered wherever GET is. Every request needs HTTP basic auth with one of the
 //! broker's users. As in RabbitMQ (cowboy_rest), an unknown path is 404 and a wrong
@@ -117,6 +119,10 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/connections", get(connections))
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+        .route("/api/health/checks/alarms", get(alarms_check))
+        .route("/api/health/checks/local-alarms", get(local_alarms_check))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
 }
@@ -190,6 +196,47 @@ type Api = State<Arc<BrokerState>>;
 
 async fn overview(State(state): Api, _: User) -> Response {
     Json(json::overview(&state)).into_response()
+}
+
+async fn nodes(State(state): Api, _: User) -> Response {
+    Json(json::nodes(&state)).into_response()
+}
+
+async fn node(
+    State(state): Api,
+    _: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = params(name)?;
+    let node = json::nodes(&state)
+        .into_iter()
+        .find(|n| n.name() == name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(node).into_response())
+}
+
+/// RabbitMQ answers a failed health check with 503 and the alarms.
+fn health_answer((ok, body): (bool, json::AlarmCheck)) -> Response {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn alarms_check(State(state): Api, _: User) -> Response {
+    health_answer(json::alarm_check(
+        &state,
+        "There are alarms in effect in the cluster",
+    ))
+}
+
+async fn local_alarms_check(State(state): Api, _: User) -> Response {
+    health_answer(json::alarm_check(
+        &state,
+        "There are alarms in effect on the node",
+    ))
 }
 
 async fn whoami(User(name): User) -> Response {

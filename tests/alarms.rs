@@ -1,0 +1,147 @@
+//! Resource alarms end to end: the memory and disk alarms as the management API reports
+//! them (health checks with RabbitMQ's 200/503 answers, `/api/nodes`, the overview), and
+//! what a publishing client sees while one is on.
+//!
+//! The disk alarm is forced with a free-space limit above any disk's free space
+//! (`1000TB`), the memory alarm with a watermark of one octet; each is cleared by setting
+//! the limit back at run time, as `rabbitmqctl set_disk_free_limit` does. Waits are on the
+//! alarm's change notification, never on a clock.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::http::{get, request, GUEST};
+use common::within;
+use minimq_broker::config::{parse_size, Watermark};
+use minimq_broker::{Broker, Config};
+use serde_json::{json, Value};
+
+/// A broker with a data directory of its own, the management API, and these limits.
+async fn start(watermark: Watermark, disk_free_limit: u64) -> Broker {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "minimq-alarms-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    Broker::builder()
+        .config(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir),
+            memory_high_watermark: watermark,
+            disk_free_limit,
+            ..Config::default()
+        })
+        .start()
+        .await
+        .expect("broker starts")
+}
+
+/// Waits until the alarm set satisfies `done` (checking the current value first).
+async fn until_alarms(broker: &Broker, done: impl Fn(minimq_broker::alarm::AlarmSet) -> bool) {
+    let mut rx = broker.state().alarms.subscribe();
+    within(async {
+        loop {
+            if done(*rx.borrow_and_update()) {
+                return;
+            }
+            rx.changed().await.expect("alarms outlive the test");
+        }
+    })
+    .await
+}
+
+/// GET `path` as guest: status and JSON body.
+async fn check(broker: &Broker, path: &str) -> (u16, Value) {
+    let r = request(broker, "GET", path, Some(GUEST)).await;
+    (r.status, r.json())
+}
+
+#[tokio::test]
+async fn disk_alarm_fails_both_health_checks_with_rabbitmq_answers_until_space_returns() {
+    let broker = start(Watermark::Absolute(0), parse_size("1000TB").unwrap()).await;
+    // The first sample is taken before the broker starts listening.
+    assert!(broker.state().alarms.current().disk);
+    let node = get(&broker, "/api/overview").await["node"].clone();
+    let (status, body) = check(&broker, "/api/health/checks/alarms").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        json!({
+            "status": "failed",
+            "reason": "There are alarms in effect in the cluster",
+            "alarms": [{"resource": "disk space", "node": node}],
+        })
+    );
+    let (status, body) = check(&broker, "/api/health/checks/local-alarms").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["reason"], "There are alarms in effect on the node");
+    assert_eq!(body["alarms"][0]["resource"], "disk space");
+    let nodes = get(&broker, "/api/nodes").await;
+    assert_eq!(nodes[0]["name"], node);
+    assert_eq!(nodes[0]["disk_free_alarm"], true);
+    assert_eq!(nodes[0]["mem_alarm"], false);
+    assert_eq!(nodes[0]["disk_free_limit"], 1_000_000_000_000_000u64);
+    assert!(nodes[0]["disk_free"].as_u64().unwrap() > 0);
+    assert_eq!(
+        get(&broker, "/api/overview").await["minimq_alarms"],
+        json!(["disk space"])
+    );
+
+    broker.state().alarms.set_disk_free_limit(0);
+    until_alarms(&broker, |a| !a.disk).await;
+    let (status, body) = check(&broker, "/api/health/checks/alarms").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let (status, _) = check(&broker, "/api/health/checks/local-alarms").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(&broker, "/api/overview").await["minimq_alarms"],
+        json!([])
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn memory_alarm_from_a_tiny_watermark_shows_in_nodes_and_clears_when_raised() {
+    let broker = start(Watermark::Absolute(1), 0).await;
+    assert!(broker.state().alarms.current().memory);
+    let (status, body) = check(&broker, "/api/health/checks/alarms").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["alarms"][0]["resource"], "memory");
+    let nodes = get(&broker, "/api/nodes").await;
+    assert_eq!(nodes[0]["mem_alarm"], true);
+    assert_eq!(nodes[0]["mem_limit"], 1);
+    assert!(nodes[0]["mem_used"].as_u64().unwrap() > 1024 * 1024);
+    let name = nodes[0]["name"].as_str().unwrap().to_string();
+    let one = get(&broker, &format!("/api/nodes/{name}")).await;
+    assert_eq!(one["name"], name.as_str());
+    assert_eq!(
+        request(&broker, "GET", "/api/nodes/nobody@nowhere", Some(GUEST))
+            .await
+            .status,
+        404
+    );
+
+    broker.state().alarms.set_memory_limit(u64::MAX);
+    until_alarms(&broker, |a| !a.memory).await;
+    let (status, _) = check(&broker, "/api/health/checks/alarms").await;
+    assert_eq!(status, 200);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_checks_need_credentials() {
+    let broker = start(Watermark::Absolute(0), 0).await;
+    for path in [
+        "/api/health/checks/alarms",
+        "/api/health/checks/local-alarms",
+        "/api/nodes",
+    ] {
+        let r = request(&broker, "GET", path, None).await;
+        assert_eq!(r.status, 401, "{path}");
+    }
+    broker.shutdown().await;
+}
