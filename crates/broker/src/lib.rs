@@ -9,6 +9,7 @@
 //! - [`vhost`]: the registry of queues and exchanges.
 //! - [`exchange`]: exchange types and routing.
 //! - [`queue`]: one task per queue owning its messages, consumers and credit.
+//! - [`policy`]: policies (validation, choice by priority, merge with arguments).
 //! - [`message`]: the shared, immutable published message.
 //! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery).
 //! - [`alarm`]: the memory and disk alarms that block publishers.
@@ -27,6 +28,7 @@ pub mod connection;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod server;
