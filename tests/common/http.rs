@@ -93,3 +93,12 @@ pub async fn get(broker: &Broker, path: &str) -> Value {
     assert_eq!(r.header("content-type"), Some("application/json"));
     r.json()
 }
+
+/// A request with a JSON body, as guest.
+pub async fn send_json(broker: &Broker, method: &str, path: &str, body: &str) -> Resp {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {GUEST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    parse_response(&raw(broker.http_addr().unwrap(), req.as_bytes()).await)
+}

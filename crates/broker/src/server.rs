@@ -142,6 +142,7 @@ impl BrokerBuilder {
             self.config.data_dir.clone(),
         )?;
         let vhost = VHost::new(store.clone());
+        vhost.restore_policies();
         vhost.restore(recovered);
         vhost.restore_topology();
         let mut listeners = vec![TcpListener::bind(self.config.listen).await?];

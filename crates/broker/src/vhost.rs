@@ -14,8 +14,11 @@ use minimq_protocol::{FieldTable, ReplyCode};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{self, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueType};
-use crate::store::{BindingDef, ExchangeDef, MetaWait, RecoveredQueue, Store};
+use crate::policy::{Kind, Policies, Policy};
+use crate::queue::{
+    self, AppliedPolicy, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueType,
+};
+use crate::store::{BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredQueue, Store};
 
 /// Exchanges every vhost has from the start.
 const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -61,7 +64,13 @@ pub struct VHost {
     /// What its queue tasks are given to reach it (see [`VHostLink`]).
     queue_host: Arc<dyn QueueHost>,
     store: Option<Arc<Store>>,
+    /// Its policies (`policy.rs`), applied to its queues as they are declared and again
+    /// whenever a policy changes.
+    pub policies: Policies,
 }
+
+/// The store component policies are kept under.
+const POLICY_COMPONENT: &str = "policy";
 
 /// A queue task's way to its vhost. Weak: the vhost holds its queues' handles, a queue
 /// task lives as long as its handles, so a strong reference back would keep both alive
@@ -113,6 +122,7 @@ impl VHost {
                 exchanges: DashMap::new(),
                 queue_host: Arc::new(VHostLink(me.clone())),
                 store,
+                policies: Policies::default(),
             };
             for (name, kind) in BUILTIN_EXCHANGES {
                 let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
@@ -222,6 +232,7 @@ impl VHost {
                     args,
                     store_id,
                 );
+                handle.info().set_policy(self.applied_policy(&handle));
                 v.insert(handle.clone());
                 self.queues_changed();
                 queue::actor::spawn(
@@ -275,6 +286,89 @@ impl VHost {
         done
     }
 
+    /// What the policy that matches `queue` (if any) makes of its declared arguments.
+    fn applied_policy(&self, queue: &QueueHandle) -> AppliedPolicy {
+        let info = queue.info();
+        match self.policies.select(Kind::Queue, queue.name()) {
+            Some(p) => AppliedPolicy {
+                name: Some(p.name.as_str().into()),
+                definition: Some(Arc::new(serde_json::Value::Object(p.definition.clone()))),
+                args: p.queue.apply_to(&info.args, &info.arguments),
+            },
+            None => AppliedPolicy {
+                name: None,
+                definition: None,
+                args: info.args.clone(),
+            },
+        }
+    }
+
+    /// Applies the policies anew to every queue, telling the queues whose arguments
+    /// changed (a lower `max-length` drops at once, a new `expires` counts from now on).
+    fn reapply_policies(&self) {
+        for q in self.queues() {
+            if q.info().set_policy(self.applied_policy(&q)) {
+                q.send_now(QueueCommand::PolicyChanged);
+            }
+        }
+    }
+
+    /// Adds or replaces a policy, durably first when the broker has a data directory;
+    /// answers whether it is new. Applied to existing queues before it answers.
+    pub async fn put_policy(&self, policy: Policy, vhost: &str) -> std::io::Result<bool> {
+        if let Some(store) = &self.store {
+            let value =
+                serde_json::to_vec(&policy.to_json(vhost)).map_err(std::io::Error::other)?;
+            store
+                .put_param(ParamDef {
+                    component: POLICY_COMPONENT.into(),
+                    vhost: vhost.into(),
+                    name: policy.name.clone(),
+                    value: value.into(),
+                })
+                .await?;
+        }
+        let created = self.policies.put(policy);
+        self.reapply_policies();
+        Ok(created)
+    }
+
+    /// Removes a policy (durably first); answers whether there was one.
+    pub async fn delete_policy(&self, name: &str, vhost: &str) -> std::io::Result<bool> {
+        if self.policies.get(name).is_none() {
+            return Ok(false);
+        }
+        if let Some(store) = &self.store {
+            store.remove_param(POLICY_COMPONENT, vhost, name).await?;
+        }
+        let existed = self.policies.delete(name);
+        self.reapply_policies();
+        Ok(existed)
+    }
+
+    /// Takes back the policies stored before a restart (before the queues are restored,
+    /// so they start with them applied). A stored policy that no longer parses is logged
+    /// and left out.
+    pub fn restore_policies(&self) {
+        let Some(store) = &self.store else { return };
+        for def in store.take_params() {
+            if def.component != POLICY_COMPONENT {
+                continue;
+            }
+            let parsed = serde_json::from_slice::<serde_json::Value>(&def.value)
+                .map_err(|e| e.to_string())
+                .and_then(|v| Policy::parse(&def.name, &v));
+            match parsed {
+                Ok(p) => {
+                    self.policies.put(p);
+                }
+                Err(e) => {
+                    tracing::error!(policy = %def.name, error = %e, "stored policy not understood; left out")
+                }
+            }
+        }
+    }
+
     /// Recreates the durable queues recovered from the store, with their messages.
     pub fn restore(&self, recovered: Vec<RecoveredQueue>) {
         for q in recovered {
@@ -288,6 +382,7 @@ impl VHost {
                 args,
                 Some(q.def.id),
             );
+            handle.info().set_policy(self.applied_policy(&handle));
             self.queues
                 .insert(q.def.name.as_str().into(), handle.clone());
             self.queues_changed();

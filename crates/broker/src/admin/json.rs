@@ -248,7 +248,9 @@ pub struct Queue<'a> {
     state: &'static str,
     #[serde(rename = "type")]
     kind: &'static str,
-    policy: Option<String>,
+    policy: Option<Arc<str>>,
+    /// The policy's definition as given (`{}` without one), as RabbitMQ shows it.
+    effective_policy_definition: Arc<serde_json::Value>,
     exclusive_consumer_tag: Option<String>,
     messages: u64,
     messages_ready: u64,
@@ -468,6 +470,7 @@ pub fn queues(state: &BrokerState) -> Vec<QueueHandle> {
 
 /// A queue's view; with `detail`, its consumers too.
 pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue<'a> {
+    let applied = q.info().applied_policy();
     let info = q.info();
     let s = &info.stats;
     let ready = s.ready.load(Relaxed);
@@ -503,7 +506,10 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
             QueueType::Classic => "classic",
             QueueType::Quorum => "quorum",
         },
-        policy: None,
+        policy: applied.name,
+        effective_policy_definition: applied
+            .definition
+            .unwrap_or_else(|| Arc::new(serde_json::Value::Object(Default::default()))),
         exclusive_consumer_tag: None,
         messages: ready + unacked,
         messages_ready: ready,

@@ -12,6 +12,8 @@
 //! | `/api/queues/{vhost}/{name}/contents` | DELETE (purge) |
 //! | `/api/connections`, `/api/channels`, `/api/consumers` | GET |
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
+//! | `/api/policies`, `/api/policies/{vhost}` | GET |
+//! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
 //! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
 //!
 //! HEAD is answered wherever GET is. Every request needs HTTP basic auth with one of the
@@ -120,6 +122,12 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/nodes", get(nodes))
+        .route("/api/policies", get(policies))
+        .route("/api/policies/{vhost}", get(vhost_policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policy).put(put_policy).delete(delete_policy),
+        )
         .route("/api/nodes/{node}", get(node))
         .route("/api/health/checks/alarms", get(alarms_check))
         .route("/api/health/checks/local-alarms", get(local_alarms_check))
@@ -193,6 +201,92 @@ fn check_vhost(vhost: &str) -> Result<(), ApiError> {
 }
 
 type Api = State<Arc<BrokerState>>;
+
+/// Longest object name the broker stores (an AMQP short string).
+const MAX_NAME: usize = 255;
+
+async fn policies(State(state): Api, _: User) -> Response {
+    let list: Vec<_> = state
+        .vhost
+        .policies
+        .all()
+        .iter()
+        .map(|p| p.to_json(VHOST))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn vhost_policies(
+    State(state): Api,
+    _: User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    check_vhost(&params(vhost)?)?;
+    Ok(policies(State(state), User(String::new())).await)
+}
+
+async fn policy(
+    State(state): Api,
+    _: User,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (vhost, name) = params(path)?;
+    check_vhost(&vhost)?;
+    let p = state
+        .vhost
+        .policies
+        .get(&name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(p.to_json(VHOST)).into_response())
+}
+
+/// A failed metadata write: the change was not made.
+fn store_error(e: std::io::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("could not write the change to disk: {e}"),
+    )
+}
+
+async fn put_policy(
+    State(state): Api,
+    _: User,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    check_vhost(&vhost)?;
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad_request("name_too_long"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let p = crate::policy::Policy::parse(&name, &value).map_err(ApiError::bad_request)?;
+    let created = state
+        .vhost
+        .put_policy(p, VHOST)
+        .await
+        .map_err(store_error)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn delete_policy(
+    State(state): Api,
+    _: User,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    check_vhost(&vhost)?;
+    match state.vhost.delete_policy(&name, VHOST).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found()),
+        Err(e) => Err(store_error(e)),
+    }
+}
 
 async fn overview(State(state): Api, _: User) -> Response {
     Json(json::overview(&state)).into_response()

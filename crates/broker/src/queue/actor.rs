@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
-    ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueCommand, QueueCounts,
-    QueueEvent, QueueHandle, QueueHost, QueueInbox,
+    ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueArgs, QueueCommand,
+    QueueCounts, QueueEvent, QueueHandle, QueueHost, QueueInbox,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -136,6 +136,9 @@ impl Consumer {
 
 /// The state of one queue; see the module docs.
 pub struct QueueActor {
+    /// The arguments it acts on: the declared ones with its policy applied (refreshed on
+    /// [`QueueCommand::PolicyChanged`]).
+    args: QueueArgs,
     handle: QueueHandle,
     /// The registry holding the queue: where dead letters are routed, and what forgets
     /// the queue when it deletes itself.
@@ -172,8 +175,9 @@ pub fn spawn(
 ) {
     let store = store.filter(|_| handle.info().store_id.is_some());
     let now = Instant::now();
-    let ttl = handle.info().args.message_ttl;
-    let max_priority = handle.info().args.max_priority;
+    let args = handle.info().effective_args();
+    let ttl = args.message_ttl;
+    let max_priority = args.max_priority;
     let mut ready = VecDeque::with_capacity(recovered.len());
     let mut totals = ReadyTotals::default();
     let mut next_seq = 1;
@@ -203,6 +207,7 @@ pub fn spawn(
     }
     let memory_budget = store.as_ref().map_or(u64::MAX, |s| s.queue_memory());
     let actor = QueueActor {
+        args,
         handle,
         host,
         store,
@@ -320,7 +325,7 @@ impl QueueActor {
     /// that would loop without a rejection in the loop (then it is dropped, as in
     /// RabbitMQ).
     fn dead_letter(&mut self, message: &Arc<Message>, reason: Reason) {
-        let args = &self.handle.info().args;
+        let args = &self.args;
         let Some(dlx) = args.dead_letter_exchange.as_deref() else {
             return;
         };
@@ -471,6 +476,12 @@ impl QueueActor {
                 }
                 self.dispatch(now);
             }
+            QueueCommand::PolicyChanged => {
+                self.args = self.handle.info().effective_args();
+                let (len, bytes) = (self.args.max_length, self.args.max_length_bytes);
+                self.drop_over_limits(len, bytes);
+                self.log_settled();
+            }
             QueueCommand::CreditAvailable => {
                 self.unblock_all();
                 self.dispatch(now);
@@ -578,7 +589,7 @@ impl QueueActor {
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
         // Copied out: the arguments are read between calls that need `&mut self`.
         let (max_length, max_length_bytes, overflow, message_ttl, max_priority) = {
-            let a = &self.handle.info().args;
+            let a = &self.args;
             (
                 a.max_length,
                 a.max_length_bytes,
@@ -635,6 +646,15 @@ impl QueueActor {
         // Priority 0 sorts after every other priority and this seq after every other.
         self.insert_ready(entry, priority == 0);
         count(&self.handle, |s| &s.published, 1);
+        self.drop_over_limits(max_length, max_length_bytes);
+        if let Some(c) = confirm {
+            c.send(true);
+        }
+    }
+
+    /// Drops (dead-letters) messages from the head while the queue is over its length
+    /// limits: after a publish, and when a policy lowers a limit.
+    fn drop_over_limits(&mut self, max_length: Option<u64>, max_length_bytes: Option<u64>) {
         while max_length.is_some_and(|m| self.ready.len() as u64 > m)
             || max_length_bytes.is_some_and(|m| self.totals.bytes > m)
         {
@@ -646,15 +666,12 @@ impl QueueActor {
                 None => break,
             }
         }
-        if let Some(c) = confirm {
-            c.send(true);
-        }
     }
 
     /// The time, read from the clock only when something depends on it (a TTL, an
     /// expiring message, `x-expires`): reading it per message is measurable.
     fn now(&mut self) -> Instant {
-        let args = &self.handle.info().args;
+        let args = &self.args;
         if self.totals.expiring > 0 || args.message_ttl.is_some() || args.expires.is_some() {
             self.last_now = Instant::now();
         }
@@ -773,7 +790,7 @@ impl QueueActor {
     /// Dead-letters a message that left the queue, reading it back first if it was
     /// paged out (only when there is a dead-letter exchange to send it to).
     fn dead_letter_entry(&mut self, entry: Entry, reason: Reason) {
-        if self.handle.info().args.dead_letter_exchange.is_none() {
+        if self.args.dead_letter_exchange.is_none() {
             return;
         }
         let message = match &entry.held {
@@ -821,7 +838,7 @@ impl QueueActor {
 
     /// When an unused queue with `x-expires` is due for deletion.
     fn unused_deadline(&self) -> Option<Instant> {
-        let ms = self.handle.info().args.expires?;
+        let ms = self.args.expires?;
         self.consumers
             .is_empty()
             .then(|| self.last_used + std::time::Duration::from_millis(ms))
@@ -867,7 +884,7 @@ impl QueueActor {
             if let Some(cid) = consumer {
                 freed.push(cid);
             }
-            let limit = self.handle.info().args.delivery_limit;
+            let limit = self.args.delivery_limit;
             let over_limit = requeue && limit.is_some_and(|l| u64::from(entry.deliveries) > l);
             if !requeue || over_limit {
                 count(&self.handle, |s| &s.acked, 1);
@@ -934,7 +951,7 @@ impl QueueActor {
     }
 
     fn dispatch(&mut self, now: Instant) {
-        let sac = self.handle.info().args.single_active_consumer;
+        let sac = self.args.single_active_consumer;
         loop {
             self.expire(now);
             if self.consumers.is_empty() {
@@ -1105,6 +1122,7 @@ pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         }
         QueueCommand::Settle { .. }
         | QueueCommand::ChannelClosed { .. }
-        | QueueCommand::CreditAvailable => {}
+        | QueueCommand::CreditAvailable
+        | QueueCommand::PolicyChanged => {}
     }
 }

@@ -292,6 +292,9 @@ pub enum QueueCommand {
     },
     /// A channel's shared credit grew: retry blocked consumers.
     CreditAvailable,
+    /// The queue's policy changed ([`QueueShared::set_policy`] was called first): take
+    /// the new effective arguments and apply the limits at once.
+    PolicyChanged,
     /// `basic.get`.
     Get {
         /// Remove on delivery instead of waiting for an ack.
@@ -343,8 +346,10 @@ pub struct QueueShared {
     pub auto_delete: bool,
     /// The declare arguments, as given.
     pub arguments: FieldTable,
-    /// The parsed arguments.
+    /// The parsed arguments, as declared.
     pub args: QueueArgs,
+    /// The policy in force and the arguments it makes (see [`QueueShared::set_policy`]).
+    policy: std::sync::Mutex<AppliedPolicy>,
     /// Live counters, written by the queue task after every command.
     pub stats: QueueStats,
     /// Id in the message store, for a durable queue of a broker with a data directory.
@@ -508,6 +513,47 @@ pub struct QueueHandle(Arc<QueueShared>);
 
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What a queue's policy makes of it: the policy's name and definition (as the management
+/// API shows them) and the effective arguments, worked out by the layer that owns
+/// policies. Without a policy, the declared arguments.
+#[derive(Debug, Clone)]
+pub struct AppliedPolicy {
+    /// The policy's name.
+    pub name: Option<Arc<str>>,
+    /// Its definition, JSON.
+    pub definition: Option<Arc<serde_json::Value>>,
+    /// The arguments the queue acts on.
+    pub args: QueueArgs,
+}
+
+impl QueueShared {
+    /// The policy in force and the arguments the queue acts on.
+    pub fn applied_policy(&self) -> AppliedPolicy {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The arguments the queue acts on: the declared ones with its policy applied.
+    pub fn effective_args(&self) -> QueueArgs {
+        self.policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .args
+            .clone()
+    }
+
+    /// Sets the policy in force; answers whether the effective arguments changed (then a
+    /// running queue task is told with [`QueueCommand::PolicyChanged`]).
+    pub fn set_policy(&self, applied: AppliedPolicy) -> bool {
+        let mut slot = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = slot.args != applied.args;
+        *slot = applied;
+        changed
+    }
+}
+
 impl QueueHandle {
     pub(crate) fn new(
         name: Arc<str>,
@@ -527,6 +573,11 @@ impl QueueHandle {
             exclusive_owner,
             auto_delete,
             arguments,
+            policy: std::sync::Mutex::new(AppliedPolicy {
+                name: None,
+                definition: None,
+                args: args.clone(),
+            }),
             args,
             stats: QueueStats::default(),
             store_id,

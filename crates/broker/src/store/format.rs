@@ -37,6 +37,8 @@ const T_OPENED: u8 = 11;
 const T_REMOVE_QUEUE: u8 = 12;
 const T_REMOVE_EXCHANGE: u8 = 13;
 const T_REMOVE_BINDING: u8 = 14;
+const T_PARAM: u8 = 15;
+const T_REMOVE_PARAM: u8 = 16;
 
 /// A durable exchange's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,21 @@ pub struct ExchangeDef {
     pub internal: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+}
+
+/// A named setting of the broker's (a policy, and the like): `value` is its JSON, which
+/// the layer that owns the component reads. The store keeps the latest value of each
+/// (component, vhost, name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamDef {
+    /// What kind of setting (`policy`, ...).
+    pub component: String,
+    /// The vhost it belongs to (empty for broker-wide ones).
+    pub vhost: String,
+    /// Its name.
+    pub name: String,
+    /// Its value, JSON.
+    pub value: Bytes,
 }
 
 /// A binding between durable objects, kept in the meta file.
@@ -143,6 +160,10 @@ pub enum Record {
     RemoveExchange(String),
     /// A binding between durable objects was removed (metadata log only).
     RemoveBinding(BindingDef),
+    /// A setting was made or changed (metadata log only).
+    Param(ParamDef),
+    /// A setting was removed: component, vhost, name (metadata log only).
+    RemoveParam(String, String, String),
     /// Delivery counts of messages returned to a queue, for `x-delivery-count` and
     /// `x-delivery-limit` across restarts.
     Deliveries {
@@ -354,6 +375,17 @@ impl Record {
             }
             Record::RemoveQueue(id) => buf.put_u64(*id),
             Record::RemoveExchange(name) => write::shortstr(buf, name),
+            Record::Param(p) => {
+                write::shortstr(buf, &p.component);
+                write::shortstr(buf, &p.vhost);
+                write::shortstr(buf, &p.name);
+                write::longstr(buf, &p.value);
+            }
+            Record::RemoveParam(component, vhost, name) => {
+                write::shortstr(buf, component);
+                write::shortstr(buf, vhost);
+                write::shortstr(buf, name);
+            }
             Record::Binding(b) | Record::RemoveBinding(b) => {
                 write::shortstr(buf, &b.source);
                 buf.put_u8(u8::from(b.to_exchange));
@@ -381,6 +413,8 @@ impl Record {
             Record::RemoveQueue(_) => T_REMOVE_QUEUE,
             Record::RemoveExchange(_) => T_REMOVE_EXCHANGE,
             Record::RemoveBinding(_) => T_REMOVE_BINDING,
+            Record::Param(_) => T_PARAM,
+            Record::RemoveParam(..) => T_REMOVE_PARAM,
         }
     }
 
@@ -496,6 +530,17 @@ impl Record {
             }
             T_REMOVE_QUEUE => Record::RemoveQueue(read::u64(p).ok()?),
             T_REMOVE_EXCHANGE => Record::RemoveExchange(read::shortstr(p).ok()?),
+            T_PARAM => Record::Param(ParamDef {
+                component: read::shortstr(p).ok()?,
+                vhost: read::shortstr(p).ok()?,
+                name: read::shortstr(p).ok()?,
+                value: read::longstr(p).ok()?,
+            }),
+            T_REMOVE_PARAM => Record::RemoveParam(
+                read::shortstr(p).ok()?,
+                read::shortstr(p).ok()?,
+                read::shortstr(p).ok()?,
+            ),
             _ => return None,
         };
         if p.has_remaining() {

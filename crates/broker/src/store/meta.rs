@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::format::{
-    check_header, check_record, file_header, BindingDef, ExchangeDef, QueueDef, Record,
+    check_header, check_record, file_header, BindingDef, ExchangeDef, ParamDef, QueueDef, Record,
     FILE_HEADER_LEN, META_LOG_MAGIC, META_MAGIC,
 };
 use super::recovery::RecoveryMode;
@@ -55,6 +55,8 @@ pub struct Live {
     /// it is found by its encoding (O(1)), not by comparing with every other.
     binding_keys: HashMap<Bytes, u64>,
     next_binding: u64,
+    /// Settings (policies, ...) by (component, vhost, name): their JSON.
+    params: BTreeMap<(String, String, String), Bytes>,
     /// Octets the live records take encoded (the size of a compacted log, about).
     bytes: u64,
 }
@@ -65,6 +67,7 @@ enum Undo {
     Exchange(String, Option<ExchangeDef>),
     BindingAdded(u64),
     BindingsRemoved(Vec<(u64, BindingDef)>),
+    Param((String, String, String), Option<Bytes>),
 }
 
 fn encoded_len(record: &Record) -> u64 {
@@ -215,6 +218,23 @@ impl Live {
                 }
                 true
             }
+            Record::Param(p) => {
+                let key = (p.component.clone(), p.vhost.clone(), p.name.clone());
+                if self.params.get(&key) == Some(&p.value) {
+                    return false;
+                }
+                let old = self.set_param(key.clone(), Some(p.value.clone()));
+                undo.push(Undo::Param(key, old));
+                true
+            }
+            Record::RemoveParam(component, vhost, name) => {
+                let key = (component.clone(), vhost.clone(), name.clone());
+                let Some(old) = self.set_param(key.clone(), None) else {
+                    return false;
+                };
+                undo.push(Undo::Param(key, Some(old)));
+                true
+            }
             _ => false,
         }
     }
@@ -235,6 +255,9 @@ impl Live {
                     self.insert_binding(seq, b);
                 }
             }
+            Undo::Param(key, old) => {
+                self.set_param(key, old);
+            }
         }
     }
 
@@ -250,6 +273,39 @@ impl Live {
         for b in self.bindings.values() {
             Record::Binding(b.clone()).encode(buf);
         }
+        for def in self.param_defs() {
+            Record::Param(def).encode(buf);
+        }
+    }
+
+    /// Sets or removes one setting, keeping the live size; answers the old value.
+    fn set_param(&mut self, key: (String, String, String), value: Option<Bytes>) -> Option<Bytes> {
+        let size = |k: &(String, String, String), v: &Bytes| {
+            (k.0.len() + k.1.len() + k.2.len() + v.len() + 16) as u64
+        };
+        if let Some(v) = &value {
+            self.bytes += size(&key, v);
+        }
+        let old = match value {
+            Some(v) => self.params.insert(key.clone(), v),
+            None => self.params.remove(&key),
+        };
+        if let Some(o) = &old {
+            self.bytes = self.bytes.saturating_sub(size(&key, o));
+        }
+        old
+    }
+
+    /// The live settings, in (component, vhost, name) order.
+    pub fn param_defs(&self) -> impl Iterator<Item = ParamDef> + '_ {
+        self.params
+            .iter()
+            .map(|((component, vhost, name), value)| ParamDef {
+                component: component.clone(),
+                vhost: vhost.clone(),
+                name: name.clone(),
+                value: value.clone(),
+            })
     }
 }
 
@@ -296,6 +352,8 @@ pub struct Recovered {
     pub exchanges: Vec<ExchangeDef>,
     /// Bindings between durable objects, in the order they were made.
     pub bindings: Vec<BindingDef>,
+    /// Settings (policies, ...), in (component, vhost, name) order.
+    pub params: Vec<ParamDef>,
 }
 
 /// The handle the store keeps: where changes are sent.
@@ -381,6 +439,7 @@ fn open_with(
         next_id: live.next_id,
         exchanges: live.exchanges.values().cloned().collect(),
         bindings: live.bindings().cloned().collect(),
+        params: live.param_defs().collect(),
     };
     let (tx, rx) = mpsc::channel();
     let mut w = Writer {
@@ -751,6 +810,42 @@ mod tests {
         data.extend_from_slice(&torn[..5]);
         std::fs::write(&path, &data).unwrap();
         assert!(open(&d, RecoveryMode::Absolute, None).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    fn param(name: &str, value: &str) -> ParamDef {
+        ParamDef {
+            component: "policy".into(),
+            vhost: "/".into(),
+            name: name.into(),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    /// Settings keep their latest value across restarts; a removed one stays removed, a
+    /// removal of one that is not there changes nothing.
+    #[test]
+    fn settings_keep_their_latest_value_across_reopen() {
+        let d = dir("params");
+        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        assert!(found.params.is_empty());
+        change(&log, Record::Param(param("a", "{\"v\":1}"))).unwrap();
+        change(&log, Record::Param(param("b", "{}"))).unwrap();
+        change(&log, Record::Param(param("a", "{\"v\":2}"))).unwrap();
+        change(
+            &log,
+            Record::RemoveParam("policy".into(), "/".into(), "b".into()),
+        )
+        .unwrap();
+        change(
+            &log,
+            Record::RemoveParam("policy".into(), "/".into(), "zz".into()),
+        )
+        .unwrap();
+        log.stop_blocking();
+        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        assert_eq!(found.params, [param("a", "{\"v\":2}")]);
+        log.stop_blocking();
         let _ = std::fs::remove_dir_all(&d);
     }
 

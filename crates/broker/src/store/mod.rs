@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::message::Message;
 use crate::queue::ConfirmTicket;
-pub use format::{BindingDef, ExchangeDef};
+pub use format::{BindingDef, ExchangeDef, ParamDef};
 use format::{QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
 pub use recovery::{Damage, RecoveredMessage, RecoveryMode, Skipped};
@@ -135,6 +135,8 @@ pub struct Store {
     next_queue_id: AtomicU64,
     /// The durable exchanges and bindings found at start-up, until the vhost takes them.
     topology: Mutex<Option<(Vec<ExchangeDef>, Vec<BindingDef>)>>,
+    /// The settings recovered at start-up, until taken (see [`Store::take_params`]).
+    params: Mutex<Option<Vec<ParamDef>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the writer is asked to stop: a record sent later is not a failure.
     stopping: AtomicBool,
@@ -329,6 +331,7 @@ impl Store {
             meta: Arc::new(meta_log),
             next_queue_id: AtomicU64::new(found.next_id),
             topology: Mutex::new(Some((found.exchanges, found.bindings))),
+            params: Mutex::new(Some(found.params)),
             thread: Mutex::new(Some(thread)),
             stopping: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
@@ -378,6 +381,33 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or_default()
+    }
+
+    /// The settings (policies, ...) recovered at start-up; the first call takes them,
+    /// later ones answer nothing.
+    pub fn take_params(&self) -> Vec<ParamDef> {
+        self.params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+
+    /// Records a setting (the latest value of each component, vhost and name is kept);
+    /// answers once it is on disk.
+    pub async fn put_param(&self, def: ParamDef) -> std::io::Result<()> {
+        self.meta.submit(Record::Param(def), ()).done().await
+    }
+
+    /// Forgets a setting; answers once that is on disk.
+    pub async fn remove_param(
+        &self,
+        component: &str,
+        vhost: &str,
+        name: &str,
+    ) -> std::io::Result<()> {
+        let record = Record::RemoveParam(component.into(), vhost.into(), name.into());
+        self.meta.submit(record, ()).done().await
     }
 
     /// Records a durable exchange; answers once it is on disk.

@@ -239,7 +239,9 @@ impl State {
             | Record::Binding(_)
             | Record::RemoveQueue(_)
             | Record::RemoveExchange(_)
-            | Record::RemoveBinding(_) => {}
+            | Record::RemoveBinding(_)
+            | Record::Param(_)
+            | Record::RemoveParam(..) => {}
         }
     }
 

@@ -1,0 +1,349 @@
+//! Policies end to end: the management API's `/api/policies` (RabbitMQ's answers and
+//! validation texts), policies applied to new and existing queues at once with RabbitMQ's
+//! precedence between a queue's arguments and its policy, the queue JSON's `policy` and
+//! `effective_policy_definition`, and policies kept across a restart and a crash.
+//!
+//! No sleeps: a policy is applied before its PUT is answered, and a passive declare after
+//! it proves the queue task has handled the change (it queues behind it).
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::http::{get, request, send_json, GUEST};
+use common::{passive_declare, within};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use minimq_broker::Broker;
+use serde_json::json;
+
+fn data_dir() -> std::path::PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "minimq-policies-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn start(dir: &std::path::Path) -> Broker {
+    Broker::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .data_dir(dir)
+        .http(Some("127.0.0.1:0".parse().unwrap()))
+        .start()
+        .await
+        .expect("broker starts")
+}
+
+async fn channel(broker: &Broker) -> (Connection, Channel) {
+    let conn = within(Connection::connect(
+        &broker.amqp_url(),
+        ConnectionProperties::default(),
+    ))
+    .await
+    .unwrap();
+    let ch = within(conn.create_channel()).await.unwrap();
+    (conn, ch)
+}
+
+async fn declare(ch: &Channel, name: &str, durable: bool, args: FieldTable) {
+    within(ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        args,
+    ))
+    .await
+    .unwrap();
+}
+
+async fn publish(ch: &Channel, queue: &str, n: u32) {
+    for i in 0..n {
+        within(ch.basic_publish(
+            "",
+            queue,
+            BasicPublishOptions::default(),
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+async fn bodies(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = within(ch.basic_get(queue, BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+    {
+        out.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn put_get_delete_answer_as_rabbitmq() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let body = r#"{"pattern":"^pq","definition":{"max-length":5,"message-ttl":60000},"apply-to":"queues","priority":1}"#;
+    let r = send_json(&broker, "PUT", "/api/policies/%2F/p1", body).await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let r = send_json(&broker, "PUT", "/api/policies/%2F/p1", body).await;
+    assert_eq!(r.status, 204);
+    let want = json!({"vhost": "/", "name": "p1", "pattern": "^pq", "apply-to": "queues",
+                      "definition": {"max-length": 5, "message-ttl": 60000}, "priority": 1});
+    assert_eq!(get(&broker, "/api/policies/%2F/p1").await, want);
+    assert_eq!(get(&broker, "/api/policies").await, json!([want.clone()]));
+    assert_eq!(get(&broker, "/api/policies/%2F").await, json!([want]));
+    let r = request(&broker, "GET", "/api/policies/%2F/nope", Some(GUEST)).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        request(&broker, "GET", "/api/policies/nov", Some(GUEST))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        request(&broker, "DELETE", "/api/policies/%2F/p1", Some(GUEST))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        request(&broker, "DELETE", "/api/policies/%2F/p1", Some(GUEST))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(get(&broker, "/api/policies").await, json!([]));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bad_policies_are_400_with_rabbitmq_reasons_and_store_nothing() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    for (body, reason) in [
+        (r#"{"pattern":"^pq","definition":{"foo":1}}"#,
+         "Validation failed\n\n[{<<\"foo\">>,1}] are not recognised policy settings\n"),
+        (r#"{"pattern":"^pq","definition":{"max-priority":5}}"#,
+         "Validation failed\n\n[{<<\"max-priority\">>,5}] are not recognised policy settings\n"),
+        (r#"{"pattern":"^pq","definition":{"max-length":-1}}"#,
+         "Validation failed\n\n-1 is not a valid maximum length\n"),
+        (r#"{"pattern":"a","definition":{"max-length":1.5}}"#,
+         "Validation failed\n\n1.5 is not a valid maximum length\n"),
+        (r#"{"definition":{"max-length":1}}"#, "[{key_missing,pattern}]"),
+        (r#"{"pattern":"a","definition":{}}"#, "Validation failed\n\nno policy provided\n"),
+        (r#"{"pattern":"a","definition":{"overflow":"x"}}"#,
+         "Validation failed\n\n<<\"x\">> is not a valid overflow value\n"),
+        (r#"{"pattern":"a","apply-to":"foo","definition":{"max-length":1}}"#,
+         "Validation failed\n\napply-to 'foo' unrecognised; should be 'queues', 'exchanges' or 'all'\n"),
+        ("notjson", "not_json"),
+    ] {
+        let r = send_json(&broker, "PUT", "/api/policies/%2F/bad", body).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.json(), json!({"error": "bad_request", "reason": reason}), "{body}");
+    }
+    assert_eq!(get(&broker, "/api/policies").await, json!([]));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_policy_applies_at_once_to_an_existing_queue_and_drops_from_the_head() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (_conn, ch) = channel(&broker).await;
+    declare(&ch, "pq-live", false, FieldTable::default()).await;
+    publish(&ch, "pq-live", 10).await;
+    assert_eq!(passive_declare(&ch, "pq-live").await.message_count(), 10);
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/cap",
+        r#"{"pattern":"^pq-","definition":{"max-length":3},"apply-to":"queues"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(passive_declare(&ch, "pq-live").await.message_count(), 3);
+    let q = get(&broker, "/api/queues/%2F/pq-live").await;
+    assert_eq!(q["policy"], "cap");
+    assert_eq!(q["effective_policy_definition"], json!({"max-length": 3}));
+    assert_eq!(bodies(&ch, "pq-live").await, ["m7", "m8", "m9"]);
+    // Removing the policy lifts the limit.
+    assert_eq!(
+        request(&broker, "DELETE", "/api/policies/%2F/cap", Some(GUEST))
+            .await
+            .status,
+        204
+    );
+    publish(&ch, "pq-live", 5).await;
+    assert_eq!(passive_declare(&ch, "pq-live").await.message_count(), 5);
+    let q = get(&broker, "/api/queues/%2F/pq-live").await;
+    assert_eq!(q["policy"], serde_json::Value::Null);
+    assert_eq!(q["effective_policy_definition"], json!({}));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_lower_limit_wins_and_the_argument_wins_the_dead_letter_exchange() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (_conn, ch) = channel(&broker).await;
+    for name in ["argdlx", "poldlx"] {
+        within(ch.exchange_declare(
+            name,
+            lapin::ExchangeKind::Fanout,
+            Default::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    declare(&ch, "arg-dead", false, FieldTable::default()).await;
+    declare(&ch, "pol-dead", false, FieldTable::default()).await;
+    within(ch.queue_bind(
+        "arg-dead",
+        "argdlx",
+        "",
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_bind(
+        "pol-dead",
+        "poldlx",
+        "",
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/p",
+        r#"{"pattern":"^pq","definition":{"max-length":4,"dead-letter-exchange":"poldlx"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    // x-max-length 2 (lower than the policy's 4) and its own dead-letter exchange.
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("argdlx".into()),
+    );
+    declare(&ch, "pq-args", false, args).await;
+    // No arguments: the policy's limit and dead-letter exchange.
+    declare(&ch, "pq-bare", false, FieldTable::default()).await;
+    publish(&ch, "pq-args", 5).await;
+    publish(&ch, "pq-bare", 5).await;
+    assert_eq!(passive_declare(&ch, "pq-args").await.message_count(), 2);
+    assert_eq!(passive_declare(&ch, "pq-bare").await.message_count(), 4);
+    assert_eq!(bodies(&ch, "arg-dead").await, ["m0", "m1", "m2"]);
+    assert_eq!(bodies(&ch, "pol-dead").await, ["m0"]);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn expires_from_a_policy_deletes_the_unused_queue() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (_conn, ch) = channel(&broker).await;
+    declare(&ch, "pq-expiring", false, FieldTable::default()).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/exp",
+        r#"{"pattern":"^pq-exp","definition":{"expires":100}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    // The queue deletes itself 100 ms after the change; wait for it to be gone.
+    within(async {
+        loop {
+            if request(&broker, "GET", "/api/queues/%2F/pq-expiring", Some(GUEST))
+                .await
+                .status
+                == 404
+            {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn policies_survive_a_restart_and_a_crash_and_apply_to_recovered_queues() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (conn, ch) = channel(&broker).await;
+    declare(&ch, "pq-durable", true, FieldTable::default()).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/keep",
+        r#"{"pattern":"^pq-","definition":{"max-length":2},"priority":3}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    drop(ch);
+    drop(conn);
+    broker.shutdown().await;
+
+    let broker = start(&dir).await;
+    let p = get(&broker, "/api/policies/%2F/keep").await;
+    assert_eq!(p["definition"], json!({"max-length": 2}));
+    assert_eq!(p["priority"], 3);
+    assert_eq!(
+        get(&broker, "/api/queues/%2F/pq-durable").await["policy"],
+        "keep"
+    );
+    let (_conn, ch) = channel(&broker).await;
+    publish(&ch, "pq-durable", 5).await;
+    assert_eq!(passive_declare(&ch, "pq-durable").await.message_count(), 2);
+    // A change answered just before a crash is on disk.
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/late",
+        r#"{"pattern":"^late","definition":{"message-ttl":1000}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        request(&broker, "DELETE", "/api/policies/%2F/keep", Some(GUEST))
+            .await
+            .status,
+        204
+    );
+    broker.crash().await;
+
+    let broker = start(&dir).await;
+    let names: Vec<_> = get(&broker, "/api/policies")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["late"]);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
