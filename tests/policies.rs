@@ -347,3 +347,81 @@ async fn policies_survive_a_restart_and_a_crash_and_apply_to_recovered_queues() 
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_exchange_policy_gives_an_alternate_exchange_unless_an_argument_does() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (_conn, ch) = channel(&broker).await;
+    // pol-x is declared before the policy, with no argument: the policy's applies.
+    for (name, kind) in [
+        ("pol-x", lapin::ExchangeKind::Direct),
+        ("ae-target", lapin::ExchangeKind::Fanout),
+        ("arg-ae", lapin::ExchangeKind::Fanout),
+    ] {
+        within(ch.exchange_declare(name, kind, Default::default(), FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let mut with_arg = FieldTable::default();
+    with_arg.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString("arg-ae".into()),
+    );
+    within(ch.exchange_declare(
+        "pol-y",
+        lapin::ExchangeKind::Direct,
+        Default::default(),
+        with_arg,
+    ))
+    .await
+    .unwrap();
+    declare(&ch, "ae-q", false, FieldTable::default()).await;
+    declare(&ch, "arg-ae-q", false, FieldTable::default()).await;
+    within(ch.queue_bind(
+        "ae-q",
+        "ae-target",
+        "",
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(ch.queue_bind(
+        "arg-ae-q",
+        "arg-ae",
+        "",
+        Default::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/ae",
+        r#"{"pattern":"^pol-","apply-to":"exchanges","definition":{"alternate-exchange":"ae-target"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    for x in ["pol-x", "pol-y"] {
+        within(ch.basic_publish(
+            x,
+            "nowhere",
+            BasicPublishOptions::default(),
+            x.as_bytes(),
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(passive_declare(&ch, "ae-q").await.message_count(), 1);
+    assert_eq!(bodies(&ch, "ae-q").await, ["pol-x"]);
+    assert_eq!(
+        bodies(&ch, "arg-ae-q").await,
+        ["pol-y"],
+        "the argument wins"
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

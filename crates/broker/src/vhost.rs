@@ -311,6 +311,18 @@ impl VHost {
                 q.send_now(QueueCommand::PolicyChanged);
             }
         }
+        let exchanges: Vec<Arc<Exchange>> =
+            self.exchanges.iter().map(|e| e.value().clone()).collect();
+        for e in exchanges {
+            e.set_policy_alternate(self.policy_alternate(&e.name));
+        }
+    }
+
+    /// The alternate exchange named by the policy that applies to exchange `name`.
+    fn policy_alternate(&self, name: &str) -> Option<Arc<str>> {
+        self.policies
+            .select(Kind::Exchange, name)
+            .and_then(|p| p.alternate_exchange.as_deref().map(Arc::from))
     }
 
     /// Adds or replaces a policy, durably first when the broker has a data directory;
@@ -525,14 +537,9 @@ impl VHost {
                 .map_err(|e| store_failed("exchange", name, e))?;
         }
         self.exchanges.entry(name.into()).or_insert_with(|| {
-            Arc::new(Exchange::new(
-                name,
-                kind_parsed,
-                durable,
-                auto_delete,
-                internal,
-                arguments,
-            ))
+            let e = Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments);
+            e.set_policy_alternate(self.policy_alternate(name));
+            Arc::new(e)
         });
         Ok(())
     }
@@ -649,6 +656,7 @@ impl VHost {
                 continue;
             };
             let x = Exchange::new(&e.name, kind, true, e.auto_delete, e.internal, e.arguments);
+            x.set_policy_alternate(self.policy_alternate(&e.name));
             self.exchanges.insert(e.name.as_str().into(), Arc::new(x));
         }
         for b in bindings {
@@ -841,8 +849,8 @@ impl VHost {
             e.route(routing_key, headers, &mut destinations);
             if destinations.is_empty() {
                 if let Some(ae) = e.alternate_exchange() {
-                    if !seen.contains(ae) {
-                        if let Some(next) = self.exchange(ae) {
+                    if !seen.contains(&ae) {
+                        if let Some(next) = self.exchange(&ae) {
                             seen.insert(next.name.clone());
                             work.push_back(next);
                         }

@@ -179,6 +179,15 @@ const CONSUMER_COLUMNS: &[Column] = &[
     ("arguments", "/arguments", Empty),
 ];
 
+const POLICY_COLUMNS: &[Column] = &[
+    ("vhost", "/vhost", Empty),
+    ("name", "/name", Empty),
+    ("pattern", "/pattern", Empty),
+    ("apply-to", "/apply-to", Empty),
+    ("definition", "/definition", Empty),
+    ("priority", "/priority", Zero),
+];
+
 /// The things `list_*` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
@@ -190,6 +199,8 @@ pub enum Listing {
     Channels,
     /// `list_consumers`.
     Consumers,
+    /// `list_policies`.
+    Policies,
 }
 
 impl Listing {
@@ -199,6 +210,7 @@ impl Listing {
             Listing::Connections => CONNECTION_COLUMNS,
             Listing::Channels => CHANNEL_COLUMNS,
             Listing::Consumers => CONSUMER_COLUMNS,
+            Listing::Policies => POLICY_COLUMNS,
         }
     }
 
@@ -217,6 +229,14 @@ impl Listing {
                 "active",
                 "arguments",
             ],
+            Listing::Policies => &[
+                "vhost",
+                "name",
+                "pattern",
+                "apply-to",
+                "definition",
+                "priority",
+            ],
         }
     }
 
@@ -232,6 +252,7 @@ impl Listing {
             Listing::Connections => "/api/connections",
             Listing::Channels => "/api/channels",
             Listing::Consumers => "/api/consumers",
+            Listing::Policies => "/api/policies",
         }
     }
 
@@ -253,6 +274,7 @@ impl Listing {
             Listing::Connections => "Listing connections ...".to_string(),
             Listing::Channels => "Listing channels ...".to_string(),
             Listing::Consumers => format!("Listing consumers in vhost {vhost} ..."),
+            Listing::Policies => format!("Listing policies for vhost \"{vhost}\" ..."),
         }
     }
 }
@@ -296,6 +318,8 @@ fn cell(listing: Listing, object: &Value, column: &str) -> Value {
         .copied()
         .unwrap_or((column, "", Empty));
     match object.pointer(pointer) {
+        // rabbitmqctl shows a policy's definition as its JSON text, in tables and JSON.
+        Some(v @ Value::Object(_)) if listing == Listing::Policies => Value::String(v.to_string()),
         Some(Value::Null) | None if missing == Zero => Value::from(0),
         Some(v) => v.clone(),
         None => Value::Null,
@@ -541,6 +565,21 @@ pub enum Command {
     },
     /// `status`.
     Status,
+    /// `set_policy [--priority N] [--apply-to KIND] NAME PATTERN DEFINITION`.
+    SetPolicy {
+        /// Policy name.
+        name: String,
+        /// Regular expression on object names.
+        pattern: String,
+        /// The definition, JSON text.
+        definition: String,
+        /// Priority (0 when not given).
+        priority: i64,
+        /// `queues`, `exchanges` or `all`.
+        apply_to: String,
+    },
+    /// `clear_policy NAME`.
+    ClearPolicy(String),
 }
 
 /// Everything a run needs besides the command.
@@ -704,6 +743,68 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 "Queue was successfully deleted with {ready} ready messages"
             );
             Ok(out)
+        }
+        Command::SetPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        } => {
+            let out = info(
+                options,
+                &format!(
+                    "Setting policy \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
+                ),
+            );
+            let definition: Value = serde_json::from_str(definition).map_err(|_| {
+                CtlError::unavailable("JSON decoding error. Reason: badarg".to_string())
+            })?;
+            let body = serde_json::json!({
+                "pattern": pattern,
+                "definition": definition,
+                "priority": priority,
+                "apply-to": apply_to,
+            });
+            let path = format!(
+                "/api/policies/{}/{}",
+                encode_segment(vhost),
+                encode_segment(name)
+            );
+            let resp = client
+                .request_json("PUT", &path, body.to_string().as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("setting policy '{name}'"),
+                    &options.user,
+                ));
+            }
+            Ok(out)
+        }
+        Command::ClearPolicy(name) => {
+            let out = info(
+                options,
+                &format!("Clearing policy \"{name}\" on vhost \"{vhost}\" ..."),
+            );
+            let path = format!(
+                "/api/policies/{}/{}",
+                encode_segment(vhost),
+                encode_segment(name)
+            );
+            let resp = client
+                .request("DELETE", &path)
+                .map_err(CtlError::unavailable)?;
+            match resp.status {
+                200..=299 => Ok(out),
+                404 => Err(CtlError::unavailable("Parameter does not exist")),
+                _ => Err(http_error(
+                    &resp,
+                    &format!("clearing policy '{name}'"),
+                    &options.user,
+                )),
+            }
         }
         Command::Status => {
             let resp = get("/api/overview".to_string())?;

@@ -118,15 +118,29 @@ impl Client {
     /// Sends `method path` (path starting with `/`, already percent-encoded). An HTTP
     /// error status is a [`Response`]; `Err` is a one-line reason no answer came.
     pub fn request(&self, method: &str, path: &str) -> Result<Response, String> {
+        self.send(method, path, None)
+    }
+
+    /// As [`Client::request`], with a JSON body.
+    pub fn request_json(&self, method: &str, path: &str, body: &[u8]) -> Result<Response, String> {
+        self.send(method, path, Some(body))
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
         let authority = self.base.authority();
         let url = format!("http://{authority}{}{path}", self.base.prefix);
-        let result = self
+        let request = self
             .agent
             .request(method, &url)
             .set("Authorization", &self.authorization)
             // One request per run: no connection to keep.
-            .set("Connection", "close")
-            .call();
+            .set("Connection", "close");
+        let result = match body {
+            Some(b) => request
+                .set("Content-Type", "application/json")
+                .send_bytes(b),
+            None => request.call(),
+        };
         let response = match result {
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
             Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&authority, &t)),

@@ -190,3 +190,54 @@ fn minimqctl_lists_and_manages_the_embedded_broker() {
     drop(worker);
     b.ctl_until(&["-q", "list_connections"], "");
 }
+
+#[test]
+fn minimqctl_sets_lists_and_clears_policies_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    let out = ok(&b.ctl(&[
+        "set_policy",
+        "--priority",
+        "2",
+        "--apply-to",
+        "queues",
+        "cap",
+        "^pq",
+        r#"{"max-length":3}"#,
+    ]));
+    assert_eq!(
+        out,
+        "Setting policy \"cap\" for pattern \"^pq\" to \"{\"max-length\":3}\" with priority \"2\" for vhost \"/\" ...\n"
+    );
+    ok(&b.ctl(&["set_policy", "ttl", ".*", r#"{"message-ttl":60000}"#]));
+    assert_eq!(
+        ok(&b.ctl(&["list_policies"])),
+        "Listing policies for vhost \"/\" ...\n\
+         vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n\
+         /\tcap\t^pq\tqueues\t{\"max-length\":3}\t2\n\
+         /\tttl\t.*\tall\t{\"message-ttl\":60000}\t0\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&b.ctl(&["--formatter", "json", "list_policies"]).stdout).unwrap();
+    assert_eq!(json[0]["definition"], "{\"max-length\":3}");
+    assert_eq!(
+        ok(&b.ctl(&["clear_policy", "cap"])),
+        "Clearing policy \"cap\" on vhost \"/\" ...\n"
+    );
+    let again = b.ctl(&["clear_policy", "cap"]);
+    assert_eq!(again.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Parameter does not exist"));
+    let bad = b.ctl(&["set_policy", "bad", "^x", r#"{"foo":1}"#]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("are not recognised policy settings"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let not_json = b.ctl(&["set_policy", "bad", "^x", "notjson"]);
+    assert_eq!(not_json.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&not_json.stderr).contains("JSON decoding error"));
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_policies"])),
+        "vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n/\tttl\t.*\tall\t{\"message-ttl\":60000}\t0\n"
+    );
+}

@@ -92,3 +92,49 @@ fn task_and_minimqctl_work_against_rabbitmq() {
         "an unknown column is an error against RabbitMQ too"
     );
 }
+
+/// The same policy commands as `minimqctl_broker.rs` checks against minimq, against
+/// RabbitMQ's management API: the answers minimq copies are RabbitMQ's.
+#[test]
+#[ignore = "needs a RabbitMQ node: MINIMQ_TEST_RABBITMQ_HTTP (CI runs it with --ignored)"]
+fn minimqctl_policy_commands_work_against_rabbitmq() {
+    let http = env("MINIMQ_TEST_RABBITMQ_HTTP");
+    let name = format!("cli-policy-{}", std::process::id());
+    let pattern = format!("^{name}-q");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--url", http.as_str()];
+        all.extend_from_slice(args);
+        run(CTL, &all)
+    };
+    let out = ctl(&[
+        "set_policy",
+        "--priority",
+        "2",
+        "--apply-to",
+        "queues",
+        &name,
+        &pattern,
+        r#"{"max-length":3}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(&["-q", "list_policies"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listing.contains(&format!(
+            "/\t{name}\t{pattern}\tqueues\t{{\"max-length\":3}}\t2\n"
+        )),
+        "{listing}"
+    );
+    let bad = ctl(&["set_policy", &name, "^x", r#"{"foo":1}"#]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("are not recognised policy settings"));
+    let out = ctl(&["clear_policy", &name]);
+    assert!(out.status.success());
+    let again = ctl(&["clear_policy", &name]);
+    assert_eq!(again.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Parameter does not exist"));
+}

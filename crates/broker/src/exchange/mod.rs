@@ -90,6 +90,9 @@ pub struct Exchange {
     /// Declare arguments.
     pub arguments: FieldTable,
     bindings: RwLock<Vec<Binding>>,
+    /// The `alternate-exchange` of the policy that applies, set by the vhost (an
+    /// argument of the same name wins, as in RabbitMQ).
+    policy_alternate: RwLock<Option<Arc<str>>>,
 }
 
 impl Exchange {
@@ -110,6 +113,7 @@ impl Exchange {
             internal,
             arguments,
             bindings: RwLock::default(),
+            policy_alternate: RwLock::default(),
         }
     }
 
@@ -150,11 +154,29 @@ impl Exchange {
             .clone()
     }
 
-    /// The `alternate-exchange` argument: where unroutable messages go instead.
-    pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments
+    /// Where unroutable messages go instead: the `alternate-exchange` argument, else the
+    /// policy's. Read only for a message no binding took.
+    pub fn alternate_exchange(&self) -> Option<Arc<str>> {
+        match self
+            .arguments
             .get("alternate-exchange")
             .and_then(|v| v.as_str())
+        {
+            Some(ae) => Some(ae.into()),
+            None => self
+                .policy_alternate
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Sets the alternate exchange its policy names (`None`: no policy, or none named).
+    pub fn set_policy_alternate(&self, ae: Option<Arc<str>>) {
+        *self
+            .policy_alternate
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = ae;
     }
 
     /// Whether any queue is bound.

@@ -1,4 +1,4 @@
-//! `minimqctl`: rabbitmqctl's listing and queue commands over the management HTTP API
+//! `minimqctl`: rabbitmqctl's listing, queue and policy commands over the management HTTP API
 //! (minimq's `--http`, or RabbitMQ's management plugin).
 //!
 //! ```text
@@ -98,6 +98,29 @@ enum Cmd {
     },
     /// Shows the broker's version, totals and listeners.
     Status,
+    /// Sets a policy: a definition applied to the queues and exchanges whose names match
+    /// PATTERN.
+    SetPolicy {
+        /// Which objects it applies to: queues, exchanges or all.
+        #[arg(long = "apply-to", default_value = "all")]
+        apply_to: String,
+        /// Higher wins when several match.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// Policy name.
+        name: String,
+        /// Regular expression on object names.
+        pattern: String,
+        /// The definition, JSON (e.g. '{"max-length":1000}').
+        definition: String,
+    },
+    /// Removes a policy.
+    ClearPolicy {
+        /// Policy name.
+        name: String,
+    },
+    /// Lists policies: vhost name pattern apply-to definition priority.
+    ListPolicies,
 }
 
 fn fail(e: CtlError) -> ! {
@@ -113,7 +136,7 @@ fn main() {
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 fail(CtlError::usage(
                     "no command given; commands: list_queues list_connections list_channels \
-                     list_consumers purge_queue delete_queue status (see --help)",
+                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy status (see --help)",
                 ))
             }
             _ => {
@@ -162,6 +185,21 @@ fn main() {
             if_unused,
         },
         Cmd::Status => Command::Status,
+        Cmd::SetPolicy {
+            apply_to,
+            priority,
+            name,
+            pattern,
+            definition,
+        } => Command::SetPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        },
+        Cmd::ClearPolicy { name } => Command::ClearPolicy(name),
+        Cmd::ListPolicies => Command::List(Listing::Policies, Vec::new()),
     };
     match ctl::run(&options, &command) {
         Ok(out) => print!("{out}"),
