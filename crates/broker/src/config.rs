@@ -57,6 +57,10 @@ pub struct Config {
     /// publishers, octets (RabbitMQ's `disk_free_limit`; default 50 MB; 0 disables). An
     /// in-memory broker has no disk alarm.
     pub disk_free_limit: u64,
+    /// Most client sockets open at once, node-wide (`None`: only the file-descriptor
+    /// bound, see [`crate::server::socket_limit`]). A socket over the limit is closed as
+    /// soon as it is accepted.
+    pub max_connections: Option<usize>,
 }
 
 /// The memory high watermark: a fraction of the memory available, or octets.
@@ -153,6 +157,7 @@ impl Default for Config {
             http: None,
             memory_high_watermark: Watermark::default(),
             disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
+            max_connections: None,
         }
     }
 }

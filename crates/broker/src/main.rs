@@ -51,6 +51,20 @@ struct Args {
     /// (the disk alarm), e.g. `50MB`, `2GiB` (`0` disables the alarm).
     #[arg(long, env = "MINIMQ_DISK_FREE_LIMIT", default_value = "50MB", value_parser = minimq_broker::config::parse_size)]
     disk_free_limit: u64,
+    /// Most client connections open at once, node-wide; more are closed as soon as they
+    /// are accepted [default: the open-file limit less a tenth (at least 64) kept for the
+    /// store].
+    #[arg(long, env = "MINIMQ_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most channels a connection may open (`channel_max` offered in connection.tune).
+    #[arg(long, env = "MINIMQ_CHANNEL_MAX", default_value_t = 2047, value_parser = clap::value_parser!(u16).range(1..))]
+    channel_max: u16,
+    /// Largest frame, octets (`frame_max` offered in connection.tune; 4096 to 1 MiB).
+    #[arg(long, env = "MINIMQ_FRAME_MAX", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(4096..=1_048_576))]
+    frame_max: u32,
+    /// Largest message body accepted, e.g. `128MiB` (at most 512MiB, RabbitMQ's bound).
+    #[arg(long, env = "MINIMQ_MAX_MESSAGE_SIZE", default_value = "128MiB", value_parser = parse_message_size)]
+    max_message_size: u64,
     /// What recovery does with a damaged log: `skip-corrupt` (truncate a torn tail, skip
     /// corrupt records and report them), `tolerate-torn-tail` (refuse to start on damage
     /// other than a torn tail) or `absolute` (refuse to start on any damage).
@@ -93,6 +107,32 @@ fn parse_http(s: &str) -> Result<HttpAddr, String> {
     }
 }
 
+/// A `--max-message-size`: a size of at most 512 MiB.
+fn parse_message_size(s: &str) -> Result<u64, String> {
+    const MAX: u64 = 512 * 1024 * 1024;
+    let n = minimq_broker::config::parse_size(s)?;
+    if n == 0 || n > MAX {
+        return Err(format!("`{s}`: must be between 1 octet and 512MiB"));
+    }
+    Ok(n)
+}
+
+/// Raises the soft open-file limit to the hard one, as servers that hold many sockets do
+/// (the default soft limit, often 1024, would cap clients at about 900).
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
 /// The first address, the others, and those bound only where the host has them: with
 /// no `--listen`, 127.0.0.1:5672 and, if available, [::1]:5672; ephemeral, a free port on
 /// 127.0.0.1 only (a test needs one URL, and IPv6 may be missing).
@@ -132,6 +172,7 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(stderr_is_terminal)
         .init();
+    raise_open_file_limit();
     let (listen, also_listen, listen_if_available) = listen_addresses(&args.listen, args.ephemeral);
     // Ephemeral: a directory of our own, removed on exit, unless one was given (kept, so
     // a test harness can restart a broker on the same data).
@@ -174,6 +215,10 @@ async fn main() -> std::process::ExitCode {
         recovery_mode: args.recovery_mode,
         memory_high_watermark: args.memory_high_watermark,
         disk_free_limit: args.disk_free_limit,
+        max_connections: args.max_connections,
+        channel_max: args.channel_max,
+        frame_max: args.frame_max,
+        max_message_size: args.max_message_size,
         ..Config::default()
     };
     let broker = match Broker::builder().config(config).start().await {

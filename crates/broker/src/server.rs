@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ pub struct BrokerState {
     pub bound: (Vec<SocketAddr>, Option<SocketAddr>),
     /// The memory and disk alarms (`alarm.rs`).
     pub alarms: Arc<crate::alarm::Alarms>,
+    /// Client sockets open now (AMQP), counted from accept to close.
+    pub sockets: AtomicUsize,
+    /// Most client sockets open at once ([`socket_limit`]).
+    pub socket_limit: usize,
     next_conn_id: AtomicU64,
 }
 
@@ -164,6 +168,7 @@ impl BrokerBuilder {
             None => None,
         };
         let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+        let socket_limit = socket_limit(self.config.max_connections);
         let state = Arc::new(BrokerState {
             config: self.config,
             vhost,
@@ -173,6 +178,8 @@ impl BrokerBuilder {
             connections: Default::default(),
             bound: (addrs.clone(), http_addr),
             alarms,
+            sockets: AtomicUsize::new(0),
+            socket_limit,
             next_conn_id: AtomicU64::new(1),
         });
         let tracker = TaskTracker::new();
@@ -302,7 +309,38 @@ impl Broker {
     }
 }
 
+/// File descriptors kept for the store, the management API and the broker's own files
+/// whatever the number of clients: at least this many, or a tenth of the process's limit
+/// when that is more (RabbitMQ keeps about a tenth too).
+pub const FD_RESERVE: u64 = 64;
+
+/// Most client sockets the broker keeps open: `--max-connections` if given, and never
+/// more than the process's open-file limit less the reserve (so a flood of idle sockets
+/// cannot leave the store without descriptors).
+pub fn socket_limit(max_connections: Option<usize>) -> usize {
+    let by_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| {
+            let reserve = FD_RESERVE.max(n / 10);
+            usize::try_from(n.saturating_sub(reserve)).unwrap_or(usize::MAX)
+        });
+    max_connections.map_or(by_fds, |m| m.min(by_fds))
+}
+
+/// Counts a client socket from accept to close.
+struct SocketSlot(Arc<BrokerState>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How often a refusal for the socket limit is logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -310,9 +348,23 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
         };
         match accepted {
             Ok((socket, peer)) => {
+                if state.sockets.fetch_add(1, Ordering::Relaxed) >= state.socket_limit {
+                    state.sockets.fetch_sub(1, Ordering::Relaxed);
+                    // Closed at once: the client learns now instead of waiting in the
+                    // backlog, and the descriptor is free again.
+                    drop(socket);
+                    let now = tokio::time::Instant::now();
+                    if last_refusal_log.is_none_or(|t| now - t >= REFUSAL_LOG_EVERY) {
+                        last_refusal_log = Some(now);
+                        tracing::warn!(%peer, limit = state.socket_limit, "connection refused: the broker's socket limit is reached (--max-connections, or the open-file limit less a reserve)");
+                    }
+                    continue;
+                }
+                let slot = SocketSlot(state.clone());
                 let _ = socket.set_nodelay(true);
                 let state = state.clone();
                 tracker.spawn(async move {
+                    let _slot = slot;
                     let killed = state.killed.clone();
                     tokio::select! {
                         _ = connection::serve(socket, peer, state) => {}

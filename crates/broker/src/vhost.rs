@@ -67,10 +67,54 @@ pub struct VHost {
     /// Its policies (`policy.rs`), applied to its queues as they are declared and again
     /// whenever a policy changes.
     pub policies: Policies,
+    /// Its limits (`max-connections`, `max-queues`), set through the management API.
+    limits: std::sync::Mutex<VHostLimits>,
 }
 
 /// The store component policies are kept under.
 const POLICY_COMPONENT: &str = "policy";
+/// The store component vhost limits are kept under (one value per vhost).
+const LIMITS_COMPONENT: &str = "vhost-limits";
+
+/// A vhost's limits, RabbitMQ's `max-connections` and `max-queues` (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VHostLimits {
+    /// Most connections open to the vhost at once.
+    pub max_connections: Option<u64>,
+    /// Most queues in the vhost.
+    pub max_queues: Option<u64>,
+}
+
+impl VHostLimits {
+    /// The limit named as in the API (`max-connections`, `max-queues`), mutable.
+    pub fn slot(&mut self, name: &str) -> Option<&mut Option<u64>> {
+        match name {
+            "max-connections" => Some(&mut self.max_connections),
+            "max-queues" => Some(&mut self.max_queues),
+            _ => None,
+        }
+    }
+
+    /// As RabbitMQ lists them: `{"max-queues":N,"max-connections":N}`, only those set.
+    pub fn to_json(self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        if let Some(n) = self.max_queues {
+            m.insert("max-queues".into(), n.into());
+        }
+        if let Some(n) = self.max_connections {
+            m.insert("max-connections".into(), n.into());
+        }
+        m
+    }
+
+    fn from_json(v: &serde_json::Value) -> VHostLimits {
+        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        VHostLimits {
+            max_connections: get("max-connections"),
+            max_queues: get("max-queues"),
+        }
+    }
+}
 
 /// A queue task's way to its vhost. Weak: the vhost holds its queues' handles, a queue
 /// task lives as long as its handles, so a strong reference back would keep both alive
@@ -123,6 +167,7 @@ impl VHost {
                 queue_host: Arc::new(VHostLink(me.clone())),
                 store,
                 policies: Policies::default(),
+                limits: std::sync::Mutex::new(VHostLimits::default()),
             };
             for (name, kind) in BUILTIN_EXCHANGES {
                 let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
@@ -207,6 +252,14 @@ impl VHost {
         }
         if let Some(q) = self.queue(&spec.name) {
             return existing_queue(q, &spec, conn_id);
+        }
+        if let Some(max) = self.limits().max_queues {
+            if self.queues.len() as u64 >= max {
+                return Err(AmqpError::precondition(format!(
+                    "cannot declare queue '{}': queue limit in vhost '/' ({max}) is reached",
+                    spec.name
+                )));
+            }
         }
         // Exclusive queues die with their connection, so they are never stored
         // (RabbitMQ deletes them at restart too).
@@ -358,12 +411,45 @@ impl VHost {
         Ok(existed)
     }
 
+    /// The vhost's limits.
+    pub fn limits(&self) -> VHostLimits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the vhost's limits, durably first.
+    pub async fn set_limits(&self, limits: VHostLimits, vhost: &str) -> std::io::Result<()> {
+        if let Some(store) = &self.store {
+            if limits == VHostLimits::default() {
+                store.remove_param(LIMITS_COMPONENT, vhost, vhost).await?;
+            } else {
+                let value = serde_json::Value::Object(limits.to_json()).to_string();
+                store
+                    .put_param(ParamDef {
+                        component: LIMITS_COMPONENT.into(),
+                        vhost: vhost.into(),
+                        name: vhost.into(),
+                        value: value.into_bytes().into(),
+                    })
+                    .await?;
+            }
+        }
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        Ok(())
+    }
+
     /// Takes back the policies stored before a restart (before the queues are restored,
     /// so they start with them applied). A stored policy that no longer parses is logged
     /// and left out.
     pub fn restore_policies(&self) {
         let Some(store) = &self.store else { return };
         for def in store.take_params() {
+            if def.component == LIMITS_COMPONENT {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&def.value) {
+                    *self.limits.lock().unwrap_or_else(|e| e.into_inner()) =
+                        VHostLimits::from_json(&v);
+                }
+                continue;
+            }
             if def.component != POLICY_COMPONENT {
                 continue;
             }

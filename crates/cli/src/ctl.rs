@@ -580,7 +580,16 @@ pub enum Command {
     },
     /// `clear_policy NAME`.
     ClearPolicy(String),
+    /// `set_vhost_limits DEFINITION`: replaces the vhost's limits.
+    SetVhostLimits(String),
+    /// `clear_vhost_limits`.
+    ClearVhostLimits,
+    /// `list_vhost_limits`.
+    ListVhostLimits,
 }
+
+/// The limits a vhost can have.
+const VHOST_LIMITS: &[&str] = &["max-connections", "max-queues"];
 
 /// Everything a run needs besides the command.
 #[derive(Debug, Clone)]
@@ -805,6 +814,95 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                     &options.user,
                 )),
             }
+        }
+        Command::SetVhostLimits(definition) => {
+            let out = info(
+                options,
+                &format!("Setting vhost limits to \"{definition}\" for vhost \"{vhost}\" ..."),
+            );
+            let parsed: Value = serde_json::from_str(definition).map_err(|_| {
+                CtlError::unavailable("JSON decoding error. Reason: badarg".to_string())
+            })?;
+            let Value::Object(given) = parsed else {
+                return Err(CtlError::unavailable(
+                    "Validation failed: the limits must be a JSON object",
+                ));
+            };
+            let unknown: Vec<String> = given
+                .iter()
+                .filter(|(k, _)| !VHOST_LIMITS.contains(&k.as_str()))
+                .map(|(k, v)| format!("{{<<\"{k}\">>,{v}}}"))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(CtlError::unavailable(format!(
+                    "Validation failed: Unrecognised terms [{}] in limits",
+                    unknown.join(",")
+                )));
+            }
+            for name in VHOST_LIMITS {
+                let path = format!(
+                    "/api/vhost-limits/{}/{}",
+                    encode_segment(vhost),
+                    encode_segment(name)
+                );
+                let resp = match given.get(*name) {
+                    Some(v) => {
+                        let body = serde_json::json!({ "value": v }).to_string();
+                        client.request_json("PUT", &path, body.as_bytes())
+                    }
+                    None => client.request("DELETE", &path),
+                }
+                .map_err(CtlError::unavailable)?;
+                if !(200..300).contains(&resp.status) {
+                    return Err(http_error(&resp, "setting vhost limits", &options.user));
+                }
+            }
+            Ok(out)
+        }
+        Command::ClearVhostLimits => {
+            let out = info(options, &format!("Clearing vhost \"{vhost}\" limits ..."));
+            for name in VHOST_LIMITS {
+                let path = format!(
+                    "/api/vhost-limits/{}/{}",
+                    encode_segment(vhost),
+                    encode_segment(name)
+                );
+                let resp = client
+                    .request("DELETE", &path)
+                    .map_err(CtlError::unavailable)?;
+                if !(200..300).contains(&resp.status) {
+                    return Err(http_error(&resp, "clearing vhost limits", &options.user));
+                }
+            }
+            Ok(out)
+        }
+        Command::ListVhostLimits => {
+            let mut out = info(
+                options,
+                &format!("Listing limits for vhost \"{vhost}\" ..."),
+            );
+            let resp = get(format!("/api/vhost-limits/{}", encode_segment(vhost)))?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "listing vhost limits", &options.user));
+            }
+            let value = parse(&resp)?
+                .pointer("/0/value")
+                .cloned()
+                .unwrap_or(Value::Null);
+            // rabbitmqctl prints the limits as one JSON object, keys sorted; nothing
+            // (an empty line) without limits.
+            match value {
+                Value::Object(m) if !m.is_empty() => {
+                    let sorted: std::collections::BTreeMap<_, _> = m.into_iter().collect();
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(&sorted).unwrap_or_default()
+                    );
+                }
+                _ => out.push('\n'),
+            }
+            Ok(out)
         }
         Command::Status => {
             let resp = get("/api/overview".to_string())?;

@@ -241,3 +241,31 @@ fn minimqctl_sets_lists_and_clears_policies_as_rabbitmqctl() {
         "vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n/\tttl\t.*\tall\t{\"message-ttl\":60000}\t0\n"
     );
 }
+
+#[test]
+fn minimqctl_sets_lists_and_clears_vhost_limits_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    assert_eq!(
+        ok(&b.ctl(&["set_vhost_limits", r#"{"max-queues": 5, "max-connections": 10}"#])),
+        "Setting vhost limits to \"{\"max-queues\": 5, \"max-connections\": 10}\" for vhost \"/\" ...\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_vhost_limits"])),
+        "Listing limits for vhost \"/\" ...\n{\"max-connections\":10,\"max-queues\":5}\n"
+    );
+    // set replaces: max-connections goes.
+    ok(&b.ctl(&["set_vhost_limits", r#"{"max-queues": 7}"#]));
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_vhost_limits"])),
+        "{\"max-queues\":7}\n"
+    );
+    let bad = b.ctl(&["set_vhost_limits", r#"{"max-foo": 1}"#]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&bad.stderr)
+        .contains("Unrecognised terms [{<<\"max-foo\">>,1}] in limits"));
+    assert_eq!(
+        ok(&b.ctl(&["clear_vhost_limits"])),
+        "Clearing vhost \"/\" limits ...\n"
+    );
+    assert_eq!(ok(&b.ctl(&["-q", "list_vhost_limits"])), "\n");
+}

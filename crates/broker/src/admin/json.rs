@@ -130,6 +130,8 @@ pub struct Node {
     disk_free: u64,
     disk_free_limit: u64,
     disk_free_alarm: bool,
+    sockets_used: usize,
+    sockets_total: usize,
 }
 
 impl Node {
@@ -152,6 +154,8 @@ pub fn nodes(state: &BrokerState) -> Vec<Node> {
         disk_free: s.disk_free,
         disk_free_limit: s.disk_free_limit,
         disk_free_alarm: s.alarms.disk,
+        sockets_used: state.sockets.load(std::sync::atomic::Ordering::Relaxed),
+        sockets_total: state.socket_limit,
     }]
 }
 

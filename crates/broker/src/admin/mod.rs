@@ -14,6 +14,8 @@
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
 //! | `/api/policies`, `/api/policies/{vhost}` | GET |
 //! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
+//! | `/api/vhost-limits`, `/api/vhost-limits/{vhost}` | GET |
+//! | `/api/vhost-limits/{vhost}/{max-connections or max-queues}` | PUT, DELETE (204) |
 //! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
 //!
 //! HEAD is answered wherever GET is. Every request needs HTTP basic auth with one of the
@@ -122,6 +124,12 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/nodes", get(nodes))
+        .route("/api/vhost-limits", get(vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(one_vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
+        )
         .route("/api/policies", get(policies))
         .route("/api/policies/{vhost}", get(vhost_policies))
         .route(
@@ -204,6 +212,92 @@ type Api = State<Arc<BrokerState>>;
 
 /// Longest object name the broker stores (an AMQP short string).
 const MAX_NAME: usize = 255;
+
+/// `[{"vhost":"/","value":{...}}]`, or `[]` without limits.
+fn limits_listing(state: &BrokerState) -> Response {
+    let limits = state.vhost.limits().to_json();
+    let list: Vec<serde_json::Value> = if limits.is_empty() {
+        Vec::new()
+    } else {
+        vec![serde_json::json!({"vhost": VHOST, "value": limits})]
+    };
+    Json(list).into_response()
+}
+
+async fn vhost_limits(State(state): Api, _: User) -> Response {
+    limits_listing(&state)
+}
+
+async fn one_vhost_limits(
+    State(state): Api,
+    _: User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    check_vhost(&params(vhost)?)?;
+    Ok(limits_listing(&state))
+}
+
+/// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`: 204; a negative value
+/// removes the limit, as in RabbitMQ.
+async fn put_vhost_limit(
+    State(state): Api,
+    _: User,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    check_vhost(&vhost)?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let value = body
+        .get("value")
+        .ok_or_else(|| ApiError::bad_request("[{key_missing,value}]"))?;
+    let mut limits = state.vhost.limits();
+    let Some(slot) = limits.slot(&name) else {
+        let shown = match value {
+            serde_json::Value::String(s) => format!("<<\"{s}\">>"),
+            other => other.to_string(),
+        };
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\nUnrecognised terms [{{<<\"{name}\">>,{shown}}}] in limits\n"
+        )));
+    };
+    let n = value.as_i64().ok_or_else(|| {
+        let shown = match value {
+            serde_json::Value::String(s) => format!("<<\"{s}\">>"),
+            other => other.to_string(),
+        };
+        ApiError::bad_request(format!(
+            "Validation failed\n\n{name} should be a number, actually was {shown}\n"
+        ))
+    })?;
+    *slot = u64::try_from(n).ok();
+    state
+        .vhost
+        .set_limits(limits, VHOST)
+        .await
+        .map_err(store_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_vhost_limit(
+    State(state): Api,
+    _: User,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    check_vhost(&vhost)?;
+    let mut limits = state.vhost.limits();
+    if let Some(slot) = limits.slot(&name) {
+        *slot = None;
+        state
+            .vhost
+            .set_limits(limits, VHOST)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
 
 async fn policies(State(state): Api, _: User) -> Response {
     let list: Vec<_> = state

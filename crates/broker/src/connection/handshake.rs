@@ -254,6 +254,18 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         )
         .on(10, 40));
     }
+    if let Some(max) = conn.state.vhost.limits().max_connections {
+        if conn.state.connections.len() as u64 >= max {
+            return Err(AmqpError::new(
+                ReplyCode::NotAllowed,
+                format!(
+                    "access to vhost '/' refused for user '{}': connection limit ({max}) is reached",
+                    conn.user
+                ),
+            )
+            .on(10, 40));
+        }
+    }
     // Listed before the client hears open-ok.
     conn.register();
     conn.send_method(0, ConnectionOpenOk.into());

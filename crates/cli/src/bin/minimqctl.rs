@@ -121,6 +121,16 @@ enum Cmd {
     },
     /// Lists policies: vhost name pattern apply-to definition priority.
     ListPolicies,
+    /// Sets the vhost's limits, replacing those it had: a JSON object with
+    /// `max-connections` and/or `max-queues` (a negative value: no limit).
+    SetVhostLimits {
+        /// The limits, e.g. '{"max-connections": 100, "max-queues": 1000}'.
+        definition: String,
+    },
+    /// Removes the vhost's limits.
+    ClearVhostLimits,
+    /// Shows the vhost's limits.
+    ListVhostLimits,
 }
 
 fn fail(e: CtlError) -> ! {
@@ -136,7 +146,7 @@ fn main() {
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 fail(CtlError::usage(
                     "no command given; commands: list_queues list_connections list_channels \
-                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy status (see --help)",
+                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits status (see --help)",
                 ))
             }
             _ => {
@@ -200,6 +210,9 @@ fn main() {
         },
         Cmd::ClearPolicy { name } => Command::ClearPolicy(name),
         Cmd::ListPolicies => Command::List(Listing::Policies, Vec::new()),
+        Cmd::SetVhostLimits { definition } => Command::SetVhostLimits(definition),
+        Cmd::ClearVhostLimits => Command::ClearVhostLimits,
+        Cmd::ListVhostLimits => Command::ListVhostLimits,
     };
     match ctl::run(&options, &command) {
         Ok(out) => print!("{out}"),
