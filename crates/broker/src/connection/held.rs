@@ -60,3 +60,76 @@ pub(super) fn add_to_batch<T>(
         None => batches.push((queue, vec![item])),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::queue::{QueueArgs, QueueCommand, QueueInbox};
+    use futures::FutureExt;
+    use minimq_protocol::FieldTable;
+
+    fn queue(name: &str) -> (QueueHandle, QueueInbox) {
+        QueueHandle::new(
+            name.into(),
+            false,
+            None,
+            false,
+            FieldTable::new(),
+            QueueArgs::default(),
+            None,
+        )
+    }
+
+    fn publish(body: &'static [u8]) -> Publish {
+        Publish {
+            message: Arc::new(Message::new(
+                "".into(),
+                "q".into(),
+                minimq_protocol::BasicProperties::default(),
+                bytes::Bytes::from_static(body),
+            )),
+            confirm: None,
+        }
+    }
+
+    /// What a queue was sent, acks and publish batches, in the order it takes them.
+    fn sent(inbox: &mut QueueInbox) -> Vec<String> {
+        std::iter::from_fn(|| inbox.try_recv())
+            .map(|cmd| match cmd {
+                QueueCommand::Settle {
+                    ids,
+                    requeue: false,
+                    rejected: false,
+                } => format!("ack {ids:?}"),
+                QueueCommand::Publish(batch) => {
+                    let bodies: Vec<_> = batch.iter().map(|p| p.message.body.clone()).collect();
+                    format!("publish {bodies:?}")
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reads_worth_reaches_each_queue_as_one_ack_and_one_publish_command_in_order() {
+        let ((a, mut a_inbox), (b, mut b_inbox)) = (queue("a"), queue("b"));
+        let mut held = Held::default();
+        held.publish(a.clone(), publish(b"1"));
+        held.ack(b.clone(), 7);
+        held.publish(b.clone(), publish(b"2"));
+        held.ack(a.clone(), 3);
+        held.publish(a.clone(), publish(b"3"));
+        held.ack(b.clone(), 5);
+        assert!(!held.is_empty());
+        assert!(held.send().now_or_never().is_some(), "room: no wait");
+        assert!(held.is_empty());
+        assert_eq!(sent(&mut a_inbox), ["ack [3]", "publish [b\"1\", b\"3\"]"]);
+        assert_eq!(sent(&mut b_inbox), ["ack [7, 5]", "publish [b\"2\"]"]);
+        // Sent once: a second send has nothing to send.
+        assert!(held.send().now_or_never().is_some());
+        assert!(sent(&mut a_inbox).is_empty());
+    }
+}
