@@ -41,8 +41,9 @@ impl Conn {
     /// buffer are taken from its octets ([`Conn::take_raw`]); a decoded publish frame or
     /// plain ack is taken synchronously ([`Conn::on_frame_fast`]). Either way the publish
     /// or ack is not sent but *held* (`self.held`), to go to its queue with the rest of
-    /// the read. Everything else — any other frame, a fast-path frame that failed, a
-    /// decode error, the end of the stream — goes the slow way ([`Conn::on_read`]).
+    /// the read. Everything else — any other frame, a decode error, the end of the
+    /// stream — goes the slow way ([`Conn::on_read`]); a fast-path frame that failed
+    /// closes its channel or the connection ([`Conn::on_frame_error`]).
     ///
     /// The ordering rule, enforced here and nowhere else: **held publishes and acks are
     /// sent before anything else is handled**, and at the latest when the read is done.
