@@ -3,9 +3,11 @@
 //! # Layout
 //! - [`server`]: accept loop, [`Broker`] / [`BrokerBuilder`] (embed a broker in tests).
 //! - [`config`]: settings behind the command-line flags.
-//! - `connection`: one task per client connection (handshake, frame loop, writer).
-//! - [`channel`]: channel state and the method handlers; [`channel::confirms`] decides
-//!   when a publish is confirmed.
+//! - `connection`: one task per client connection (handshake, intake of frames, method
+//!   handlers, deliveries, closing, writer).
+//! - [`channel`]: channel state and its own rules (delivery tags, consumers, qos, content
+//!   assembly, confirms, transactions); [`channel::confirms`] decides when a publish is
+//!   confirmed.
 //! - [`vhost`]: the registry of queues and exchanges.
 //! - [`exchange`]: exchange types and routing.
 //! - [`queue`]: one task per queue owning its messages, consumers and credit.

@@ -48,8 +48,8 @@ pub struct QueueSpec {
 /// A default-exchange route a channel looked up last (see [`VHost::route_default`]).
 #[derive(Debug)]
 pub struct DefaultRoute {
-    /// The channel's shared routing key (`Channel::last`, a `LastContent`): compared by
-    /// pointer.
+    /// The channel's shared routing key (its last publish's, `channel/content.rs`):
+    /// compared by pointer.
     routing_key: Arc<str>,
     version: u64,
     queue: Option<QueueHandle>,

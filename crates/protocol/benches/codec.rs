@@ -95,7 +95,7 @@ fn encode(c: &mut Criterion) {
                 }
             });
         });
-        // The broker's per-delivery path (connection/handlers.rs `deliver`).
+        // The broker's per-delivery path (broker's connection/deliver.rs `deliver`).
         group.bench_function(format!("deliver+header+body {size} B"), |b| {
             let mut buf = BytesMut::with_capacity(256 * 1024);
             let mut tag = 0u64;

@@ -1,122 +1,37 @@
-//! Channel state, kept inside its connection task: delivery tags and what each stands
-//! for, the channel's consumers, its qos, its confirm state and the publish being
-//! assembled from method, header and body frames. The method handlers are in
-//! [`handlers`]; the confirm rule in [`confirms`]; a transaction's state in [`tx`].
+//! Channel state, kept inside its connection task and changed only through the methods
+//! here: the delivery tags and the unsettled deliveries under them ([`unacked`]), the
+//! consumers ([`consumers`]), the prefetch settings and channel-wide credit ([`qos`]),
+//! the publish being assembled from its frames ([`content`]), confirm mode
+//! ([`confirms`], the one place that decides when a publish is confirmed) and a
+//! transaction ([`tx`]).
+//!
+//! Nothing here talks to a queue, the socket or the vhost's state: the connection
+//! (`connection/`) runs the methods and sends what they answer.
 
 pub mod confirms;
-pub mod handlers;
+pub mod consumers;
+pub mod content;
+pub mod qos;
 pub mod tx;
+pub mod unacked;
 
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use minimq_protocol::properties::LastContent;
-use minimq_protocol::{BasicProperties, BasicPublish};
+use bytes::Bytes;
+use minimq_protocol::{BasicProperties, BasicPublish, ContentHeader};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::{ChannelCredit, QueueHandle};
-use crate::registry::{ChannelInfo, ChannelRegistration, ConsumerRegistration};
-use confirms::Confirms;
-
-/// What a delivery tag stands for.
-#[derive(Debug, Clone)]
-pub struct Outstanding {
-    /// The queue holding the message.
-    pub queue: QueueHandle,
-    /// The message's id in that queue.
-    pub msg_id: u64,
-    /// Whether it took a unit of the channel's global credit.
-    pub charged: bool,
-}
-
-/// A consumer on this channel.
-#[derive(Debug, Clone)]
-pub struct ChannelConsumer {
-    /// Broker-wide consumer id.
-    pub id: u64,
-    /// The queue consumed from.
-    pub queue: QueueHandle,
-    /// Keeps the consumer listed in the registry while it exists.
-    pub registration: Option<ConsumerRegistration>,
-}
-
-/// A publish whose content is still arriving.
-#[derive(Debug)]
-pub struct PendingPublish {
-    /// The `basic.publish` method.
-    pub method: BasicPublish,
-    /// Properties and declared size, once the header frame arrived.
-    pub header: Option<(BasicProperties, u64)>,
-    /// Body frames so far.
-    pub body: BodyParts,
-}
-
-/// Body frames of one message. One frame (the common case) stays a zero-copy slice.
-#[derive(Debug, Default)]
-pub enum BodyParts {
-    /// Nothing yet.
-    #[default]
-    Empty,
-    /// One frame's payload.
-    One(Bytes),
-    /// Several frames, concatenated.
-    Many(BytesMut),
-}
-
-impl BodyParts {
-    /// Octets received.
-    pub fn len(&self) -> u64 {
-        match self {
-            BodyParts::Empty => 0,
-            BodyParts::One(b) => b.len() as u64,
-            BodyParts::Many(b) => b.len() as u64,
-        }
-    }
-
-    /// Whether nothing arrived yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Appends a body frame's payload.
-    pub fn push(&mut self, chunk: Bytes) {
-        *self = match std::mem::take(self) {
-            BodyParts::Empty => BodyParts::One(chunk),
-            BodyParts::One(first) => {
-                let mut b = BytesMut::with_capacity(first.len() + chunk.len());
-                b.extend_from_slice(&first);
-                b.extend_from_slice(&chunk);
-                BodyParts::Many(b)
-            }
-            BodyParts::Many(mut b) => {
-                b.extend_from_slice(&chunk);
-                BodyParts::Many(b)
-            }
-        }
-    }
-
-    /// The whole body. A small one is copied out of the frame it arrived in: as a
-    /// slice it would keep the connection's whole read buffer (kilobytes) alive for as
-    /// long as the message is queued, and keep the reader from reusing that buffer.
-    pub fn into_bytes(self) -> Bytes {
-        match self {
-            BodyParts::Empty => Bytes::new(),
-            BodyParts::One(b) if owns_copy(b.len()) => Bytes::copy_from_slice(&b),
-            BodyParts::One(b) => b,
-            BodyParts::Many(b) => b.freeze(),
-        }
-    }
-}
-
-/// Bodies up to this size get an allocation of their own (see [`BodyParts::into_bytes`]).
-pub const SMALL_BODY: usize = 1024;
-
-/// Whether a body of `len` octets arriving in one frame is copied into an allocation of
-/// its own rather than kept as a slice of the read buffer (see [`BodyParts::into_bytes`]).
-pub fn owns_copy(len: usize) -> bool {
-    len <= SMALL_BODY
-}
+use crate::registry::{ChannelInfo, ChannelRegistration, ConnectionInfo, ConsumerInfo};
+use crate::vhost::{DefaultRoute, VHost};
+use confirms::{Confirm, Confirms};
+use consumers::{ChannelConsumer, Consumers};
+use content::{Content, Published, Route};
+use qos::Qos;
+use tx::{Outcome, Tx, TxSettle};
+use unacked::Unacked;
+pub use unacked::{group_by_queue, Outstanding};
 
 /// Open, or closed by the server and waiting for the client's `channel.close-ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,151 +45,512 @@ pub enum ChannelStatus {
 /// One open channel.
 #[derive(Debug)]
 pub struct Channel {
-    /// Its number.
-    pub id: u16,
-    /// Open or closing.
-    pub status: ChannelStatus,
-    /// Next delivery tag (tags start at 1).
-    pub next_tag: u64,
-    /// Unsettled deliveries by tag.
-    pub outstanding: BTreeMap<u64, Outstanding>,
-    /// Consumers by tag.
-    pub consumers: crate::store::idhash::IdMap<Arc<str>, ChannelConsumer>,
-    /// Prefetch for consumers created from now on (`basic.qos global=false`).
-    pub prefetch: u32,
-    /// The channel-wide limit (`basic.qos global=true`), shared with queues.
-    pub credit: Arc<ChannelCredit>,
-    /// Whether a channel-wide limit was ever set.
-    pub global_qos: bool,
+    status: ChannelStatus,
+    unacked: Unacked,
+    consumers: Consumers,
+    qos: Qos,
     /// Confirm mode state.
-    pub confirms: Option<Confirms>,
+    confirms: Option<Confirms>,
     /// Transaction state, in tx mode (boxed: most channels never use it).
-    pub tx: Option<Box<tx::Tx>>,
-    /// A publish being assembled.
-    pub publish: Option<PendingPublish>,
-    /// Exchange, routing key and properties of the last publish: the next one usually
-    /// carries the same, and then shares them instead of keeping its own copy (the
-    /// default-exchange route cache knows the routing key by pointer).
-    pub last: LastContent,
+    tx: Option<Box<Tx>>,
+    content: Content,
     /// The queue the last publish to the default exchange went to.
-    pub default_route: Option<crate::vhost::DefaultRoute>,
-    /// What the management API sees of this channel.
-    pub info: Arc<ChannelInfo>,
+    default_route: Option<DefaultRoute>,
+    /// What the management API sees of this channel: the methods that change what it
+    /// shows store it on the side.
+    info: Arc<ChannelInfo>,
     /// Keeps the channel listed in its connection's registry entry while it exists.
-    pub registration: Option<ChannelRegistration>,
+    _registration: Option<ChannelRegistration>,
 }
 
 impl Channel {
-    /// A newly opened channel.
-    pub fn new(id: u16) -> Channel {
+    /// A newly opened channel, listed under its connection's registry entry if given.
+    pub fn open(id: u16, listed_in: Option<&Arc<ConnectionInfo>>) -> Channel {
+        let info = Arc::new(ChannelInfo::new(id));
         Channel {
-            id,
             status: ChannelStatus::Open,
-            next_tag: 1,
-            outstanding: BTreeMap::new(),
-            consumers: Default::default(),
-            prefetch: 0,
-            credit: Arc::new(ChannelCredit::default()),
-            global_qos: false,
+            unacked: Unacked::default(),
+            consumers: Consumers::default(),
+            qos: Qos::default(),
             confirms: None,
             tx: None,
-            publish: None,
-            last: LastContent::default(),
+            content: Content::default(),
             default_route: None,
-            info: Arc::new(ChannelInfo::new(id)),
-            registration: None,
+            _registration: listed_in.map(|conn| conn.register_channel(info.clone())),
+            info,
         }
+    }
+
+    /// Whether the channel is open (not waiting for the client's `close-ok`).
+    pub fn is_open(&self) -> bool {
+        self.status == ChannelStatus::Open
+    }
+
+    /// The server closes the channel: from now on it waits for the client's `close-ok`
+    /// and ignores everything else; a publish in progress is dropped.
+    pub fn start_closing(&mut self) {
+        self.status = ChannelStatus::Closing;
+        self.info.closing.store(true, Ordering::Relaxed);
+        self.content.abandon();
     }
 
     /// Whether a `basic.publish` may start here: open, with no publish in progress.
     pub fn takes_publish(&self) -> bool {
-        self.status == ChannelStatus::Open && self.publish.is_none()
+        self.is_open() && !self.content.in_progress()
     }
 
-    /// Whether a `basic.ack` here is plain (see `Conn::plain_ack`): as
-    /// [`Channel::takes_publish`], without channel-wide credit (`basic.qos global`), so
-    /// no delivery took any, and outside a transaction (which holds acks until commit).
+    /// Whether a `basic.ack` here is plain (the connection holds it with the other acks
+    /// of the same read): as [`Channel::takes_publish`], without channel-wide credit
+    /// (`basic.qos global`), so no delivery took any, and outside a transaction (which
+    /// holds acks until commit).
     pub fn takes_plain_ack(&self) -> bool {
-        self.takes_publish() && !self.global_qos && self.tx.is_none()
+        self.takes_publish() && !self.qos.is_global() && self.tx.is_none()
     }
 
-    /// The confirm state that answers from queues go to: confirm mode's, or the
-    /// transaction's (the two modes exclude each other).
-    pub fn confirms_mut(&mut self) -> Option<&mut Confirms> {
-        match (&mut self.confirms, &mut self.tx) {
-            (Some(c), _) => Some(c),
-            (None, Some(tx)) => Some(&mut tx.confirms),
-            (None, None) => None,
+    /// The error for a method frame on this open channel while a publish waits for its
+    /// content; `None` when no publish is in progress.
+    pub fn interrupted_publish(&self) -> Option<AmqpError> {
+        self.content.interrupted()
+    }
+
+    // --- publishing -------------------------------------------------------------------
+
+    /// `basic.publish`: its header and body come next.
+    pub fn start_publish(&mut self, method: BasicPublish) {
+        self.content.start(method);
+    }
+
+    /// A content header for the publish in progress (see [`Content::header`]); ignored
+    /// on a closing channel.
+    pub fn on_header(&mut self, header: ContentHeader, max: u64) -> AmqpResult<Option<Published>> {
+        if !self.is_open() {
+            return Ok(None);
         }
+        self.content.header(header, max)
     }
 
-    /// Takes every unsettled delivery, those a transaction held included, and ends the
-    /// transaction: for a channel that closes, whose deliveries all go back.
-    pub fn take_unsettled(&mut self) -> BTreeMap<u64, Outstanding> {
-        if let Some(tx) = self.tx.take() {
-            tx.abandon(&mut self.outstanding);
+    /// A body frame for the publish in progress (see [`Content::body`]); ignored on a
+    /// closing channel.
+    pub fn on_body(&mut self, body: Bytes) -> AmqpResult<Option<Published>> {
+        if !self.is_open() {
+            return Ok(None);
         }
-        self.info.set_unacked(0);
-        std::mem::take(&mut self.outstanding)
+        self.content.body(body)
     }
 
-    /// As [`Channel::take_outstanding`], keeping the tags (a transaction gives them back
-    /// on rollback).
-    pub fn take_tagged(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<(u64, Outstanding)>> {
-        self.take_range(tag, multiple)
-            .map(|taken| taken.into_iter().collect())
+    /// Route and properties of a whole publish read as octets (see [`Content::raw`]);
+    /// `None` when the channel cannot take a publish now or the octets do not parse.
+    pub fn raw_publish(
+        &mut self,
+        exchange: &[u8],
+        routing_key: &[u8],
+        properties: &[u8],
+    ) -> Option<(Route, Arc<BasicProperties>)> {
+        if !self.takes_publish() {
+            return None;
+        }
+        self.content.raw(exchange, routing_key, properties)
+    }
+
+    /// The queue a publish to the default exchange with `routing_key` goes to, through
+    /// this channel's cache of its last such lookup.
+    pub fn route_default(&mut self, vhost: &VHost, routing_key: &Arc<str>) -> Option<QueueHandle> {
+        vhost.route_default(routing_key, &mut self.default_route)
+    }
+
+    /// A publish routed to `answers` queues, in confirm mode: its sequence number, the
+    /// tag of its confirm. `None` outside confirm mode.
+    pub fn confirm_seq(&mut self, answers: u32) -> Option<u64> {
+        self.confirms.as_mut().map(|c| c.publish(answers))
+    }
+
+    // --- deliveries and settling ------------------------------------------------------
+
+    /// Gives a delivery its tag; one that must be acked (`unsettled`) is kept under it
+    /// until it is settled.
+    pub fn tag_delivery(&mut self, unsettled: Option<Outstanding>) -> u64 {
+        let recorded = unsettled.is_some();
+        let tag = self.unacked.tag(unsettled);
+        if recorded {
+            self.info.set_unacked(self.unacked.len());
+        }
+        tag
+    }
+
+    /// Takes the one delivery a single ack / nack / reject names (unknown: 406).
+    pub fn take_one(&mut self, tag: u64) -> AmqpResult<Outstanding> {
+        let taken = self.unacked.take_one(tag);
+        self.info.set_unacked(self.unacked.len());
+        taken
     }
 
     /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to
     /// it with `multiple` (all of them for tag 0). An unknown tag is 406, as in RabbitMQ.
     pub fn take_outstanding(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
-        self.take_range(tag, multiple)
-            .map(|taken| taken.into_values().collect())
+        let taken = self.unacked.take_range(tag, multiple)?;
+        self.info.set_unacked(self.unacked.len());
+        Ok(taken.into_values().collect())
     }
 
-    /// Takes the one delivery a single ack / nack / reject names (as
-    /// [`Channel::take_outstanding`] without `multiple`).
-    pub fn take_one(&mut self, tag: u64) -> AmqpResult<Outstanding> {
-        let taken = self
-            .outstanding
-            .remove(&tag)
-            .ok_or_else(|| AmqpError::precondition(format!("unknown delivery tag {tag}")));
-        self.info.set_unacked(self.outstanding.len());
-        taken
-    }
-
-    /// The deliveries `tag` / `multiple` name, by tag, taken out of the channel's
-    /// unsettled ones (which the management API's count follows).
-    fn take_range(&mut self, tag: u64, multiple: bool) -> AmqpResult<BTreeMap<u64, Outstanding>> {
-        let taken = if multiple && tag == 0 {
-            std::mem::take(&mut self.outstanding)
-        } else if !self.outstanding.contains_key(&tag) {
-            return Err(AmqpError::precondition(format!(
-                "unknown delivery tag {tag}"
-            )));
-        } else if multiple {
-            let rest = self.outstanding.split_off(&(tag + 1));
-            std::mem::replace(&mut self.outstanding, rest)
-        } else {
-            self.outstanding.remove_entry(&tag).into_iter().collect()
+    /// An ack (`ack`), nack or reject: the deliveries to settle now, or `None` in a
+    /// transaction, which takes them now (an unknown tag fails now) and holds them until
+    /// commit.
+    pub fn take_settled(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+        ack: bool,
+    ) -> AmqpResult<Option<Vec<Outstanding>>> {
+        let Some(tx) = self.tx.as_mut() else {
+            return self.take_outstanding(tag, multiple).map(Some);
         };
-        self.info.set_unacked(self.outstanding.len());
-        Ok(taken)
+        let taken = self.unacked.take_range(tag, multiple)?;
+        self.info.set_unacked(self.unacked.len());
+        tx.hold_settle(TxSettle {
+            ack,
+            requeue,
+            taken: taken.into_iter().collect(),
+        });
+        Ok(None)
+    }
+
+    /// Takes every unsettled delivery, those a transaction held included, and ends the
+    /// transaction: for a channel that closes, whose deliveries all go back.
+    pub fn take_unsettled(&mut self) -> Vec<Outstanding> {
+        if let Some(tx) = self.tx.take() {
+            tx.abandon(&mut self.unacked);
+        }
+        self.info.set_unacked(0);
+        self.unacked.take_all().into_values().collect()
+    }
+
+    /// The channel closes: ends its consumers, confirm mode and transaction, and answers
+    /// every queue it has business with — those holding its unsettled deliveries, with
+    /// their message ids to requeue, and those its consumers read from — each once.
+    pub fn release(&mut self) -> Vec<(QueueHandle, Vec<u64>)> {
+        let mut queues: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
+        for o in self.take_unsettled() {
+            match queues.iter_mut().find(|(q, _)| q.same(&o.queue)) {
+                Some((_, ids)) => ids.push(o.msg_id),
+                None => queues.push((o.queue, vec![o.msg_id])),
+            }
+        }
+        for q in self.consumers.drain_queues() {
+            if !queues.iter().any(|(x, _)| x.same(&q)) {
+                queues.push((q, Vec::new()));
+            }
+        }
+        self.confirms = None;
+        queues
+    }
+
+    // --- consumers --------------------------------------------------------------------
+
+    /// Whether a consumer has this tag.
+    pub fn has_consumer(&self, tag: &str) -> bool {
+        self.consumers.contains(tag)
+    }
+
+    /// Adds a consumer its queue accepted, listed for the management API.
+    pub fn add_consumer(&mut self, tag: Arc<str>, queue: QueueHandle, listed: ConsumerInfo) {
+        let id = listed.id;
+        let registration = Some(self.info.register_consumer(listed));
+        self.consumers.insert(
+            tag,
+            ChannelConsumer {
+                id,
+                queue,
+                registration,
+            },
+        );
+    }
+
+    /// Removes the consumer under `tag` (`basic.cancel`).
+    pub fn remove_consumer(&mut self, tag: &str) -> Option<ChannelConsumer> {
+        self.consumers.remove(tag)
+    }
+
+    /// Its queue cancelled consumer `id` (deleted, failed): forgets it if it is still
+    /// the consumer under `tag`. Whether it was.
+    pub fn consumer_cancelled(&mut self, tag: &str, id: u64) -> bool {
+        self.consumers.remove_if(tag, id)
+    }
+
+    /// Whether a delivery for consumer `id` under `tag` is still wanted: the channel is
+    /// open and the consumer still consumes.
+    pub fn delivers_to(&self, tag: &str, id: u64) -> bool {
+        self.is_open() && self.consumers.is_live(tag, id)
+    }
+
+    /// The queues this channel's consumers read from.
+    pub fn consumer_queues(&self) -> Vec<QueueHandle> {
+        self.consumers.queues()
+    }
+
+    // --- qos --------------------------------------------------------------------------
+
+    /// `basic.qos` (see [`Qos::set`]).
+    pub fn set_qos(&mut self, prefetch_count: u16, global: bool) {
+        self.qos.set(prefetch_count, global);
+        let shown = if global {
+            &self.info.global_prefetch
+        } else {
+            &self.info.prefetch
+        };
+        shown.store(u32::from(prefetch_count), Ordering::Relaxed);
+    }
+
+    /// The prefetch a consumer created now gets.
+    pub fn consumer_prefetch(&self) -> u32 {
+        self.qos.consumer_prefetch()
+    }
+
+    /// The channel-wide credit a consumer created now shares, if a limit was set.
+    pub fn consumer_credit(&self) -> Option<Arc<ChannelCredit>> {
+        self.qos.consumer_credit()
+    }
+
+    /// Gives back `n` units of channel-wide credit.
+    pub fn release_credit(&self, n: u32) {
+        self.qos.release(n);
+    }
+
+    // --- confirm mode and transactions ------------------------------------------------
+
+    /// `confirm.select` (a second one changes nothing).
+    pub fn select_confirms(&mut self) -> AmqpResult<()> {
+        if self.tx.is_some() {
+            return Err(AmqpError::precondition(
+                "cannot switch from tx to confirm mode",
+            ));
+        }
+        if self.confirms.is_none() {
+            self.confirms = Some(Confirms::new());
+        }
+        self.info.confirm.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `tx.select`, with a transaction holding at most `limit` octets of publishes. A
+    /// second select keeps the transaction as it is (as RabbitMQ).
+    pub fn select_tx(&mut self, limit: u64) -> AmqpResult<()> {
+        if self.confirms.is_some() {
+            return Err(AmqpError::precondition(
+                "cannot switch from confirm to tx mode",
+            ));
+        }
+        if self.tx.is_none() {
+            self.tx = Some(Box::new(Tx::new(limit)));
+            self.info.transactional.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The transaction, in tx mode.
+    pub fn tx_mut(&mut self) -> Option<&mut Tx> {
+        self.tx.as_deref_mut()
+    }
+
+    /// `tx.rollback`: the held publishes are dropped, the held deliveries are unacked
+    /// again under their tags.
+    pub fn rollback(&mut self) -> AmqpResult<()> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(not_transactional());
+        };
+        tx.rollback(&mut self.unacked);
+        self.info.set_unacked(self.unacked.len());
+        Ok(())
+    }
+
+    /// A queue's answer for publish `seq`: for confirm mode's, or the transaction's
+    /// confirms (the two modes exclude each other).
+    pub fn answer(&mut self, seq: u64, ok: bool) {
+        match (&mut self.confirms, &mut self.tx) {
+            (Some(c), _) => c.answer(seq, ok),
+            (None, Some(tx)) => tx.answer(seq, ok),
+            (None, None) => {}
+        }
+    }
+
+    /// What has become due: in confirm mode the confirms to send, in order, into
+    /// `confirms`; in tx mode the commits now answered, oldest first, into `commits`.
+    pub fn drain_answers(&mut self, confirms: &mut Vec<Confirm>, commits: &mut Vec<Outcome>) {
+        if let Some(c) = self.confirms.as_mut() {
+            c.drain(confirms);
+        } else if let Some(tx) = self.tx.as_mut() {
+            tx.settled(commits);
+        }
     }
 }
 
-/// Groups settled deliveries by queue: one command per queue.
-pub fn group_by_queue(items: Vec<Outstanding>) -> Vec<(QueueHandle, Vec<u64>, u32)> {
-    let mut groups: Vec<(QueueHandle, Vec<u64>, u32)> = Vec::new();
-    for o in items {
-        let charged = u32::from(o.charged);
-        match groups.iter_mut().find(|(q, _, _)| q.same(&o.queue)) {
-            Some(g) => {
-                g.1.push(o.msg_id);
-                g.2 += charged;
-            }
-            None => groups.push((o.queue, vec![o.msg_id], charged)),
+/// `tx.commit` / `tx.rollback` outside tx mode.
+pub fn not_transactional() -> AmqpError {
+    AmqpError::precondition("channel is not transactional")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unacked::tests::queue;
+
+    fn deliver(ch: &mut Channel, q: &QueueHandle, msg_id: u64) -> u64 {
+        ch.tag_delivery(Some(Outstanding {
+            queue: q.clone(),
+            msg_id,
+            charged: false,
+        }))
+    }
+
+    fn listed(id: u64, tag: &str) -> ConsumerInfo {
+        ConsumerInfo {
+            id,
+            tag: tag.into(),
+            queue: "q".into(),
+            ack_required: true,
+            exclusive: false,
+            prefetch: 0,
         }
     }
-    groups
+
+    #[test]
+    fn the_unacked_count_shown_follows_every_take() {
+        let q = queue("q");
+        let mut ch = Channel::open(1, None);
+        for id in 1..=4 {
+            deliver(&mut ch, &q, id);
+        }
+        ch.tag_delivery(None);
+        let shown = |ch: &Channel| ch.info.unacked.load(Ordering::Relaxed);
+        assert_eq!(shown(&ch), 4);
+        ch.take_one(1).unwrap();
+        assert_eq!(shown(&ch), 3);
+        ch.take_outstanding(3, true).unwrap();
+        assert_eq!(shown(&ch), 1);
+        assert_eq!(ch.take_unsettled().len(), 1);
+        assert_eq!(shown(&ch), 0);
+    }
+
+    #[test]
+    fn in_a_transaction_settlements_are_held_and_a_rollback_gives_the_tags_back() {
+        let q = queue("q");
+        let mut ch = Channel::open(1, None);
+        ch.select_tx(1 << 20).unwrap();
+        assert!(!ch.takes_plain_ack());
+        let (a, b) = (deliver(&mut ch, &q, 10), deliver(&mut ch, &q, 11));
+        assert!(ch.take_settled(b, true, false, true).unwrap().is_none());
+        assert!(ch.take_one(a).is_err(), "taken by the transaction");
+        assert_eq!(
+            ch.take_settled(9, false, false, true)
+                .unwrap_err()
+                .code
+                .code(),
+            406,
+            "an unknown tag fails at once"
+        );
+        ch.rollback().unwrap();
+        assert_eq!(ch.take_one(a).unwrap().msg_id, 10);
+        assert_eq!(ch.take_one(b).unwrap().msg_id, 11);
+    }
+
+    #[test]
+    fn a_closing_channel_gives_back_what_a_transaction_held() {
+        let q = queue("q");
+        let mut ch = Channel::open(1, None);
+        ch.select_tx(1 << 20).unwrap();
+        let tag = deliver(&mut ch, &q, 10);
+        deliver(&mut ch, &q, 11);
+        ch.take_settled(tag, false, false, true).unwrap();
+        let mut ids: Vec<u64> = ch.take_unsettled().iter().map(|o| o.msg_id).collect();
+        ids.sort();
+        assert_eq!(ids, [10, 11]);
+        assert!(ch.tx_mut().is_none(), "the transaction ended");
+    }
+
+    #[test]
+    fn release_names_every_queue_once_with_the_ids_it_must_requeue() {
+        let (a, b, c) = (queue("a"), queue("b"), queue("c"));
+        let mut ch = Channel::open(1, None);
+        deliver(&mut ch, &a, 1);
+        deliver(&mut ch, &b, 2);
+        deliver(&mut ch, &a, 3);
+        ch.add_consumer("t1".into(), b.clone(), listed(1, "t1"));
+        ch.add_consumer("t2".into(), c.clone(), listed(2, "t2"));
+        ch.select_confirms().unwrap();
+        let released: Vec<(String, Vec<u64>)> = ch
+            .release()
+            .into_iter()
+            .map(|(q, ids)| (q.name().to_string(), ids))
+            .collect();
+        assert_eq!(
+            released,
+            [
+                ("a".to_string(), vec![1, 3]),
+                ("b".to_string(), vec![2]),
+                ("c".to_string(), vec![])
+            ]
+        );
+        assert!(ch.consumer_queues().is_empty());
+        assert!(ch.confirm_seq(1).is_none(), "confirm mode ended");
+    }
+
+    #[test]
+    fn confirm_and_tx_modes_exclude_each_other() {
+        let mut ch = Channel::open(1, None);
+        ch.select_confirms().unwrap();
+        ch.select_confirms().unwrap();
+        assert_eq!(ch.select_tx(1).unwrap_err().code.code(), 406);
+        let mut tx = Channel::open(2, None);
+        tx.select_tx(1).unwrap();
+        assert_eq!(tx.select_confirms().unwrap_err().code.code(), 406);
+        assert_eq!(
+            Channel::open(3, None).rollback().unwrap_err().code.code(),
+            406
+        );
+    }
+
+    #[test]
+    fn confirms_answered_out_of_order_come_due_in_publish_order() {
+        let mut ch = Channel::open(1, None);
+        ch.select_confirms().unwrap();
+        let (s1, s2) = (ch.confirm_seq(1).unwrap(), ch.confirm_seq(1).unwrap());
+        let (mut due, mut commits) = (Vec::new(), Vec::new());
+        ch.answer(s2, true);
+        ch.drain_answers(&mut due, &mut commits);
+        assert!(due.is_empty());
+        ch.answer(s1, true);
+        ch.drain_answers(&mut due, &mut commits);
+        assert_eq!(due, [Confirm::Ack(s2, true)]);
+        assert!(commits.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_is_wanted_only_by_its_live_consumer_on_an_open_channel() {
+        let q = queue("q");
+        let mut ch = Channel::open(1, None);
+        ch.add_consumer("t".into(), q, listed(7, "t"));
+        assert!(ch.delivers_to("t", 7));
+        assert!(!ch.delivers_to("t", 8));
+        ch.start_closing();
+        assert!(!ch.delivers_to("t", 7));
+        assert!(!ch.takes_publish());
+    }
+
+    #[test]
+    fn a_closing_channel_ignores_content_frames() {
+        let mut ch = Channel::open(1, None);
+        ch.start_publish(BasicPublish {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        });
+        assert!(ch.interrupted_publish().is_some());
+        ch.start_closing();
+        assert!(
+            ch.interrupted_publish().is_none(),
+            "the publish was dropped"
+        );
+        assert!(ch.on_body(Bytes::from_static(b"x")).unwrap().is_none());
+    }
 }

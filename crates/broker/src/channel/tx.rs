@@ -18,12 +18,12 @@
 //! publish is a channel error and the transaction is dropped with the channel.
 //! Settlements need no bound of their own: each holds a delivery the channel already had.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::confirms::{Confirm, Confirms};
-use super::Outstanding;
+use super::unacked::{Outstanding, Unacked};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::QueueHandle;
@@ -87,7 +87,7 @@ pub struct Tx {
     /// Most octets the held publishes may count.
     limit: u64,
     /// The committed publishes, by sequence number, until their queues answered.
-    pub confirms: Confirms,
+    confirms: Confirms,
     /// Commits waiting for answers, oldest first.
     commits: VecDeque<Commit>,
 }
@@ -136,24 +136,35 @@ impl Tx {
 
     /// `tx.rollback`: the held publishes are dropped, the held deliveries are unacked
     /// again under their tags.
-    pub fn rollback(&mut self, outstanding: &mut BTreeMap<u64, Outstanding>) {
+    pub fn rollback(&mut self, unacked: &mut Unacked) {
         self.held = 0;
         self.publishes.clear();
         for settle in self.settlements.drain(..) {
-            outstanding.extend(settle.taken);
+            unacked.restore(settle.taken);
         }
     }
 
     /// The transaction ends with its channel: the held deliveries go back to the
     /// channel's unacked ones, to be requeued with them.
-    pub fn abandon(self, outstanding: &mut BTreeMap<u64, Outstanding>) {
+    pub fn abandon(self, unacked: &mut Unacked) {
         for settle in self.settlements {
-            outstanding.extend(settle.taken);
+            unacked.restore(settle.taken);
         }
     }
 
+    /// Numbers a committed publish that waits for `answers` queues (see
+    /// [`Tx::commit_sent`]).
+    pub fn number(&mut self, answers: u32) -> u64 {
+        self.confirms.publish(answers)
+    }
+
+    /// Records one queue's answer for the committed publish `seq`.
+    pub fn answer(&mut self, seq: u64, ok: bool) {
+        self.confirms.answer(seq, ok);
+    }
+
     /// The publishes of a commit have been given sequence numbers by
-    /// [`Tx::confirms`]: the commit waits for the answers to all of them.
+    /// [`Tx::number`]: the commit waits for the answers to all of them.
     pub fn commit_sent(&mut self) {
         self.commits.push_back(Commit {
             last: self.confirms.last_seq(),
@@ -260,7 +271,7 @@ mod tests {
         let err = tx.hold_publish(publish(100)).unwrap_err();
         assert_eq!(err.code.code(), 406);
         // A rollback frees the room.
-        tx.rollback(&mut BTreeMap::new());
+        tx.rollback(&mut Unacked::default());
         tx.hold_publish(publish(700)).unwrap();
     }
 }
