@@ -14,6 +14,7 @@
 //! - [`policy`]: policies (validation, choice by priority, merge with arguments).
 //! - [`message`]: the shared, immutable published message.
 //! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery).
+//! - [`auth`]: users, password hashes, tags and permissions (RabbitMQ's model).
 //! - [`alarm`]: the memory and disk alarms that block publishers.
 //! - [`error`]: AMQP errors with RabbitMQ's reply texts.
 //! - [`admin`]: the management HTTP API (RabbitMQ's paths and JSON); [`registry`]: the
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod alarm;
+pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod connection;
