@@ -617,7 +617,7 @@ impl QueueActor {
         if persisted {
             if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
                 // The confirm is answered by the store, after the sync that covers it.
-                store.enqueue(id, seq, &message, confirm.take());
+                store.enqueue(id, seq, &message, confirm.take().map(Into::into));
             }
         }
         let priority =
