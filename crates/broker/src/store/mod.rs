@@ -23,10 +23,11 @@
 //! - [`meta`]: the metadata log (durable queues, exchanges, bindings) and its thread.
 //!
 //! Threads: `minimq-store` (the writer), `minimq-sync` (the syncer, none with
-//! `--fsync off`), `minimq-meta` (the metadata log). Callers on async workers never wait
-//! on them synchronously: they hand a request over (a channel send) and await a
-//! [`Completion`] or [`MetaWait`], and the reads of paged-out messages leave the worker
-//! ([`Store::read_messages`]).
+//! `--fsync off`), `minimq-meta` (the metadata log). Callers on async workers do not
+//! wait on them synchronously: they hand a request over (a channel send, which never
+//! blocks) and await a [`Completion`] or [`MetaWait`]; an async task reads paged-out
+//! messages with [`Store::read_back`], which runs the reads on the blocking pool.
+//! [`Store::read_messages`] and [`Store::open`] block, for threads.
 //!
 //! Layout of the data directory:
 //! ```text
@@ -281,21 +282,7 @@ impl Store {
             #[cfg(test)]
             before_sync: None,
         };
-        let writer_poisoned = poisoned.clone();
-        let thread = std::thread::Builder::new()
-            .name("minimq-store".into())
-            .spawn(move || {
-                // A panic in the writer (a bug) is a store failure like a failed write:
-                // the store is poisoned, so persistent messages to durable queues are
-                // refused from then on instead of being handed to a thread that is gone.
-                // The waiters it held are nacked as their tickets drop. Unwind safety:
-                // nothing of the writer is used after the panic.
-                let run = std::panic::AssertUnwindSafe(move || w.run(rx));
-                if std::panic::catch_unwind(run).is_err() {
-                    writer_poisoned.store(true, Ordering::SeqCst);
-                    tracing::error!("message store writer thread panicked; refusing persistent messages from now on");
-                }
-            })?;
+        let thread = w.spawn(rx)?;
         let store = Store {
             dir: dir.to_path_buf(),
             seg_dir,
@@ -529,7 +516,8 @@ impl Store {
 
     /// Reads paged-out messages back, in the order asked; `None` for one that cannot
     /// be read (logged loudly). Blocking file reads (`pread`, usually from the page
-    /// cache); a message paged out before the writer wrote it waits for that write.
+    /// cache); a message paged out before the writer wrote it waits for that write. For
+    /// a thread: an async task calls [`Store::read_back`].
     pub fn read_messages(&self, ids: &[u64]) -> Vec<Option<Message>> {
         reader::read_messages(&self.index, &self.seg_dir, ids, || {
             let (done, rx) = Completion::channel();
@@ -537,6 +525,19 @@ impl Store {
                 let _ = rx.recv();
             }
         })
+    }
+
+    /// [`Store::read_messages`] for an async task: the reads, and any wait for the
+    /// writer, run on a blocking thread, so the task's worker goes on with other tasks.
+    pub async fn read_back(self: &Arc<Self>, ids: Vec<u64>) -> Vec<Option<Message>> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.read_messages(&ids)).await {
+            Ok(read) => read,
+            // A panic while reading is the caller's, as when the read ran on its task.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: nothing was read.
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Waits until everything appended so far is durable.

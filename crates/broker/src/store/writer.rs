@@ -17,6 +17,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
@@ -87,6 +88,25 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Starts the writer thread, `minimq-store`.
+    pub fn spawn(self, rx: mpsc::UnboundedReceiver<Op>) -> std::io::Result<JoinHandle<()>> {
+        let poisoned = self.poisoned.clone();
+        std::thread::Builder::new()
+            .name("minimq-store".into())
+            .spawn(move || {
+                // A panic in the writer (a bug) is a store failure like a failed write:
+                // the store is poisoned, so persistent messages to durable queues are
+                // refused from then on instead of being handed to a thread that is gone.
+                // The completions it held finish `false` as they drop. Unwind safety:
+                // nothing of the writer is used after the panic.
+                let run = std::panic::AssertUnwindSafe(move || self.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    poisoned.store(true, Ordering::SeqCst);
+                    tracing::error!("message store writer thread panicked; refusing persistent messages from now on");
+                }
+            })
+    }
+
     /// Runs until stopped (on its own thread, with the syncer on another).
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut syncer = Syncer::start(&self);
