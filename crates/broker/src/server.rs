@@ -132,7 +132,15 @@ impl BrokerBuilder {
                     recovery: self.config.recovery_mode,
                     queue_memory: self.config.queue_memory,
                 };
-                let (store, queues) = crate::store::Store::open(dir, opts)?;
+                // Replay reads the whole log: on a blocking thread, not an async worker.
+                let dir = dir.clone();
+                let open =
+                    tokio::task::spawn_blocking(move || crate::store::Store::open(&dir, opts));
+                let (store, queues) = match open.await {
+                    Ok(opened) => opened?,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => return Err(std::io::Error::other(e)),
+                };
                 (Some(store), queues)
             }
             None => (None, Vec::new()),

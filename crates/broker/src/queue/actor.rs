@@ -162,6 +162,9 @@ pub struct QueueActor {
     last_used: Instant,
     next_seq: u64,
     had_consumer: bool,
+    /// Set when a dispatch stopped at a paged-out head: the run loop reads it back, off
+    /// the task ([`QueueActor::page_in`]), and dispatches again before the next command.
+    paged_head: bool,
 }
 
 /// Starts the task of a queue; a durable queue recovered from the store starts with its
@@ -222,6 +225,7 @@ pub fn spawn(
         last_used: now,
         next_seq,
         had_consumer: false,
+        paged_head: false,
     };
     // Recovered messages are counted before the first command arrives.
     actor.publish_stats();
@@ -281,6 +285,7 @@ impl QueueActor {
                     let now = Instant::now();
                     self.expire(now);
                     self.dispatch(now);
+                    self.finish_dispatch(now).await;
                     self.log_settled();
                     self.publish_stats();
                     continue;
@@ -295,14 +300,14 @@ impl QueueActor {
                     continue;
                 }
             };
-            let mut alive = self.handle(cmd);
+            let mut alive = self.serve(cmd).await;
             // Whatever else is already waiting, before the bookkeeping below.
             for _ in 1..COMMAND_BATCH {
                 if !alive {
                     break;
                 }
                 match rx.try_recv() {
-                    Some(cmd) => alive = self.handle(cmd),
+                    Some(cmd) => alive = self.serve(cmd).await,
                     None => break,
                 }
             }
@@ -398,8 +403,50 @@ impl QueueActor {
         stats.paged_out.store(self.totals.paged, Relaxed);
     }
 
-    /// Handles one command; `false` when the queue is deleted.
-    fn handle(&mut self, cmd: QueueCommand) -> bool {
+    /// Handles one command; `false` when the queue is deleted. Paged-out messages it
+    /// needs are read back off the task: the head before a `basic.get` (which answers
+    /// with it), the head a dispatch stopped at after the command. Either way the read
+    /// comes between the same two events as if it were done in place, so the queue's
+    /// answers and deliveries keep their order.
+    async fn serve(&mut self, cmd: QueueCommand) -> bool {
+        let now = self.now();
+        if matches!(cmd, QueueCommand::Get { .. }) {
+            self.read_head(now).await;
+        }
+        let alive = self.handle(cmd, now);
+        if self.paged_head {
+            self.finish_dispatch(now).await;
+        }
+        alive
+    }
+
+    /// Makes the head of the ready list a message in memory, or empties the list:
+    /// expires what is due at `now`, and reads a paged-out head back.
+    async fn read_head(&mut self, now: Instant) {
+        loop {
+            self.expire(now);
+            match self.ready.front() {
+                Some(Entry {
+                    held: Held::Disk(_),
+                    ..
+                }) => self.page_in().await,
+                _ => return,
+            }
+        }
+    }
+
+    /// A dispatch stopped at a paged-out head ([`QueueActor::head_message`]): reads it
+    /// back and dispatches on, until the consumers are served or the head is in memory.
+    async fn finish_dispatch(&mut self, now: Instant) {
+        while self.paged_head {
+            self.paged_head = false;
+            self.page_in().await;
+            self.dispatch(now);
+        }
+    }
+
+    /// Handles one command at `now`; `false` when the queue is deleted.
+    fn handle(&mut self, cmd: QueueCommand, now: Instant) -> bool {
         #[cfg(test)]
         if self
             .handle
@@ -409,7 +456,6 @@ impl QueueActor {
         {
             panic!("queue task made to panic by a test");
         }
-        let now = self.now();
         if matches!(
             cmd,
             QueueCommand::Consume { .. }
@@ -488,8 +534,9 @@ impl QueueActor {
             }
             QueueCommand::Get { no_ack, reply } => {
                 self.expire(now);
-                // The message handed out is the one `head_message` read back: nothing
-                // changes the ready list between the two.
+                // The message handed out is the one `head_message` answers: `serve` read
+                // the head back at this `now`, and nothing changes the ready list between
+                // the two.
                 let head = self
                     .head_message()
                     .and_then(|message| Some((message, self.pop_ready()?)));
@@ -628,7 +675,7 @@ impl QueueActor {
         if persisted {
             if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
                 // The confirm is answered by the store, after the sync that covers it.
-                store.enqueue(id, seq, &message, confirm.take());
+                store.enqueue(id, seq, &message, confirm.take().map(Into::into));
             }
         }
         let priority =
@@ -707,24 +754,28 @@ impl QueueActor {
     }
 
     /// The message at the head of the ready list, in memory; `None` when the list is
-    /// empty. A paged-out head is read back first, with the ones right behind it (see
-    /// [`QueueActor::page_in`]). A message that cannot be read back (a damaged log) is
-    /// dropped and the next one tried, so what this answers is always a message in
-    /// memory, whatever the log holds: each round either answers or takes at least the
-    /// head out of the disk state, so the loop ends.
+    /// empty or its head is paged out. Then `paged_head` is set, and the run loop reads
+    /// the head back ([`QueueActor::page_in`]) and dispatches again: the file read, and
+    /// any wait for the store's writer, never run on the queue's task. A message that
+    /// cannot be read back (a damaged log) is dropped and the next one tried, so what
+    /// delivery gets is always a message in memory, whatever the log holds: each page-in
+    /// takes at least the head out of the disk state, so the rounds end.
     fn head_message(&mut self) -> Option<Arc<Message>> {
-        loop {
-            match &self.ready.front()?.held {
-                Held::Mem(m) => return Some(m.clone()),
-                Held::Disk(_) => self.page_in(),
+        match &self.ready.front()?.held {
+            Held::Mem(m) => Some(m.clone()),
+            Held::Disk(_) => {
+                self.paged_head = true;
+                None
             }
         }
     }
 
     /// Reads the paged-out messages at the head of the ready list back into memory: the
-    /// head and the ones right behind it, with as few reads as the log allows. One that
-    /// cannot be read back is dropped from the queue ([`QueueActor::unreadable`]).
-    fn page_in(&mut self) {
+    /// head and the ones right behind it, with as few reads as the log allows, on a
+    /// blocking thread (the ready list does not change meanwhile: the task handles no
+    /// command until this returns). One that cannot be read back is dropped from the
+    /// queue ([`QueueActor::unreadable`]).
+    async fn page_in(&mut self) {
         // Enough messages per read that a consumer draining a paged-out backlog costs one
         // read per batch, not per message; at most 1 MiB so one page-in never holds much
         // more memory than the queue's budget allows for a moment.
@@ -744,8 +795,8 @@ impl QueueActor {
             }
         }
         // Without a store (never the case for a paged-out entry) nothing can be read.
-        let mut read = match &self.store {
-            Some(store) => store.read_messages(&ids).into_iter(),
+        let mut read = match self.store.clone() {
+            Some(store) => store.read_back(ids.clone()).await.into_iter(),
             None => Vec::new().into_iter(),
         };
         let mut lost = Vec::new();
@@ -799,7 +850,7 @@ impl QueueActor {
                 let read = self
                     .store
                     .as_ref()
-                    .and_then(|store| store.read_messages(&[*id]).pop().flatten());
+                    .and_then(|store| read_in_place(store, *id));
                 match read {
                     Some(m) => Arc::new(m),
                     None => {
@@ -1060,6 +1111,20 @@ fn delivered_copy(message: Arc<Message>, deliveries: u32) -> Arc<Message> {
         Arc::new(deadletter::with_delivery_count(&message, deliveries - 1))
     } else {
         message
+    }
+}
+
+/// Reads one paged-out message back where the queue cannot wait for it: a dead letter
+/// goes out in the middle of a command (before the publisher's confirm, for a message
+/// dropped by `x-max-length`), so its content is needed there and then. On the
+/// multi-threaded runtime the worker hands its other tasks to another worker for the
+/// read (`block_in_place`); a single-threaded runtime (tests) reads in place.
+fn read_in_place(store: &Store, msg_id: u64) -> Option<Message> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let read = || store.read_messages(&[msg_id]).pop().flatten();
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(read),
+        _ => read(),
     }
 }
 

@@ -152,6 +152,15 @@ impl Drop for ConfirmTicket {
     }
 }
 
+/// A persistent message's confirm waits for the store: the store finishes the
+/// completion once the message is durable (or could not be made so), and the ticket
+/// answers the publisher then. A completion the store drops unfinished answers nack.
+impl From<ConfirmTicket> for crate::store::Completion {
+    fn from(ticket: ConfirmTicket) -> Self {
+        crate::store::Completion::new(move |ok| ticket.send(ok))
+    }
+}
+
 /// The unacked-message limit of a whole channel (`basic.qos` with `global = true`), shared
 /// by the channel and every queue it consumes from.
 #[derive(Debug, Default)]

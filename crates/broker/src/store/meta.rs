@@ -19,12 +19,12 @@ use std::sync::{mpsc, Arc};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
+use super::files::sync_dir;
 use super::format::{
     check_header, check_record, file_header, BindingDef, ExchangeDef, ParamDef, QueueDef, Record,
     FILE_HEADER_LEN, META_LOG_MAGIC, META_MAGIC,
 };
 use super::recovery::RecoveryMode;
-use super::writer::sync_dir;
 
 /// The metadata log's file name in the data directory.
 pub const LOG_NAME: &str = "metadata.log";

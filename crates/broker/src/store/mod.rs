@@ -2,11 +2,32 @@
 //! segment files, written by one thread and synced by another (group commit), replayed at
 //! start-up.
 //!
+//! The store is the ground floor: nothing under `store/` imports the layers above it
+//! (`queue`, `channel`, `connection`, `vhost`, `exchange`, `admin`); it knows only the
+//! published [`Message`]. It tells its callers that a record is durable with its own
+//! [`Completion`], which each caller turns into what it needs (a queue, into the
+//! publisher's confirm).
+//!
+//! One file per job:
 //! - [`format`]: file headers and record layout.
-//! - [`writer`]: the writer and syncer threads (append, group commit, segment rotation and
-//!   deletion).
-//! - [`recovery`]: replay, torn-tail truncation, damaged segments.
+//! - [`completion`]: how the store reports that a request is done.
+//! - `buffer`: the write buffer (records on their way to the file).
+//! - `writer`: the writer thread, the only one that appends to the log.
+//! - `syncer`: the syncer thread, group commit (`fdatasync`, then completions).
+//! - `liveness`: which records are still needed, and where live messages are.
+//! - `purge`: deleting dead segments, compacting old ones (on the writer thread).
+//! - `files`: creating segments, syncing directory entries.
+//! - [`reader`]: reading paged-out messages back.
+//! - [`recovery`]: replay, torn-tail truncation, damaged segments, the rewrite after
+//!   damage.
 //! - [`meta`]: the metadata log (durable queues, exchanges, bindings) and its thread.
+//!
+//! Threads: `minimq-store` (the writer), `minimq-sync` (the syncer, none with
+//! `--fsync off`), `minimq-meta` (the metadata log). Callers on async workers do not
+//! wait on them synchronously: they hand a request over (a channel send, which never
+//! blocks) and await a [`Completion`] or [`MetaWait`]; an async task reads paged-out
+//! messages with [`Store::read_back`], which runs the reads on the blocking pool.
+//! [`Store::read_messages`] and [`Store::open`] block, for threads.
 //!
 //! Layout of the data directory:
 //! ```text
@@ -21,12 +42,20 @@
 //! vhost hands a record to the metadata thread when a durable queue, exchange or binding
 //! is declared or deleted, and awaits it before answering.
 
+mod buffer;
+pub mod completion;
+mod files;
 pub mod format;
 pub use minimq_protocol::idhash;
+mod liveness;
 pub mod meta;
+mod purge;
 pub mod reader;
 pub mod recovery;
-pub mod writer;
+mod syncer;
+mod writer;
+#[cfg(test)]
+mod writer_tests;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -39,7 +68,8 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 
 use crate::message::Message;
-use crate::queue::ConfirmTicket;
+use buffer::Chunks;
+pub use completion::Completion;
 pub use format::{BindingDef, ExchangeDef, ParamDef};
 use format::{QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
@@ -57,7 +87,8 @@ pub struct RecoveryReport {
     /// Copies of damaged segments kept in `damaged/`.
     pub damaged_copies: Vec<PathBuf>,
 }
-use writer::{Chunks, Index, Op, Track, Writer};
+use liveness::{Index, Track};
+use writer::{Op, Writer};
 
 /// When the log is synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -220,63 +251,11 @@ impl Store {
                 live.drop_queue(q);
             }
         }
-        let mut file = writer::create_segment(&seg_dir, seg)?;
+        let mut file = files::create_segment(&seg_dir, seg)?;
         let mut size = FILE_HEADER_LEN as u64;
         live.segments.entry(seg).or_default();
         if replay.needs_rewrite {
-            // Everything live is written again, so no live record depends on a segment
-            // that was found damaged; then the old segments go.
-            let mut buf = BytesMut::new();
-            let mut fresh = writer::Liveness::default();
-            let mut files: std::collections::HashMap<u64, File> = Default::default();
-            let mut copied = std::collections::HashSet::new();
-            for q in &queues {
-                for m in &q.messages {
-                    let offset = size + buf.len() as u64;
-                    let Some(loc) = live.messages.get(&m.msg_id).copied() else {
-                        continue;
-                    };
-                    let track = if copied.insert(m.msg_id) {
-                        let f = match files.entry(loc.seg) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(File::open(seg_dir.join(format::segment_name(loc.seg)))?)
-                            }
-                        };
-                        buf.extend_from_slice(&reader::read_raw(f, loc.offset, loc.len)?);
-                        Track::MessageEnqueue {
-                            msg_id: m.msg_id,
-                            len: loc.len,
-                            queue_id: q.def.id,
-                            seq: m.seq,
-                        }
-                    } else {
-                        Track::Enqueue {
-                            queue_id: q.def.id,
-                            seq: m.seq,
-                            msg_id: m.msg_id,
-                        }
-                    };
-                    Record::Enqueue {
-                        queue_id: q.def.id,
-                        seq: m.seq,
-                        msg_id: m.msg_id,
-                    }
-                    .encode(&mut buf);
-                    fresh.apply(seg, offset, &track);
-                }
-            }
-            file.write_all(&buf)?;
-            file.sync_data()?;
-            size += buf.len() as u64;
-            for (n, path) in recovery::list_segments(&seg_dir)? {
-                if n < seg {
-                    std::fs::remove_file(path)?;
-                }
-            }
-            // The old segments' deletion durable before anything relies on it.
-            writer::sync_dir(&seg_dir)?;
-            live = fresh;
+            (live, size) = recovery::rewrite_live(&seg_dir, seg, &mut file, size, &queues, &live)?;
         }
         // Marks this start, so a crash before anything else is written is not taken for
         // the clean stop that ended the previous run.
@@ -305,21 +284,7 @@ impl Store {
             #[cfg(test)]
             before_sync: None,
         };
-        let writer_poisoned = poisoned.clone();
-        let thread = std::thread::Builder::new()
-            .name("minimq-store".into())
-            .spawn(move || {
-                // A panic in the writer (a bug) is a store failure like a failed write:
-                // the store is poisoned, so persistent messages to durable queues are
-                // refused from then on instead of being handed to a thread that is gone.
-                // The waiters it held are nacked as their tickets drop. Unwind safety:
-                // nothing of the writer is used after the panic.
-                let run = std::panic::AssertUnwindSafe(move || w.run(rx));
-                if std::panic::catch_unwind(run).is_err() {
-                    writer_poisoned.store(true, Ordering::SeqCst);
-                    tracing::error!("message store writer thread panicked; refusing persistent messages from now on");
-                }
-            })?;
+        let thread = w.spawn(rx)?;
         let store = Store {
             dir: dir.to_path_buf(),
             seg_dir,
@@ -442,14 +407,8 @@ impl Store {
     }
 
     /// Logs that `message` entered queue `queue_id` as number `seq`; the first queue to
-    /// do so also logs the message itself. `notify` hears once it is durable.
-    pub fn enqueue(
-        &self,
-        queue_id: u64,
-        seq: u64,
-        message: &Message,
-        notify: Option<ConfirmTicket>,
-    ) {
+    /// do so also logs the message itself. `notify` is finished once it is durable.
+    pub fn enqueue(&self, queue_id: u64, seq: u64, message: &Message, notify: Option<Completion>) {
         let mut slot = message.store_id.lock().unwrap_or_else(|e| e.into_inner());
         let mut buf = BytesMut::new();
         let track = match *slot {
@@ -557,7 +516,7 @@ impl Store {
         self.send(Chunks::One(buf.freeze()), track, None);
     }
 
-    fn send(&self, bytes: Chunks, track: Track, notify: Option<ConfirmTicket>) {
+    fn send(&self, bytes: Chunks, track: Track, notify: Option<Completion>) {
         let Err(mpsc::error::SendError(op)) = self.tx.send(Op::Append {
             bytes,
             track,
@@ -576,7 +535,7 @@ impl Store {
             notify: Some(n), ..
         } = op
         {
-            n.send(false);
+            n.finish(false);
         }
     }
 
@@ -587,25 +546,36 @@ impl Store {
 
     /// Reads paged-out messages back, in the order asked; `None` for one that cannot
     /// be read (logged loudly). Blocking file reads (`pread`, usually from the page
-    /// cache); a message paged out before the writer wrote it waits for that write.
+    /// cache); a message paged out before the writer wrote it waits for that write. For
+    /// a thread: an async task calls [`Store::read_back`].
     pub fn read_messages(&self, ids: &[u64]) -> Vec<Option<Message>> {
         reader::read_messages(&self.index, &self.seg_dir, ids, || {
-            let (reply, rx) = std::sync::mpsc::channel();
-            if self.tx.send(Op::Flush(reply)).is_ok() {
+            let (done, rx) = Completion::channel();
+            if self.tx.send(Op::Flush(done)).is_ok() {
                 let _ = rx.recv();
             }
         })
     }
 
+    /// [`Store::read_messages`] for an async task: the reads, and any wait for the
+    /// writer, run on a blocking thread, so the task's worker goes on with other tasks.
+    pub async fn read_back(self: &Arc<Self>, ids: Vec<u64>) -> Vec<Option<Message>> {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.read_messages(&ids)).await {
+            Ok(read) => read,
+            // A panic while reading is the caller's, as when the read ran on its task.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: nothing was read.
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Waits until everything appended so far is durable.
     pub async fn sync(&self) -> bool {
-        let (reply, rx) = std::sync::mpsc::channel();
-        if self.tx.send(Op::Sync(reply)).is_err() {
-            return false;
-        }
-        tokio::task::spawn_blocking(move || rx.recv().unwrap_or(false))
-            .await
-            .unwrap_or(false)
+        let (done, rx) = Completion::oneshot();
+        // A request the writer never takes finishes `false` as it is dropped.
+        let _ = self.tx.send(Op::Sync(done));
+        rx.await.unwrap_or(false)
     }
 
     /// Stops the writer without the clean-shutdown record, as a crash would leave the log
@@ -620,15 +590,14 @@ impl Store {
         self.stop(Op::Close).await;
     }
 
-    async fn stop(&self, op: fn(std::sync::mpsc::Sender<bool>) -> Op) {
+    async fn stop(&self, op: fn(Completion) -> Op) {
         self.stopping.store(true, Ordering::SeqCst);
         // Metadata changes handed over before the stop are written first.
         let meta = self.meta.clone();
         let _ = tokio::task::spawn_blocking(move || meta.stop_blocking()).await;
-        let (reply, rx) = std::sync::mpsc::channel();
-        if self.tx.send(op(reply)).is_ok() {
-            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
-        }
+        let (done, rx) = Completion::oneshot();
+        let _ = self.tx.send(op(done));
+        let _ = rx.await;
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -652,7 +621,6 @@ fn message_record(msg_id: u64, m: &Message, buf: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::QueueEvent;
     use minimq_protocol::{BasicProperties, FieldTable};
 
     /// A writer thread that dies (a panic) is a store failure: the store is poisoned
@@ -678,25 +646,16 @@ mod tests {
         let thread = store.thread.lock().unwrap().take().unwrap();
         let _ = thread.join();
         assert!(store.is_poisoned(), "a dead writer is a store failure");
-        let (sink, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let (done, outcome) = Completion::channel();
         let message = Message::new(
             "".into(),
             "q".into(),
             BasicProperties::default(),
             bytes::Bytes::from_static(b"after"),
         );
-        store.enqueue(
-            id,
-            1,
-            &message,
-            Some(ConfirmTicket {
-                sink,
-                channel: 1,
-                seq: 1,
-            }),
-        );
-        match events.try_recv() {
-            Ok(QueueEvent::Confirm { seq: 1, ok, .. }) => assert!(!ok, "nacked"),
+        store.enqueue(id, 1, &message, Some(done));
+        match outcome.try_recv() {
+            Ok(ok) => assert!(!ok, "nacked"),
             other => panic!("expected the nack, got {other:?}"),
         }
         drop(store);

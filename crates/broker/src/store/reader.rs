@@ -16,7 +16,7 @@ use bytes::Bytes;
 use minimq_protocol::BasicProperties;
 
 use super::format::{segment_name, Record};
-use super::writer::{lock, Index};
+use super::liveness::{lock, Index};
 use crate::message::{share_last, Message};
 
 /// Records closer than this are read together.

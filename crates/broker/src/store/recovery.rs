@@ -12,17 +12,27 @@
 //!   it; the store is then rewritten so nothing live depends on the damaged file;
 //! - every stretch not used is reported ([`Skipped`]: segment, offset, length), in the
 //!   log at start-up and by the management API.
+//!
+//! Runs once, in `Store::open`, before the writer thread exists: nothing else touches
+//! the segments meanwhile. [`rewrite_live`] is the last step after damage was skipped.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::BytesMut;
+
+use super::files::sync_dir;
 use super::format::{
     check_header, check_record, is_known_kind, is_message, parse_segment_name, peek_message,
-    MessageMeta, Record, RecordError, FILE_HEADER_LEN, RECORD_HEADER_LEN, SEGMENT_MAGIC,
+    segment_name, MessageMeta, Record, RecordError, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    SEGMENT_MAGIC,
 };
 use super::idhash::{IdMap, IdSet};
-use super::writer::{Liveness, MsgLoc, SegCount};
+use super::liveness::{Liveness, MsgLoc, SegCount, Track};
+use super::reader::read_raw;
+use super::RecoveredQueue;
 
 /// A message recovered into a queue. Its body stays on disk until it is delivered.
 #[derive(Debug, Clone)]
@@ -365,7 +375,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
                     tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
                     std::fs::remove_file(path)?;
                     if let Some(dir) = path.parent() {
-                        super::writer::sync_dir(dir)?;
+                        sync_dir(dir)?;
                     }
                     st.totals.remove(n);
                     skipped.push(Skipped {
@@ -461,6 +471,73 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
         damaged,
         skipped,
     })
+}
+
+/// After damage was skipped ([`Replay::needs_rewrite`]): writes everything live again,
+/// in queue order, to `file`, the fresh segment `seg` (`size` octets long so far), so no
+/// live record depends on a segment that was found damaged; then deletes the older
+/// segments and syncs their directory. Answers the liveness of the rewritten log and the
+/// segment's new size.
+pub fn rewrite_live(
+    seg_dir: &Path,
+    seg: u64,
+    file: &mut File,
+    size: u64,
+    queues: &[RecoveredQueue],
+    live: &Liveness,
+) -> std::io::Result<(Liveness, u64)> {
+    let mut buf = BytesMut::new();
+    let mut fresh = Liveness::default();
+    let mut files: HashMap<u64, File> = HashMap::new();
+    // A message routed to several queues is written once, with the first queue's
+    // enqueue; the others get an enqueue record only.
+    let mut copied = HashSet::new();
+    for q in queues {
+        for m in &q.messages {
+            let offset = size + buf.len() as u64;
+            let Some(loc) = live.messages.get(&m.msg_id).copied() else {
+                continue;
+            };
+            let track = if copied.insert(m.msg_id) {
+                let f = match files.entry(loc.seg) {
+                    hash_map::Entry::Occupied(e) => e.into_mut(),
+                    hash_map::Entry::Vacant(e) => {
+                        e.insert(File::open(seg_dir.join(segment_name(loc.seg)))?)
+                    }
+                };
+                buf.extend_from_slice(&read_raw(f, loc.offset, loc.len)?);
+                Track::MessageEnqueue {
+                    msg_id: m.msg_id,
+                    len: loc.len,
+                    queue_id: q.def.id,
+                    seq: m.seq,
+                }
+            } else {
+                Track::Enqueue {
+                    queue_id: q.def.id,
+                    seq: m.seq,
+                    msg_id: m.msg_id,
+                }
+            };
+            Record::Enqueue {
+                queue_id: q.def.id,
+                seq: m.seq,
+                msg_id: m.msg_id,
+            }
+            .encode(&mut buf);
+            fresh.apply(seg, offset, &track);
+        }
+    }
+    file.write_all(&buf)?;
+    file.sync_data()?;
+    for (n, path) in list_segments(seg_dir)? {
+        if n < seg {
+            std::fs::remove_file(path)?;
+        }
+    }
+    // The old segments' deletion durable before anything relies on it.
+    sync_dir(seg_dir)?;
+    Ok((fresh, size + buf.len() as u64))
 }
 
 /// Verifies and applies the record at the start of `buf`, found at `offset` of segment
@@ -601,9 +678,9 @@ fn move_aside(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::rename(path, &dest)?;
     // Both directories changed: the segment must not come back into the log.
     if let Some(from) = path.parent() {
-        super::writer::sync_dir(from)?;
+        sync_dir(from)?;
     }
-    super::writer::sync_dir(damaged_dir)?;
+    sync_dir(damaged_dir)?;
     Ok(dest)
 }
 
