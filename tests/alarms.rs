@@ -145,3 +145,139 @@ async fn health_checks_need_credentials() {
     }
     broker.shutdown().await;
 }
+
+mod blocking {
+    use super::*;
+    use futures::StreamExt;
+    use minimq_client::{
+        BasicConsumeOptions, BasicProperties, BlockedState, Confirmation, Connection, FieldTable,
+        QueueDeclareOptions,
+    };
+
+    /// Waits until `conn` is told `want` (blocked or not).
+    async fn until_blocked(conn: &Connection, want: bool) -> BlockedState {
+        let mut rx = conn.blocked();
+        within(async {
+            loop {
+                let now = rx.borrow_and_update().clone();
+                if matches!(now, BlockedState::Blocked { .. }) == want {
+                    return now;
+                }
+                rx.changed().await.expect("connection open");
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_publisher_is_blocked_by_the_memory_alarm_while_a_consumer_drains_and_is_unblocked_after(
+    ) {
+        let broker = start(Watermark::Absolute(0), 0).await;
+        let publisher = Connection::connect(&broker.amqp_url()).await.unwrap();
+        let consumer = Connection::connect(&broker.amqp_url()).await.unwrap();
+        let pch = publisher.open_channel().await.unwrap();
+        pch.confirm_select().await.unwrap();
+        pch.queue_declare("work", QueueDeclareOptions::default(), FieldTable::new())
+            .await
+            .unwrap();
+        let props = BasicProperties::default();
+        let m1 = pch
+            .basic_publish("", "work", false, &props, &b"m1"[..])
+            .await
+            .unwrap();
+        assert_eq!(within(m1).await.unwrap(), Confirmation::Ack);
+
+        // The memory alarm: a watermark of one octet.
+        broker.state().alarms.set_memory_limit(1);
+        until_alarms(&broker, |a| a.memory).await;
+        // The next publish is taken, and blocks the connection.
+        let m2 = pch
+            .basic_publish("", "work", false, &props, &b"m2"[..])
+            .await
+            .unwrap();
+        let state = until_blocked(&publisher, true).await;
+        assert_eq!(
+            state,
+            BlockedState::Blocked {
+                reason: "low on memory".into()
+            }
+        );
+        assert_eq!(within(m2).await.unwrap(), Confirmation::Ack);
+        // Pipelined behind it: not read while blocked.
+        let m3 = pch
+            .basic_publish("", "work", false, &props, &b"m3"[..])
+            .await
+            .unwrap();
+        assert_eq!(check(&broker, "/api/health/checks/alarms").await.0, 503);
+
+        // A consumer on another connection keeps receiving and acking.
+        let cch = consumer.open_channel().await.unwrap();
+        let mut deliveries = cch
+            .basic_consume(
+                "work",
+                "c",
+                BasicConsumeOptions::default(),
+                FieldTable::new(),
+            )
+            .await
+            .unwrap();
+        for want in ["m1", "m2"] {
+            let d = within(deliveries.next()).await.unwrap().unwrap();
+            assert_eq!(&d.body[..], want.as_bytes());
+            d.ack().await.unwrap();
+        }
+        // A passive declare queues behind the acks: after it, the counts are settled.
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = cch
+            .queue_declare("work", passive, FieldTable::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            q.message_count, 0,
+            "m3 was not read while the publisher was blocked"
+        );
+        assert_eq!(get(&broker, "/api/queues/%2F/work").await["messages"], 0);
+        assert!(
+            matches!(*publisher.blocked().borrow(), BlockedState::Blocked { .. }),
+            "still blocked"
+        );
+
+        broker.state().alarms.set_memory_limit(u64::MAX);
+        until_blocked(&publisher, false).await;
+        assert_eq!(within(m3).await.unwrap(), Confirmation::Ack);
+        let d = within(deliveries.next()).await.unwrap().unwrap();
+        assert_eq!(&d.body[..], b"m3");
+        d.ack().await.unwrap();
+        drop(deliveries);
+        let _ = consumer.close().await;
+        let _ = publisher.close().await;
+        broker.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_only_consumes_is_not_blocked_and_the_capability_is_advertised() {
+        let broker = start(Watermark::Absolute(1), 0).await;
+        assert!(broker.state().alarms.current().memory);
+        let conn = Connection::connect(&broker.amqp_url()).await.unwrap();
+        let caps = conn.server_properties().get("capabilities").cloned();
+        let Some(minimq_client::FieldValue::Table(caps)) = caps else {
+            panic!("capabilities missing")
+        };
+        assert_eq!(
+            caps.get("connection.blocked").and_then(|v| v.as_bool()),
+            Some(true)
+        );
+        let ch = conn.open_channel().await.unwrap();
+        // Declares, gets and consumes are answered under the alarm.
+        ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::new())
+            .await
+            .unwrap();
+        assert!(ch.basic_get("q", true).await.unwrap().is_none());
+        assert!(matches!(*conn.blocked().borrow(), BlockedState::Unblocked));
+        let _ = conn.close().await;
+        broker.shutdown().await;
+    }
+}

@@ -23,8 +23,9 @@ pub enum Outcome {
 
 fn server_properties() -> FieldTable {
     let mut caps = FieldTable::new();
-    // Only what is implemented: connection.blocked is advertised once it exists.
+    // Only what is implemented.
     for cap in [
+        "connection.blocked",
         "publisher_confirms",
         "exchange_exchange_bindings",
         "basic.nack",
@@ -124,6 +125,7 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         let on = |k: &str| caps.get(k).and_then(FieldValue::as_bool).unwrap_or(false);
         conn.cancel_notify = on("consumer_cancel_notify");
         conn.auth_failure_close = on("authentication_failure_close");
+        conn.blocked_notify = on("connection.blocked");
     }
     let mechanism = start_ok.mechanism.as_str();
     conn.auth_mechanism = mechanism.to_string();

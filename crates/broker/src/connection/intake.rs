@@ -80,7 +80,7 @@ impl Conn {
                 }
             }
             handled += 1;
-            if handled < READ_BATCH && !self.closing {
+            if handled < READ_BATCH && !self.closing && !self.blocked {
                 let (frames, failed) = self.take_raw(reader, READ_BATCH - handled);
                 handled += frames;
                 if let Some((ch, e)) = failed {
@@ -88,7 +88,7 @@ impl Conn {
                     self.on_frame_error(ch, e, close_deadline).await;
                 }
             }
-            if handled >= READ_BATCH || self.closing {
+            if handled >= READ_BATCH || self.closing || self.blocked {
                 break;
             }
             match reader.next().now_or_never() {

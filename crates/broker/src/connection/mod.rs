@@ -42,7 +42,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use minimq_protocol::frame::{encode_method, PROTOCOL_HEADER};
 use minimq_protocol::idhash::IdMap;
-use minimq_protocol::{DecodeError, Frame, FrameCodec, Method, ReplyCode};
+use minimq_protocol::{
+    ConnectionBlocked, ConnectionUnblocked, DecodeError, Frame, FrameCodec, Method, ReplyCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -98,6 +100,11 @@ pub struct Conn {
     channels: IdMap<u16, Channel>,
     exclusive_queues: Vec<QueueHandle>,
     cancel_notify: bool,
+    /// The client takes `connection.blocked` / `unblocked` (its capability).
+    blocked_notify: bool,
+    /// A resource alarm is on and this connection published: its socket is not read
+    /// until the alarms clear (see [`Conn::block`]).
+    blocked: bool,
     auth_failure_close: bool,
     closing: bool,
     /// Queues told that this connection's channels closed (see `hand_back_in_flight`).
@@ -178,6 +185,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         channels: IdMap::default(),
         exclusive_queues: Vec::new(),
         cancel_notify: false,
+        blocked_notify: false,
+        blocked: false,
         auth_failure_close: false,
         closing: false,
         released: Vec::new(),
@@ -257,6 +266,7 @@ impl Conn {
         let mut last_recv = Instant::now();
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
+        let mut alarms = self.state.alarms.subscribe();
         loop {
             tokio::select! {
                 biased;
@@ -267,7 +277,9 @@ impl Conn {
                     );
                     self.fail_connection(e, &mut close_deadline).await;
                 }
-                frame = reader.next() => {
+                // Blocked: the socket is not read (TCP pushes back on the publisher);
+                // queue events, deliveries and heartbeats go on.
+                frame = reader.next(), if !self.blocked || self.closing => {
                     last_recv = Instant::now();
                     if self.intake(frame, reader, events, &mut close_deadline).await == Flow::Stop {
                         break;
@@ -292,8 +304,17 @@ impl Conn {
                         self.fail_transactions().await;
                     }
                 }
+                changed = alarms.changed(), if self.blocked => {
+                    if changed.is_err() || !self.state.alarms.any() {
+                        self.unblock();
+                        // What the client sent while it was not read is not its silence.
+                        last_recv = Instant::now();
+                    }
+                }
                 _ = tick.tick(), if self.heartbeat > 0 => {
-                    if last_recv.elapsed() > hb * 2 {
+                    // Not reading while blocked: the client's silence is ours (RabbitMQ
+                    // pauses its heartbeat monitor too).
+                    if !self.blocked && last_recv.elapsed() > hb * 2 {
                         tracing::info!(conn = self.id, peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
                         break;
                     }
@@ -308,6 +329,40 @@ impl Conn {
             }
         }
         self.flush();
+    }
+
+    /// A publish arrived while a resource alarm is on: stop reading this connection's
+    /// socket until the alarms clear, and tell a client that takes it, with RabbitMQ's
+    /// reason (`low on memory`, `low on disk`).
+    fn block(&mut self) {
+        self.blocked = true;
+        let reason = self
+            .state
+            .alarms
+            .current()
+            .blocked_reason()
+            .unwrap_or("low on memory");
+        tracing::debug!(conn = self.id, peer = %self.peer, reason, "publisher blocked by a resource alarm");
+        if self.blocked_notify {
+            self.send_method(
+                0,
+                ConnectionBlocked {
+                    reason: reason.into(),
+                }
+                .into(),
+            );
+            self.flush();
+        }
+    }
+
+    /// The alarms cleared: read the socket again, and tell a client that takes it.
+    fn unblock(&mut self) {
+        self.blocked = false;
+        tracing::debug!(conn = self.id, peer = %self.peer, "publisher unblocked");
+        if self.blocked_notify {
+            self.send_method(0, ConnectionUnblocked.into());
+            self.flush();
+        }
     }
 
     /// Appends a method frame to the out buffer.

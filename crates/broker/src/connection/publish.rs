@@ -53,6 +53,10 @@ impl Conn {
             properties,
             body,
         } = published;
+        // One relaxed load per publish: blocked once this read is handled.
+        if !self.blocked && self.state.alarms.any() {
+            self.block();
+        }
         if let Some(uid) = properties.user_id.as_deref() {
             if uid != self.user {
                 return Err(AmqpError::precondition(format!(
