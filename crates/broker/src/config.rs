@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// RabbitMQ's default `consumer_timeout`: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// RabbitMQ's default `disk_free_limit`: 50 MB.
 pub const DEFAULT_DISK_FREE_LIMIT: u64 = 50_000_000;
 
@@ -61,6 +64,11 @@ pub struct Config {
     /// bound, see [`crate::server::socket_limit`]). A socket over the limit is closed as
     /// soon as it is accepted.
     pub max_connections: Option<usize>,
+    /// How long a delivery may stay unacknowledged before its channel is closed with
+    /// `406 PRECONDITION_FAILED` and the message requeued (RabbitMQ's
+    /// `consumer_timeout`, 30 minutes); `None` disables. A queue's `x-consumer-timeout`
+    /// (argument or policy) and a consumer's own argument override it.
+    pub consumer_timeout: Option<Duration>,
 }
 
 /// The memory high watermark: a fraction of the memory available, or octets.
@@ -158,6 +166,7 @@ impl Default for Config {
             memory_high_watermark: Watermark::default(),
             disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
             max_connections: None,
+            consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
         }
     }
 }

@@ -56,6 +56,11 @@ struct Args {
     /// store].
     #[arg(long, env = "MINIMQ_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Milliseconds a delivery may stay unacknowledged before its channel is closed
+    /// (406) and the message requeued; `0` or `off` disables. A queue's or consumer's
+    /// `x-consumer-timeout` overrides it.
+    #[arg(long, env = "MINIMQ_CONSUMER_TIMEOUT", default_value = "1800000", value_parser = parse_consumer_timeout)]
+    consumer_timeout: ConsumerTimeout,
     /// Most channels a connection may open (`channel_max` offered in connection.tune).
     #[arg(long, env = "MINIMQ_CHANNEL_MAX", default_value_t = 2047, value_parser = clap::value_parser!(u16).range(1..))]
     channel_max: u16,
@@ -104,6 +109,20 @@ fn parse_http(s: &str) -> Result<HttpAddr, String> {
             .parse()
             .map(|a| HttpAddr(Some(a)))
             .map_err(|e| format!("{e} (expected HOST:PORT, `off` or `none`)")),
+    }
+}
+
+/// The `--consumer-timeout` value: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+struct ConsumerTimeout(Option<Duration>);
+
+fn parse_consumer_timeout(s: &str) -> Result<ConsumerTimeout, String> {
+    match s.trim() {
+        "off" | "none" | "0" => Ok(ConsumerTimeout(None)),
+        ms => ms
+            .parse::<u64>()
+            .map(|ms| ConsumerTimeout(Some(Duration::from_millis(ms))))
+            .map_err(|_| format!("`{s}`: expected milliseconds or `off`")),
     }
 }
 
@@ -216,6 +235,7 @@ async fn main() -> std::process::ExitCode {
         memory_high_watermark: args.memory_high_watermark,
         disk_free_limit: args.disk_free_limit,
         max_connections: args.max_connections,
+        consumer_timeout: args.consumer_timeout.0,
         channel_max: args.channel_max,
         frame_max: args.frame_max,
         max_message_size: args.max_message_size,

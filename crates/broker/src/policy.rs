@@ -104,6 +104,7 @@ impl QueueSettings {
         out.max_length_bytes = lower(args.max_length_bytes, self.max_length_bytes);
         out.expires = lower(args.expires, self.expires);
         out.delivery_limit = lower(args.delivery_limit, self.delivery_limit);
+        out.consumer_timeout = lower(args.consumer_timeout, self.consumer_timeout);
         if table.get("x-overflow").is_none() {
             if let Some(o) = self.overflow {
                 out.overflow = o;

@@ -3,6 +3,7 @@
 //! earlier consumer under the same tag.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::queue::QueueHandle;
 use crate::registry::ConsumerRegistration;
@@ -17,6 +18,8 @@ pub struct ChannelConsumer {
     pub queue: QueueHandle,
     /// Keeps the consumer listed in the registry while it exists.
     pub registration: Option<ConsumerRegistration>,
+    /// How long its deliveries may stay unacknowledged (`None`: no limit).
+    pub timeout: Option<Duration>,
 }
 
 /// The consumers of one channel, by tag (a fast hash: looked up for every delivery).
@@ -34,6 +37,11 @@ impl Consumers {
     /// Whether the consumer `id` still consumes under `tag`.
     pub fn is_live(&self, tag: &str, id: u64) -> bool {
         self.by_tag.get(tag).is_some_and(|c| c.id == id)
+    }
+
+    /// The consumer `id` under `tag`, if it still consumes there.
+    pub fn live(&self, tag: &str, id: u64) -> Option<&ChannelConsumer> {
+        self.by_tag.get(tag).filter(|c| c.id == id)
     }
 
     /// Adds a consumer under `tag` (checked free by the caller).
@@ -77,6 +85,7 @@ mod tests {
             id,
             queue: q.clone(),
             registration: None,
+            timeout: None,
         }
     }
 

@@ -253,7 +253,13 @@ impl Channel {
     }
 
     /// Adds a consumer its queue accepted, listed for the management API.
-    pub fn add_consumer(&mut self, tag: Arc<str>, queue: QueueHandle, listed: ConsumerInfo) {
+    pub fn add_consumer(
+        &mut self,
+        tag: Arc<str>,
+        queue: QueueHandle,
+        listed: ConsumerInfo,
+        timeout: Option<std::time::Duration>,
+    ) {
         let id = listed.id;
         let registration = Some(self.info.register_consumer(listed));
         self.consumers.insert(
@@ -262,6 +268,7 @@ impl Channel {
                 id,
                 queue,
                 registration,
+                timeout,
             },
         );
     }
@@ -281,6 +288,25 @@ impl Channel {
     /// open and the consumer still consumes.
     pub fn delivers_to(&self, tag: &str, id: u64) -> bool {
         self.is_open() && self.consumers.is_live(tag, id)
+    }
+
+    /// As [`Channel::delivers_to`], answering the consumer's ack timeout when it does
+    /// (one lookup for both, on every delivery).
+    pub fn delivery_timeout(&self, tag: &str, id: u64) -> Option<Option<std::time::Duration>> {
+        if !self.is_open() {
+            return None;
+        }
+        self.consumers.live(tag, id).map(|c| c.timeout)
+    }
+
+    /// The timeout of an unsettled delivery past its deadline at `now`, if any.
+    pub fn overdue(&self, now: tokio::time::Instant) -> Option<std::time::Duration> {
+        self.unacked.overdue(now)
+    }
+
+    /// Whether an unsettled delivery has a deadline.
+    pub fn has_deadlines(&self) -> bool {
+        self.unacked.has_deadlines()
     }
 
     /// The queues this channel's consumers read from.
@@ -399,6 +425,7 @@ mod tests {
             queue: q.clone(),
             msg_id,
             charged: false,
+            deadline: None,
         }))
     }
 
@@ -474,8 +501,8 @@ mod tests {
         deliver(&mut ch, &a, 1);
         deliver(&mut ch, &b, 2);
         deliver(&mut ch, &a, 3);
-        ch.add_consumer("t1".into(), b.clone(), listed(1, "t1"));
-        ch.add_consumer("t2".into(), c.clone(), listed(2, "t2"));
+        ch.add_consumer("t1".into(), b.clone(), listed(1, "t1"), None);
+        ch.add_consumer("t2".into(), c.clone(), listed(2, "t2"), None);
         ch.select_confirms().unwrap();
         let released: Vec<(String, Vec<u64>)> = ch
             .release()
@@ -528,7 +555,7 @@ mod tests {
     fn a_delivery_is_wanted_only_by_its_live_consumer_on_an_open_channel() {
         let q = queue("q");
         let mut ch = Channel::open(1, None);
-        ch.add_consumer("t".into(), q, listed(7, "t"));
+        ch.add_consumer("t".into(), q, listed(7, "t"), None);
         assert!(ch.delivers_to("t", 7));
         assert!(!ch.delivers_to("t", 8));
         ch.start_closing();

@@ -3,6 +3,9 @@
 //! channel-wide credit), and which tags an ack / nack / reject names.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::QueueHandle;
@@ -16,6 +19,9 @@ pub struct Outstanding {
     pub msg_id: u64,
     /// Whether it took a unit of the channel's global credit.
     pub charged: bool,
+    /// When it must have been acknowledged, and the timeout that set it (the consumer
+    /// timeout); `None`: never.
+    pub deadline: Option<(Instant, Duration)>,
 }
 
 /// Delivery tags and the unsettled deliveries by tag.
@@ -45,6 +51,20 @@ impl Unacked {
             self.by_tag.insert(tag, o);
         }
         tag
+    }
+
+    /// The first unsettled delivery past its deadline at `now`: its timeout.
+    pub fn overdue(&self, now: Instant) -> Option<Duration> {
+        self.by_tag
+            .values()
+            .filter_map(|o| o.deadline)
+            .find(|(at, _)| *at <= now)
+            .map(|(_, timeout)| timeout)
+    }
+
+    /// Whether any unsettled delivery has a deadline.
+    pub fn has_deadlines(&self) -> bool {
+        self.by_tag.values().any(|o| o.deadline.is_some())
     }
 
     /// Unsettled deliveries.
@@ -148,6 +168,7 @@ pub(crate) mod tests {
                 queue: q.clone(),
                 msg_id: 100 + i,
                 charged: i % 2 == 0,
+                deadline: None,
             };
             assert_eq!(u.tag(Some(o)), i);
         }
@@ -167,6 +188,7 @@ pub(crate) mod tests {
             queue: q,
             msg_id: 7,
             charged: false,
+            deadline: None,
         };
         assert_eq!(u.tag(Some(o)), 2);
         assert_eq!(u.tag(None), 3);
@@ -226,6 +248,7 @@ pub(crate) mod tests {
             queue: q.clone(),
             msg_id,
             charged,
+            deadline: None,
         };
         let groups = group_by_queue([
             o(&b, 1, true),

@@ -4,6 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use minimq_protocol::frame::encode_content;
 use minimq_protocol::*;
@@ -76,6 +79,7 @@ impl Conn {
         } else {
             c.consumer_tag.as_str().into()
         };
+        let timeout = self.consumer_timeout(&queue, &c.arguments)?;
         let (conn_id, sink) = (self.id, self.events.clone());
         let channel = self.channel(ch);
         if channel.has_consumer(&tag) {
@@ -123,7 +127,8 @@ impl Conn {
         }
         rx.await
             .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue)))?;
-        self.channel(ch).add_consumer(tag.clone(), queue, listed);
+        self.channel(ch)
+            .add_consumer(tag.clone(), queue, listed, timeout);
         if !c.no_wait {
             self.send_method(
                 ch,
@@ -155,10 +160,14 @@ impl Conn {
             self.send_method(ch, BasicGetEmpty.into());
             return Ok(());
         };
+        let timeout = self.consumer_timeout(&queue, &FieldTable::new())?;
+        let deadline = timeout.map(|t| (Instant::now() + t, t));
+        self.deadlines_armed |= deadline.is_some() && !g.no_ack;
         let unsettled = (!g.no_ack).then(|| Outstanding {
             queue,
             msg_id: got.msg_id,
             charged: false,
+            deadline,
         });
         let tag = self.channel(ch).tag_delivery(unsettled);
         let m = &got.message;
@@ -262,5 +271,34 @@ impl Conn {
         let taken = self.channel(ch).take_outstanding(0, true)?;
         self.apply_settle(ch, taken, true, false).await;
         Ok(())
+    }
+}
+
+impl Conn {
+    /// How long a delivery to a consumer (with `arguments`) of `queue` may stay
+    /// unacknowledged: the consumer's `x-consumer-timeout` (RabbitMQ 4's argument), else
+    /// the queue's (argument or policy), else the broker's `--consumer-timeout`. Zero
+    /// disables it, as `--consumer-timeout 0` does.
+    pub(super) fn consumer_timeout(
+        &self,
+        queue: &crate::queue::QueueHandle,
+        arguments: &FieldTable,
+    ) -> AmqpResult<Option<Duration>> {
+        let own = match arguments.get("x-consumer-timeout") {
+            None => None,
+            Some(v) => match v.as_i64() {
+                Some(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
+                _ => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-consumer-timeout' for consumer: {{unacceptable_value,{}}}",
+                        v.type_name()
+                    )))
+                }
+            },
+        };
+        let timeout = own
+            .or_else(|| queue.info().consumer_timeout())
+            .or(self.state.config.consumer_timeout);
+        Ok(timeout.filter(|t| !t.is_zero()))
     }
 }

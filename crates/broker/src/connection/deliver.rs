@@ -52,10 +52,12 @@ impl Conn {
     /// Writes a delivery from a queue, or hands it back if its consumer is gone.
     pub(super) fn deliver(&mut self, d: Delivery) {
         let frame_max = self.frame_max;
-        let live = self
-            .channels
-            .get_mut(&d.channel)
-            .filter(|c| c.delivers_to(&d.consumer_tag, d.consumer_id));
+        let mut timeout = None;
+        let live = self.channels.get_mut(&d.channel).filter(|c| {
+            c.delivery_timeout(&d.consumer_tag, d.consumer_id)
+                .map(|t| timeout = t)
+                .is_some()
+        });
         let Some(channel) = live else {
             if !d.no_ack {
                 d.queue.send_now(QueueCommand::Settle {
@@ -71,10 +73,14 @@ impl Conn {
             }
             return;
         };
+        // The clock read once per batch of queue events (`self.clock`), not per delivery.
+        let deadline = timeout.filter(|_| !d.no_ack).map(|t| (self.clock + t, t));
+        self.deadlines_armed |= deadline.is_some();
         let unsettled = (!d.no_ack).then(|| Outstanding {
             queue: d.queue,
             msg_id: d.msg_id,
             charged: d.charged,
+            deadline,
         });
         let tag = channel.tag_delivery(unsettled);
         let m = &d.message;

@@ -70,6 +70,11 @@ const FLUSH_AT: usize = 256 * 1024;
 /// batches, yet a flood of them does not delay reading the client's acks.
 const EVENT_BATCH: usize = 256;
 
+/// How often a connection with unacknowledged deliveries looks for one past its consumer
+/// timeout: a channel is closed at most this long after the deadline (RabbitMQ checks once
+/// a minute).
+const CONSUMER_TIMEOUT_CHECK: Duration = Duration::from_millis(500);
+
 /// What the frame loop does next.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -105,6 +110,12 @@ pub struct Conn {
     /// A resource alarm is on and this connection published: its socket is not read
     /// until the alarms clear (see [`Conn::block`]).
     blocked: bool,
+    /// The time as of the current batch of queue events: deliveries' ack deadlines are
+    /// counted from it (one clock read per batch, not per delivery).
+    clock: Instant,
+    /// Some unsettled delivery may have an ack deadline: the consumer timeout is checked
+    /// every [`CONSUMER_TIMEOUT_CHECK`] while this holds.
+    deadlines_armed: bool,
     auth_failure_close: bool,
     closing: bool,
     /// Queues told that this connection's channels closed (see `hand_back_in_flight`).
@@ -187,6 +198,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         cancel_notify: false,
         blocked_notify: false,
         blocked: false,
+        clock: Instant::now(),
+        deadlines_armed: false,
         auth_failure_close: false,
         closing: false,
         released: Vec::new(),
@@ -267,6 +280,8 @@ impl Conn {
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
         let mut alarms = self.state.alarms.subscribe();
+        let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
+        ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -286,6 +301,7 @@ impl Conn {
                     }
                 }
                 Some(ev) = events.recv() => {
+                    self.clock = Instant::now();
                     self.on_event(ev);
                     for _ in 0..EVENT_BATCH {
                         match events.try_recv() {
@@ -303,6 +319,9 @@ impl Conn {
                     if !self.tx_failed.is_empty() {
                         self.fail_transactions().await;
                     }
+                }
+                _ = ack_check.tick(), if self.deadlines_armed && !self.closing => {
+                    self.check_ack_deadlines().await;
                 }
                 changed = alarms.changed(), if self.blocked => {
                     if changed.is_err() || !self.state.alarms.any() {
@@ -329,6 +348,31 @@ impl Conn {
             }
         }
         self.flush();
+    }
+
+    /// Closes every channel holding a delivery past its ack deadline with RabbitMQ's
+    /// `406 PRECONDITION_FAILED` (its unacked messages go back to their queues, flagged
+    /// redelivered); the connection and its other channels stay up.
+    async fn check_ack_deadlines(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<(u16, Duration)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.is_open())
+            .filter_map(|(n, c)| c.overdue(now).map(|t| (*n, t)))
+            .collect();
+        for (ch, timeout) in overdue {
+            tracing::warn!(conn = self.id, peer = %self.peer, channel = ch, timeout_ms = timeout.as_millis() as u64, "consumer ack timed out; closing the channel");
+            let e = AmqpError::precondition(format!(
+                "delivery acknowledgement on channel {ch} timed out. Timeout value used: {} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                timeout.as_millis()
+            ));
+            self.fail_channel(ch, e).await;
+        }
+        self.deadlines_armed = self
+            .channels
+            .values()
+            .any(|c| c.is_open() && c.has_deadlines());
     }
 
     /// A publish arrived while a resource alarm is on: stop reading this connection's

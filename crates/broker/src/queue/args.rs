@@ -50,6 +50,8 @@ pub struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
+    /// `x-consumer-timeout`: milliseconds a delivery may stay unacknowledged.
+    pub consumer_timeout: Option<u64>,
 }
 
 impl Default for QueueArgs {
@@ -66,6 +68,7 @@ impl Default for QueueArgs {
             expires: None,
             max_priority: None,
             single_active_consumer: false,
+            consumer_timeout: None,
         }
     }
 }
@@ -239,6 +242,9 @@ impl QueueArgs {
             match key {
                 "x-message-ttl" => args.message_ttl = Some(expiry(key, queue, value)?),
                 "x-max-length" => args.max_length = Some(non_negative(key, queue, value)?),
+                "x-consumer-timeout" => {
+                    args.consumer_timeout = Some(non_negative(key, queue, value)?)
+                }
                 "x-max-length-bytes" => {
                     args.max_length_bytes = Some(non_negative(key, queue, value)?)
                 }

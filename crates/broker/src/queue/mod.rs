@@ -359,6 +359,9 @@ pub struct QueueShared {
     pub args: QueueArgs,
     /// The policy in force and the arguments it makes (see [`QueueShared::set_policy`]).
     policy: std::sync::Mutex<AppliedPolicy>,
+    /// Its effective `x-consumer-timeout` in milliseconds (`u64::MAX`: none), for a
+    /// `basic.get` or `basic.consume` to read without the lock.
+    consumer_timeout: AtomicU64,
     /// Live counters, written by the queue task after every command.
     pub stats: QueueStats,
     /// Id in the message store, for a durable queue of a broker with a data directory.
@@ -544,6 +547,14 @@ impl QueueShared {
             .clone()
     }
 
+    /// Its effective `x-consumer-timeout` (argument or policy), if any.
+    pub fn consumer_timeout(&self) -> Option<std::time::Duration> {
+        match self.consumer_timeout.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        }
+    }
+
     /// The arguments the queue acts on: the declared ones with its policy applied.
     pub fn effective_args(&self) -> QueueArgs {
         self.policy
@@ -558,6 +569,10 @@ impl QueueShared {
     pub fn set_policy(&self, applied: AppliedPolicy) -> bool {
         let mut slot = self.policy.lock().unwrap_or_else(|e| e.into_inner());
         let changed = slot.args != applied.args;
+        self.consumer_timeout.store(
+            applied.args.consumer_timeout.unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         *slot = applied;
         changed
     }
@@ -582,6 +597,7 @@ impl QueueHandle {
             exclusive_owner,
             auto_delete,
             arguments,
+            consumer_timeout: AtomicU64::new(args.consumer_timeout.unwrap_or(u64::MAX)),
             policy: std::sync::Mutex::new(AppliedPolicy {
                 name: None,
                 definition: None,
