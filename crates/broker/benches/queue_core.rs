@@ -91,6 +91,8 @@ async fn setup(vhost: &VHost, mode: Mode) -> (QueueHandle, mpsc::UnboundedReceiv
         priority: 0,
         channel_credit: None,
         sink,
+        // Nothing writes these deliveries out: a room that never fills.
+        room: std::sync::Arc::new(minimq_broker::queue::OutputRoom::new(usize::MAX)),
     };
     assert!(queue.send(QueueCommand::Consume { consumer, reply }).await);
     answer.await.expect("answer").expect("consume");

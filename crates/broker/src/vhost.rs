@@ -1105,6 +1105,7 @@ mod tests {
                     priority: 0,
                     channel_credit: None,
                     sink: sink.clone(),
+                    room: std::sync::Arc::new(crate::queue::OutputRoom::new(usize::MAX)),
                 },
                 reply,
             })

@@ -80,7 +80,7 @@ impl Conn {
             c.consumer_tag.as_str().into()
         };
         let timeout = self.consumer_timeout(&queue, &c.arguments)?;
-        let (conn_id, sink) = (self.id, self.events.clone());
+        let (conn_id, sink, room) = (self.id, self.events.clone(), self.room.clone());
         let channel = self.channel(ch);
         if channel.has_consumer(&tag) {
             return Err(AmqpError::new(
@@ -114,6 +114,7 @@ impl Conn {
                 }),
             channel_credit: channel.consumer_credit(),
             sink,
+            room: room.clone(),
         };
         let (reply, rx) = oneshot::channel();
         if !queue

@@ -51,6 +51,10 @@ impl Conn {
 
     /// Writes a delivery from a queue, or hands it back if its consumer is gone.
     pub(super) fn deliver(&mut self, d: Delivery) {
+        // Counted by the queue on its way here; from the out buffer on, the writer counts
+        // what waits for the socket.
+        self.room
+            .take(d.message.body.len() + crate::queue::DELIVERY_OVERHEAD);
         let frame_max = self.frame_max;
         let mut timeout = None;
         let live = self.channels.get_mut(&d.channel).filter(|c| {

@@ -97,6 +97,9 @@ pub struct Conn {
     info: Option<Arc<crate::registry::ConnectionInfo>>,
     out: BytesMut,
     writer: writer::Writer,
+    /// The room on the way out, shared with the writer and the queues this connection
+    /// consumes from (see [`crate::queue::OutputRoom`]).
+    room: Arc<crate::queue::OutputRoom>,
     events: EventSink,
     frame_max: u32,
     channel_max: u16,
@@ -174,7 +177,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (read_half, write_half) = socket.into_split();
-    let (writer, writer_task) = writer::Writer::new(write_half);
+    let room = Arc::new(crate::queue::OutputRoom::default());
+    let (writer, writer_task) = writer::Writer::new(write_half, room.clone());
     let writer_task = tokio::spawn(writer_task);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut reader = FramedRead::new(read_half, FrameCodec::new(state.config.frame_max));
@@ -189,6 +193,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         info: None,
         out: BytesMut::with_capacity(64 * 1024),
         writer,
+        room,
         events: events_tx,
         frame_max: 0,
         channel_max: 0,

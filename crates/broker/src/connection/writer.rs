@@ -16,6 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+use crate::queue::OutputRoom;
+
 /// Most batches gathered into one vectored write.
 const MAX_GATHER: usize = 64;
 
@@ -26,17 +28,31 @@ pub struct Writer {
     /// Batches handed to the writer task and not yet written. Only the connection task
     /// adds to it, so when it reads 0 everything it handed over is on the socket.
     queued: Arc<AtomicUsize>,
+    /// Octets handed to the writer task and not yet written are counted here, so queues
+    /// stop delivering to a connection whose client does not read.
+    room: Arc<OutputRoom>,
 }
 
 impl Writer {
     /// The write side of a connection, and the task to spawn for what cannot be written
     /// at once.
-    pub fn new(socket: OwnedWriteHalf) -> (Writer, impl std::future::Future<Output = ()>) {
+    pub fn new(
+        socket: OwnedWriteHalf,
+        room: Arc<OutputRoom>,
+    ) -> (Writer, impl std::future::Future<Output = ()>) {
         let socket = Arc::new(socket);
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let task = run(socket.clone(), rx, queued.clone());
-        (Writer { socket, tx, queued }, task)
+        let task = run(socket.clone(), rx, queued.clone(), room.clone());
+        (
+            Writer {
+                socket,
+                tx,
+                queued,
+                room,
+            },
+            task,
+        )
     }
 
     /// Writes `bytes` after everything sent before, without waiting.
@@ -68,6 +84,7 @@ impl Writer {
     }
 
     fn hand_over(&self, bytes: Bytes) {
+        self.room.add(bytes.len());
         self.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.tx.send(bytes);
     }
@@ -79,6 +96,7 @@ async fn run(
     socket: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
+    room: Arc<OutputRoom>,
 ) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_GATHER);
     while let Some(first) = rx.recv().await {
@@ -89,11 +107,13 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let octets: usize = batch.iter().map(Bytes::len).sum();
         if let Err(e) = write_all_vectored(&socket, &mut batch).await {
             tracing::debug!(error = %e, "write failed");
             return;
         }
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        room.take(octets);
         batch.clear();
     }
     // The connection's `Writer` is gone with the sender: this is the last reference.
@@ -147,7 +167,7 @@ mod tests {
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let mut reader = client.unwrap();
         let (_read_half, write_half) = accepted.unwrap().0.into_split();
-        let (writer, task) = Writer::new(write_half);
+        let (writer, task) = Writer::new(write_half, Default::default());
         let task = tokio::spawn(task);
         // A slow reader: 16 KiB per turn against the writer's 64 KiB.
         let read = tokio::spawn(async move {

@@ -125,12 +125,13 @@ impl Consumer {
     }
 
     fn channel_credit(&self) -> bool {
-        self.spec.no_ack
-            || self
-                .spec
-                .channel_credit
-                .as_ref()
-                .is_none_or(|c| c.available())
+        self.spec.room.has_room()
+            && (self.spec.no_ack
+                || self
+                    .spec
+                    .channel_credit
+                    .as_ref()
+                    .is_none_or(|c| c.available()))
     }
 }
 
@@ -1032,6 +1033,16 @@ impl QueueActor {
                 c.blocked = true;
                 continue;
             }
+            // The consumer's connection has enough on its way out (its client reads
+            // slowly, or not at all): park the consumer until the room drains, so the
+            // backlog waits here, in the queue, not in the connection's buffers.
+            if !c.spec.room.has_room() && !c.spec.room.wait(&self.handle) {
+                if sac {
+                    return;
+                }
+                c.blocked = true;
+                continue;
+            }
             let charged = match (&c.spec.channel_credit, c.spec.no_ack) {
                 (Some(credit), false) => {
                     if !credit.try_acquire() {
@@ -1062,7 +1073,10 @@ impl QueueActor {
                 no_ack: c.spec.no_ack,
                 charged,
             };
+            let counted = entry.size as usize + super::DELIVERY_OVERHEAD;
+            c.spec.room.add(counted);
             if c.spec.sink.send(QueueEvent::Deliver(delivery)).is_err() {
+                c.spec.room.take(counted);
                 // The connection is gone; its cleanup will tell us. Keep the message.
                 if charged {
                     if let Some(credit) = &c.spec.channel_credit {
@@ -1099,6 +1113,16 @@ impl QueueActor {
                 self.active.push_back(cid, c.spec.priority);
             } else {
                 c.blocked = true;
+                // Parked for its connection's room: ask to be told when it drains (or
+                // go on at once if it drained meanwhile).
+                if !c.spec.room.has_room()
+                    && c.spec.room.wait(&self.handle)
+                    && c.own_credit()
+                    && c.channel_credit()
+                {
+                    c.blocked = false;
+                    self.active.push_back(cid, c.spec.priority);
+                }
             }
         }
     }

@@ -312,3 +312,37 @@ async fn an_unreadable_head_is_dropped_and_a_get_gets_the_next_batch() {
     assert_eq!(q.counts().await, counts(0, 0, 0));
     assert_eq!(q.stat(|s| &s.unreadable), 1, "the dropped one is counted");
 }
+
+/// A consumer whose connection has a full room on its way out (its client stopped
+/// reading) is parked: the messages wait in the queue. Once the connection has written
+/// half of it, the queue is told and delivers again.
+#[tokio::test]
+async fn a_consumer_whose_connection_is_full_waits_in_the_queue_until_half_is_written() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    // Room for three deliveries of an 8-octet body (counted 8 + 256 each).
+    let room = Arc::new(super::OutputRoom::new(3 * 264 - 1));
+    let mut c = q
+        .consume_with(Consumer {
+            no_ack: true,
+            room: Some(room.clone()),
+            ..Consumer::default()
+        })
+        .await;
+    for n in 0..10 {
+        q.publish(&format!("message{n}")).await;
+    }
+    assert_eq!(q.counts().await, counts(7, 0, 1));
+    assert_eq!(c.received(), ["message0", "message1", "message2"]);
+    assert_eq!(
+        room.pending(),
+        3 * 265 - 3,
+        "counted as the queue sent them"
+    );
+    // The connection writes two of them out: still over half full, nothing moves.
+    room.take(265);
+    assert_eq!(q.counts().await, counts(7, 0, 1));
+    room.take(2 * 265 - 3);
+    // Woken: it delivers until the room is full again.
+    assert_eq!(q.counts().await, counts(4, 0, 1));
+    assert_eq!(c.received(), ["message3", "message4", "message5"]);
+}

@@ -281,6 +281,9 @@ impl TestQueue {
             priority: 0,
             channel_credit: c.channel_credit,
             sink,
+            room: c
+                .room
+                .unwrap_or_else(|| Arc::new(super::OutputRoom::new(usize::MAX))),
         };
         assert!(
             self.handle
@@ -373,6 +376,9 @@ pub struct Consumer {
     pub channel: u16,
     /// The channel's shared credit (`basic.qos global`).
     pub channel_credit: Option<Arc<ChannelCredit>>,
+    /// Its connection's room on the way out; `None`: one that never fills (no writer
+    /// takes from it here).
+    pub room: Option<Arc<super::OutputRoom>>,
 }
 
 /// A consumer's end of its connection's event channel.

@@ -201,6 +201,98 @@ impl ChannelCredit {
     }
 }
 
+/// Most octets of deliveries on their way to one connection's socket (sent by queues and
+/// not yet handled by the connection, or handed to its writer and not yet written): past
+/// it, queues stop delivering to that connection's consumers until half of it is written.
+/// Enough for a fast consumer never to wait on it (thousands of small messages); small
+/// enough that a client that stops reading costs little memory, not the queue's backlog.
+pub const OUTPUT_ROOM: usize = 2 * 1024 * 1024;
+
+/// What a delivery is counted for in [`OutputRoom`]: its body and about this much for its
+/// frames and properties.
+pub const DELIVERY_OVERHEAD: usize = 256;
+
+/// The room left on a connection's way out, shared by the connection (its writer adds
+/// what waits for the socket and takes off what was written) and the queues delivering
+/// to its consumers (they add each delivery, the connection takes it off once encoded).
+/// A queue that finds it full parks the consumer and asks to be told
+/// ([`OutputRoom::wait`]); it is told (`CreditAvailable`) once the room is half empty.
+#[derive(Debug)]
+pub struct OutputRoom {
+    pending: AtomicUsize,
+    limit: usize,
+    waiting: std::sync::Mutex<Vec<QueueHandle>>,
+}
+
+impl Default for OutputRoom {
+    fn default() -> Self {
+        OutputRoom::new(OUTPUT_ROOM)
+    }
+}
+
+impl OutputRoom {
+    /// A room of `limit` octets.
+    pub fn new(limit: usize) -> OutputRoom {
+        OutputRoom {
+            pending: AtomicUsize::new(0),
+            limit,
+            waiting: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether another delivery may be sent now. An empty room takes any one delivery,
+    /// so a message larger than the room still goes.
+    pub fn has_room(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) < self.limit
+    }
+
+    /// Octets waiting now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// `n` more octets are on their way.
+    pub fn add(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` octets left (written, or handed on and counted again there); tells the
+    /// waiting queues once the room is half empty.
+    pub fn take(&self, n: usize) {
+        let before = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        let after = before.saturating_sub(n);
+        let low = self.limit / 2;
+        if before >= low && after < low {
+            self.wake();
+        }
+    }
+
+    /// Asks to be told (`QueueCommand::CreditAvailable`) when there is room again;
+    /// answers whether there is room already (then the caller goes on: the writer may
+    /// have emptied the room between the check and this call).
+    pub fn wait(&self, queue: &QueueHandle) -> bool {
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.iter().any(|q| q.same(queue)) {
+                w.push(queue.clone());
+            }
+        }
+        self.has_room()
+    }
+
+    fn wake(&self) {
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        for q in waiting {
+            q.send_now(QueueCommand::CreditAvailable);
+        }
+    }
+}
+
 /// A consumer as the queue needs to know it.
 #[derive(Debug)]
 pub struct ConsumerSpec {
@@ -224,6 +316,8 @@ pub struct ConsumerSpec {
     pub channel_credit: Option<Arc<ChannelCredit>>,
     /// Where deliveries go.
     pub sink: EventSink,
+    /// The room on its connection's way out.
+    pub room: Arc<OutputRoom>,
 }
 
 /// A message handed out by `basic.get`.
