@@ -35,8 +35,13 @@ pub struct Config {
     pub fail_syncs: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// What recovery does with a damaged log (`docs/storage.md`).
     pub recovery_mode: crate::store::RecoveryMode,
-    /// Users and passwords accepted by PLAIN and AMQPLAIN.
+    /// The administrators a fresh broker starts with (user, password), each with every
+    /// permission on `/`; a data directory that has users keeps its own. Default
+    /// `guest`/`guest`, as RabbitMQ.
     pub users: Vec<(String, String)>,
+    /// Let `guest` log in from addresses other than loopback (RabbitMQ's
+    /// `loopback_users` refuses it).
+    pub allow_guest_remote: bool,
     /// `channel_max` offered in `connection.tune`.
     pub channel_max: u16,
     /// `frame_max` offered in `connection.tune`.
@@ -155,6 +160,7 @@ impl Default for Config {
             fail_syncs: None,
             recovery_mode: crate::store::RecoveryMode::default(),
             users: vec![("guest".into(), "guest".into())],
+            allow_guest_remote: false,
             channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 60,

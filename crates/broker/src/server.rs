@@ -40,6 +40,8 @@ pub struct BrokerState {
     pub connections: crate::registry::Connections,
     /// The bound AMQP and management API addresses (the API lists them).
     pub bound: (Vec<SocketAddr>, Option<SocketAddr>),
+    /// Users and their permissions (`auth.rs`).
+    pub users: crate::auth::Users,
     /// The memory and disk alarms (`alarm.rs`).
     pub alarms: Arc<crate::alarm::Alarms>,
     /// Client sockets open now (AMQP), counted from accept to close.
@@ -154,7 +156,10 @@ impl BrokerBuilder {
             self.config.data_dir.clone(),
         )?;
         let vhost = VHost::new(store.clone());
-        vhost.restore_policies();
+        let params = store.as_ref().map(|s| s.take_params()).unwrap_or_default();
+        vhost.restore_policies(&params);
+        let users = crate::auth::Users::default();
+        restore_users(&users, &params, store.as_deref(), &self.config.users).await?;
         vhost.restore(recovered);
         vhost.restore_topology();
         let mut listeners = vec![TcpListener::bind(self.config.listen).await?];
@@ -186,6 +191,7 @@ impl BrokerBuilder {
             connections: Default::default(),
             bound: (addrs.clone(), http_addr),
             alarms,
+            users,
             sockets: AtomicUsize::new(0),
             socket_limit,
             next_conn_id: AtomicU64::new(1),
@@ -314,6 +320,91 @@ impl Broker {
             store.close().await;
         }
         tracing::info!("minimq stopped");
+    }
+}
+
+/// The store component of the marker that says this data directory has had its users
+/// set up: once it has, the configured initial users are not created again (a deleted
+/// `guest` stays deleted, as in RabbitMQ).
+const USERS_SEEDED: &str = "users-seeded";
+
+/// Takes back the users and permissions stored before a restart; on a fresh data
+/// directory (or an in-memory broker), creates `initial` as administrators with every
+/// permission on `/`, durably.
+async fn restore_users(
+    users: &crate::auth::Users,
+    params: &[crate::store::ParamDef],
+    store: Option<&crate::store::Store>,
+    initial: &[(String, String)],
+) -> std::io::Result<()> {
+    use crate::auth::{Permission, User, PERMISSION_COMPONENT, USER_COMPONENT};
+    let mut seeded = false;
+    for p in params {
+        let value = serde_json::from_slice::<serde_json::Value>(&p.value);
+        match (p.component.as_str(), value) {
+            (USER_COMPONENT, Ok(v)) => match User::from_json(&p.name, &v) {
+                Ok(u) => {
+                    users.put(u);
+                }
+                Err(e) => tracing::error!(user = %p.name, error = %e, "stored user not understood; left out"),
+            },
+            (PERMISSION_COMPONENT, Ok(v)) => match Permission::from_json(&v) {
+                Ok(perm) => {
+                    users.set_permission(&p.vhost, &p.name, perm);
+                }
+                Err(e) => tracing::error!(user = %p.name, vhost = %p.vhost, error = %e, "stored permission not understood; left out"),
+            },
+            (USERS_SEEDED, _) => seeded = true,
+            _ => {}
+        }
+    }
+    if seeded {
+        return Ok(());
+    }
+    for (name, password) in initial {
+        let user = User::with_password(name, password, vec!["administrator".into()]);
+        let perm = Permission::new(".*", ".*", ".*").map_err(std::io::Error::other)?;
+        if let Some(store) = store {
+            store.put_param(user_param(&user)).await?;
+            store.put_param(permission_param("/", name, &perm)).await?;
+        }
+        users.put(user);
+        users.set_permission("/", name, perm);
+    }
+    if let Some(store) = store {
+        store
+            .put_param(crate::store::ParamDef {
+                component: USERS_SEEDED.into(),
+                vhost: String::new(),
+                name: String::new(),
+                value: bytes::Bytes::from_static(b"true"),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A user as the store keeps it.
+pub fn user_param(user: &crate::auth::User) -> crate::store::ParamDef {
+    crate::store::ParamDef {
+        component: crate::auth::USER_COMPONENT.into(),
+        vhost: String::new(),
+        name: user.name.clone(),
+        value: user.to_json().to_string().into_bytes().into(),
+    }
+}
+
+/// A permission as the store keeps it.
+pub fn permission_param(
+    vhost: &str,
+    user: &str,
+    p: &crate::auth::Permission,
+) -> crate::store::ParamDef {
+    crate::store::ParamDef {
+        component: crate::auth::PERMISSION_COMPONENT.into(),
+        vhost: vhost.into(),
+        name: user.into(),
+        value: p.to_json(vhost, user).to_string().into_bytes().into(),
     }
 }
 

@@ -440,9 +440,8 @@ impl VHost {
     /// Takes back the policies stored before a restart (before the queues are restored,
     /// so they start with them applied). A stored policy that no longer parses is logged
     /// and left out.
-    pub fn restore_policies(&self) {
-        let Some(store) = &self.store else { return };
-        for def in store.take_params() {
+    pub fn restore_policies(&self, params: &[ParamDef]) {
+        for def in params {
             if def.component == LIMITS_COMPONENT {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&def.value) {
                     *self.limits.lock().unwrap_or_else(|e| e.into_inner()) =

@@ -38,8 +38,8 @@ pub struct ErrorBody<'a> {
 pub struct Whoami {
     /// The authenticated user.
     pub name: String,
-    /// Every user of minimq may do everything.
-    pub tags: [&'static str; 1],
+    /// Its tags.
+    pub tags: Vec<String>,
 }
 
 /// `GET /api/overview`.

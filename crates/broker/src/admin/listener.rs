@@ -69,10 +69,11 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tracker: Task
             _ = state.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((socket, _)) => {
+            Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
                 tracker.spawn(serve_connection(
                     socket,
+                    peer,
                     router.clone(),
                     state.shutdown.clone(),
                 ));
@@ -85,7 +86,16 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tracker: Task
     }
 }
 
-async fn serve_connection(mut socket: TcpStream, router: Router, shutdown: CancellationToken) {
+/// The client's address, as a request extension (`guest` may log in from loopback only).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+async fn serve_connection(
+    mut socket: TcpStream,
+    peer: std::net::SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) {
     let first = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, first_line(&mut socket)) => r,
         _ = shutdown.cancelled() => return,
@@ -97,7 +107,8 @@ async fn serve_connection(mut socket: TcpStream, router: Router, shutdown: Cance
     let unsupported = patch_unsupported_version(&mut prefix);
     let io = TokioIo::new(Socket::new(prefix, socket, WRITE_TIMEOUT));
     let api = TowerToHyperService::new(router);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
         let api = api.clone();
         async move {
             let mut response = if unsupported {

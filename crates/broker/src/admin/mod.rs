@@ -14,6 +14,10 @@
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
 //! | `/api/policies`, `/api/policies/{vhost}` | GET |
 //! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
+//! | `/api/users`, `/api/users/{user}/permissions` | GET (administrators) |
+//! | `/api/users/{user}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
+//! | `/api/permissions`, `/api/vhosts/{vhost}/permissions` | GET (administrators) |
+//! | `/api/permissions/{vhost}/{user}` | GET, PUT, DELETE (administrators) |
 //! | `/api/vhost-limits`, `/api/vhost-limits/{vhost}` | GET |
 //! | `/api/vhost-limits/{vhost}/{max-connections or max-queues}` | PUT, DELETE (204) |
 //! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
@@ -42,7 +46,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use base64::Engine as _;
-use subtle::ConstantTimeEq;
+use crate::auth::Access;
 
 use crate::queue::QueueCommand;
 use crate::server::BrokerState;
@@ -56,6 +60,9 @@ pub use listener::serve;
 pub struct ApiError {
     status: StatusCode,
     reason: Cow<'static, str>,
+    /// The `error` word when it is not the status's usual one (RabbitMQ answers a
+    /// refused login `not_authorized` but a user it will not serve `not_authorised`).
+    error: Option<&'static str>,
 }
 
 impl ApiError {
@@ -64,6 +71,15 @@ impl ApiError {
         ApiError {
             status,
             reason: reason.into(),
+            error: None,
+        }
+    }
+
+    /// 401 `not_authorised`: the user logged in, and may not do this.
+    pub fn not_authorised(reason: &'static str) -> ApiError {
+        ApiError {
+            error: Some("not_authorised"),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, reason)
         }
     }
 
@@ -85,14 +101,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // RabbitMQ's names for the statuses it answers; the standard phrase otherwise.
-        let error = match self.status.as_u16() {
+        let error = self.error.unwrap_or(match self.status.as_u16() {
             400 => "bad_request",
             401 => "not_authorized",
             404 => "Object Not Found",
             405 => "method_not_allowed",
             413 => "Content Too Large",
             _ => self.status.canonical_reason().unwrap_or("error"),
-        };
+        });
         let body = json::ErrorBody {
             error,
             reason: &self.reason,
@@ -124,6 +140,18 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/nodes", get(nodes))
+        .route("/api/users", get(users))
+        .route(
+            "/api/users/{name}",
+            get(user).put(put_user).delete(delete_user),
+        )
+        .route("/api/users/{name}/permissions", get(user_permissions))
+        .route("/api/permissions", get(permissions))
+        .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(permission).put(put_permission).delete(delete_permission),
+        )
         .route("/api/vhost-limits", get(vhost_limits))
         .route("/api/vhost-limits/{vhost}", get(one_vhost_limits))
         .route(
@@ -143,10 +171,24 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .with_state(state)
 }
 
-/// The user named by a valid `Authorization: Basic` header. As an extractor it runs only
-/// in a matched handler, so 404 and 405 come before 401.
+/// A management user: a valid `Authorization: Basic` header of a user with a management
+/// tag (`management`, `policymaker`, `monitoring`, `administrator`). As an extractor it
+/// runs only in a matched handler, so 404 and 405 come before 401.
 #[derive(Debug, Clone)]
 pub struct User(pub String);
+
+/// An administrator (`Not administrator user` otherwise).
+#[derive(Debug, Clone)]
+pub struct Admin(pub String);
+
+/// A monitoring user or an administrator (`Not monitor user` otherwise).
+#[derive(Debug, Clone)]
+pub struct Monitor(pub String);
+
+/// A policymaker with permissions on the vhost, or an administrator (`User not
+/// authorised to access object` otherwise).
+#[derive(Debug, Clone)]
+pub struct PolicyMaker(pub String);
 
 /// Standard base64, padding optional (clients differ).
 const BASIC: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
@@ -162,11 +204,65 @@ impl FromRequestParts<Arc<BrokerState>> for User {
         parts: &mut Parts,
         state: &Arc<BrokerState>,
     ) -> Result<User, ApiError> {
-        authenticate(state, parts.headers.get(AUTHORIZATION)).map(User)
+        authenticate(state, parts).map(|u| User(u.name.clone()))
     }
 }
 
-fn authenticate(state: &BrokerState, header: Option<&HeaderValue>) -> Result<String, ApiError> {
+impl FromRequestParts<Arc<BrokerState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<BrokerState>,
+    ) -> Result<Admin, ApiError> {
+        let u = authenticate(state, parts)?;
+        if u.access() < Access::Administrator {
+            return Err(ApiError::not_authorised("Not administrator user"));
+        }
+        Ok(Admin(u.name.clone()))
+    }
+}
+
+impl FromRequestParts<Arc<BrokerState>> for Monitor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<BrokerState>,
+    ) -> Result<Monitor, ApiError> {
+        let u = authenticate(state, parts)?;
+        if u.access() < Access::Monitoring {
+            return Err(ApiError::not_authorised("Not monitor user"));
+        }
+        Ok(Monitor(u.name.clone()))
+    }
+}
+
+impl FromRequestParts<Arc<BrokerState>> for PolicyMaker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<BrokerState>,
+    ) -> Result<PolicyMaker, ApiError> {
+        let u = authenticate(state, parts)?;
+        let policymaker = u.tags.iter().any(|t| t == "policymaker")
+            && state.users.permission(VHOST, &u.name).is_some();
+        if u.access() < Access::Administrator && !policymaker {
+            return Err(ApiError::not_authorised(
+                "User not authorised to access object",
+            ));
+        }
+        Ok(PolicyMaker(u.name.clone()))
+    }
+}
+
+/// The management user the request's credentials name, with RabbitMQ's refusals: no
+/// credentials 401 (with `WWW-Authenticate`), a failed login `Login failed`, `guest` from
+/// another machine `User can only log in via localhost`, a user without a management tag
+/// `Not management user`.
+fn authenticate(state: &BrokerState, parts: &Parts) -> Result<Arc<crate::auth::User>, ApiError> {
+    let header = parts.headers.get(AUTHORIZATION);
     let Some(header) = header.and_then(|h| h.to_str().ok()) else {
         return Err(ApiError::unauthorized("Not_Authorized"));
     };
@@ -178,18 +274,23 @@ fn authenticate(state: &BrokerState, header: Option<&HeaderValue>) -> Result<Str
     let Some(creds) = creds else {
         return Err(ApiError::unauthorized("Not_Authorized"));
     };
-    let (user, pass) = creds.split_once(':').unwrap_or((creds.as_str(), ""));
-    if state
-        .config
-        .users
-        .iter()
-        // The password in constant time, as in the AMQP handshake.
-        .any(|(u, p)| u == user && bool::from(p.as_bytes().ct_eq(pass.as_bytes())))
-    {
-        Ok(user.to_string())
-    } else {
-        Err(ApiError::unauthorized("Login failed"))
+    let (name, pass) = creds.split_once(':').unwrap_or((creds.as_str(), ""));
+    let Some(user) = state.users.login(name, pass) else {
+        return Err(ApiError::unauthorized("Login failed"));
+    };
+    let remote = parts
+        .extensions
+        .get::<listener::Peer>()
+        .is_some_and(|p| !p.0.ip().to_canonical().is_loopback());
+    if name == "guest" && remote && !state.config.allow_guest_remote {
+        return Err(ApiError::not_authorised(
+            "User can only log in via localhost",
+        ));
     }
+    if user.access() < Access::Management {
+        return Err(ApiError::not_authorised("Not management user"));
+    }
+    Ok(user)
 }
 
 /// Path parameters; the listener has already refused malformed percent-encoding, so a
@@ -212,6 +313,173 @@ type Api = State<Arc<BrokerState>>;
 
 /// Longest object name the broker stores (an AMQP short string).
 const MAX_NAME: usize = 255;
+
+async fn users(State(state): Api, _: Admin) -> Response {
+    let list: Vec<serde_json::Value> = state.users.all().iter().map(|u| u.to_json()).collect();
+    Json(list).into_response()
+}
+
+async fn user(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = params(name)?;
+    let u = state.users.get(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(u.to_json()).into_response())
+}
+
+/// `PUT /api/users/{name}` with `password` or `password_hash` and `tags` (a list or a
+/// comma-separated string): 201 when created, 204 when updated; on disk first.
+async fn put_user(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let name = params(name)?;
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ApiError::bad_request("invalid user name"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let user = crate::auth::User::from_json(&name, &value).map_err(ApiError::bad_request)?;
+    if let Some(store) = &state.store {
+        store
+            .put_param(crate::server::user_param(&user))
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(if state.users.put(user) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn delete_user(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let name = params(name)?;
+    if state.users.get(&name).is_none() {
+        return Err(ApiError::not_found());
+    }
+    if let Some(store) = &state.store {
+        for (vhost, user, _) in state.users.permissions() {
+            if user == name {
+                store
+                    .remove_param(crate::auth::PERMISSION_COMPONENT, &vhost, &user)
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
+        store
+            .remove_param(crate::auth::USER_COMPONENT, "", &name)
+            .await
+            .map_err(store_error)?;
+    }
+    state.users.delete(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn permission_list(state: &BrokerState, keep: impl Fn(&str, &str) -> bool) -> Response {
+    let list: Vec<serde_json::Value> = state
+        .users
+        .permissions()
+        .iter()
+        .filter(|(v, u, _)| keep(v, u))
+        .map(|(v, u, p)| p.to_json(v, u))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn permissions(State(state): Api, _: Admin) -> Response {
+    permission_list(&state, |_, _| true)
+}
+
+async fn user_permissions(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = params(name)?;
+    if state.users.get(&name).is_none() {
+        return Err(ApiError::not_found());
+    }
+    Ok(permission_list(&state, |_, u| u == name))
+}
+
+async fn vhost_permissions(
+    State(state): Api,
+    _: Admin,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = params(vhost)?;
+    check_vhost(&vhost)?;
+    Ok(permission_list(&state, |v, _| v == vhost))
+}
+
+async fn permission(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (vhost, user) = params(path)?;
+    let p = state
+        .users
+        .permission(&vhost, &user)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(p.to_json(&vhost, &user)).into_response())
+}
+
+/// `PUT /api/permissions/{vhost}/{user}` with `configure`, `write`, `read`: 201 / 204;
+/// a missing user or vhost is RabbitMQ's `400 vhost_or_user_not_found`.
+async fn put_permission(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, user) = params(path)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    if vhost != VHOST || state.users.get(&user).is_none() {
+        return Err(ApiError::bad_request("vhost_or_user_not_found"));
+    }
+    let perm = crate::auth::Permission::from_json(&value).map_err(ApiError::bad_request)?;
+    if let Some(store) = &state.store {
+        store
+            .put_param(crate::server::permission_param(&vhost, &user, &perm))
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(if state.users.set_permission(&vhost, &user, perm) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn delete_permission(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, user) = params(path)?;
+    if state.users.permission(&vhost, &user).is_none() {
+        return Err(ApiError::not_found());
+    }
+    if let Some(store) = &state.store {
+        store
+            .remove_param(crate::auth::PERMISSION_COMPONENT, &vhost, &user)
+            .await
+            .map_err(store_error)?;
+    }
+    state.users.clear_permission(&vhost, &user);
+    Ok(StatusCode::NO_CONTENT)
+}
 
 /// `[{"vhost":"/","value":{...}}]`, or `[]` without limits.
 fn limits_listing(state: &BrokerState) -> Response {
@@ -241,7 +509,7 @@ async fn one_vhost_limits(
 /// removes the limit, as in RabbitMQ.
 async fn put_vhost_limit(
     State(state): Api,
-    _: User,
+    _: Admin,
     path: Result<Path<(String, String)>, PathRejection>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
@@ -282,7 +550,7 @@ async fn put_vhost_limit(
 
 async fn delete_vhost_limit(
     State(state): Api,
-    _: User,
+    _: Admin,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
@@ -321,7 +589,7 @@ async fn vhost_policies(
 
 async fn policy(
     State(state): Api,
-    _: User,
+    _: PolicyMaker,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let (vhost, name) = params(path)?;
@@ -344,7 +612,7 @@ fn store_error(e: std::io::Error) -> ApiError {
 
 async fn put_policy(
     State(state): Api,
-    _: User,
+    _: PolicyMaker,
     path: Result<Path<(String, String)>, PathRejection>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
@@ -370,7 +638,7 @@ async fn put_policy(
 
 async fn delete_policy(
     State(state): Api,
-    _: User,
+    _: PolicyMaker,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
@@ -386,13 +654,13 @@ async fn overview(State(state): Api, _: User) -> Response {
     Json(json::overview(&state)).into_response()
 }
 
-async fn nodes(State(state): Api, _: User) -> Response {
+async fn nodes(State(state): Api, _: Monitor) -> Response {
     Json(json::nodes(&state)).into_response()
 }
 
 async fn node(
     State(state): Api,
-    _: User,
+    _: Monitor,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = params(name)?;
@@ -427,12 +695,9 @@ async fn local_alarms_check(State(state): Api, _: User) -> Response {
     ))
 }
 
-async fn whoami(User(name): User) -> Response {
-    Json(json::Whoami {
-        name,
-        tags: ["administrator"],
-    })
-    .into_response()
+async fn whoami(State(state): Api, User(name): User) -> Response {
+    let tags = state.users.get(&name).map(|u| u.tags.clone()).unwrap_or_default();
+    Json(json::Whoami { name, tags }).into_response()
 }
 
 fn queue_listing(state: &BrokerState) -> Response {

@@ -8,7 +8,6 @@ use minimq_protocol::{
     ConnectionOpenOk, ConnectionStart, ConnectionTune, FieldTable, FieldValue, Frame, Method,
     ReplyCode,
 };
-use subtle::ConstantTimeEq;
 
 use super::{Conn, Reader};
 use crate::error::AmqpError;
@@ -138,15 +137,19 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         return Ok(silent(conn, e));
     }
     let creds = credentials(mechanism, &start_ok.response);
-    let accepted = creds.as_ref().is_some_and(|(u, p)| {
-        conn.state
-            .config
-            .users
-            .iter()
-            // The password in constant time: how long a wrong guess takes does not tell
-            // how much of it was right.
-            .any(|(cu, cp)| cu == u && bool::from(cp.as_bytes().ct_eq(p.as_bytes())))
-    });
+    // The password is checked in constant time (`auth.rs`).
+    let mut accepted = creds
+        .as_ref()
+        .is_some_and(|(u, p)| conn.state.users.login(u, p).is_some());
+    // RabbitMQ's `loopback_users`: guest only from this machine, unless allowed.
+    if accepted
+        && creds.as_ref().is_some_and(|(u, _)| u == "guest")
+        && !conn.peer.ip().to_canonical().is_loopback()
+        && !conn.state.config.allow_guest_remote
+    {
+        tracing::warn!(peer = %conn.peer, "user 'guest' can only connect via localhost (--allow-guest-remote lifts this)");
+        accepted = false;
+    }
     if !accepted {
         tracing::warn!(peer = %conn.peer, user = ?creds.as_ref().map(|c| &c.0), "login refused");
         if conn.auth_failure_close {
@@ -253,6 +256,13 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         return Err(AmqpError::new(
             ReplyCode::NotAllowed,
             format!("vhost {} not found", open.virtual_host),
+        )
+        .on(10, 40));
+    }
+    if conn.state.users.permission("/", &conn.user).is_none() {
+        return Err(AmqpError::new(
+            ReplyCode::NotAllowed,
+            format!("access to vhost '/' refused for user '{}'", conn.user),
         )
         .on(10, 40));
     }
