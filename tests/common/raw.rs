@@ -3,14 +3,15 @@
 //! the exact frames that come back. Every wait is for an event under [`within`]'s guard.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use minimq_protocol::frame::PROTOCOL_HEADER;
 use minimq_protocol::{
-    BasicGet, BasicPublish, ChannelOpen, CodecError, ConnectionCloseOk, ConnectionOpen,
-    ConnectionStartOk, ConnectionTuneOk, ContentHeader, FieldTable, Frame, FrameCodec, Method,
-    QueueDeclare,
+    BasicGet, BasicPublish, ChannelOpen, CodecError, ConnectionClose, ConnectionCloseOk,
+    ConnectionOpen, ConnectionStartOk, ConnectionTuneOk, ContentHeader, FieldTable, Frame,
+    FrameCodec, Method, QueueDeclare,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -314,4 +315,32 @@ impl Client {
         }
         (ok.delivery_tag, ok.redelivered, body.freeze())
     }
+}
+
+/// A fresh connection to the broker still works: declare, publish, get.
+pub async fn assert_serves(addr: SocketAddr) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let queue = format!("fresh-{}", N.fetch_add(1, Ordering::Relaxed));
+    let mut c = Client::open_channel1(addr).await;
+    c.send(1, declare(&queue)).await;
+    let Method::QueueDeclareOk(ok) = c.method(1).await else {
+        panic!("expected queue.declare-ok")
+    };
+    assert_eq!(ok.queue, queue);
+    c.publish(&queue, b"ping").await;
+    let (_, redelivered, body) = c.get(&queue, true).await;
+    assert!(!redelivered);
+    assert_eq!(&body[..], b"ping");
+    c.send(
+        0,
+        ConnectionClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(c.method(0).await, Method::ConnectionCloseOk(_)));
 }
