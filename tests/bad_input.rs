@@ -5,8 +5,10 @@
 //! Each test starts its own broker on an ephemeral port and drives it with a small raw
 //! client built on minimq-protocol's codec, so it can send what no real client would.
 //! Nothing waits on a sleep for synchronisation: every wait is for an event (a frame, the
-//! socket closing) under a timeout guard. Where the condition is time itself (handshake
-//! timeout, missed heartbeats) the broker is configured with short intervals.
+//! socket closing) under a timeout guard. Where the condition is time itself (the
+//! handshake timeout) the test runs on tokio's paused clock, which the broker in the same
+//! runtime shares: the clock jumps to the broker's deadline as soon as everyone waits.
+//! Heartbeats, which are not bad input, are in `heartbeats_and_shutdown.rs`.
 //!
 //! The answers asserted here were checked against RabbitMQ 3.10.8; where minimq answers
 //! differently on purpose, the test says so (see docs/compatibility.md).
@@ -83,15 +85,22 @@ async fn the_amqp_0_9_header_is_taken_as_0_9_1_as_rabbitmq_does() {
     broker.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partial_protocol_header_is_dropped_after_the_handshake_timeout() {
     let broker = start_broker_with(Config {
         handshake_timeout: Duration::from_millis(300),
         ..Config::default()
     })
     .await;
+    let started = tokio::time::Instant::now();
     let got = read_to_end(broker.local_addr(), b"AMQP\x00").await;
     assert!(got.is_empty(), "nothing is sent, got {got:?}");
+    // On the paused clock: exactly when the timeout says, not before.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "dropped after {:?}",
+        started.elapsed()
+    );
     assert_serves(broker.local_addr()).await;
     broker.shutdown().await;
 }
@@ -100,7 +109,7 @@ async fn a_partial_protocol_header_is_dropped_after_the_handshake_timeout() {
 // Handshake
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_never_finishes_the_handshake_is_dropped_after_the_timeout() {
     let broker = start_broker_with(Config {
         handshake_timeout: Duration::from_millis(300),

@@ -21,12 +21,13 @@ use common::{connect, start_broker, start_broker_with, within};
 use minimq_broker::Config;
 use minimq_protocol::{Frame, Method};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------
 // Heartbeats
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_client_is_dropped_after_two_heartbeats_and_its_unacked_message_requeued() {
     let broker = start_broker_with(Config {
         heartbeat: 1,
@@ -43,6 +44,7 @@ async fn a_silent_client_is_dropped_after_two_heartbeats_and_its_unacked_message
     assert_eq!((tag, redelivered), (1, false));
     // From now on the client sends nothing. The server keeps sending heartbeats, then
     // gives up on the client (RabbitMQ: after two missed intervals, without a close).
+    let silent_since = Instant::now();
     let mut heartbeats = 0;
     loop {
         match c.next().await {
@@ -52,6 +54,13 @@ async fn a_silent_client_is_dropped_after_two_heartbeats_and_its_unacked_message
         }
     }
     assert!(heartbeats >= 1, "the server sends heartbeats");
+    // The paused clock makes this exact: not before two intervals, and at the next check
+    // (every half interval) after them.
+    let silent = silent_since.elapsed();
+    assert!(
+        silent > Duration::from_secs(2) && silent <= Duration::from_secs(3),
+        "dropped after {silent:?} of silence"
+    );
     // The unacked message went back to its queue.
     let mut other = Client::open_channel1(addr).await;
     let (_, redelivered, body) = other.get("hb", true).await;
@@ -62,7 +71,7 @@ async fn a_silent_client_is_dropped_after_two_heartbeats_and_its_unacked_message
     broker.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_sends_heartbeats_is_kept() {
     let broker = start_broker_with(Config {
         heartbeat: 1,
@@ -72,6 +81,7 @@ async fn a_client_that_sends_heartbeats_is_kept() {
     let mut c = Client::open_tuned(broker.local_addr(), 2047, 131_072, 1).await;
     c.open_channel(1).await;
     // Answer each server heartbeat with one, for a few intervals past the 2 s limit.
+    let started = Instant::now();
     let mut seen = 0;
     while seen < 6 {
         match c.next().await {
@@ -83,6 +93,11 @@ async fn a_client_that_sends_heartbeats_is_kept() {
             Next::Closed => panic!("the server dropped a client that sent heartbeats"),
         }
     }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "kept past the limit for a silent client, not only {:?}",
+        started.elapsed()
+    );
     c.send(1, raw_declare("alive")).await;
     assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
     drop(c);
