@@ -13,12 +13,11 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use common::amqp::*;
 use common::raw::{publish_to, Client};
-use common::{connect, start_broker, start_broker_with, within};
+use common::{connect, data_dir, start_broker, start_broker_in, within};
 use futures::SinkExt;
 use lapin::options::*;
 use lapin::publisher_confirm::Confirmation;
 use lapin::BasicProperties;
-use minimq_broker::Config;
 use minimq_protocol::{BasicAck, ContentHeader, Frame, Method, QueueDeclare};
 
 #[tokio::test]
@@ -100,13 +99,8 @@ async fn publisher_confirm_tags_count_from_1_and_cover_every_publish_once() {
 #[tokio::test]
 async fn the_confirms_of_a_group_commit_are_folded_into_few_acks() {
     use minimq_protocol::{BasicProperties, ConfirmSelect};
-    let dir = std::env::temp_dir().join(format!("minimq-fold-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let broker = start_broker_with(Config {
-        data_dir: Some(dir.clone()),
-        ..Config::default()
-    })
-    .await;
+    let dir = data_dir("fold");
+    let broker = start_broker_in(&dir).await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     c.send(
         1,

@@ -10,17 +10,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use common::raw::Client;
-use common::{connect, passive_declare, start_broker, within};
+use common::{
+    connect, data_dir, passive_declare, start_broker, start_broker_in, start_broker_with, within,
+};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use minimq_broker::{Broker, Config};
+use minimq_broker::Config;
 use minimq_protocol::{
     BasicPublish, ChannelClose, ContentHeader, FieldValue, Frame, Method, QueueDeclare,
 };
@@ -85,33 +86,26 @@ struct Raw {
     c: Client,
 }
 
+/// Everything else is the shared client's.
+impl std::ops::Deref for Raw {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for Raw {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.c
+    }
+}
+
 impl Raw {
     /// Connects, opens the connection and channel 1.
     async fn connect(addr: SocketAddr) -> Raw {
         Raw {
             c: Client::open_channel1(addr).await,
         }
-    }
-
-    async fn open(&mut self, ch: u16) {
-        self.c.open_channel(ch).await;
-    }
-
-    async fn send(&mut self, channel: u16, method: Method) {
-        self.c.send(channel, method).await;
-    }
-
-    async fn send_frame(&mut self, frame: Frame) {
-        self.c.send_frame(frame).await;
-    }
-
-    async fn frame(&mut self) -> Frame {
-        self.c.frame().await
-    }
-
-    /// The next method frame, which must be on `channel`.
-    async fn method(&mut self, channel: u16) -> Method {
-        self.c.method(channel).await
     }
 
     /// Sends `method` on channel 1 and expects `channel.close`: its code, text and ids.
@@ -213,33 +207,6 @@ fn precondition(text: &str, class_id: u16, method_id: u16) -> (u16, String, u16,
         class_id,
         method_id,
     )
-}
-
-async fn start(config: Config) -> Broker {
-    Broker::builder()
-        .config(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        })
-        .start()
-        .await
-        .expect("broker starts")
-}
-
-/// A fresh, empty data directory for one test.
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("minimq-tx-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-async fn start_durable(dir: &Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .start()
-        .await
-        .expect("broker starts")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -438,7 +405,7 @@ async fn commit_and_rollback_outside_tx_mode_are_406() {
         raw.refused(minimq_protocol::TxCommit.into()).await,
         precondition("channel is not transactional", 90, 20)
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     assert_eq!(
         raw.refused(minimq_protocol::TxRollback.into()).await,
         precondition("channel is not transactional", 90, 30)
@@ -457,7 +424,7 @@ async fn tx_and_confirm_mode_exclude_each_other() {
             .await,
         precondition("cannot switch from tx to confirm mode", 85, 10)
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     raw.send(1, minimq_protocol::ConfirmSelect { nowait: false }.into())
         .await;
     let ok = raw.method(1).await;
@@ -507,7 +474,7 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
         raw.refused(minimq_protocol::TxCommit.into()).await,
         precondition("partial tx completion", 90, 20)
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     assert_eq!(raw.ready("one").await, 1);
 }
 
@@ -515,7 +482,7 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
 /// channel error and everything held is dropped.
 #[tokio::test]
 async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         max_tx_size: 4096,
         ..Config::default()
     })
@@ -537,7 +504,7 @@ async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
             40
         )
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     assert_eq!(raw.ready("q").await, 0, "the held publishes were dropped");
     raw.select().await;
     raw.publish("q", false, &body).await;
@@ -554,7 +521,7 @@ async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
 #[tokio::test]
 async fn committed_persistent_messages_survive_a_crash() {
     let dir = data_dir("crash");
-    let broker = start_durable(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let conn = connect(&broker).await;
     let ch = open(&conn).await;
     within(ch.queue_declare(
@@ -582,7 +549,7 @@ async fn committed_persistent_messages_survive_a_crash() {
     within(ch.tx_commit()).await.unwrap();
     broker.crash().await;
 
-    let broker = start_durable(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let conn = connect(&broker).await;
     let ch = open(&conn).await;
     assert_eq!(drain(&ch, "dq").await, ["a", "b", "c"]);
@@ -598,7 +565,7 @@ async fn a_commit_whose_messages_cannot_be_synced_fails() {
     use std::sync::Arc;
     let dir = data_dir("nosync");
     let fail = Arc::new(AtomicBool::new(false));
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         data_dir: Some(dir.clone()),
         fail_syncs: Some(fail.clone()),
         ..Config::default()

@@ -9,6 +9,7 @@ pub mod http;
 pub mod raw;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
@@ -32,6 +33,23 @@ pub async fn start_broker_with(config: Config) -> Broker {
         .start()
         .await
         .expect("broker starts")
+}
+
+/// Starts a broker on `127.0.0.1:0` keeping its durable data in `dir`.
+pub async fn start_broker_in(dir: &Path) -> Broker {
+    start_broker_with(Config {
+        data_dir: Some(dir.to_path_buf()),
+        ..Config::default()
+    })
+    .await
+}
+
+/// A fresh, empty data directory for one test, named for it: `name` is unique within its
+/// test file, and the process id keeps concurrent runs apart.
+pub fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("minimq-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// Opens a lapin connection (guest/guest, vhost `/`) to `broker`.

@@ -134,7 +134,8 @@ impl Client {
         }
     }
 
-    /// A full handshake with `tune-ok` as given, then `connection.open` of `/`.
+    /// A full handshake with `tune-ok` as given, then `connection.open` of `/`; frames
+    /// above `frame_max` (0: no limit) are refused from then on.
     pub async fn open_tuned(
         addr: SocketAddr,
         channel_max: u16,
@@ -165,6 +166,9 @@ impl Client {
             matches!(ok, Method::ConnectionOpenOk(_)),
             "expected connection.open-ok, got {ok:?}"
         );
+        // From now on a frame above the negotiated frame_max is the server's error: the
+        // codec refuses it and `next` reports it.
+        c.io.codec_mut().set_frame_max(frame_max);
         c
     }
 
