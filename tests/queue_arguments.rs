@@ -1,26 +1,29 @@
-//! Queue arguments over real TCP with lapin: `x-max-length` with drop-head and
-//! reject-publish, `x-message-ttl` and the per-message `expiration`, `x-expires`, and
-//! `x-max-priority` (priority order survives a requeue).
+//! Queue arguments over real TCP: `x-max-length` with drop-head and reject-publish,
+//! `x-message-ttl` and the per-message `expiration`, `x-expires`, and `x-max-priority`
+//! (priority order survives a requeue).
 //!
 //! Dead-lettering (`x-dead-letter-exchange`, `x-delivery-limit`) has its own file,
 //! `dead_letter.rs`; `x-single-active-consumer` is in `dispatch.rs`; values out of range are
 //! refused in `bad_input.rs`.
 //!
-//! Time: lapin does its I/O on threads of its own, so these tests cannot pause tokio's
-//! clock (it would jump ahead whenever the runtime waits for lapin, expiring messages
-//! before they are published). The expiry tests use TTLs of tens of milliseconds on the
-//! real clock and poll for the result every few milliseconds under a deadline: there is no
-//! event for "expired" short of dead-lettering, which `dead_letter.rs` covers.
+//! Time: the expiry tests run on tokio's paused clock and move it with `advance`, so they
+//! check both sides of each deadline (not expired a millisecond before, gone a millisecond
+//! after) without waiting. That works because the broker's timers are tokio timers and the
+//! broker and the raw client (`common::raw`) share the test's runtime, where loopback TCP
+//! delivers a write before the runtime next looks for work. lapin could not drive them: it
+//! does its I/O on threads of its own, and the paused clock would jump ahead whenever the
+//! runtime waits for lapin. The other tests use lapin.
 
 mod common;
 
 use common::amqp::*;
+use common::raw::{table, Client};
 use common::{connect, start_broker};
 use lapin::options::*;
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::AMQPValue;
-use lapin::BasicProperties;
-use std::time::{Duration, Instant};
+use minimq_protocol::{BasicProperties, FieldTable, FieldValue};
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------
 // Length limits
@@ -78,78 +81,91 @@ async fn max_length_reject_publish_nacks_under_confirms() {
     assert_eq!(publish(&ch, "", "q", b"5").await, Confirmation::Ack(None));
 }
 
+/// Lets every task the broker has runnable take its turns, the paused clock standing still:
+/// what a timer that just fired sets off is done when this returns. (A round trip through
+/// the queue would do too, but it would count as a use and restart `x-expires`.)
+async fn let_the_broker_run() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Message TTL and queue expiry
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn expired_messages_by_queue_ttl_are_never_counted_nor_delivered() {
     let broker = start_broker().await;
-    let conn = connect(&broker).await;
-    let ch = open(&conn).await;
-    let a = args(&[("x-message-ttl", AMQPValue::LongInt(30))]);
-    declare_with(&ch, "q", QueueDeclareOptions::default(), a)
-        .await
-        .unwrap();
-    publish_numbered(&ch, "q", 3).await;
-    wait_ready(&ch, "q", 0).await;
-    assert!(get(&ch, "q").await.is_none());
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.declare_with("q", table(&[("x-message-ttl", FieldValue::I32(30))]))
+        .await;
+    for body in [b"1", b"2", b"3"] {
+        c.publish("q", body).await;
+    }
+    // Counted while fresh: the clock has not moved since the publishes.
+    assert_eq!(c.ready("q").await, 3);
+    tokio::time::advance(Duration::from_millis(29)).await;
+    assert_eq!(c.ready("q").await, 3, "not expired before the TTL");
+    tokio::time::advance(Duration::from_millis(2)).await;
+    assert_eq!(c.ready("q").await, 0);
+    assert!(c.try_get("q", false).await.is_none());
     // A consumer arriving later sees only what is fresh.
-    let worker = open(&conn).await;
-    let mut c = consume(&worker, "q", "c").await;
-    publish(&ch, "", "q", b"fresh").await;
-    let d = next(&mut c).await;
-    assert_eq!(body(&d), "fresh");
+    c.open_channel(2).await;
+    c.consume(2, "q", "c").await;
+    c.publish("q", b"fresh").await;
+    let (d, body) = c.delivery(2).await;
+    assert_eq!(&body[..], b"fresh");
     assert!(!d.redelivered);
+    // Dropped with the runtime, not shut down: a shutdown would requeue "fresh" with its
+    // TTL running, and the paused clock would then stop exactly on its expiry, where the
+    // queue's timer counts as due but its expiry check wants the time passed, so the
+    // queue task would spin with the clock frozen.
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn expired_messages_by_per_message_expiration_are_never_counted_nor_delivered() {
     let broker = start_broker().await;
-    let conn = connect(&broker).await;
-    let ch = open(&conn).await;
-    declare(&ch, "q").await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.declare_with("q", FieldTable::new()).await;
     for i in 1..=2 {
-        publish_with(
-            &ch,
-            "",
-            "q",
-            format!("short-{i}").as_bytes(),
-            BasicPublishOptions::default(),
-            BasicProperties::default().with_expiration("30".into()),
-        )
-        .await;
+        let expiring = BasicProperties {
+            expiration: Some("30".into()),
+            ..Default::default()
+        };
+        c.publish_with("q", expiring, format!("short-{i}").as_bytes())
+            .await;
     }
-    publish(&ch, "", "q", b"durable").await;
-    wait_ready(&ch, "q", 1).await;
-    let worker = open(&conn).await;
-    let mut c = consume(&worker, "q", "c").await;
-    assert_eq!(body(&next(&mut c).await), "durable");
-    assert_eq!(ready(&ch, "q").await, 0);
+    c.publish("q", b"durable").await;
+    assert_eq!(c.ready("q").await, 3);
+    tokio::time::advance(Duration::from_millis(29)).await;
+    assert_eq!(c.ready("q").await, 3, "not expired before the expiration");
+    tokio::time::advance(Duration::from_millis(2)).await;
+    assert_eq!(c.ready("q").await, 1);
+    c.open_channel(2).await;
+    c.consume(2, "q", "c").await;
+    let (_, body) = c.delivery(2).await;
+    assert_eq!(&body[..], b"durable");
+    assert_eq!(c.ready("q").await, 0);
+    broker.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unused_queue_with_x_expires_is_deleted() {
     let broker = start_broker().await;
-    let conn = connect(&broker).await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "ephemeral",
-        QueueDeclareOptions::default(),
-        args(&[("x-expires", AMQPValue::LongInt(50))]),
-    )
-    .await
-    .unwrap();
-    publish_with_priority(&ch, "ephemeral", "m", None).await;
-    // Watch the registry (looking does not count as use, unlike a declare).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while broker.state().vhost.queue("ephemeral").is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "queue not deleted after x-expires"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.declare_with("ephemeral", table(&[("x-expires", FieldValue::I32(50))]))
+        .await;
+    c.publish("ephemeral", b"m").await;
+    // Watch the registry: looking does not count as use, unlike a declare. A publish does
+    // not count either.
+    let registered = || broker.state().vhost.queue("ephemeral").is_some();
+    tokio::time::advance(Duration::from_millis(49)).await;
+    let_the_broker_run().await;
+    assert!(registered(), "deleted before x-expires");
+    tokio::time::advance(Duration::from_millis(2)).await;
+    let_the_broker_run().await;
+    assert!(!registered(), "queue not deleted after x-expires");
     broker.shutdown().await;
 }
 

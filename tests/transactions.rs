@@ -129,40 +129,6 @@ impl Raw {
         }
     }
 
-    async fn declare(&mut self, queue: &str, arguments: minimq_protocol::FieldTable) {
-        self.send(
-            1,
-            QueueDeclare {
-                queue: queue.into(),
-                arguments,
-                ..Default::default()
-            }
-            .into(),
-        )
-        .await;
-        let Method::QueueDeclareOk(_) = self.method(1).await else {
-            panic!("expected queue.declare-ok")
-        };
-    }
-
-    /// A passive declare: the queue's ready count.
-    async fn ready(&mut self, queue: &str) -> u32 {
-        self.send(
-            1,
-            QueueDeclare {
-                queue: queue.into(),
-                passive: true,
-                ..Default::default()
-            }
-            .into(),
-        )
-        .await;
-        match self.method(1).await {
-            Method::QueueDeclareOk(ok) => ok.message_count,
-            other => panic!("expected queue.declare-ok, got {other:?}"),
-        }
-    }
-
     async fn publish(&mut self, routing_key: &str, mandatory: bool, body: &[u8]) {
         self.send(
             1,
@@ -259,7 +225,7 @@ async fn rollback_discards_the_held_publishes() {
 async fn an_unroutable_mandatory_publish_is_returned_at_commit_before_commit_ok() {
     let broker = start_broker().await;
     let mut raw = Raw::connect(broker.local_addr()).await;
-    raw.declare("q", Default::default()).await;
+    raw.declare_with("q", Default::default()).await;
     raw.select().await;
     raw.publish("nowhere", true, b"rolled back").await;
     raw.send(1, minimq_protocol::TxRollback.into()).await;
@@ -466,7 +432,7 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
         "x-overflow",
         FieldValue::LongString("reject-publish".into()),
     );
-    raw.declare("one", args).await;
+    raw.declare_with("one", args).await;
     raw.select().await;
     raw.publish("one", false, b"a").await;
     raw.publish("one", false, b"b").await;
@@ -488,7 +454,7 @@ async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
     })
     .await;
     let mut raw = Raw::connect(broker.local_addr()).await;
-    raw.declare("q", Default::default()).await;
+    raw.declare_with("q", Default::default()).await;
     raw.select().await;
     // 1000 octets of body and 256 of overhead each: three fit in 4096.
     let body = [7u8; 1000];

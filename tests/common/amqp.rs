@@ -2,8 +2,6 @@
 //! drain and read the errors the server closes with. Every call is bounded by [`within`], so
 //! a broker that never answers fails the test instead of hanging it.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::*;
@@ -12,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use tokio::sync::mpsc;
 
-use super::{within, TIMEOUT};
+use super::within;
 
 pub async fn open(conn: &Connection) -> Channel {
     within(conn.create_channel()).await.expect("open channel")
@@ -185,23 +183,6 @@ pub async fn confirm_mode(ch: &Channel) {
     within(ch.confirm_select(ConfirmSelectOptions::default()))
         .await
         .expect("confirm.select");
-}
-
-/// Polls `queue`'s ready count until it equals `want` (for conditions that are a passage
-/// of time, like TTL expiry).
-pub async fn wait_ready(ch: &Channel, queue: &str, want: u32) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let n = ready(ch, queue).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue '{queue}' still has {n} ready messages, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 pub async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
