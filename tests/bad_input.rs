@@ -2,8 +2,8 @@
 //! code, and RabbitMQ's reply text where minimq has what that text needs), never panic,
 //! never hang, and keep serving other connections.
 //!
-//! Each test starts its own broker on an ephemeral port and drives it with a small raw
-//! client built on minimq-protocol's codec, so it can send what no real client would.
+//! Each test starts its own broker on an ephemeral port and drives it with the raw client
+//! of tests/common (minimq-protocol's codec), so it can send what no real client would.
 //! Nothing waits on a sleep for synchronisation: every wait is for an event (a frame, the
 //! socket closing) under a timeout guard. Where the condition is time itself (the
 //! handshake timeout) the test runs on tokio's paused clock, which the broker in the same

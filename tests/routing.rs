@@ -23,14 +23,11 @@ use minimq_protocol::{ContentHeader, Frame, Method};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Declares exchange `name` of `kind` with `args`.
 async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
-    ch.exchange_declare(name, kind, ExchangeDeclareOptions::default(), args)
+    within(ch.exchange_declare(name, kind, ExchangeDeclareOptions::default(), args))
         .await
-        .unwrap();
-}
-
-async fn count(ch: &Channel, queue: &str) -> u32 {
-    common::passive_declare(ch, queue).await.message_count()
+        .expect("exchange.declare");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -364,7 +361,7 @@ async fn exchange_to_exchange_bindings_route_and_cycles_end() {
     publish(&ch, "front", "orders.new", b"routed").await;
     publish(&ch, "front", "invoices.new", b"not routed").await;
     assert_eq!(
-        count(&ch, "all").await,
+        ready(&ch, "all").await,
         1,
         "exactly one copy despite the cycle"
     );
@@ -378,7 +375,7 @@ async fn exchange_to_exchange_bindings_route_and_cycles_end() {
     .await
     .unwrap();
     publish(&ch, "front", "orders.new", b"after unbind").await;
-    assert_eq!(count(&ch, "all").await, 1);
+    assert_eq!(ready(&ch, "all").await, 1);
     broker.shutdown().await;
 }
 
@@ -420,7 +417,7 @@ async fn unroutable_messages_go_to_the_alternate_exchange_without_a_return() {
         "routed through the alternate exchange: no basic.return"
     );
     publish(&ch, "main", "known", b"normal").await;
-    assert_eq!(count(&ch, "known").await, 1);
+    assert_eq!(ready(&ch, "known").await, 1);
     let m = ch
         .basic_get("lost-and-found", BasicGetOptions { no_ack: true })
         .await
@@ -501,7 +498,7 @@ async fn the_alternate_exchange_is_used_only_when_no_binding_matched() {
         stray.take_message().is_none(),
         "went to the alternate exchange"
     );
-    assert_eq!(count(&ch, "lost-and-found").await, 1, "only the stray one");
+    assert_eq!(ready(&ch, "lost-and-found").await, 1, "only the stray one");
     broker.shutdown().await;
 }
 

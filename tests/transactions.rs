@@ -4,23 +4,22 @@
 //! has the messages, the bound on what a transaction holds, and RabbitMQ 3.10's errors
 //! (codes, texts and method ids checked against a RabbitMQ 3.10 node).
 //!
-//! lapin drives what it can; a small raw client (minimq-protocol's codec) checks the exact
-//! frames and their order. Every wait is for an event under a timeout guard.
+//! lapin drives what it can; the raw client of tests/common checks the exact frames and
+//! their order. Every wait is for an event under `common::within`.
 
 mod common;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use common::amqp::{declare, drain, open, ready};
 use common::raw::Client;
-use common::{
-    connect, data_dir, passive_declare, start_broker, start_broker_in, start_broker_with, within,
-};
+use common::{connect, data_dir, start_broker, start_broker_in, start_broker_with, within};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
 use minimq_broker::Config;
 use minimq_protocol::{
     BasicPublish, ChannelClose, ContentHeader, FieldValue, Frame, Method, QueueDeclare,
@@ -29,16 +28,6 @@ use minimq_protocol::{
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-async fn open(conn: &Connection) -> Channel {
-    within(conn.create_channel()).await.expect("open channel")
-}
-
-async fn declare(ch: &Channel, name: &str) {
-    within(ch.queue_declare(name, QueueDeclareOptions::default(), FieldTable::default()))
-        .await
-        .expect("queue.declare");
-}
 
 async fn publish(ch: &Channel, queue: &str, body: &str) {
     within(ch.basic_publish(
@@ -52,10 +41,6 @@ async fn publish(ch: &Channel, queue: &str, body: &str) {
     .expect("publish");
 }
 
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    passive_declare(ch, queue).await.message_count()
-}
-
 /// `basic.get` with manual ack: the delivery tag and body.
 async fn get(ch: &Channel, queue: &str) -> (u64, String) {
     let m = within(ch.basic_get(queue, BasicGetOptions { no_ack: false }))
@@ -66,18 +51,6 @@ async fn get(ch: &Channel, queue: &str) -> (u64, String) {
         m.delivery.delivery_tag,
         String::from_utf8_lossy(&m.delivery.data).into_owned(),
     )
-}
-
-/// Every message of `queue`, taken with auto-ack.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = within(ch.basic_get(queue, BasicGetOptions { no_ack: true }))
-        .await
-        .expect("basic.get")
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
 }
 
 /// The raw AMQP client of tests/common with the transaction helpers below, for the exact

@@ -212,19 +212,10 @@ pub async fn routed_keys(ch: &Channel, queue: &str) -> Vec<String> {
     out
 }
 
+/// Declares a plain `queue` and binds it to `exchange` with `key`.
 pub async fn queue_bound(ch: &Channel, queue: &str, exchange: &str, key: &str) {
-    ch.queue_declare(queue, QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(
-        queue,
-        exchange,
-        key,
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare(ch, queue).await;
+    bind(ch, queue, exchange, key, FieldTable::default()).await;
 }
 
 /// Publishes `body` to `queue` through the default exchange, with `priority` if given.
