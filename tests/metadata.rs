@@ -156,11 +156,10 @@ async fn a_durable_declare_whose_sync_fails_is_refused_and_leaves_nothing_behind
             .contains("cannot record exchange 'doomed-x'"),
         "{err}"
     );
-    let conn = if conn.status().connected() {
-        conn
-    } else {
-        open(&broker).await.0
-    };
+    // 541 is a connection error: lapin may still call the connection open for a moment
+    // while it closes, so the next step always starts on a new one.
+    drop(conn);
+    let conn = open(&broker).await.0;
     let ch = conn.create_channel().await.unwrap();
     let err = ch
         .queue_declare(
@@ -179,11 +178,8 @@ async fn a_durable_declare_whose_sync_fails_is_refused_and_leaves_nothing_behind
     );
     fail.store(false, Ordering::SeqCst);
 
-    let conn = if conn.status().connected() {
-        conn
-    } else {
-        open(&broker).await.0
-    };
+    drop(conn);
+    let conn = open(&broker).await.0;
     assert!(
         !exchange_exists(&conn, "doomed-x").await,
         "refused, so absent"
