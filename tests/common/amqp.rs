@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::within;
 
+/// Opens a channel on `conn`.
 pub async fn open(conn: &Connection) -> Channel {
     within(conn.create_channel()).await.expect("open channel")
 }
@@ -28,6 +29,7 @@ pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
     .expect("queue.declare")
 }
 
+/// `queue.declare` with `options` and `args`: the server's answer, refusals included.
 pub async fn declare_with(
     ch: &Channel,
     name: &str,
@@ -37,6 +39,7 @@ pub async fn declare_with(
     within(ch.queue_declare(name, options, args)).await
 }
 
+/// A passive `queue.declare`: the queue's counts, or the 404 if it does not exist.
 pub async fn passive(ch: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
     let options = QueueDeclareOptions {
         passive: true,
@@ -53,6 +56,7 @@ pub async fn ready(ch: &Channel, queue: &str) -> u32 {
         .message_count()
 }
 
+/// A lapin field table (queue arguments, headers) from its entries.
 pub fn args(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
@@ -61,10 +65,13 @@ pub fn args(entries: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
+/// A long-string field value.
 pub fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
+/// Publishes with `options` and `properties` and waits for the publisher confirm
+/// (`NotRequested` at once outside confirm mode).
 pub async fn publish_with(
     ch: &Channel,
     exchange: &str,
@@ -79,6 +86,7 @@ pub async fn publish_with(
     within(confirm).await.expect("publisher confirm")
 }
 
+/// Publishes `body` with default options and properties; see [`publish_with`].
 pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) -> Confirmation {
     publish_with(
         ch,
@@ -98,6 +106,7 @@ pub async fn publish_numbered(ch: &Channel, queue: &str, n: u32) {
     }
 }
 
+/// `basic.consume` of `queue` with `tag`, acks required.
 pub async fn consume(ch: &Channel, queue: &str, tag: &str) -> Consumer {
     within(ch.basic_consume(
         queue,
@@ -109,6 +118,7 @@ pub async fn consume(ch: &Channel, queue: &str, tag: &str) -> Consumer {
     .expect("basic.consume")
 }
 
+/// The consumer's next delivery.
 pub async fn next(consumer: &mut Consumer) -> Delivery {
     within(consumer.next())
         .await
@@ -116,10 +126,12 @@ pub async fn next(consumer: &mut Consumer) -> Delivery {
         .expect("delivery")
 }
 
+/// A delivery's body as UTF-8 text.
 pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.data.clone()).expect("utf-8 body")
 }
 
+/// `basic.get` with acks required: the message, or `None` when the queue is empty.
 pub async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
     within(ch.basic_get(queue, BasicGetOptions::default()))
         .await
@@ -138,6 +150,7 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
     out
 }
 
+/// `basic.ack` of `tag`, with `multiple` as given.
 pub async fn ack(ch: &Channel, tag: u64, multiple: bool) {
     within(ch.basic_ack(tag, BasicAckOptions { multiple }))
         .await
@@ -162,6 +175,7 @@ pub fn connection_errors(conn: &Connection) -> mpsc::UnboundedReceiver<lapin::Er
     rx
 }
 
+/// The reply code and text of the next close reported on `rx`.
 pub async fn next_error(rx: &mut mpsc::UnboundedReceiver<lapin::Error>) -> (u16, String) {
     let e = within(rx.recv()).await.expect("error handler dropped");
     amqp(&e)
@@ -175,16 +189,19 @@ pub fn amqp(e: &lapin::Error) -> (u16, String) {
     }
 }
 
+/// The reply code and text of a call the server must have refused.
 pub fn expect_amqp<T: std::fmt::Debug>(r: lapin::Result<T>) -> (u16, String) {
     amqp(&r.expect_err("the server should have refused"))
 }
 
+/// Puts `ch` in publisher-confirm mode.
 pub async fn confirm_mode(ch: &Channel) {
     within(ch.confirm_select(ConfirmSelectOptions::default()))
         .await
         .expect("confirm.select");
 }
 
+/// Declares exchange `name` of `kind` (not durable, no arguments).
 pub async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
     within(ch.exchange_declare(
         name,
@@ -196,6 +213,7 @@ pub async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
     .expect("exchange.declare");
 }
 
+/// Binds `queue` to `exchange` with `key` and `arguments`.
 pub async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, arguments: FieldTable) {
     within(ch.queue_bind(queue, exchange, key, QueueBindOptions::default(), arguments))
         .await

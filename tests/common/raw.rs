@@ -48,10 +48,12 @@ pub fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
     t
 }
 
+/// A PLAIN `response`: `\0user\0password`.
 pub fn plain(user: &str, pass: &str) -> Bytes {
     Bytes::from(format!("\0{user}\0{pass}"))
 }
 
+/// `connection.start-ok`, with the `authentication_failure_close` capability if asked.
 pub fn start_ok(mechanism: &str, response: Bytes, auth_failure_close: bool) -> Method {
     let mut props = FieldTable::new();
     props.insert("product", "minimq tests");
@@ -69,6 +71,7 @@ pub fn start_ok(mechanism: &str, response: Bytes, auth_failure_close: bool) -> M
     .into()
 }
 
+/// A content header on channel 1 for a body of `body_size` octets, no properties.
 pub fn header(body_size: u64) -> Frame {
     Frame::Header(
         1,
@@ -80,6 +83,7 @@ pub fn header(body_size: u64) -> Frame {
     )
 }
 
+/// `basic.publish` to `queue` through the default exchange.
 pub fn publish_to(queue: &str) -> Method {
     BasicPublish {
         exchange: String::new(),
@@ -90,6 +94,7 @@ pub fn publish_to(queue: &str) -> Method {
     .into()
 }
 
+/// A plain `queue.declare` of `queue`.
 pub fn declare(queue: &str) -> Method {
     QueueDeclare {
         queue: queue.into(),
@@ -193,6 +198,7 @@ impl Client {
         c
     }
 
+    /// Opens channel `ch` and waits for open-ok.
     pub async fn open_channel(&mut self, ch: u16) {
         self.send(ch, ChannelOpen.into()).await;
         let ok = self.method(ch).await;
@@ -202,10 +208,12 @@ impl Client {
         );
     }
 
+    /// Sends `method` on `channel`.
     pub async fn send(&mut self, channel: u16, method: Method) {
         self.send_frame(Frame::Method(channel, method)).await;
     }
 
+    /// Sends `frame` as it is.
     pub async fn send_frame(&mut self, frame: Frame) {
         within(self.io.send(frame)).await.expect("send frame");
     }
