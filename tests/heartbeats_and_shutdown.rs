@@ -1,14 +1,16 @@
 //! A connection's liveness and its end, over real TCP: heartbeats (a silent client is
 //! dropped and its unacked message requeued; a client that answers is kept), a secret
 //! refreshed mid-connection (`connection.update-secret`), and the broker's graceful
-//! shutdown (320 to every client, even one still in the handshake).
+//! shutdown (320 to every open connection; a client stuck in the handshake does not hold
+//! it up).
 //!
 //! The heartbeat tests run on tokio's paused clock: the broker and the raw client
 //! (`common::raw`) share the test's runtime, the broker's heartbeat timers are tokio
 //! timers, and loopback TCP delivers a write before the runtime next looks for work, so
 //! the clock only jumps when everyone waits for a timer: seconds of heartbeats take
-//! milliseconds. A shutdown that must not wait for a stuck consumer is in `durability.rs`
-//! (it checks what comes back after the restart); the HTTP side in `admin.rs`.
+//! milliseconds, and the test can say exactly when the broker gave up. A shutdown that must
+//! not wait for a consumer that stopped reading is in `durability.rs` (it checks what comes
+//! back after the restart); the management API's side of a shutdown in `admin.rs`.
 
 mod common;
 
