@@ -608,8 +608,7 @@ async fn shutdown_closes_idle_keep_alive_connections() {
 /// clean, and each stretch of the log not used (segment, offset, octets, kind).
 #[tokio::test]
 async fn the_overview_reports_what_recovery_skipped() {
-    let dir = std::env::temp_dir().join(format!("minimq-admin-recovery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::data_dir("admin-recovery");
     let start = |dir: std::path::PathBuf| async move {
         Broker::builder()
             .listen("127.0.0.1:0".parse().unwrap())

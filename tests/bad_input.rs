@@ -2,11 +2,13 @@
 //! code, and RabbitMQ's reply text where minimq has what that text needs), never panic,
 //! never hang, and keep serving other connections.
 //!
-//! Each test starts its own broker on an ephemeral port and drives it with a small raw
-//! client built on minimq-protocol's codec, so it can send what no real client would.
+//! Each test starts its own broker on an ephemeral port and drives it with the raw client
+//! of tests/common (minimq-protocol's codec), so it can send what no real client would.
 //! Nothing waits on a sleep for synchronisation: every wait is for an event (a frame, the
-//! socket closing) under a timeout guard. Where the condition is time itself (handshake
-//! timeout, missed heartbeats) the broker is configured with short intervals.
+//! socket closing) under a timeout guard. Where the condition is time itself (the
+//! handshake timeout) the test runs on tokio's paused clock, which the broker in the same
+//! runtime shares: the clock jumps to the broker's deadline as soon as everyone waits.
+//! Heartbeats, which are not bad input, are in `heartbeats_and_shutdown.rs`.
 //!
 //! The answers asserted here were checked against RabbitMQ 3.10.8; where minimq answers
 //! differently on purpose, the test says so (see docs/compatibility.md).
@@ -16,10 +18,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use minimq_broker::{Broker, Config};
+use minimq_broker::Config;
 use minimq_protocol::frame::PROTOCOL_HEADER;
 use minimq_protocol::{
-    BasicAck, BasicPublish, ChannelClose, ChannelCloseOk, ChannelOpen, CodecError, ConnectionClose,
+    BasicAck, BasicPublish, ChannelClose, ChannelCloseOk, ChannelOpen, CodecError,
     ConnectionCloseOk, ConnectionOpen, ConnectionTuneOk, ContentHeader, FieldTable, FieldValue,
     Frame, Method, QueueDeclare,
 };
@@ -29,53 +31,7 @@ use tokio::net::TcpStream;
 mod common;
 
 use common::raw::*;
-use common::{within, TIMEOUT};
-
-async fn start(config: Config) -> Broker {
-    Broker::builder()
-        .config(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        })
-        .start()
-        .await
-        .expect("broker starts")
-}
-
-async fn broker() -> Broker {
-    start(Config::default()).await
-}
-
-/// A fresh connection to the broker still works: declare, publish, get.
-async fn assert_serves(addr: SocketAddr) {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let queue = format!(
-        "fresh-{}",
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let mut c = Client::open_channel1(addr).await;
-    c.send(1, declare(&queue)).await;
-    let Method::QueueDeclareOk(ok) = c.method(1).await else {
-        panic!("expected queue.declare-ok")
-    };
-    assert_eq!(ok.queue, queue);
-    c.publish(&queue, b"ping").await;
-    let (_, redelivered, body) = c.get(&queue, true).await;
-    assert!(!redelivered);
-    assert_eq!(&body[..], b"ping");
-    c.send(
-        0,
-        ConnectionClose {
-            reply_code: 200,
-            reply_text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        }
-        .into(),
-    )
-    .await;
-    assert!(matches!(c.method(0).await, Method::ConnectionCloseOk(_)));
-}
+use common::{start_broker, start_broker_with, within, TIMEOUT};
 
 /// Reads everything the server sends until it closes the socket.
 async fn read_to_end(addr: SocketAddr, send: &[u8]) -> Vec<u8> {
@@ -97,7 +53,7 @@ async fn read_to_end(addr: SocketAddr, send: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn unknown_protocol_headers_get_the_0_9_1_header_back_and_the_socket_closed() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     for header in [
         &b"AMQP\x00\x00\x09\x00"[..],
@@ -118,7 +74,7 @@ async fn unknown_protocol_headers_get_the_0_9_1_header_back_and_the_socket_close
 
 #[tokio::test]
 async fn the_amqp_0_9_header_is_taken_as_0_9_1_as_rabbitmq_does() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::connect_with_header(broker.local_addr(), b"AMQP\x01\x01\x00\x09").await;
     match c.method(0).await {
         Method::ConnectionStart(s) => assert_eq!((s.version_major, s.version_minor), (0, 9)),
@@ -129,15 +85,22 @@ async fn the_amqp_0_9_header_is_taken_as_0_9_1_as_rabbitmq_does() {
     broker.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_partial_protocol_header_is_dropped_after_the_handshake_timeout() {
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         handshake_timeout: Duration::from_millis(300),
         ..Config::default()
     })
     .await;
+    let started = tokio::time::Instant::now();
     let got = read_to_end(broker.local_addr(), b"AMQP\x00").await;
     assert!(got.is_empty(), "nothing is sent, got {got:?}");
+    // On the paused clock: exactly when the timeout says, not before.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "dropped after {:?}",
+        started.elapsed()
+    );
     assert_serves(broker.local_addr()).await;
     broker.shutdown().await;
 }
@@ -146,9 +109,9 @@ async fn a_partial_protocol_header_is_dropped_after_the_handshake_timeout() {
 // Handshake
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_never_finishes_the_handshake_is_dropped_after_the_timeout() {
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         handshake_timeout: Duration::from_millis(300),
         ..Config::default()
     })
@@ -179,7 +142,7 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped_after_the_timeout
 
 #[tokio::test]
 async fn wrong_password_with_authentication_failure_close_is_answered_403() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     for (mechanism, response) in [
         ("PLAIN", plain("guest", "nope")),
@@ -205,7 +168,7 @@ async fn wrong_password_with_authentication_failure_close_is_answered_403() {
 
 #[tokio::test]
 async fn wrong_password_without_the_capability_just_closes_the_socket() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::connect(broker.local_addr()).await;
     c.send(0, start_ok("PLAIN", plain("guest", "nope"), false))
         .await;
@@ -216,7 +179,7 @@ async fn wrong_password_without_the_capability_just_closes_the_socket() {
 
 #[tokio::test]
 async fn an_unknown_mechanism_just_closes_the_socket_even_with_the_capability() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::connect(broker.local_addr()).await;
     c.send(0, start_ok("CRAM-MD5", plain("guest", "guest"), true))
         .await;
@@ -243,7 +206,7 @@ fn amqplain(user: &str, pass: &str) -> Bytes {
 
 #[tokio::test]
 async fn amqplain_login_works() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::connect(broker.local_addr()).await;
     c.send(0, start_ok("AMQPLAIN", amqplain("guest", "guest"), true))
         .await;
@@ -278,7 +241,7 @@ async fn amqplain_login_works() {
 
 #[tokio::test]
 async fn unknown_vhost_is_530() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let (mut c, channel_max, frame_max) = Client::login(broker.local_addr()).await;
     c.send(
         0,
@@ -308,7 +271,7 @@ async fn unknown_vhost_is_530() {
 async fn tune_ok_outside_the_servers_limits_just_closes_the_socket() {
     // RabbitMQ refuses frame_max below 4096, above its own or 0 ("no limit"), and the
     // same for channel_max, by closing the socket without a word.
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     for (channel_max, frame_max) in [
         (2047, 100),
@@ -336,7 +299,7 @@ async fn tune_ok_outside_the_servers_limits_just_closes_the_socket() {
 
 #[tokio::test]
 async fn a_wrong_method_during_the_handshake_just_closes_the_socket() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     // Instead of start-ok.
     let mut c = Client::connect(addr).await;
@@ -373,7 +336,7 @@ async fn a_wrong_method_during_the_handshake_just_closes_the_socket() {
 
 #[tokio::test]
 async fn a_bad_frame_end_octet_is_501() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     let mut bad = raw_method(1, 50, 10, &[0, 0, 1, b'x', 0, 0, 0, 0, 0]);
     *bad.last_mut().unwrap() = 0x00;
@@ -387,7 +350,7 @@ async fn a_bad_frame_end_octet_is_501() {
 
 #[tokio::test]
 async fn a_frame_above_frame_max_is_501_before_its_payload_arrives() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_tuned(broker.local_addr(), 2047, 4096, 0).await;
     c.open_channel(1).await;
     // Only the 7-octet header of a 1 MB method frame: the answer cannot wait for the rest.
@@ -404,7 +367,7 @@ async fn a_frame_above_frame_max_is_501_before_its_payload_arrives() {
 #[tokio::test]
 async fn a_payload_of_exactly_frame_max_is_tolerated_one_more_octet_is_not() {
     // RabbitMQ allows 8 octets of slack over frame_max (payload up to frame_max).
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     let mut c = Client::open_tuned(addr, 2047, 4096, 0).await;
     c.open_channel(1).await;
@@ -451,7 +414,7 @@ async fn undecodable_frames_are_501() {
             "FRAME_ERROR - Malformed UTF-8 in shortstr",
         ),
     ];
-    let broker = broker().await;
+    let broker = start_broker().await;
     for (bytes, text) in cases {
         let mut c = Client::open_channel1(broker.local_addr()).await;
         c.send_raw(&bytes).await;
@@ -465,7 +428,7 @@ async fn undecodable_frames_are_501() {
 async fn truncated_or_overlong_method_arguments_are_501() {
     // RabbitMQ: 501 "FRAME_ERROR - cannot decode <<argument octets>>" with the method's
     // class and id; minimq's codec reports neither the octets nor the method.
-    let broker = broker().await;
+    let broker = start_broker().await;
     for (bytes, text) in [
         // queue.declare cut inside the queue name
         (
@@ -505,7 +468,7 @@ async fn truncated_or_overlong_method_arguments_are_501() {
 async fn an_unknown_method_id_closes_the_connection_503() {
     // RabbitMQ 3.10's reader crashes on an unknown class or method id and drops the
     // socket without a close; minimq answers 503 COMMAND_INVALID.
-    let broker = broker().await;
+    let broker = start_broker().await;
     for (ch, class_id, method_id) in [(1, 60, 999), (1, 99, 10), (0, 10, 99)] {
         let mut c = Client::open_channel1(broker.local_addr()).await;
         c.send_raw(&raw_method(ch, class_id, method_id, &[])).await;
@@ -527,7 +490,7 @@ async fn an_unknown_method_id_closes_the_connection_503() {
 
 #[tokio::test]
 async fn a_method_on_a_channel_that_is_not_open_is_504() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open(broker.local_addr()).await;
     c.send(1, declare("q")).await;
     c.expect_connection_close(504, "CHANNEL_ERROR - expected 'channel.open'", 50, 10)
@@ -538,7 +501,7 @@ async fn a_method_on_a_channel_that_is_not_open_is_504() {
 
 #[tokio::test]
 async fn a_second_channel_open_on_the_same_channel_is_504() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     c.send(1, ChannelOpen.into()).await;
     c.expect_connection_close(504, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10)
@@ -549,7 +512,7 @@ async fn a_second_channel_open_on_the_same_channel_is_504() {
 
 #[tokio::test]
 async fn a_channel_method_on_channel_0_is_504() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     for (m, ids) in [
         (Method::from(ChannelOpen), (20, 10)),
         (declare("q"), (50, 10)),
@@ -579,7 +542,7 @@ async fn a_channel_method_on_channel_0_is_504() {
 async fn channel_max_limits_open_channels_to_530() {
     // As in RabbitMQ, channel_max caps how many channels are open at once; a channel
     // number above it is fine while there is room.
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_tuned(broker.local_addr(), 2, 131_072, 0).await;
     c.open_channel(7).await;
     c.open_channel(1).await;
@@ -650,7 +613,7 @@ const NO_EXCHANGE_404: &str = "NOT_FOUND - no exchange 'nonexisting-exchange' in
 /// channel 2 stay up, as with RabbitMQ.
 #[tokio::test]
 async fn crossing_channel_closes_keep_the_connection_and_other_channels_up() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     c.open_channel(2).await;
     let mut frames = empty_publish(1, "nonexisting-exchange", "").to_vec();
@@ -823,7 +786,7 @@ mod crossing {
             .enable_all()
             .build()
             .unwrap();
-        let broker = rt.block_on(super::broker());
+        let broker = rt.block_on(super::start_broker());
         let addr = broker.local_addr();
         let mut runner = TestRunner::new(ProptestConfig {
             cases: 48,
@@ -851,7 +814,7 @@ const NO_BODY: &str =
 
 #[tokio::test]
 async fn a_body_frame_without_a_header_is_505() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     // No publish at all.
     let mut c = Client::open_channel1(addr).await;
@@ -875,7 +838,7 @@ async fn a_body_frame_without_a_header_is_505() {
 
 #[tokio::test]
 async fn a_method_where_content_is_expected_is_505() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     // Where the header belongs.
     let mut c = Client::open_channel1(addr).await;
@@ -894,7 +857,7 @@ async fn a_method_where_content_is_expected_is_505() {
 
 #[tokio::test]
 async fn a_header_out_of_place_is_505() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     // With no publish.
     let mut c = Client::open_channel1(addr).await;
@@ -941,7 +904,7 @@ async fn a_header_out_of_place_is_505() {
 async fn a_body_larger_than_its_declared_size_is_a_connection_error() {
     // RabbitMQ 3.10 says nothing and leaves the channel waiting for a body that can never
     // complete (the next method on it gets 505); minimq refuses the frame at once.
-    let broker = broker().await;
+    let broker = start_broker().await;
     let addr = broker.local_addr();
     for frames in [vec![&b"0123456789"[..]], vec![b"012", b"3456"]] {
         let mut c = Client::open_channel1(addr).await;
@@ -966,7 +929,7 @@ async fn a_body_larger_than_its_declared_size_is_a_connection_error() {
 #[tokio::test]
 async fn a_declared_body_size_above_the_max_message_size_is_406_on_the_channel() {
     // RabbitMQ answers once the body is in; minimq as soon as the header announces it.
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         max_message_size: 1000,
         ..Config::default()
     })
@@ -997,7 +960,7 @@ async fn a_declared_body_size_above_the_max_message_size_is_406_on_the_channel()
 
 #[tokio::test]
 async fn an_unknown_delivery_tag_closes_the_channel_406() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     c.send(
         1,
@@ -1021,73 +984,6 @@ async fn an_unknown_delivery_tag_closes_the_channel_406() {
     assert!(matches!(c.method(2).await, Method::QueueDeclareOk(_)));
     drop(c);
     assert_serves(broker.local_addr()).await;
-    broker.shutdown().await;
-}
-
-// ---------------------------------------------------------------------------------------
-// Heartbeats
-// ---------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn a_silent_client_is_dropped_after_two_heartbeats_and_its_unacked_message_requeued() {
-    let broker = start(Config {
-        heartbeat: 1,
-        ..Config::default()
-    })
-    .await;
-    let addr = broker.local_addr();
-    let mut c = Client::open_tuned(addr, 2047, 131_072, 1).await;
-    c.open_channel(1).await;
-    c.send(1, declare("hb")).await;
-    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
-    c.publish("hb", b"work").await;
-    let (tag, redelivered, _) = c.get("hb", false).await;
-    assert_eq!((tag, redelivered), (1, false));
-    // From now on the client sends nothing. The server keeps sending heartbeats, then
-    // gives up on the client (RabbitMQ: after two missed intervals, without a close).
-    let mut heartbeats = 0;
-    loop {
-        match c.next().await {
-            Next::Frame(Frame::Heartbeat) => heartbeats += 1,
-            Next::Frame(f) => panic!("unexpected frame {f:?}"),
-            Next::Closed => break,
-        }
-    }
-    assert!(heartbeats >= 1, "the server sends heartbeats");
-    // The unacked message went back to its queue.
-    let mut other = Client::open_channel1(addr).await;
-    let (_, redelivered, body) = other.get("hb", true).await;
-    assert!(redelivered);
-    assert_eq!(&body[..], b"work");
-    drop(other);
-    assert_serves(addr).await;
-    broker.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_client_that_sends_heartbeats_is_kept() {
-    let broker = start(Config {
-        heartbeat: 1,
-        ..Config::default()
-    })
-    .await;
-    let mut c = Client::open_tuned(broker.local_addr(), 2047, 131_072, 1).await;
-    c.open_channel(1).await;
-    // Answer each server heartbeat with one, for a few intervals past the 2 s limit.
-    let mut seen = 0;
-    while seen < 6 {
-        match c.next().await {
-            Next::Frame(Frame::Heartbeat) => {
-                seen += 1;
-                c.send_frame(Frame::Heartbeat).await;
-            }
-            Next::Frame(f) => panic!("unexpected frame {f:?}"),
-            Next::Closed => panic!("the server dropped a client that sent heartbeats"),
-        }
-    }
-    c.send(1, declare("alive")).await;
-    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
-    drop(c);
     broker.shutdown().await;
 }
 
@@ -1214,7 +1110,7 @@ mod random {
             .enable_all()
             .build()
             .unwrap();
-        let broker = rt.block_on(super::broker());
+        let broker = rt.block_on(super::start_broker());
         let addr = broker.local_addr();
         let mut runner = TestRunner::new(ProptestConfig {
             cases: 32,
@@ -1234,120 +1130,6 @@ mod random {
             .unwrap();
         rt.block_on(broker.shutdown());
     }
-}
-
-#[tokio::test]
-async fn shutdown_does_not_wait_for_a_client_stuck_in_the_handshake() {
-    let broker = start(Config {
-        handshake_timeout: Duration::from_secs(600),
-        ..Config::default()
-    })
-    .await;
-    // Connected, sent the protocol header, got connection.start, then silent.
-    let mut c = Client::connect(broker.local_addr()).await;
-    // Shutdown must finish well inside the guard, not after the 600 s handshake timeout.
-    within(broker.shutdown()).await;
-    c.expect_eof().await;
-}
-
-#[tokio::test]
-async fn connection_update_secret_is_accepted() {
-    let broker = broker().await;
-    let mut c = Client::open(broker.local_addr()).await;
-    c.send(
-        0,
-        minimq_protocol::ConnectionUpdateSecret {
-            new_secret: Bytes::from_static(b"guest"),
-            reason: "token refresh".into(),
-        }
-        .into(),
-    )
-    .await;
-    assert!(matches!(
-        c.method(0).await,
-        Method::ConnectionUpdateSecretOk(_)
-    ));
-    assert_serves(broker.local_addr()).await;
-    drop(c);
-    broker.shutdown().await;
-}
-
-/// Not bad input, but only a raw client can see it: the confirms that one group commit
-/// answers go out folded (`basic.ack` with `multiple`), not one frame per message.
-#[tokio::test]
-async fn the_confirms_of_a_group_commit_are_folded_into_few_acks() {
-    use minimq_protocol::{BasicProperties, ConfirmSelect};
-    let dir = std::env::temp_dir().join(format!("minimq-fold-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let broker = start(Config {
-        data_dir: Some(dir.clone()),
-        ..Config::default()
-    })
-    .await;
-    let mut c = Client::open_channel1(broker.local_addr()).await;
-    c.send(
-        1,
-        QueueDeclare {
-            queue: "fold".into(),
-            durable: true,
-            ..Default::default()
-        }
-        .into(),
-    )
-    .await;
-    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
-    c.send(1, ConfirmSelect { nowait: false }.into()).await;
-    assert!(matches!(c.method(1).await, Method::ConfirmSelectOk(_)));
-    // A hundred persistent publishes in one write.
-    const N: u64 = 100;
-    for _ in 0..N {
-        within(c.io.feed(Frame::Method(1, publish_to("fold"))))
-            .await
-            .unwrap();
-        within(c.io.feed(Frame::Header(
-            1,
-            Box::new(ContentHeader {
-                class_id: 60,
-                body_size: 4,
-                properties: BasicProperties {
-                    delivery_mode: Some(2),
-                    ..Default::default()
-                },
-            }),
-        )))
-        .await
-        .unwrap();
-        within(c.io.feed(Frame::Body(1, Bytes::from_static(b"work"))))
-            .await
-            .unwrap();
-    }
-    within(SinkExt::<Frame>::flush(&mut c.io)).await.unwrap();
-    let mut confirmed = 0;
-    let mut frames = 0;
-    while confirmed < N {
-        match c.method(1).await {
-            Method::BasicAck(BasicAck {
-                delivery_tag,
-                multiple,
-            }) => {
-                assert!(
-                    delivery_tag > confirmed,
-                    "tag {delivery_tag} confirmed twice"
-                );
-                assert!(
-                    multiple || delivery_tag == confirmed + 1,
-                    "a single ack skipped tags: {delivery_tag} after {confirmed}"
-                );
-                confirmed = delivery_tag;
-                frames += 1;
-            }
-            other => panic!("expected basic.ack, got {other:?}"),
-        }
-    }
-    // A few syncs cover the hundred messages; each sync's confirms are one frame.
-    assert!(frames <= 10, "{frames} basic.ack frames for {N} confirms");
-    broker.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1375,7 +1157,7 @@ async fn publish_expiring(c: &mut Client, ch: u16, queue: &str, expiration: &str
 
 #[tokio::test]
 async fn an_invalid_expiration_closes_the_channel_406_with_rabbitmqs_text() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     c.send(1, declare("expiring")).await;
     assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
@@ -1452,7 +1234,7 @@ fn declare_with(queue: &str, quorum: bool, args: &[(&str, FieldValue)]) -> Metho
 
 #[tokio::test]
 async fn queue_arguments_out_of_rabbitmqs_ranges_are_406_and_its_largest_values_accepted() {
-    let broker = broker().await;
+    let broker = start_broker().await;
     let mut c = Client::open_channel1(broker.local_addr()).await;
     let refused: &[(&str, FieldValue, &str)] = &[
         (

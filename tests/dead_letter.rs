@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::amqp::args;
 use common::{connect, start_broker, within};
 use futures::StreamExt;
 use lapin::options::{
@@ -13,14 +14,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
-
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert(ShortString::from(*k), v.clone());
-    }
-    t
-}
 
 fn s(v: &str) -> AMQPValue {
     AMQPValue::LongString(v.into())

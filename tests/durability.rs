@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
-use common::within;
+use common::{data_dir, deadline, start_broker_in, within};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
@@ -15,22 +16,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use minimq_broker::Broker;
-
-/// A fresh, empty data directory for one test.
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("minimq-durability-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-async fn start(dir: &Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .start()
-        .await
-        .expect("broker starts")
-}
 
 async fn open(broker: &Broker) -> (Connection, Channel) {
     let conn = within(Connection::connect(
@@ -91,7 +76,7 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
 #[tokio::test]
 async fn durable_queues_and_persistent_messages_survive_a_graceful_restart() {
     let dir = data_dir("graceful");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -106,7 +91,7 @@ async fn durable_queues_and_persistent_messages_survive_a_graceful_restart() {
     conn.close(200, "bye").await.unwrap();
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     let q = declare(&ch, "tasks", true)
         .await
@@ -147,7 +132,7 @@ async fn durable_queues_and_persistent_messages_survive_a_graceful_restart() {
 #[tokio::test]
 async fn unacked_messages_are_ready_again_after_a_restart_flagged_redelivered() {
     let dir = data_dir("unacked");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -177,7 +162,7 @@ async fn unacked_messages_are_ready_again_after_a_restart_flagged_redelivered() 
     declare(&ch, "q", true).await.unwrap();
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     declare(&ch, "q", true).await.unwrap();
     assert_eq!(
@@ -192,7 +177,7 @@ async fn unacked_messages_are_ready_again_after_a_restart_flagged_redelivered() 
 #[tokio::test]
 async fn deleted_and_purged_messages_stay_gone_and_flags_are_checked_after_recovery() {
     let dir = data_dir("deleted");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -207,7 +192,7 @@ async fn deleted_and_purged_messages_stay_gone_and_flags_are_checked_after_recov
         .unwrap();
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (conn, ch) = open(&broker).await;
     let err = ch
         .queue_declare(
@@ -235,7 +220,7 @@ async fn deleted_and_purged_messages_stay_gone_and_flags_are_checked_after_recov
 #[tokio::test]
 async fn a_second_server_on_the_same_data_directory_is_refused() {
     let dir = data_dir("lock");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let second = Broker::builder()
         .listen("127.0.0.1:0".parse().unwrap())
         .data_dir(&dir)
@@ -248,7 +233,7 @@ async fn a_second_server_on_the_same_data_directory_is_refused() {
     );
     broker.shutdown().await;
     // Released at shutdown: the directory can be opened again.
-    let again = start(&dir).await;
+    let again = start_broker_in(&dir).await;
     again.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -256,7 +241,7 @@ async fn a_second_server_on_the_same_data_directory_is_refused() {
 #[tokio::test]
 async fn messages_routed_to_two_durable_queues_are_stored_once_and_survive_in_both() {
     let dir = data_dir("fanout");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -297,7 +282,7 @@ async fn messages_routed_to_two_durable_queues_are_stored_once_and_survive_in_bo
     assert_eq!(drain(&ch, "left").await, vec![("both".into(), false)]);
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     declare(&ch, "left", true).await.unwrap();
     declare(&ch, "right", true).await.unwrap();
@@ -367,7 +352,7 @@ async fn durable_exchanges_and_bindings_survive_a_restart_transient_ones_do_not(
     use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
     use lapin::ExchangeKind;
     let dir = data_dir("topology");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     let durable_x = ExchangeDeclareOptions {
         durable: true,
@@ -411,7 +396,7 @@ async fn durable_exchanges_and_bindings_survive_a_restart_transient_ones_do_not(
     .unwrap();
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -477,7 +462,7 @@ async fn the_delivery_count_of_a_persistent_message_survives_a_restart() {
         durable: true,
         ..Default::default()
     };
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -505,7 +490,7 @@ async fn the_delivery_count_of_a_persistent_message_survives_a_restart() {
         .unwrap();
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     let m = ch
         .basic_get("limited", BasicGetOptions::default())
@@ -546,7 +531,7 @@ async fn the_delivery_count_of_a_persistent_message_survives_a_restart() {
 #[tokio::test]
 async fn after_a_crash_every_recovered_message_is_flagged_and_nothing_confirmed_is_lost() {
     let dir = data_dir("crash");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -564,7 +549,7 @@ async fn after_a_crash_every_recovered_message_is_flagged_and_nothing_confirmed_
     // "a" is held unacked when the broker dies; nothing is closed or logged on the way.
     broker.crash().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     declare(&ch, "q", true).await.unwrap();
     assert_eq!(
@@ -770,7 +755,7 @@ async fn a_graceful_shutdown_does_not_wait_for_a_consumer_that_stops_reading() {
     use minimq_protocol::{BasicConsume, Method};
 
     let dir = data_dir("shutdown-stuck-reader");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     declare(&ch, "stuck", true).await.expect("declare");
     ch.confirm_select(ConfirmSelectOptions::default())
@@ -802,13 +787,14 @@ async fn a_graceful_shutdown_does_not_wait_for_a_consumer_that_stops_reading() {
     assert!(matches!(stuck.method(1).await, Method::BasicConsumeOk(_)));
     assert!(matches!(stuck.method(1).await, Method::BasicDeliver(_)));
 
-    // Bounded: RabbitMQ closes such a socket at once (linger 0).
-    tokio::time::timeout(std::time::Duration::from_secs(20), broker.shutdown())
+    // Bounded: RabbitMQ closes such a socket at once (linger 0). A bound of its own, wider
+    // than the usual guard: 48 MiB of deliveries are in flight when the shutdown starts.
+    deadline(Duration::from_secs(20), "the shutdown", broker.shutdown())
         .await
         .expect("the shutdown waited for a client that does not read");
     drop(stuck);
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     let q = declare(&ch, "stuck", true).await.expect("declare");
     assert_eq!(

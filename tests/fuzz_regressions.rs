@@ -6,11 +6,18 @@
 //! Every replay checks what the target checks: the broker closes the socket soon after the
 //! client's EOF, every frame it sent decodes and fits the negotiated frame_max, and a fresh
 //! connection is still greeted with `connection.start`.
+//!
+//! The replay writes its bytes itself rather than through `common::raw`'s step-by-step
+//! handshake: the handshake and the input go out in one write, as the fuzz target sends
+//! them, so the broker reads them as the fuzzer's run did.
+
+mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::raw::Client;
+use common::within;
 use minimq_broker::Broker;
 use minimq_protocol::frame::{encode_method, FRAME_BODY, FRAME_END, PROTOCOL_HEADER};
 use minimq_protocol::{
@@ -24,9 +31,6 @@ use tokio_util::codec::Decoder;
 
 /// The frame_max the replayed handshake negotiates (the fuzz target's).
 const FRAME_MAX: u32 = 4096;
-/// How long the broker may take to close after the client's EOF.
-const CLOSE_WITHIN: Duration = Duration::from_secs(5);
-
 async fn broker() -> Broker {
     Broker::builder()
         .listen("127.0.0.1:0".parse().unwrap())
@@ -80,7 +84,7 @@ fn handshake() -> BytesMut {
 /// Sends `input` after the handshake, half-closes, and returns every frame the broker
 /// sent with its size on the wire, checking them as the fuzz target does.
 async fn replay(addr: SocketAddr, input: &[u8]) -> Vec<(usize, Frame)> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut stream = within(TcpStream::connect(addr)).await.expect("connect");
     let mut bytes = handshake();
     bytes.put_slice(input);
     let (mut rd, mut wr) = stream.split();
@@ -94,9 +98,8 @@ async fn replay(addr: SocketAddr, input: &[u8]) -> Vec<(usize, Frame)> {
         let _ = rd.read_to_end(&mut out).await;
         out
     };
-    let ((), out) = tokio::time::timeout(CLOSE_WITHIN, async { tokio::join!(write, read) })
-        .await
-        .expect("the broker closes the connection after the client's EOF");
+    // The broker must close the connection after the client's EOF, within the guard.
+    let ((), out) = within(async { tokio::join!(write, read) }).await;
     let mut codec = FrameCodec::new(0);
     let mut buf = BytesMut::from(&out[..]);
     let mut frames = Vec::new();
@@ -117,27 +120,10 @@ async fn replay(addr: SocketAddr, input: &[u8]) -> Vec<(usize, Frame)> {
     frames
 }
 
-/// A fresh connection is still greeted with `connection.start`.
+/// A fresh connection is still greeted with `connection.start` (which
+/// [`Client::connect`] asserts).
 async fn still_serving(addr: SocketAddr) {
-    let check = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(&PROTOCOL_HEADER).await.unwrap();
-        let mut codec = FrameCodec::new(0);
-        let mut buf = BytesMut::new();
-        loop {
-            if let Some(frame) = codec.decode(&mut buf).unwrap() {
-                assert!(matches!(
-                    frame,
-                    Frame::Method(0, Method::ConnectionStart(_))
-                ));
-                return;
-            }
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
-        }
-    };
-    tokio::time::timeout(CLOSE_WITHIN, check)
-        .await
-        .expect("the broker still accepts connections");
+    Client::connect(addr).await;
 }
 
 fn method(buf: &mut BytesMut, channel: u16, m: impl Into<Method>) {

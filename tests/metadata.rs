@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::within;
+use common::{data_dir, within};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -16,13 +16,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use minimq_broker::Broker;
-
-/// A fresh, empty data directory for one test.
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("minimq-metadata-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 async fn start(dir: &Path, fail: Option<Arc<AtomicBool>>) -> Broker {
     let config = minimq_broker::Config {
@@ -163,11 +156,10 @@ async fn a_durable_declare_whose_sync_fails_is_refused_and_leaves_nothing_behind
             .contains("cannot record exchange 'doomed-x'"),
         "{err}"
     );
-    let conn = if conn.status().connected() {
-        conn
-    } else {
-        open(&broker).await.0
-    };
+    // 541 is a connection error: lapin may still call the connection open for a moment
+    // while it closes, so the next step always starts on a new one.
+    drop(conn);
+    let conn = open(&broker).await.0;
     let ch = conn.create_channel().await.unwrap();
     let err = ch
         .queue_declare(
@@ -186,11 +178,8 @@ async fn a_durable_declare_whose_sync_fails_is_refused_and_leaves_nothing_behind
     );
     fail.store(false, Ordering::SeqCst);
 
-    let conn = if conn.status().connected() {
-        conn
-    } else {
-        open(&broker).await.0
-    };
+    drop(conn);
+    let conn = open(&broker).await.0;
     assert!(
         !exchange_exists(&conn, "doomed-x").await,
         "refused, so absent"

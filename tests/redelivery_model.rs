@@ -3,8 +3,8 @@
 //! A small reference model of the vhost's queues (ready lists in publish order, each
 //! channel's unacked deliveries, consumers with their prefetch credit, no-ack consumers,
 //! durable / persistent flags) and the real broker, in process on an ephemeral port, are
-//! driven with the same random sequence of operations by a raw AMQP client built on
-//! minimq-protocol's codec. After every step the broker must agree with the model.
+//! driven with the same random sequence of operations by the raw AMQP client of
+//! tests/common. After every step the broker must agree with the model.
 //!
 //! The model does not copy the broker's dispatch algorithm. It only knows the rules a
 //! correct broker follows, and checks what the broker did against them:
@@ -48,14 +48,17 @@
 //!
 //! Cases: [`DEFAULT_CASES`], or `PROPTEST_CASES` from the environment for soak runs.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::raw::Client;
+use common::{deadline, TIMEOUT};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use minimq_broker::store::FsyncMode;
@@ -64,7 +67,6 @@ use minimq_protocol as p;
 use minimq_protocol::{BasicProperties, ContentHeader, Frame, FrameCodec, Method};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -79,8 +81,6 @@ const MAX_CONNS: usize = 3;
 const MAX_CHANNELS: u16 = 3;
 /// Queues `q0`..`q2`.
 const QUEUES: usize = 3;
-/// Guard for anything awaited: the broker must answer within this.
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 type Res<T = ()> = Result<T, String>;
 
@@ -703,72 +703,6 @@ fn queue_name(q: usize) -> String {
     format!("q{q}")
 }
 
-async fn within<F: std::future::Future>(what: &str, f: F) -> Res<F::Output> {
-    tokio::time::timeout(TIMEOUT, f)
-        .await
-        .map_err(|_| format!("timed out after {TIMEOUT:?} waiting for {what}"))
-}
-
-async fn next_method(io: &mut Io) -> Res<Method> {
-    loop {
-        match within("a handshake frame", io.next()).await? {
-            Some(Ok(Frame::Heartbeat)) => continue,
-            Some(Ok(Frame::Method(0, m))) => return Ok(m),
-            other => return Err(format!("handshake: unexpected {other:?}")),
-        }
-    }
-}
-
-async fn handshake(addr: SocketAddr) -> Res<Io> {
-    let mut socket = within("tcp connect", TcpStream::connect(addr))
-        .await?
-        .map_err(|e| format!("connect: {e}"))?;
-    socket
-        .set_nodelay(true)
-        .map_err(|e| format!("nodelay: {e}"))?;
-    socket
-        .write_all(&p::PROTOCOL_HEADER)
-        .await
-        .map_err(|e| format!("write header: {e}"))?;
-    let mut io = Framed::new(socket, FrameCodec::new(131_072));
-    let send = |m: Method| Frame::Method(0, m);
-    let Method::ConnectionStart(_) = next_method(&mut io).await? else {
-        return Err("expected connection.start".into());
-    };
-    io.send(send(
-        p::ConnectionStartOk {
-            client_properties: p::FieldTable::new(),
-            mechanism: "PLAIN".into(),
-            response: Bytes::from_static(b"\0guest\0guest"),
-            locale: "en_US".into(),
-        }
-        .into(),
-    ))
-    .await
-    .map_err(|e| format!("send: {e:?}"))?;
-    let Method::ConnectionTune(tune) = next_method(&mut io).await? else {
-        return Err("expected connection.tune".into());
-    };
-    for m in [
-        p::ConnectionTuneOk {
-            channel_max: tune.channel_max,
-            frame_max: tune.frame_max,
-            heartbeat: 0,
-        }
-        .into(),
-        p::ConnectionOpen {
-            virtual_host: "/".into(),
-        }
-        .into(),
-    ] {
-        io.send(send(m)).await.map_err(|e| format!("send: {e:?}"))?;
-    }
-    let Method::ConnectionOpenOk(_) = next_method(&mut io).await? else {
-        return Err("expected connection.open-ok".into());
-    };
-    Ok(io)
-}
-
 fn parse_body(body: &[u8]) -> Res<usize> {
     std::str::from_utf8(body)
         .ok()
@@ -801,7 +735,7 @@ impl Driver {
             let _ = w.reader.await;
         }
         if let Some(broker) = self.broker.take() {
-            let _ = tokio::time::timeout(TIMEOUT, broker.shutdown()).await;
+            let _ = deadline(TIMEOUT, "broker shutdown", broker.shutdown()).await;
         }
     }
 
@@ -821,7 +755,7 @@ impl Driver {
                 .map_err(|e| format!("after closing c{conn} for the restart: {e}"))?;
         }
         let broker = self.broker.take().expect("the broker is running");
-        within("broker shutdown", broker.shutdown()).await?;
+        deadline(TIMEOUT, "broker shutdown", broker.shutdown()).await?;
         self.broker = Some(start_broker(&self.data_dir).await?);
         let lost = self.model.restart();
         for _ in 0..2 {
@@ -836,7 +770,7 @@ impl Driver {
     async fn crash(&mut self) -> Res<Vec<usize>> {
         let conns: Vec<usize> = self.model.conns.keys().copied().collect();
         let broker = self.broker.take().expect("the broker is running");
-        within("broker crash", broker.crash()).await?;
+        deadline(TIMEOUT, "broker crash", broker.crash()).await?;
         for conn in conns {
             self.forget(conn).await;
             self.model.close_conn(conn);
@@ -859,7 +793,7 @@ impl Driver {
 
     async fn send(&mut self, conn: usize, frame: Frame) -> Res {
         let wire = self.wires.get_mut(&conn).expect("live connection");
-        within("a send", wire.sink.send(frame))
+        deadline(TIMEOUT, "a send", wire.sink.send(frame))
             .await?
             .map_err(|e| format!("connection {conn}: send failed: {e:?}"))
     }
@@ -870,7 +804,7 @@ impl Driver {
 
     /// Takes one frame off the shared stream and files it.
     async fn pump(&mut self) -> Res {
-        let (conn, frame) = within("the broker", self.rx.recv())
+        let (conn, frame) = deadline(TIMEOUT, "the broker", self.rx.recv())
             .await?
             .expect("the driver holds a sender");
         if !self.wires.contains_key(&conn) {
@@ -993,7 +927,9 @@ impl Driver {
     }
 
     async fn connect(&mut self) -> Res<usize> {
-        let io = handshake(self.broker().local_addr()).await?;
+        // Open with the server's limits, no heartbeats; a frame above frame_max fails the
+        // codec, so the check that the broker respects it comes with the connection.
+        let io = Client::open(self.broker().local_addr()).await.io;
         let (sink, mut stream) = io.split();
         let conn = self.model.next_conn;
         self.model.next_conn += 1;
@@ -1657,7 +1593,7 @@ impl Driver {
             .vhost
             .queue(&queue_name(q))
             .ok_or_else(|| format!("q{q} missing from the broker"))?;
-        let c = within("queue counts", handle.counts())
+        let c = deadline(TIMEOUT, "queue counts", handle.counts())
             .await?
             .ok_or_else(|| format!("q{q} stopped"))?;
         Ok((c.ready as usize, c.unacked as usize, c.consumers as usize))
@@ -1678,7 +1614,7 @@ impl Driver {
                 self.model.queues[q].ready.len() - due[q],
                 self.model.consumers_of(q).count(),
             );
-            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            let until = tokio::time::Instant::now() + TIMEOUT;
             loop {
                 let (ready, _, consumers) = self.counts(q).await?;
                 if (ready, consumers) == want {
@@ -1686,7 +1622,7 @@ impl Driver {
                 }
                 // Only a dropped socket has no answer to wait for: poll until the broker
                 // has noticed, under a deadline.
-                if !dropped || tokio::time::Instant::now() > deadline {
+                if !dropped || tokio::time::Instant::now() > until {
                     return Err(format!(
                         "q{q}: broker has {ready} ready and {consumers} consumers, model \
                          expects {} ready ({} ready now, {} due for delivery) and {} consumers",

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use common::within;
+use common::{data_dir, start_broker_in, within};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -152,21 +150,6 @@ async fn a_publish_through_a_chain_of_ten_thousand_exchanges_arrives() {
     broker.shutdown().await;
 }
 
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("minimq-routing-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-async fn start(dir: &Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .start()
-        .await
-        .expect("broker starts")
-}
-
 /// Declares the durable queue `expiring`: messages expire at once and are dead-lettered
 /// to the head of the chain.
 async fn declare_expiring(ch: &Channel) {
@@ -201,7 +184,7 @@ fn a_durable_chain_as_dead_letter_target_works_across_restarts() {
 
 async fn durable_chain_across_restarts() {
     let dir = data_dir("dlx-chain");
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (conn, ch) = open(&broker).await;
     build_chain(&ch, true, DURABLE_CHAIN).await;
     declare_expiring(&ch).await;
@@ -215,7 +198,7 @@ async fn durable_chain_across_restarts() {
 
     // The chain, the dead-lettered message and the expiring queue come back; a message
     // that expires now goes through the recovered chain.
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (conn, ch) = open(&broker).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -225,7 +208,7 @@ async fn durable_chain_across_restarts() {
     conn.close(200, "bye").await.unwrap();
     broker.shutdown().await;
 
-    let broker = start(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let (_conn, ch) = open(&broker).await;
     assert_eq!(
         drain(&ch, "end").await,

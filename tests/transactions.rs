@@ -4,23 +4,23 @@
 //! has the messages, the bound on what a transaction holds, and RabbitMQ 3.10's errors
 //! (codes, texts and method ids checked against a RabbitMQ 3.10 node).
 //!
-//! lapin drives what it can; a small raw client (minimq-protocol's codec) checks the exact
-//! frames and their order. Every wait is for an event under a timeout guard.
+//! lapin drives what it can; the raw client of tests/common checks the exact frames and
+//! their order. Every wait is for an event under `common::within`.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use common::amqp::{declare, drain, open, ready};
 use common::raw::Client;
-use common::{connect, passive_declare, start_broker, within};
+use common::{connect, data_dir, start_broker, start_broker_in, start_broker_with, within};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
-use minimq_broker::{Broker, Config};
+use lapin::{BasicProperties, Channel};
+use minimq_broker::Config;
 use minimq_protocol::{
     BasicPublish, ChannelClose, ContentHeader, FieldValue, Frame, Method, QueueDeclare,
 };
@@ -28,16 +28,6 @@ use minimq_protocol::{
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-async fn open(conn: &Connection) -> Channel {
-    within(conn.create_channel()).await.expect("open channel")
-}
-
-async fn declare(ch: &Channel, name: &str) {
-    within(ch.queue_declare(name, QueueDeclareOptions::default(), FieldTable::default()))
-        .await
-        .expect("queue.declare");
-}
 
 async fn publish(ch: &Channel, queue: &str, body: &str) {
     within(ch.basic_publish(
@@ -49,10 +39,6 @@ async fn publish(ch: &Channel, queue: &str, body: &str) {
     ))
     .await
     .expect("publish");
-}
-
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    passive_declare(ch, queue).await.message_count()
 }
 
 /// `basic.get` with manual ack: the delivery tag and body.
@@ -67,22 +53,24 @@ async fn get(ch: &Channel, queue: &str) -> (u64, String) {
     )
 }
 
-/// Every message of `queue`, taken with auto-ack.
-async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(m) = within(ch.basic_get(queue, BasicGetOptions { no_ack: true }))
-        .await
-        .expect("basic.get")
-    {
-        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
-    }
-    out
-}
-
 /// The raw AMQP client of tests/common with the transaction helpers below, for the exact
 /// frames and their order.
 struct Raw {
     c: Client,
+}
+
+/// Everything else is the shared client's.
+impl std::ops::Deref for Raw {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.c
+    }
+}
+
+impl std::ops::DerefMut for Raw {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.c
+    }
 }
 
 impl Raw {
@@ -91,27 +79,6 @@ impl Raw {
         Raw {
             c: Client::open_channel1(addr).await,
         }
-    }
-
-    async fn open(&mut self, ch: u16) {
-        self.c.open_channel(ch).await;
-    }
-
-    async fn send(&mut self, channel: u16, method: Method) {
-        self.c.send(channel, method).await;
-    }
-
-    async fn send_frame(&mut self, frame: Frame) {
-        self.c.send_frame(frame).await;
-    }
-
-    async fn frame(&mut self) -> Frame {
-        self.c.frame().await
-    }
-
-    /// The next method frame, which must be on `channel`.
-    async fn method(&mut self, channel: u16) -> Method {
-        self.c.method(channel).await
     }
 
     /// Sends `method` on channel 1 and expects `channel.close`: its code, text and ids.
@@ -132,40 +99,6 @@ impl Raw {
                 (reply_code, reply_text, class_id, method_id)
             }
             other => panic!("expected channel.close, got {other:?}"),
-        }
-    }
-
-    async fn declare(&mut self, queue: &str, arguments: minimq_protocol::FieldTable) {
-        self.send(
-            1,
-            QueueDeclare {
-                queue: queue.into(),
-                arguments,
-                ..Default::default()
-            }
-            .into(),
-        )
-        .await;
-        let Method::QueueDeclareOk(_) = self.method(1).await else {
-            panic!("expected queue.declare-ok")
-        };
-    }
-
-    /// A passive declare: the queue's ready count.
-    async fn ready(&mut self, queue: &str) -> u32 {
-        self.send(
-            1,
-            QueueDeclare {
-                queue: queue.into(),
-                passive: true,
-                ..Default::default()
-            }
-            .into(),
-        )
-        .await;
-        match self.method(1).await {
-            Method::QueueDeclareOk(ok) => ok.message_count,
-            other => panic!("expected queue.declare-ok, got {other:?}"),
         }
     }
 
@@ -213,33 +146,6 @@ fn precondition(text: &str, class_id: u16, method_id: u16) -> (u16, String, u16,
         class_id,
         method_id,
     )
-}
-
-async fn start(config: Config) -> Broker {
-    Broker::builder()
-        .config(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..config
-        })
-        .start()
-        .await
-        .expect("broker starts")
-}
-
-/// A fresh, empty data directory for one test.
-fn data_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("minimq-tx-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-async fn start_durable(dir: &Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .start()
-        .await
-        .expect("broker starts")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -292,7 +198,7 @@ async fn rollback_discards_the_held_publishes() {
 async fn an_unroutable_mandatory_publish_is_returned_at_commit_before_commit_ok() {
     let broker = start_broker().await;
     let mut raw = Raw::connect(broker.local_addr()).await;
-    raw.declare("q", Default::default()).await;
+    raw.declare_with("q", Default::default()).await;
     raw.select().await;
     raw.publish("nowhere", true, b"rolled back").await;
     raw.send(1, minimq_protocol::TxRollback.into()).await;
@@ -438,7 +344,7 @@ async fn commit_and_rollback_outside_tx_mode_are_406() {
         raw.refused(minimq_protocol::TxCommit.into()).await,
         precondition("channel is not transactional", 90, 20)
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     assert_eq!(
         raw.refused(minimq_protocol::TxRollback.into()).await,
         precondition("channel is not transactional", 90, 30)
@@ -457,7 +363,7 @@ async fn tx_and_confirm_mode_exclude_each_other() {
             .await,
         precondition("cannot switch from tx to confirm mode", 85, 10)
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     raw.send(1, minimq_protocol::ConfirmSelect { nowait: false }.into())
         .await;
     let ok = raw.method(1).await;
@@ -499,7 +405,7 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
         "x-overflow",
         FieldValue::LongString("reject-publish".into()),
     );
-    raw.declare("one", args).await;
+    raw.declare_with("one", args).await;
     raw.select().await;
     raw.publish("one", false, b"a").await;
     raw.publish("one", false, b"b").await;
@@ -507,7 +413,7 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
         raw.refused(minimq_protocol::TxCommit.into()).await,
         precondition("partial tx completion", 90, 20)
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     assert_eq!(raw.ready("one").await, 1);
 }
 
@@ -515,13 +421,13 @@ async fn a_publish_refused_by_its_queue_fails_the_commit() {
 /// channel error and everything held is dropped.
 #[tokio::test]
 async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         max_tx_size: 4096,
         ..Config::default()
     })
     .await;
     let mut raw = Raw::connect(broker.local_addr()).await;
-    raw.declare("q", Default::default()).await;
+    raw.declare_with("q", Default::default()).await;
     raw.select().await;
     // 1000 octets of body and 256 of overhead each: three fit in 4096.
     let body = [7u8; 1000];
@@ -537,7 +443,7 @@ async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
             40
         )
     );
-    raw.open(1).await;
+    raw.open_channel(1).await;
     assert_eq!(raw.ready("q").await, 0, "the held publishes were dropped");
     raw.select().await;
     raw.publish("q", false, &body).await;
@@ -554,7 +460,7 @@ async fn a_transaction_holding_more_than_the_limit_is_a_channel_error() {
 #[tokio::test]
 async fn committed_persistent_messages_survive_a_crash() {
     let dir = data_dir("crash");
-    let broker = start_durable(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let conn = connect(&broker).await;
     let ch = open(&conn).await;
     within(ch.queue_declare(
@@ -582,7 +488,7 @@ async fn committed_persistent_messages_survive_a_crash() {
     within(ch.tx_commit()).await.unwrap();
     broker.crash().await;
 
-    let broker = start_durable(&dir).await;
+    let broker = start_broker_in(&dir).await;
     let conn = connect(&broker).await;
     let ch = open(&conn).await;
     assert_eq!(drain(&ch, "dq").await, ["a", "b", "c"]);
@@ -598,7 +504,7 @@ async fn a_commit_whose_messages_cannot_be_synced_fails() {
     use std::sync::Arc;
     let dir = data_dir("nosync");
     let fail = Arc::new(AtomicBool::new(false));
-    let broker = start(Config {
+    let broker = start_broker_with(Config {
         data_dir: Some(dir.clone()),
         fail_syncs: Some(fail.clone()),
         ..Config::default()
@@ -646,6 +552,9 @@ async fn a_commit_whose_messages_cannot_be_synced_fails() {
         raw.refused(minimq_protocol::TxCommit.into()).await,
         precondition("partial tx completion", 90, 20)
     );
+    // Gone first: a client that never answers the shutdown's connection.close would hold
+    // the shutdown for the broker's close timeout (3 s).
+    drop(raw);
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

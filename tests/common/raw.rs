@@ -3,14 +3,15 @@
 //! the exact frames that come back. Every wait is for an event under [`within`]'s guard.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use minimq_protocol::frame::PROTOCOL_HEADER;
 use minimq_protocol::{
-    BasicGet, BasicPublish, ChannelOpen, CodecError, ConnectionCloseOk, ConnectionOpen,
-    ConnectionStartOk, ConnectionTuneOk, ContentHeader, FieldTable, Frame, FrameCodec, Method,
-    QueueDeclare,
+    BasicConsume, BasicDeliver, BasicGet, BasicProperties, BasicPublish, ChannelOpen, CodecError,
+    ConnectionClose, ConnectionCloseOk, ConnectionOpen, ConnectionStartOk, ConnectionTuneOk,
+    ContentHeader, FieldTable, FieldValue, Frame, FrameCodec, Method, QueueDeclare, QueueDeclareOk,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -38,13 +39,24 @@ pub fn raw_method(channel: u16, class_id: u16, method_id: u16, args: &[u8]) -> V
     raw_frame(1, channel, &payload, 0xCE)
 }
 
+/// A field table (queue arguments, headers) from its entries.
+pub fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
+    let mut t = FieldTable::new();
+    for (k, v) in entries {
+        t.insert(*k, v.clone());
+    }
+    t
+}
+
+/// A PLAIN `response`: `\0user\0password`.
 pub fn plain(user: &str, pass: &str) -> Bytes {
     Bytes::from(format!("\0{user}\0{pass}"))
 }
 
+/// `connection.start-ok`, with the `authentication_failure_close` capability if asked.
 pub fn start_ok(mechanism: &str, response: Bytes, auth_failure_close: bool) -> Method {
     let mut props = FieldTable::new();
-    props.insert("product", "bad_input");
+    props.insert("product", "minimq tests");
     if auth_failure_close {
         let mut caps = FieldTable::new();
         caps.insert("authentication_failure_close", true);
@@ -59,6 +71,7 @@ pub fn start_ok(mechanism: &str, response: Bytes, auth_failure_close: bool) -> M
     .into()
 }
 
+/// A content header on channel 1 for a body of `body_size` octets, no properties.
 pub fn header(body_size: u64) -> Frame {
     Frame::Header(
         1,
@@ -70,6 +83,7 @@ pub fn header(body_size: u64) -> Frame {
     )
 }
 
+/// `basic.publish` to `queue` through the default exchange.
 pub fn publish_to(queue: &str) -> Method {
     BasicPublish {
         exchange: String::new(),
@@ -80,6 +94,7 @@ pub fn publish_to(queue: &str) -> Method {
     .into()
 }
 
+/// A plain `queue.declare` of `queue`.
 pub fn declare(queue: &str) -> Method {
     QueueDeclare {
         queue: queue.into(),
@@ -133,7 +148,8 @@ impl Client {
         }
     }
 
-    /// A full handshake with `tune-ok` as given, then `connection.open` of `/`.
+    /// A full handshake with `tune-ok` as given, then `connection.open` of `/`; frames
+    /// above `frame_max` (0: no limit) are refused from then on.
     pub async fn open_tuned(
         addr: SocketAddr,
         channel_max: u16,
@@ -164,6 +180,9 @@ impl Client {
             matches!(ok, Method::ConnectionOpenOk(_)),
             "expected connection.open-ok, got {ok:?}"
         );
+        // From now on a frame above the negotiated frame_max is the server's error: the
+        // codec refuses it and `next` reports it.
+        c.io.codec_mut().set_frame_max(frame_max);
         c
     }
 
@@ -179,6 +198,7 @@ impl Client {
         c
     }
 
+    /// Opens channel `ch` and waits for open-ok.
     pub async fn open_channel(&mut self, ch: u16) {
         self.send(ch, ChannelOpen.into()).await;
         let ok = self.method(ch).await;
@@ -188,10 +208,12 @@ impl Client {
         );
     }
 
+    /// Sends `method` on `channel`.
     pub async fn send(&mut self, channel: u16, method: Method) {
         self.send_frame(Frame::Method(channel, method)).await;
     }
 
+    /// Sends `frame` as it is.
     pub async fn send_frame(&mut self, frame: Frame) {
         within(self.io.send(frame)).await.expect("send frame");
     }
@@ -282,14 +304,105 @@ impl Client {
 
     /// Publishes `body` to `queue` through the default exchange on channel 1.
     pub async fn publish(&mut self, queue: &str, body: &'static [u8]) {
-        self.send(1, publish_to(queue)).await;
-        self.send_frame(header(body.len() as u64)).await;
-        self.send_frame(Frame::Body(1, Bytes::from_static(body)))
+        self.publish_with(queue, BasicProperties::default(), body)
             .await;
+    }
+
+    /// Publishes `body` with `properties` to `queue` through the default exchange on
+    /// channel 1.
+    pub async fn publish_with(&mut self, queue: &str, properties: BasicProperties, body: &[u8]) {
+        self.send(1, publish_to(queue)).await;
+        self.send_frame(Frame::Header(
+            1,
+            Box::new(ContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties,
+            }),
+        ))
+        .await;
+        if !body.is_empty() {
+            self.send_frame(Frame::Body(1, Bytes::copy_from_slice(body)))
+                .await;
+        }
+    }
+
+    /// `queue.declare` of `queue` with `arguments` on channel 1: the declare-ok.
+    pub async fn declare_with(&mut self, queue: &str, arguments: FieldTable) -> QueueDeclareOk {
+        self.send(
+            1,
+            QueueDeclare {
+                queue: queue.into(),
+                arguments,
+                ..Default::default()
+            }
+            .into(),
+        )
+        .await;
+        match self.method(1).await {
+            Method::QueueDeclareOk(ok) => ok,
+            other => panic!("expected queue.declare-ok, got {other:?}"),
+        }
+    }
+
+    /// The ready count of `queue`, from a passive `queue.declare` on channel 1. The queue
+    /// answers it after everything this connection sent it before.
+    pub async fn ready(&mut self, queue: &str) -> u32 {
+        self.send(
+            1,
+            QueueDeclare {
+                queue: queue.into(),
+                passive: true,
+                ..Default::default()
+            }
+            .into(),
+        )
+        .await;
+        match self.method(1).await {
+            Method::QueueDeclareOk(ok) => ok.message_count,
+            other => panic!("expected queue.declare-ok, got {other:?}"),
+        }
+    }
+
+    /// `basic.consume` of `queue` on `ch` with `tag`, acks required: waits for consume-ok.
+    pub async fn consume(&mut self, ch: u16, queue: &str, tag: &str) {
+        self.send(
+            ch,
+            BasicConsume {
+                queue: queue.into(),
+                consumer_tag: tag.into(),
+                ..Default::default()
+            }
+            .into(),
+        )
+        .await;
+        let ok = self.method(ch).await;
+        assert!(
+            matches!(ok, Method::BasicConsumeOk(_)),
+            "expected basic.consume-ok on {ch}, got {ok:?}"
+        );
+    }
+
+    /// The next delivery on `ch`: its `basic.deliver` and its body.
+    pub async fn delivery(&mut self, ch: u16) -> (BasicDeliver, Bytes) {
+        match self.method(ch).await {
+            Method::BasicDeliver(d) => {
+                let body = self.content(ch).await;
+                (d, body)
+            }
+            other => panic!("expected basic.deliver on {ch}, got {other:?}"),
+        }
     }
 
     /// `basic.get` on channel 1: the delivery tag, the redelivered flag and the body.
     pub async fn get(&mut self, queue: &str, no_ack: bool) -> (u64, bool, Bytes) {
+        self.try_get(queue, no_ack)
+            .await
+            .expect("expected basic.get-ok, got get-empty")
+    }
+
+    /// `basic.get` on channel 1, which may find the queue empty.
+    pub async fn try_get(&mut self, queue: &str, no_ack: bool) -> Option<(u64, bool, Bytes)> {
         self.send(
             1,
             BasicGet {
@@ -299,19 +412,57 @@ impl Client {
             .into(),
         )
         .await;
-        let Method::BasicGetOk(ok) = self.method(1).await else {
-            panic!("expected basic.get-ok")
-        };
-        let Frame::Header(1, h) = self.frame().await else {
-            panic!("expected a content header")
+        match self.method(1).await {
+            Method::BasicGetOk(ok) => {
+                let body = self.content(1).await;
+                Some((ok.delivery_tag, ok.redelivered, body))
+            }
+            Method::BasicGetEmpty(_) => None,
+            other => panic!("expected basic.get-ok or get-empty, got {other:?}"),
+        }
+    }
+
+    /// A message's content header and body frames on `ch`: the body.
+    async fn content(&mut self, ch: u16) -> Bytes {
+        let h = match self.frame().await {
+            Frame::Header(c, h) if c == ch => h,
+            other => panic!("expected a content header on {ch}, got {other:?}"),
         };
         let mut body = BytesMut::new();
         while (body.len() as u64) < h.body_size {
-            let Frame::Body(1, b) = self.frame().await else {
-                panic!("expected a content body")
-            };
-            body.extend_from_slice(&b);
+            match self.frame().await {
+                Frame::Body(c, b) if c == ch => body.extend_from_slice(&b),
+                other => panic!("expected a content body on {ch}, got {other:?}"),
+            }
         }
-        (ok.delivery_tag, ok.redelivered, body.freeze())
+        body.freeze()
     }
+}
+
+/// A fresh connection to the broker still works: declare, publish, get.
+pub async fn assert_serves(addr: SocketAddr) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let queue = format!("fresh-{}", N.fetch_add(1, Ordering::Relaxed));
+    let mut c = Client::open_channel1(addr).await;
+    c.send(1, declare(&queue)).await;
+    let Method::QueueDeclareOk(ok) = c.method(1).await else {
+        panic!("expected queue.declare-ok")
+    };
+    assert_eq!(ok.queue, queue);
+    c.publish(&queue, b"ping").await;
+    let (_, redelivered, body) = c.get(&queue, true).await;
+    assert!(!redelivered);
+    assert_eq!(&body[..], b"ping");
+    c.send(
+        0,
+        ConnectionClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(c.method(0).await, Method::ConnectionCloseOk(_)));
 }

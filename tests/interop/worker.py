@@ -18,6 +18,8 @@ print(" [*] Waiting for messages. To exit press CTRL+C")
 
 def callback(ch, method, properties, body):
     print(f" [x] Received {body.decode()}")
+    # The tutorial's stand-in for work, one second per dot: what the driver checks is how
+    # the broker spreads tasks of different lengths over the workers.
     time.sleep(body.count(b"."))
     print(" [x] Done")
     ch.basic_ack(delivery_tag=method.delivery_tag)
