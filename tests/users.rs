@@ -43,7 +43,11 @@ fn basic(user: &str, pass: &str) -> String {
 /// GET `path` as `user`: status and JSON body (null when there is none).
 async fn get_as(broker: &Broker, path: &str, user: &str, pass: &str) -> (u16, Value) {
     let r = request(broker, "GET", path, Some(&basic(user, pass))).await;
-    let body = if r.body.is_empty() { Value::Null } else { r.json() };
+    let body = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json()
+    };
     (r.status, body)
 }
 
@@ -66,7 +70,14 @@ async fn amqp_open(broker: &Broker, user: &str, pass: &str) -> Method {
         .into(),
     )
     .await;
-    c.send(0, ConnectionOpen { virtual_host: "/".into() }.into()).await;
+    c.send(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+        }
+        .into(),
+    )
+    .await;
     c.method(0).await
 }
 
@@ -86,47 +97,136 @@ async fn a_fresh_broker_has_guest_as_administrator_and_users_answer_as_rabbitmq(
     assert_eq!(users.as_array().unwrap().len(), 1);
     assert_eq!(users[0]["name"], "guest");
     assert_eq!(users[0]["tags"], json!(["administrator"]));
-    assert_eq!(users[0]["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    assert_eq!(
+        users[0]["hashing_algorithm"],
+        "rabbit_password_hashing_sha256"
+    );
     assert_eq!(
         get_as(&broker, "/api/whoami", "guest", "guest").await.1,
         json!({"name": "guest", "tags": ["administrator"]})
     );
-    let r = send_json(&broker, "PUT", "/api/users/bob", r#"{"password":"secret","tags":"monitoring"}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/users/bob",
+        r#"{"password":"secret","tags":"monitoring"}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
-    let r = send_json(&broker, "PUT", "/api/users/bob", r#"{"password":"secret2","tags":"management,policymaker"}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/users/bob",
+        r#"{"password":"secret2","tags":"management,policymaker"}"#,
+    )
+    .await;
     assert_eq!(r.status, 204);
     let r = send_json(&broker, "PUT", "/api/users/carl", r#"{"password":"x"}"#).await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.json(), json!({"error": "bad_request", "reason": "tags_not_present"}));
+    assert_eq!(
+        r.json(),
+        json!({"error": "bad_request", "reason": "tags_not_present"})
+    );
     let (status, bob) = get_as(&broker, "/api/users/bob", "guest", "guest").await;
     assert_eq!(status, 200);
     assert_eq!(bob["tags"], json!(["management", "policymaker"]));
-    assert_eq!(get_as(&broker, "/api/users/nobody", "guest", "guest").await.0, 404);
+    assert_eq!(
+        get_as(&broker, "/api/users/nobody", "guest", "guest")
+            .await
+            .0,
+        404
+    );
     // Permissions: RabbitMQ's answers.
-    let r = send_json(&broker, "PUT", "/api/permissions/%2F/bob", r#"{"configure":".*","write":".*","read":"^r"}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/%2F/bob",
+        r#"{"configure":".*","write":".*","read":"^r"}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
-    let r = send_json(&broker, "PUT", "/api/permissions/%2F/bob", r#"{"configure":".*","write":".*","read":"^x"}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/%2F/bob",
+        r#"{"configure":".*","write":".*","read":"^x"}"#,
+    )
+    .await;
     assert_eq!(r.status, 204);
     for (path, body, reason) in [
-        ("/api/permissions/%2F/nobody", r#"{"configure":".*","write":".*","read":".*"}"#, json!("vhost_or_user_not_found")),
-        ("/api/permissions/nov/bob", r#"{"configure":".*","write":".*","read":".*"}"#, json!("vhost_or_user_not_found")),
-        ("/api/permissions/%2F/bob", r#"{"configure":".*"}"#, json!("[{key_missing,write},{key_missing,read}]")),
+        (
+            "/api/permissions/%2F/nobody",
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+            json!("vhost_or_user_not_found"),
+        ),
+        (
+            "/api/permissions/nov/bob",
+            r#"{"configure":".*","write":".*","read":".*"}"#,
+            json!("vhost_or_user_not_found"),
+        ),
+        (
+            "/api/permissions/%2F/bob",
+            r#"{"configure":".*"}"#,
+            json!("[{key_missing,write},{key_missing,read}]"),
+        ),
     ] {
         let r = send_json(&broker, "PUT", path, body).await;
-        assert_eq!((r.status, r.json()["reason"].clone()), (400, reason), "{path} {body}");
+        assert_eq!(
+            (r.status, r.json()["reason"].clone()),
+            (400, reason),
+            "{path} {body}"
+        );
     }
     assert_eq!(
-        get_as(&broker, "/api/permissions/%2F/bob", "guest", "guest").await.1,
+        get_as(&broker, "/api/permissions/%2F/bob", "guest", "guest")
+            .await
+            .1,
         json!({"user": "bob", "vhost": "/", "configure": ".*", "write": ".*", "read": "^x"})
     );
     let (_, all) = get_as(&broker, "/api/permissions", "guest", "guest").await;
     assert_eq!(all.as_array().unwrap().len(), 2);
-    assert_eq!(get_as(&broker, "/api/users/bob/permissions", "guest", "guest").await.1.as_array().unwrap().len(), 1);
-    assert_eq!(get_as(&broker, "/api/vhosts/%2F/permissions", "guest", "guest").await.1.as_array().unwrap().len(), 2);
-    assert_eq!(request(&broker, "DELETE", "/api/permissions/%2F/bob", Some(GUEST)).await.status, 204);
-    assert_eq!(request(&broker, "DELETE", "/api/permissions/%2F/bob", Some(GUEST)).await.status, 404);
-    assert_eq!(request(&broker, "DELETE", "/api/users/bob", Some(GUEST)).await.status, 204);
-    assert_eq!(request(&broker, "DELETE", "/api/users/bob", Some(GUEST)).await.status, 404);
+    assert_eq!(
+        get_as(&broker, "/api/users/bob/permissions", "guest", "guest")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        get_as(&broker, "/api/vhosts/%2F/permissions", "guest", "guest")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        request(&broker, "DELETE", "/api/permissions/%2F/bob", Some(GUEST))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        request(&broker, "DELETE", "/api/permissions/%2F/bob", Some(GUEST))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        request(&broker, "DELETE", "/api/users/bob", Some(GUEST))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        request(&broker, "DELETE", "/api/users/bob", Some(GUEST))
+            .await
+            .status,
+        404
+    );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -137,26 +237,43 @@ async fn tags_decide_what_the_api_allows_with_rabbitmqs_401s() {
     let broker = start(&dir).await;
     for (user, tags) in [("mon", "monitoring"), ("mgmt", "management"), ("none", "")] {
         let body = format!(r#"{{"password":"pw","tags":"{tags}"}}"#);
-        assert_eq!(send_json(&broker, "PUT", &format!("/api/users/{user}"), &body).await.status, 201);
+        assert_eq!(
+            send_json(&broker, "PUT", &format!("/api/users/{user}"), &body)
+                .await
+                .status,
+            201
+        );
     }
     assert_eq!(get_as(&broker, "/api/overview", "mon", "pw").await.0, 200);
     assert_eq!(get_as(&broker, "/api/nodes", "mon", "pw").await.0, 200);
     assert_eq!(
         get_as(&broker, "/api/users", "mon", "pw").await,
-        (401, json!({"error": "not_authorised", "reason": "Not administrator user"}))
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Not administrator user"})
+        )
     );
     assert_eq!(
         get_as(&broker, "/api/nodes", "mgmt", "pw").await,
-        (401, json!({"error": "not_authorised", "reason": "Not monitor user"}))
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Not monitor user"})
+        )
     );
     assert_eq!(get_as(&broker, "/api/overview", "mgmt", "pw").await.0, 200);
     assert_eq!(
         get_as(&broker, "/api/overview", "none", "pw").await,
-        (401, json!({"error": "not_authorised", "reason": "Not management user"}))
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Not management user"})
+        )
     );
     assert_eq!(
         get_as(&broker, "/api/overview", "mon", "wrong").await,
-        (401, json!({"error": "not_authorized", "reason": "Login failed"}))
+        (
+            401,
+            json!({"error": "not_authorized", "reason": "Login failed"})
+        )
     );
     // No credentials: RabbitMQ's challenge.
     let r = parse_response(
@@ -167,7 +284,10 @@ async fn tags_decide_what_the_api_allows_with_rabbitmqs_401s() {
         .await,
     );
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"RabbitMQ Management\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"RabbitMQ Management\"")
+    );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -176,11 +296,20 @@ async fn tags_decide_what_the_api_allows_with_rabbitmqs_401s() {
 async fn amqp_logins_use_the_stored_users_and_need_a_permission_on_the_vhost() {
     let dir = data_dir();
     let broker = start(&dir).await;
-    let r = send_json(&broker, "PUT", "/api/users/bob", r#"{"password":"secret","tags":""}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/users/bob",
+        r#"{"password":"secret","tags":""}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
     assert_eq!(
         close_text(&amqp_open(&broker, "bob", "secret").await),
-        (530, "NOT_ALLOWED - access to vhost '/' refused for user 'bob'".into())
+        (
+            530,
+            "NOT_ALLOWED - access to vhost '/' refused for user 'bob'".into()
+        )
     );
     assert_eq!(
         close_text(&amqp_open(&broker, "bob", "nope").await),
@@ -189,10 +318,19 @@ async fn amqp_logins_use_the_stored_users_and_need_a_permission_on_the_vhost() {
             "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.".into()
         )
     );
-    let r = send_json(&broker, "PUT", "/api/permissions/%2F/bob", r#"{"configure":"","write":"","read":""}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/%2F/bob",
+        r#"{"configure":"","write":"","read":""}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
     // Empty patterns permit nothing, but the vhost can be opened.
-    assert!(matches!(amqp_open(&broker, "bob", "secret").await, Method::ConnectionOpenOk(_)));
+    assert!(matches!(
+        amqp_open(&broker, "bob", "secret").await,
+        Method::ConnectionOpenOk(_)
+    ));
     // A hash exported from RabbitMQ 3.10 (guest's) logs in with its password.
     let r = send_json(
         &broker,
@@ -202,7 +340,10 @@ async fn amqp_logins_use_the_stored_users_and_need_a_permission_on_the_vhost() {
     )
     .await;
     assert_eq!(r.status, 201);
-    assert_eq!(get_as(&broker, "/api/whoami", "imported", "guest").await.0, 200);
+    assert_eq!(
+        get_as(&broker, "/api/whoami", "imported", "guest").await.0,
+        200
+    );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -211,24 +352,53 @@ async fn amqp_logins_use_the_stored_users_and_need_a_permission_on_the_vhost() {
 async fn users_and_permissions_survive_a_restart_and_a_crash_and_guest_is_not_recreated() {
     let dir = data_dir();
     let broker = start(&dir).await;
-    let r = send_json(&broker, "PUT", "/api/users/admin2", r#"{"password":"pw2","tags":["administrator"]}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/users/admin2",
+        r#"{"password":"pw2","tags":["administrator"]}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
-    let r = send_json(&broker, "PUT", "/api/permissions/%2F/admin2", r#"{"configure":".*","write":".*","read":".*"}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/%2F/admin2",
+        r#"{"configure":".*","write":".*","read":".*"}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
     broker.shutdown().await;
 
     let broker = start(&dir).await;
     assert_eq!(get_as(&broker, "/api/whoami", "admin2", "pw2").await.0, 200);
-    assert!(matches!(amqp_open(&broker, "admin2", "pw2").await, Method::ConnectionOpenOk(_)));
+    assert!(matches!(
+        amqp_open(&broker, "admin2", "pw2").await,
+        Method::ConnectionOpenOk(_)
+    ));
     // Delete guest, answered just before a crash: it stays deleted, and is not recreated.
-    let r = request(&broker, "DELETE", "/api/users/guest", Some(&basic("admin2", "pw2"))).await;
+    let r = request(
+        &broker,
+        "DELETE",
+        "/api/users/guest",
+        Some(&basic("admin2", "pw2")),
+    )
+    .await;
     assert_eq!(r.status, 204);
     broker.crash().await;
 
     let broker = start(&dir).await;
-    assert_eq!(get_as(&broker, "/api/overview", "guest", "guest").await.0, 401);
+    assert_eq!(
+        get_as(&broker, "/api/overview", "guest", "guest").await.0,
+        401
+    );
     let (_, users) = get_as(&broker, "/api/users", "admin2", "pw2").await;
-    let names: Vec<&str> = users.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["admin2"]);
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

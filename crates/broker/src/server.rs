@@ -346,13 +346,17 @@ async fn restore_users(
                 Ok(u) => {
                     users.put(u);
                 }
-                Err(e) => tracing::error!(user = %p.name, error = %e, "stored user not understood; left out"),
+                Err(e) => {
+                    tracing::error!(user = %p.name, error = %e, "stored user not understood; left out")
+                }
             },
             (PERMISSION_COMPONENT, Ok(v)) => match Permission::from_json(&v) {
                 Ok(perm) => {
                     users.set_permission(&p.vhost, &p.name, perm);
                 }
-                Err(e) => tracing::error!(user = %p.name, vhost = %p.vhost, error = %e, "stored permission not understood; left out"),
+                Err(e) => {
+                    tracing::error!(user = %p.name, vhost = %p.vhost, error = %e, "stored permission not understood; left out")
+                }
             },
             (USERS_SEEDED, _) => seeded = true,
             _ => {}

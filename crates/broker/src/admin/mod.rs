@@ -37,6 +37,7 @@ pub mod listener;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::auth::Access;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
@@ -46,7 +47,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use base64::Engine as _;
-use crate::auth::Access;
 
 use crate::queue::QueueCommand;
 use crate::server::BrokerState;
@@ -150,7 +150,9 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
         .route(
             "/api/permissions/{vhost}/{user}",
-            get(permission).put(put_permission).delete(delete_permission),
+            get(permission)
+                .put(put_permission)
+                .delete(delete_permission),
         )
         .route("/api/vhost-limits", get(vhost_limits))
         .route("/api/vhost-limits/{vhost}", get(one_vhost_limits))
@@ -696,7 +698,11 @@ async fn local_alarms_check(State(state): Api, _: User) -> Response {
 }
 
 async fn whoami(State(state): Api, User(name): User) -> Response {
-    let tags = state.users.get(&name).map(|u| u.tags.clone()).unwrap_or_default();
+    let tags = state
+        .users
+        .get(&name)
+        .map(|u| u.tags.clone())
+        .unwrap_or_default();
     Json(json::Whoami { name, tags }).into_response()
 }
 
