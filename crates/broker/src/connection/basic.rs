@@ -73,6 +73,7 @@ impl Conn {
 
     /// `basic.consume`: the queue takes the consumer first, then the channel lists it.
     pub(super) async fn basic_consume(&mut self, ch: u16, c: BasicConsume) -> AmqpResult<()> {
+        self.authorize(crate::auth::Perm::Read, "queue", &c.queue)?;
         let queue = self.state.vhost.queue_for(&c.queue, self.id)?;
         let tag: Arc<str> = if c.consumer_tag.is_empty() {
             generate_name("amq.ctag-").into()
@@ -144,6 +145,7 @@ impl Conn {
 
     /// `basic.get`: one message, tagged like a delivery, or `get-empty`.
     pub(super) async fn basic_get(&mut self, ch: u16, g: BasicGet) -> AmqpResult<()> {
+        self.authorize(crate::auth::Perm::Read, "queue", &g.queue)?;
         let queue = self.state.vhost.queue_for(&g.queue, self.id)?;
         let (reply, rx) = oneshot::channel();
         let got = if queue

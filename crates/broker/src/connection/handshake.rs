@@ -259,7 +259,8 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         )
         .on(10, 40));
     }
-    if conn.state.users.permission("/", &conn.user).is_none() {
+    conn.perm = conn.state.users.permission("/", &conn.user);
+    if conn.perm.is_none() {
         return Err(AmqpError::new(
             ReplyCode::NotAllowed,
             format!("access to vhost '/' refused for user '{}'", conn.user),

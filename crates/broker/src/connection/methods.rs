@@ -7,6 +7,7 @@ use minimq_protocol::*;
 use tokio::sync::oneshot;
 
 use super::{Conn, Flow};
+use crate::auth::Perm;
 use crate::channel::Channel;
 use crate::error::{AmqpError, AmqpResult};
 use crate::queue::QueueCommand;
@@ -118,6 +119,8 @@ impl Conn {
             Method::ChannelFlowOk(_) => Ok(()),
             Method::QueueDeclare(d) => self.queue_declare(ch, d).await,
             Method::QueueBind(b) => {
+                self.authorize(Perm::Write, "queue", &b.queue)?;
+                self.authorize(Perm::Read, "exchange", &b.exchange)?;
                 self.state
                     .vhost
                     .bind(&b.queue, &b.exchange, &b.routing_key, b.arguments, self.id)
@@ -128,6 +131,8 @@ impl Conn {
                 Ok(())
             }
             Method::QueueUnbind(u) => {
+                self.authorize(Perm::Write, "queue", &u.queue)?;
+                self.authorize(Perm::Read, "exchange", &u.exchange)?;
                 self.state
                     .vhost
                     .unbind(&u.queue, &u.exchange, &u.routing_key, &u.arguments, self.id)
@@ -136,6 +141,7 @@ impl Conn {
                 Ok(())
             }
             Method::QueuePurge(p) => {
+                self.authorize(Perm::Read, "queue", &p.queue)?;
                 let q = self.state.vhost.queue_for(&p.queue, self.id)?;
                 let (reply, rx) = oneshot::channel();
                 let n = if q.send(QueueCommand::Purge { reply }).await {
@@ -149,6 +155,7 @@ impl Conn {
                 Ok(())
             }
             Method::QueueDelete(d) => {
+                self.authorize(Perm::Configure, "queue", &d.queue)?;
                 let n = self
                     .state
                     .vhost
@@ -173,6 +180,7 @@ impl Conn {
                         .exchange(&d.exchange)
                         .ok_or_else(|| AmqpError::no_exchange(&d.exchange))?;
                 } else {
+                    self.authorize(Perm::Configure, "exchange", &d.exchange)?;
                     self.state
                         .vhost
                         .declare_exchange(
@@ -191,6 +199,10 @@ impl Conn {
                 Ok(())
             }
             Method::ExchangeDelete(d) => {
+                // The default and `amq.*` exchanges are refused first, as in RabbitMQ.
+                if !d.exchange.is_empty() && !d.exchange.starts_with("amq.") {
+                    self.authorize(Perm::Configure, "exchange", &d.exchange)?;
+                }
                 self.state
                     .vhost
                     .delete_exchange(&d.exchange, d.if_unused)
@@ -201,6 +213,8 @@ impl Conn {
                 Ok(())
             }
             Method::ExchangeBind(b) => {
+                self.authorize(Perm::Write, "exchange", &b.destination)?;
+                self.authorize(Perm::Read, "exchange", &b.source)?;
                 self.state
                     .vhost
                     .bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
@@ -211,6 +225,8 @@ impl Conn {
                 Ok(())
             }
             Method::ExchangeUnbind(u) => {
+                self.authorize(Perm::Write, "exchange", &u.destination)?;
+                self.authorize(Perm::Read, "exchange", &u.source)?;
                 self.state
                     .vhost
                     .unbind_exchange(&u.destination, &u.source, &u.routing_key, &u.arguments)
@@ -296,6 +312,7 @@ impl Conn {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
+            self.authorize(Perm::Configure, "queue", &name)?;
             let spec = QueueSpec {
                 name,
                 durable: d.durable,

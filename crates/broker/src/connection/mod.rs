@@ -113,6 +113,12 @@ pub struct Conn {
     /// A resource alarm is on and this connection published: its socket is not read
     /// until the alarms clear (see [`Conn::block`]).
     blocked: bool,
+    /// The user's permissions on the vhost, as they were when the connection opened
+    /// (changes apply to connections opened after them, as in RabbitMQ).
+    perm: Option<Arc<crate::auth::Permission>>,
+    /// The exchange the last publish was checked for, and whether writing to it is
+    /// allowed: a publisher sends to the same exchange over and over.
+    write_checked: Option<(String, bool)>,
     /// The time as of the current batch of queue events: deliveries' ack deadlines are
     /// counted from it (one clock read per batch, not per delivery).
     clock: Instant,
@@ -203,6 +209,8 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         cancel_notify: false,
         blocked_notify: false,
         blocked: false,
+        perm: None,
+        write_checked: None,
         clock: Instant::now(),
         deadlines_armed: false,
         auth_failure_close: false,
@@ -378,6 +386,53 @@ impl Conn {
             .channels
             .values()
             .any(|c| c.is_open() && c.has_deadlines());
+    }
+
+    /// Whether this connection's user may `what` the `kind` (`queue` or `exchange`)
+    /// named `name`: RabbitMQ's `403 ACCESS_REFUSED - access to queue 'q' in vhost '/'
+    /// refused for user 'u'` (a channel error) otherwise. The default exchange is named
+    /// `amq.default`.
+    pub(super) fn authorize(
+        &self,
+        what: crate::auth::Perm,
+        kind: &str,
+        name: &str,
+    ) -> crate::error::AmqpResult<()> {
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        if self.perm.as_ref().is_some_and(|p| p.allows(what, name)) {
+            return Ok(());
+        }
+        Err(AmqpError::new(
+            ReplyCode::AccessRefused,
+            format!(
+                "access to {kind} '{name}' in vhost '/' refused for user '{}'",
+                self.user
+            ),
+        ))
+    }
+
+    /// [`Conn::authorize`] of a write to `exchange` for a publish, remembering the last
+    /// answer (one string comparison per publish to the same exchange).
+    pub(super) fn authorize_publish(&mut self, exchange: &str) -> crate::error::AmqpResult<()> {
+        let allowed = match &self.write_checked {
+            Some((x, ok)) if x == exchange => *ok,
+            _ => {
+                let ok = self
+                    .authorize(crate::auth::Perm::Write, "exchange", exchange)
+                    .is_ok();
+                self.write_checked = Some((exchange.to_string(), ok));
+                ok
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            self.authorize(crate::auth::Perm::Write, "exchange", exchange)
+        }
     }
 
     /// A publish arrived while a resource alarm is on: stop reading this connection's

@@ -53,6 +53,8 @@ impl Conn {
             properties,
             body,
         } = published;
+        self.authorize_publish(&exchange)
+            .map_err(|e| e.on(60, 40))?;
         // One relaxed load per publish: blocked once this read is handled.
         if !self.blocked && self.state.alarms.any() {
             self.block();
