@@ -403,3 +403,87 @@ async fn users_and_permissions_survive_a_restart_and_a_crash_and_guest_is_not_re
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Logs in as `user` and opens `/`, keeping the connection.
+async fn open_as(broker: &Broker, user: &str, pass: &str) -> Client {
+    let mut c = Client::connect(broker.local_addr()).await;
+    c.send(0, start_ok("PLAIN", plain(user, pass), true)).await;
+    assert!(matches!(c.method(0).await, Method::ConnectionTune(_)));
+    c.send(
+        0,
+        ConnectionTuneOk {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 0,
+        }
+        .into(),
+    )
+    .await;
+    c.send(
+        0,
+        ConnectionOpen {
+            virtual_host: "/".into(),
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(c.method(0).await, Method::ConnectionOpenOk(_)));
+    c
+}
+
+#[tokio::test]
+async fn deleting_a_user_closes_its_connections_and_the_api_can_close_one() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/users/bob",
+        r#"{"password":"pw","tags":""}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/%2F/bob",
+        r#"{"configure":".*","write":".*","read":".*"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let mut bob = open_as(&broker, "bob", "pw").await;
+    let mut guest = open_as(&broker, "guest", "guest").await;
+    assert_eq!(
+        request(&broker, "DELETE", "/api/users/bob", Some(GUEST))
+            .await
+            .status,
+        204
+    );
+    bob.expect_connection_close(320, "CONNECTION_FORCED - user 'bob' is deleted", 0, 0)
+        .await;
+    // The management API closes a connection by name.
+    let (_, conns) = get_as(&broker, "/api/connections", "guest", "guest").await;
+    let name = conns[0]["name"].as_str().unwrap().to_string();
+    let path = format!(
+        "/api/connections/{}",
+        name.replace(' ', "%20").replace('>', "%3E")
+    );
+    assert_eq!(
+        request(&broker, "DELETE", &path, Some(GUEST)).await.status,
+        204
+    );
+    guest
+        .expect_connection_close(
+            320,
+            "CONNECTION_FORCED - Closed via management plugin",
+            0,
+            0,
+        )
+        .await;
+    assert_eq!(
+        request(&broker, "DELETE", &path, Some(GUEST)).await.status,
+        404
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

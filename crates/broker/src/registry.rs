@@ -56,6 +56,11 @@ pub struct ConnectionInfo {
     /// Negotiated heartbeat, seconds.
     pub heartbeat: u16,
     channels: Mutex<BTreeMap<u16, Arc<ChannelInfo>>>,
+    /// Set (with the reason) to make the connection close itself with `320
+    /// CONNECTION_FORCED` (its user was deleted, the management API closed it).
+    force_close: Mutex<Option<String>>,
+    /// Wakes the connection's task when `force_close` is set.
+    forced: tokio::sync::Notify,
 }
 
 impl ConnectionInfo {
@@ -91,6 +96,24 @@ impl ConnectionInfo {
             channel_max,
             heartbeat,
             channels: Mutex::new(BTreeMap::new()),
+            force_close: Mutex::new(None),
+            forced: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks the connection to close itself with `320 CONNECTION_FORCED - {reason}`.
+    pub fn close_forced(&self, reason: impl Into<String>) {
+        *lock(&self.force_close) = Some(reason.into());
+        self.forced.notify_one();
+    }
+
+    /// Waits until [`ConnectionInfo::close_forced`] is called; answers the reason.
+    pub async fn forced(&self) -> String {
+        loop {
+            if let Some(r) = lock(&self.force_close).clone() {
+                return r;
+            }
+            self.forced.notified().await;
         }
     }
 

@@ -11,6 +11,7 @@
 //! | `/api/queues/{vhost}/{name}` | GET, DELETE (`?if-empty=true`, `?if-unused=true`) |
 //! | `/api/queues/{vhost}/{name}/contents` | DELETE (purge) |
 //! | `/api/connections`, `/api/channels`, `/api/consumers` | GET |
+//! | `/api/connections/{name}` | DELETE (closes it: 320, `X-Reason` or "Closed via management plugin") |
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
 //! | `/api/policies`, `/api/policies/{vhost}` | GET |
 //! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
@@ -137,6 +138,7 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         )
         .route("/api/queues/{vhost}/{name}/contents", delete(purge_queue))
         .route("/api/connections", get(connections))
+        .route("/api/connections/{name}", delete(close_connection))
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/nodes", get(nodes))
@@ -316,6 +318,39 @@ type Api = State<Arc<BrokerState>>;
 /// Longest object name the broker stores (an AMQP short string).
 const MAX_NAME: usize = 255;
 
+/// `DELETE /api/connections/{name}`: the connection is closed with `320
+/// CONNECTION_FORCED` and the `X-Reason` header's text, or RabbitMQ's "Closed via
+/// management plugin". A management user may close only its own connections.
+async fn close_connection(
+    State(state): Api,
+    User(user): User,
+    name: Result<Path<String>, PathRejection>,
+    headers: axum::http::HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let name = params(name)?;
+    let conn = state
+        .connections
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.value().clone())
+        .ok_or_else(ApiError::not_found)?;
+    let admin = state
+        .users
+        .get(&user)
+        .is_some_and(|u| u.access() >= Access::Administrator);
+    if !admin && conn.user != user {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access object",
+        ));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin");
+    conn.close_forced(reason);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn users(State(state): Api, _: Admin) -> Response {
     let list: Vec<serde_json::Value> = state.users.all().iter().map(|u| u.to_json()).collect();
     Json(list).into_response()
@@ -383,6 +418,12 @@ async fn delete_user(
             .map_err(store_error)?;
     }
     state.users.delete(&name);
+    // Its open connections go, as in RabbitMQ.
+    for c in state.connections.iter() {
+        if c.user == name {
+            c.close_forced(format!("user '{name}' is deleted"));
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

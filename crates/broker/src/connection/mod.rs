@@ -293,11 +293,23 @@ impl Conn {
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
         let mut alarms = self.state.alarms.subscribe();
+        let info = self.info.clone();
+        let forced = async move {
+            match info {
+                Some(i) => i.forced().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(forced);
         let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
         ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
+                reason = &mut forced, if !self.closing => {
+                    let e = AmqpError::new(ReplyCode::ConnectionForced, reason);
+                    self.fail_connection(e, &mut close_deadline).await;
+                }
                 _ = shutdown.cancelled(), if !self.closing => {
                     let e = AmqpError::new(
                         ReplyCode::ConnectionForced,
