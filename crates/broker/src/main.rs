@@ -92,6 +92,9 @@ struct Args {
     /// parent process does. Explicit --listen, --http, --data-dir, --fsync win.
     #[arg(long)]
     ephemeral: bool,
+    /// Let `guest` log in from other machines (RabbitMQ's `loopback_users` refuses it).
+    #[arg(long, env = "MINIMQ_ALLOW_GUEST_REMOTE")]
+    allow_guest_remote: bool,
     /// Shut down when stdin reaches end of file (the parent closed it or died).
     #[arg(long)]
     exit_with_stdin: bool,
@@ -235,6 +238,7 @@ async fn main() -> std::process::ExitCode {
         memory_high_watermark: args.memory_high_watermark,
         disk_free_limit: args.disk_free_limit,
         max_connections: args.max_connections,
+        allow_guest_remote: args.allow_guest_remote,
         consumer_timeout: args.consumer_timeout.0,
         channel_max: args.channel_max,
         frame_max: args.frame_max,

@@ -18,6 +18,10 @@ pub const EXIT_USAGE: i32 = 64;
 /// Exit status for everything else (server unreachable, refused, not found):
 /// `EX_UNAVAILABLE`, as rabbitmqctl.
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// rabbitmqctl's status for a user that does not exist (`EX_NOUSER`).
+pub const EXIT_NO_USER: i32 = 67;
+/// rabbitmqctl's status for a user that exists already (`EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: i32 = 70;
 
 /// A failure: the one-line message and the exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,7 +421,18 @@ pub fn format_listing(
                 out.push('\n');
             }
             for row in rows {
-                let cells: Vec<String> = row.iter().map(table_value).collect();
+                let cells: Vec<String> = columns
+                    .iter()
+                    .zip(row)
+                    .map(|(column, v)| match (*column, v) {
+                        // rabbitmqctl's `[monitoring, policymaker]`.
+                        ("tags", Value::Array(tags)) => format!(
+                            "[{}]",
+                            tags.iter().map(table_value).collect::<Vec<_>>().join(", ")
+                        ),
+                        _ => table_value(v),
+                    })
+                    .collect();
                 out.push_str(&cells.join("\t"));
                 out.push('\n');
             }
@@ -580,6 +595,33 @@ pub enum Command {
     },
     /// `clear_policy NAME`.
     ClearPolicy(String),
+    /// `add_user NAME PASSWORD`.
+    AddUser(String, String),
+    /// `delete_user NAME`.
+    DeleteUser(String),
+    /// `change_password NAME PASSWORD`.
+    ChangePassword(String, String),
+    /// `set_user_tags NAME TAG...`.
+    SetUserTags(String, Vec<String>),
+    /// `list_users`.
+    ListUsers,
+    /// `set_permissions [-p VHOST] USER CONF WRITE READ`.
+    SetPermissions {
+        /// The user.
+        user: String,
+        /// Configure pattern.
+        configure: String,
+        /// Write pattern.
+        write: String,
+        /// Read pattern.
+        read: String,
+    },
+    /// `clear_permissions [-p VHOST] USER`.
+    ClearPermissions(String),
+    /// `list_permissions [-p VHOST]`.
+    ListPermissions,
+    /// `list_user_permissions USER`.
+    ListUserPermissions(String),
     /// `set_vhost_limits DEFINITION`: replaces the vhost's limits.
     SetVhostLimits(String),
     /// `clear_vhost_limits`.
@@ -815,6 +857,234 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 )),
             }
         }
+        Command::AddUser(name, password) => {
+            let out = info(options, &format!("Adding user \"{name}\" ..."));
+            let path = format!("/api/users/{}", encode_segment(name));
+            if get(path.clone())?.status == 200 {
+                return Err(CtlError {
+                    message: format!("User \"{name}\" already exists"),
+                    code: EXIT_SOFTWARE,
+                });
+            }
+            let body = serde_json::json!({"password": password, "tags": ""}).to_string();
+            let resp = client
+                .request_json("PUT", &path, body.as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("adding user '{name}'"),
+                    &options.user,
+                ));
+            }
+            let mut out = out;
+            if !options.quiet && options.formatter == Formatter::Table {
+                out.push_str("Done. Don't forget to grant the user permissions to some virtual hosts! See 'rabbitmqctl help set_permissions' to learn more.\n");
+            }
+            Ok(out)
+        }
+        Command::DeleteUser(name) => {
+            let out = info(options, &format!("Deleting user \"{name}\" ..."));
+            let path = format!("/api/users/{}", encode_segment(name));
+            let resp = client
+                .request("DELETE", &path)
+                .map_err(CtlError::unavailable)?;
+            match resp.status {
+                200..=299 => Ok(out),
+                404 => Err(no_user(name)),
+                _ => Err(http_error(
+                    &resp,
+                    &format!("deleting user '{name}'"),
+                    &options.user,
+                )),
+            }
+        }
+        Command::ChangePassword(name, _) | Command::SetUserTags(name, _) => {
+            let path = format!("/api/users/{}", encode_segment(name));
+            let (out, body) = match command {
+                Command::ChangePassword(_, password) => (
+                    info(
+                        options,
+                        &format!("Changing password for user \"{name}\" ..."),
+                    ),
+                    Some(password),
+                ),
+                Command::SetUserTags(_, tags) => (
+                    info(
+                        options,
+                        &format!(
+                            "Setting tags for user \"{name}\" to [{}] ...",
+                            tags.join(", ")
+                        ),
+                    ),
+                    None,
+                ),
+                _ => (String::new(), None),
+            };
+            let resp = get(path.clone())?;
+            if resp.status == 404 {
+                return Err(no_user(name));
+            }
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("reading user '{name}'"),
+                    &options.user,
+                ));
+            }
+            let current = parse(&resp)?;
+            let new = match (command, body) {
+                (_, Some(password)) => serde_json::json!({
+                    "password": password,
+                    "tags": current.get("tags").cloned().unwrap_or(Value::Array(vec![])),
+                }),
+                (Command::SetUserTags(_, tags), None) => serde_json::json!({
+                    "password_hash": current.get("password_hash").cloned().unwrap_or(Value::Null),
+                    "hashing_algorithm": current.get("hashing_algorithm").cloned().unwrap_or(Value::Null),
+                    "tags": tags,
+                }),
+                _ => Value::Null,
+            };
+            let resp = client
+                .request_json("PUT", &path, new.to_string().as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("changing user '{name}'"),
+                    &options.user,
+                ));
+            }
+            Ok(out)
+        }
+        Command::ListUsers => {
+            let resp = get("/api/users".to_string())?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "listing users", &options.user));
+            }
+            let rows: Vec<Vec<Value>> = match parse(&resp)? {
+                Value::Array(users) => users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.get("name").cloned().unwrap_or(Value::Null),
+                            u.get("tags").cloned().unwrap_or(Value::Array(vec![])),
+                        ]
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let banner = (!options.quiet).then_some("Listing users ...");
+            Ok(format_listing(
+                Listing::Policies,
+                &["user", "tags"],
+                &rows,
+                options.formatter,
+                banner,
+                options.no_table_headers,
+            ))
+        }
+        Command::SetPermissions {
+            user,
+            configure,
+            write,
+            read,
+        } => {
+            let out = info(
+                options,
+                &format!("Setting permissions for user \"{user}\" in vhost \"{vhost}\" ..."),
+            );
+            let path = format!(
+                "/api/permissions/{}/{}",
+                encode_segment(vhost),
+                encode_segment(user)
+            );
+            let body = serde_json::json!({"configure": configure, "write": write, "read": read})
+                .to_string();
+            let resp = client
+                .request_json("PUT", &path, body.as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("setting permissions for user '{user}'"),
+                    &options.user,
+                ));
+            }
+            Ok(out)
+        }
+        Command::ClearPermissions(user) => {
+            let out = info(
+                options,
+                &format!("Clearing permissions for user \"{user}\" in vhost \"{vhost}\" ..."),
+            );
+            let path = format!(
+                "/api/permissions/{}/{}",
+                encode_segment(vhost),
+                encode_segment(user)
+            );
+            let resp = client
+                .request("DELETE", &path)
+                .map_err(CtlError::unavailable)?;
+            // RabbitMQ's clear_permissions succeeds when there were none.
+            if !(200..300).contains(&resp.status) && resp.status != 404 {
+                return Err(http_error(
+                    &resp,
+                    &format!("clearing permissions for user '{user}'"),
+                    &options.user,
+                ));
+            }
+            Ok(out)
+        }
+        Command::ListPermissions | Command::ListUserPermissions(_) => {
+            let (path, banner, first) = match command {
+                Command::ListUserPermissions(user) => (
+                    format!("/api/users/{}/permissions", encode_segment(user)),
+                    format!("Listing permissions for user \"{user}\" ..."),
+                    "vhost",
+                ),
+                _ => (
+                    format!("/api/vhosts/{}/permissions", encode_segment(vhost)),
+                    format!("Listing permissions for vhost \"{vhost}\" ..."),
+                    "user",
+                ),
+            };
+            let resp = get(path)?;
+            if let Command::ListUserPermissions(user) = command {
+                if resp.status == 404 {
+                    return Err(no_user(user));
+                }
+            }
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "listing permissions", &options.user));
+            }
+            let columns = [first, "configure", "write", "read"];
+            let rows: Vec<Vec<Value>> = match parse(&resp)? {
+                Value::Array(list) => list
+                    .iter()
+                    .map(|p| {
+                        columns
+                            .iter()
+                            .map(|c| p.get(*c).cloned().unwrap_or(Value::Null))
+                            .collect()
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let banner = (!options.quiet).then_some(banner.as_str());
+            let mut out = format_listing(
+                Listing::Policies,
+                &columns,
+                &rows,
+                options.formatter,
+                banner,
+                options.no_table_headers,
+            );
+            if rows.is_empty() && options.formatter == Formatter::Table {
+                out.push('\n');
+            }
+            Ok(out)
+        }
         Command::SetVhostLimits(definition) => {
             let out = info(
                 options,
@@ -923,6 +1193,13 @@ fn info(options: &Options, line: &str) -> String {
         String::new()
     } else {
         format!("{line}\n")
+    }
+}
+
+fn no_user(name: &str) -> CtlError {
+    CtlError {
+        message: format!("User \"{name}\" does not exist"),
+        code: EXIT_NO_USER,
     }
 }
 

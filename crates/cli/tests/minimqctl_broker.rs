@@ -269,3 +269,84 @@ fn minimqctl_sets_lists_and_clears_vhost_limits_as_rabbitmqctl() {
     );
     assert_eq!(ok(&b.ctl(&["-q", "list_vhost_limits"])), "\n");
 }
+
+#[test]
+fn minimqctl_manages_users_and_permissions_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    assert_eq!(
+        ok(&b.ctl(&["add_user", "tom", "secret"])),
+        "Adding user \"tom\" ...\nDone. Don't forget to grant the user permissions to some virtual hosts! See 'rabbitmqctl help set_permissions' to learn more.\n"
+    );
+    let again = b.ctl(&["add_user", "tom", "secret"]);
+    assert_eq!(again.status.code(), Some(70));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("User \"tom\" already exists"));
+    assert_eq!(
+        ok(&b.ctl(&["set_user_tags", "tom", "monitoring", "policymaker"])),
+        "Setting tags for user \"tom\" to [monitoring, policymaker] ...\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["change_password", "tom", "s2"])),
+        "Changing password for user \"tom\" ...\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_users"])),
+        "Listing users ...\nuser\ttags\nguest\t[administrator]\ntom\t[monitoring, policymaker]\n"
+    );
+    // The new password works, with the tags kept: tom may read the API as a monitor.
+    let as_tom = Command::new(CTL)
+        .args([
+            "--url",
+            &b.http,
+            "--user",
+            "tom",
+            "--password",
+            "s2",
+            "-q",
+            "list_users",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        as_tom.status.code(),
+        Some(69),
+        "a monitor is not an administrator"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["set_permissions", "-p", "/", "tom", "^t", ".*", ""])),
+        "Setting permissions for user \"tom\" in vhost \"/\" ...\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_permissions"])),
+        "Listing permissions for vhost \"/\" ...\nuser\tconfigure\twrite\tread\nguest\t.*\t.*\t.*\ntom\t^t\t.*\t\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_user_permissions", "tom"])),
+        "Listing permissions for user \"tom\" ...\nvhost\tconfigure\twrite\tread\n/\t^t\t.*\t\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["clear_permissions", "tom"])),
+        "Clearing permissions for user \"tom\" in vhost \"/\" ...\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_user_permissions", "tom"])),
+        "Listing permissions for user \"tom\" ...\n\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["delete_user", "tom"])),
+        "Deleting user \"tom\" ...\n"
+    );
+    for args in [
+        &["delete_user", "tom"][..],
+        &["change_password", "tom", "x"][..],
+    ] {
+        let out = b.ctl(args);
+        assert_eq!(out.status.code(), Some(67), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("User \"tom\" does not exist"));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&b.ctl(&["--formatter", "json", "list_users"]).stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{"user": "guest", "tags": ["administrator"]}])
+    );
+}

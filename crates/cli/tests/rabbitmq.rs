@@ -138,3 +138,43 @@ fn minimqctl_policy_commands_work_against_rabbitmq() {
     assert_eq!(again.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&again.stderr).contains("Parameter does not exist"));
 }
+
+/// The user and permission commands against RabbitMQ's management API: the same output
+/// and exit statuses as against minimq (`minimqctl_broker.rs`).
+#[test]
+#[ignore = "needs a RabbitMQ node: MINIMQ_TEST_RABBITMQ_HTTP (CI runs it with --ignored)"]
+fn minimqctl_user_commands_work_against_rabbitmq() {
+    let http = env("MINIMQ_TEST_RABBITMQ_HTTP");
+    let user = format!("cli-user-{}", std::process::id());
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--url", http.as_str()];
+        all.extend_from_slice(args);
+        run(CTL, &all)
+    };
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = ctl(&["add_user", &user, "secret"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ctl(&["add_user", &user, "secret"]).status.code(), Some(70));
+    assert!(ctl(&["set_user_tags", &user, "monitoring", "policymaker"])
+        .status
+        .success());
+    assert!(ctl(&["change_password", &user, "s2"]).status.success());
+    assert!(
+        text(&ctl(&["-q", "list_users"])).contains(&format!("{user}\t[monitoring, policymaker]\n"))
+    );
+    assert!(ctl(&["set_permissions", "-p", "/", &user, "^t", ".*", ""])
+        .status
+        .success());
+    assert!(text(&ctl(&["-q", "list_permissions"])).contains(&format!("{user}\t^t\t.*\t\n")));
+    assert_eq!(
+        text(&ctl(&["-q", "list_user_permissions", &user])),
+        "vhost\tconfigure\twrite\tread\n/\t^t\t.*\t\n"
+    );
+    assert!(ctl(&["clear_permissions", &user]).status.success());
+    assert!(ctl(&["delete_user", &user]).status.success());
+    assert_eq!(ctl(&["delete_user", &user]).status.code(), Some(67));
+}

@@ -129,6 +129,65 @@ enum Cmd {
     },
     /// Removes the vhost's limits.
     ClearVhostLimits,
+    /// Adds a user (no tags, no permissions).
+    AddUser {
+        /// User name.
+        name: String,
+        /// Password (not the global --password, which logs minimqctl in).
+        #[arg(value_name = "PASSWORD")]
+        secret: String,
+    },
+    /// Deletes a user (its connections are closed).
+    DeleteUser {
+        /// User name.
+        name: String,
+    },
+    /// Changes a user's password.
+    ChangePassword {
+        /// User name.
+        name: String,
+        /// New password.
+        #[arg(value_name = "PASSWORD")]
+        secret: String,
+    },
+    /// Sets a user's tags (administrator, monitoring, policymaker, management, ...).
+    SetUserTags {
+        /// User name.
+        name: String,
+        /// Tags; none clears them.
+        tags: Vec<String>,
+    },
+    /// Lists users: user tags.
+    ListUsers,
+    /// Sets a user's permissions in the vhost (-p): configure, write and read patterns.
+    SetPermissions {
+        /// User name (not the global --user, which logs minimqctl in).
+        #[arg(value_name = "USER")]
+        username: String,
+        /// Configure pattern.
+        #[arg(allow_hyphen_values = true)]
+        configure: String,
+        /// Write pattern.
+        #[arg(allow_hyphen_values = true)]
+        write: String,
+        /// Read pattern.
+        #[arg(allow_hyphen_values = true)]
+        read: String,
+    },
+    /// Removes a user's permissions in the vhost (-p).
+    ClearPermissions {
+        /// User name.
+        #[arg(value_name = "USER")]
+        username: String,
+    },
+    /// Lists the permissions in the vhost (-p): user configure write read.
+    ListPermissions,
+    /// Lists a user's permissions: vhost configure write read.
+    ListUserPermissions {
+        /// User name.
+        #[arg(value_name = "USER")]
+        username: String,
+    },
     /// Shows the vhost's limits.
     ListVhostLimits,
 }
@@ -146,7 +205,9 @@ fn main() {
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 fail(CtlError::usage(
                     "no command given; commands: list_queues list_connections list_channels \
-                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits status (see --help)",
+                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits add_user delete_user \
+                     change_password set_user_tags list_users set_permissions \
+                     clear_permissions list_permissions list_user_permissions status (see --help)",
                 ))
             }
             _ => {
@@ -212,6 +273,25 @@ fn main() {
         Cmd::ListPolicies => Command::List(Listing::Policies, Vec::new()),
         Cmd::SetVhostLimits { definition } => Command::SetVhostLimits(definition),
         Cmd::ClearVhostLimits => Command::ClearVhostLimits,
+        Cmd::AddUser { name, secret } => Command::AddUser(name, secret),
+        Cmd::DeleteUser { name } => Command::DeleteUser(name),
+        Cmd::ChangePassword { name, secret } => Command::ChangePassword(name, secret),
+        Cmd::SetUserTags { name, tags } => Command::SetUserTags(name, tags),
+        Cmd::ListUsers => Command::ListUsers,
+        Cmd::SetPermissions {
+            username,
+            configure,
+            write,
+            read,
+        } => Command::SetPermissions {
+            user: username,
+            configure,
+            write,
+            read,
+        },
+        Cmd::ClearPermissions { username } => Command::ClearPermissions(username),
+        Cmd::ListPermissions => Command::ListPermissions,
+        Cmd::ListUserPermissions { username } => Command::ListUserPermissions(username),
         Cmd::ListVhostLimits => Command::ListVhostLimits,
     };
     match ctl::run(&options, &command) {
