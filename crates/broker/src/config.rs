@@ -42,6 +42,9 @@ pub struct Config {
     /// Let `guest` log in from addresses other than loopback (RabbitMQ's
     /// `loopback_users` refuses it).
     pub allow_guest_remote: bool,
+    /// A RabbitMQ definitions file imported at start-up, before clients are accepted
+    /// (`--definitions`); a bad file stops the start with an error naming the entry.
+    pub definitions: Option<PathBuf>,
     /// `channel_max` offered in `connection.tune`.
     pub channel_max: u16,
     /// `frame_max` offered in `connection.tune`.
@@ -161,6 +164,7 @@ impl Default for Config {
             recovery_mode: crate::store::RecoveryMode::default(),
             users: vec![("guest".into(), "guest".into())],
             allow_guest_remote: false,
+            definitions: None,
             channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 60,

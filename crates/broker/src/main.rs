@@ -92,6 +92,10 @@ struct Args {
     /// parent process does. Explicit --listen, --http, --data-dir, --fsync win.
     #[arg(long)]
     ephemeral: bool,
+    /// A RabbitMQ definitions file (users, permissions, policies, queues, exchanges,
+    /// bindings) to import at start-up.
+    #[arg(long, env = "MINIMQ_DEFINITIONS")]
+    definitions: Option<PathBuf>,
     /// Let `guest` log in from other machines (RabbitMQ's `loopback_users` refuses it).
     #[arg(long, env = "MINIMQ_ALLOW_GUEST_REMOTE")]
     allow_guest_remote: bool,
@@ -239,6 +243,7 @@ async fn main() -> std::process::ExitCode {
         disk_free_limit: args.disk_free_limit,
         max_connections: args.max_connections,
         allow_guest_remote: args.allow_guest_remote,
+        definitions: args.definitions,
         consumer_timeout: args.consumer_timeout.0,
         channel_max: args.channel_max,
         frame_max: args.frame_max,

@@ -196,6 +196,19 @@ impl BrokerBuilder {
             socket_limit,
             next_conn_id: AtomicU64::new(1),
         });
+        if let Some(path) = state.config.definitions.clone() {
+            let doc = std::fs::read(&path)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+                .and_then(|raw| {
+                    serde_json::from_slice::<serde_json::Value>(&raw).map_err(|e| {
+                        std::io::Error::other(format!("{}: not JSON: {e}", path.display()))
+                    })
+                })?;
+            crate::admin::definitions::import(&state, &doc)
+                .await
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            tracing::info!(file = %path.display(), "definitions imported");
+        }
         let tracker = TaskTracker::new();
         let accept = listeners
             .into_iter()

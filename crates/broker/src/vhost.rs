@@ -177,6 +177,14 @@ impl VHost {
         })
     }
 
+    /// Every exchange, built-in ones included, by name.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        let mut all: Vec<Arc<Exchange>> =
+            self.exchanges.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
     /// The queue named `name`.
     pub fn queue(&self, name: &str) -> Option<QueueHandle> {
         self.queues.get(name).map(|q| q.clone())

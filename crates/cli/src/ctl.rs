@@ -18,6 +18,8 @@ pub const EXIT_USAGE: i32 = 64;
 /// Exit status for everything else (server unreachable, refused, not found):
 /// `EX_UNAVAILABLE`, as rabbitmqctl.
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// rabbitmqctl's status for input it cannot read (`EX_DATAERR`).
+pub const EXIT_DATA: i32 = 65;
 /// rabbitmqctl's status for a user that does not exist (`EX_NOUSER`).
 pub const EXIT_NO_USER: i32 = 67;
 /// rabbitmqctl's status for a user that exists already (`EX_SOFTWARE`).
@@ -622,6 +624,10 @@ pub enum Command {
     ListPermissions,
     /// `list_user_permissions USER`.
     ListUserPermissions(String),
+    /// `export_definitions FILE|-`.
+    ExportDefinitions(String),
+    /// `import_definitions FILE|-` (with `-`, the definitions are read from stdin).
+    ImportDefinitions(String),
     /// `set_vhost_limits DEFINITION`: replaces the vhost's limits.
     SetVhostLimits(String),
     /// `clear_vhost_limits`.
@@ -1082,6 +1088,46 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             );
             if rows.is_empty() && options.formatter == Formatter::Table {
                 out.push('\n');
+            }
+            Ok(out)
+        }
+        Command::ExportDefinitions(target) => {
+            let resp = get("/api/definitions".to_string())?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "exporting definitions", &options.user));
+            }
+            if target == "-" {
+                return Ok(format!("{}\n", String::from_utf8_lossy(&resp.body)));
+            }
+            let out = info(
+                options,
+                &format!("Exporting definitions in JSON to a file at \"{target}\" ..."),
+            );
+            std::fs::write(target, &resp.body)
+                .map_err(|e| CtlError::unavailable(format!("{target}: {e}")))?;
+            Ok(out)
+        }
+        Command::ImportDefinitions(source) => {
+            let body = if source == "-" {
+                let mut raw = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
+                    .map_err(|e| CtlError::unavailable(format!("stdin: {e}")))?;
+                raw
+            } else {
+                std::fs::read(source).map_err(|_| CtlError {
+                    message: format!("Bad argument: File {source} does not exist"),
+                    code: EXIT_DATA,
+                })?
+            };
+            let out = info(
+                options,
+                &format!("Importing definitions in JSON from a file at \"{source}\" ..."),
+            );
+            let resp = client
+                .request_json("POST", "/api/definitions", &body)
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "importing definitions", &options.user));
             }
             Ok(out)
         }

@@ -350,3 +350,31 @@ fn minimqctl_manages_users_and_permissions_as_rabbitmqctl() {
         serde_json::json!([{"user": "guest", "tags": ["administrator"]}])
     );
 }
+
+#[test]
+fn minimqctl_exports_and_imports_definitions_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    ok(&b.ctl(&["set_policy", "ttl", "^ttl-", r#"{"message-ttl":60000}"#]));
+    let file = std::env::temp_dir().join(format!("minimqctl-defs-{}.json", std::process::id()));
+    let path = file.display().to_string();
+    assert_eq!(
+        ok(&b.ctl(&["export_definitions", &path])),
+        format!("Exporting definitions in JSON to a file at \"{path}\" ...\n")
+    );
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(exported["policies"][0]["name"], "ttl");
+    let stdout: serde_json::Value =
+        serde_json::from_slice(&b.ctl(&["export_definitions", "-"]).stdout).unwrap();
+    assert_eq!(stdout, exported);
+    // Into a second broker.
+    let other = TestBroker::with_http();
+    assert_eq!(
+        ok(&other.ctl(&["import_definitions", &path])),
+        format!("Importing definitions in JSON from a file at \"{path}\" ...\n")
+    );
+    assert!(ok(&other.ctl(&["-q", "list_policies"])).contains("/\tttl\t^ttl-\tall\t"));
+    let missing = other.ctl(&["import_definitions", "/nonexistent/defs.json"]);
+    assert_eq!(missing.status.code(), Some(65));
+    let _ = std::fs::remove_file(&file);
+}

@@ -6,6 +6,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const TASK: &str = env!("CARGO_BIN_EXE_task");
 const CTL: &str = env!("CARGO_BIN_EXE_minimqctl");
 
@@ -177,4 +179,71 @@ fn minimqctl_user_commands_work_against_rabbitmq() {
     assert!(ctl(&["clear_permissions", &user]).status.success());
     assert!(ctl(&["delete_user", &user]).status.success());
     assert_eq!(ctl(&["delete_user", &user]).status.code(), Some(67));
+}
+
+/// Definitions move both ways: minimq's export imports into RabbitMQ (users with their
+/// hashes, a policy, a queue), and RabbitMQ's export back into minimq.
+#[test]
+#[ignore = "needs a RabbitMQ node: MINIMQ_TEST_RABBITMQ_HTTP (CI runs it with --ignored)"]
+fn definitions_move_between_minimq_and_rabbitmq() {
+    let http = env("MINIMQ_TEST_RABBITMQ_HTTP");
+    let tag = std::process::id();
+    let ours = common::TestBroker::with_http();
+    let ctl = |url: &str, args: &[&str]| {
+        let mut all = vec!["--url", url];
+        all.extend_from_slice(args);
+        run(CTL, &all)
+    };
+    let user = format!("defs-user-{tag}");
+    let policy = format!("defs-policy-{tag}");
+    assert!(ctl(&ours.http, &["add_user", &user, "pw"]).status.success());
+    assert!(ctl(
+        &ours.http,
+        &["set_policy", &policy, "^defs-", r#"{"max-length":5}"#]
+    )
+    .status
+    .success());
+    let file = std::env::temp_dir().join(format!("defs-{tag}.json"));
+    let path = file.display().to_string();
+    assert!(ctl(&ours.http, &["export_definitions", &path])
+        .status
+        .success());
+    let out = ctl(&http, &["import_definitions", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // RabbitMQ's import is asynchronous: wait for the user to appear.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let users = String::from_utf8_lossy(&ctl(&http, &["-q", "list_users"]).stdout).into_owned();
+        if users.contains(&user) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "user not imported into RabbitMQ: {users}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let policies =
+        String::from_utf8_lossy(&ctl(&http, &["-q", "list_policies"]).stdout).into_owned();
+    assert!(policies.contains(&policy), "{policies}");
+    // And RabbitMQ's export into minimq.
+    assert!(ctl(&http, &["export_definitions", &path]).status.success());
+    let fresh = common::TestBroker::with_http();
+    let out = ctl(&fresh.http, &["import_definitions", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users =
+        String::from_utf8_lossy(&ctl(&fresh.http, &["-q", "list_users"]).stdout).into_owned();
+    assert!(users.contains(&user), "{users}");
+    // Tidy the node.
+    let _ = ctl(&http, &["delete_user", &user]);
+    let _ = ctl(&http, &["clear_policy", &policy]);
+    let _ = std::fs::remove_file(&file);
 }

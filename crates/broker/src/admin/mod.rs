@@ -15,6 +15,7 @@
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
 //! | `/api/policies`, `/api/policies/{vhost}` | GET |
 //! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
+//! | `/api/definitions` | GET (export), POST (import; 204) (administrators) |
 //! | `/api/users`, `/api/users/{user}/permissions` | GET (administrators) |
 //! | `/api/users/{user}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
 //! | `/api/permissions`, `/api/vhosts/{vhost}/permissions` | GET (administrators) |
@@ -32,6 +33,7 @@
 //! snapshots of the connection registry, and only purge and delete send a command to a
 //! queue task (as `queue.purge` and `queue.delete` do).
 
+pub mod definitions;
 pub mod json;
 pub mod listener;
 
@@ -142,6 +144,10 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/nodes", get(nodes))
+        .route(
+            "/api/definitions",
+            get(export_definitions).post(import_definitions),
+        )
         .route("/api/users", get(users))
         .route(
             "/api/users/{name}",
@@ -348,6 +354,25 @@ async fn close_connection(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Closed via management plugin");
     conn.close_forced(reason);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn export_definitions(State(state): Api, _: Admin) -> Response {
+    Json(definitions::export(&state)).into_response()
+}
+
+/// `POST /api/definitions`: 204, or 400 naming the entry that stopped it (nothing
+/// imported then).
+async fn import_definitions(
+    State(state): Api,
+    _: Admin,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    definitions::import(&state, &doc)
+        .await
+        .map_err(ApiError::bad_request)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -182,6 +182,18 @@ enum Cmd {
     },
     /// Lists the permissions in the vhost (-p): user configure write read.
     ListPermissions,
+    /// Writes every definition (users, permissions, policies, queues, exchanges,
+    /// bindings) to FILE in RabbitMQ's JSON, or to stdout with `-`.
+    ExportDefinitions {
+        /// Where to write: a path, or `-`.
+        file: String,
+    },
+    /// Imports a RabbitMQ definitions file (or stdin with `-`); nothing is imported if an
+    /// entry is wrong.
+    ImportDefinitions {
+        /// What to read: a path, or `-`.
+        file: String,
+    },
     /// Lists a user's permissions: vhost configure write read.
     ListUserPermissions {
         /// User name.
@@ -207,7 +219,8 @@ fn main() {
                     "no command given; commands: list_queues list_connections list_channels \
                      list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits add_user delete_user \
                      change_password set_user_tags list_users set_permissions \
-                     clear_permissions list_permissions list_user_permissions status (see --help)",
+                     clear_permissions list_permissions list_user_permissions \
+                     export_definitions import_definitions status (see --help)",
                 ))
             }
             _ => {
@@ -291,6 +304,8 @@ fn main() {
         },
         Cmd::ClearPermissions { username } => Command::ClearPermissions(username),
         Cmd::ListPermissions => Command::ListPermissions,
+        Cmd::ExportDefinitions { file } => Command::ExportDefinitions(file),
+        Cmd::ImportDefinitions { file } => Command::ImportDefinitions(file),
         Cmd::ListUserPermissions { username } => Command::ListUserPermissions(username),
         Cmd::ListVhostLimits => Command::ListVhostLimits,
     };
