@@ -5,33 +5,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use common::http::{get, request, send_json, GUEST};
-use common::raw::{declare, plain, start_ok, Client};
+use common::raw::{declare, Client};
 use minimq_broker::Broker;
-use minimq_protocol::{ConnectionOpen, ConnectionTuneOk, Method};
+use minimq_protocol::Method;
 use serde_json::json;
 
 fn data_dir() -> std::path::PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "minimq-limits-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::fresh_data_dir("limits")
 }
 
 async fn start(dir: &std::path::Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .http(Some("127.0.0.1:0".parse().unwrap()))
-        .start()
-        .await
-        .expect("broker starts")
+    common::start_with_api_in(dir).await
 }
 
 #[tokio::test]
@@ -108,32 +93,9 @@ async fn the_limits_api_answers_as_rabbitmq() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Logs in and sends `connection.open` of `/`; answers the client and the reply.
+/// Logs in as guest and sends `connection.open` of `/`; answers the client and the reply.
 async fn try_open(broker: &Broker) -> (Client, Method) {
-    let mut c = Client::connect(broker.local_addr()).await;
-    c.send(0, start_ok("PLAIN", plain("guest", "guest"), false))
-        .await;
-    let _tune = c.method(0).await;
-    c.send(
-        0,
-        ConnectionTuneOk {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 0,
-        }
-        .into(),
-    )
-    .await;
-    c.send(
-        0,
-        ConnectionOpen {
-            virtual_host: "/".into(),
-        }
-        .into(),
-    )
-    .await;
-    let reply = c.method(0).await;
-    (c, reply)
+    Client::open_as(broker.local_addr(), "guest", "guest").await
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 mod common;
 
 use common::http::send_json;
-use common::raw::{plain, start_ok, Client};
+use common::raw::Client;
 use minimq_broker::Broker;
 use minimq_protocol::*;
 
@@ -64,29 +64,8 @@ async fn start() -> Broker {
 
 /// The limited user, logged in, with channel 1 open.
 async fn limited(broker: &Broker) -> Client {
-    let mut c = Client::connect(broker.local_addr()).await;
-    c.send(0, start_ok("PLAIN", plain("limited", "pw"), true))
-        .await;
-    assert!(matches!(c.method(0).await, Method::ConnectionTune(_)));
-    c.send(
-        0,
-        ConnectionTuneOk {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 0,
-        }
-        .into(),
-    )
-    .await;
-    c.send(
-        0,
-        ConnectionOpen {
-            virtual_host: "/".into(),
-        }
-        .into(),
-    )
-    .await;
-    assert!(matches!(c.method(0).await, Method::ConnectionOpenOk(_)));
+    let (mut c, answer) = Client::open_as(broker.local_addr(), "limited", "pw").await;
+    assert!(matches!(answer, Method::ConnectionOpenOk(_)), "{answer:?}");
     c.open_channel(1).await;
     c
 }

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use common::http::{get, request, send_json, GUEST};
 use common::{passive_declare, within};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
@@ -19,24 +17,11 @@ use minimq_broker::Broker;
 use serde_json::json;
 
 fn data_dir() -> std::path::PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "minimq-policies-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::fresh_data_dir("policies")
 }
 
 async fn start(dir: &std::path::Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .http(Some("127.0.0.1:0".parse().unwrap()))
-        .start()
-        .await
-        .expect("broker starts")
+    common::start_with_api_in(dir).await
 }
 
 async fn channel(broker: &Broker) -> (Connection, Channel) {

@@ -6,34 +6,19 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use base64::Engine as _;
 use common::http::{parse_response, raw, request, send_json, GUEST};
-use common::raw::{plain, start_ok, Client};
+use common::raw::Client;
 use minimq_broker::Broker;
-use minimq_protocol::{ConnectionOpen, ConnectionTuneOk, Method};
+use minimq_protocol::Method;
 use serde_json::{json, Value};
 
 fn data_dir() -> std::path::PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "minimq-users-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::fresh_data_dir("users")
 }
 
 async fn start(dir: &std::path::Path) -> Broker {
-    Broker::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .data_dir(dir)
-        .http(Some("127.0.0.1:0".parse().unwrap()))
-        .start()
-        .await
-        .expect("broker starts")
+    common::start_with_api_in(dir).await
 }
 
 fn basic(user: &str, pass: &str) -> String {
@@ -54,31 +39,7 @@ async fn get_as(broker: &Broker, path: &str, user: &str, pass: &str) -> (u16, Va
 /// Logs in over AMQP as `user` and opens `/`: the server's answer to the open, or to the
 /// login when it refused it.
 async fn amqp_open(broker: &Broker, user: &str, pass: &str) -> Method {
-    let mut c = Client::connect(broker.local_addr()).await;
-    c.send(0, start_ok("PLAIN", plain(user, pass), true)).await;
-    match c.method(0).await {
-        Method::ConnectionTune(_) => {}
-        other => return other,
-    }
-    c.send(
-        0,
-        ConnectionTuneOk {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 0,
-        }
-        .into(),
-    )
-    .await;
-    c.send(
-        0,
-        ConnectionOpen {
-            virtual_host: "/".into(),
-        }
-        .into(),
-    )
-    .await;
-    c.method(0).await
+    Client::open_as(broker.local_addr(), user, pass).await.1
 }
 
 fn close_text(m: &Method) -> (u16, String) {
@@ -406,28 +367,8 @@ async fn users_and_permissions_survive_a_restart_and_a_crash_and_guest_is_not_re
 
 /// Logs in as `user` and opens `/`, keeping the connection.
 async fn open_as(broker: &Broker, user: &str, pass: &str) -> Client {
-    let mut c = Client::connect(broker.local_addr()).await;
-    c.send(0, start_ok("PLAIN", plain(user, pass), true)).await;
-    assert!(matches!(c.method(0).await, Method::ConnectionTune(_)));
-    c.send(
-        0,
-        ConnectionTuneOk {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 0,
-        }
-        .into(),
-    )
-    .await;
-    c.send(
-        0,
-        ConnectionOpen {
-            virtual_host: "/".into(),
-        }
-        .into(),
-    )
-    .await;
-    assert!(matches!(c.method(0).await, Method::ConnectionOpenOk(_)));
+    let (c, answer) = Client::open_as(broker.local_addr(), user, pass).await;
+    assert!(matches!(answer, Method::ConnectionOpenOk(_)), "{answer:?}");
     c
 }
 

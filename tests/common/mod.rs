@@ -52,6 +52,25 @@ pub fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh, empty data directory for a test of `file`, unique within the process (for
+/// files whose tests need one each without naming them).
+pub fn fresh_data_dir(file: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    data_dir(&format!("{file}-{n}"))
+}
+
+/// Starts a broker keeping its durable data in `dir`, with the management API; both on
+/// ephemeral ports of 127.0.0.1.
+pub async fn start_with_api_in(dir: &Path) -> Broker {
+    start_broker_with(Config {
+        data_dir: Some(dir.to_path_buf()),
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .await
+}
+
 /// Opens a lapin connection (guest/guest, vhost `/`) to `broker`.
 pub async fn connect(broker: &Broker) -> Connection {
     within(Connection::connect(

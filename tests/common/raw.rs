@@ -186,6 +186,38 @@ impl Client {
         c
     }
 
+    /// Logs in as `user` / `pass` (PLAIN, asking for `connection.close` on a refused
+    /// login) and opens `/`: the client, and the server's answer to the open (or to the
+    /// login, when it refused it).
+    pub async fn open_as(addr: SocketAddr, user: &str, pass: &str) -> (Client, Method) {
+        let mut c = Client::connect(addr).await;
+        c.send(0, start_ok("PLAIN", plain(user, pass), true)).await;
+        match c.method(0).await {
+            Method::ConnectionTune(_) => {}
+            other => return (c, other),
+        }
+        c.send(
+            0,
+            ConnectionTuneOk {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 0,
+            }
+            .into(),
+        )
+        .await;
+        c.send(
+            0,
+            ConnectionOpen {
+                virtual_host: "/".into(),
+            }
+            .into(),
+        )
+        .await;
+        let answer = c.method(0).await;
+        (c, answer)
+    }
+
     /// A full handshake accepting the server's limits, no heartbeats.
     pub async fn open(addr: SocketAddr) -> Client {
         Client::open_tuned(addr, 2047, 131_072, 0).await

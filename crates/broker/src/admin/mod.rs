@@ -218,35 +218,29 @@ impl FromRequestParts<Arc<BrokerState>> for User {
     }
 }
 
-impl FromRequestParts<Arc<BrokerState>> for Admin {
-    type Rejection = ApiError;
+/// The extractor `$name`: a management user whose tags allow at least `$level`,
+/// refused with RabbitMQ's `401 not_authorised` and `$refusal` otherwise.
+macro_rules! at_least {
+    ($name:ident, $level:expr, $refusal:literal) => {
+        impl FromRequestParts<Arc<BrokerState>> for $name {
+            type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<BrokerState>,
-    ) -> Result<Admin, ApiError> {
-        let u = authenticate(state, parts)?;
-        if u.access() < Access::Administrator {
-            return Err(ApiError::not_authorised("Not administrator user"));
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &Arc<BrokerState>,
+            ) -> Result<$name, ApiError> {
+                let u = authenticate(state, parts)?;
+                if u.access() < $level {
+                    return Err(ApiError::not_authorised($refusal));
+                }
+                Ok($name(u.name.clone()))
+            }
         }
-        Ok(Admin(u.name.clone()))
-    }
+    };
 }
 
-impl FromRequestParts<Arc<BrokerState>> for Monitor {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<BrokerState>,
-    ) -> Result<Monitor, ApiError> {
-        let u = authenticate(state, parts)?;
-        if u.access() < Access::Monitoring {
-            return Err(ApiError::not_authorised("Not monitor user"));
-        }
-        Ok(Monitor(u.name.clone()))
-    }
-}
+at_least!(Admin, Access::Administrator, "Not administrator user");
+at_least!(Monitor, Access::Monitoring, "Not monitor user");
 
 impl FromRequestParts<Arc<BrokerState>> for PolicyMaker {
     type Rejection = ApiError;
