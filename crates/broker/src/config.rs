@@ -45,6 +45,17 @@ pub struct Config {
     /// A RabbitMQ definitions file imported at start-up, before clients are accepted
     /// (`--definitions`); a bad file stops the start with an error naming the entry.
     pub definitions: Option<PathBuf>,
+    /// AMQP over TLS listeners (RabbitMQ's 5671), beside the plain ones; they need
+    /// `tls_cert` and `tls_key`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The server's certificate chain, PEM.
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key, PEM.
+    pub tls_key: Option<PathBuf>,
+    /// The CA client certificates are checked against, PEM.
+    pub tls_ca: Option<PathBuf>,
+    /// Require a client certificate that chains to `tls_ca`.
+    pub tls_verify_peer: bool,
     /// `channel_max` offered in `connection.tune`.
     pub channel_max: u16,
     /// `frame_max` offered in `connection.tune`.
@@ -165,6 +176,11 @@ impl Default for Config {
             users: vec![("guest".into(), "guest".into())],
             allow_guest_remote: false,
             definitions: None,
+            tls_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_verify_peer: false,
             channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 60,

@@ -37,6 +37,7 @@ pub mod queue;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod vhost;
 
 pub use config::Config;

@@ -92,6 +92,22 @@ struct Args {
     /// parent process does. Explicit --listen, --http, --data-dir, --fsync win.
     #[arg(long)]
     ephemeral: bool,
+    /// Address for AMQP over TLS (amqps, RabbitMQ's 5671); repeat for several. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, env = "MINIMQ_TLS_LISTEN", value_delimiter = ',')]
+    tls_listen: Vec<SocketAddr>,
+    /// The server's certificate chain (PEM) for --tls-listen.
+    #[arg(long, env = "MINIMQ_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM) for --tls-listen.
+    #[arg(long, env = "MINIMQ_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) client certificates are checked against.
+    #[arg(long, env = "MINIMQ_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Require a client certificate that chains to --tls-ca.
+    #[arg(long, env = "MINIMQ_TLS_VERIFY_PEER")]
+    tls_verify_peer: bool,
     /// A RabbitMQ definitions file (users, permissions, policies, queues, exchanges,
     /// bindings) to import at start-up.
     #[arg(long, env = "MINIMQ_DEFINITIONS")]
@@ -244,6 +260,11 @@ async fn main() -> std::process::ExitCode {
         max_connections: args.max_connections,
         allow_guest_remote: args.allow_guest_remote,
         definitions: args.definitions,
+        tls_listen: args.tls_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_ca: args.tls_ca,
+        tls_verify_peer: args.tls_verify_peer,
         consumer_timeout: args.consumer_timeout.0,
         channel_max: args.channel_max,
         frame_max: args.frame_max,

@@ -55,6 +55,8 @@ pub struct ConnectionInfo {
     pub channel_max: u16,
     /// Negotiated heartbeat, seconds.
     pub heartbeat: u16,
+    /// Over TLS.
+    pub ssl: std::sync::atomic::AtomicBool,
     channels: Mutex<BTreeMap<u16, Arc<ChannelInfo>>>,
     /// Set (with the reason) to make the connection close itself with `320
     /// CONNECTION_FORCED` (its user was deleted, the management API closed it).
@@ -95,6 +97,7 @@ impl ConnectionInfo {
             frame_max,
             channel_max,
             heartbeat,
+            ssl: std::sync::atomic::AtomicBool::new(false),
             channels: Mutex::new(BTreeMap::new()),
             force_close: Mutex::new(None),
             forced: tokio::sync::Notify::new(),

@@ -40,6 +40,8 @@ pub struct BrokerState {
     pub connections: crate::registry::Connections,
     /// The bound AMQP and management API addresses (the API lists them).
     pub bound: (Vec<SocketAddr>, Option<SocketAddr>),
+    /// The bound AMQP-over-TLS addresses.
+    pub bound_tls: Vec<SocketAddr>,
     /// Users and their permissions (`auth.rs`).
     pub users: crate::auth::Users,
     /// The memory and disk alarms (`alarm.rs`).
@@ -181,6 +183,29 @@ impl BrokerBuilder {
             None => None,
         };
         let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+        let tls = if self.config.tls_listen.is_empty() {
+            None
+        } else {
+            let (Some(cert), Some(key)) = (&self.config.tls_cert, &self.config.tls_key) else {
+                return Err(std::io::Error::other(
+                    "--tls-listen needs --tls-cert and --tls-key",
+                ));
+            };
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                cert,
+                key,
+                self.config.tls_ca.as_deref(),
+                self.config.tls_verify_peer,
+            )?))
+        };
+        let mut tls_listeners = Vec::new();
+        for a in &self.config.tls_listen {
+            tls_listeners.push(TcpListener::bind(a).await?);
+        }
+        let tls_addrs = tls_listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()?;
         let socket_limit = socket_limit(self.config.max_connections);
         let state = Arc::new(BrokerState {
             config: self.config,
@@ -190,6 +215,7 @@ impl BrokerBuilder {
             killed: CancellationToken::new(),
             connections: Default::default(),
             bound: (addrs.clone(), http_addr),
+            bound_tls: tls_addrs.clone(),
             alarms,
             users,
             sockets: AtomicUsize::new(0),
@@ -210,10 +236,21 @@ impl BrokerBuilder {
             tracing::info!(file = %path.display(), "definitions imported");
         }
         let tracker = TaskTracker::new();
-        let accept = listeners
+        let mut accept: Vec<JoinHandle<()>> = listeners
             .into_iter()
-            .map(|l| tokio::spawn(accept_loop(l, state.clone(), tracker.clone())))
+            .map(|l| tokio::spawn(accept_loop(l, state.clone(), tracker.clone(), None)))
             .collect();
+        for l in tls_listeners {
+            accept.push(tokio::spawn(accept_loop(
+                l,
+                state.clone(),
+                tracker.clone(),
+                tls.clone(),
+            )));
+        }
+        for a in &tls_addrs {
+            tracing::info!(addr = %a, "minimq listening (TLS)");
+        }
         for a in &addrs {
             tracing::info!(addr = %a, "minimq listening");
         }
@@ -222,6 +259,7 @@ impl BrokerBuilder {
             tracing::info!(%addr, "management API listening");
         }
         Ok(Broker {
+            tls_addrs,
             addrs,
             http_addr,
             state,
@@ -235,6 +273,8 @@ impl BrokerBuilder {
 pub struct Broker {
     /// The bound AMQP addresses, `listen` first.
     addrs: Vec<SocketAddr>,
+    /// The bound AMQP-over-TLS addresses.
+    tls_addrs: Vec<SocketAddr>,
     http_addr: Option<SocketAddr>,
     state: Arc<BrokerState>,
     tracker: TaskTracker,
@@ -272,6 +312,11 @@ impl Broker {
     /// The address the management HTTP API is bound to, when enabled.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The bound AMQP-over-TLS addresses (`--tls-listen`).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// `amqp://guest:guest@ADDR/%2f` for this broker.
@@ -455,7 +500,12 @@ impl Drop for SocketSlot {
 /// How often a refusal for the socket limit is logged at most.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<BrokerState>,
+    tracker: TaskTracker,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -479,11 +529,33 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
                 let slot = SocketSlot(state.clone());
                 let _ = socket.set_nodelay(true);
                 let state = state.clone();
+                let tls = tls.clone();
                 tracker.spawn(async move {
                     let _slot = slot;
                     let killed = state.killed.clone();
+                    let serve = async {
+                        let stream = match tls {
+                            None => connection::transport::Stream::Tcp(socket),
+                            Some(acceptor) => {
+                                // The TLS handshake counts against the AMQP one's time.
+                                let timeout = state.config.handshake_timeout;
+                                match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                                    Ok(Ok(s)) => connection::transport::Stream::Tls(Box::new(s)),
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        connection::serve_stream(stream, peer, state.clone()).await;
+                    };
                     tokio::select! {
-                        _ = connection::serve(socket, peer, state) => {}
+                        _ = serve => {}
                         // Dropped mid-flight: no close frames, no requeue, no cleanup.
                         _ = killed.cancelled() => {}
                     }

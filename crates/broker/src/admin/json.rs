@@ -419,6 +419,7 @@ pub fn overview(state: &BrokerState) -> Overview {
         listeners: amqp
             .iter()
             .map(|a| ("amqp", *a))
+            .chain(state.bound_tls.iter().map(|a| ("amqp/ssl", *a)))
             .chain(http.map(|a| ("http", a)))
             .map(|(protocol, a)| Listener {
                 node,
@@ -559,7 +560,7 @@ pub fn connection(c: &ConnectionInfo) -> Connection<'_> {
         port: c.local.port(),
         peer_host: c.peer.ip().to_string(),
         peer_port: c.peer.port(),
-        ssl: false,
+        ssl: c.ssl.load(std::sync::atomic::Ordering::Relaxed),
         channels: c.channels().len(),
         channel_max: c.channel_max,
         frame_max: c.frame_max,

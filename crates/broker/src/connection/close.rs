@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use minimq_protocol::{ChannelClose, ConnectionClose, Frame, Method};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -22,7 +21,7 @@ use crate::queue::{QueueCommand, QueueEvent, QueueHandle};
 /// read is discarded: the messages in it were handed back to their queues already.
 pub(super) async fn finish_writes(
     mut writer_task: tokio::task::JoinHandle<()>,
-    socket: &TcpStream,
+    socket: &std::os::fd::OwnedFd,
 ) {
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer_task)
         .await

@@ -32,6 +32,7 @@ mod held;
 mod intake;
 mod methods;
 mod publish;
+pub mod transport;
 mod writer;
 
 use std::net::SocketAddr;
@@ -45,8 +46,6 @@ use minimq_protocol::idhash::IdMap;
 use minimq_protocol::{
     ConnectionBlocked, ConnectionUnblocked, DecodeError, Frame, FrameCodec, Method, ReplyCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -59,7 +58,7 @@ use crate::server::BrokerState;
 use close::finish_writes;
 use held::Held;
 
-type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+type Reader = FramedRead<transport::ReadSide, FrameCodec>;
 
 /// How long a connection waits for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -113,6 +112,8 @@ pub struct Conn {
     /// A resource alarm is on and this connection published: its socket is not read
     /// until the alarms clear (see [`Conn::block`]).
     blocked: bool,
+    /// Over TLS (shown in the management API).
+    tls: bool,
     /// The user's permissions on the vhost, as they were when the connection opened
     /// (changes apply to connections opened after them, as in RabbitMQ).
     perm: Option<Arc<crate::auth::Permission>>,
@@ -164,8 +165,18 @@ fn decode_error(e: DecodeError) -> AmqpError {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+/// Serves one accepted plain TCP socket until it closes.
+pub async fn serve(socket: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+    serve_stream(transport::Stream::Tcp(socket), peer, state).await;
+}
+
+/// Serves one accepted stream (plain TCP, or TLS once its handshake is done) until it
+/// closes.
+pub async fn serve_stream(
+    mut socket: transport::Stream,
+    peer: SocketAddr,
+    state: Arc<BrokerState>,
+) {
     let timeout = state.config.handshake_timeout;
     let mut header = [0u8; 8];
     match tokio::time::timeout(timeout, socket.read_exact(&mut header)).await {
@@ -182,7 +193,10 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
     let local = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (read_half, write_half) = socket.into_split();
+    let tls = socket.is_tls();
+    let Ok((read_half, write_half, raw_socket)) = socket.split() else {
+        return;
+    };
     let room = Arc::new(crate::queue::OutputRoom::default());
     let (writer, writer_task) = writer::Writer::new(write_half, room.clone());
     let writer_task = tokio::spawn(writer_task);
@@ -209,6 +223,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
         cancel_notify: false,
         blocked_notify: false,
         blocked: false,
+        tls,
         perm: None,
         write_checked: None,
         clock: Instant::now(),
@@ -250,7 +265,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, state: Arc<BrokerSta
     conn.hand_back_in_flight(&mut events_rx).await;
     conn.unregister();
     drop(conn);
-    finish_writes(writer_task, reader.get_ref().as_ref()).await;
+    finish_writes(writer_task, &raw_socket).await;
 }
 
 impl Conn {
@@ -268,6 +283,8 @@ impl Conn {
             self.channel_max,
             self.heartbeat,
         ));
+        info.ssl
+            .store(self.tls, std::sync::atomic::Ordering::Relaxed);
         self.state.connections.insert(self.id, info.clone());
         self.info = Some(info);
     }

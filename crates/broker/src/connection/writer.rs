@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
+use super::transport::WriteSide;
 use crate::queue::OutputRoom;
 
 /// Most batches gathered into one vectored write.
@@ -23,7 +24,9 @@ const MAX_GATHER: usize = 64;
 
 /// The connection task's end of the write side.
 pub struct Writer {
-    socket: Arc<OwnedWriteHalf>,
+    /// The plain TCP socket, for writing at once from the connection task; `None` over
+    /// TLS, where every batch goes through the writer task.
+    socket: Option<Arc<OwnedWriteHalf>>,
     tx: mpsc::UnboundedSender<Bytes>,
     /// Batches handed to the writer task and not yet written. Only the connection task
     /// adds to it, so when it reads 0 everything it handed over is on the socket.
@@ -37,13 +40,16 @@ impl Writer {
     /// The write side of a connection, and the task to spawn for what cannot be written
     /// at once.
     pub fn new(
-        socket: OwnedWriteHalf,
+        side: WriteSide,
         room: Arc<OutputRoom>,
     ) -> (Writer, impl std::future::Future<Output = ()>) {
-        let socket = Arc::new(socket);
+        let (socket, sink) = match side {
+            WriteSide::Tcp(s) => (Some(s.clone()), Sink::Tcp(s)),
+            WriteSide::Tls(w) => (None, Sink::Tls(w)),
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let task = run(socket.clone(), rx, queued.clone(), room.clone());
+        let task = run(sink, rx, queued.clone(), room.clone());
         (
             Writer {
                 socket,
@@ -76,11 +82,14 @@ impl Writer {
 
     /// Writes what the socket takes at once, if nothing is waiting for the task.
     fn try_write_now(&self, bytes: &[u8]) -> usize {
+        let Some(socket) = &self.socket else {
+            return 0;
+        };
         if bytes.is_empty() || self.queued.load(Ordering::Acquire) > 0 {
             return 0;
         }
         // Would block, or failed: the task waits for room, or meets the error.
-        self.socket.try_write(bytes).unwrap_or(0)
+        socket.try_write(bytes).unwrap_or(0)
     }
 
     fn hand_over(&self, bytes: Bytes) {
@@ -92,8 +101,28 @@ impl Writer {
 
 /// Writes what [`Writer::send`] could not, in order, until the connection drops its
 /// [`Writer`]; then shuts the socket's write side down.
+/// Where the writer task writes.
+enum Sink {
+    Tcp(Arc<OwnedWriteHalf>),
+    Tls(tokio::io::WriteHalf<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Sink {
+    async fn write_batch(&mut self, batch: &mut [Bytes]) -> std::io::Result<()> {
+        match self {
+            Sink::Tcp(socket) => write_all_vectored(socket, batch).await,
+            Sink::Tls(w) => {
+                for b in batch.iter() {
+                    w.write_all(b).await?;
+                }
+                w.flush().await
+            }
+        }
+    }
+}
+
 async fn run(
-    socket: Arc<OwnedWriteHalf>,
+    mut sink: Sink,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
     room: Arc<OutputRoom>,
@@ -108,7 +137,7 @@ async fn run(
             }
         }
         let octets: usize = batch.iter().map(Bytes::len).sum();
-        if let Err(e) = write_all_vectored(&socket, &mut batch).await {
+        if let Err(e) = sink.write_batch(&mut batch).await {
             tracing::debug!(error = %e, "write failed");
             return;
         }
@@ -116,9 +145,16 @@ async fn run(
         room.take(octets);
         batch.clear();
     }
-    // The connection's `Writer` is gone with the sender: this is the last reference.
-    if let Ok(mut socket) = Arc::try_unwrap(socket) {
-        let _ = socket.shutdown().await;
+    match sink {
+        // The connection's `Writer` is gone with the sender: this is the last reference.
+        Sink::Tcp(socket) => {
+            if let Ok(mut socket) = Arc::try_unwrap(socket) {
+                let _ = socket.shutdown().await;
+            }
+        }
+        Sink::Tls(mut w) => {
+            let _ = w.shutdown().await;
+        }
     }
 }
 
@@ -167,7 +203,7 @@ mod tests {
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let mut reader = client.unwrap();
         let (_read_half, write_half) = accepted.unwrap().0.into_split();
-        let (writer, task) = Writer::new(write_half, Default::default());
+        let (writer, task) = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
         let task = tokio::spawn(task);
         // A slow reader: 16 KiB per turn against the writer's 64 KiB.
         let read = tokio::spawn(async move {
