@@ -6,6 +6,8 @@
 use minimq_protocol::*;
 use tokio::sync::oneshot;
 
+#[cfg(test)]
+use super::tests;
 use super::{Conn, Flow};
 use crate::auth::Perm;
 use crate::channel::Channel;
@@ -297,6 +299,11 @@ impl Conn {
 
     /// `queue.declare`, active or passive.
     pub(super) async fn queue_declare(&mut self, ch: u16, d: QueueDeclare) -> AmqpResult<()> {
+        // Test hook: a connection task that panics (see `connection/tests.rs`).
+        #[cfg(test)]
+        if d.queue == tests::PANIC_QUEUE {
+            panic!("connection task made to panic by a test");
+        }
         let vhost = self.state.vhost.clone();
         let queue = if d.passive {
             vhost.queue_for(&d.queue, self.id)?

@@ -32,6 +32,8 @@ mod held;
 mod intake;
 mod methods;
 mod publish;
+#[cfg(test)]
+mod tests;
 pub mod transport;
 mod writer;
 
