@@ -55,7 +55,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::channel::Channel;
 use crate::error::AmqpError;
-use crate::queue::{EventSink, QueueEvent, QueueHandle};
+use crate::queue::{EventSink, QueueCommand, QueueEvent, QueueHandle};
 use crate::server::BrokerState;
 use close::finish_writes;
 use held::Held;
@@ -529,5 +529,42 @@ impl Conn {
         self.channels
             .get_mut(&ch)
             .expect("channel checked open by the caller")
+    }
+}
+
+/// A connection task that ends without its cleanup (it panicked) still gives back what
+/// its channels hold, leaves the registry and deletes its exclusive queues, so nothing
+/// stays stuck behind it. After a normal end there is nothing left to do here; after
+/// [`crate::Broker::crash`] (a simulated `kill -9`) nothing is done, on purpose.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.state.killed.is_cancelled() {
+            return;
+        }
+        let id = self.id;
+        for (ch, channel) in self.channels.iter_mut() {
+            for (q, requeue) in channel.release() {
+                q.send_now(QueueCommand::ChannelClosed {
+                    conn_id: id,
+                    channel: *ch,
+                    requeue,
+                });
+            }
+        }
+        self.unregister();
+        let exclusive = std::mem::take(&mut self.exclusive_queues);
+        if exclusive.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for q in exclusive {
+                    if state.vhost.queue(q.name()).is_some_and(|x| x.same(&q)) {
+                        let _ = state.vhost.delete_queue(q.name(), id, false, false).await;
+                    }
+                }
+            });
+        }
     }
 }
