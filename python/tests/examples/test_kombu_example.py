@@ -23,5 +23,8 @@ def test_kombu_producer_and_consumer_with_a_topic_exchange(minimq_fresh_broker):
             producer = conn.Producer()
             producer.publish("eu", exchange=exchange, routing_key="eu.fr.paris", declare=[queue])
             producer.publish("us", exchange=exchange, routing_key="us.ny", declare=[queue])
-            conn.drain_events(timeout=10)
+            # py-amqp reads what has arrived before each publish: a delivery that came
+            # back before the second publish was handled then, and nothing is left to drain.
+            if not got:
+                conn.drain_events(timeout=10)
     assert got == ["eu"]
