@@ -58,11 +58,8 @@ pub struct ConnectionInfo {
     /// Over TLS.
     pub ssl: std::sync::atomic::AtomicBool,
     channels: Mutex<BTreeMap<u16, Arc<ChannelInfo>>>,
-    /// Set (with the reason) to make the connection close itself with `320
-    /// CONNECTION_FORCED` (its user was deleted, the management API closed it).
-    force_close: Mutex<Option<String>>,
-    /// Wakes the connection's task when `force_close` is set.
-    forced: tokio::sync::Notify,
+    /// The connection's event channel, for asking it to close (set when it opens).
+    events: Mutex<Option<crate::queue::EventSink>>,
 }
 
 impl ConnectionInfo {
@@ -99,24 +96,20 @@ impl ConnectionInfo {
             heartbeat,
             ssl: std::sync::atomic::AtomicBool::new(false),
             channels: Mutex::new(BTreeMap::new()),
-            force_close: Mutex::new(None),
-            forced: tokio::sync::Notify::new(),
+            events: Mutex::new(None),
         }
+    }
+
+    /// Where [`ConnectionInfo::close_forced`] reaches the connection: its event channel,
+    /// which its task reads anyway (no further wake-up source in its loop).
+    pub fn set_events(&self, events: crate::queue::EventSink) {
+        *lock(&self.events) = Some(events);
     }
 
     /// Asks the connection to close itself with `320 CONNECTION_FORCED - {reason}`.
     pub fn close_forced(&self, reason: impl Into<String>) {
-        *lock(&self.force_close) = Some(reason.into());
-        self.forced.notify_one();
-    }
-
-    /// Waits until [`ConnectionInfo::close_forced`] is called; answers the reason.
-    pub async fn forced(&self) -> String {
-        loop {
-            if let Some(r) = lock(&self.force_close).clone() {
-                return r;
-            }
-            self.forced.notified().await;
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send(crate::queue::QueueEvent::CloseForced(reason.into()));
         }
     }
 

@@ -17,6 +17,7 @@ impl Conn {
     pub(super) fn on_event(&mut self, ev: QueueEvent) {
         match ev {
             QueueEvent::Deliver(d) => self.deliver(d),
+            QueueEvent::CloseForced(reason) => self.forced_close = Some(reason),
             QueueEvent::Confirm { channel, seq, ok } => {
                 if let Some(c) = self.channels.get_mut(&channel) {
                     c.answer(seq, ok);
@@ -52,9 +53,8 @@ impl Conn {
     /// Writes a delivery from a queue, or hands it back if its consumer is gone.
     pub(super) fn deliver(&mut self, d: Delivery) {
         // Counted by the queue on its way here; from the out buffer on, the writer counts
-        // what waits for the socket.
-        self.room
-            .take(d.message.body.len() + crate::queue::DELIVERY_OVERHEAD);
+        // what waits for the socket. Taken off once per batch of events (`run`).
+        self.room_taken += d.message.body.len() + crate::queue::DELIVERY_OVERHEAD;
         let frame_max = self.frame_max;
         let mut timeout = None;
         let live = self.channels.get_mut(&d.channel).filter(|c| {

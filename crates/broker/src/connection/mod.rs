@@ -116,6 +116,12 @@ pub struct Conn {
     blocked: bool,
     /// Over TLS (shown in the management API).
     tls: bool,
+    /// Octets of deliveries handled in the current batch of queue events, taken off the
+    /// room once for the batch (see [`crate::queue::OutputRoom`]).
+    room_taken: usize,
+    /// The registry asked this connection to close (`QueueEvent::CloseForced`); done
+    /// once the current batch of events is handled.
+    forced_close: Option<String>,
     /// The user's permissions on the vhost, as they were when the connection opened
     /// (changes apply to connections opened after them, as in RabbitMQ).
     perm: Option<Arc<crate::auth::Permission>>,
@@ -226,6 +232,8 @@ pub async fn serve_stream(
         blocked_notify: false,
         blocked: false,
         tls,
+        room_taken: 0,
+        forced_close: None,
         perm: None,
         write_checked: None,
         clock: Instant::now(),
@@ -287,6 +295,7 @@ impl Conn {
         ));
         info.ssl
             .store(self.tls, std::sync::atomic::Ordering::Relaxed);
+        info.set_events(self.events.clone());
         self.state.connections.insert(self.id, info.clone());
         self.info = Some(info);
     }
@@ -312,23 +321,11 @@ impl Conn {
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
         let mut alarms = self.state.alarms.subscribe();
-        let info = self.info.clone();
-        let forced = async move {
-            match info {
-                Some(i) => i.forced().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(forced);
         let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
         ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                reason = &mut forced, if !self.closing => {
-                    let e = AmqpError::new(ReplyCode::ConnectionForced, reason);
-                    self.fail_connection(e, &mut close_deadline).await;
-                }
                 _ = shutdown.cancelled(), if !self.closing => {
                     let e = AmqpError::new(
                         ReplyCode::ConnectionForced,
@@ -362,6 +359,15 @@ impl Conn {
                     }
                     if !self.tx_failed.is_empty() {
                         self.fail_transactions().await;
+                    }
+                    // What the batch's deliveries counted in the room is off the queues'
+                    // side now: one atomic operation for the batch, not one per delivery.
+                    self.room.take(std::mem::take(&mut self.room_taken));
+                    if let Some(reason) = self.forced_close.take() {
+                        if !self.closing {
+                            let e = AmqpError::new(ReplyCode::ConnectionForced, reason);
+                            self.fail_connection(e, &mut close_deadline).await;
+                        }
                     }
                 }
                 _ = ack_check.tick(), if self.deadlines_armed && !self.closing => {

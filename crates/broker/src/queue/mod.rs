@@ -66,6 +66,10 @@ pub type EventSink = mpsc::UnboundedSender<QueueEvent>;
 pub enum QueueEvent {
     /// Deliver `message` to consumer `consumer_id` (tag `consumer_tag`) on `channel`.
     Deliver(Delivery),
+    /// Not from a queue: the registry asks the connection to close with `320
+    /// CONNECTION_FORCED` and this reason (its user was deleted, the management API
+    /// closed it). Sent on the same channel so the connection needs no other wake-up.
+    CloseForced(String),
     /// The queue cancelled a consumer (the queue was deleted).
     Cancelled {
         /// Channel of the consumer.
@@ -258,14 +262,14 @@ impl OutputRoom {
 
     /// `n` octets left (written, or handed on and counted again there); tells the
     /// waiting queues once the room is half empty.
+    /// Every octet taken was added first (a queue adds before it sends, the writer before
+    /// it queues), so a plain subtraction cannot go below zero.
     pub fn take(&self, n: usize) {
-        let before = self
-            .pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-                Some(p.saturating_sub(n))
-            })
-            .unwrap_or(0);
-        let after = before.saturating_sub(n);
+        if n == 0 {
+            return;
+        }
+        let before = self.pending.fetch_sub(n, Ordering::Relaxed);
+        let after = before.wrapping_sub(n);
         let low = self.limit / 2;
         if before >= low && after < low {
             self.wake();
