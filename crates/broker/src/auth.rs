@@ -5,8 +5,9 @@
 //! what a user may do. Passwords are stored as RabbitMQ stores them
 //! (`rabbit_password_hashing_sha256`: base64 of a 4-octet salt followed by
 //! SHA-256(salt ‖ password)), so a definitions file moves between RabbitMQ and minimq with
-//! working passwords. Storing users durably belongs to the vhost layer and the store
-//! (settings of the components [`USER_COMPONENT`] and [`PERMISSION_COMPONENT`]).
+//! working passwords. [`Users`] writes every change to the store's metadata log (settings
+//! of the components [`USER_COMPONENT`] and [`PERMISSION_COMPONENT`]) before it takes
+//! effect, as the vhost does for policies.
 //!
 //! Readers (every login, every management request) take a read lock for a lookup and
 //! clone an `Arc`; the management API's writes replace whole entries. Never held across an
@@ -20,6 +21,8 @@ use rand::RngCore;
 use regex::Regex;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::store::{ParamDef, Store};
 use subtle::ConstantTimeEq;
 
 /// The store component users are kept under (vhost empty, name = user).
@@ -264,9 +267,82 @@ pub struct Users {
     users: RwLock<BTreeMap<String, Arc<User>>>,
     /// By (vhost, user).
     permissions: RwLock<BTreeMap<(String, String), Arc<Permission>>>,
+    /// Where changes are made durable; `None` for an in-memory broker.
+    store: Option<Arc<Store>>,
+}
+
+fn setting(component: &str, vhost: &str, name: &str, value: &Value) -> ParamDef {
+    ParamDef {
+        component: component.into(),
+        vhost: vhost.into(),
+        name: name.into(),
+        value: value.to_string().into_bytes().into(),
+    }
 }
 
 impl Users {
+    /// No users yet, keeping changes in `store`.
+    pub fn new(store: Option<Arc<Store>>) -> Users {
+        Users {
+            store,
+            ..Users::default()
+        }
+    }
+
+    /// Adds or replaces a user, on disk first; true when new.
+    pub async fn save_user(&self, user: User) -> std::io::Result<bool> {
+        if let Some(store) = &self.store {
+            let def = setting(USER_COMPONENT, "", &user.name, &user.to_json());
+            store.put_param(def).await?;
+        }
+        Ok(self.put(user))
+    }
+
+    /// Removes a user and its permissions, on disk first; whether it existed.
+    pub async fn remove_user(&self, name: &str) -> std::io::Result<bool> {
+        if self.get(name).is_none() {
+            return Ok(false);
+        }
+        if let Some(store) = &self.store {
+            for (vhost, user, _) in self.permissions() {
+                if user == name {
+                    store
+                        .remove_param(PERMISSION_COMPONENT, &vhost, &user)
+                        .await?;
+                }
+            }
+            store.remove_param(USER_COMPONENT, "", name).await?;
+        }
+        Ok(self.delete(name))
+    }
+
+    /// Sets `user`'s permissions in `vhost`, on disk first; true when new.
+    pub async fn save_permission(
+        &self,
+        vhost: &str,
+        user: &str,
+        p: Permission,
+    ) -> std::io::Result<bool> {
+        if let Some(store) = &self.store {
+            let def = setting(PERMISSION_COMPONENT, vhost, user, &p.to_json(vhost, user));
+            store.put_param(def).await?;
+        }
+        Ok(self.set_permission(vhost, user, p))
+    }
+
+    /// Removes `user`'s permissions in `vhost`, on disk first; whether there were any.
+    pub async fn remove_permission(&self, vhost: &str, user: &str) -> std::io::Result<bool> {
+        if self.permission(vhost, user).is_none() {
+            return Ok(false);
+        }
+        if let Some(store) = &self.store {
+            store
+                .remove_param(PERMISSION_COMPONENT, vhost, user)
+                .await?;
+        }
+        Ok(self.clear_permission(vhost, user))
+    }
+
     /// The user `name`.
     pub fn get(&self, name: &str) -> Option<Arc<User>> {
         self.users

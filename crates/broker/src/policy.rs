@@ -172,8 +172,9 @@ fn failed(detail: impl std::fmt::Display) -> String {
     format!("Validation failed\n\n{detail}\n")
 }
 
-/// A JSON value as RabbitMQ's messages print an Erlang term: a string as `<<"x">>`.
-fn term(v: &Value) -> String {
+/// A JSON value as RabbitMQ's validation messages print an Erlang term: a string as
+/// `<<"x">>` (policies, vhost limits).
+pub fn term(v: &Value) -> String {
     match v {
         Value::String(s) => format!("<<\"{s}\">>"),
         other => other.to_string(),

@@ -160,7 +160,7 @@ impl BrokerBuilder {
         let vhost = VHost::new(store.clone());
         let params = store.as_ref().map(|s| s.take_params()).unwrap_or_default();
         vhost.restore_policies(&params);
-        let users = crate::auth::Users::default();
+        let users = crate::auth::Users::new(store.clone());
         restore_users(&users, &params, store.as_deref(), &self.config.users).await?;
         vhost.restore(recovered);
         vhost.restore_topology();
@@ -426,12 +426,8 @@ async fn restore_users(
     for (name, password) in initial {
         let user = User::with_password(name, password, vec!["administrator".into()]);
         let perm = Permission::new(".*", ".*", ".*").map_err(std::io::Error::other)?;
-        if let Some(store) = store {
-            store.put_param(user_param(&user)).await?;
-            store.put_param(permission_param("/", name, &perm)).await?;
-        }
-        users.put(user);
-        users.set_permission("/", name, perm);
+        users.save_user(user).await?;
+        users.save_permission("/", name, perm).await?;
     }
     if let Some(store) = store {
         store
@@ -444,30 +440,6 @@ async fn restore_users(
             .await?;
     }
     Ok(())
-}
-
-/// A user as the store keeps it.
-pub fn user_param(user: &crate::auth::User) -> crate::store::ParamDef {
-    crate::store::ParamDef {
-        component: crate::auth::USER_COMPONENT.into(),
-        vhost: String::new(),
-        name: user.name.clone(),
-        value: user.to_json().to_string().into_bytes().into(),
-    }
-}
-
-/// A permission as the store keeps it.
-pub fn permission_param(
-    vhost: &str,
-    user: &str,
-    p: &crate::auth::Permission,
-) -> crate::store::ParamDef {
-    crate::store::ParamDef {
-        component: crate::auth::PERMISSION_COMPONENT.into(),
-        vhost: vhost.into(),
-        name: user.into(),
-        value: p.to_json(vhost, user).to_string().into_bytes().into(),
-    }
 }
 
 /// File descriptors kept for the store, the management API and the broker's own files

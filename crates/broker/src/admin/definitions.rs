@@ -323,22 +323,19 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
     }
     let io = |what: &str, e: std::io::Error| format!("{what}: could not write to disk: {e}");
     for u in plan.users {
-        if let Some(store) = &state.store {
-            store
-                .put_param(crate::server::user_param(&u))
-                .await
-                .map_err(|e| io(&format!("user '{}'", u.name), e))?;
-        }
-        state.users.put(u);
+        let name = u.name.clone();
+        state
+            .users
+            .save_user(u)
+            .await
+            .map_err(|e| io(&format!("user '{name}'"), e))?;
     }
     for (user, perm) in plan.permissions {
-        if let Some(store) = &state.store {
-            store
-                .put_param(crate::server::permission_param(VHOST, &user, &perm))
-                .await
-                .map_err(|e| io(&format!("permission of '{user}'"), e))?;
-        }
-        state.users.set_permission(VHOST, &user, perm);
+        state
+            .users
+            .save_permission(VHOST, &user, perm)
+            .await
+            .map_err(|e| io(&format!("permission of '{user}'"), e))?;
     }
     for policy in plan.policies {
         let name = policy.name.clone();

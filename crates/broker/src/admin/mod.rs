@@ -362,8 +362,7 @@ async fn import_definitions(
     _: Admin,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let doc = json_body(&body)?;
     definitions::import(&state, &doc)
         .await
         .map_err(ApiError::bad_request)?;
@@ -397,16 +396,9 @@ async fn put_user(
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(ApiError::bad_request("invalid user name"));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let value = json_body(&body)?;
     let user = crate::auth::User::from_json(&name, &value).map_err(ApiError::bad_request)?;
-    if let Some(store) = &state.store {
-        store
-            .put_param(crate::server::user_param(&user))
-            .await
-            .map_err(store_error)?;
-    }
-    Ok(if state.users.put(user) {
+    Ok(if state.users.save_user(user).await.map_err(store_error)? {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
@@ -419,24 +411,9 @@ async fn delete_user(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let name = params(name)?;
-    if state.users.get(&name).is_none() {
+    if !state.users.remove_user(&name).await.map_err(store_error)? {
         return Err(ApiError::not_found());
     }
-    if let Some(store) = &state.store {
-        for (vhost, user, _) in state.users.permissions() {
-            if user == name {
-                store
-                    .remove_param(crate::auth::PERMISSION_COMPONENT, &vhost, &user)
-                    .await
-                    .map_err(store_error)?;
-            }
-        }
-        store
-            .remove_param(crate::auth::USER_COMPONENT, "", &name)
-            .await
-            .map_err(store_error)?;
-    }
-    state.users.delete(&name);
     // Its open connections go, as in RabbitMQ.
     for c in state.connections.iter() {
         if c.user == name {
@@ -505,19 +482,17 @@ async fn put_permission(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, user) = params(path)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let value = json_body(&body)?;
     if vhost != VHOST || state.users.get(&user).is_none() {
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
     let perm = crate::auth::Permission::from_json(&value).map_err(ApiError::bad_request)?;
-    if let Some(store) = &state.store {
-        store
-            .put_param(crate::server::permission_param(&vhost, &user, &perm))
-            .await
-            .map_err(store_error)?;
-    }
-    Ok(if state.users.set_permission(&vhost, &user, perm) {
+    let created = state
+        .users
+        .save_permission(&vhost, &user, perm)
+        .await
+        .map_err(store_error)?;
+    Ok(if created {
         StatusCode::CREATED
     } else {
         StatusCode::NO_CONTENT
@@ -530,17 +505,11 @@ async fn delete_permission(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, user) = params(path)?;
-    if state.users.permission(&vhost, &user).is_none() {
-        return Err(ApiError::not_found());
+    match state.users.remove_permission(&vhost, &user).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found()),
+        Err(e) => Err(store_error(e)),
     }
-    if let Some(store) = &state.store {
-        store
-            .remove_param(crate::auth::PERMISSION_COMPONENT, &vhost, &user)
-            .await
-            .map_err(store_error)?;
-    }
-    state.users.clear_permission(&vhost, &user);
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `[{"vhost":"/","value":{...}}]`, or `[]` without limits.
@@ -577,26 +546,19 @@ async fn put_vhost_limit(
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
     check_vhost(&vhost)?;
-    let body: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let body = json_body(&body)?;
     let value = body
         .get("value")
         .ok_or_else(|| ApiError::bad_request("[{key_missing,value}]"))?;
     let mut limits = state.vhost.limits();
     let Some(slot) = limits.slot(&name) else {
-        let shown = match value {
-            serde_json::Value::String(s) => format!("<<\"{s}\">>"),
-            other => other.to_string(),
-        };
+        let shown = crate::policy::term(value);
         return Err(ApiError::bad_request(format!(
             "Validation failed\n\nUnrecognised terms [{{<<\"{name}\">>,{shown}}}] in limits\n"
         )));
     };
     let n = value.as_i64().ok_or_else(|| {
-        let shown = match value {
-            serde_json::Value::String(s) => format!("<<\"{s}\">>"),
-            other => other.to_string(),
-        };
+        let shown = crate::policy::term(value);
         ApiError::bad_request(format!(
             "Validation failed\n\n{name} should be a number, actually was {shown}\n"
         ))
@@ -664,6 +626,11 @@ async fn policy(
     Ok(Json(p.to_json(VHOST)).into_response())
 }
 
+/// A request body as JSON, or RabbitMQ's `400 not_json`.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|_| ApiError::bad_request("not_json"))
+}
+
 /// A failed metadata write: the change was not made.
 fn store_error(e: std::io::Error) -> ApiError {
     ApiError::new(
@@ -683,8 +650,7 @@ async fn put_policy(
     if name.len() > MAX_NAME {
         return Err(ApiError::bad_request("name_too_long"));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
+    let value = json_body(&body)?;
     let p = crate::policy::Policy::parse(&name, &value).map_err(ApiError::bad_request)?;
     let created = state
         .vhost
