@@ -126,8 +126,9 @@ pub struct Conn {
     /// (changes apply to connections opened after them, as in RabbitMQ).
     perm: Option<Arc<crate::auth::Permission>>,
     /// The exchange the last publish was checked for, and whether writing to it is
-    /// allowed: a publisher sends to the same exchange over and over.
-    write_checked: Option<(String, bool)>,
+    /// allowed: a publisher sends to the same exchange over and over, and the channel
+    /// hands the same `Arc` for it (compared by pointer, no string comparison).
+    write_checked: Option<(Arc<str>, bool)>,
     /// The time as of the current batch of queue events: deliveries' ack deadlines are
     /// counted from it (one clock read per batch, not per delivery).
     clock: Instant,
@@ -454,14 +455,17 @@ impl Conn {
 
     /// [`Conn::authorize`] of a write to `exchange` for a publish, remembering the last
     /// answer (one string comparison per publish to the same exchange).
-    pub(super) fn authorize_publish(&mut self, exchange: &str) -> crate::error::AmqpResult<()> {
+    pub(super) fn authorize_publish(
+        &mut self,
+        exchange: &Arc<str>,
+    ) -> crate::error::AmqpResult<()> {
         let allowed = match &self.write_checked {
-            Some((x, ok)) if x == exchange => *ok,
+            Some((x, ok)) if Arc::ptr_eq(x, exchange) || x == exchange => *ok,
             _ => {
                 let ok = self
                     .authorize(crate::auth::Perm::Write, "exchange", exchange)
                     .is_ok();
-                self.write_checked = Some((exchange.to_string(), ok));
+                self.write_checked = Some((exchange.clone(), ok));
                 ok
             }
         };
