@@ -5,7 +5,8 @@
 //! - `minimqctl` (`src/bin/minimqctl.rs`, logic in [`ctl`], its HTTP client in [`mgmt`]): rabbitmqctl's
 //!   listings and queue commands over the management HTTP API.
 //! - `minimq-bench` (`src/bin/minimq-bench.rs`, pure parts in [`bench`]): a PerfTest-like
-//!   load generator with latency percentiles and an exactly-once check.
+//!   load generator with latency percentiles and an exactly-once check; [`objects`] its
+//!   `--connections` / `--queues` modes (broker memory per idle object).
 //!
 //! This crate root holds what both need: the broker URL default, connecting with
 //! one-line error messages, the queue arguments both declare with, the Ctrl+C token and
@@ -18,6 +19,7 @@
 pub mod bench;
 pub mod ctl;
 pub mod mgmt;
+pub mod objects;
 pub mod progress;
 
 use std::io::Write;

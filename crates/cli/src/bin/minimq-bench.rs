@@ -8,6 +8,8 @@
 //! minimq-bench --count 10000 --rate 1000 --persistent --durable --json
 //! minimq-bench --fill 1000000 --size 16 --json      # publish only, leave them queued
 //! minimq-bench --drain --prefetch 100 --json        # consume what is queued, then stop
+//! minimq-bench --connections 5000 --broker-pid PID  # broker memory per idle connection
+//! minimq-bench --queues 20000 --broker-pid PID       # per empty queue, declare/delete rates
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -99,6 +101,17 @@ struct Args {
     /// threads (no broker), and print the mean round trip.
     #[arg(long, value_name = "N", conflicts_with_all = ["count", "duration", "fill", "drain"])]
     loopback_rtt: Option<u32>,
+    /// Measure the broker's cost of idle connections instead: open N (logged in, no
+    /// channel), report its RSS growth per connection (with --broker-pid), close them.
+    #[arg(long, value_name = "N", conflicts_with_all = ["count", "duration", "fill", "drain", "queues"])]
+    connections: Option<u64>,
+    /// Measure the broker's cost of empty queues instead: declare N, report its RSS
+    /// growth per queue (with --broker-pid) and the declare and delete rates, delete them.
+    #[arg(long, value_name = "N", conflicts_with_all = ["count", "duration", "fill", "drain"])]
+    queues: Option<u64>,
+    /// The broker's process id, on this machine: its RSS is read from /proc.
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
 }
 
 /// Runs a producer or consumer on a thread of its own, with its own single-threaded
@@ -145,6 +158,19 @@ async fn main() {
                 rtt.as_secs_f64() * 1e6
             ),
             Err(e) => fail("minimq-bench", &format!("loopback round trip: {e}")),
+        }
+        return;
+    }
+    let objects = match (args.connections, args.queues) {
+        (Some(n), _) => Some(minimq_cli::objects::connections(&args.url, n, args.broker_pid).await),
+        (_, Some(n)) => Some(minimq_cli::objects::queues(&args.url, n, args.broker_pid).await),
+        _ => None,
+    };
+    if let Some(report) = objects {
+        match report {
+            Ok(r) if args.json => println!("{}", r.to_json()),
+            Ok(r) => println!("{}", r.line()),
+            Err(e) => fail("minimq-bench", &e),
         }
         return;
     }
