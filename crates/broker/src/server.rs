@@ -511,7 +511,12 @@ async fn accept_loop(
                             Some(acceptor) => {
                                 // The TLS handshake counts against the AMQP one's time.
                                 let timeout = state.config.handshake_timeout;
-                                match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                                match tokio::time::timeout(
+                                    timeout,
+                                    Box::pin(acceptor.accept(socket)),
+                                )
+                                .await
+                                {
                                     Ok(Ok(s)) => connection::transport::Stream::Tls(Box::new(s)),
                                     Ok(Err(e)) => {
                                         tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -19,19 +19,11 @@ use crate::queue::{QueueCommand, QueueEvent, QueueHandle};
 /// that stopped reading holds neither its connection nor a shutdown open. Past it, the
 /// socket is reset (`SO_LINGER` 0, as RabbitMQ closes sockets) and what the client did not
 /// read is discarded: the messages in it were handed back to their queues already.
-pub(super) async fn finish_writes(
-    mut writer_task: tokio::task::JoinHandle<()>,
-    socket: &std::os::fd::OwnedFd,
-) {
-    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer_task)
-        .await
-        .is_err()
-    {
+pub(super) async fn finish_writes(closing: super::writer::Closing, socket: &std::os::fd::OwnedFd) {
+    if !closing.finish(CLOSE_TIMEOUT).await {
         tracing::debug!("client not reading: connection reset");
         // Linger 0 makes the close an immediate reset; it cannot block.
         let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
-        writer_task.abort();
-        let _ = writer_task.await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! decoder and [`Conn::on_frame`] otherwise. [`Conn::intake`] decides which, and keeps
 //! the order: see its doc.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use minimq_protocol::frame::{peek_ack, peek_content, peek_shortstr, ACK_FRAME_LEN};
 use minimq_protocol::{CodecError, ConnectionCloseOk, Frame, Method, ReplyCode};
@@ -59,6 +59,10 @@ impl Conn {
         events: &mut mpsc::UnboundedReceiver<QueueEvent>,
         close_deadline: &mut Instant,
     ) -> Flow {
+        if !self.reading && !matches!(first, Some(Ok(Frame::Heartbeat))) {
+            self.reading = true;
+            take_read_buffer(reader);
+        }
         let mut item = first;
         let mut handled = 0;
         loop {
@@ -70,11 +74,11 @@ impl Conn {
                 Fast::Done => {}
                 Fast::Failed(ch, e) => {
                     self.held.send().await;
-                    self.on_frame_error(ch, e, close_deadline).await;
+                    Box::pin(self.on_frame_error(ch, e, close_deadline)).await;
                 }
                 Fast::Slow(item) => {
                     self.held.send().await;
-                    if self.on_read(item, events, close_deadline).await == Flow::Stop {
+                    if Box::pin(self.on_read(item, events, close_deadline)).await == Flow::Stop {
                         return Flow::Stop;
                     }
                 }
@@ -85,7 +89,7 @@ impl Conn {
                 handled += frames;
                 if let Some((ch, e)) = failed {
                     self.held.send().await;
-                    self.on_frame_error(ch, e, close_deadline).await;
+                    Box::pin(self.on_frame_error(ch, e, close_deadline)).await;
                 }
             }
             if handled >= READ_BATCH || self.closing || self.blocked {
@@ -341,6 +345,18 @@ impl<'a> PublishArgs<'a> {
             mandatory: bits & 1 != 0,
         })
     }
+}
+
+/// Gives the connection its full-size read buffer, keeping what has arrived: from the
+/// first frame after the handshake that is not a heartbeat. Until then it reads into
+/// [`super::HANDSHAKE_READ_BUFFER`] octets, so an idle connection holds little.
+fn take_read_buffer(reader: &mut Reader) {
+    let buf = reader.read_buffer_mut();
+    // A fresh buffer rather than `reserve`: message bodies are later split off this
+    // buffer, and the buffers that replace it are sized after the one it started as.
+    let mut full = BytesMut::with_capacity(super::READ_BUFFER.max(buf.len()));
+    full.extend_from_slice(buf);
+    *buf = full;
 }
 
 #[cfg(test)]

@@ -67,6 +67,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Flush the out buffer to the writer once it holds this much: large enough that a burst
 /// of deliveries is a few big writes, small enough that the first of them leaves early.
 const FLUSH_AT: usize = 256 * 1024;
+
+/// The socket's read buffer once the connection is in use (tokio-util's default): reads
+/// of up to this much, and message bodies are split off it without a copy.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// The read buffer through the handshake and while the connection stays idle: enough for
+/// a `start-ok` with a client's usual properties (a larger one grows it); a page of
+/// memory per idle connection saved.
+const HANDSHAKE_READ_BUFFER: usize = 512;
 /// Most queue events handled between two looks at the socket: deliveries are written in
 /// batches, yet a flood of them does not delay reading the client's acks.
 const EVENT_BATCH: usize = 256;
@@ -151,6 +160,9 @@ pub struct Conn {
     /// Channels whose transaction failed to commit (a queue refused a publish), found
     /// while answering confirms; each is closed once the batch is done.
     tx_failed: Vec<u16>,
+    /// Whether a frame other than a heartbeat has arrived since the handshake (the read
+    /// buffer has its full size from then on).
+    reading: bool,
 }
 
 /// The connection error for bytes that do not decode, with RabbitMQ's text where the
@@ -207,10 +219,13 @@ pub async fn serve_stream(
         return;
     };
     let room = Arc::new(crate::queue::OutputRoom::default());
-    let (writer, writer_task) = writer::Writer::new(write_half, room.clone());
-    let writer_task = tokio::spawn(writer_task);
+    let writer = writer::Writer::new(write_half, room.clone());
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let mut reader = FramedRead::new(read_half, FrameCodec::new(state.config.frame_max));
+    let mut reader = FramedRead::with_capacity(
+        read_half,
+        FrameCodec::new(state.config.frame_max),
+        HANDSHAKE_READ_BUFFER,
+    );
     let mut conn = Conn {
         id: state.next_conn_id(),
         state,
@@ -220,7 +235,9 @@ pub async fn serve_stream(
         client_properties: Default::default(),
         auth_mechanism: String::new(),
         info: None,
-        out: BytesMut::with_capacity(64 * 1024),
+        // Grown as frames are written (and kept): an idle connection holds a few hundred
+        // octets, not a buffer sized for bursts.
+        out: BytesMut::new(),
         writer,
         room,
         events: events_tx,
@@ -247,6 +264,7 @@ pub async fn serve_stream(
         confirms_due: Vec::new(),
         held: Held::default(),
         tx_failed: Vec::new(),
+        reading: false,
     };
     // A shutdown does not wait for a client that is still in the handshake.
     let shutdown = conn.state.shutdown.clone();
@@ -275,8 +293,9 @@ pub async fn serve_stream(
     conn.cleanup().await;
     conn.hand_back_in_flight(&mut events_rx).await;
     conn.unregister();
+    let closing = conn.writer.close();
     drop(conn);
-    finish_writes(writer_task, &raw_socket).await;
+    finish_writes(closing, &raw_socket).await;
 }
 
 impl Conn {
@@ -332,7 +351,7 @@ impl Conn {
                         ReplyCode::ConnectionForced,
                         "broker forced connection closure with reason 'shutdown'",
                     );
-                    self.fail_connection(e, &mut close_deadline).await;
+                    Box::pin(self.fail_connection(e, &mut close_deadline)).await;
                 }
                 // Blocked: the socket is not read (TCP pushes back on the publisher);
                 // queue events, deliveries and heartbeats go on.
@@ -359,7 +378,7 @@ impl Conn {
                         self.emit_confirms(ch);
                     }
                     if !self.tx_failed.is_empty() {
-                        self.fail_transactions().await;
+                        Box::pin(self.fail_transactions()).await;
                     }
                     // What the batch's deliveries counted in the room is off the queues'
                     // side now: one atomic operation for the batch, not one per delivery.
@@ -367,12 +386,12 @@ impl Conn {
                     if let Some(reason) = self.forced_close.take() {
                         if !self.closing {
                             let e = AmqpError::new(ReplyCode::ConnectionForced, reason);
-                            self.fail_connection(e, &mut close_deadline).await;
+                            Box::pin(self.fail_connection(e, &mut close_deadline)).await;
                         }
                     }
                 }
                 _ = ack_check.tick(), if self.deadlines_armed && !self.closing => {
-                    self.check_ack_deadlines().await;
+                    Box::pin(self.check_ack_deadlines()).await;
                 }
                 changed = alarms.changed(), if self.blocked => {
                     if changed.is_err() || !self.state.alarms.any() {

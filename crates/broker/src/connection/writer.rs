@@ -6,7 +6,8 @@
 //! does every batch after it until the task has written them all, so the order holds. The
 //! task gathers every batch already waiting into one vectored write, so a burst of
 //! deliveries to a slow reader costs few syscalls, and the connection task never waits
-//! for the socket.
+//! for the socket. Over plain TCP the task starts only when first needed: most
+//! connections never need it, and an idle one costs that much less memory.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::transport::WriteSide;
 use crate::queue::OutputRoom;
@@ -27,7 +29,10 @@ pub struct Writer {
     /// The plain TCP socket, for writing at once from the connection task; `None` over
     /// TLS, where every batch goes through the writer task.
     socket: Option<Arc<OwnedWriteHalf>>,
-    tx: mpsc::UnboundedSender<Bytes>,
+    /// The writer task and its queue. Over plain TCP it starts the first time the socket
+    /// does not take a batch at once, so a connection whose client keeps up (or an idle
+    /// one) never has it; over TLS it starts with the connection.
+    task: Option<Handover>,
     /// Batches handed to the writer task and not yet written. Only the connection task
     /// adds to it, so when it reads 0 everything it handed over is on the socket.
     queued: Arc<AtomicUsize>,
@@ -36,33 +41,83 @@ pub struct Writer {
     room: Arc<OutputRoom>,
 }
 
+/// A running writer task.
+struct Handover {
+    tx: mpsc::UnboundedSender<Bytes>,
+    join: JoinHandle<()>,
+}
+
+/// What is left of a connection's write side when the connection ends: the writer task,
+/// if it ever started, or the socket, for [`Closing::finish`].
+pub struct Closing {
+    join: Option<JoinHandle<()>>,
+    socket: Option<Arc<OwnedWriteHalf>>,
+}
+
+impl Closing {
+    /// Waits up to `timeout` for what the writer task holds to reach the socket and for
+    /// the write side to be shut down; `true` if it did. Past the timeout the task is
+    /// stopped (its batches dropped).
+    pub async fn finish(self, timeout: std::time::Duration) -> bool {
+        if let Some(mut join) = self.join {
+            if tokio::time::timeout(timeout, &mut join).await.is_err() {
+                join.abort();
+                let _ = join.await;
+                return false;
+            }
+            return true;
+        }
+        if let Some(socket) = self.socket {
+            if let Ok(mut socket) = Arc::try_unwrap(socket) {
+                // Nothing is waiting to be written: the shutdown does not wait for the peer.
+                let _ = tokio::time::timeout(timeout, socket.shutdown()).await;
+            }
+        }
+        true
+    }
+}
+
 impl Writer {
-    /// The write side of a connection, and the task to spawn for what cannot be written
-    /// at once.
-    pub fn new(
-        side: WriteSide,
-        room: Arc<OutputRoom>,
-    ) -> (Writer, impl std::future::Future<Output = ()>) {
-        let (socket, sink) = match side {
-            WriteSide::Tcp(s) => (Some(s.clone()), Sink::Tcp(s)),
-            WriteSide::Tls(w) => (None, Sink::Tls(w)),
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// The write side of a connection.
+    pub fn new(side: WriteSide, room: Arc<OutputRoom>) -> Writer {
         let queued = Arc::new(AtomicUsize::new(0));
-        let task = run(sink, rx, queued.clone(), room.clone());
-        (
-            Writer {
-                socket,
-                tx,
+        match side {
+            WriteSide::Tcp(s) => Writer {
+                socket: Some(s),
+                task: None,
                 queued,
                 room,
             },
-            task,
-        )
+            WriteSide::Tls(w) => {
+                let task = Some(Handover::start(Sink::Tls(w), &queued, &room));
+                Writer {
+                    socket: None,
+                    task,
+                    queued,
+                    room,
+                }
+            }
+        }
+    }
+
+    /// Ends the write side: what was handed over is still written (see
+    /// [`Closing::finish`]); anything sent afterwards is dropped.
+    pub fn close(&mut self) -> Closing {
+        let task = self.task.take();
+        let socket = self.socket.take();
+        match task {
+            // Dropping the sender lets the task end once it has written everything; it
+            // then holds the socket's last reference and shuts it down.
+            Some(task) => Closing {
+                join: Some(task.join),
+                socket: None,
+            },
+            None => Closing { join: None, socket },
+        }
     }
 
     /// Writes `bytes` after everything sent before, without waiting.
-    pub fn send(&self, mut bytes: Bytes) {
+    pub fn send(&mut self, mut bytes: Bytes) {
         let written = self.try_write_now(&bytes);
         if written < bytes.len() {
             bytes.advance(written);
@@ -72,7 +127,7 @@ impl Writer {
 
     /// Writes and empties `out` (the connection's output buffer) after everything sent
     /// before, without waiting. When the socket takes it all, `out` keeps its memory.
-    pub fn send_buf(&self, out: &mut BytesMut) {
+    pub fn send_buf(&mut self, out: &mut BytesMut) {
         let written = self.try_write_now(out);
         out.advance(written);
         if !out.is_empty() {
@@ -92,15 +147,34 @@ impl Writer {
         socket.try_write(bytes).unwrap_or(0)
     }
 
-    fn hand_over(&self, bytes: Bytes) {
-        self.room.add(bytes.len());
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let _ = self.tx.send(bytes);
+    fn hand_over(&mut self, bytes: Bytes) {
+        if self.task.is_none() {
+            // Closed (or TLS, whose task is always there): nowhere to write.
+            let Some(socket) = &self.socket else {
+                return;
+            };
+            self.task = Some(Handover::start(
+                Sink::Tcp(socket.clone()),
+                &self.queued,
+                &self.room,
+            ));
+        }
+        if let Some(task) = &self.task {
+            self.room.add(bytes.len());
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            let _ = task.tx.send(bytes);
+        }
     }
 }
 
-/// Writes what [`Writer::send`] could not, in order, until the connection drops its
-/// [`Writer`]; then shuts the socket's write side down.
+impl Handover {
+    fn start(sink: Sink, queued: &Arc<AtomicUsize>, room: &Arc<OutputRoom>) -> Handover {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let join = tokio::spawn(run(sink, rx, queued.clone(), room.clone()));
+        Handover { tx, join }
+    }
+}
+
 /// Where the writer task writes.
 enum Sink {
     Tcp(Arc<OwnedWriteHalf>),
@@ -121,13 +195,16 @@ impl Sink {
     }
 }
 
+/// The writer task: writes what [`Writer::send`] could not, in order, until the
+/// connection closes its [`Writer`]; then shuts the socket's write side down.
 async fn run(
     mut sink: Sink,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
     room: Arc<OutputRoom>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_GATHER);
+    // Grown on first use: an idle connection never needs it.
+    let mut batch: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_GATHER {
@@ -203,8 +280,7 @@ mod tests {
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let mut reader = client.unwrap();
         let (_read_half, write_half) = accepted.unwrap().0.into_split();
-        let (writer, task) = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
-        let task = tokio::spawn(task);
+        let mut writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
         // A slow reader: 16 KiB per turn against the writer's 64 KiB.
         let read = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -246,11 +322,70 @@ mod tests {
             handed_over > 0,
             "the socket took 16 MiB at once: nothing was handed over"
         );
-        drop(writer);
-
-        task.await.unwrap();
+        assert!(
+            writer
+                .close()
+                .finish(std::time::Duration::from_secs(60))
+                .await
+        );
         let got = read.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes out of order");
+    }
+
+    /// A client that keeps up never costs a writer task; closing then shuts the write
+    /// side down itself, so the peer reads everything and then the end of the stream.
+    #[tokio::test]
+    async fn no_task_until_the_socket_is_full_and_close_still_shuts_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut reader = client.unwrap();
+        let (_read_half, write_half) = accepted.unwrap().0.into_split();
+        let mut writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
+        writer.send(Bytes::from_static(b"hello"));
+        assert!(writer.task.is_none(), "the socket took 5 octets at once");
+        assert!(
+            writer
+                .close()
+                .finish(std::time::Duration::from_secs(10))
+                .await
+        );
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+    }
+
+    /// Once the socket is full the task takes over, and what it holds still arrives
+    /// whole after `close`.
+    #[tokio::test]
+    async fn the_task_starts_when_the_socket_is_full() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut reader = client.unwrap();
+        let (_read_half, write_half) = accepted.unwrap().0.into_split();
+        let mut writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
+        // Far more than socket buffers hold, with nobody reading yet.
+        let batch = Bytes::from(vec![7u8; 1024 * 1024]);
+        let mut sent = 0;
+        while writer.task.is_none() {
+            writer.send(batch.clone());
+            sent += batch.len();
+        }
+        let read = tokio::spawn(async move {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        assert!(
+            writer
+                .close()
+                .finish(std::time::Duration::from_secs(60))
+                .await
+        );
+        let got = read.await.unwrap();
+        assert_eq!(got.len(), sent);
+        assert!(got.iter().all(|b| *b == 7));
     }
 }
