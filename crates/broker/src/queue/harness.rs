@@ -238,6 +238,11 @@ impl TestQueue {
             delivery_mode: Some(2),
             ..BasicProperties::default()
         };
+        self.publish_confirmed_with(body, properties).await;
+    }
+
+    /// Publishes a message with `body` and `properties` and waits for its confirm.
+    pub async fn publish_confirmed_with(&self, body: Vec<u8>, properties: BasicProperties) {
         let (sink, mut confirms) = mpsc::unbounded_channel();
         self.handle
             .publish(vec![Publish {
@@ -333,6 +338,25 @@ impl TestQueue {
             rejected,
         };
         assert!(self.handle.send(cmd).await);
+    }
+
+    /// Channel `channel` closed holding `unacked` (as its connection reports it).
+    pub async fn close_channel(&self, channel: u16, unacked: Vec<u64>) {
+        let cmd = QueueCommand::ChannelClosed {
+            conn_id: 1,
+            channel,
+            requeue: unacked,
+        };
+        assert!(self.handle.send(cmd).await);
+    }
+
+    /// Takes every ready message with `basic.get` (no ack): their bodies, in order.
+    pub async fn drain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(got) = self.get(true).await {
+            out.push(body(&got.message));
+        }
+        out
     }
 
     /// Waits until the queue task has ended (its inbox is closed).
