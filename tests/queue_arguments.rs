@@ -244,6 +244,10 @@ fn quorum_declare(
 /// Durable, not exclusive, not auto-delete: the only flags a quorum queue takes.
 const DURABLE: (bool, bool, bool) = (true, false, false);
 
+/// A quorum declare RabbitMQ refuses: (durable, exclusive, auto-delete), its arguments
+/// and the reason after `PRECONDITION_FAILED - `.
+type Refused<'a> = ((bool, bool, bool), Vec<(&'a str, FieldValue)>, String);
+
 /// What RabbitMQ 3.10 refuses in a quorum declare, with its texts (checked against it):
 /// arguments of other queue types first, in table order, then the flags in the order
 /// auto-delete, exclusive, non-durable; argument values as for any queue.
@@ -257,7 +261,7 @@ async fn a_quorum_declare_is_refused_as_rabbitmq_refuses_it() {
     let bad_value =
         |key: &str, why: &str| format!("invalid arg '{key}' for queue 'qq' in vhost '/': {why}");
     let property = |p: &str| format!("invalid property '{p}' for queue 'qq' in vhost '/'");
-    let refused: Vec<((bool, bool, bool), Vec<(&str, FieldValue)>, String)> = vec![
+    let refused: Vec<Refused> = vec![
         ((true, true, false), vec![], property("exclusive-owner")),
         ((false, false, false), vec![], property("non-durable")),
         ((true, false, true), vec![], property("auto-delete")),

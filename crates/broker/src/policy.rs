@@ -120,7 +120,7 @@ impl QueueSettings {
                 out.dead_letter_routing_key = Some(k.clone());
             }
         }
-        out
+        out.with_type_fallbacks()
     }
 }
 

@@ -242,12 +242,13 @@ impl VHost {
     ) -> AmqpResult<(QueueHandle, bool)> {
         let args = QueueArgs::parse(&spec.name, &spec.arguments)?;
         if args.queue_type == QueueType::Quorum {
-            let bad = if !spec.durable {
-                Some("non-durable")
-            } else if spec.exclusive {
-                Some("exclusive")
-            } else if spec.auto_delete {
+            // RabbitMQ 3.10's order and words (`rabbit_queue_type_util` checks).
+            let bad = if spec.auto_delete {
                 Some("auto-delete")
+            } else if spec.exclusive {
+                Some("exclusive-owner")
+            } else if !spec.durable {
+                Some("non-durable")
             } else {
                 None
             };

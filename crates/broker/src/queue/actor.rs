@@ -6,8 +6,13 @@
 //! gives it room. Two consumers and five messages split 1,3,5 / 2,4; with prefetch 1 a
 //! busy worker is skipped, so faster workers get more.
 //!
-//! Ordering: every message gets a sequence number at enqueue. The ready list is kept in
-//! sequence order, so a requeued message goes back to its original place, not the tail.
+//! Ordering: every message gets a sequence number at enqueue. A classic queue keeps its
+//! ready list in sequence order, so a requeued message goes back to its original place,
+//! not the tail. A quorum queue orders as RabbitMQ 3.10's does: what comes back without
+//! the client asking (its channel closed, its delivery never reached the client) — and,
+//! when the queue has a delivery limit, what the client rejected too — waits in a
+//! "returns" stretch at the head, in the order it came back; without a delivery limit a
+//! rejected, nacked or recovered message goes to the tail.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,7 +24,7 @@ use super::active::Active;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueArgs, QueueCommand,
-    QueueCounts, QueueEvent, QueueHandle, QueueHost, QueueInbox,
+    QueueCounts, QueueEvent, QueueHandle, QueueHost, QueueInbox, QueueType,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -150,6 +155,9 @@ pub struct QueueActor {
     /// settle record when the command is done.
     settled: Vec<u64>,
     ready: VecDeque<Entry>,
+    /// How many entries at the head of `ready` are a quorum queue's returns (see the
+    /// module docs); always 0 in a classic queue.
+    returns: usize,
     /// Running totals over `ready`.
     totals: ReadyTotals,
     /// Past this `totals.mem`, persistent messages are paged out.
@@ -217,6 +225,7 @@ pub fn spawn(
         store,
         settled: Vec::new(),
         ready,
+        returns: 0,
         totals,
         memory_budget,
         last_now: now,
@@ -573,6 +582,7 @@ impl QueueActor {
                     self.forget(&e);
                 }
                 self.totals = ReadyTotals::default();
+                self.returns = 0;
                 let _ = reply.send(n);
             }
             QueueCommand::Delete {
@@ -671,7 +681,9 @@ impl QueueActor {
         let expires_at = ttl.map(|ms| Instant::now() + std::time::Duration::from_millis(ms));
         let seq = self.next_seq;
         self.next_seq += 1;
-        let persisted = self.store.is_some() && message.is_persistent();
+        // A quorum queue keeps every message in the log, as RabbitMQ's (a Raft log) does.
+        let persisted = self.store.is_some()
+            && (message.is_persistent() || self.args.queue_type == QueueType::Quorum);
         let mut confirm = confirm;
         if persisted {
             if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
@@ -730,6 +742,7 @@ impl QueueActor {
     fn pop_ready(&mut self) -> Option<Entry> {
         let e = self.ready.pop_front()?;
         self.totals.remove(&e);
+        self.returns = self.returns.saturating_sub(1);
         Some(e)
     }
 
@@ -737,6 +750,27 @@ impl QueueActor {
     /// at the tail when the caller knows that is its place. A persistent message is
     /// kept on disk only when the queue is over its memory budget.
     fn insert_ready(&mut self, mut entry: Entry, at_tail: bool) {
+        self.page_out_over_budget(&mut entry);
+        self.totals.add(&entry);
+        if at_tail {
+            self.ready.push_back(entry);
+        } else {
+            let pos = self.ready.partition_point(|e| e.key() < entry.key());
+            self.ready.insert(pos, entry);
+        }
+    }
+
+    /// Puts a quorum queue's returned entry at the end of the returns stretch at the head
+    /// of the ready list (see the module docs).
+    fn insert_return(&mut self, mut entry: Entry) {
+        self.page_out_over_budget(&mut entry);
+        self.totals.add(&entry);
+        self.ready.insert(self.returns, entry);
+        self.returns += 1;
+    }
+
+    /// Keeps a persistent entry on disk only when the queue is over its memory budget.
+    fn page_out_over_budget(&self, entry: &mut Entry) {
         if entry.persisted && self.totals.mem + entry.mem_cost() > self.memory_budget {
             if let (Held::Mem(m), Some(store)) = (&entry.held, &self.store) {
                 let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
@@ -744,13 +778,6 @@ impl QueueActor {
                     entry.held = Held::Disk(id);
                 }
             }
-        }
-        self.totals.add(&entry);
-        if at_tail {
-            self.ready.push_back(entry);
-        } else {
-            let pos = self.ready.partition_point(|e| e.key() < entry.key());
-            self.ready.insert(pos, entry);
         }
     }
 
@@ -817,6 +844,9 @@ impl QueueActor {
         // next start still has them.
         for (slot, msg_id) in lost.into_iter().rev() {
             if let Some(e) = self.ready.remove(slot) {
+                if slot < self.returns {
+                    self.returns -= 1;
+                }
                 self.totals.remove(&e);
                 self.unreadable(&e, msg_id, "delivery");
             }
@@ -917,12 +947,16 @@ impl QueueActor {
     }
 
     /// Ends unacked deliveries: requeue them (unless they are over the delivery limit),
-    /// or forget them — dead-lettering the rejected ones.
+    /// or forget them — dead-lettering the rejected ones. A quorum queue takes requeued
+    /// ones in the order given (the channel's delivery order) and places them by
+    /// RabbitMQ's rule (module docs): `rejected` says the client asked.
     fn settle(&mut self, mut ids: Vec<u64>, requeue: bool, rejected: bool) {
-        if requeue {
+        let quorum = self.args.queue_type == QueueType::Quorum;
+        if requeue && !quorum {
             // Highest first, so a batch that all belongs before the head costs O(1) each.
             ids.sort_unstable_by(|a, b| b.cmp(a));
         }
+        let to_tail = rejected && self.args.delivery_limit.is_none();
         let mut freed = Vec::new();
         let mut returned = Vec::new();
         for id in ids {
@@ -951,7 +985,11 @@ impl QueueActor {
                 if entry.persisted {
                     returned.push((entry.seq, entry.deliveries));
                 }
-                self.insert_ready(entry, false);
+                match (quorum, to_tail) {
+                    (false, _) => self.insert_ready(entry, false),
+                    (true, true) => self.insert_ready(entry, true),
+                    (true, false) => self.insert_return(entry),
+                }
             }
         }
         for cid in &freed {
@@ -1057,10 +1095,13 @@ impl QueueActor {
                 _ => false,
             };
             // The entry `message` is the head of: nothing changed the ready list since.
+            // `pop_ready` inlined: `c` borrows the consumers meanwhile.
+            let returns = self.returns;
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
             self.totals.remove(&entry);
+            self.returns = returns.saturating_sub(1);
             entry.deliveries = entry.deliveries.saturating_add(1);
             let delivery = Delivery {
                 channel: c.spec.channel,
@@ -1086,6 +1127,7 @@ impl QueueActor {
                 entry.deliveries -= 1;
                 self.totals.add(&entry);
                 self.ready.push_front(entry);
+                self.returns = returns;
                 self.consumers.remove(&cid);
                 continue;
             }

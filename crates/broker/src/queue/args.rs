@@ -16,14 +16,35 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
-/// The queue type named by `x-queue-type`. Both behave as one in-process queue here.
+/// The queue type named by `x-queue-type`. Both are one in-process queue here; a quorum
+/// queue keeps every message in the log and requeues in RabbitMQ's quorum order (see
+/// [`super::actor`]), and takes RabbitMQ's quorum arguments and flags only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
     /// `classic` (the default).
     Classic,
-    /// `quorum`: accepted for compatibility; must be durable, non-exclusive.
+    /// `quorum`: durable, not exclusive, not auto-delete.
     Quorum,
 }
+
+/// Arguments of other queue types that RabbitMQ 3.10 refuses in a quorum declare
+/// (`rabbit_amqqueue:check_arguments_key`: every type's arguments less the quorum
+/// type's).
+const NOT_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// `x-dead-letter-strategy` values RabbitMQ 3.10 knows.
+const DEAD_LETTER_STRATEGIES: &[&str] = &["at-most-once", "at-least-once"];
+
+/// `x-queue-leader-locator` values RabbitMQ 3.10 knows (the last two deprecated there).
+const LEADER_LOCATORS: &[&str] = &["client-local", "balanced", "random", "least-leaders"];
 
 /// The arguments a queue acts on, parsed from its declare table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,11 +255,34 @@ fn erlang_string(bytes: &[u8]) -> String {
     }
 }
 
+/// A string argument that must be one of `known`: RabbitMQ's `{unacceptable_type,T}`
+/// for another type, `why` for another string.
+fn one_of(key: &str, queue: &str, v: &FieldValue, known: &[&str], why: &str) -> AmqpResult<()> {
+    match v.as_str() {
+        Some(s) if known.contains(&s) => Ok(()),
+        Some(_) => Err(invalid(key, queue, why)),
+        None => Err(invalid(
+            key,
+            queue,
+            format!("{{unacceptable_type,{}}}", v.type_name()),
+        )),
+    }
+}
+
 impl QueueArgs {
-    /// Parses and validates a declare's arguments, answering 406 as RabbitMQ does.
+    /// Parses and validates a declare's arguments, answering 406 as RabbitMQ does. A
+    /// quorum declare is checked as RabbitMQ 3.10 checks it: the values of the quorum
+    /// arguments first, then the arguments of other queue types, refused in table order.
     pub fn parse(queue: &str, table: &FieldTable) -> AmqpResult<QueueArgs> {
         let mut args = QueueArgs::default();
+        let quorum = table
+            .get("x-queue-type")
+            .and_then(FieldValue::as_str)
+            .is_some_and(|t| t == "quorum");
         for (key, value) in table.iter() {
+            if quorum && NOT_QUORUM.contains(&key) {
+                continue;
+            }
             match key {
                 "x-message-ttl" => args.message_ttl = Some(expiry(key, queue, value)?),
                 "x-max-length" => args.max_length = Some(non_negative(key, queue, value)?),
@@ -295,13 +339,7 @@ impl QueueArgs {
                         Some("drop-head") => Overflow::DropHead,
                         Some("reject-publish") => Overflow::RejectPublish,
                         Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                        Some(other) => {
-                            return Err(invalid(
-                                key,
-                                queue,
-                                format!("{{unknown_overflow,<<\"{other}\">>}}"),
-                            ))
-                        }
+                        Some(_) => return Err(invalid(key, queue, "invalid_overflow")),
                         None => {
                             return Err(invalid(
                                 key,
@@ -331,10 +369,52 @@ impl QueueArgs {
                         }
                     }
                 }
+                // Checked on quorum queues only: RabbitMQ refuses them on classic
+                // ones, minimq has always ignored them there.
+                "x-dead-letter-strategy" if quorum => one_of(
+                    key,
+                    queue,
+                    value,
+                    DEAD_LETTER_STRATEGIES,
+                    "invalid_dlx_strategy",
+                )?,
+                "x-queue-leader-locator" if quorum => one_of(
+                    key,
+                    queue,
+                    value,
+                    LEADER_LOCATORS,
+                    "invalid_queue_locator_arg",
+                )?,
+                "x-max-in-memory-length" | "x-max-in-memory-bytes" if quorum => {
+                    non_negative(key, queue, value)?;
+                }
+                "x-quorum-initial-group-size" if quorum => {
+                    let size = non_negative(key, queue, value)?;
+                    if size == 0 {
+                        return Err(invalid(key, queue, "{value_zero,0}"));
+                    }
+                }
                 _ => {}
             }
         }
-        Ok(args)
+        if quorum {
+            if let Some((key, _)) = table.iter().find(|(k, _)| NOT_QUORUM.contains(k)) {
+                return Err(AmqpError::precondition(format!(
+                    "invalid arg '{key}' for queue '{queue}' in vhost '/' of queue type rabbit_quorum_queue"
+                )));
+            }
+        }
+        Ok(args.with_type_fallbacks())
+    }
+
+    /// What RabbitMQ 3.10 makes of settings a quorum queue does not have: `x-overflow:
+    /// reject-publish-dlx` (argument or policy) is drop-head there, with a warning in its
+    /// log. Applied to the declared arguments and again after a policy.
+    pub fn with_type_fallbacks(mut self) -> QueueArgs {
+        if self.queue_type == QueueType::Quorum && self.overflow == Overflow::RejectPublishDlx {
+            self.overflow = Overflow::DropHead;
+        }
+        self
     }
 
     /// Checks that a redeclare's arguments match the existing queue's (406 otherwise).

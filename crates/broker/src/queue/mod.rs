@@ -378,14 +378,17 @@ pub enum QueueCommand {
         /// Answered once removed.
         reply: Option<oneshot::Sender<()>>,
     },
-    /// Settle unacked messages: `requeue = false` forgets them, `true` returns them to
-    /// their original place, marked redelivered.
+    /// Settle unacked messages: `requeue = false` forgets them, `true` puts them back,
+    /// marked redelivered (a classic queue at their original place; a quorum queue by
+    /// RabbitMQ's rule, see [`actor`]).
     Settle {
-        /// Message ids.
+        /// Message ids, in the channel's delivery order.
         ids: Vec<u64>,
         /// Put back instead of forgetting.
         requeue: bool,
-        /// Rejected or nacked (not acked): dead-lettered when not requeued.
+        /// The client rejected, nacked or recovered them (not acked, and not handed back
+        /// because their channel or delivery went away): dead-lettered when not
+        /// requeued; a quorum queue without a delivery limit requeues them at its tail.
         rejected: bool,
     },
     /// A channel closed: remove its consumers, then requeue `requeue`.
