@@ -288,8 +288,8 @@ struct QuorumFields {
     leader: &'static str,
     members: [&'static str; 1],
     online: [&'static str; 1],
-    /// Messages dead-lettered but not yet taken by their targets (RabbitMQ's
-    /// at-least-once dead-lettering); always 0 here, where dead-lettering is at-most-once.
+    /// Messages dead-lettered but not yet taken by their targets (at-least-once
+    /// dead-lettering).
     messages_dlx: u64,
     message_bytes_dlx: u64,
     /// Every message of a quorum queue is kept in the log, transient ones too.
@@ -514,8 +514,8 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         leader: node,
         members: [node],
         online: [node],
-        messages_dlx: 0,
-        message_bytes_dlx: 0,
+        messages_dlx: s.dead_lettering.load(Relaxed),
+        message_bytes_dlx: s.dead_lettering_bytes.load(Relaxed),
         messages_persistent: ready + unacked,
     });
     let consumer_details = detail.then(|| {

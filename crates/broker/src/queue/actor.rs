@@ -21,6 +21,7 @@ use minimq_protocol::ReplyCode;
 use tokio::time::Instant;
 
 use super::active::Active;
+use super::at_least_once::AtLeastOnce;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueArgs, QueueCommand,
@@ -109,6 +110,15 @@ struct Unacked {
     consumer: Option<u64>,
 }
 
+/// A dead letter held until its targets take it (at-least-once dead-lettering).
+struct HeldDeadLetter {
+    /// The entry that left the ready or unacked list; settled once the targets took it.
+    entry: Entry,
+    /// The message as it was in this queue, for the cycle check of every routing.
+    original: Arc<Message>,
+    reason: Reason,
+}
+
 struct Consumer {
     spec: ConsumerSpec,
     unacked: u32,
@@ -160,6 +170,8 @@ pub struct QueueActor {
     returns: usize,
     /// Running totals over `ready`.
     totals: ReadyTotals,
+    /// Dead letters waiting for their targets (at-least-once dead-lettering only).
+    dead_letters: AtLeastOnce<HeldDeadLetter>,
     /// Past this `totals.mem`, persistent messages are paged out.
     memory_budget: u64,
     /// The last clock reading, for commands that need none.
@@ -227,6 +239,7 @@ pub fn spawn(
         ready,
         returns: 0,
         totals,
+        dead_letters: AtLeastOnce::default(),
         memory_budget,
         last_now: now,
         unacked: IdMap::default(),
@@ -286,6 +299,8 @@ impl QueueActor {
         loop {
             let deadline = self.ready.front().and_then(|e| e.expires_at);
             let unused_until = self.unused_deadline();
+            let holding = !self.dead_letters.is_empty();
+            let retry_at = self.dead_letters.next_retry();
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
@@ -296,6 +311,22 @@ impl QueueActor {
                     self.expire(now);
                     self.dispatch(now);
                     self.finish_dispatch(now).await;
+                    self.log_settled();
+                    self.publish_stats();
+                    continue;
+                }
+                (seq, ok) = self.dead_letters.confirm(), if holding => {
+                    if let Some(done) = self.dead_letters.confirmed(seq, ok, Instant::now()) {
+                        self.forget(&done.entry);
+                    }
+                    self.log_settled();
+                    self.publish_stats();
+                    continue;
+                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    for id in self.dead_letters.due(Instant::now()) {
+                        self.route_dead_letter(id);
+                    }
                     self.log_settled();
                     self.publish_stats();
                     continue;
@@ -411,6 +442,12 @@ impl QueueActor {
         stats.consumers.store(self.consumers.len() as u64, Relaxed);
         stats.ready_bytes.store(self.totals.bytes, Relaxed);
         stats.paged_out.store(self.totals.paged, Relaxed);
+        stats
+            .dead_lettering
+            .store(self.dead_letters.len() as u64, Relaxed);
+        stats
+            .dead_lettering_bytes
+            .store(self.dead_letters.bytes(), Relaxed);
     }
 
     /// Handles one command; `false` when the queue is deleted. Paged-out messages it
@@ -657,8 +694,11 @@ impl QueueActor {
             )
         };
         let size = message.body.len() as u64;
-        let full = max_length.is_some_and(|m| self.ready.len() as u64 >= m)
-            || max_length_bytes.is_some_and(|m| self.totals.bytes + size > m);
+        // Dead letters still held count, as in RabbitMQ (none outside at-least-once).
+        let full = max_length
+            .is_some_and(|m| (self.ready.len() + self.dead_letters.len()) as u64 >= m)
+            || max_length_bytes
+                .is_some_and(|m| self.totals.bytes + self.dead_letters.bytes() + size > m);
         if full
             && matches!(
                 overflow,
@@ -720,7 +760,6 @@ impl QueueActor {
         {
             match self.pop_ready() {
                 Some(dropped) => {
-                    self.forget(&dropped);
                     self.dead_letter_entry(dropped, Reason::MaxLen);
                 }
                 None => break,
@@ -870,9 +909,11 @@ impl QueueActor {
     }
 
     /// Dead-letters a message that left the queue, reading it back first if it was
-    /// paged out (only when there is a dead-letter exchange to send it to).
+    /// paged out (only when there is a dead-letter exchange to send it to), and forgets
+    /// it — at once, or with at-least-once dead-lettering when its targets took it.
     fn dead_letter_entry(&mut self, entry: Entry, reason: Reason) {
         if self.args.dead_letter_exchange.is_none() {
+            self.forget(&entry);
             return;
         }
         let message = match &entry.held {
@@ -886,12 +927,98 @@ impl QueueActor {
                     Some(m) => Arc::new(m),
                     None => {
                         self.unreadable(&entry, *id, "dead-lettering");
+                        self.forget(&entry);
                         return;
                     }
                 }
             }
         };
-        self.dead_letter(&message, reason);
+        if self.args.at_least_once() {
+            self.hold_dead_letter(entry, message, reason);
+        } else {
+            self.forget(&entry);
+            self.dead_letter(&message, reason);
+        }
+    }
+
+    /// At-least-once dead-lettering: keeps the entry until every target took its dead
+    /// letter (see [`super::at_least_once`]), and routes it.
+    fn hold_dead_letter(&mut self, entry: Entry, original: Arc<Message>, reason: Reason) {
+        let Some(dlx) = self.args.dead_letter_exchange.as_deref() else {
+            self.forget(&entry);
+            return;
+        };
+        let dead = Arc::new(deadletter::dead_letter(
+            &original,
+            self.handle.name(),
+            reason,
+            dlx,
+            self.args.dead_letter_routing_key.as_deref(),
+        ));
+        let held = HeldDeadLetter {
+            entry,
+            original,
+            reason,
+        };
+        let id = self.dead_letters.add(held, dead);
+        self.route_dead_letter(id);
+    }
+
+    /// Routes held dead letter `id` to the targets that have not taken it yet, each with
+    /// a confirm ticket; settles it when nothing is left to wait for.
+    fn route_dead_letter(&mut self, id: u64) {
+        let now = Instant::now();
+        let Some((dead, taken)) = self.dead_letters.message(id) else {
+            return;
+        };
+        let taken = taken.to_vec();
+        let Some(dlx) = self.args.dead_letter_exchange.clone() else {
+            // The policy that named the exchange is gone: nowhere left to send it.
+            if let Some(done) = self.dead_letters.remove(id) {
+                self.forget(&done.entry);
+            }
+            return;
+        };
+        let mut targets = Vec::new();
+        if let Err(e) = self.host.route(
+            &dlx,
+            &dead.routing_key,
+            dead.properties.headers.as_ref(),
+            &mut targets,
+        ) {
+            tracing::warn!(queue = %self.handle.name(), dlx, error = %e.text, "dead-letter exchange unusable; trying again later");
+        }
+        let (original, reason) = match self.dead_letters.held(id) {
+            Some(h) => (h.original.clone(), h.reason),
+            None => return,
+        };
+        let mut sent = false;
+        let mut only_cycles = !targets.is_empty();
+        for target in targets {
+            if reason != Reason::Rejected && deadletter::is_cycle(&original, target.name()) {
+                continue;
+            }
+            only_cycles = false;
+            if taken.iter().any(|t| t == target.name()) {
+                continue;
+            }
+            let ticket = self.dead_letters.ticket(id, target.name().clone());
+            // A publish the target cannot take drops its ticket: a nack, tried again later.
+            target.publish_now(vec![Publish {
+                message: dead.clone(),
+                confirm: Some(ticket),
+            }]);
+            sent = true;
+        }
+        // A dead-letter cycle is dropped, as with at-most-once.
+        let done = if only_cycles {
+            self.dead_letters.remove(id)
+        } else {
+            self.dead_letters.routed(id, sent, now)
+        };
+        if let Some(done) = done {
+            self.forget(&done.entry);
+        }
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
@@ -974,11 +1101,12 @@ impl QueueActor {
             let over_limit = requeue && limit.is_some_and(|l| u64::from(entry.deliveries) > l);
             if !requeue || over_limit {
                 count(&self.handle, |s| &s.acked, 1);
-                self.forget(&entry);
                 if over_limit {
                     self.dead_letter_entry(entry, Reason::DeliveryLimit);
                 } else if rejected {
                     self.dead_letter_entry(entry, Reason::Rejected);
+                } else {
+                    self.forget(&entry);
                 }
             } else {
                 entry.redelivered = true;
@@ -1034,7 +1162,6 @@ impl QueueActor {
             .is_some_and(|e| e.expires_at.is_some_and(|t| now > t))
         {
             if let Some(e) = self.pop_ready() {
-                self.forget(&e);
                 self.dead_letter_entry(e, Reason::Expired);
             }
         }

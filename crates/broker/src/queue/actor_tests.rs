@@ -503,3 +503,113 @@ async fn a_classic_durable_queue_keeps_transient_messages_in_memory() {
         .await;
     assert_eq!(q.stat(|s| &s.paged_out), 0);
 }
+
+/// A quorum queue with at-least-once dead-lettering (and reject-publish, which it needs).
+fn at_least_once() -> FieldTable {
+    args(&[
+        quorum(),
+        dlx(),
+        ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+        ("x-overflow", FieldValue::from("reject-publish")),
+    ])
+}
+
+/// Rejects the one message of `q` without requeue, so that it is dead-lettered.
+async fn reject_one(q: &TestQueue) {
+    let got = q.get(false).await.expect("a message");
+    q.settle(vec![got.msg_id], false, true).await;
+    q.counts().await;
+}
+
+/// With at-least-once dead-lettering a dead letter is sent with a confirm ticket and
+/// stays held by its queue (RabbitMQ's `messages_dlx`) until its target confirms it.
+#[tokio::test]
+async fn an_at_least_once_dead_letter_is_held_until_its_target_confirms() {
+    let q = TestQueue::start(at_least_once()).await;
+    q.publish("m").await;
+    reject_one(&q).await;
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+    assert_eq!(q.stat(|s| &s.dead_lettering), 1);
+    assert_eq!(q.stat(|s| &s.dead_lettering_bytes), 1);
+    let mut sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(body(&sent[0].message), "m");
+    let ticket = sent[0].confirm.take().expect("sent with a confirm ticket");
+    ticket.send(true);
+    q.counts().await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 0);
+    assert_eq!(q.stat(|s| &s.dead_lettering_bytes), 0);
+}
+
+/// A dead letter with no route, or refused by its target, is routed again after
+/// RabbitMQ's retry period, and only then; it leaves once a target took it.
+#[tokio::test(start_paused = true)]
+async fn an_at_least_once_dead_letter_is_routed_again_until_taken() {
+    use super::at_least_once::RETRY_AFTER;
+    let q = TestQueue::start(at_least_once()).await;
+    q.host
+        .unroutable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    q.publish("m").await;
+    reject_one(&q).await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 1);
+    assert!(q.host.take_dead_letters().is_empty());
+    q.host
+        .unroutable
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::advance(RETRY_AFTER - Duration::from_millis(1)).await;
+    q.counts().await;
+    assert!(q.host.take_dead_letters().is_empty(), "not before its time");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    q.counts().await;
+    let mut sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1, "routed again once its time came");
+    // The target refuses it (a dropped ticket is a nack): tried again later.
+    drop(sent.pop());
+    q.counts().await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 1);
+    tokio::time::advance(RETRY_AFTER).await;
+    q.counts().await;
+    let mut sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1);
+    sent[0].confirm.take().unwrap().send(true);
+    q.counts().await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 0);
+    tokio::time::advance(RETRY_AFTER * 2).await;
+    q.counts().await;
+    assert!(
+        q.host.take_dead_letters().is_empty(),
+        "taken: never sent again"
+    );
+}
+
+/// Held dead letters count towards `x-max-length`, as in RabbitMQ: a queue of one with
+/// one dead letter held refuses the next publish.
+#[tokio::test]
+async fn held_dead_letters_count_towards_the_length_limit() {
+    let mut arguments = at_least_once();
+    arguments.insert("x-max-length", FieldValue::I32(1));
+    let q = TestQueue::start(arguments).await;
+    q.publish("m1").await;
+    reject_one(&q).await;
+    q.publish("m2").await;
+    assert_eq!(q.counts().await, counts(0, 0, 0), "m2 refused");
+}
+
+/// Without reject-publish, at-least-once falls back to at-most-once (RabbitMQ 3.10 logs
+/// a warning): the dead letter goes out without a ticket and nothing is held.
+#[tokio::test]
+async fn at_least_once_without_reject_publish_is_at_most_once() {
+    let q = TestQueue::start(args(&[
+        quorum(),
+        dlx(),
+        ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+    ]))
+    .await;
+    q.publish("m").await;
+    reject_one(&q).await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 0);
+    let sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].confirm.is_none());
+}

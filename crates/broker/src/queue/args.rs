@@ -16,6 +16,17 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// `x-dead-letter-strategy` of a quorum queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterStrategy {
+    /// Published to the dead-letter exchange and forgotten (the only strategy of classic
+    /// queues).
+    AtMostOnce,
+    /// Kept until every target queue took it (see [`super::at_least_once`]); in force
+    /// only with `x-overflow: reject-publish`, as in RabbitMQ.
+    AtLeastOnce,
+}
+
 /// The queue type named by `x-queue-type`. Both are one in-process queue here; a quorum
 /// queue keeps every message in the log and requeues in RabbitMQ's quorum order (see
 /// [`super::actor`]), and takes RabbitMQ's quorum arguments and flags only.
@@ -63,6 +74,8 @@ pub struct QueueArgs {
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<String>,
+    /// `x-dead-letter-strategy` (quorum queues).
+    pub dead_letter_strategy: DeadLetterStrategy,
     /// `x-delivery-limit`: returns allowed before a message is dead-lettered or dropped.
     pub delivery_limit: Option<u64>,
     /// `x-expires`: delete the queue after this many milliseconds unused.
@@ -85,6 +98,7 @@ impl Default for QueueArgs {
             queue_type: QueueType::Classic,
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
+            dead_letter_strategy: DeadLetterStrategy::AtMostOnce,
             delivery_limit: None,
             expires: None,
             max_priority: None,
@@ -371,13 +385,18 @@ impl QueueArgs {
                 }
                 // Checked on quorum queues only: RabbitMQ refuses them on classic
                 // ones, minimq has always ignored them there.
-                "x-dead-letter-strategy" if quorum => one_of(
-                    key,
-                    queue,
-                    value,
-                    DEAD_LETTER_STRATEGIES,
-                    "invalid_dlx_strategy",
-                )?,
+                "x-dead-letter-strategy" if quorum => {
+                    one_of(
+                        key,
+                        queue,
+                        value,
+                        DEAD_LETTER_STRATEGIES,
+                        "invalid_dlx_strategy",
+                    )?;
+                    if value.as_str() == Some("at-least-once") {
+                        args.dead_letter_strategy = DeadLetterStrategy::AtLeastOnce;
+                    }
+                }
                 "x-queue-leader-locator" if quorum => one_of(
                     key,
                     queue,
@@ -405,6 +424,16 @@ impl QueueArgs {
             }
         }
         Ok(args.with_type_fallbacks())
+    }
+
+    /// Whether dead letters leave the queue only once their targets took them: a quorum
+    /// queue with `at-least-once`, `reject-publish` and a dead-letter exchange (RabbitMQ
+    /// 3.10 falls back to at-most-once otherwise).
+    pub fn at_least_once(&self) -> bool {
+        self.queue_type == QueueType::Quorum
+            && self.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+            && self.overflow == Overflow::RejectPublish
+            && self.dead_letter_exchange.is_some()
     }
 
     /// What RabbitMQ 3.10 makes of settings a quorum queue does not have: `x-overflow:
