@@ -123,6 +123,16 @@ const EQUIVALENCE_KEYS: &[&str] = &[
     "x-delivery-limit",
 ];
 
+/// Arguments also compared when a quorum queue is redeclared (RabbitMQ compares every
+/// argument of the queue's type).
+const QUORUM_EQUIVALENCE_KEYS: &[&str] = &[
+    "x-dead-letter-strategy",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size",
+    "x-queue-leader-locator",
+];
+
 fn invalid(key: &str, queue: &str, why: impl std::fmt::Display) -> AmqpError {
     AmqpError::precondition(format!(
         "invalid arg '{key}' for queue '{queue}' in vhost '/': {why}"
@@ -452,17 +462,22 @@ impl QueueArgs {
         current: &FieldTable,
         received: &FieldTable,
     ) -> AmqpResult<()> {
-        for key in EQUIVALENCE_KEYS {
+        let quorum = current.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
+        let type_keys = if quorum { QUORUM_EQUIVALENCE_KEYS } else { &[] };
+        for key in EQUIVALENCE_KEYS.iter().chain(type_keys) {
             let (cur, rec) = (current.get(key), received.get(key));
             // A redeclare that leaves out the queue type means "whatever it is".
             if *key == "x-queue-type" && rec.is_none() {
                 continue;
             }
             if !same_value(cur, rec) {
+                // RabbitMQ names the types only when one side is missing.
+                let (rec, cur) = match (rec, cur) {
+                    (Some(r), Some(c)) => (format!("'{}'", shown(r)), format!("'{}'", shown(c))),
+                    _ => (describe(rec), describe(cur)),
+                };
                 return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{key}' for queue '{queue}' in vhost '/': received {} but current is {}",
-                    describe(rec),
-                    describe(cur)
+                    "inequivalent arg '{key}' for queue '{queue}' in vhost '/': received {rec} but current is {cur}"
                 )));
             }
         }
@@ -481,20 +496,22 @@ fn same_value(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
     }
 }
 
+/// An argument's value as RabbitMQ prints it in an equivalence error.
+fn shown(v: &FieldValue) -> String {
+    match v {
+        FieldValue::LongString(s) => String::from_utf8_lossy(s).into_owned(),
+        FieldValue::Bool(b) => b.to_string(),
+        other => other
+            .as_i64()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
 fn describe(v: Option<&FieldValue>) -> String {
     match v {
         None => "none".to_string(),
-        Some(v) => {
-            let shown = match v {
-                FieldValue::LongString(s) => String::from_utf8_lossy(s).into_owned(),
-                FieldValue::Bool(b) => b.to_string(),
-                other => other
-                    .as_i64()
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| format!("{other:?}")),
-            };
-            format!("the value '{shown}' of type '{}'", v.type_name())
-        }
+        Some(v) => format!("the value '{}' of type '{}'", shown(v), v.type_name()),
     }
 }
 
@@ -512,6 +529,51 @@ mod tests {
             e.text,
             "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
         );
+    }
+
+    /// RabbitMQ 3.10's texts, checked against it: a quorum queue compares its own
+    /// arguments too; values alone when both sides have one, with types when one is
+    /// missing.
+    #[test]
+    fn a_quorum_redeclare_compares_the_quorum_arguments() {
+        let table = |pairs: &[(&str, FieldValue)]| -> FieldTable {
+            let mut t: FieldTable = [("x-queue-type", FieldValue::from("quorum"))]
+                .into_iter()
+                .collect();
+            for (k, v) in pairs {
+                t.insert(*k, v.clone());
+            }
+            t
+        };
+        let current = table(&[
+            ("x-dead-letter-strategy", FieldValue::from("at-most-once")),
+            ("x-max-in-memory-length", FieldValue::I32(5)),
+        ]);
+        let refused = [
+            (
+                table(&[
+                    ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+                    ("x-max-in-memory-length", FieldValue::I32(5)),
+                ]),
+                "inequivalent arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': received 'at-least-once' but current is 'at-most-once'",
+            ),
+            (
+                table(&[("x-max-in-memory-length", FieldValue::I32(5))]),
+                "inequivalent arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': received none but current is the value 'at-most-once' of type 'longstr'",
+            ),
+            (
+                table(&[
+                    ("x-dead-letter-strategy", FieldValue::from("at-most-once")),
+                    ("x-max-in-memory-length", FieldValue::I32(6)),
+                ]),
+                "inequivalent arg 'x-max-in-memory-length' for queue 'q' in vhost '/': received '6' but current is '5'",
+            ),
+        ];
+        for (received, text) in refused {
+            let e = QueueArgs::check_equivalent("q", &current, &received).unwrap_err();
+            assert_eq!(e.text, format!("PRECONDITION_FAILED - {text}"));
+        }
+        QueueArgs::check_equivalent("q", &current, &current).unwrap();
     }
 
     #[test]
