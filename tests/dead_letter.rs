@@ -1,7 +1,8 @@
 //! Dead-lettering, delivery counts and delivery limits over real TCP with lapin:
 //! `x-dead-letter-exchange` / `x-dead-letter-routing-key` for rejected, expired and
 //! max-length-dropped messages, RabbitMQ's `x-death` header, `x-delivery-count` on
-//! redeliveries and `x-delivery-limit` with and without a dead-letter exchange.
+//! redeliveries, `x-delivery-limit` with and without a dead-letter exchange, and quorum
+//! queues' at-least-once dead-lettering.
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Durable queues and persistent messages across broker restarts, over real TCP with
 //! lapin: what survives a graceful restart, in which order, with which `redelivered`
-//! flag; what vanishes; and the data-directory lock.
+//! flag; what vanishes (transient messages, except in quorum queues); and the
+//! data-directory lock.
 
 mod common;
 

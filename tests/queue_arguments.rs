@@ -1,6 +1,7 @@
 //! Queue arguments over real TCP: `x-max-length` with drop-head and reject-publish,
-//! `x-message-ttl` and the per-message `expiration`, `x-expires`, and `x-max-priority`
-//! (priority order survives a requeue).
+//! `x-message-ttl` and the per-message `expiration`, `x-expires`, `x-max-priority`
+//! (priority order survives a requeue), and quorum queues: the arguments and flags they
+//! take or refuse, and their requeue order.
 //!
 //! Dead-lettering (`x-dead-letter-exchange`, `x-delivery-limit`) has its own file,
 //! `dead_letter.rs`; `x-single-active-consumer` is in `dispatch.rs`; values out of range are
