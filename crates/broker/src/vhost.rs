@@ -478,7 +478,7 @@ impl VHost {
     /// Recreates the durable queues recovered from the store, with their messages.
     pub fn restore(&self, recovered: Vec<RecoveredQueue>) {
         for q in recovered {
-            let args = QueueArgs::parse(&q.def.name, &q.def.arguments).unwrap_or_default();
+            let args = QueueArgs::parse_stored(&q.def.name, &q.def.arguments);
             let (handle, rx) = QueueHandle::new(
                 q.def.name.as_str().into(),
                 true,

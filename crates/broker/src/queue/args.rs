@@ -436,6 +436,31 @@ impl QueueArgs {
         Ok(args.with_type_fallbacks())
     }
 
+    /// The arguments of a queue recovered from the store. A table this version refuses
+    /// (a quorum queue declared with `x-max-priority` or `x-queue-mode` before they were
+    /// refused, a value checked since) still gives a queue of its type, the refused
+    /// arguments ignored, with a warning.
+    pub fn parse_stored(queue: &str, table: &FieldTable) -> QueueArgs {
+        QueueArgs::parse(queue, table).unwrap_or_else(|e| {
+            tracing::warn!(queue, error = %e.text, "stored queue arguments are refused now; ignoring the refused ones");
+            let kept: FieldTable = table
+                .iter()
+                .filter(|(k, _)| !NOT_QUORUM.contains(k))
+                .map(|(k, v)| (k, v.clone()))
+                .collect();
+            QueueArgs::parse(queue, &kept).unwrap_or_else(|_| {
+                let quorum = table.get("x-queue-type").and_then(FieldValue::as_str);
+                QueueArgs {
+                    queue_type: match quorum {
+                        Some("quorum") => QueueType::Quorum,
+                        _ => QueueType::Classic,
+                    },
+                    ..QueueArgs::default()
+                }
+            })
+        })
+    }
+
     /// Whether dead letters leave the queue only once their targets took them: a quorum
     /// queue with `at-least-once`, `reject-publish` and a dead-letter exchange (RabbitMQ
     /// 3.10 falls back to at-most-once otherwise).
@@ -574,6 +599,36 @@ mod tests {
             assert_eq!(e.text, format!("PRECONDITION_FAILED - {text}"));
         }
         QueueArgs::check_equivalent("q", &current, &current).unwrap();
+    }
+
+    /// A quorum queue stored before `x-max-priority` was refused on it comes back a
+    /// quorum queue, without the priority; one with a value refused since, with none of
+    /// its arguments but its type.
+    #[test]
+    fn a_stored_quorum_queue_with_arguments_refused_now_stays_quorum() {
+        let t: FieldTable = [
+            ("x-queue-type", FieldValue::from("quorum")),
+            ("x-max-priority", FieldValue::I32(5)),
+            ("x-max-length", FieldValue::I32(3)),
+        ]
+        .into_iter()
+        .collect();
+        assert!(QueueArgs::parse("q", &t).is_err());
+        let args = QueueArgs::parse_stored("q", &t);
+        assert_eq!(
+            (args.queue_type, args.max_priority, args.max_length),
+            (QueueType::Quorum, None, Some(3))
+        );
+        let t: FieldTable = [
+            ("x-queue-type", FieldValue::from("quorum")),
+            ("x-max-in-memory-length", FieldValue::I32(-1)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            QueueArgs::parse_stored("q", &t).queue_type,
+            QueueType::Quorum
+        );
     }
 
     #[test]
