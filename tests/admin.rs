@@ -255,6 +255,81 @@ async fn tutorial_counts_are_live() {
     broker.shutdown().await;
 }
 
+/// A quorum queue as RabbitMQ 3.10 shows it: `type` quorum, `leader`, `members` and
+/// `online` naming this node (there is no replication: one member), the fields of
+/// dead-lettering in progress, and none of a classic queue's paging and mirroring
+/// fields. Every message counts as persistent, transient ones too.
+#[tokio::test]
+async fn a_quorum_queue_shows_its_leader_and_members() {
+    let broker = start().await;
+    let conn = connect_named(&broker, "quorum").await;
+    let ch = open(&conn).await;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    within(ch.queue_declare(
+        "task_queue",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        arguments,
+    ))
+    .await
+    .unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish(&ch, "task_queue", b"transient").await;
+    sync(&ch, "task_queue").await;
+    let q = get(&broker, "/api/queues/%2F/task_queue").await;
+    assert_eq!(q["type"], "quorum");
+    let node = q["node"].clone();
+    assert!(node.as_str().is_some_and(|n| n.starts_with("minimq@")));
+    assert_eq!(q["leader"], node);
+    assert_eq!(q["members"], serde_json::json!([node]));
+    assert_eq!(q["online"], serde_json::json!([node]));
+    assert_eq!(q["messages_dlx"], 0);
+    assert_eq!(q["message_bytes_dlx"], 0);
+    assert_eq!(q["messages_persistent"], 1);
+    for classic_only in [
+        "exclusive_consumer_tag",
+        "messages_paged_out",
+        "messages_ready_ram",
+        "messages_unacknowledged_ram",
+        "recoverable_slaves",
+    ] {
+        assert!(q.get(classic_only).is_none(), "{classic_only} in {q}");
+    }
+    assert_eq!(counts(&broker, "task_queue").await, (1, 1, 0, 0));
+    let listed = get(&broker, "/api/queues").await;
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "task_queue")
+        .expect("listed")
+        .clone();
+    assert_eq!(entry["leader"], node);
+
+    // A classic queue has none of the quorum fields.
+    let classic = open(&conn).await;
+    within(classic.queue_declare(
+        "classic",
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    let q = get(&broker, "/api/queues/%2F/classic").await;
+    for quorum_only in ["leader", "members", "online", "messages_dlx"] {
+        assert!(q.get(quorum_only).is_none(), "{quorum_only} in {q}");
+    }
+    assert_eq!(q["messages_paged_out"], 0);
+}
+
 #[tokio::test]
 async fn connections_and_channels_come_and_go() {
     let broker = start().await;

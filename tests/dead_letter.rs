@@ -1,7 +1,8 @@
 //! Dead-lettering, delivery counts and delivery limits over real TCP with lapin:
 //! `x-dead-letter-exchange` / `x-dead-letter-routing-key` for rejected, expired and
 //! max-length-dropped messages, RabbitMQ's `x-death` header, `x-delivery-count` on
-//! redeliveries and `x-delivery-limit` with and without a dead-letter exchange.
+//! redeliveries, `x-delivery-limit` with and without a dead-letter exchange, and quorum
+//! queues' at-least-once dead-lettering.
 
 mod common;
 
@@ -447,4 +448,104 @@ async fn an_x_death_count_at_its_maximum_is_dead_lettered_and_the_queue_keeps_wo
         .expect("the queue still takes and hands out messages");
     assert_eq!(&m.delivery.data[..], b"after");
     broker.shutdown().await;
+}
+
+/// RabbitMQ's at-least-once dead-lettering of quorum queues (`x-dead-letter-strategy:
+/// at-least-once` with `x-overflow: reject-publish`): a dead letter with no queue to go
+/// to stays held by its queue (`messages_dlx` in the management API), survives a crash
+/// there (its queue never let go of it), and leaves once a queue took it.
+#[tokio::test]
+async fn an_at_least_once_dead_letter_leaves_its_queue_only_for_a_queue_that_took_it() {
+    use lapin::options::{BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+    let dir = common::data_dir("dead-letter-at-least-once");
+    let broker = common::start_with_api_in(&dir).await;
+    let conn = connect(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "dlx",
+        lapin::ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let source = args(&[
+        ("x-queue-type", s("quorum")),
+        ("x-dead-letter-exchange", s("dlx")),
+        ("x-dead-letter-strategy", s("at-least-once")),
+        ("x-overflow", s("reject-publish")),
+    ]);
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("src", durable, source.clone())
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "",
+            "src",
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    let reject = |ch: Channel| async move {
+        let m = within(ch.basic_get("src", BasicGetOptions::default()))
+            .await
+            .unwrap()
+            .expect("m in src");
+        assert_eq!(&m.delivery.data[..], b"m");
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        )
+        .await
+        .unwrap();
+        // Behind the reject in the queue's inbox: the queue has handled it.
+        common::passive_declare(&ch, "src").await;
+    };
+    reject(ch.clone()).await;
+    let q = common::http::get(&broker, "/api/queues/%2F/src").await;
+    assert_eq!(
+        (q["messages"].as_u64(), q["messages_dlx"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(q["message_bytes_dlx"], 1);
+    broker.crash().await;
+
+    let broker = common::start_broker_in(&dir).await;
+    let conn = connect(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    ch.queue_declare("src", durable, source).await.unwrap();
+    ch.queue_declare("dead", durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "dead",
+        "dlx",
+        "",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    reject(ch.clone()).await;
+    let dead = next_from(&ch, "dead").await;
+    assert_eq!(&dead.data[..], b"m");
+    let src = common::passive_declare(&ch, "src").await;
+    assert_eq!(src.message_count(), 0);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

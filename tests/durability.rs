@@ -1,6 +1,7 @@
 //! Durable queues and persistent messages across broker restarts, over real TCP with
 //! lapin: what survives a graceful restart, in which order, with which `redelivered`
-//! flag; what vanishes; and the data-directory lock.
+//! flag; what vanishes (transient messages, except in quorum queues); and the
+//! data-directory lock.
 
 mod common;
 
@@ -801,6 +802,90 @@ async fn a_graceful_shutdown_does_not_wait_for_a_consumer_that_stops_reading() {
         q.message_count() as usize,
         N,
         "every unacked message is back"
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Declares `name` as a quorum queue (durable, as quorum queues must be).
+async fn declare_quorum(ch: &Channel, name: &str) {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        arguments,
+    )
+    .await
+    .expect("quorum queue declared");
+}
+
+/// Drains a queue with basic.get: (body, delivery mode) in order.
+async fn drain_modes(ch: &Channel, queue: &str) -> Vec<(String, Option<u8>)> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue, BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        out.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
+            *m.delivery.properties.delivery_mode(),
+        ));
+    }
+    out
+}
+
+/// A quorum queue keeps every message it confirmed, whatever its delivery mode, as
+/// RabbitMQ's quorum queues do: transient messages survive a graceful restart and a
+/// crash, with the delivery mode their publisher sent. A classic durable queue beside it
+/// still loses its transient ones.
+#[tokio::test]
+async fn a_quorum_queue_keeps_transient_messages_across_restarts_and_crashes() {
+    let dir = data_dir("quorum-transient");
+    let broker = start_broker_in(&dir).await;
+    let (conn, ch) = open(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_quorum(&ch, "qq").await;
+    declare(&ch, "classic", true).await.unwrap();
+    publish(&ch, "qq", "transient-1", false).await;
+    publish(&ch, "qq", "persistent", true).await;
+    publish(&ch, "classic", "gone", false).await;
+    conn.close(200, "bye").await.unwrap();
+    broker.shutdown().await;
+
+    let broker = start_broker_in(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare_quorum(&ch, "qq").await;
+    assert_eq!(
+        declare(&ch, "classic", true).await.unwrap().message_count(),
+        0
+    );
+    // Confirmed, then the broker dies with nothing closed or logged on the way.
+    publish(&ch, "qq", "transient-2", false).await;
+    broker.crash().await;
+
+    let broker = start_broker_in(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    declare_quorum(&ch, "qq").await;
+    assert_eq!(
+        drain_modes(&ch, "qq").await,
+        vec![
+            ("transient-1".into(), Some(1)),
+            ("persistent".into(), Some(2)),
+            ("transient-2".into(), Some(1)),
+        ]
     );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

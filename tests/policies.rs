@@ -129,6 +129,8 @@ async fn bad_policies_are_400_with_rabbitmq_reasons_and_store_nothing() {
         (r#"{"pattern":"a","definition":{}}"#, "Validation failed\n\nno policy provided\n"),
         (r#"{"pattern":"a","definition":{"overflow":"x"}}"#,
          "Validation failed\n\n<<\"x\">> is not a valid overflow value\n"),
+        (r#"{"pattern":"a","definition":{"dead-letter-strategy":"x"}}"#,
+         "Validation failed\n\n<<\"x\">> is not a valid dead letter strategy\n"),
         (r#"{"pattern":"a","apply-to":"foo","definition":{"max-length":1}}"#,
          "Validation failed\n\napply-to 'foo' unrecognised; should be 'queues', 'exchanges' or 'all'\n"),
         ("notjson", "not_json"),

@@ -1,6 +1,7 @@
 //! Queue arguments over real TCP: `x-max-length` with drop-head and reject-publish,
-//! `x-message-ttl` and the per-message `expiration`, `x-expires`, and `x-max-priority`
-//! (priority order survives a requeue).
+//! `x-message-ttl` and the per-message `expiration`, `x-expires`, `x-max-priority`
+//! (priority order survives a requeue), and quorum queues: the arguments and flags they
+//! take or refuse, and their requeue order.
 //!
 //! Dead-lettering (`x-dead-letter-exchange`, `x-delivery-limit`) has its own file,
 //! `dead_letter.rs`; `x-single-active-consumer` is in `dispatch.rs`; values out of range are
@@ -215,4 +216,232 @@ async fn a_priority_queue_delivers_higher_priorities_first_and_requeues_keep_the
         vec!["capped", "high-a", "high-b", "mid", "low", "none"]
     );
     broker.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Quorum queues
+// ---------------------------------------------------------------------------------------
+
+/// A quorum `queue.declare` with these flags and arguments (`x-queue-type` first).
+fn quorum_declare(
+    queue: &str,
+    flags: (bool, bool, bool),
+    arguments: &[(&str, FieldValue)],
+) -> minimq_protocol::Method {
+    let (durable, exclusive, auto_delete) = flags;
+    let mut entries = vec![("x-queue-type", FieldValue::from("quorum"))];
+    entries.extend(arguments.iter().cloned());
+    minimq_protocol::QueueDeclare {
+        queue: queue.into(),
+        durable,
+        exclusive,
+        auto_delete,
+        arguments: table(&entries),
+        ..Default::default()
+    }
+    .into()
+}
+
+/// Durable, not exclusive, not auto-delete: the only flags a quorum queue takes.
+const DURABLE: (bool, bool, bool) = (true, false, false);
+
+/// A quorum declare RabbitMQ refuses: (durable, exclusive, auto-delete), its arguments
+/// and the reason after `PRECONDITION_FAILED - `.
+type Refused<'a> = ((bool, bool, bool), Vec<(&'a str, FieldValue)>, String);
+
+/// What RabbitMQ 3.10 refuses in a quorum declare, with its texts (checked against it):
+/// arguments of other queue types first, in table order, then the flags in the order
+/// auto-delete, exclusive, non-durable; argument values as for any queue.
+#[tokio::test]
+async fn a_quorum_declare_is_refused_as_rabbitmq_refuses_it() {
+    let broker = start_broker().await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    let of_type = |key: &str| {
+        format!("invalid arg '{key}' for queue 'qq' in vhost '/' of queue type rabbit_quorum_queue")
+    };
+    let bad_value =
+        |key: &str, why: &str| format!("invalid arg '{key}' for queue 'qq' in vhost '/': {why}");
+    let property = |p: &str| format!("invalid property '{p}' for queue 'qq' in vhost '/'");
+    let refused: Vec<Refused> = vec![
+        ((true, true, false), vec![], property("exclusive-owner")),
+        ((false, false, false), vec![], property("non-durable")),
+        ((true, false, true), vec![], property("auto-delete")),
+        ((false, true, true), vec![], property("auto-delete")),
+        ((false, true, false), vec![], property("exclusive-owner")),
+        (
+            DURABLE,
+            vec![("x-max-priority", FieldValue::I32(10))],
+            of_type("x-max-priority"),
+        ),
+        (
+            (true, false, true),
+            vec![("x-max-priority", FieldValue::from("not checked"))],
+            of_type("x-max-priority"),
+        ),
+        (
+            DURABLE,
+            vec![("x-queue-mode", FieldValue::from("lazy"))],
+            of_type("x-queue-mode"),
+        ),
+        (
+            DURABLE,
+            vec![("x-queue-master-locator", FieldValue::from("client-local"))],
+            of_type("x-queue-master-locator"),
+        ),
+        (
+            DURABLE,
+            vec![
+                ("x-queue-mode", FieldValue::from("lazy")),
+                ("x-max-priority", FieldValue::I32(1)),
+            ],
+            of_type("x-queue-mode"),
+        ),
+        (
+            DURABLE,
+            vec![
+                ("x-max-priority", FieldValue::I32(1)),
+                ("x-overflow", FieldValue::from("bogus")),
+            ],
+            bad_value("x-overflow", "invalid_overflow"),
+        ),
+        (
+            DURABLE,
+            vec![("x-overflow", FieldValue::I32(5))],
+            bad_value("x-overflow", "{unacceptable_type,signedint}"),
+        ),
+        (
+            DURABLE,
+            vec![("x-dead-letter-strategy", FieldValue::from("bogus"))],
+            bad_value("x-dead-letter-strategy", "invalid_dlx_strategy"),
+        ),
+        (
+            DURABLE,
+            vec![("x-dead-letter-strategy", FieldValue::I32(5))],
+            bad_value("x-dead-letter-strategy", "{unacceptable_type,signedint}"),
+        ),
+        (
+            DURABLE,
+            vec![("x-max-in-memory-length", FieldValue::I32(-1))],
+            bad_value("x-max-in-memory-length", "{value_negative,-1}"),
+        ),
+        (
+            DURABLE,
+            vec![("x-max-in-memory-bytes", FieldValue::from("x"))],
+            bad_value("x-max-in-memory-bytes", "\"expected integer, got longstr\""),
+        ),
+        (
+            DURABLE,
+            vec![("x-quorum-initial-group-size", FieldValue::I32(0))],
+            bad_value("x-quorum-initial-group-size", "{value_zero,0}"),
+        ),
+        (
+            DURABLE,
+            vec![("x-queue-leader-locator", FieldValue::from("nearest"))],
+            bad_value("x-queue-leader-locator", "invalid_queue_locator_arg"),
+        ),
+    ];
+    let mut ch = 1;
+    for (flags, arguments, text) in &refused {
+        c.send(ch, quorum_declare("qq", *flags, arguments)).await;
+        c.expect_channel_close(ch, 406, &format!("PRECONDITION_FAILED - {text}"), 50, 10)
+            .await;
+        ch += 1;
+        c.open_channel(ch).await;
+    }
+    let accepted: Vec<Vec<(&str, FieldValue)>> = vec![
+        vec![("x-overflow", FieldValue::from("reject-publish-dlx"))],
+        vec![("x-overflow", FieldValue::from("reject-publish"))],
+        vec![("x-dead-letter-strategy", FieldValue::from("at-most-once"))],
+        vec![("x-dead-letter-strategy", FieldValue::from("at-least-once"))],
+        vec![
+            ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+            ("x-overflow", FieldValue::from("reject-publish")),
+            ("x-dead-letter-exchange", FieldValue::from("dlx")),
+        ],
+        vec![("x-max-in-memory-length", FieldValue::I32(10))],
+        vec![("x-max-in-memory-bytes", FieldValue::I64(1 << 20))],
+        vec![("x-quorum-initial-group-size", FieldValue::I32(3))],
+        vec![("x-queue-leader-locator", FieldValue::from("client-local"))],
+        vec![("x-queue-leader-locator", FieldValue::from("balanced"))],
+        vec![("x-single-active-consumer", FieldValue::Bool(true))],
+    ];
+    for (n, arguments) in accepted.iter().enumerate() {
+        let queue = format!("qq-{n}");
+        c.send(ch, quorum_declare(&queue, DURABLE, arguments)).await;
+        match c.method(ch).await {
+            minimq_protocol::Method::QueueDeclareOk(ok) => assert_eq!(ok.queue, queue),
+            other => panic!("{arguments:?}: expected queue.declare-ok, got {other:?}"),
+        }
+    }
+}
+
+/// Declares `name` as a durable quorum queue with `extra` arguments and puts 1..=5 in it.
+async fn quorum_with_five(ch: &lapin::Channel, name: &str, extra: &[(&str, AMQPValue)]) {
+    let mut entries = vec![("x-queue-type", text("quorum"))];
+    entries.extend(extra.iter().cloned());
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_with(ch, name, durable, args(&entries))
+        .await
+        .unwrap();
+    confirm_mode(ch).await;
+    for i in 1..=5 {
+        publish(ch, "", name, i.to_string().as_bytes()).await;
+    }
+}
+
+/// Gets one message unacked: its body and delivery tag.
+async fn get_unacked(ch: &lapin::Channel, queue: &str) -> (String, u64) {
+    let m = ch
+        .basic_get(queue, BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    (body(&m.delivery), m.delivery.delivery_tag)
+}
+
+/// The requeue order of RabbitMQ 3.10's quorum queues, over the wire: publish 1..5, get
+/// 1 and 2, reject 2 then 1 with requeue. Without a delivery limit they go to the tail
+/// (3 4 5 2 1), with one they come first, in the order they came back (2 1 3 4 5); what
+/// a closed channel held comes first either way. A classic queue puts them back in place.
+#[tokio::test]
+async fn quorum_queues_requeue_in_rabbitmqs_quorum_order() {
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    let limit = [("x-delivery-limit", AMQPValue::LongInt(10))];
+    for (queue, extra, expected) in [
+        ("qq-tail", &[][..], ["3", "4", "5", "2", "1"]),
+        ("qq-limit", &limit[..], ["2", "1", "3", "4", "5"]),
+    ] {
+        quorum_with_five(&ch, queue, extra).await;
+        let one = get_unacked(&ch, queue).await;
+        let two = get_unacked(&ch, queue).await;
+        assert_eq!((one.0.as_str(), two.0.as_str()), ("1", "2"));
+        for tag in [two.1, one.1] {
+            ch.basic_reject(tag, BasicRejectOptions { requeue: true })
+                .await
+                .unwrap();
+        }
+        assert_eq!(drain(&ch, queue).await, expected, "{queue}");
+    }
+
+    quorum_with_five(&ch, "qq-closed", &[]).await;
+    let holder = open(&conn).await;
+    for _ in 0..3 {
+        get_unacked(&holder, "qq-closed").await;
+    }
+    holder.close(200, "bye").await.unwrap();
+    let (one, _) = get_unacked(&ch, "qq-closed").await;
+    assert_eq!(one, "1");
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&ch, "qq-closed").await,
+        ["2", "3", "4", "5", "1"],
+        "returned by the closed channel: first; recovered: at the tail"
+    );
 }

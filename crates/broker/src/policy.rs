@@ -18,7 +18,7 @@ use minimq_protocol::FieldTable;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::queue::{Overflow, QueueArgs};
+use crate::queue::{DeadLetterStrategy, Overflow, QueueArgs};
 
 /// What kind of object a policy applies to (`apply-to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,8 @@ pub struct QueueSettings {
     pub dead_letter_exchange: Option<String>,
     /// `dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<String>,
+    /// `dead-letter-strategy` (quorum queues).
+    pub dead_letter_strategy: Option<DeadLetterStrategy>,
     /// `expires`, milliseconds.
     pub expires: Option<u64>,
     /// `delivery-limit`.
@@ -95,8 +97,8 @@ impl QueueSettings {
     /// `args` (parsed from the declare's `table`) with this policy's settings applied by
     /// RabbitMQ's rule: for `message-ttl`, `max-length`, `max-length-bytes`, `expires` and
     /// `delivery-limit` the lower of the two wins; for `overflow`,
-    /// `dead-letter-exchange` and `dead-letter-routing-key` the argument wins when the
-    /// declare gave one.
+    /// `dead-letter-exchange`, `dead-letter-routing-key` and `dead-letter-strategy` the
+    /// argument wins when the declare gave one.
     pub fn apply_to(&self, args: &QueueArgs, table: &FieldTable) -> QueueArgs {
         let mut out = args.clone();
         out.message_ttl = lower(args.message_ttl, self.message_ttl);
@@ -120,7 +122,12 @@ impl QueueSettings {
                 out.dead_letter_routing_key = Some(k.clone());
             }
         }
-        out
+        if table.get("x-dead-letter-strategy").is_none() {
+            if let Some(d) = self.dead_letter_strategy {
+                out.dead_letter_strategy = d;
+            }
+        }
+        out.with_type_fallbacks()
     }
 }
 
@@ -160,7 +167,6 @@ const IGNORED_KEYS: &[&str] = &[
     "initial-cluster-size",
     "max-in-memory-length",
     "max-in-memory-bytes",
-    "dead-letter-strategy",
     "max-age",
     "stream-max-segment-size-bytes",
     "federation-upstream",
@@ -289,6 +295,18 @@ impl Policy {
                 }
                 "dead-letter-exchange" => {
                     queue.dead_letter_exchange = Some(string(v, "dead letter exchange name")?)
+                }
+                "dead-letter-strategy" => {
+                    queue.dead_letter_strategy = Some(match v.as_str() {
+                        Some("at-most-once") => DeadLetterStrategy::AtMostOnce,
+                        Some("at-least-once") => DeadLetterStrategy::AtLeastOnce,
+                        _ => {
+                            return Err(failed(format!(
+                                "{} is not a valid dead letter strategy",
+                                term(v)
+                            )))
+                        }
+                    })
                 }
                 "dead-letter-routing-key" => {
                     queue.dead_letter_routing_key = Some(string(v, "dead letter routing key")?)

@@ -242,12 +242,13 @@ impl VHost {
     ) -> AmqpResult<(QueueHandle, bool)> {
         let args = QueueArgs::parse(&spec.name, &spec.arguments)?;
         if args.queue_type == QueueType::Quorum {
-            let bad = if !spec.durable {
-                Some("non-durable")
-            } else if spec.exclusive {
-                Some("exclusive")
-            } else if spec.auto_delete {
+            // RabbitMQ 3.10's order and words (`rabbit_queue_type_util` checks).
+            let bad = if spec.auto_delete {
                 Some("auto-delete")
+            } else if spec.exclusive {
+                Some("exclusive-owner")
+            } else if !spec.durable {
+                Some("non-durable")
             } else {
                 None
             };
@@ -477,7 +478,7 @@ impl VHost {
     /// Recreates the durable queues recovered from the store, with their messages.
     pub fn restore(&self, recovered: Vec<RecoveredQueue>) {
         for q in recovered {
-            let args = QueueArgs::parse(&q.def.name, &q.def.arguments).unwrap_or_default();
+            let args = QueueArgs::parse_stored(&q.def.name, &q.def.arguments);
             let (handle, rx) = QueueHandle::new(
                 q.def.name.as_str().into(),
                 true,

@@ -255,21 +255,45 @@ pub struct Queue<'a> {
     policy: Option<Arc<str>>,
     /// The policy's definition as given (`{}` without one), as RabbitMQ shows it.
     effective_policy_definition: Arc<serde_json::Value>,
-    exclusive_consumer_tag: Option<String>,
     messages: u64,
     messages_ready: u64,
     messages_unacknowledged: u64,
     message_bytes_ready: u64,
-    messages_paged_out: u64,
-    messages_ready_ram: u64,
-    messages_unacknowledged_ram: u64,
     messages_ram: u64,
+    #[serde(flatten)]
+    classic: Option<ClassicFields>,
+    #[serde(flatten)]
+    quorum: Option<QuorumFields>,
     consumers: u64,
     message_stats: MessageStats,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner_pid_details: Option<ConnectionDetails>,
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer_details: Option<Vec<Consumer>>,
+}
+
+/// What RabbitMQ 3.10 shows of a classic queue only.
+#[derive(Debug, Serialize)]
+struct ClassicFields {
+    exclusive_consumer_tag: Option<String>,
+    messages_paged_out: u64,
+    messages_ready_ram: u64,
+    messages_unacknowledged_ram: u64,
+}
+
+/// What RabbitMQ 3.10 shows of a quorum queue only. There is no replication: the one
+/// member, leader and online, is this node.
+#[derive(Debug, Serialize)]
+struct QuorumFields {
+    leader: &'static str,
+    members: [&'static str; 1],
+    online: [&'static str; 1],
+    /// Messages dead-lettered but not yet taken by their targets (at-least-once
+    /// dead-lettering).
+    messages_dlx: u64,
+    message_bytes_dlx: u64,
+    /// Every message of a quorum queue is kept in the log, transient ones too.
+    messages_persistent: u64,
 }
 
 /// A connection as other objects name it.
@@ -485,6 +509,15 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         .exclusive_owner
         .and_then(|owner| state.connections.get(&owner).map(|c| c.value().clone()))
         .map(|c| connection_details(&c));
+    let node = node_name();
+    let quorum = (info.args.queue_type == QueueType::Quorum).then(|| QuorumFields {
+        leader: node,
+        members: [node],
+        online: [node],
+        messages_dlx: s.dead_lettering.load(Relaxed),
+        message_bytes_dlx: s.dead_lettering_bytes.load(Relaxed),
+        messages_persistent: ready + unacked,
+    });
     let consumer_details = detail.then(|| {
         let mut list = Vec::new();
         for c in connection_list(state) {
@@ -515,15 +548,18 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         effective_policy_definition: applied
             .definition
             .unwrap_or_else(|| Arc::new(serde_json::Value::Object(Default::default()))),
-        exclusive_consumer_tag: None,
         messages: ready + unacked,
         messages_ready: ready,
         messages_unacknowledged: unacked,
         message_bytes_ready: s.ready_bytes.load(Relaxed),
-        messages_paged_out: paged,
-        messages_ready_ram: ready.saturating_sub(paged),
-        messages_unacknowledged_ram: unacked,
         messages_ram: ready.saturating_sub(paged) + unacked,
+        classic: (quorum.is_none()).then(|| ClassicFields {
+            exclusive_consumer_tag: None,
+            messages_paged_out: paged,
+            messages_ready_ram: ready.saturating_sub(paged),
+            messages_unacknowledged_ram: unacked,
+        }),
+        quorum,
         consumers: s.consumers.load(Relaxed),
         message_stats: MessageStats {
             publish: s.published.load(Relaxed),

@@ -93,9 +93,13 @@ impl Conn {
                 .map_err(|e| e.on(60, 40))?;
         }
         let store_failed = self.state.store.as_ref().is_some_and(|s| s.is_poisoned());
-        if properties.is_persistent()
-            && store_failed
-            && queues.iter().any(|q| q.info().store_id.is_some())
+        // A quorum queue stores transient messages too.
+        if store_failed
+            && queues.iter().any(|q| {
+                q.info().store_id.is_some()
+                    && (properties.is_persistent()
+                        || q.info().args.queue_type == crate::queue::QueueType::Quorum)
+            })
         {
             return Err(AmqpError::precondition(
                 "the message store failed (see the broker log); persistent messages to durable queues are refused",

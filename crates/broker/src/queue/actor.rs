@@ -6,8 +6,13 @@
 //! gives it room. Two consumers and five messages split 1,3,5 / 2,4; with prefetch 1 a
 //! busy worker is skipped, so faster workers get more.
 //!
-//! Ordering: every message gets a sequence number at enqueue. The ready list is kept in
-//! sequence order, so a requeued message goes back to its original place, not the tail.
+//! Ordering: every message gets a sequence number at enqueue. A classic queue keeps its
+//! ready list in sequence order, so a requeued message goes back to its original place,
+//! not the tail. A quorum queue orders as RabbitMQ 3.10's does: what comes back without
+//! the client asking (its channel closed, its delivery never reached the client) — and,
+//! when the queue has a delivery limit, what the client rejected too — waits in a
+//! "returns" stretch at the head, in the order it came back; without a delivery limit a
+//! rejected, nacked or recovered message goes to the tail.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -16,10 +21,11 @@ use minimq_protocol::ReplyCode;
 use tokio::time::Instant;
 
 use super::active::Active;
+use super::at_least_once::AtLeastOnce;
 use super::deadletter::{self, Reason};
 use super::{
     ConfirmTicket, ConsumerSpec, Delivery, GetResult, Overflow, Publish, QueueArgs, QueueCommand,
-    QueueCounts, QueueEvent, QueueHandle, QueueHost, QueueInbox,
+    QueueCounts, QueueEvent, QueueHandle, QueueHost, QueueInbox, QueueType,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -104,6 +110,15 @@ struct Unacked {
     consumer: Option<u64>,
 }
 
+/// A dead letter held until its targets take it (at-least-once dead-lettering).
+struct HeldDeadLetter {
+    /// The entry that left the ready or unacked list; settled once the targets took it.
+    entry: Entry,
+    /// The message as it was in this queue, for the cycle check of every routing.
+    original: Arc<Message>,
+    reason: Reason,
+}
+
 struct Consumer {
     spec: ConsumerSpec,
     unacked: u32,
@@ -150,8 +165,13 @@ pub struct QueueActor {
     /// settle record when the command is done.
     settled: Vec<u64>,
     ready: VecDeque<Entry>,
+    /// How many entries at the head of `ready` are a quorum queue's returns (see the
+    /// module docs); always 0 in a classic queue.
+    returns: usize,
     /// Running totals over `ready`.
     totals: ReadyTotals,
+    /// Dead letters waiting for their targets (at-least-once dead-lettering only).
+    dead_letters: AtLeastOnce<HeldDeadLetter>,
     /// Past this `totals.mem`, persistent messages are paged out.
     memory_budget: u64,
     /// The last clock reading, for commands that need none.
@@ -217,7 +237,9 @@ pub fn spawn(
         store,
         settled: Vec::new(),
         ready,
+        returns: 0,
         totals,
+        dead_letters: AtLeastOnce::default(),
         memory_budget,
         last_now: now,
         unacked: IdMap::default(),
@@ -277,6 +299,8 @@ impl QueueActor {
         loop {
             let deadline = self.ready.front().and_then(|e| e.expires_at);
             let unused_until = self.unused_deadline();
+            let holding = !self.dead_letters.is_empty();
+            let retry_at = self.dead_letters.next_retry();
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
@@ -287,6 +311,22 @@ impl QueueActor {
                     self.expire(now);
                     self.dispatch(now);
                     self.finish_dispatch(now).await;
+                    self.log_settled();
+                    self.publish_stats();
+                    continue;
+                }
+                (seq, ok) = self.dead_letters.confirm(), if holding => {
+                    if let Some(done) = self.dead_letters.confirmed(seq, ok, Instant::now()) {
+                        self.forget(&done.entry);
+                    }
+                    self.log_settled();
+                    self.publish_stats();
+                    continue;
+                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
+                    for id in self.dead_letters.due(Instant::now()) {
+                        self.route_dead_letter(id);
+                    }
                     self.log_settled();
                     self.publish_stats();
                     continue;
@@ -402,6 +442,12 @@ impl QueueActor {
         stats.consumers.store(self.consumers.len() as u64, Relaxed);
         stats.ready_bytes.store(self.totals.bytes, Relaxed);
         stats.paged_out.store(self.totals.paged, Relaxed);
+        stats
+            .dead_lettering
+            .store(self.dead_letters.len() as u64, Relaxed);
+        stats
+            .dead_lettering_bytes
+            .store(self.dead_letters.bytes(), Relaxed);
     }
 
     /// Handles one command; `false` when the queue is deleted. Paged-out messages it
@@ -573,6 +619,7 @@ impl QueueActor {
                     self.forget(&e);
                 }
                 self.totals = ReadyTotals::default();
+                self.returns = 0;
                 let _ = reply.send(n);
             }
             QueueCommand::Delete {
@@ -647,8 +694,11 @@ impl QueueActor {
             )
         };
         let size = message.body.len() as u64;
-        let full = max_length.is_some_and(|m| self.ready.len() as u64 >= m)
-            || max_length_bytes.is_some_and(|m| self.totals.bytes + size > m);
+        // Dead letters still held count, as in RabbitMQ (none outside at-least-once).
+        let full = max_length
+            .is_some_and(|m| (self.ready.len() + self.dead_letters.len()) as u64 >= m)
+            || max_length_bytes
+                .is_some_and(|m| self.totals.bytes + self.dead_letters.bytes() + size > m);
         if full
             && matches!(
                 overflow,
@@ -671,7 +721,9 @@ impl QueueActor {
         let expires_at = ttl.map(|ms| Instant::now() + std::time::Duration::from_millis(ms));
         let seq = self.next_seq;
         self.next_seq += 1;
-        let persisted = self.store.is_some() && message.is_persistent();
+        // A quorum queue keeps every message in the log, as RabbitMQ's (a Raft log) does.
+        let persisted = self.store.is_some()
+            && (message.is_persistent() || self.args.queue_type == QueueType::Quorum);
         let mut confirm = confirm;
         if persisted {
             if let (Some(store), Some(id)) = (&self.store, self.handle.info().store_id) {
@@ -708,7 +760,6 @@ impl QueueActor {
         {
             match self.pop_ready() {
                 Some(dropped) => {
-                    self.forget(&dropped);
                     self.dead_letter_entry(dropped, Reason::MaxLen);
                 }
                 None => break,
@@ -730,6 +781,7 @@ impl QueueActor {
     fn pop_ready(&mut self) -> Option<Entry> {
         let e = self.ready.pop_front()?;
         self.totals.remove(&e);
+        self.returns = self.returns.saturating_sub(1);
         Some(e)
     }
 
@@ -737,6 +789,27 @@ impl QueueActor {
     /// at the tail when the caller knows that is its place. A persistent message is
     /// kept on disk only when the queue is over its memory budget.
     fn insert_ready(&mut self, mut entry: Entry, at_tail: bool) {
+        self.page_out_over_budget(&mut entry);
+        self.totals.add(&entry);
+        if at_tail {
+            self.ready.push_back(entry);
+        } else {
+            let pos = self.ready.partition_point(|e| e.key() < entry.key());
+            self.ready.insert(pos, entry);
+        }
+    }
+
+    /// Puts a quorum queue's returned entry at the end of the returns stretch at the head
+    /// of the ready list (see the module docs).
+    fn insert_return(&mut self, mut entry: Entry) {
+        self.page_out_over_budget(&mut entry);
+        self.totals.add(&entry);
+        self.ready.insert(self.returns, entry);
+        self.returns += 1;
+    }
+
+    /// Keeps a persistent entry on disk only when the queue is over its memory budget.
+    fn page_out_over_budget(&self, entry: &mut Entry) {
         if entry.persisted && self.totals.mem + entry.mem_cost() > self.memory_budget {
             if let (Held::Mem(m), Some(store)) = (&entry.held, &self.store) {
                 let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
@@ -744,13 +817,6 @@ impl QueueActor {
                     entry.held = Held::Disk(id);
                 }
             }
-        }
-        self.totals.add(&entry);
-        if at_tail {
-            self.ready.push_back(entry);
-        } else {
-            let pos = self.ready.partition_point(|e| e.key() < entry.key());
-            self.ready.insert(pos, entry);
         }
     }
 
@@ -817,6 +883,9 @@ impl QueueActor {
         // next start still has them.
         for (slot, msg_id) in lost.into_iter().rev() {
             if let Some(e) = self.ready.remove(slot) {
+                if slot < self.returns {
+                    self.returns -= 1;
+                }
                 self.totals.remove(&e);
                 self.unreadable(&e, msg_id, "delivery");
             }
@@ -840,9 +909,11 @@ impl QueueActor {
     }
 
     /// Dead-letters a message that left the queue, reading it back first if it was
-    /// paged out (only when there is a dead-letter exchange to send it to).
+    /// paged out (only when there is a dead-letter exchange to send it to), and forgets
+    /// it — at once, or with at-least-once dead-lettering when its targets took it.
     fn dead_letter_entry(&mut self, entry: Entry, reason: Reason) {
         if self.args.dead_letter_exchange.is_none() {
+            self.forget(&entry);
             return;
         }
         let message = match &entry.held {
@@ -856,12 +927,98 @@ impl QueueActor {
                     Some(m) => Arc::new(m),
                     None => {
                         self.unreadable(&entry, *id, "dead-lettering");
+                        self.forget(&entry);
                         return;
                     }
                 }
             }
         };
-        self.dead_letter(&message, reason);
+        if self.args.at_least_once() {
+            self.hold_dead_letter(entry, message, reason);
+        } else {
+            self.forget(&entry);
+            self.dead_letter(&message, reason);
+        }
+    }
+
+    /// At-least-once dead-lettering: keeps the entry until every target took its dead
+    /// letter (see [`super::at_least_once`]), and routes it.
+    fn hold_dead_letter(&mut self, entry: Entry, original: Arc<Message>, reason: Reason) {
+        let Some(dlx) = self.args.dead_letter_exchange.as_deref() else {
+            self.forget(&entry);
+            return;
+        };
+        let dead = Arc::new(deadletter::dead_letter(
+            &original,
+            self.handle.name(),
+            reason,
+            dlx,
+            self.args.dead_letter_routing_key.as_deref(),
+        ));
+        let held = HeldDeadLetter {
+            entry,
+            original,
+            reason,
+        };
+        let id = self.dead_letters.add(held, dead);
+        self.route_dead_letter(id);
+    }
+
+    /// Routes held dead letter `id` to the targets that have not taken it yet, each with
+    /// a confirm ticket; settles it when nothing is left to wait for.
+    fn route_dead_letter(&mut self, id: u64) {
+        let now = Instant::now();
+        let Some((dead, taken)) = self.dead_letters.message(id) else {
+            return;
+        };
+        let taken = taken.to_vec();
+        let Some(dlx) = self.args.dead_letter_exchange.clone() else {
+            // The policy that named the exchange is gone: nowhere left to send it.
+            if let Some(done) = self.dead_letters.remove(id) {
+                self.forget(&done.entry);
+            }
+            return;
+        };
+        let mut targets = Vec::new();
+        if let Err(e) = self.host.route(
+            &dlx,
+            &dead.routing_key,
+            dead.properties.headers.as_ref(),
+            &mut targets,
+        ) {
+            tracing::warn!(queue = %self.handle.name(), dlx, error = %e.text, "dead-letter exchange unusable; trying again later");
+        }
+        let (original, reason) = match self.dead_letters.held(id) {
+            Some(h) => (h.original.clone(), h.reason),
+            None => return,
+        };
+        let mut sent = false;
+        let mut only_cycles = !targets.is_empty();
+        for target in targets {
+            if reason != Reason::Rejected && deadletter::is_cycle(&original, target.name()) {
+                continue;
+            }
+            only_cycles = false;
+            if taken.iter().any(|t| t == target.name()) {
+                continue;
+            }
+            let ticket = self.dead_letters.ticket(id, target.name().clone());
+            // A publish the target cannot take drops its ticket: a nack, tried again later.
+            target.publish_now(vec![Publish {
+                message: dead.clone(),
+                confirm: Some(ticket),
+            }]);
+            sent = true;
+        }
+        // A dead-letter cycle is dropped, as with at-most-once.
+        let done = if only_cycles {
+            self.dead_letters.remove(id)
+        } else {
+            self.dead_letters.routed(id, sent, now)
+        };
+        if let Some(done) = done {
+            self.forget(&done.entry);
+        }
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
@@ -917,12 +1074,16 @@ impl QueueActor {
     }
 
     /// Ends unacked deliveries: requeue them (unless they are over the delivery limit),
-    /// or forget them — dead-lettering the rejected ones.
+    /// or forget them — dead-lettering the rejected ones. A quorum queue takes requeued
+    /// ones in the order given (the channel's delivery order) and places them by
+    /// RabbitMQ's rule (module docs): `rejected` says the client asked.
     fn settle(&mut self, mut ids: Vec<u64>, requeue: bool, rejected: bool) {
-        if requeue {
+        let quorum = self.args.queue_type == QueueType::Quorum;
+        if requeue && !quorum {
             // Highest first, so a batch that all belongs before the head costs O(1) each.
             ids.sort_unstable_by(|a, b| b.cmp(a));
         }
+        let to_tail = rejected && self.args.delivery_limit.is_none();
         let mut freed = Vec::new();
         let mut returned = Vec::new();
         for id in ids {
@@ -940,18 +1101,23 @@ impl QueueActor {
             let over_limit = requeue && limit.is_some_and(|l| u64::from(entry.deliveries) > l);
             if !requeue || over_limit {
                 count(&self.handle, |s| &s.acked, 1);
-                self.forget(&entry);
                 if over_limit {
                     self.dead_letter_entry(entry, Reason::DeliveryLimit);
                 } else if rejected {
                     self.dead_letter_entry(entry, Reason::Rejected);
+                } else {
+                    self.forget(&entry);
                 }
             } else {
                 entry.redelivered = true;
                 if entry.persisted {
                     returned.push((entry.seq, entry.deliveries));
                 }
-                self.insert_ready(entry, false);
+                match (quorum, to_tail) {
+                    (false, _) => self.insert_ready(entry, false),
+                    (true, true) => self.insert_ready(entry, true),
+                    (true, false) => self.insert_return(entry),
+                }
             }
         }
         for cid in &freed {
@@ -996,7 +1162,6 @@ impl QueueActor {
             .is_some_and(|e| e.expires_at.is_some_and(|t| now > t))
         {
             if let Some(e) = self.pop_ready() {
-                self.forget(&e);
                 self.dead_letter_entry(e, Reason::Expired);
             }
         }
@@ -1057,10 +1222,13 @@ impl QueueActor {
                 _ => false,
             };
             // The entry `message` is the head of: nothing changed the ready list since.
+            // `pop_ready` inlined: `c` borrows the consumers meanwhile.
+            let returns = self.returns;
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
             };
             self.totals.remove(&entry);
+            self.returns = returns.saturating_sub(1);
             entry.deliveries = entry.deliveries.saturating_add(1);
             let delivery = Delivery {
                 channel: c.spec.channel,
@@ -1086,6 +1254,7 @@ impl QueueActor {
                 entry.deliveries -= 1;
                 self.totals.add(&entry);
                 self.ready.push_front(entry);
+                self.returns = returns;
                 self.consumers.remove(&cid);
                 continue;
             }

@@ -346,3 +346,270 @@ async fn a_consumer_whose_connection_is_full_waits_in_the_queue_until_half_is_wr
     assert_eq!(q.counts().await, counts(4, 0, 1));
     assert_eq!(c.received(), ["message3", "message4", "message5"]);
 }
+
+fn quorum() -> (&'static str, FieldValue) {
+    ("x-queue-type", FieldValue::from("quorum"))
+}
+
+/// Takes `n` messages with `basic.get`, unacked: their ids by body.
+async fn get_unacked(q: &TestQueue, n: usize) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let got = q.get(false).await.unwrap();
+        out.push((body(&got.message), got.msg_id));
+    }
+    out
+}
+
+/// A quorum queue without a delivery limit puts a rejected (or nacked) message back at
+/// its tail, in the order the rejections came, as RabbitMQ 3.10 does: publish 1..5, get
+/// 1 and 2, reject 2 then 1 with requeue, and the queue reads 3, 4, 5, 2, 1.
+#[tokio::test]
+async fn a_quorum_queue_requeues_rejected_messages_at_its_tail() {
+    let q = TestQueue::start(args(&[quorum()])).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    let held = get_unacked(&q, 2).await;
+    q.settle(vec![held[1].1], true, true).await;
+    q.settle(vec![held[0].1], true, true).await;
+    assert_eq!(q.drain().await, ["m3", "m4", "m5", "m2", "m1"]);
+}
+
+/// With a delivery limit, RabbitMQ 3.10's quorum queue returns a rejected message ahead
+/// of the rest, the returns in the order they came back: 2, 1, then the rest.
+#[tokio::test]
+async fn a_quorum_queue_with_a_delivery_limit_returns_rejected_messages_first() {
+    let q = TestQueue::start(args(&[quorum(), ("x-delivery-limit", FieldValue::I32(10))])).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    let held = get_unacked(&q, 3).await;
+    q.settle(vec![held[1].1], true, true).await;
+    q.settle(vec![held[0].1], true, true).await;
+    let again = get_unacked(&q, 2).await;
+    assert_eq!(again[0].0, "m2");
+    assert_eq!(again[1].0, "m1");
+    // A nack of several comes back in the order the channel lists them: delivery order.
+    q.settle(vec![held[2].1, again[0].1, again[1].1], true, true)
+        .await;
+    assert_eq!(q.drain().await, ["m3", "m2", "m1", "m4", "m5"]);
+}
+
+/// Messages a closed channel held come back ahead of the rest of a quorum queue, each
+/// channel's in delivery order, the channels in the order they closed: a channel holding
+/// 3 and 4 closes, then one holding 1 and 2, and the queue reads 3, 4, 1, 2, 5.
+#[tokio::test]
+async fn a_quorum_queue_returns_what_closed_channels_held_first() {
+    let q = TestQueue::start(args(&[quorum()])).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    let held = get_unacked(&q, 4).await;
+    q.close_channel(2, vec![held[2].1, held[3].1]).await;
+    q.close_channel(1, vec![held[0].1, held[1].1]).await;
+    assert_eq!(q.drain().await, ["m3", "m4", "m1", "m2", "m5"]);
+}
+
+/// A rejection goes to the tail, what a closed channel held comes first: get 1..3,
+/// reject 2 with requeue, close the channel, and the queue reads 1, 3, 4, 5, 2.
+#[tokio::test]
+async fn a_quorum_queue_puts_returns_ahead_of_rejections() {
+    let q = TestQueue::start(args(&[quorum()])).await;
+    for n in 1..=5 {
+        q.publish(&format!("m{n}")).await;
+    }
+    let held = get_unacked(&q, 3).await;
+    q.settle(vec![held[1].1], true, true).await;
+    q.close_channel(1, vec![held[0].1, held[2].1]).await;
+    assert_eq!(q.drain().await, ["m1", "m3", "m4", "m5", "m2"]);
+}
+
+/// Returned messages at the head of a quorum queue are the first `x-max-length` drops.
+#[tokio::test]
+async fn a_quorum_queue_drops_its_returns_first_when_full() {
+    let q = TestQueue::start(args(&[
+        quorum(),
+        ("x-max-length", FieldValue::I32(3)),
+        dlx(),
+    ]))
+    .await;
+    for n in 1..=3 {
+        q.publish(&format!("m{n}")).await;
+    }
+    let held = get_unacked(&q, 2).await;
+    q.close_channel(1, vec![held[0].1, held[1].1]).await;
+    q.publish("m4").await;
+    q.counts().await;
+    assert_eq!(
+        q.host.dead_letters(),
+        [("m1".to_string(), "maxlen".to_string())]
+    );
+    assert_eq!(q.drain().await, ["m2", "m3", "m4"]);
+}
+
+/// `x-overflow: reject-publish-dlx` is not a quorum-queue strategy: RabbitMQ 3.10 logs a
+/// warning and uses drop-head.
+#[tokio::test]
+async fn a_quorum_queue_treats_reject_publish_dlx_as_drop_head() {
+    let q = TestQueue::start(args(&[
+        quorum(),
+        ("x-max-length", FieldValue::I32(2)),
+        ("x-overflow", FieldValue::from("reject-publish-dlx")),
+        dlx(),
+    ]))
+    .await;
+    for n in 1..=3 {
+        q.publish(&format!("m{n}")).await;
+    }
+    q.counts().await;
+    assert_eq!(
+        q.host.dead_letters(),
+        [("m1".to_string(), "maxlen".to_string())]
+    );
+    assert_eq!(q.drain().await, ["m2", "m3"]);
+}
+
+/// A quorum queue keeps every message in the store, transient ones too: the confirm
+/// waits for the record, the message can be paged out and is read back with the delivery
+/// mode the publisher gave.
+#[tokio::test]
+async fn a_quorum_queue_stores_transient_messages() {
+    let store = TempStore::open(1);
+    let q = TestQueue::start_durable(args(&[quorum()]), &store).await;
+    let transient = BasicProperties {
+        delivery_mode: Some(1),
+        ..BasicProperties::default()
+    };
+    q.publish_confirmed_with(b"t1".to_vec(), transient.clone())
+        .await;
+    q.publish_confirmed_with(b"t2".to_vec(), BasicProperties::default())
+        .await;
+    assert_eq!(q.stat(|s| &s.paged_out), 2, "both kept on disk only");
+    let mut c = q.consume(0).await;
+    let first = c.next().await;
+    assert_eq!(first.message.body, &b"t1"[..]);
+    assert_eq!(first.message.properties.delivery_mode, Some(1));
+    let second = c.next().await;
+    assert_eq!(second.message.properties.delivery_mode, None);
+}
+
+/// A classic durable queue still keeps transient messages in memory only.
+#[tokio::test]
+async fn a_classic_durable_queue_keeps_transient_messages_in_memory() {
+    let store = TempStore::open(1);
+    let q = TestQueue::start_durable(FieldTable::new(), &store).await;
+    q.publish_confirmed_with(b"t".to_vec(), BasicProperties::default())
+        .await;
+    assert_eq!(q.stat(|s| &s.paged_out), 0);
+}
+
+/// A quorum queue with at-least-once dead-lettering (and reject-publish, which it needs).
+fn at_least_once() -> FieldTable {
+    args(&[
+        quorum(),
+        dlx(),
+        ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+        ("x-overflow", FieldValue::from("reject-publish")),
+    ])
+}
+
+/// Rejects the one message of `q` without requeue, so that it is dead-lettered.
+async fn reject_one(q: &TestQueue) {
+    let got = q.get(false).await.expect("a message");
+    q.settle(vec![got.msg_id], false, true).await;
+    q.counts().await;
+}
+
+/// With at-least-once dead-lettering a dead letter is sent with a confirm ticket and
+/// stays held by its queue (RabbitMQ's `messages_dlx`) until its target confirms it.
+#[tokio::test]
+async fn an_at_least_once_dead_letter_is_held_until_its_target_confirms() {
+    let q = TestQueue::start(at_least_once()).await;
+    q.publish("m").await;
+    reject_one(&q).await;
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+    assert_eq!(q.stat(|s| &s.dead_lettering), 1);
+    assert_eq!(q.stat(|s| &s.dead_lettering_bytes), 1);
+    let mut sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(body(&sent[0].message), "m");
+    let ticket = sent[0].confirm.take().expect("sent with a confirm ticket");
+    ticket.send(true);
+    q.counts().await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 0);
+    assert_eq!(q.stat(|s| &s.dead_lettering_bytes), 0);
+}
+
+/// A dead letter with no route, or refused by its target, is routed again after
+/// RabbitMQ's retry period, and only then; it leaves once a target took it.
+#[tokio::test(start_paused = true)]
+async fn an_at_least_once_dead_letter_is_routed_again_until_taken() {
+    use super::at_least_once::RETRY_AFTER;
+    let q = TestQueue::start(at_least_once()).await;
+    q.host
+        .unroutable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    q.publish("m").await;
+    reject_one(&q).await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 1);
+    assert!(q.host.take_dead_letters().is_empty());
+    q.host
+        .unroutable
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::advance(RETRY_AFTER - Duration::from_millis(1)).await;
+    q.counts().await;
+    assert!(q.host.take_dead_letters().is_empty(), "not before its time");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    q.counts().await;
+    let mut sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1, "routed again once its time came");
+    // The target refuses it (a dropped ticket is a nack): tried again later.
+    drop(sent.pop());
+    q.counts().await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 1);
+    tokio::time::advance(RETRY_AFTER).await;
+    q.counts().await;
+    let mut sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1);
+    sent[0].confirm.take().unwrap().send(true);
+    q.counts().await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 0);
+    tokio::time::advance(RETRY_AFTER * 2).await;
+    q.counts().await;
+    assert!(
+        q.host.take_dead_letters().is_empty(),
+        "taken: never sent again"
+    );
+}
+
+/// Held dead letters count towards `x-max-length`, as in RabbitMQ: a queue of one with
+/// one dead letter held refuses the next publish.
+#[tokio::test]
+async fn held_dead_letters_count_towards_the_length_limit() {
+    let mut arguments = at_least_once();
+    arguments.insert("x-max-length", FieldValue::I32(1));
+    let q = TestQueue::start(arguments).await;
+    q.publish("m1").await;
+    reject_one(&q).await;
+    q.publish("m2").await;
+    assert_eq!(q.counts().await, counts(0, 0, 0), "m2 refused");
+}
+
+/// Without reject-publish, at-least-once falls back to at-most-once (RabbitMQ 3.10 logs
+/// a warning): the dead letter goes out without a ticket and nothing is held.
+#[tokio::test]
+async fn at_least_once_without_reject_publish_is_at_most_once() {
+    let q = TestQueue::start(args(&[
+        quorum(),
+        dlx(),
+        ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+    ]))
+    .await;
+    q.publish("m").await;
+    reject_one(&q).await;
+    assert_eq!(q.stat(|s| &s.dead_lettering), 0);
+    let sent = q.host.take_dead_letters();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].confirm.is_none());
+}

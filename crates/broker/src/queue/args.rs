@@ -16,14 +16,46 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
-/// The queue type named by `x-queue-type`. Both behave as one in-process queue here.
+/// `x-dead-letter-strategy` of a quorum queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterStrategy {
+    /// Published to the dead-letter exchange and forgotten (the only strategy of classic
+    /// queues).
+    AtMostOnce,
+    /// Kept until every target queue took it (see [`super::at_least_once`]); in force
+    /// only with `x-overflow: reject-publish`, as in RabbitMQ.
+    AtLeastOnce,
+}
+
+/// The queue type named by `x-queue-type`. Both are one in-process queue here; a quorum
+/// queue keeps every message in the log and requeues in RabbitMQ's quorum order (see
+/// [`super::actor`]), and takes RabbitMQ's quorum arguments and flags only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
     /// `classic` (the default).
     Classic,
-    /// `quorum`: accepted for compatibility; must be durable, non-exclusive.
+    /// `quorum`: durable, not exclusive, not auto-delete.
     Quorum,
 }
+
+/// Arguments of other queue types that RabbitMQ 3.10 refuses in a quorum declare
+/// (`rabbit_amqqueue:check_arguments_key`: every type's arguments less the quorum
+/// type's).
+const NOT_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// `x-dead-letter-strategy` values RabbitMQ 3.10 knows.
+const DEAD_LETTER_STRATEGIES: &[&str] = &["at-most-once", "at-least-once"];
+
+/// `x-queue-leader-locator` values RabbitMQ 3.10 knows (the last two deprecated there).
+const LEADER_LOCATORS: &[&str] = &["client-local", "balanced", "random", "least-leaders"];
 
 /// The arguments a queue acts on, parsed from its declare table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +74,8 @@ pub struct QueueArgs {
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`.
     pub dead_letter_routing_key: Option<String>,
+    /// `x-dead-letter-strategy` (quorum queues).
+    pub dead_letter_strategy: DeadLetterStrategy,
     /// `x-delivery-limit`: returns allowed before a message is dead-lettered or dropped.
     pub delivery_limit: Option<u64>,
     /// `x-expires`: delete the queue after this many milliseconds unused.
@@ -64,6 +98,7 @@ impl Default for QueueArgs {
             queue_type: QueueType::Classic,
             dead_letter_exchange: None,
             dead_letter_routing_key: None,
+            dead_letter_strategy: DeadLetterStrategy::AtMostOnce,
             delivery_limit: None,
             expires: None,
             max_priority: None,
@@ -86,6 +121,16 @@ const EQUIVALENCE_KEYS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
     "x-delivery-limit",
+];
+
+/// Arguments also compared when a quorum queue is redeclared (RabbitMQ compares every
+/// argument of the queue's type).
+const QUORUM_EQUIVALENCE_KEYS: &[&str] = &[
+    "x-dead-letter-strategy",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size",
+    "x-queue-leader-locator",
 ];
 
 fn invalid(key: &str, queue: &str, why: impl std::fmt::Display) -> AmqpError {
@@ -234,11 +279,34 @@ fn erlang_string(bytes: &[u8]) -> String {
     }
 }
 
+/// A string argument that must be one of `known`: RabbitMQ's `{unacceptable_type,T}`
+/// for another type, `why` for another string.
+fn one_of(key: &str, queue: &str, v: &FieldValue, known: &[&str], why: &str) -> AmqpResult<()> {
+    match v.as_str() {
+        Some(s) if known.contains(&s) => Ok(()),
+        Some(_) => Err(invalid(key, queue, why)),
+        None => Err(invalid(
+            key,
+            queue,
+            format!("{{unacceptable_type,{}}}", v.type_name()),
+        )),
+    }
+}
+
 impl QueueArgs {
-    /// Parses and validates a declare's arguments, answering 406 as RabbitMQ does.
+    /// Parses and validates a declare's arguments, answering 406 as RabbitMQ does. A
+    /// quorum declare is checked as RabbitMQ 3.10 checks it: the values of the quorum
+    /// arguments first, then the arguments of other queue types, refused in table order.
     pub fn parse(queue: &str, table: &FieldTable) -> AmqpResult<QueueArgs> {
         let mut args = QueueArgs::default();
+        let quorum = table
+            .get("x-queue-type")
+            .and_then(FieldValue::as_str)
+            .is_some_and(|t| t == "quorum");
         for (key, value) in table.iter() {
+            if quorum && NOT_QUORUM.contains(&key) {
+                continue;
+            }
             match key {
                 "x-message-ttl" => args.message_ttl = Some(expiry(key, queue, value)?),
                 "x-max-length" => args.max_length = Some(non_negative(key, queue, value)?),
@@ -295,13 +363,7 @@ impl QueueArgs {
                         Some("drop-head") => Overflow::DropHead,
                         Some("reject-publish") => Overflow::RejectPublish,
                         Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                        Some(other) => {
-                            return Err(invalid(
-                                key,
-                                queue,
-                                format!("{{unknown_overflow,<<\"{other}\">>}}"),
-                            ))
-                        }
+                        Some(_) => return Err(invalid(key, queue, "invalid_overflow")),
                         None => {
                             return Err(invalid(
                                 key,
@@ -331,10 +393,92 @@ impl QueueArgs {
                         }
                     }
                 }
+                // Checked on quorum queues only: RabbitMQ refuses them on classic
+                // ones, minimq has always ignored them there.
+                "x-dead-letter-strategy" if quorum => {
+                    one_of(
+                        key,
+                        queue,
+                        value,
+                        DEAD_LETTER_STRATEGIES,
+                        "invalid_dlx_strategy",
+                    )?;
+                    if value.as_str() == Some("at-least-once") {
+                        args.dead_letter_strategy = DeadLetterStrategy::AtLeastOnce;
+                    }
+                }
+                "x-queue-leader-locator" if quorum => one_of(
+                    key,
+                    queue,
+                    value,
+                    LEADER_LOCATORS,
+                    "invalid_queue_locator_arg",
+                )?,
+                "x-max-in-memory-length" | "x-max-in-memory-bytes" if quorum => {
+                    non_negative(key, queue, value)?;
+                }
+                "x-quorum-initial-group-size" if quorum => {
+                    let size = non_negative(key, queue, value)?;
+                    if size == 0 {
+                        return Err(invalid(key, queue, "{value_zero,0}"));
+                    }
+                }
                 _ => {}
             }
         }
-        Ok(args)
+        if quorum {
+            if let Some((key, _)) = table.iter().find(|(k, _)| NOT_QUORUM.contains(k)) {
+                return Err(AmqpError::precondition(format!(
+                    "invalid arg '{key}' for queue '{queue}' in vhost '/' of queue type rabbit_quorum_queue"
+                )));
+            }
+        }
+        Ok(args.with_type_fallbacks())
+    }
+
+    /// The arguments of a queue recovered from the store. A table this version refuses
+    /// (a quorum queue declared with `x-max-priority` or `x-queue-mode` before they were
+    /// refused, a value checked since) still gives a queue of its type, the refused
+    /// arguments ignored, with a warning.
+    pub fn parse_stored(queue: &str, table: &FieldTable) -> QueueArgs {
+        QueueArgs::parse(queue, table).unwrap_or_else(|e| {
+            tracing::warn!(queue, error = %e.text, "stored queue arguments are refused now; ignoring the refused ones");
+            let kept: FieldTable = table
+                .iter()
+                .filter(|(k, _)| !NOT_QUORUM.contains(k))
+                .map(|(k, v)| (k, v.clone()))
+                .collect();
+            QueueArgs::parse(queue, &kept).unwrap_or_else(|_| {
+                let quorum = table.get("x-queue-type").and_then(FieldValue::as_str);
+                QueueArgs {
+                    queue_type: match quorum {
+                        Some("quorum") => QueueType::Quorum,
+                        _ => QueueType::Classic,
+                    },
+                    ..QueueArgs::default()
+                }
+            })
+        })
+    }
+
+    /// Whether dead letters leave the queue only once their targets took them: a quorum
+    /// queue with `at-least-once`, `reject-publish` and a dead-letter exchange (RabbitMQ
+    /// 3.10 falls back to at-most-once otherwise).
+    pub fn at_least_once(&self) -> bool {
+        self.queue_type == QueueType::Quorum
+            && self.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce
+            && self.overflow == Overflow::RejectPublish
+            && self.dead_letter_exchange.is_some()
+    }
+
+    /// What RabbitMQ 3.10 makes of settings a quorum queue does not have: `x-overflow:
+    /// reject-publish-dlx` (argument or policy) is drop-head there, with a warning in its
+    /// log. Applied to the declared arguments and again after a policy.
+    pub fn with_type_fallbacks(mut self) -> QueueArgs {
+        if self.queue_type == QueueType::Quorum && self.overflow == Overflow::RejectPublishDlx {
+            self.overflow = Overflow::DropHead;
+        }
+        self
     }
 
     /// Checks that a redeclare's arguments match the existing queue's (406 otherwise).
@@ -343,17 +487,22 @@ impl QueueArgs {
         current: &FieldTable,
         received: &FieldTable,
     ) -> AmqpResult<()> {
-        for key in EQUIVALENCE_KEYS {
+        let quorum = current.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
+        let type_keys = if quorum { QUORUM_EQUIVALENCE_KEYS } else { &[] };
+        for key in EQUIVALENCE_KEYS.iter().chain(type_keys) {
             let (cur, rec) = (current.get(key), received.get(key));
             // A redeclare that leaves out the queue type means "whatever it is".
             if *key == "x-queue-type" && rec.is_none() {
                 continue;
             }
             if !same_value(cur, rec) {
+                // RabbitMQ names the types only when one side is missing.
+                let (rec, cur) = match (rec, cur) {
+                    (Some(r), Some(c)) => (format!("'{}'", shown(r)), format!("'{}'", shown(c))),
+                    _ => (describe(rec), describe(cur)),
+                };
                 return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{key}' for queue '{queue}' in vhost '/': received {} but current is {}",
-                    describe(rec),
-                    describe(cur)
+                    "inequivalent arg '{key}' for queue '{queue}' in vhost '/': received {rec} but current is {cur}"
                 )));
             }
         }
@@ -372,20 +521,22 @@ fn same_value(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
     }
 }
 
+/// An argument's value as RabbitMQ prints it in an equivalence error.
+fn shown(v: &FieldValue) -> String {
+    match v {
+        FieldValue::LongString(s) => String::from_utf8_lossy(s).into_owned(),
+        FieldValue::Bool(b) => b.to_string(),
+        other => other
+            .as_i64()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
 fn describe(v: Option<&FieldValue>) -> String {
     match v {
         None => "none".to_string(),
-        Some(v) => {
-            let shown = match v {
-                FieldValue::LongString(s) => String::from_utf8_lossy(s).into_owned(),
-                FieldValue::Bool(b) => b.to_string(),
-                other => other
-                    .as_i64()
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| format!("{other:?}")),
-            };
-            format!("the value '{shown}' of type '{}'", v.type_name())
-        }
+        Some(v) => format!("the value '{}' of type '{}'", shown(v), v.type_name()),
     }
 }
 
@@ -402,6 +553,81 @@ mod tests {
         assert_eq!(
             e.text,
             "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+    }
+
+    /// RabbitMQ 3.10's texts, checked against it: a quorum queue compares its own
+    /// arguments too; values alone when both sides have one, with types when one is
+    /// missing.
+    #[test]
+    fn a_quorum_redeclare_compares_the_quorum_arguments() {
+        let table = |pairs: &[(&str, FieldValue)]| -> FieldTable {
+            let mut t: FieldTable = [("x-queue-type", FieldValue::from("quorum"))]
+                .into_iter()
+                .collect();
+            for (k, v) in pairs {
+                t.insert(*k, v.clone());
+            }
+            t
+        };
+        let current = table(&[
+            ("x-dead-letter-strategy", FieldValue::from("at-most-once")),
+            ("x-max-in-memory-length", FieldValue::I32(5)),
+        ]);
+        let refused = [
+            (
+                table(&[
+                    ("x-dead-letter-strategy", FieldValue::from("at-least-once")),
+                    ("x-max-in-memory-length", FieldValue::I32(5)),
+                ]),
+                "inequivalent arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': received 'at-least-once' but current is 'at-most-once'",
+            ),
+            (
+                table(&[("x-max-in-memory-length", FieldValue::I32(5))]),
+                "inequivalent arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': received none but current is the value 'at-most-once' of type 'longstr'",
+            ),
+            (
+                table(&[
+                    ("x-dead-letter-strategy", FieldValue::from("at-most-once")),
+                    ("x-max-in-memory-length", FieldValue::I32(6)),
+                ]),
+                "inequivalent arg 'x-max-in-memory-length' for queue 'q' in vhost '/': received '6' but current is '5'",
+            ),
+        ];
+        for (received, text) in refused {
+            let e = QueueArgs::check_equivalent("q", &current, &received).unwrap_err();
+            assert_eq!(e.text, format!("PRECONDITION_FAILED - {text}"));
+        }
+        QueueArgs::check_equivalent("q", &current, &current).unwrap();
+    }
+
+    /// A quorum queue stored before `x-max-priority` was refused on it comes back a
+    /// quorum queue, without the priority; one with a value refused since, with none of
+    /// its arguments but its type.
+    #[test]
+    fn a_stored_quorum_queue_with_arguments_refused_now_stays_quorum() {
+        let t: FieldTable = [
+            ("x-queue-type", FieldValue::from("quorum")),
+            ("x-max-priority", FieldValue::I32(5)),
+            ("x-max-length", FieldValue::I32(3)),
+        ]
+        .into_iter()
+        .collect();
+        assert!(QueueArgs::parse("q", &t).is_err());
+        let args = QueueArgs::parse_stored("q", &t);
+        assert_eq!(
+            (args.queue_type, args.max_priority, args.max_length),
+            (QueueType::Quorum, None, Some(3))
+        );
+        let t: FieldTable = [
+            ("x-queue-type", FieldValue::from("quorum")),
+            ("x-max-in-memory-length", FieldValue::I32(-1)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            QueueArgs::parse_stored("q", &t).queue_type,
+            QueueType::Quorum
         );
     }
 

@@ -11,7 +11,7 @@
 //! the consumers' channels.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct FakeHost {
     pub routed: Mutex<Vec<(String, String)>>,
     /// Names of the queues that asked to be forgotten.
     pub forgotten: Mutex<Vec<Arc<str>>>,
+    /// While set, exchanges route nowhere.
+    pub unroutable: AtomicBool,
 }
 
 impl FakeHost {
@@ -54,7 +56,23 @@ impl FakeHost {
             dead_inbox: Mutex::new(dead_inbox),
             routed: Mutex::default(),
             forgotten: Mutex::default(),
+            unroutable: AtomicBool::new(false),
         })
+    }
+
+    /// The dead letters published so far, as they were sent (with their confirm
+    /// tickets, for the test to answer).
+    pub fn take_dead_letters(&self) -> Vec<Publish> {
+        let mut inbox = self.dead_inbox.lock().unwrap();
+        let mut out = Vec::new();
+        while let Some(cmd) = inbox.try_recv() {
+            let QueueCommand::Publish(batch) = cmd else {
+                panic!("only publishes reach a dead-letter queue, got {cmd:?}");
+            };
+            self.dead.info().room.taken(batch.len());
+            out.extend(batch);
+        }
+        out
     }
 
     /// The dead letters published so far: body and `x-first-death-reason`.
@@ -95,7 +113,9 @@ impl QueueHost for FakeHost {
             .lock()
             .unwrap()
             .push((exchange.to_string(), routing_key.to_string()));
-        out.push(self.dead.clone());
+        if !self.unroutable.load(Ordering::Relaxed) {
+            out.push(self.dead.clone());
+        }
         Ok(())
     }
 
@@ -238,6 +258,11 @@ impl TestQueue {
             delivery_mode: Some(2),
             ..BasicProperties::default()
         };
+        self.publish_confirmed_with(body, properties).await;
+    }
+
+    /// Publishes a message with `body` and `properties` and waits for its confirm.
+    pub async fn publish_confirmed_with(&self, body: Vec<u8>, properties: BasicProperties) {
         let (sink, mut confirms) = mpsc::unbounded_channel();
         self.handle
             .publish(vec![Publish {
@@ -333,6 +358,25 @@ impl TestQueue {
             rejected,
         };
         assert!(self.handle.send(cmd).await);
+    }
+
+    /// Channel `channel` closed holding `unacked` (as its connection reports it).
+    pub async fn close_channel(&self, channel: u16, unacked: Vec<u64>) {
+        let cmd = QueueCommand::ChannelClosed {
+            conn_id: 1,
+            channel,
+            requeue: unacked,
+        };
+        assert!(self.handle.send(cmd).await);
+    }
+
+    /// Takes every ready message with `basic.get` (no ack): their bodies, in order.
+    pub async fn drain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(got) = self.get(true).await {
+            out.push(body(&got.message));
+        }
+        out
     }
 
     /// Waits until the queue task has ended (its inbox is closed).

@@ -17,6 +17,7 @@ pub mod actor;
 #[cfg(test)]
 mod actor_tests;
 pub mod args;
+pub mod at_least_once;
 pub mod deadletter;
 #[cfg(test)]
 mod harness;
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
-pub use args::{Overflow, QueueArgs, QueueType};
+pub use args::{DeadLetterStrategy, Overflow, QueueArgs, QueueType};
 
 /// Depth of a queue's command channel: senders wait when this many commands wait.
 pub const QUEUE_CHANNEL_DEPTH: usize = 8192;
@@ -378,14 +379,17 @@ pub enum QueueCommand {
         /// Answered once removed.
         reply: Option<oneshot::Sender<()>>,
     },
-    /// Settle unacked messages: `requeue = false` forgets them, `true` returns them to
-    /// their original place, marked redelivered.
+    /// Settle unacked messages: `requeue = false` forgets them, `true` puts them back,
+    /// marked redelivered (a classic queue at their original place; a quorum queue by
+    /// RabbitMQ's rule, see [`actor`]).
     Settle {
-        /// Message ids.
+        /// Message ids, in the channel's delivery order.
         ids: Vec<u64>,
         /// Put back instead of forgetting.
         requeue: bool,
-        /// Rejected or nacked (not acked): dead-lettered when not requeued.
+        /// The client rejected, nacked or recovered them (not acked, and not handed back
+        /// because their channel or delivery went away): dead-lettered when not
+        /// requeued; a quorum queue without a delivery limit requeues them at its tail.
         rejected: bool,
     },
     /// A channel closed: remove its consumers, then requeue `requeue`.
@@ -525,6 +529,10 @@ pub struct QueueStats {
     /// Paged-out messages dropped because they could not be read back from the log
     /// (a damaged log), ever.
     pub unreadable: AtomicU64,
+    /// Dead letters waiting for their targets (at-least-once dead-lettering).
+    pub dead_lettering: AtomicU64,
+    /// Their body octets.
+    pub dead_lettering_bytes: AtomicU64,
 }
 
 impl QueueStats {
