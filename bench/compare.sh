@@ -16,7 +16,9 @@
 # Environment: BENCH_SECONDS, BENCH_FILL, BENCH_RESTART (1000000; 50000 with --quick), BENCH_OUT (default docs/benchmarks.md; "-" for
 # stdout only), BENCH_RAW (where the raw JSON lines go; default target/bench-compare),
 # BENCH_NO_BUILD=1 (use the binaries already in target/release), BENCH_NOTE (a line
-# printed under the heading, e.g. "quiet machine, governor performance").
+# printed under the heading, e.g. "quiet machine, governor performance"),
+# BENCH_SCENARIOS (the scenarios to run, e.g. "t" or "e f t"; default all of
+# a b c d e f g h t r pika; the table then has only their rows).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +29,7 @@ for arg in "$@"; do
         --quick) QUICK=1 ;;
         --report) REPORT_ONLY=1 ;;
         -h | --help)
-            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -55,6 +57,9 @@ RMQ_BIN=/usr/lib/rabbitmq/bin
 TICKS=$(getconf CLK_TCK)
 
 log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t r pika} "
+want() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 RESULTS=$RAW/results.jsonl
 META=$RAW/meta.json
@@ -290,25 +295,30 @@ run_matrix() { # broker pid url
     local b=$1 pid=$2 url=$3 d=$SECS rss
     # The fill goes first, on a fresh broker, so its RSS is not what earlier scenarios left
     # behind (freed memory is not always returned to the OS).
-    rss=$(status_kb "$pid" VmRSS)
-    echo "{\"scenario\":\"g-base\",\"broker\":\"$b\",\"rss_kb\":${rss:-0}}" >>"$RESULTS"
-    measure g-fill "$b" "$pid" "$url" --queue bench-g --size 16 --fill "$FILL"
-    # Let the broker settle (RabbitMQ moves messages between processes after a burst).
-    sleep 1
-    rss=$(status_kb "$pid" VmRSS)
-    echo "{\"scenario\":\"g-rss\",\"broker\":\"$b\",\"rss_kb\":${rss:-0}}" >>"$RESULTS"
-    measure g-drain "$b" "$pid" "$url" --queue bench-g --drain --prefetch 100
-    measure a "$b" "$pid" "$url" --queue bench-a --size 16 --auto-ack --duration "$d"
-    measure b "$b" "$pid" "$url" --queue bench-b --size 16 --prefetch 100 --duration "$d"
-    measure c "$b" "$pid" "$url" --queue bench-c --size 16 --prefetch 1 --duration "$d"
-    measure d "$b" "$pid" "$url" --queue bench-d --size 16 --prefetch 100 \
+    if want g; then
+        rss=$(status_kb "$pid" VmRSS)
+        echo "{\"scenario\":\"g-base\",\"broker\":\"$b\",\"rss_kb\":${rss:-0}}" >>"$RESULTS"
+        measure g-fill "$b" "$pid" "$url" --queue bench-g --size 16 --fill "$FILL"
+        # Let the broker settle (RabbitMQ moves messages between processes after a burst).
+        sleep 1
+        rss=$(status_kb "$pid" VmRSS)
+        echo "{\"scenario\":\"g-rss\",\"broker\":\"$b\",\"rss_kb\":${rss:-0}}" >>"$RESULTS"
+        measure g-drain "$b" "$pid" "$url" --queue bench-g --drain --prefetch 100
+    fi
+    want a && measure a "$b" "$pid" "$url" --queue bench-a --size 16 --auto-ack --duration "$d"
+    want b && measure b "$b" "$pid" "$url" --queue bench-b --size 16 --prefetch 100 --duration "$d"
+    want c && measure c "$b" "$pid" "$url" --queue bench-c --size 16 --prefetch 1 --duration "$d"
+    want d && measure d "$b" "$pid" "$url" --queue bench-d --size 16 --prefetch 100 \
         --producers 4 --consumers 4 --duration "$d"
-    measure e "$b" "$pid" "$url" --queue bench-e --size 1024 --persistent --durable \
+    want e && measure e "$b" "$pid" "$url" --queue bench-e --size 1024 --persistent --durable \
         --confirm 1000 --prefetch 100 --duration "$d"
-    measure f "$b" "$pid" "$url" --queue bench-f --size 65536 --persistent --durable \
+    want f && measure f "$b" "$pid" "$url" --queue bench-f --size 65536 --persistent --durable \
         --confirm 1000 --prefetch 100 --duration "$d"
-    measure h "$b" "$pid" "$url" --queue bench-h --size 16 --prefetch 100 --rate 10000 \
+    want h && measure h "$b" "$pid" "$url" --queue bench-h --size 16 --prefetch 100 --rate 10000 \
         --duration "$d"
+    want t && measure t "$b" "$pid" "$url" --queue bench-t --size 1024 --persistent --durable \
+        --tx 100 --prefetch 100 --duration "$d"
+    return 0
 }
 
 # Restart with a deep durable queue: fill it with persistent 100-byte messages, stop the
@@ -401,10 +411,14 @@ log "scenarios against minimq (${SECS}s each, fill $FILL)"
 run_matrix minimq "$MQ_PID" "$MQ_URL"
 log "scenarios against RabbitMQ"
 run_matrix rabbitmq "$RMQ_PID" "$RMQ_URL"
-log "restart with $RESTART_N persistent messages queued"
-restart_row minimq
-restart_row rabbitmq
-if python3 -c 'import pika' 2>/dev/null; then
+if want r; then
+    log "restart with $RESTART_N persistent messages queued"
+    restart_row minimq
+    restart_row rabbitmq
+fi
+if ! want pika; then
+    :
+elif python3 -c 'import pika' 2>/dev/null; then
     log "pika smoke row"
     pika_row minimq "$MQ_PORT"
     pika_row rabbitmq "$RMQ_PORT"
@@ -485,6 +499,8 @@ scen = [
     ("e", "e. (same)", "received msg/s", lambda r: rep(r, "received_rate"), True),
     ("f", "f. 64 KiB persistent, confirms 1000, ack", "confirmed msg/s", lambda r: rep(r, "confirmed_rate"), True),
     ("f", "f. (same)", "received msg/s", lambda r: rep(r, "received_rate"), True),
+    ("t", "t. 1 KiB persistent, tx.commit every 100, ack", "committed msg/s", lambda r: rep(r, "committed_rate"), True),
+    ("t", "t. (same)", "received msg/s", lambda r: rep(r, "received_rate"), True),
     ("g-fill", f"g. fill {int(M['fill']):,} × 16 B", "published msg/s", lambda r: rep(r, "sent_rate"), True),
     ("g-base", "g. broker RSS before the fill (fresh broker)", "MiB", lambda r: (r or {}).get("rss_kb", 0) / 1024 or None, False),
     ("g-rss", "g. broker RSS after the fill", "MiB", lambda r: (r or {}).get("rss_kb", 0) / 1024 or None, False),
@@ -536,6 +552,8 @@ out.append("| scenario | metric | minimq | RabbitMQ | minimq ÷ RabbitMQ | broke
 out.append("|---|---|---:|---:|---:|---|---|---|---|")
 for key, label, metric, f, higher in scen:
     m, r = by.get((key, "minimq")), by.get((key, "rabbitmq"))
+    if m is None and r is None:
+        continue  # not run (BENCH_SCENARIOS)
     vm, vr = f(m), f(r)
     ratio = "–"
     if vm and vr:

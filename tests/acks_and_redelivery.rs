@@ -192,6 +192,79 @@ async fn acks_read_together_settle_in_order_until_one_fails() {
     assert_eq!(drain(&ch, "q").await, ["m6", "m8", "m9", "m10"]);
 }
 
+/// Acks around a method that fails the channel, all in one read (lapin's ack tests race
+/// acks against a passive declare of a missing queue this way): those before the declare
+/// count, those after it are discarded, as RabbitMQ's closing channel ignores them, and
+/// the messages they named come back.
+#[tokio::test]
+async fn acks_after_a_method_that_closes_the_channel_in_the_same_read_are_discarded() {
+    use minimq_protocol::frame::encode_method;
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    declare(&ch, "q").await;
+    for i in 1..=6 {
+        publish(&ch, "", "q", format!("m{i}").as_bytes()).await;
+    }
+    let mut raw = Client::open_channel1(broker.local_addr()).await;
+    raw.send(
+        1,
+        minimq_protocol::BasicConsume {
+            queue: "q".into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: false,
+            arguments: Default::default(),
+        }
+        .into(),
+    )
+    .await;
+    let Method::BasicConsumeOk(_) = raw.method(1).await else {
+        panic!("expected basic.consume-ok")
+    };
+    for tag in 1..=6 {
+        let Method::BasicDeliver(d) = raw.method(1).await else {
+            panic!("expected basic.deliver")
+        };
+        assert_eq!(d.delivery_tag, tag);
+        raw.frame().await;
+        raw.frame().await;
+    }
+    let ack = |tag| -> Method {
+        minimq_protocol::BasicAck {
+            delivery_tag: tag,
+            multiple: false,
+        }
+        .into()
+    };
+    let mut buf = bytes::BytesMut::new();
+    for tag in 1..=3 {
+        encode_method(&mut buf, 1, &ack(tag));
+    }
+    let missing = minimq_protocol::QueueDeclare {
+        queue: "missing".into(),
+        passive: true,
+        ..Default::default()
+    };
+    encode_method(&mut buf, 1, &missing.into());
+    for tag in 4..=6 {
+        encode_method(&mut buf, 1, &ack(tag));
+    }
+    // One write: the broker reads all of it together.
+    raw.io.get_mut().write_all(&buf).await.expect("write");
+    raw.expect_channel_close(
+        1,
+        404,
+        "NOT_FOUND - no queue 'missing' in vhost '/'",
+        50,
+        10,
+    )
+    .await;
+    assert_eq!(drain(&ch, "q").await, ["m4", "m5", "m6"]);
+}
+
 #[tokio::test]
 async fn delivery_tags_start_at_1_on_every_channel() {
     let broker = start_broker().await;

@@ -70,6 +70,37 @@ fn counted_run_with_confirms_and_multi_ack_is_exactly_once() {
 }
 
 #[test]
+fn transactional_run_commits_every_n_and_the_rest_at_the_end() {
+    let b = TestBroker::start();
+    let r = report(&bench(
+        &b.url,
+        &[
+            "--count",
+            "250",
+            "--tx",
+            "100",
+            "--persistent",
+            "--durable",
+            "--queue",
+            "bench-tx",
+            "--json",
+        ],
+    ));
+    // Two full transactions of 100 and one of the remaining 50.
+    assert_eq!(r["sent"], 250);
+    assert_eq!(r["committed"], 250);
+    assert_eq!(r["commits"], 3);
+    assert_eq!(r["received"], 250);
+    assert_eq!(r["exactly_once"], true);
+
+    // Without a count, a commit every 100.
+    let out = bench(&b.url, &["--count", "100", "--tx", "--consumers", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("committed: 100 msg in 1 tx.commit"), "{text}");
+}
+
+#[test]
 fn timed_run_with_rate_auto_ack_and_persistence() {
     let b = TestBroker::start();
     let r = report(&bench(
@@ -132,6 +163,7 @@ fn bad_input_is_one_line() {
         ][..],
         &["--multi-ack", "500", "--prefetch", "10", "--count", "1"][..],
         &["--rate", "0", "--count", "1"][..],
+        &["--tx", "0", "--count", "1"][..],
     ] {
         let out = Command::new(BENCH)
             .args(args)

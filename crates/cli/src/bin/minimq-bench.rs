@@ -10,6 +10,7 @@
 //! minimq-bench --drain --prefetch 100 --json        # consume what is queued, then stop
 //! minimq-bench --connections 5000 --broker-pid PID  # broker memory per idle connection
 //! minimq-bench --queues 20000 --broker-pid PID       # per empty queue, declare/delete rates
+//! minimq-bench --tx 100 --persistent --durable      # tx.select, tx.commit every 100
 //! ```
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -35,6 +36,11 @@ use tokio_util::sync::CancellationToken;
 /// each delivery, publish requests), and glibc's malloc was a tenth of its CPU.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Messages per `tx.commit` when `--tx` is given without a count: RabbitMQ's
+/// PerfTest users commonly batch a hundred, which keeps a commit's round trip (and,
+/// for persistent messages, its sync) to a small share of each message.
+const DEFAULT_TX_BATCH: &str = "100";
 
 /// How long consumers may go without a message, after the producers finished, before
 /// the run stops waiting for the rest.
@@ -77,6 +83,11 @@ struct Args {
     /// Publisher confirms with at most WINDOW unconfirmed messages per producer.
     #[arg(long, value_name = "WINDOW")]
     confirm: Option<u32>,
+    /// Transactions: `tx.select` on each producer's channel and a `tx.commit` after
+    /// every N messages (and one for the rest at the end).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = DEFAULT_TX_BATCH,
+          conflicts_with = "confirm")]
+    tx: Option<u32>,
     /// Run for SECS seconds [default: 10 unless --count is given].
     #[arg(long, value_name = "SECS", conflicts_with = "count")]
     duration: Option<f64>,
@@ -198,6 +209,9 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.confirm == Some(0) {
         return Err("--confirm needs a window of at least 1".into());
     }
+    if args.tx == Some(0) {
+        return Err("--tx needs at least 1 message per commit".into());
+    }
     if args.drain && args.consumers == 0 {
         return Err("--drain needs at least one consumer".into());
     }
@@ -236,6 +250,23 @@ struct ProducerStats {
     sent: u64,
     confirmed: u64,
     nacked: u64,
+    /// Messages in transactions that committed.
+    committed: u64,
+    commits: u64,
+}
+
+/// `tx.commit`s the `n` messages published since the last one.
+async fn commit(
+    ch: &minimq_client::Channel,
+    stats: &mut ProducerStats,
+    n: u64,
+) -> Result<(), String> {
+    ch.tx_commit()
+        .await
+        .map_err(|e| format!("tx.commit failed: {}", one_line(&e.to_string())))?;
+    stats.committed += n;
+    stats.commits += 1;
+    Ok(())
 }
 
 /// What one consumer saw.
@@ -407,6 +438,12 @@ async fn run(args: Args) -> Result<bool, String> {
                     .await
                     .map_err(|e| format!("confirm.select failed: {e}"))?;
             }
+            if args.tx.is_some() {
+                ch.tx_select()
+                    .await
+                    .map_err(|e| format!("tx.select failed: {e}"))?;
+            }
+            let tx_batch = u64::from(args.tx.unwrap_or(0));
             let props = BasicProperties {
                 delivery_mode: Some(if args.persistent { 2 } else { 1 }),
                 ..BasicProperties::default()
@@ -445,6 +482,9 @@ async fn run(args: Args) -> Result<bool, String> {
                     .map_err(|e| format!("publish failed: {}", one_line(&e.to_string())))?;
                 seq += 1;
                 sent_total.fetch_add(1, Ordering::Relaxed);
+                if tx_batch > 0 && seq.is_multiple_of(tx_batch) {
+                    commit(&ch, &mut stats, tx_batch).await?;
+                }
                 if window > 0 {
                     outstanding.push_back(confirm);
                     while outstanding.len() >= window {
@@ -463,6 +503,10 @@ async fn run(args: Args) -> Result<bool, String> {
                 );
             }
             stats.sent = seq;
+            let uncommitted = if tx_batch > 0 { seq % tx_batch } else { 0 };
+            if uncommitted > 0 {
+                commit(&ch, &mut stats, uncommitted).await?;
+            }
             // A synchronous call is answered only after the broker has handled every
             // publish sent before it on the channel, however long its flow control holds
             // them back; a close alone gives up after the client's close timeout.
@@ -547,6 +591,8 @@ async fn run(args: Args) -> Result<bool, String> {
     let (mut missing, duplicates) = ledger.check(&sent_each);
     let confirmed: u64 = per_producer.iter().map(|p| p.confirmed).sum();
     let nacked: u64 = per_producer.iter().map(|p| p.nacked).sum();
+    let committed: u64 = per_producer.iter().map(|p| p.committed).sum();
+    let commits: u64 = per_producer.iter().map(|p| p.commits).sum();
     let received_n = latencies.len() as u64 + ledger.foreign;
     let rate = |n: u64, d: Duration| {
         if d.as_secs_f64() > 0.0 {
@@ -580,6 +626,9 @@ async fn run(args: Args) -> Result<bool, String> {
         "confirmed": confirmed,
         "nacked": nacked,
         "confirmed_rate": rate(confirmed, publish_elapsed),
+        "committed": committed,
+        "commits": commits,
+        "committed_rate": rate(committed, publish_elapsed),
         "received": received_n,
         "received_rate": rate(received_n, receive_elapsed),
         "latency_ms": {
@@ -616,6 +665,12 @@ async fn run(args: Args) -> Result<bool, String> {
             println!(
                 "confirmed: {confirmed} msg, {:.0} msg/s, nacked {nacked}",
                 rate(confirmed, publish_elapsed)
+            );
+        }
+        if args.tx.is_some() {
+            println!(
+                "committed: {committed} msg in {commits} tx.commit, {:.0} msg/s",
+                rate(committed, publish_elapsed)
             );
         }
         if checked {
