@@ -133,6 +133,11 @@ impl BrokerBuilder {
                     fsync: self.config.fsync,
                     segment_size: self.config.segment_size,
                     fail_syncs: self.config.fail_syncs.clone(),
+                    disk: self
+                        .config
+                        .disk
+                        .clone()
+                        .unwrap_or_else(|| Arc::new(crate::store::OsDisk)),
                     recovery: self.config.recovery_mode,
                     queue_memory: self.config.queue_memory,
                 };

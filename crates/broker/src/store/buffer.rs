@@ -5,10 +5,9 @@
 //! and writes them with vectored writes: small records are copied together into one
 //! buffer, large message bodies stay the message's own `Bytes` and are not copied.
 
-use std::fs::File;
-use std::io::Write;
-
 use bytes::Bytes;
+
+use super::disk::DiskFile;
 
 /// Most slices handed to one vectored write: well under Linux's `IOV_MAX` (1024), past
 /// which `writev` fails.
@@ -82,13 +81,13 @@ impl Outgoing {
     }
 
     /// Writes everything, in order, then forgets it.
-    pub(super) fn write_to(&mut self, file: &File) -> std::io::Result<()> {
+    pub(super) fn write_to(&mut self, file: &dyn DiskFile) -> std::io::Result<()> {
         let result = self.write_all(file);
         self.clear();
         result
     }
 
-    fn write_all(&mut self, mut file: &File) -> std::io::Result<()> {
+    fn write_all(&mut self, file: &dyn DiskFile) -> std::io::Result<()> {
         if self.chunks.is_empty() {
             return file.write_all(&self.cur);
         }

@@ -17,6 +17,8 @@
 //! - `liveness`: which records are still needed, and where live messages are.
 //! - `purge`: deleting dead segments, compacting old ones (on the writer thread).
 //! - `files`: creating segments, syncing directory entries.
+//! - [`disk`]: the file-system seam every change to a file goes through; [`faulty`], a
+//!   test implementation that injects errors and simulates a power loss.
 //! - [`reader`]: reading paged-out messages back.
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments, the rewrite after
 //!   damage.
@@ -44,6 +46,8 @@
 
 mod buffer;
 pub mod completion;
+pub mod disk;
+pub mod faulty;
 mod files;
 pub mod format;
 pub use minimq_protocol::idhash;
@@ -59,7 +63,6 @@ mod writer_tests;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,6 +73,7 @@ use tokio::sync::mpsc;
 use crate::message::Message;
 use buffer::Chunks;
 pub use completion::Completion;
+pub use disk::{Disk, DiskFile, OsDisk};
 pub use format::{BindingDef, ExchangeDef, ParamDef};
 use format::{QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
@@ -111,6 +115,9 @@ pub struct StoreOptions {
     pub segment_size: u64,
     /// Failure injection for tests: while set, every sync fails as if the disk had.
     pub fail_syncs: Option<Arc<AtomicBool>>,
+    /// What every change to the store's files goes through: [`OsDisk`], or a test's
+    /// [`faulty::FaultyDisk`].
+    pub disk: Arc<dyn Disk>,
     /// What recovery does with a damaged log.
     pub recovery: RecoveryMode,
     /// How many bytes of persistent messages a durable queue keeps in memory (bodies,
@@ -135,6 +142,7 @@ impl Default for StoreOptions {
             fsync: FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
             fail_syncs: None,
+            disk: Arc::new(OsDisk),
             recovery: RecoveryMode::default(),
             queue_memory: DEFAULT_QUEUE_MEMORY,
         }
@@ -207,10 +215,12 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir)?;
-        let (meta_log, found) = meta::open(dir, opts.recovery, opts.fail_syncs.clone())?;
+        let disk = opts.disk.clone();
+        let (meta_log, found) =
+            meta::open(disk.clone(), dir, opts.recovery, opts.fail_syncs.clone())?;
         let defs: BTreeMap<u64, QueueDef> = found.queues.into_iter().map(|d| (d.id, d)).collect();
         let started = std::time::Instant::now();
-        let mut replay = recovery::replay(&seg_dir, &dir.join("damaged"), opts.recovery)?;
+        let mut replay = recovery::replay(&*disk, &seg_dir, &dir.join("damaged"), opts.recovery)?;
         let report = RecoveryReport {
             mode: opts.recovery,
             clean: replay.clean,
@@ -251,11 +261,12 @@ impl Store {
                 live.drop_queue(q);
             }
         }
-        let mut file = files::create_segment(&seg_dir, seg)?;
+        let file = files::create_segment(&*disk, &seg_dir, seg)?;
         let mut size = FILE_HEADER_LEN as u64;
         live.segments.entry(seg).or_default();
         if replay.needs_rewrite {
-            (live, size) = recovery::rewrite_live(&seg_dir, seg, &mut file, size, &queues, &live)?;
+            (live, size) =
+                recovery::rewrite_live(&*disk, &seg_dir, seg, &*file, size, &queues, &live)?;
         }
         // Marks this start, so a crash before anything else is written is not taken for
         // the clean stop that ended the previous run.
@@ -272,8 +283,9 @@ impl Store {
             files: Default::default(),
         }));
         let w = Writer {
+            disk,
             dir: seg_dir.clone(),
-            file: Arc::new(file),
+            file,
             seg,
             size,
             segment_size: opts.segment_size,

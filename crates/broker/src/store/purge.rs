@@ -43,7 +43,7 @@ impl Writer {
                 seg
             };
             let path = self.dir.join(segment_name(seg));
-            match std::fs::remove_file(&path) {
+            match self.disk.remove_file(&path) {
                 Ok(()) => {
                     #[cfg(test)]
                     dir_events::note(&self.dir, "delete");
@@ -64,7 +64,7 @@ impl Writer {
         // every record written so far intact, so it is logged rather than a reason to
         // refuse persistent messages.
         if deleted {
-            if let Err(e) = sync_dir(&self.dir) {
+            if let Err(e) = sync_dir(&*self.disk, &self.dir) {
                 tracing::error!(error = %e, dir = %self.dir.display(), "cannot sync the directory after deleting segments");
             }
         }

@@ -14,19 +14,19 @@
 //! A failed sync, or a panic of this thread, poisons the store: everything waiting is
 //! finished with `false`, and nothing more is confirmed.
 
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::completion::Completion;
+use super::disk::DiskFile;
 use super::writer::Writer;
 use super::FsyncMode;
 
 /// Records written to a segment whose waiters need them synced.
 struct SyncJob {
     /// The segment they were written to.
-    file: Arc<File>,
+    file: Arc<dyn DiskFile>,
     /// Its number.
     seg: u64,
     /// Who waits for the sync: publishers' confirms, `Op::Sync`, and the writer's own
@@ -153,7 +153,7 @@ impl Syncer {
     /// Hands over the waiters of records just written to `file`: they are answered after
     /// a sync that starts from now on (at once with `--fsync off`, or `false` once the
     /// store is poisoned).
-    pub(super) fn commit(&self, file: &Arc<File>, seg: u64, waiters: &mut Vec<Completion>) {
+    pub(super) fn commit(&self, file: &Arc<dyn DiskFile>, seg: u64, waiters: &mut Vec<Completion>) {
         if waiters.is_empty() {
             return;
         }
@@ -196,7 +196,7 @@ impl Syncer {
     /// it; answers whether the store is still sound.
     pub(super) fn sync_now(
         &self,
-        file: &Arc<File>,
+        file: &Arc<dyn DiskFile>,
         seg: u64,
         waiters: &mut Vec<Completion>,
     ) -> bool {

@@ -13,7 +13,6 @@
 //! waiters are finished with `false` and nothing more is written, because durability can
 //! no longer be promised.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::buffer::{Chunks, Outgoing};
 use super::completion::Completion;
+use super::disk::{Disk, DiskFile};
 use super::files::create_segment;
 use super::format::{Record, FILE_HEADER_LEN};
 use super::liveness::{lock, Index, Track};
@@ -63,10 +63,12 @@ const WRITER_BATCH: usize = 4096;
 
 /// The writer's state.
 pub struct Writer {
+    /// Where the files are changed.
+    pub disk: Arc<dyn Disk>,
     /// Segment directory.
     pub dir: PathBuf,
     /// The segment being appended to (shared with the syncer).
-    pub file: Arc<File>,
+    pub file: Arc<dyn DiskFile>,
     /// Its number.
     pub seg: u64,
     /// Its size.
@@ -222,7 +224,7 @@ impl Writer {
         }
         if !buf.is_empty() {
             let len = buf.len();
-            if let Err(e) = buf.write_to(&self.file) {
+            if let Err(e) = buf.write_to(&*self.file) {
                 tracing::error!(error = %e, segment = self.seg, "message store write failed; refusing persistent messages from now on");
                 self.poisoned.store(true, Ordering::SeqCst);
                 return false;
@@ -234,9 +236,9 @@ impl Writer {
 
     fn rotate(&mut self) {
         let next = self.seg + 1;
-        match create_segment(&self.dir, next) {
+        match create_segment(&*self.disk, &self.dir, next) {
             Ok(f) => {
-                self.file = Arc::new(f);
+                self.file = f;
                 self.seg = next;
                 self.size = FILE_HEADER_LEN as u64;
                 lock(&self.index).live.segments.entry(next).or_default();

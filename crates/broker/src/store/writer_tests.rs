@@ -95,14 +95,16 @@ fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> H
         std::env::temp_dir().join(format!("minimq-writer-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let file = create_segment(&dir, 1).unwrap();
+    let disk: Arc<dyn super::disk::Disk> = Arc::new(super::disk::OsDisk);
+    let file = create_segment(&*disk, &dir, 1).unwrap();
     let mut index = Index::default();
     index.live.segments.entry(1).or_default();
     let fail = Arc::new(AtomicBool::new(false));
     let poisoned = Arc::new(AtomicBool::new(false));
     let w = Writer {
+        disk,
         dir: dir.clone(),
-        file: Arc::new(file),
+        file,
         seg: 1,
         size: super::format::FILE_HEADER_LEN as u64,
         segment_size,
