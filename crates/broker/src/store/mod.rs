@@ -51,6 +51,8 @@ pub mod faulty;
 mod files;
 pub mod format;
 pub use minimq_protocol::idhash;
+#[cfg(test)]
+mod fault_tests;
 mod liveness;
 pub mod meta;
 mod purge;

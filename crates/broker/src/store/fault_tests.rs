@@ -1,0 +1,171 @@
+//! Tests of the store on a [`FaultyDisk`]: a write, a sync or a segment creation that
+//! fails, the store getting over it once the fault clears, and what a power loss right
+//! after leaves.
+
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use minimq_protocol::{BasicProperties, FieldTable};
+
+use super::faulty::{Fault, FaultyDisk, FsOp};
+use super::{Completion, FsyncMode, Store, StoreOptions};
+use crate::message::Message;
+
+/// Longest wait for something that must happen.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long something that must not happen is given to happen anyway.
+const QUIET: Duration = Duration::from_millis(300);
+
+struct Harness {
+    dir: std::path::PathBuf,
+    disk: Arc<FaultyDisk>,
+    opts: StoreOptions,
+}
+
+impl Harness {
+    fn new(name: &str, segment_size: u64) -> Harness {
+        let dir =
+            std::env::temp_dir().join(format!("minimq-store-fault-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let disk = FaultyDisk::new(7);
+        let opts = StoreOptions {
+            fsync: FsyncMode::Batch,
+            segment_size,
+            disk: disk.clone(),
+            ..StoreOptions::default()
+        };
+        Harness { dir, disk, opts }
+    }
+
+    fn open(&self) -> (Arc<Store>, Vec<super::RecoveredQueue>) {
+        Store::open(&self.dir, self.opts.clone()).expect("store opens")
+    }
+
+    /// The power fails with `store` running; the store is then reopened, on a disk
+    /// without faults, as after a reboot. Answers the seqs recovered in queue `queue` and the new store.
+    fn power_loss(&self, store: Arc<Store>, queue: u64) -> (Arc<Store>, Vec<u64>) {
+        self.disk.power_off();
+        futures::executor::block_on(store.halt());
+        drop(store);
+        // The machine comes back healthy.
+        self.disk.heal();
+        self.disk.power_on().expect("power comes back");
+        let (store, queues) = self.open();
+        let seqs = queues
+            .iter()
+            .find(|q| q.def.id == queue)
+            .map(|q| q.messages.iter().map(|m| m.seq).collect())
+            .unwrap_or_default();
+        (store, seqs)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn message(body: &[u8]) -> Message {
+    Message::new(
+        "".into(),
+        "q".into(),
+        BasicProperties {
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        },
+        bytes::Bytes::copy_from_slice(body),
+    )
+}
+
+/// Enqueues a new message as `seq` of `queue`; answers where its confirm arrives.
+fn enqueue(store: &Store, queue: u64, seq: u64, len: usize) -> Receiver<bool> {
+    let (done, rx) = Completion::channel();
+    store.enqueue(queue, seq, &message(&vec![seq as u8; len]), Some(done));
+    rx
+}
+
+fn add_queue(store: &Store) -> u64 {
+    futures::executor::block_on(store.add_queue("q", false, &FieldTable::new())).unwrap()
+}
+
+fn confirmed(rx: &Receiver<bool>) -> bool {
+    rx.recv_timeout(WAIT).expect("an answer")
+}
+
+fn withheld(rx: &Receiver<bool>) -> bool {
+    rx.recv_timeout(QUIET).is_err()
+}
+
+/// The fault the test injects, then clears: what it held back is confirmed, and a power
+/// loss right after keeps every confirmed message once.
+fn a_fault_then_recovery(name: &str, op: FsOp, fault: Fault) {
+    let h = Harness::new(name, 1 << 20);
+    let (store, _) = h.open();
+    let q = add_queue(&store);
+    assert!(confirmed(&enqueue(&store, q, 1, 100)));
+    h.disk.fail(&[op], fault);
+    let during: Vec<_> = (2..=4).map(|seq| enqueue(&store, q, seq, 100)).collect();
+    assert!(
+        during.iter().all(withheld),
+        "nothing is confirmed while the fault lasts"
+    );
+    h.disk.heal();
+    for rx in &during {
+        assert!(confirmed(rx), "confirmed once the fault is over");
+    }
+    assert!(confirmed(&enqueue(&store, q, 5, 100)), "the store goes on");
+    let (store, seqs) = h.power_loss(store, q);
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "every confirmed message, once");
+    futures::executor::block_on(store.close());
+}
+
+#[test]
+fn a_failed_sync_eio_is_retried_on_a_new_segment_once_the_fault_clears() {
+    a_fault_then_recovery("sync-eio", FsOp::Sync, Fault::Io);
+}
+
+#[test]
+fn a_failed_write_enospc_is_retried_once_space_returns() {
+    a_fault_then_recovery("write-enospc", FsOp::Write, Fault::NoSpace);
+}
+
+/// With no descriptor left, a full segment cannot be followed by a new one: the records
+/// wait, and are written to the new segment once it can be created.
+#[test]
+fn a_new_segment_that_cannot_be_opened_emfile_is_created_once_descriptors_return() {
+    let h = Harness::new("rotate-emfile", 4096);
+    let (store, _) = h.open();
+    let q = add_queue(&store);
+    assert!(confirmed(&enqueue(&store, q, 1, 3000)));
+    h.disk.fail(&[FsOp::Open], Fault::TooManyFiles);
+    // Past the segment's size: the next record needs a new segment.
+    let during: Vec<_> = (2..=3).map(|seq| enqueue(&store, q, seq, 3000)).collect();
+    assert!(during.iter().all(withheld));
+    h.disk.heal();
+    for rx in &during {
+        assert!(confirmed(rx));
+    }
+    let (store, seqs) = h.power_loss(store, q);
+    assert_eq!(seqs, [1, 2, 3]);
+    futures::executor::block_on(store.close());
+}
+
+/// A sync that fails for good (the disk is gone) never confirms what it held, and a
+/// power loss then keeps what was confirmed before.
+#[test]
+fn nothing_unsynced_is_confirmed_and_a_power_loss_keeps_what_was() {
+    let h = Harness::new("gone", 1 << 20);
+    let (store, _) = h.open();
+    let q = add_queue(&store);
+    assert!(confirmed(&enqueue(&store, q, 1, 100)));
+    h.disk
+        .fail(&[FsOp::Sync, FsOp::Write, FsOp::Open], Fault::Io);
+    let late = enqueue(&store, q, 2, 100);
+    assert!(withheld(&late));
+    let (store, seqs) = h.power_loss(store, q);
+    assert_eq!(late.try_recv(), Ok(false), "nacked as the store stopped");
+    assert_eq!(seqs, [1], "the confirmed message is kept");
+    futures::executor::block_on(store.close());
+}
