@@ -162,6 +162,9 @@ impl BrokerBuilder {
             Box::new(crate::alarm::SystemProbe),
             self.config.data_dir.clone(),
         )?;
+        if let Some(store) = &store {
+            alarms.follow_store_faults(store.faults());
+        }
         let vhost = VHost::new(store.clone());
         let params = store.as_ref().map(|s| s.take_params()).unwrap_or_default();
         vhost.restore_policies(&params);

@@ -46,7 +46,7 @@ impl Harness {
     /// without faults, as after a reboot. Answers the seqs recovered in queue `queue` and the new store.
     fn power_loss(&self, store: Arc<Store>, queue: u64) -> (Arc<Store>, Vec<u64>) {
         self.disk.power_off();
-        futures::executor::block_on(store.halt());
+        block_on(store.halt());
         drop(store);
         // The machine comes back healthy.
         self.disk.heal();
@@ -65,6 +65,15 @@ impl Drop for Harness {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `f` on a runtime of its own (stopping the store uses the blocking pool).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
 
 fn message(body: &[u8]) -> Message {
@@ -118,7 +127,7 @@ fn a_fault_then_recovery(name: &str, op: FsOp, fault: Fault) {
     assert!(confirmed(&enqueue(&store, q, 5, 100)), "the store goes on");
     let (store, seqs) = h.power_loss(store, q);
     assert_eq!(seqs, [1, 2, 3, 4, 5], "every confirmed message, once");
-    futures::executor::block_on(store.close());
+    block_on(store.close());
 }
 
 #[test]
@@ -138,10 +147,10 @@ fn a_new_segment_that_cannot_be_opened_emfile_is_created_once_descriptors_return
     let h = Harness::new("rotate-emfile", 4096);
     let (store, _) = h.open();
     let q = add_queue(&store);
-    assert!(confirmed(&enqueue(&store, q, 1, 3000)));
-    h.disk.fail(&[FsOp::Open], Fault::TooManyFiles);
     // Past the segment's size: the next record needs a new segment.
-    let during: Vec<_> = (2..=3).map(|seq| enqueue(&store, q, seq, 3000)).collect();
+    assert!(confirmed(&enqueue(&store, q, 1, 5000)));
+    h.disk.fail(&[FsOp::Open], Fault::TooManyFiles);
+    let during: Vec<_> = (2..=3).map(|seq| enqueue(&store, q, seq, 100)).collect();
     assert!(during.iter().all(withheld));
     h.disk.heal();
     for rx in &during {
@@ -149,7 +158,7 @@ fn a_new_segment_that_cannot_be_opened_emfile_is_created_once_descriptors_return
     }
     let (store, seqs) = h.power_loss(store, q);
     assert_eq!(seqs, [1, 2, 3]);
-    futures::executor::block_on(store.close());
+    block_on(store.close());
 }
 
 /// A sync that fails for good (the disk is gone) never confirms what it held, and a
@@ -167,5 +176,5 @@ fn nothing_unsynced_is_confirmed_and_a_power_loss_keeps_what_was() {
     let (store, seqs) = h.power_loss(store, q);
     assert_eq!(late.try_recv(), Ok(false), "nacked as the store stopped");
     assert_eq!(seqs, [1], "the confirmed message is kept");
-    futures::executor::block_on(store.close());
+    block_on(store.close());
 }

@@ -379,7 +379,7 @@ impl DiskFile for FaultyFile {
             return Err(e);
         }
         drop(s);
-        (&self.file).write_vectored(bufs)
+        Write::write_vectored(&mut &self.file, bufs)
     }
 
     fn sync_data(&self) -> std::io::Result<()> {

@@ -14,6 +14,8 @@
 //! - `buffer`: the write buffer (records on their way to the file).
 //! - `writer`: the writer thread, the only one that appends to the log.
 //! - `syncer`: the syncer thread, group commit (`fdatasync`, then completions).
+//! - `rewrite`: getting over a failed write or sync (records written again on a new
+//!   segment, confirmed once synced there).
 //! - `liveness`: which records are still needed, and where live messages are.
 //! - `purge`: deleting dead segments, compacting old ones (on the writer thread).
 //! - `files`: creating segments, syncing directory entries.
@@ -58,6 +60,7 @@ pub mod meta;
 mod purge;
 pub mod reader;
 pub mod recovery;
+mod rewrite;
 mod syncer;
 mod writer;
 #[cfg(test)]
@@ -169,6 +172,8 @@ pub struct Store {
     queue_memory: u64,
     tx: mpsc::UnboundedSender<Op>,
     poisoned: Arc<AtomicBool>,
+    /// Whether a write or sync fault lasts (the writer's; see `rewrite.rs`).
+    faulted: Arc<tokio::sync::watch::Sender<bool>>,
     next_msg_id: AtomicU64,
     /// The metadata log's thread.
     meta: Arc<meta::MetaLog>,
@@ -279,6 +284,7 @@ impl Store {
         size += opened.len() as u64;
         live.segments.entry(seg).or_default().total += 1;
         let poisoned = Arc::new(AtomicBool::new(false));
+        let faulted = Arc::new(tokio::sync::watch::Sender::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
         let index = Arc::new(Mutex::new(Index {
             live,
@@ -295,6 +301,9 @@ impl Store {
             fail_syncs: opts.fail_syncs.clone(),
             index: index.clone(),
             poisoned: poisoned.clone(),
+            faulted: faulted.clone(),
+            wake: Some(tx.downgrade()),
+            unsynced: Default::default(),
             #[cfg(test)]
             before_sync: None,
         };
@@ -306,6 +315,7 @@ impl Store {
             queue_memory: opts.queue_memory,
             tx,
             poisoned,
+            faulted,
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
             meta: Arc::new(meta_log),
             next_queue_id: AtomicU64::new(found.next_id),
@@ -329,9 +339,20 @@ impl Store {
         &self.recovery
     }
 
-    /// Whether a failed write or sync stopped the store.
+    /// Whether the store stopped for good (its writer or syncer thread panicked).
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Whether a write or sync fault lasts: the store holds new records, unconfirmed,
+    /// and retries until it can write and sync them on a new segment.
+    pub fn is_faulted(&self) -> bool {
+        *self.faulted.borrow()
+    }
+
+    /// Sees every start and end of a write or sync fault (for the disk alarm).
+    pub fn faults(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.faulted.subscribe()
     }
 
     /// Records a durable queue; answers its store id once the definition is on disk.
