@@ -940,6 +940,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A failed write that cannot even be taken back off the file (the truncation fails
+    /// too) refuses its change, but not every change after it: once the disk works, the
+    /// next change rewrites the log without the refused one, and a power loss then keeps
+    /// exactly what was accepted.
+    #[test]
+    fn a_failed_write_that_cannot_be_taken_back_is_refused_and_the_log_recovers() {
+        use super::super::faulty::{Fault, FaultyDisk, FsOp};
+        let d = dir("untruncatable");
+        let disk = FaultyDisk::new(5);
+        let (log, _) = open(disk.clone(), &d, RecoveryMode::default(), None).unwrap();
+        change(&log, Record::Exchange(exchange("a"))).unwrap();
+        disk.fail(&[FsOp::Sync, FsOp::SetLen], Fault::Io);
+        assert!(change(&log, Record::Exchange(exchange("refused"))).is_err());
+        disk.fail(&[FsOp::Write, FsOp::Open], Fault::NoSpace);
+        assert!(change(&log, Record::Exchange(exchange("refused too"))).is_err());
+        disk.heal();
+        change(&log, Record::Exchange(exchange("b"))).unwrap();
+        disk.power_off();
+        log.stop_blocking();
+        disk.power_on().unwrap();
+        let (log, found) = open(disk.clone(), &d, RecoveryMode::default(), None).unwrap();
+        assert_eq!(names(&found), ["a", "b"]);
+        log.stop_blocking();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// Group commit: the changes handed over while a sync runs are written and synced
     /// together by the next one, and each is answered only after the sync that covers it.
     #[test]
