@@ -453,7 +453,6 @@ fn open_with(
         live,
         fail_syncs,
         must_compact: false,
-        failed: false,
         before_sync,
     };
     let thread = std::thread::Builder::new()
@@ -485,12 +484,10 @@ struct Writer {
     size: u64,
     live: Live,
     fail_syncs: Option<Arc<AtomicBool>>,
-    /// Set after a failed write: the old file's cached pages are not trusted, so the next
-    /// batch rewrites the live set to a new file.
+    /// Set after a failed write: the old file's cached pages are not trusted (and may
+    /// hold the refused records, if they could not be cut off), so the next batch
+    /// rewrites the live set to a new file, retried batch after batch until it succeeds.
     must_compact: bool,
-    /// A failed write could not be taken back: the log may hold records that were
-    /// refused, so nothing more is written.
-    failed: bool,
     before_sync: BeforeSync,
 }
 
@@ -520,11 +517,7 @@ impl Writer {
             if replies.is_empty() {
                 continue;
             }
-            let result = if self.failed {
-                Err(std::io::Error::other(
-                    "an earlier metadata write failed and could not be taken back",
-                ))
-            } else if buf.is_empty() && !self.must_compact {
+            let result = if buf.is_empty() && !self.must_compact {
                 Ok(())
             } else {
                 self.write(&buf)
@@ -580,11 +573,13 @@ impl Writer {
             }
             Err(e) => {
                 // Take the batch back off the file, so a later sync cannot make refused
-                // changes durable; the next batch rewrites everything anyway.
+                // changes durable; the next batch rewrites everything anyway. If even the
+                // truncation fails, that rewrite is what takes them back: it replaces the
+                // file (until then a crash could keep a refused change, which its caller
+                // was told failed; see docs/storage.md).
                 self.must_compact = true;
                 if let Err(t) = self.file.set_len(self.size) {
-                    tracing::error!(error = %t, "cannot truncate the metadata log after a failed write; refusing metadata changes from now on");
-                    self.failed = true;
+                    tracing::error!(error = %t, "cannot truncate the metadata log after a failed write; the next change rewrites it");
                 }
                 Err(e)
             }
