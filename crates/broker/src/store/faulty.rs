@@ -94,6 +94,8 @@ struct State {
     rules: Vec<Rule>,
     rng: u64,
     off: bool,
+    /// The power goes off when `operations` reaches this.
+    off_at: Option<u64>,
     injected: u64,
     operations: u64,
 }
@@ -109,6 +111,10 @@ impl State {
 
     fn check(&mut self, op: FsOp) -> std::io::Result<()> {
         self.operations += 1;
+        if self.off_at.is_some_and(|at| self.operations > at) {
+            self.off = true;
+            self.off_at = None;
+        }
         if self.off {
             return Err(std::io::Error::other("the power is off"));
         }
@@ -237,6 +243,13 @@ impl FaultyDisk {
         lock(&self.state).off = true;
     }
 
+    /// The power goes off after `n` more operations (the `n + 1`th fails): a crash at a
+    /// point of the store's work a test does not choose itself.
+    pub fn power_off_after(&self, n: u64) {
+        let mut s = lock(&self.state);
+        s.off_at = Some(s.operations + n);
+    }
+
     /// The power comes back: the files are put in the state the power loss left (see the
     /// module documentation), and operations work again (the fault rules stay).
     pub fn power_on(&self) -> std::io::Result<()> {
@@ -258,6 +271,7 @@ impl FaultyDisk {
         }
         s.current = current;
         s.off = false;
+        s.off_at = None;
         Ok(())
     }
 
