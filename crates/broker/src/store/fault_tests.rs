@@ -222,6 +222,15 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 /// How long a `Sync` step waits: long enough for a retry or two, short enough that a
 /// case with a lasting fault stays quick.
 const SYNC_STEP: Duration = Duration::from_millis(50);
+/// How often a faulty kind of operation fails, in thousandths: often enough that retries
+/// fail too, seldom enough that most cases get over their faults.
+const FAULT_PER_MILLE: u32 = 300;
+/// Segment size in the property test: a few messages fill one, so rotation is part of
+/// most cases.
+const SMALL_SEGMENT: u64 = 2048;
+/// The power loss comes within this many disk operations: a workload of up to 40 steps
+/// makes some hundreds, so the crash lands anywhere from the start to after the end.
+const CRASH_WITHIN: u64 = 400;
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig {
@@ -237,10 +246,10 @@ proptest::proptest! {
     #[test]
     fn a_power_loss_at_a_random_point_of_a_faulty_workload_keeps_every_confirmed_message(
         steps in proptest::collection::vec(step(), 1..40),
-        crash_after in 0u64..400,
+        crash_after in 0u64..CRASH_WITHIN,
         seed in proptest::prelude::any::<u64>(),
     ) {
-        let h = Harness::new(&format!("prop-{seed}"), 2048);
+        let h = Harness::new(&format!("prop-{seed}"), SMALL_SEGMENT);
         let (store, _) = h.open();
         let q = add_queue(&store);
         h.disk.power_off_after(crash_after);
@@ -274,7 +283,7 @@ proptest::proptest! {
                 Step::Sync => {
                     let _ = rt.block_on(async { tokio::time::timeout(SYNC_STEP, store.sync()).await });
                 }
-                Step::Fault(op, fault) => h.disk.fail_randomly(&[op], fault, 300),
+                Step::Fault(op, fault) => h.disk.fail_randomly(&[op], fault, FAULT_PER_MILLE),
                 Step::Heal => h.disk.heal(),
             }
         }

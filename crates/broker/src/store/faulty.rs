@@ -374,7 +374,7 @@ impl FaultyFile {
         let mut s = lock(&self.state);
         s.check(FsOp::Sync)?;
         let len = self.file.metadata()?.len();
-        let mut content = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+        let mut content = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
         self.file.read_exact_at(&mut content, 0)?;
         s.synced.insert(self.inode, content);
         Ok(())
