@@ -79,7 +79,12 @@ impl Outgoing {
     /// Takes everything waiting, in order, leaving the buffer empty.
     pub(super) fn take(&mut self) -> Vec<Bytes> {
         if !self.cur.is_empty() {
-            self.chunks.push(Bytes::from(std::mem::take(&mut self.cur)));
+            // The copied records are kept until a sync covers them, so the buffer cannot
+            // be reused: the next one starts at this batch's size, one allocation for a
+            // run of similar batches instead of a growth by doubling each time.
+            let next = Vec::with_capacity(self.cur.len());
+            self.chunks
+                .push(Bytes::from(std::mem::replace(&mut self.cur, next)));
         }
         self.len = 0;
         std::mem::take(&mut self.chunks)
