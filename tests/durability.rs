@@ -293,57 +293,103 @@ async fn messages_routed_to_two_durable_queues_are_stored_once_and_survive_in_bo
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A failed fsync (EIO) is a fault the broker gets over by itself: the disk alarm blocks
+/// publishers and fails the health check, the confirm of what the sync covered is
+/// withheld (neither acked nor nacked), and once syncs work again the alarm clears, the
+/// withheld confirms arrive, and every confirmed message is consumed exactly once.
 #[tokio::test]
-async fn a_failed_fsync_nacks_waiting_publishers_and_refuses_further_persistent_publishes() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let dir = data_dir("poison");
-    let fail = Arc::new(AtomicBool::new(false));
+async fn a_failed_fsync_blocks_publishers_withholds_confirms_and_recovers_by_itself() {
+    use common::http::{request, GUEST};
+    use minimq_broker::store::faulty::{Fault, FaultyDisk, FsOp};
+    use minimq_client::{BlockedState, Confirmation, Connection, QueueDeclareOptions};
+    let dir = data_dir("storefault");
+    let disk = FaultyDisk::new(3);
     let config = minimq_broker::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        http: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(dir.clone()),
-        fail_syncs: Some(fail.clone()),
+        disk: Some(disk.clone()),
         ..Default::default()
     };
     let broker = Broker::builder().config(config).start().await.unwrap();
-    let (conn, ch) = open(&broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
+    let conn = within(Connection::connect(&broker.amqp_url()))
         .await
         .unwrap();
-    declare(&ch, "q", true).await.unwrap();
-    publish(&ch, "q", "before", true).await;
-    fail.store(true, Ordering::SeqCst);
-    let props = BasicProperties::default().with_delivery_mode(2);
-    let confirm = ch
-        .basic_publish(
-            "",
-            "q",
-            BasicPublishOptions::default(),
-            b"during",
-            props.clone(),
-        )
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("sf-q", durable, minimq_client::FieldTable::new())
+        .await
+        .unwrap();
+    let props = minimq_client::BasicProperties {
+        delivery_mode: Some(2),
+        ..Default::default()
+    };
+    let publish = |body: &'static str| ch.basic_publish("", "sf-q", false, &props, body.as_bytes());
+    let m1 = publish("m1").await.unwrap();
+    assert_eq!(within(m1).await.unwrap(), Confirmation::Ack);
+
+    let mut alarms = broker.state().alarms.subscribe();
+    disk.fail(&[FsOp::Sync], Fault::Io);
+    let mut m2 = publish("m2").await.unwrap();
+    within(alarms.wait_for(|a| a.disk)).await.unwrap();
+    let health = request(
+        &broker,
+        "GET",
+        "/api/health/checks/local-alarms",
+        Some(GUEST),
+    )
+    .await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["alarms"][0]["resource"], "disk space");
+    // The next publish is taken and blocks the connection.
+    let m3 = publish("m3").await.unwrap();
+    let mut blocked = conn.blocked();
+    within(blocked.wait_for(|b| matches!(b, BlockedState::Blocked { .. })))
         .await
         .unwrap();
     assert!(
-        within(confirm).await.unwrap().is_nack(),
-        "a message that may not be on disk is nacked"
+        tokio::time::timeout(Duration::from_millis(300), &mut m2)
+            .await
+            .is_err(),
+        "m2's confirm is withheld while syncs fail"
     );
-    // From now on persistent publishes to durable queues are a channel error...
-    let confirm = ch
-        .basic_publish("", "q", BasicPublishOptions::default(), b"after", props)
+
+    disk.heal();
+    within(alarms.wait_for(|a| !a.disk)).await.unwrap();
+    within(blocked.wait_for(|b| !matches!(b, BlockedState::Blocked { .. })))
         .await
         .unwrap();
-    let err = within(confirm).await.unwrap_err();
-    assert!(
-        err.to_string().contains("the message store failed"),
-        "{err}"
-    );
-    // ...while transient traffic goes on.
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    publish(&ch, "q", "transient", false).await;
+    assert_eq!(within(m2).await.unwrap(), Confirmation::Ack);
+    assert_eq!(within(m3).await.unwrap(), Confirmation::Ack);
+    let health = request(
+        &broker,
+        "GET",
+        "/api/health/checks/local-alarms",
+        Some(GUEST),
+    )
+    .await;
+    assert_eq!(health.status, 200);
+
+    let mut bodies = Vec::new();
+    while let Some(got) = ch.basic_get("sf-q", false).await.unwrap() {
+        bodies.push(String::from_utf8_lossy(&got.delivery.body).into_owned());
+        ch.basic_ack(got.delivery.delivery_tag, false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(bodies, ["m1", "m2", "m3"], "each confirmed message once");
+    drop(conn);
+    broker.shutdown().await;
+
+    // Nothing comes back after a restart: each was settled once.
+    let broker = start_broker_in(&dir).await;
+    let (_conn, ch) = open(&broker).await;
+    declare(&ch, "sf-q", true).await.unwrap();
+    assert!(drain(&ch, "sf-q").await.is_empty());
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

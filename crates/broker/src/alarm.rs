@@ -5,7 +5,10 @@
 //! resident memory every [`MEMORY_SAMPLE`], the free space of the data directory's
 //! filesystem every [`DISK_SAMPLE`]. It raises an alarm when memory in use goes over the
 //! high watermark or free space under the limit, clears it when the reading is back on the
-//! right side, and logs both.
+//! right side, and logs both. The disk alarm has a second source: the message store
+//! cannot write or sync its log (a full disk the free-space reading has not caught, an
+//! I/O error, no file descriptor), followed by [`Alarms::follow_store_faults`]; it is on
+//! while either source is.
 //!
 //! Readers: a connection that publishes checks [`Alarms::any`] (one atomic load) and
 //! stops reading its socket while it is set, waiting on [`Alarms::subscribe`] for the
@@ -168,7 +171,10 @@ pub struct Alarms {
     /// Any alarm on: what a publishing connection checks, one load per read.
     any: AtomicBool,
     memory: AtomicBool,
-    disk: AtomicBool,
+    /// Free space is under the limit.
+    disk_low: AtomicBool,
+    /// The message store cannot write or sync.
+    store_fault: AtomicBool,
     mem_used: AtomicU64,
     mem_limit: AtomicU64,
     disk_free: AtomicU64,
@@ -185,7 +191,8 @@ impl Alarms {
         Alarms {
             any: AtomicBool::new(false),
             memory: AtomicBool::new(false),
-            disk: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
+            store_fault: AtomicBool::new(false),
             mem_used: AtomicU64::new(0),
             mem_limit: AtomicU64::new(mem_limit),
             disk_free: AtomicU64::new(0),
@@ -205,7 +212,7 @@ impl Alarms {
     pub fn current(&self) -> AlarmSet {
         AlarmSet {
             memory: self.memory.load(Ordering::Relaxed),
-            disk: self.disk.load(Ordering::Relaxed),
+            disk: self.disk_low.load(Ordering::Relaxed) || self.store_fault.load(Ordering::Relaxed),
         }
     }
 
@@ -241,13 +248,11 @@ impl Alarms {
     pub fn set(&self, resource: Resource, on: bool) {
         let flag = match resource {
             Resource::Memory => &self.memory,
-            Resource::Disk => &self.disk,
+            Resource::Disk => &self.disk_low,
         };
         if flag.swap(on, Ordering::Relaxed) == on {
             return;
         }
-        let set = self.current();
-        self.any.store(set.any(), Ordering::Relaxed);
         let snap = self.snapshot();
         match (resource, on) {
             (Resource::Memory, true) => tracing::warn!(
@@ -271,7 +276,45 @@ impl Alarms {
                 "disk alarm cleared"
             ),
         }
-        self.changes.send_replace(set);
+        self.announce();
+    }
+
+    /// Raises or clears the disk alarm's second source: the message store cannot write
+    /// or sync its log.
+    pub fn set_store_fault(&self, on: bool) {
+        if self.store_fault.swap(on, Ordering::Relaxed) == on {
+            return;
+        }
+        if on {
+            tracing::warn!("disk alarm set: the message store cannot write or sync its log; publishers are blocked");
+        } else {
+            tracing::info!("the message store writes again: its disk alarm source is cleared");
+        }
+        self.announce();
+    }
+
+    /// Publishes the alarm set after a change of one of its sources.
+    fn announce(&self) {
+        let set = self.current();
+        self.any.store(set.any(), Ordering::Relaxed);
+        self.changes
+            .send_if_modified(|old| std::mem::replace(old, set) != set);
+    }
+
+    /// Keeps the store-fault source in step with `faults` (the store's
+    /// [`crate::store::Store::faults`]) from a task of its own, which ends with the store.
+    pub fn follow_store_faults(self: &Arc<Self>, mut faults: watch::Receiver<bool>) {
+        self.set_store_fault(*faults.borrow_and_update());
+        let alarms = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while faults.changed().await.is_ok() {
+                let on = *faults.borrow_and_update();
+                let Some(alarms) = alarms.upgrade() else {
+                    return;
+                };
+                alarms.set_store_fault(on);
+            }
+        });
     }
 
     /// One round of checks with `probe`: memory always, disk when `disk_dir` is given.
@@ -391,6 +434,26 @@ mod tests {
         probe.0.lock().unwrap().1 = Some(50);
         alarms.sample(&mut probe, Some(Path::new("/")));
         assert!(!alarms.any());
+    }
+
+    /// The store's fault is the disk alarm's second source: the alarm is on while either
+    /// the free space is low or the store cannot write, and clears only when both are over.
+    #[test]
+    fn a_store_fault_raises_the_disk_alarm_beside_the_free_space_reading() {
+        let alarms = Alarms::new(0, 50);
+        let mut rx = alarms.subscribe();
+        alarms.set_store_fault(true);
+        assert_eq!(alarms.current().blocked_reason(), Some("low on disk"));
+        assert!(rx.borrow_and_update().disk);
+        let mut probe = Fixed::default();
+        probe.0.lock().unwrap().1 = Some(10);
+        alarms.sample(&mut probe, Some(Path::new("/")));
+        alarms.set_store_fault(false);
+        assert!(alarms.current().disk, "free space is still low");
+        probe.0.lock().unwrap().1 = Some(100);
+        alarms.sample(&mut probe, Some(Path::new("/")));
+        assert!(!alarms.any());
+        assert!(!rx.borrow_and_update().disk);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Config {
     pub queue_memory: u64,
     /// Failure injection for tests: while set, every log sync fails.
     pub fail_syncs: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The file layer the store writes through; `None`: the operating system's. Tests
+    /// pass a [`crate::store::faulty::FaultyDisk`] to inject write and sync errors.
+    pub disk: Option<std::sync::Arc<dyn crate::store::Disk>>,
     /// What recovery does with a damaged log (`docs/storage.md`).
     pub recovery_mode: crate::store::RecoveryMode,
     /// The administrators a fresh broker starts with (user, password), each with every
@@ -172,6 +175,7 @@ impl Default for Config {
             segment_size: 64 * 1024 * 1024,
             queue_memory: crate::store::DEFAULT_QUEUE_MEMORY,
             fail_syncs: None,
+            disk: None,
             recovery_mode: crate::store::RecoveryMode::default(),
             users: vec![("guest".into(), "guest".into())],
             allow_guest_remote: false,

@@ -133,6 +133,11 @@ impl BrokerBuilder {
                     fsync: self.config.fsync,
                     segment_size: self.config.segment_size,
                     fail_syncs: self.config.fail_syncs.clone(),
+                    disk: self
+                        .config
+                        .disk
+                        .clone()
+                        .unwrap_or_else(|| Arc::new(crate::store::OsDisk)),
                     recovery: self.config.recovery_mode,
                     queue_memory: self.config.queue_memory,
                 };
@@ -157,6 +162,9 @@ impl BrokerBuilder {
             Box::new(crate::alarm::SystemProbe),
             self.config.data_dir.clone(),
         )?;
+        if let Some(store) = &store {
+            alarms.follow_store_faults(store.faults());
+        }
         let vhost = VHost::new(store.clone());
         let params = store.as_ref().map(|s| s.take_params()).unwrap_or_default();
         vhost.restore_policies(&params);

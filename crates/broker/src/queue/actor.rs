@@ -813,7 +813,10 @@ impl QueueActor {
         if entry.persisted && self.totals.mem + entry.mem_cost() > self.memory_budget {
             if let (Held::Mem(m), Some(store)) = (&entry.held, &self.store) {
                 let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
-                if let (Some(id), false) = (id, store.is_poisoned()) {
+                // During a store fault the record may not be written yet: a read would
+                // wait for the rewrite, so the message stays in memory (publishers are
+                // blocked meanwhile, which bounds it).
+                if let (Some(id), false) = (id, store.is_poisoned() || store.is_faulted()) {
                     entry.held = Held::Disk(id);
                 }
             }

@@ -3,12 +3,13 @@
 //! Callers of the store encode their records ([`Chunks`]) and hand them to the writer
 //! thread; only the writer thread holds an [`Outgoing`], which gathers a batch's records
 //! and writes them with vectored writes: small records are copied together into one
-//! buffer, large message bodies stay the message's own `Bytes` and are not copied.
-
-use std::fs::File;
-use std::io::Write;
+//! buffer, large message bodies stay the message's own `Bytes` and are not copied. The
+//! writer keeps a batch's chunks until a sync covers them (`rewrite.rs`), so they are
+//! `Bytes` too: kept without a copy.
 
 use bytes::Bytes;
+
+use super::disk::DiskFile;
 
 /// Most slices handed to one vectored write: well under Linux's `IOV_MAX` (1024), past
 /// which `writev` fails.
@@ -75,45 +76,49 @@ impl Outgoing {
         }
     }
 
-    pub(super) fn clear(&mut self) {
-        self.chunks.clear();
-        self.cur.clear();
-        self.len = 0;
-    }
-
-    /// Writes everything, in order, then forgets it.
-    pub(super) fn write_to(&mut self, file: &File) -> std::io::Result<()> {
-        let result = self.write_all(file);
-        self.clear();
-        result
-    }
-
-    fn write_all(&mut self, mut file: &File) -> std::io::Result<()> {
-        if self.chunks.is_empty() {
-            return file.write_all(&self.cur);
-        }
+    /// Takes everything waiting, in order, leaving the buffer empty.
+    pub(super) fn take(&mut self) -> Vec<Bytes> {
         if !self.cur.is_empty() {
-            self.chunks.push(Bytes::from(std::mem::take(&mut self.cur)));
+            // The copied records are kept until a sync covers them, so the buffer cannot
+            // be reused: the next one starts at this batch's size, one allocation for a
+            // run of similar batches instead of a growth by doubling each time.
+            let next = Vec::with_capacity(self.cur.len());
+            self.chunks
+                .push(Bytes::from(std::mem::replace(&mut self.cur, next)));
         }
-        let mut i = 0;
-        while i < self.chunks.len() {
-            let slices: Vec<std::io::IoSlice<'_>> = self.chunks[i..]
-                .iter()
-                .take(MAX_SLICES)
-                .map(|c| std::io::IoSlice::new(c))
-                .collect();
-            let mut n = file.write_vectored(&slices)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            while i < self.chunks.len() && n >= self.chunks[i].len() {
-                n -= self.chunks[i].len();
-                i += 1;
-            }
-            if n > 0 {
-                self.chunks[i] = self.chunks[i].slice(n..);
-            }
-        }
-        Ok(())
+        self.len = 0;
+        std::mem::take(&mut self.chunks)
     }
+}
+
+/// Writes `chunks`, in order, at the end of `file`, with vectored writes.
+pub(super) fn write_chunks(file: &dyn DiskFile, chunks: &[Bytes]) -> std::io::Result<()> {
+    // Where the next write starts: chunk `i`, from octet `skip`.
+    let mut i = 0;
+    let mut skip = 0;
+    while i < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&chunks[i][skip..])
+            .chain(chunks[i + 1..].iter().map(|c| &c[..]))
+            .take(MAX_SLICES)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = match file.write_vectored(&slices) {
+            Ok(0) if slices.iter().any(|s| !s.is_empty()) => {
+                return Err(std::io::ErrorKind::WriteZero.into())
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        n += skip;
+        skip = 0;
+        while i < chunks.len() && n >= chunks[i].len() {
+            n -= chunks[i].len();
+            i += 1;
+        }
+        if n > 0 {
+            skip = n;
+        }
+    }
+    Ok(())
 }

@@ -2,30 +2,39 @@
 //! entries (a file created, renamed or deleted) durable by syncing their directory.
 //!
 //! Plain functions any part of the store may call (the writer, recovery, the metadata
-//! log); they hold no state.
+//! log); they hold no state. Every change goes through the store's [`Disk`].
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::sync::Arc;
 
+use super::disk::{Disk, DiskFile};
 use super::format::{file_header, segment_name, SEGMENT_MAGIC};
 
-/// Creates segment `n` with its header, and syncs the directory entry.
-pub fn create_segment(dir: &std::path::Path, n: u64) -> std::io::Result<File> {
+/// Creates segment `n` with its header, and syncs the directory entry. On failure the
+/// file is deleted again where possible, so a later attempt can create it.
+pub fn create_segment(
+    disk: &dyn Disk,
+    dir: &std::path::Path,
+    n: u64,
+) -> std::io::Result<Arc<dyn DiskFile>> {
     let path = dir.join(segment_name(n));
-    let mut f = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)?;
-    f.write_all(&file_header(SEGMENT_MAGIC))?;
-    f.sync_data()?;
-    sync_dir(dir)?;
+    let f = disk.create_new(&path)?;
+    let written = f
+        .write_all(&file_header(SEGMENT_MAGIC))
+        .and_then(|()| f.sync_data())
+        .and_then(|()| sync_dir(disk, dir));
+    if let Err(e) = written {
+        // Gone again, so a later attempt can create it (a failure here changes
+        // nothing: that attempt fails the same way).
+        let _ = disk.remove_file(&path);
+        return Err(e);
+    }
     Ok(f)
 }
 
 /// Makes the entries of directory `dir` durable: a file created, renamed or deleted in
 /// it is only sure to stay so once the directory itself is synced.
-pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()?;
+pub fn sync_dir(disk: &dyn Disk, dir: &std::path::Path) -> std::io::Result<()> {
+    disk.sync_dir(dir)?;
     #[cfg(test)]
     dir_events::note(dir, "sync");
     Ok(())

@@ -10,8 +10,6 @@
 //! behind a batch of large messages, nor a message sync behind a compaction here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -19,6 +17,7 @@ use std::sync::{mpsc, Arc};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
+use super::disk::{Disk, DiskFile};
 use super::files::sync_dir;
 use super::format::{
     check_header, check_record, file_header, BindingDef, ExchangeDef, ParamDef, QueueDef, Record,
@@ -393,38 +392,42 @@ impl MetaLog {
 /// log in a new directory), replays it and starts its thread. Answers the handle and the
 /// metadata it recovered.
 pub fn open(
+    disk: Arc<dyn Disk>,
     dir: &Path,
     mode: RecoveryMode,
     fail_syncs: Option<Arc<AtomicBool>>,
 ) -> std::io::Result<(MetaLog, Recovered)> {
-    open_with(dir, mode, fail_syncs, None)
+    open_with(disk, dir, mode, fail_syncs, None)
 }
 
 /// Test hook: called on the metadata thread before each sync of an append.
 type BeforeSync = Option<Box<dyn Fn() + Send>>;
 
 fn open_with(
+    disk: Arc<dyn Disk>,
     dir: &Path,
     mode: RecoveryMode,
     fail_syncs: Option<Arc<AtomicBool>>,
     before_sync: BeforeSync,
 ) -> std::io::Result<(MetaLog, Recovered)> {
     let path = dir.join(LOG_NAME);
-    let _ = std::fs::remove_file(dir.join(TMP_NAME));
+    if dir.join(TMP_NAME).exists() {
+        let _ = disk.remove_file(&dir.join(TMP_NAME));
+    }
     let (file, size, live) = if path.exists() {
-        let (file, size, live) = replay(&path, mode)?;
+        let (file, size, live) = replay(&*disk, &path, mode)?;
         if dir.join(OLD_NAME).exists() {
             // A conversion that stopped after the log was in place: the log has it all.
-            std::fs::remove_file(dir.join(OLD_NAME))?;
-            sync_dir(dir)?;
+            disk.remove_file(&dir.join(OLD_NAME))?;
+            sync_dir(&*disk, dir)?;
         }
         (file, size, live)
     } else {
         let live = load_old(&dir.join(OLD_NAME))?;
-        let (file, size) = compact(dir, &live, &None)?;
+        let (file, size) = compact(&*disk, dir, &live, &None)?;
         if dir.join(OLD_NAME).exists() {
-            std::fs::remove_file(dir.join(OLD_NAME))?;
-            sync_dir(dir)?;
+            disk.remove_file(&dir.join(OLD_NAME))?;
+            sync_dir(&*disk, dir)?;
             tracing::info!(
                 queues = live.queues.len(),
                 exchanges = live.exchanges.len(),
@@ -443,13 +446,13 @@ fn open_with(
     };
     let (tx, rx) = mpsc::channel();
     let mut w = Writer {
+        disk,
         dir: dir.to_path_buf(),
         file,
         size,
         live,
         fail_syncs,
         must_compact: false,
-        failed: false,
         before_sync,
     };
     let thread = std::thread::Builder::new()
@@ -474,18 +477,17 @@ fn open_with(
 }
 
 struct Writer {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
-    file: File,
+    file: Arc<dyn DiskFile>,
     /// Octets in the log that are known good (written and synced).
     size: u64,
     live: Live,
     fail_syncs: Option<Arc<AtomicBool>>,
-    /// Set after a failed write: the old file's cached pages are not trusted, so the next
-    /// batch rewrites the live set to a new file.
+    /// Set after a failed write: the old file's cached pages are not trusted (and may
+    /// hold the refused records, if they could not be cut off), so the next batch
+    /// rewrites the live set to a new file, retried batch after batch until it succeeds.
     must_compact: bool,
-    /// A failed write could not be taken back: the log may hold records that were
-    /// refused, so nothing more is written.
-    failed: bool,
     before_sync: BeforeSync,
 }
 
@@ -515,11 +517,7 @@ impl Writer {
             if replies.is_empty() {
                 continue;
             }
-            let result = if self.failed {
-                Err(std::io::Error::other(
-                    "an earlier metadata write failed and could not be taken back",
-                ))
-            } else if buf.is_empty() && !self.must_compact {
+            let result = if buf.is_empty() && !self.must_compact {
                 Ok(())
             } else {
                 self.write(&buf)
@@ -556,7 +554,7 @@ impl Writer {
             // A failure after the rename leaves a log holding the refused changes: the
             // next batch rewrites it again.
             self.must_compact = true;
-            let (file, size) = compact(&self.dir, &self.live, &self.fail_syncs)?;
+            let (file, size) = compact(&*self.disk, &self.dir, &self.live, &self.fail_syncs)?;
             self.file = file;
             self.size = size;
             self.must_compact = false;
@@ -566,7 +564,7 @@ impl Writer {
             if let Some(hook) = &self.before_sync {
                 hook();
             }
-            sync_file(&self.file, &self.fail_syncs)
+            sync_file(&*self.file, &self.fail_syncs)
         });
         match result {
             Ok(()) => {
@@ -575,11 +573,13 @@ impl Writer {
             }
             Err(e) => {
                 // Take the batch back off the file, so a later sync cannot make refused
-                // changes durable; the next batch rewrites everything anyway.
+                // changes durable; the next batch rewrites everything anyway. If even the
+                // truncation fails, that rewrite is what takes them back: it replaces the
+                // file (until then a crash could keep a refused change, which its caller
+                // was told failed; see docs/storage.md).
                 self.must_compact = true;
                 if let Err(t) = self.file.set_len(self.size) {
-                    tracing::error!(error = %t, "cannot truncate the metadata log after a failed write; refusing metadata changes from now on");
-                    self.failed = true;
+                    tracing::error!(error = %t, "cannot truncate the metadata log after a failed write; the next change rewrites it");
                 }
                 Err(e)
             }
@@ -587,7 +587,7 @@ impl Writer {
     }
 }
 
-fn sync_file(file: &File, fail_syncs: &Option<Arc<AtomicBool>>) -> std::io::Result<()> {
+fn sync_file(file: &dyn DiskFile, fail_syncs: &Option<Arc<AtomicBool>>) -> std::io::Result<()> {
     if fail_syncs
         .as_ref()
         .is_some_and(|f| f.load(Ordering::SeqCst))
@@ -600,35 +600,32 @@ fn sync_file(file: &File, fail_syncs: &Option<Arc<AtomicBool>>) -> std::io::Resu
 /// Writes `live` to a new log (tmp, fsync, rename, directory fsync); answers it opened
 /// for appending, and its size.
 fn compact(
+    disk: &dyn Disk,
     dir: &Path,
     live: &Live,
     fail_syncs: &Option<Arc<AtomicBool>>,
-) -> std::io::Result<(File, u64)> {
+) -> std::io::Result<(Arc<dyn DiskFile>, u64)> {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(&file_header(META_LOG_MAGIC));
     live.encode(&mut buf);
     let tmp = dir.join(TMP_NAME);
     let written = (|| {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)?;
+        let f = disk.create(&tmp)?;
         f.write_all(&buf)?;
-        sync_file(&f, fail_syncs)?;
-        Ok::<File, std::io::Error>(f)
+        sync_file(&*f, fail_syncs)?;
+        Ok::<_, std::io::Error>(f)
     })();
     let f = match written {
         Ok(f) => f,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = disk.remove_file(&tmp);
             return Err(e);
         }
     };
     drop(f);
-    std::fs::rename(&tmp, dir.join(LOG_NAME))?;
-    sync_dir(dir)?;
-    let file = OpenOptions::new().append(true).open(dir.join(LOG_NAME))?;
+    disk.rename(&tmp, &dir.join(LOG_NAME))?;
+    sync_dir(disk, dir)?;
+    let file = disk.open_append(&dir.join(LOG_NAME))?;
     Ok((file, buf.len() as u64))
 }
 
@@ -637,7 +634,11 @@ fn compact(
 /// valid records after it refuses to start, whatever the mode: skipping a record in the
 /// middle could bring a deleted object back or lose a queue with its messages, which an
 /// operator decides (the file is kept as it is).
-fn replay(path: &Path, mode: RecoveryMode) -> std::io::Result<(File, u64, Live)> {
+fn replay(
+    disk: &dyn Disk,
+    path: &Path,
+    mode: RecoveryMode,
+) -> std::io::Result<(Arc<dyn DiskFile>, u64, Live)> {
     let data = Bytes::from(std::fs::read(path)?);
     check_header(&data, META_LOG_MAGIC)
         .map_err(|why| std::io::Error::other(format!("{}: {why}", path.display())))?;
@@ -670,7 +671,7 @@ fn replay(path: &Path, mode: RecoveryMode) -> std::io::Result<(File, u64, Live)>
                     octets = data.len() - offset,
                     "metadata log ends in a torn record (a crash during a write); cut off"
                 );
-                let f = OpenOptions::new().write(true).open(path)?;
+                let f = disk.open_append(path)?;
                 f.set_len(offset as u64)?;
                 f.sync_all()?;
                 break;
@@ -678,7 +679,7 @@ fn replay(path: &Path, mode: RecoveryMode) -> std::io::Result<(File, u64, Live)>
         }
     }
     let size = offset as u64;
-    let file = OpenOptions::new().append(true).open(path)?;
+    let file = disk.open_append(path)?;
     Ok((file, size, live))
 }
 
@@ -726,6 +727,7 @@ pub(crate) fn write_old(dir: &Path, live: &Live) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::disk::OsDisk;
     use super::*;
     use minimq_protocol::FieldTable;
 
@@ -778,7 +780,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_the_log_goes_on_after_it() {
         let d = dir("torn");
-        let (log, _) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, _) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         change(&log, Record::Exchange(exchange("a"))).unwrap();
         change(&log, Record::Exchange(exchange("b"))).unwrap();
         log.stop_blocking();
@@ -790,7 +792,7 @@ mod tests {
             let mut data = whole.clone();
             data.extend_from_slice(&torn[..cut]);
             std::fs::write(&path, &data).unwrap();
-            let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+            let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
             assert_eq!(names(&found), ["a", "b"], "cut at {cut}");
             log.stop_blocking();
             assert_eq!(
@@ -799,17 +801,17 @@ mod tests {
                 "the torn record is gone"
             );
         }
-        let (log, _) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, _) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         change(&log, Record::Exchange(exchange("d"))).unwrap();
         log.stop_blocking();
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert_eq!(names(&found), ["a", "b", "d"]);
         log.stop_blocking();
         // Absolute recovery refuses even a torn tail.
         let mut data = std::fs::read(&path).unwrap();
         data.extend_from_slice(&torn[..5]);
         std::fs::write(&path, &data).unwrap();
-        assert!(open(&d, RecoveryMode::Absolute, None).is_err());
+        assert!(open(Arc::new(OsDisk), &d, RecoveryMode::Absolute, None).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -827,7 +829,7 @@ mod tests {
     #[test]
     fn settings_keep_their_latest_value_across_reopen() {
         let d = dir("params");
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert!(found.params.is_empty());
         change(&log, Record::Param(param("a", "{\"v\":1}"))).unwrap();
         change(&log, Record::Param(param("b", "{}"))).unwrap();
@@ -843,7 +845,7 @@ mod tests {
         )
         .unwrap();
         log.stop_blocking();
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert_eq!(found.params, [param("a", "{\"v\":2}")]);
         log.stop_blocking();
         let _ = std::fs::remove_dir_all(&d);
@@ -854,7 +856,7 @@ mod tests {
     #[test]
     fn damage_in_the_middle_refuses_to_start() {
         let d = dir("middle");
-        let (log, _) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, _) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         change(&log, Record::Exchange(exchange("a"))).unwrap();
         let at = std::fs::metadata(d.join(LOG_NAME)).unwrap().len() as usize;
         change(&log, Record::Exchange(exchange("b"))).unwrap();
@@ -863,7 +865,7 @@ mod tests {
         let mut data = std::fs::read(d.join(LOG_NAME)).unwrap();
         data[at + 12] ^= 0x40;
         std::fs::write(d.join(LOG_NAME), &data).unwrap();
-        let err = open(&d, RecoveryMode::default(), None)
+        let err = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None)
             .err()
             .expect("refused");
         assert!(err.to_string().contains("resume"), "{err}");
@@ -882,7 +884,7 @@ mod tests {
         live.apply(&Record::Binding(binding("x", "q")), &mut undo);
         live.apply(&Record::NextQueueId(9), &mut undo);
         write_old(&d, &live).unwrap();
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert_eq!(found.queues, [queue(3, "q")]);
         assert_eq!(found.next_id, 9);
         assert_eq!(names(&found), ["x"]);
@@ -890,7 +892,7 @@ mod tests {
         assert!(!d.join(OLD_NAME).exists());
         change(&log, Record::RemoveQueue(3)).unwrap();
         log.stop_blocking();
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert!(found.queues.is_empty());
         assert!(
             found.bindings.is_empty(),
@@ -907,7 +909,13 @@ mod tests {
     fn a_failed_sync_takes_the_batch_back() {
         let d = dir("fail");
         let fail = Arc::new(AtomicBool::new(false));
-        let (log, _) = open(&d, RecoveryMode::default(), Some(fail.clone())).unwrap();
+        let (log, _) = open(
+            Arc::new(OsDisk),
+            &d,
+            RecoveryMode::default(),
+            Some(fail.clone()),
+        )
+        .unwrap();
         change(&log, Record::Exchange(exchange("a"))).unwrap();
         change(&log, Record::Binding(binding("a", "q"))).unwrap();
         fail.store(true, Ordering::SeqCst);
@@ -916,13 +924,39 @@ mod tests {
         fail.store(false, Ordering::SeqCst);
         change(&log, Record::Exchange(exchange("b"))).unwrap();
         log.stop_blocking();
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert_eq!(names(&found), ["a", "b"]);
         assert_eq!(
             found.bindings,
             [binding("a", "q")],
             "the refused removal took nothing"
         );
+        log.stop_blocking();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A failed write that cannot even be taken back off the file (the truncation fails
+    /// too) refuses its change, but not every change after it: once the disk works, the
+    /// next change rewrites the log without the refused one, and a power loss then keeps
+    /// exactly what was accepted.
+    #[test]
+    fn a_failed_write_that_cannot_be_taken_back_is_refused_and_the_log_recovers() {
+        use super::super::faulty::{Fault, FaultyDisk, FsOp};
+        let d = dir("untruncatable");
+        let disk = FaultyDisk::new(5);
+        let (log, _) = open(disk.clone(), &d, RecoveryMode::default(), None).unwrap();
+        change(&log, Record::Exchange(exchange("a"))).unwrap();
+        disk.fail(&[FsOp::Sync, FsOp::SetLen], Fault::Io);
+        assert!(change(&log, Record::Exchange(exchange("refused"))).is_err());
+        disk.fail(&[FsOp::Write, FsOp::Open], Fault::NoSpace);
+        assert!(change(&log, Record::Exchange(exchange("refused too"))).is_err());
+        disk.heal();
+        change(&log, Record::Exchange(exchange("b"))).unwrap();
+        disk.power_off();
+        log.stop_blocking();
+        disk.power_on().unwrap();
+        let (log, found) = open(disk.clone(), &d, RecoveryMode::default(), None).unwrap();
+        assert_eq!(names(&found), ["a", "b"]);
         log.stop_blocking();
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -942,7 +976,14 @@ mod tests {
             let _ = entered_tx.send(());
             let _ = released.lock().unwrap().recv();
         });
-        let (log, _) = open_with(&d, RecoveryMode::default(), None, Some(hook)).unwrap();
+        let (log, _) = open_with(
+            Arc::new(OsDisk),
+            &d,
+            RecoveryMode::default(),
+            None,
+            Some(hook),
+        )
+        .unwrap();
         let first = log.submit(Record::Exchange(exchange("first")), ());
         entered.recv().unwrap();
         // The first change's sync is in progress: these wait for the next one.
@@ -977,7 +1018,7 @@ mod tests {
     #[test]
     fn churn_is_compacted_and_the_log_stays_bounded() {
         let d = dir("churn");
-        let (log, _) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, _) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         change(&log, Record::Exchange(exchange("keep"))).unwrap();
         change(&log, Record::Queue(queue(1, "q"))).unwrap();
         change(&log, Record::Binding(binding("keep", "q"))).unwrap();
@@ -997,7 +1038,7 @@ mod tests {
             "the log reached {largest} octets"
         );
         log.stop_blocking();
-        let (log, found) = open(&d, RecoveryMode::default(), None).unwrap();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
         assert_eq!(names(&found), ["keep"]);
         assert_eq!(found.queues, [queue(1, "q")]);
         assert_eq!(found.bindings, [binding("keep", "q")]);

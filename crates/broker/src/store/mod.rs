@@ -14,9 +14,13 @@
 //! - `buffer`: the write buffer (records on their way to the file).
 //! - `writer`: the writer thread, the only one that appends to the log.
 //! - `syncer`: the syncer thread, group commit (`fdatasync`, then completions).
+//! - `rewrite`: getting over a failed write or sync (records written again on a new
+//!   segment, confirmed once synced there).
 //! - `liveness`: which records are still needed, and where live messages are.
 //! - `purge`: deleting dead segments, compacting old ones (on the writer thread).
 //! - `files`: creating segments, syncing directory entries.
+//! - [`disk`]: the file-system seam every change to a file goes through; [`faulty`], a
+//!   test implementation that injects errors and simulates a power loss.
 //! - [`reader`]: reading paged-out messages back.
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments, the rewrite after
 //!   damage.
@@ -44,14 +48,19 @@
 
 mod buffer;
 pub mod completion;
+pub mod disk;
+pub mod faulty;
 mod files;
 pub mod format;
 pub use minimq_protocol::idhash;
+#[cfg(test)]
+mod fault_tests;
 mod liveness;
 pub mod meta;
 mod purge;
 pub mod reader;
 pub mod recovery;
+mod rewrite;
 mod syncer;
 mod writer;
 #[cfg(test)]
@@ -59,7 +68,6 @@ mod writer_tests;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,6 +78,7 @@ use tokio::sync::mpsc;
 use crate::message::Message;
 use buffer::Chunks;
 pub use completion::Completion;
+pub use disk::{Disk, DiskFile, OsDisk};
 pub use format::{BindingDef, ExchangeDef, ParamDef};
 use format::{QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
@@ -111,6 +120,9 @@ pub struct StoreOptions {
     pub segment_size: u64,
     /// Failure injection for tests: while set, every sync fails as if the disk had.
     pub fail_syncs: Option<Arc<AtomicBool>>,
+    /// What every change to the store's files goes through: [`OsDisk`], or a test's
+    /// [`faulty::FaultyDisk`].
+    pub disk: Arc<dyn Disk>,
     /// What recovery does with a damaged log.
     pub recovery: RecoveryMode,
     /// How many bytes of persistent messages a durable queue keeps in memory (bodies,
@@ -135,6 +147,7 @@ impl Default for StoreOptions {
             fsync: FsyncMode::Batch,
             segment_size: 64 * 1024 * 1024,
             fail_syncs: None,
+            disk: Arc::new(OsDisk),
             recovery: RecoveryMode::default(),
             queue_memory: DEFAULT_QUEUE_MEMORY,
         }
@@ -159,6 +172,8 @@ pub struct Store {
     queue_memory: u64,
     tx: mpsc::UnboundedSender<Op>,
     poisoned: Arc<AtomicBool>,
+    /// Whether a write or sync fault lasts (the writer's; see `rewrite.rs`).
+    faulted: Arc<tokio::sync::watch::Sender<bool>>,
     next_msg_id: AtomicU64,
     /// The metadata log's thread.
     meta: Arc<meta::MetaLog>,
@@ -207,10 +222,12 @@ impl Store {
         }
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir)?;
-        let (meta_log, found) = meta::open(dir, opts.recovery, opts.fail_syncs.clone())?;
+        let disk = opts.disk.clone();
+        let (meta_log, found) =
+            meta::open(disk.clone(), dir, opts.recovery, opts.fail_syncs.clone())?;
         let defs: BTreeMap<u64, QueueDef> = found.queues.into_iter().map(|d| (d.id, d)).collect();
         let started = std::time::Instant::now();
-        let mut replay = recovery::replay(&seg_dir, &dir.join("damaged"), opts.recovery)?;
+        let mut replay = recovery::replay(&*disk, &seg_dir, &dir.join("damaged"), opts.recovery)?;
         let report = RecoveryReport {
             mode: opts.recovery,
             clean: replay.clean,
@@ -251,11 +268,12 @@ impl Store {
                 live.drop_queue(q);
             }
         }
-        let mut file = files::create_segment(&seg_dir, seg)?;
+        let file = files::create_segment(&*disk, &seg_dir, seg)?;
         let mut size = FILE_HEADER_LEN as u64;
         live.segments.entry(seg).or_default();
         if replay.needs_rewrite {
-            (live, size) = recovery::rewrite_live(&seg_dir, seg, &mut file, size, &queues, &live)?;
+            (live, size) =
+                recovery::rewrite_live(&*disk, &seg_dir, seg, &*file, size, &queues, &live)?;
         }
         // Marks this start, so a crash before anything else is written is not taken for
         // the clean stop that ended the previous run.
@@ -266,14 +284,16 @@ impl Store {
         size += opened.len() as u64;
         live.segments.entry(seg).or_default().total += 1;
         let poisoned = Arc::new(AtomicBool::new(false));
+        let faulted = Arc::new(tokio::sync::watch::Sender::new(false));
         let (tx, rx) = mpsc::unbounded_channel();
         let index = Arc::new(Mutex::new(Index {
             live,
             files: Default::default(),
         }));
         let w = Writer {
+            disk,
             dir: seg_dir.clone(),
-            file: Arc::new(file),
+            file,
             seg,
             size,
             segment_size: opts.segment_size,
@@ -281,6 +301,9 @@ impl Store {
             fail_syncs: opts.fail_syncs.clone(),
             index: index.clone(),
             poisoned: poisoned.clone(),
+            faulted: faulted.clone(),
+            wake: Some(tx.downgrade()),
+            unsynced: Default::default(),
             #[cfg(test)]
             before_sync: None,
         };
@@ -292,6 +315,7 @@ impl Store {
             queue_memory: opts.queue_memory,
             tx,
             poisoned,
+            faulted,
             next_msg_id: AtomicU64::new(replay.max_msg_id + 1),
             meta: Arc::new(meta_log),
             next_queue_id: AtomicU64::new(found.next_id),
@@ -315,9 +339,20 @@ impl Store {
         &self.recovery
     }
 
-    /// Whether a failed write or sync stopped the store.
+    /// Whether the store stopped for good (its writer or syncer thread panicked).
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Whether a write or sync fault lasts: the store holds new records, unconfirmed,
+    /// and retries until it can write and sync them on a new segment.
+    pub fn is_faulted(&self) -> bool {
+        *self.faulted.borrow()
+    }
+
+    /// Sees every start and end of a write or sync fault (for the disk alarm).
+    pub fn faults(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.faulted.subscribe()
     }
 
     /// Records a durable queue; answers its store id once the definition is on disk.

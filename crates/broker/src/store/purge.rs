@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::buffer::Outgoing;
+use super::buffer::write_chunks;
 #[cfg(test)]
 use super::files::dir_events;
 use super::files::sync_dir;
@@ -43,7 +43,7 @@ impl Writer {
                 seg
             };
             let path = self.dir.join(segment_name(seg));
-            match std::fs::remove_file(&path) {
+            match self.disk.remove_file(&path) {
                 Ok(()) => {
                     #[cfg(test)]
                     dir_events::note(&self.dir, "delete");
@@ -64,7 +64,7 @@ impl Writer {
         // every record written so far intact, so it is logged rather than a reason to
         // refuse persistent messages.
         if deleted {
-            if let Err(e) = sync_dir(&self.dir) {
+            if let Err(e) = sync_dir(&*self.disk, &self.dir) {
                 tracing::error!(error = %e, dir = %self.dir.display(), "cannot sync the directory after deleting segments");
             }
         }
@@ -89,7 +89,7 @@ impl Writer {
         if seg + COMPACT_LAG > self.seg || count.live == 0 || count.live * 4 >= count.total.max(1) {
             return false;
         }
-        if self.poisoned.load(Ordering::SeqCst) {
+        if self.poisoned.load(Ordering::SeqCst) || self.unsynced.faulted() {
             return false;
         }
         let path = self.dir.join(segment_name(seg));
@@ -164,11 +164,18 @@ impl Writer {
             offset += len;
         }
         let base = self.size;
-        let mut outgoing = Outgoing::default();
-        outgoing.push_bytes(Bytes::from(out));
+        let out = Bytes::from(out);
+        // The copies are not kept for a rewrite after a fault: the index moves to them
+        // only once they are synced, and until then the originals serve.
+        if let Err(e) = write_chunks(&*self.file, std::slice::from_ref(&out)) {
+            self.fail_current(&e, "write");
+            return false;
+        }
+        self.size += out.len() as u64;
         // The copies are synced before the segment they come from can be deleted.
-        if !self.write_out(&mut outgoing) || !syncer.sync_now(&self.file, self.seg, &mut Vec::new())
-        {
+        let synced = syncer.sync_now(&self.file, self.seg, self.size, &mut Vec::new());
+        self.take_failures(syncer);
+        if !synced {
             return false;
         }
         let to = self.seg;

@@ -18,11 +18,12 @@
 
 use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 
+use super::disk::{Disk, DiskFile};
 use super::files::sync_dir;
 use super::format::{
     check_header, check_record, is_known_kind, is_message, parse_segment_name, peek_message,
@@ -340,8 +341,13 @@ fn refuse(mode: RecoveryMode, path: &Path, offset: usize, what: &str) -> std::io
 }
 
 /// Replays the segments in `seg_dir`, repairing a torn tail and moving damaged segments
-/// to `damaged_dir`, as `mode` allows.
-pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io::Result<Replay> {
+/// to `damaged_dir`, as `mode` allows; every change goes through `disk`.
+pub fn replay(
+    disk: &dyn Disk,
+    seg_dir: &Path,
+    damaged_dir: &Path,
+    mode: RecoveryMode,
+) -> std::io::Result<Replay> {
     let segs = list_segments(seg_dir)?;
     let mut st = State {
         bodies: Vec::new(),
@@ -373,9 +379,9 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
                         return Err(refuse(mode, path, 0, "torn segment header"));
                     }
                     tracing::warn!(path = %path.display(), "newest segment has a torn header; removing it");
-                    std::fs::remove_file(path)?;
+                    disk.remove_file(path)?;
                     if let Some(dir) = path.parent() {
-                        sync_dir(dir)?;
+                        sync_dir(disk, dir)?;
                     }
                     st.totals.remove(n);
                     skipped.push(Skipped {
@@ -390,7 +396,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
                     return Err(refuse(mode, path, 0, &format!("damaged header ({why})")));
                 }
                 tracing::error!(path = %path.display(), offset = 0, %why, "damaged segment; moving it aside");
-                damaged.push(move_aside(path, damaged_dir)?);
+                damaged.push(move_aside(disk, path, damaged_dir)?);
                 st.totals.remove(n);
                 skipped.push(Skipped {
                     segment: *n,
@@ -419,7 +425,7 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
                             error = ?err,
                             "torn record at the tail of the newest segment; truncating"
                         );
-                        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+                        let f = disk.open_append(path)?;
                         f.set_len(offset as u64)?;
                         f.sync_all()?;
                         skipped.push(Skipped {
@@ -479,9 +485,10 @@ pub fn replay(seg_dir: &Path, damaged_dir: &Path, mode: RecoveryMode) -> std::io
 /// segments and syncs their directory. Answers the liveness of the rewritten log and the
 /// segment's new size.
 pub fn rewrite_live(
+    disk: &dyn Disk,
     seg_dir: &Path,
     seg: u64,
-    file: &mut File,
+    file: &dyn DiskFile,
     size: u64,
     queues: &[RecoveredQueue],
     live: &Liveness,
@@ -532,11 +539,11 @@ pub fn rewrite_live(
     file.sync_data()?;
     for (n, path) in list_segments(seg_dir)? {
         if n < seg {
-            std::fs::remove_file(path)?;
+            disk.remove_file(&path)?;
         }
     }
     // The old segments' deletion durable before anything relies on it.
-    sync_dir(seg_dir)?;
+    sync_dir(disk, seg_dir)?;
     Ok((fresh, size + buf.len() as u64))
 }
 
@@ -673,14 +680,14 @@ fn aside_path(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Moves a damaged segment out of the log.
-fn move_aside(path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
+fn move_aside(disk: &dyn Disk, path: &Path, damaged_dir: &Path) -> std::io::Result<PathBuf> {
     let dest = aside_path(path, damaged_dir)?;
-    std::fs::rename(path, &dest)?;
+    disk.rename(path, &dest)?;
     // Both directories changed: the segment must not come back into the log.
     if let Some(from) = path.parent() {
-        sync_dir(from)?;
+        sync_dir(disk, from)?;
     }
-    sync_dir(damaged_dir)?;
+    sync_dir(disk, damaged_dir)?;
     Ok(dest)
 }
 

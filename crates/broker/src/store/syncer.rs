@@ -11,27 +11,41 @@
 //! for each sync to end instead of writing during it, so small records pile up and are
 //! written together.
 //!
-//! A failed sync, or a panic of this thread, poisons the store: everything waiting is
-//! finished with `false`, and nothing more is confirmed.
+//! A failed sync does not answer its waiters: they go back to the writer (through
+//! [`Syncer::take_failures`], and an `Op::Wake` in case it is idle), which writes their
+//! records again on a new segment (`rewrite.rs`). A segment whose sync failed is never
+//! synced again: after a failed `fsync` the kernel may have dropped the dirty pages and
+//! cleared the error, so a second `fsync` could succeed without the data being on disk.
+//! A panic of this thread poisons the store: everything waiting is finished with
+//! `false`, and nothing more is confirmed.
 
-use std::fs::File;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use tokio::sync::mpsc;
+
 use super::completion::Completion;
-use super::writer::Writer;
+use super::disk::DiskFile;
+use super::writer::{Op, Writer};
 use super::FsyncMode;
 
 /// Records written to a segment whose waiters need them synced.
 struct SyncJob {
     /// The segment they were written to.
-    file: Arc<File>,
+    file: Arc<dyn DiskFile>,
     /// Its number.
     seg: u64,
-    /// Who waits for the sync: publishers' confirms, `Op::Sync`, and the writer's own
-    /// waits (rotation, compaction, stop).
+    /// How far the segment was written when the job was handed over: what the sync
+    /// covers.
+    upto: u64,
+    /// Who waits for the sync: publishers' confirms and `Op::Sync`. After a failed sync
+    /// they go back to the writer.
     waiters: Vec<Completion>,
+    /// The writer's own wait (rotation, compaction, stop): answered `false` after a
+    /// failed sync.
+    done: Option<Completion>,
 }
 
 /// While less than this is written per sync, the writer waits for each sync to end before
@@ -49,6 +63,10 @@ struct Progress {
     pending: u64,
     /// The syncer thread ended (only after a panic while the writer runs).
     gone: bool,
+    /// The furthest a sync is known to reach: segment, and octets of it.
+    synced: Option<(u64, u64)>,
+    /// The waiters of failed syncs, by segment, for the writer to take back.
+    failed: Vec<(u64, Vec<Completion>)>,
 }
 
 /// [`Progress`] with its condition variable, shared by the writer and the syncer.
@@ -85,7 +103,7 @@ impl Drop for SyncState {
         let mut p = self.shared.lock();
         p.gone = true;
         for job in self.jobs.drain(..).chain(self.rx.try_iter()) {
-            for w in job.waiters {
+            for w in job.waiters.into_iter().chain(job.done) {
                 w.finish(false);
             }
         }
@@ -130,13 +148,14 @@ impl Syncer {
             poisoned: w.poisoned.clone(),
         };
         let fail_syncs = w.fail_syncs.clone();
+        let wake = w.wake.clone();
         #[cfg(test)]
         let before_sync = w.before_sync.clone();
         #[cfg(not(test))]
         let before_sync = None;
         match std::thread::Builder::new()
             .name("minimq-sync".into())
-            .spawn(move || sync_loop(state, fail_syncs, before_sync))
+            .spawn(move || sync_loop(state, fail_syncs, before_sync, wake))
         {
             Ok(t) => {
                 syncer.tx = Some(tx);
@@ -150,18 +169,38 @@ impl Syncer {
         syncer
     }
 
-    /// Hands over the waiters of records just written to `file`: they are answered after
-    /// a sync that starts from now on (at once with `--fsync off`, or `false` once the
-    /// store is poisoned).
-    pub(super) fn commit(&self, file: &Arc<File>, seg: u64, waiters: &mut Vec<Completion>) {
+    /// Hands over the waiters of records just written to `file` (segment `seg`, written
+    /// up to `upto`): they are answered after a sync that starts from now on (at once with
+    /// `--fsync off`, or `false` once the store is poisoned), or taken back by the writer
+    /// if that sync fails.
+    pub(super) fn commit(
+        &self,
+        file: &Arc<dyn DiskFile>,
+        seg: u64,
+        upto: u64,
+        waiters: &mut Vec<Completion>,
+    ) {
         if waiters.is_empty() {
             return;
         }
+        self.hand_over(file, seg, upto, std::mem::take(waiters), None);
+    }
+
+    fn hand_over(
+        &self,
+        file: &Arc<dyn DiskFile>,
+        seg: u64,
+        upto: u64,
+        waiters: Vec<Completion>,
+        done: Option<Completion>,
+    ) {
         let ok = !self.poisoned.load(Ordering::SeqCst);
         let job = SyncJob {
             file: file.clone(),
             seg,
-            waiters: std::mem::take(waiters),
+            upto,
+            waiters,
+            done,
         };
         let job = match &self.tx {
             Some(tx) if ok => {
@@ -187,23 +226,34 @@ impl Syncer {
         }
         // With `--fsync off` the records are as durable as they get once written.
         let ok = !self.poisoned.load(Ordering::SeqCst);
-        for w in job.waiters {
+        for w in job.waiters.into_iter().chain(job.done) {
             w.finish(ok);
         }
     }
 
-    /// Syncs everything written to `file` so far (answering `waiters` too) and waits for
-    /// it; answers whether the store is still sound.
+    /// Syncs everything written to `file` (segment `seg`) up to `upto` (answering
+    /// `waiters` too) and waits for it; answers whether the sync succeeded. After a
+    /// failure the waiters are the writer's to take back ([`Syncer::take_failures`]).
     pub(super) fn sync_now(
         &self,
-        file: &Arc<File>,
+        file: &Arc<dyn DiskFile>,
         seg: u64,
+        upto: u64,
         waiters: &mut Vec<Completion>,
     ) -> bool {
         let (done, rx) = Completion::channel();
-        waiters.push(done);
-        self.commit(file, seg, waiters);
+        self.hand_over(file, seg, upto, std::mem::take(waiters), Some(done));
         rx.recv().unwrap_or(false) && !self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// The waiters of syncs that failed since the last call, by segment.
+    pub(super) fn take_failures(&self) -> Vec<(u64, Vec<Completion>)> {
+        std::mem::take(&mut self.shared.lock().failed)
+    }
+
+    /// The furthest a sync is known to reach: segment, and octets of it.
+    pub(super) fn synced(&self) -> Option<(u64, u64)> {
+        self.shared.lock().synced
     }
 
     /// Called after each batch the writer wrote (`written` octets): with little written
@@ -246,27 +296,30 @@ impl Syncer {
 /// The syncer thread: takes every job handed over since its last sync, syncs each
 /// segment they were written to once, then answers them. A job arrives only once its
 /// records are written, so the sync covers them; jobs arriving during a sync wait for
-/// the next one. Once the store is poisoned, nothing is synced and everyone hears `false`.
+/// the next one. The waiters of a failed sync go back to the writer, and a segment whose
+/// sync failed is not synced again. Once the store is poisoned, nothing is synced and
+/// everyone hears `false`.
 fn sync_loop(
     mut s: SyncState,
     fail_syncs: Option<Arc<AtomicBool>>,
     before_sync: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    wake: Option<mpsc::WeakUnboundedSender<Op>>,
 ) {
+    let mut failed_segments = HashSet::new();
     while let Ok(first) = s.rx.recv() {
         s.jobs.push(first);
         s.jobs.extend(s.rx.try_iter());
-        let poisoned = &s.poisoned;
-        let mut ok = !poisoned.load(Ordering::SeqCst);
-        let mut synced = None;
-        // Jobs come in write order: those of an older segment first.
+        // Each segment's outcome this round; jobs come in write order, an older
+        // segment's first.
+        let mut outcomes: Vec<(u64, bool)> = Vec::new();
         for job in &s.jobs {
-            if !ok {
-                break;
-            }
-            if synced == Some(job.seg) {
+            if outcomes.iter().any(|(seg, _)| *seg == job.seg) {
                 continue;
             }
-            synced = Some(job.seg);
+            if s.poisoned.load(Ordering::SeqCst) || failed_segments.contains(&job.seg) {
+                outcomes.push((job.seg, false));
+                continue;
+            }
             let injected = fail_syncs
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::SeqCst));
@@ -278,24 +331,51 @@ fn sync_loop(
             } else {
                 job.file.sync_data()
             };
-            if let Err(e) = result {
-                tracing::error!(error = %e, segment = job.seg, "message store fsync failed; refusing persistent messages from now on");
-                poisoned.store(true, Ordering::SeqCst);
-                ok = false;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, segment = job.seg, "message store fsync failed; the records it covered are written again on a new segment");
+                failed_segments.insert(job.seg);
             }
+            outcomes.push((job.seg, result.is_ok()));
         }
-        // A write may have failed meanwhile: then nothing is confirmed.
-        let ok = ok && !poisoned.load(Ordering::SeqCst);
+        let poisoned = s.poisoned.load(Ordering::SeqCst);
         let answered = s.jobs.len() as u64;
+        let mut synced = None;
+        let mut failed = Vec::new();
+        let mut dones = Vec::new();
         for job in s.jobs.drain(..) {
-            for w in job.waiters {
-                w.finish(ok);
+            let ok = outcomes.iter().any(|(seg, ok)| *seg == job.seg && *ok);
+            if ok && !poisoned {
+                synced = synced.max(Some((job.seg, job.upto)));
+                for w in job.waiters {
+                    w.finish(true);
+                }
+                dones.extend(job.done.map(|d| (d, true)));
+            } else if poisoned {
+                for w in job.waiters.into_iter().chain(job.done) {
+                    w.finish(false);
+                }
+            } else {
+                failed.push((job.seg, job.waiters));
+                dones.extend(job.done.map(|d| (d, false)));
             }
         }
+        let woken = !failed.is_empty();
         let mut p = s.shared.lock();
         p.pending = p.pending.saturating_sub(answered);
         p.rounds += 1;
+        p.synced = p.synced.max(synced);
+        p.failed.extend(failed);
         drop(p);
         s.shared.changed.notify_all();
+        // The failures are in place before the writer hears of them: from a wait of
+        // its own, or from the wake-up (it may be idle, waiting for work).
+        for (d, ok) in dones {
+            d.finish(ok);
+        }
+        if woken {
+            if let Some(tx) = wake.as_ref().and_then(|w| w.upgrade()) {
+                let _ = tx.send(Op::Wake);
+            }
+        }
     }
 }

@@ -9,11 +9,12 @@
 //! deletes and compacts segments nothing needs any more (`purge.rs`).
 //!
 //! When a segment is full, its records are synced before the next one is created, so
-//! only the newest segment can end in a torn record. A failed write poisons the store:
-//! waiters are finished with `false` and nothing more is written, because durability can
-//! no longer be promised.
+//! only the newest segment can end in a torn record. The records of each batch are kept
+//! until a sync covers them: a failed write or sync (a full disk, an I/O error, no file
+//! descriptor for a new segment) is a fault the writer gets over by itself, writing them
+//! again on a new segment (`rewrite.rs`); meanwhile nothing is confirmed. Only a panic
+//! (a bug) poisons the store for good.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,11 +22,13 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-use super::buffer::{Chunks, Outgoing};
+use super::buffer::{write_chunks, Chunks, Outgoing};
 use super::completion::Completion;
+use super::disk::{Disk, DiskFile};
 use super::files::create_segment;
 use super::format::{Record, FILE_HEADER_LEN};
 use super::liveness::{lock, Index, Track};
+use super::rewrite::{Batch, Unsynced};
 use super::syncer::Syncer;
 use super::FsyncMode;
 
@@ -52,6 +55,9 @@ pub enum Op {
     /// stop. The writer writes it itself, after everything else it will ever write (a
     /// compaction included), so the record cannot end up before other records.
     Close(Completion),
+    /// Nothing to do but look at the syncer's failures (sent by the syncer after a
+    /// failed sync, in case the writer is idle).
+    Wake,
     /// Test hook: the writer thread panics, as a bug would.
     #[cfg(test)]
     Panic,
@@ -63,10 +69,12 @@ const WRITER_BATCH: usize = 4096;
 
 /// The writer's state.
 pub struct Writer {
+    /// Where the files are changed.
+    pub disk: Arc<dyn Disk>,
     /// Segment directory.
     pub dir: PathBuf,
     /// The segment being appended to (shared with the syncer).
-    pub file: Arc<File>,
+    pub file: Arc<dyn DiskFile>,
     /// Its number.
     pub seg: u64,
     /// Its size.
@@ -77,8 +85,15 @@ pub struct Writer {
     pub fsync: FsyncMode,
     /// Liveness and locations, shared with readers.
     pub index: Arc<Mutex<Index>>,
-    /// Set when a write or sync failed.
+    /// Set when the writer or the syncer thread panicked: nothing is written any more.
     pub poisoned: Arc<AtomicBool>,
+    /// Set while a fault lasts (a write or sync failed and was not yet done again).
+    pub faulted: Arc<tokio::sync::watch::Sender<bool>>,
+    /// For the syncer to wake the writer after a failed sync (weak: the channel closes
+    /// when the store lets go of it).
+    pub wake: Option<mpsc::WeakUnboundedSender<Op>>,
+    /// Records not known to be synced yet, and the fault being got over.
+    pub unsynced: Unsynced,
     /// Test hook: fail syncs while set.
     pub fail_syncs: Option<Arc<AtomicBool>>,
     /// Test hook: called with the segment number as each sync starts (after the
@@ -94,11 +109,10 @@ impl Writer {
         std::thread::Builder::new()
             .name("minimq-store".into())
             .spawn(move || {
-                // A panic in the writer (a bug) is a store failure like a failed write:
-                // the store is poisoned, so persistent messages to durable queues are
-                // refused from then on instead of being handed to a thread that is gone.
-                // The completions it held finish `false` as they drop. Unwind safety:
-                // nothing of the writer is used after the panic.
+                // A panic in the writer (a bug) poisons the store, so persistent messages
+                // to durable queues are refused from then on instead of being handed to a
+                // thread that is gone. The completions it held finish `false` as they
+                // drop. Unwind safety: nothing of the writer is used after the panic.
                 let run = std::panic::AssertUnwindSafe(move || self.run(rx));
                 if std::panic::catch_unwind(run).is_err() {
                     poisoned.store(true, Ordering::SeqCst);
@@ -110,12 +124,26 @@ impl Writer {
     /// Runs until stopped (on its own thread, with the syncer on another).
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
         let mut syncer = Syncer::start(&self);
+        self.unsynced.synced_to = self.size;
         let mut batch = Vec::new();
         let mut waiters: Vec<Completion> = Vec::new();
         let mut buf = Outgoing::default();
         let mut pending: Vec<(u64, u64, Track)> = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        loop {
+            if self.unsynced.faulted() {
+                // During a fault the writer wakes to retry as well as for work.
+                std::thread::sleep(self.unsynced.until_retry());
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(op) => batch.push(op),
+                    None => break,
+                }
+            }
             while batch.len() < WRITER_BATCH {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
@@ -139,16 +167,22 @@ impl Writer {
                             }
                             continue;
                         }
-                        if self.size + buf.len() >= self.segment_size
+                        if !self.unsynced.faulted()
+                            && self.size + buf.len() >= self.segment_size
                             && self.size > FILE_HEADER_LEN as u64
                         {
                             // Rotate: what belongs to the old segment is written and
                             // synced on it (its waiters answered) before the next segment
                             // exists, so only the newest segment can have a torn tail.
-                            self.write_out(&mut buf);
-                            self.publish(&mut pending);
-                            syncer.sync_now(&self.file, self.seg, &mut waiters);
-                            self.rotate();
+                            self.write_out(&mut buf, &mut pending);
+                            if !self.unsynced.faulted() {
+                                let synced =
+                                    syncer.sync_now(&self.file, self.seg, self.size, &mut waiters);
+                                self.take_failures(&syncer);
+                                if synced {
+                                    self.rotate();
+                                }
+                            }
                         }
                         pending.push((self.seg, self.size + buf.len(), track));
                         buf.push(bytes);
@@ -164,35 +198,55 @@ impl Writer {
                         stop = Some(reply);
                         clean = true;
                     }
+                    Op::Wake => {}
                     #[cfg(test)]
                     Op::Panic => panic!("store writer made to panic by a test"),
                 }
             }
             let written = buf.len();
-            let ok = self.write_out(&mut buf);
-            self.publish(&mut pending);
-            // The syncer gets the batch's waiters before any Flush is answered: whoever
-            // saw the flush knows the records are written and handed over. A Sync waits
-            // for the same sync as the records before it.
+            self.write_out(&mut buf, &mut pending);
             waiters.extend(syncs);
-            syncer.commit(&self.file, self.seg, &mut waiters);
-            for r in flushes {
-                r.finish(ok);
+            if self.unsynced.faulted() {
+                // Held until the records are written again and synced.
+                self.unsynced
+                    .hold(self.size, &mut buf, &mut pending, &mut waiters, flushes);
+            } else {
+                // The syncer gets the batch's waiters before any Flush is answered:
+                // whoever saw the flush knows the records are written and handed over. A
+                // Sync waits for the same sync as the records before it.
+                syncer.commit(&self.file, self.seg, self.size, &mut waiters);
+                let ok = !self.poisoned.load(Ordering::SeqCst);
+                for r in flushes {
+                    r.finish(ok);
+                }
             }
-            self.delete_dead_segments();
-            // No compaction on the way out: it is not needed to stop, and it would write
-            // after the records of this batch.
-            if stop.is_none() && self.compact_oldest(&syncer) {
+            self.take_failures(&syncer);
+            if self.unsynced.faulted() {
+                // On the way out, one last try whatever the backoff says.
+                self.retry(stop.is_some());
+            } else {
+                self.unsynced.prune(syncer.synced(), self.seg);
                 self.delete_dead_segments();
+                // No compaction on the way out: it is not needed to stop, and it would
+                // write after the records of this batch.
+                if stop.is_none() && self.compact_oldest(&syncer) {
+                    self.delete_dead_segments();
+                }
             }
             if let Some(r) = stop {
-                if clean {
-                    let mut record = bytes::BytesMut::new();
-                    Record::CleanShutdown.encode(&mut record);
-                    buf.push_bytes(record.freeze());
-                    self.write_out(&mut buf);
+                let mut ok = !self.unsynced.faulted();
+                if ok {
+                    if clean {
+                        let mut record = bytes::BytesMut::new();
+                        Record::CleanShutdown.encode(&mut record);
+                        buf.push_bytes(record.freeze());
+                        self.write_out(&mut buf, &mut pending);
+                    }
+                    ok = !self.unsynced.faulted()
+                        && syncer.sync_now(&self.file, self.seg, self.size, &mut waiters);
                 }
-                let ok = syncer.sync_now(&self.file, self.seg, &mut waiters);
+                // What is still held was not made durable: it is answered `false` as it
+                // drops.
                 syncer.stop();
                 r.finish(ok);
                 return;
@@ -202,49 +256,62 @@ impl Writer {
         syncer.stop();
     }
 
-    /// Applies the bookkeeping of records just written: from now on readers find them.
-    fn publish(&mut self, pending: &mut Vec<(u64, u64, Track)>) {
-        if pending.is_empty() {
+    /// Writes `buf` to the current segment (not synced) and publishes the bookkeeping of
+    /// its records (`pending`); the records are kept until a sync covers them. A failure
+    /// starts a fault (the records are kept to be written again). During a fault nothing
+    /// is written: the caller holds the records.
+    pub(super) fn write_out(&mut self, buf: &mut Outgoing, pending: &mut Vec<(u64, u64, Track)>) {
+        if self.poisoned.load(Ordering::SeqCst) {
+            buf.take();
+            pending.clear();
             return;
         }
-        let mut index = lock(&self.index);
-        for (seg, offset, track) in pending.drain(..) {
-            index.live.apply(seg, offset, &track);
+        if self.unsynced.faulted() || (buf.is_empty() && pending.is_empty()) {
+            return;
         }
-    }
-
-    /// Writes `buf` to the current segment (not synced); answers whether the store is
-    /// still sound.
-    pub(super) fn write_out(&mut self, buf: &mut Outgoing) -> bool {
-        if self.poisoned.load(Ordering::SeqCst) {
-            buf.clear();
-            return false;
-        }
-        if !buf.is_empty() {
-            let len = buf.len();
-            if let Err(e) = buf.write_to(&self.file) {
-                tracing::error!(error = %e, segment = self.seg, "message store write failed; refusing persistent messages from now on");
-                self.poisoned.store(true, Ordering::SeqCst);
-                return false;
-            }
-            self.size += len;
-        }
-        true
-    }
-
-    fn rotate(&mut self) {
-        let next = self.seg + 1;
-        match create_segment(&self.dir, next) {
-            Ok(f) => {
-                self.file = Arc::new(f);
-                self.seg = next;
-                self.size = FILE_HEADER_LEN as u64;
-                lock(&self.index).live.segments.entry(next).or_default();
+        let len = buf.len();
+        let start = self.size;
+        let chunks = buf.take();
+        let result = write_chunks(&*self.file, &chunks);
+        let batch = Batch::new(start, chunks, len, pending.drain(..));
+        match result {
+            Ok(()) => {
+                self.size += len;
+                let mut batch = batch;
+                batch.publish(&self.index, self.seg);
+                // With `--fsync off` nothing waits for a sync: written is as far as it
+                // goes.
+                if self.fsync != FsyncMode::Off {
+                    self.unsynced.batches.push_back(batch);
+                }
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot create a new segment; refusing persistent messages from now on");
-                self.poisoned.store(true, Ordering::SeqCst);
+                self.unsynced.batches.push_back(batch);
+                self.fail_current(&e, "write");
             }
         }
+    }
+
+    /// Starts the next segment after a full one (synced).
+    fn rotate(&mut self) {
+        let next = self.seg + 1;
+        match create_segment(&*self.disk, &self.dir, next) {
+            Ok(f) => self.switch_to(next, f),
+            Err(e) => {
+                // The full segment is whole and synced: it stays as it is, and the
+                // records wait for the next segment to be created.
+                self.unsynced.start_fault(&e, "create a segment");
+                self.publish_fault();
+            }
+        }
+    }
+
+    /// From now on the writer appends to segment `seg`, just created.
+    pub(super) fn switch_to(&mut self, seg: u64, file: Arc<dyn DiskFile>) {
+        self.file = file;
+        self.seg = seg;
+        self.size = FILE_HEADER_LEN as u64;
+        self.unsynced.synced_to = self.size;
+        lock(&self.index).live.segments.entry(seg).or_default();
     }
 }

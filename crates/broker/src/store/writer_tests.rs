@@ -20,6 +20,8 @@ use super::writer::{Op, Writer};
 use super::FsyncMode;
 
 const WAIT: Duration = Duration::from_secs(10);
+/// How long something that must not happen is given to happen anyway.
+const QUIET: Duration = Duration::from_millis(300);
 
 /// The `before_sync` hook: records every sync's segment and, while held, keeps the
 /// sync in progress.
@@ -95,24 +97,29 @@ fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> H
         std::env::temp_dir().join(format!("minimq-writer-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let file = create_segment(&dir, 1).unwrap();
+    let disk: Arc<dyn super::disk::Disk> = Arc::new(super::disk::OsDisk);
+    let file = create_segment(&*disk, &dir, 1).unwrap();
     let mut index = Index::default();
     index.live.segments.entry(1).or_default();
     let fail = Arc::new(AtomicBool::new(false));
     let poisoned = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::unbounded_channel();
     let w = Writer {
+        disk,
         dir: dir.clone(),
-        file: Arc::new(file),
+        file,
         seg: 1,
         size: super::format::FILE_HEADER_LEN as u64,
         segment_size,
         fsync,
         index: Arc::new(Mutex::new(index)),
         poisoned: poisoned.clone(),
+        faulted: Arc::new(tokio::sync::watch::Sender::new(false)),
+        wake: Some(tx.downgrade()),
+        unsynced: Default::default(),
         fail_syncs: Some(fail.clone()),
         before_sync: Some(gate.hook()),
     };
-    let (tx, rx) = mpsc::unbounded_channel();
     let (sink, events) = std_mpsc::channel();
     let thread = std::thread::spawn(move || w.run(rx));
     Harness {
@@ -239,30 +246,57 @@ fn a_record_written_during_a_sync_is_confirmed_only_by_a_later_sync() {
         h.confirms_now().is_empty(),
         "confirmed before the sync ended"
     );
-    // ...so only the next sync, which fails, covers it.
+    // ...so only the next sync, which fails, covers it: it is withheld, not nacked.
     h.fail.store(true, Ordering::SeqCst);
     gate.release();
-    assert_eq!(h.confirms(2), vec![(1, true), (2, false)]);
-    assert!(h.poisoned.load(Ordering::SeqCst));
-    // Poisoned: later records are refused, even with syncs working again.
+    assert_eq!(h.confirms(1), vec![(1, true)]);
+    std::thread::sleep(QUIET);
+    assert!(h.confirms_now().is_empty(), "withheld while syncs fail");
+    assert!(
+        !h.poisoned.load(Ordering::SeqCst),
+        "a fault is not a poison"
+    );
+    // Syncs work again: record 2 is written again on a new segment and confirmed there.
     h.fail.store(false, Ordering::SeqCst);
+    assert_eq!(h.confirms(1), vec![(2, true)]);
     h.append(3);
-    assert_eq!(h.confirms(1), vec![(3, false)]);
-    assert!(!h.ask(Op::Sync).recv_timeout(WAIT).unwrap());
-    assert!(!h.stop());
+    assert_eq!(h.confirms(1), vec![(3, true)]);
+    assert!(h.ask(Op::Sync).recv_timeout(WAIT).unwrap());
+    assert!(h.stop());
 }
 
+/// A failed sync: its waiters wait; once syncs work, their records are on a new segment,
+/// and the segment whose sync failed is cut back to what was synced on it.
 #[test]
-fn a_failed_sync_nacks_its_waiters() {
+fn a_failed_sync_withholds_its_waiters_until_their_records_are_synced_on_a_new_segment() {
     let gate = Arc::new(Gate::default());
     let mut h = start("fail", FsyncMode::Batch, 1 << 20, &gate);
     h.append(1);
     assert_eq!(h.confirms(1), vec![(1, true)]);
+    let synced = h.segment_len();
     h.fail.store(true, Ordering::SeqCst);
     h.append(2);
-    assert_eq!(h.confirms(1), vec![(2, false)]);
-    assert!(h.poisoned.load(Ordering::SeqCst));
-    assert!(!h.stop());
+    std::thread::sleep(QUIET);
+    assert!(h.confirms_now().is_empty());
+    h.fail.store(false, Ordering::SeqCst);
+    assert_eq!(h.confirms(1), vec![(2, true)]);
+    assert!(h.flush());
+    // (Holding nothing live, segment 1 may be deleted already.)
+    if let Ok(m) = std::fs::metadata(h.dir.join(segment_name(1))) {
+        assert_eq!(m.len(), synced, "segment 1 ends where its last sync did");
+    }
+    // Each retry while syncs failed gave up on the segment it had started.
+    let (newest, path) = super::recovery::list_segments(&h.dir)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(newest > 1);
+    assert_eq!(
+        std::fs::metadata(path).unwrap().len(),
+        super::format::FILE_HEADER_LEN as u64 + 100,
+        "record 2 is on the newest segment"
+    );
+    assert!(h.stop());
 }
 
 #[test]
