@@ -18,7 +18,8 @@
 # BENCH_NO_BUILD=1 (use the binaries already in target/release), BENCH_NOTE (a line
 # printed under the heading, e.g. "quiet machine, governor performance"),
 # BENCH_SCENARIOS (the scenarios to run, e.g. "t" or "e f t"; default all of
-# a b c d e f g h t r pika; the table then has only their rows).
+# a b c d e f g h t r o pika; the table then has only their rows), BENCH_CONNECTIONS and
+# BENCH_QUEUES (idle objects of row o: 5000 and 20000; 500 and 2000 with --quick).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,10 +44,14 @@ if [[ $QUICK == 1 ]]; then
     SECS=${BENCH_SECONDS:-2}
     FILL=${BENCH_FILL:-50000}
     RESTART_N=${BENCH_RESTART:-50000}
+    OBJ_CONNECTIONS=${BENCH_CONNECTIONS:-500}
+    OBJ_QUEUES=${BENCH_QUEUES:-2000}
 else
     SECS=${BENCH_SECONDS:-10}
     FILL=${BENCH_FILL:-1000000}
     RESTART_N=${BENCH_RESTART:-1000000}
+    OBJ_CONNECTIONS=${BENCH_CONNECTIONS:-5000}
+    OBJ_QUEUES=${BENCH_QUEUES:-20000}
 fi
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 RAW=${BENCH_RAW:-$ROOT/target/bench-compare}
@@ -58,7 +63,7 @@ TICKS=$(getconf CLK_TCK)
 
 log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t r pika} "
+SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t r o pika} "
 want() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 RESULTS=$RAW/results.jsonl
@@ -350,6 +355,21 @@ restart_row() {
     measure r-drain "$b" "$pid" "$url" --queue bench-r --durable --drain --prefetch 100
 }
 
+# Many idle objects, on a freshly restarted broker (freed memory of earlier scenarios would
+# hide the cost): RSS growth per idle connection (logged in, no channel, as an idle pika
+# BlockingConnection) and per empty queue, with connection and declare/delete rates.
+# objects_row BROKER
+objects_row() {
+    local b=$1 pid url
+    if [[ $b == minimq ]]; then
+        stop_minimq; start_minimq; pid=$MQ_PID; url=$MQ_URL
+    else
+        stop_rabbitmq; start_rabbitmq; pid=$RMQ_PID; url=$RMQ_URL
+    fi
+    measure o-conn "$b" "$pid" "$url" --connections "$OBJ_CONNECTIONS" --broker-pid "$pid"
+    measure o-queues "$b" "$pid" "$url" --queues "$OBJ_QUEUES" --broker-pid "$pid"
+}
+
 # pika (a third-party client): publish N, then consume N with auto-ack; msg/s each way.
 pika_row() { # broker port
     local n=20000
@@ -415,6 +435,11 @@ if want r; then
     log "restart with $RESTART_N persistent messages queued"
     restart_row minimq
     restart_row rabbitmq
+fi
+if want o; then
+    log "idle objects: $OBJ_CONNECTIONS connections, $OBJ_QUEUES queues"
+    objects_row minimq
+    objects_row rabbitmq
 fi
 if ! want pika; then
     :
@@ -512,6 +537,11 @@ scen = [
     ("r-restart", "r. broker RSS before the restart", "MiB", lambda r: (r or {}).get("rss_before_kb", 0) / 1024 or None, False),
     ("r-restart", "r. broker RSS after the restart", "MiB", lambda r: (r or {}).get("rss_after_kb", 0) / 1024 or None, False),
     ("r-drain", "r. drain after the restart, prefetch 100", "received msg/s", lambda r: rep(r, "received_rate"), True),
+    ("o-conn", "o. idle connections (logged in, no channel), fresh broker", "broker KiB each", lambda r: (rep(r, "bytes_per_object") or 0) / 1024 or None, False),
+    ("o-conn", "o. (same)", "opened/s", lambda r: rep(r, "create_rate"), True),
+    ("o-queues", "o. empty queues, one connection, 8 channels", "broker KiB each", lambda r: (rep(r, "bytes_per_object") or 0) / 1024 or None, False),
+    ("o-queues", "o. (same)", "declared/s", lambda r: rep(r, "create_rate"), True),
+    ("o-queues", "o. (same)", "deleted/s", lambda r: rep(r, "delete_rate"), True),
 ]
 out = []
 title = "## Results"

@@ -94,7 +94,14 @@ async fn setup(vhost: &VHost, mode: Mode) -> (QueueHandle, mpsc::UnboundedReceiv
         // Nothing writes these deliveries out: a room that never fills.
         room: std::sync::Arc::new(minimq_broker::queue::OutputRoom::new(usize::MAX)),
     };
-    assert!(queue.send(QueueCommand::Consume { consumer, reply }).await);
+    assert!(
+        queue
+            .send(QueueCommand::Consume {
+                consumer: Box::new(consumer),
+                reply
+            })
+            .await
+    );
     answer.await.expect("answer").expect("consume");
     (queue, events)
 }

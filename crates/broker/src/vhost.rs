@@ -1102,7 +1102,7 @@ mod tests {
         let (reply, answer) = oneshot::channel();
         assert!(
             q.send(QueueCommand::Consume {
-                consumer: ConsumerSpec {
+                consumer: Box::new(ConsumerSpec {
                     id: 77,
                     tag: "ctag".into(),
                     conn_id: 1,
@@ -1114,7 +1114,7 @@ mod tests {
                     channel_credit: None,
                     sink: sink.clone(),
                     room: std::sync::Arc::new(crate::queue::OutputRoom::new(usize::MAX)),
-                },
+                }),
                 reply,
             })
             .await

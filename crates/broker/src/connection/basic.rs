@@ -120,7 +120,7 @@ impl Conn {
         let (reply, rx) = oneshot::channel();
         if !queue
             .send(QueueCommand::Consume {
-                consumer: spec,
+                consumer: Box::new(spec),
                 reply,
             })
             .await

@@ -523,7 +523,7 @@ impl QueueActor {
                 self.dispatch(now);
             }
             QueueCommand::Consume { consumer, reply } => {
-                let result = self.add_consumer(consumer);
+                let result = self.add_consumer(*consumer);
                 let _ = reply.send(result);
                 self.dispatch(now);
             }

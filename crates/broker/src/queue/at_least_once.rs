@@ -54,20 +54,22 @@ pub struct AtLeastOnce<T> {
     tickets: HashMap<u64, (u64, Arc<str>)>,
     next_id: u64,
     bytes: u64,
-    sink: mpsc::UnboundedSender<QueueEvent>,
-    confirms: mpsc::UnboundedReceiver<QueueEvent>,
+    /// Where the targets' confirms come back; made with the first ticket, so a queue that
+    /// never holds a dead letter (most) does not carry a channel for them.
+    confirms: Option<(
+        mpsc::UnboundedSender<QueueEvent>,
+        mpsc::UnboundedReceiver<QueueEvent>,
+    )>,
 }
 
 impl<T> Default for AtLeastOnce<T> {
     fn default() -> Self {
-        let (sink, confirms) = mpsc::unbounded_channel();
         AtLeastOnce {
             pending: BTreeMap::new(),
             tickets: HashMap::new(),
             next_id: 1,
             bytes: 0,
-            sink,
-            confirms,
+            confirms: None,
         }
     }
 }
@@ -124,8 +126,9 @@ impl<T> AtLeastOnce<T> {
         if let Some(p) = self.pending.get_mut(&id) {
             p.waiting += 1;
         }
+        let (sink, _) = self.confirms.get_or_insert_with(mpsc::unbounded_channel);
         ConfirmTicket {
-            sink: self.sink.clone(),
+            sink: sink.clone(),
             channel: TICKET_CHANNEL,
             seq,
         }
@@ -148,9 +151,13 @@ impl<T> AtLeastOnce<T> {
 
     /// Waits for the next confirm of a target.
     pub async fn confirm(&mut self) -> (u64, bool) {
+        let Some((_, confirms)) = &mut self.confirms else {
+            // No ticket was ever given out: no confirm can come.
+            return std::future::pending().await;
+        };
         loop {
             // The module keeps a sender, so the channel never closes.
-            if let Some(QueueEvent::Confirm { seq, ok, .. }) = self.confirms.recv().await {
+            if let Some(QueueEvent::Confirm { seq, ok, .. }) = confirms.recv().await {
                 return (seq, ok);
             }
         }

@@ -312,7 +312,10 @@ impl TestQueue {
         };
         assert!(
             self.handle
-                .send(QueueCommand::Consume { consumer, reply })
+                .send(QueueCommand::Consume {
+                    consumer: Box::new(consumer),
+                    reply,
+                })
                 .await
         );
         answer.await.unwrap().unwrap();

@@ -358,6 +358,10 @@ pub struct Publish {
     pub confirm: Option<ConfirmTicket>,
 }
 
+/// Every queue's two command channels allocate room for 32 commands up front, so an
+/// empty queue's memory grows with the largest command: a large rare one is boxed.
+const _: () = assert!(std::mem::size_of::<QueueCommand>() <= 40);
+
 /// A command to a queue task.
 #[derive(Debug)]
 pub enum QueueCommand {
@@ -367,8 +371,9 @@ pub enum QueueCommand {
     Publish(Vec<Publish>),
     /// Add a consumer.
     Consume {
-        /// The consumer.
-        consumer: ConsumerSpec,
+        /// The consumer (boxed: every queue's command channels are sized by the largest
+        /// command, and this one is rare).
+        consumer: Box<ConsumerSpec>,
         /// Ok, or 403 when exclusivity forbids it.
         reply: oneshot::Sender<AmqpResult<()>>,
     },
