@@ -597,7 +597,7 @@ for key, label, metric, f, higher in scen:
                  pair(m and m.get("hwm_kb"), r and r.get("hwm_kb"), mib)]
         def ok(x):
             if not x or not x.get("report"): return "failed"
-            if key in ("g-fill", "r-fill"): return "n/a"
+            if key in ("g-fill", "r-fill", "o-conn", "o-queues"): return "n/a"
             return "yes" if x["report"].get("exactly_once") else f"NO ({x['report'].get('missing')} missing, {x['report'].get('duplicates')} dup)"
         eo = f"{ok(m)} / {ok(r)}"
     out.append(f"| {label} | {metric} | {num(vm)} | {num(vr)} | {ratio} | " + " | ".join(extra) + f" | {eo} |")
