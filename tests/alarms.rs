@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::http::{get, request, GUEST};
+use common::http::{get, request, send_json, GUEST};
 use common::within;
 use minimq_broker::config::{parse_size, Watermark};
 use minimq_broker::{Broker, Config};
@@ -129,6 +129,99 @@ async fn memory_alarm_from_a_tiny_watermark_shows_in_nodes_and_clears_when_raise
     until_alarms(&broker, |a| !a.memory).await;
     let (status, _) = check(&broker, "/api/health/checks/alarms").await;
     assert_eq!(status, 200);
+    broker.shutdown().await;
+}
+
+/// `rabbitmqctl set_disk_free_limit` and `set_vm_memory_high_watermark` at run time, over
+/// the API (what `minimqctl` uses): the alarm follows at the next sample, both ways.
+#[tokio::test]
+async fn limits_set_at_run_time_over_the_api_raise_and_clear_the_alarms() {
+    let broker = start(Watermark::Absolute(0), 0).await;
+    let node = get(&broker, "/api/overview").await["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let disk = format!("/api/nodes/{node}/disk-free-limit");
+    let memory = format!("/api/nodes/{node}/vm-memory-high-watermark");
+
+    assert_eq!(
+        send_json(&broker, "PUT", &disk, r#"{"limit": "1000TB"}"#)
+            .await
+            .status,
+        204
+    );
+    until_alarms(&broker, |a| a.disk).await;
+    assert_eq!(
+        check(&broker, "/api/health/checks/local-alarms").await.0,
+        503
+    );
+    assert_eq!(
+        get(&broker, "/api/nodes").await[0]["disk_free_limit"],
+        1_000_000_000_000_000u64
+    );
+    assert_eq!(
+        send_json(&broker, "PUT", &disk, r#"{"limit": "50MB"}"#)
+            .await
+            .status,
+        204
+    );
+    until_alarms(&broker, |a| !a.disk).await;
+    assert_eq!(
+        get(&broker, "/api/nodes").await[0]["disk_free_limit"],
+        50_000_000u64
+    );
+    // Relative to memory, as RabbitMQ's `mem_relative`.
+    assert_eq!(
+        send_json(&broker, "PUT", &disk, r#"{"mem_relative": 0.5}"#)
+            .await
+            .status,
+        204
+    );
+    assert!(
+        get(&broker, "/api/nodes").await[0]["disk_free_limit"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        send_json(&broker, "PUT", &disk, r#"{"limit": 0}"#)
+            .await
+            .status,
+        204
+    );
+
+    assert_eq!(
+        send_json(&broker, "PUT", &memory, r#"{"absolute": 1}"#)
+            .await
+            .status,
+        204
+    );
+    until_alarms(&broker, |a| a.memory).await;
+    assert_eq!(
+        send_json(&broker, "PUT", &memory, r#"{"fraction": 0.9}"#)
+            .await
+            .status,
+        204
+    );
+    until_alarms(&broker, |a| !a.memory).await;
+
+    // RabbitMQ's validation text; nothing changes.
+    let bad = send_json(&broker, "PUT", &memory, r#"{"fraction": 2}"#).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.json()["reason"],
+        "The threshold should be a fraction between 0.0 and 1.0"
+    );
+    let bad = send_json(&broker, "PUT", &disk, r#"{"limit": "12 parsecs"}"#).await;
+    assert_eq!(bad.status, 400);
+    let missing = send_json(
+        &broker,
+        "PUT",
+        "/api/nodes/nobody@nowhere/disk-free-limit",
+        r#"{"limit": 1}"#,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
     broker.shutdown().await;
 }
 

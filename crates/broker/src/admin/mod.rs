@@ -175,6 +175,14 @@ pub fn router(state: Arc<BrokerState>) -> Router {
             get(policy).put(put_policy).delete(delete_policy),
         )
         .route("/api/nodes/{node}", get(node))
+        .route(
+            "/api/nodes/{node}/vm-memory-high-watermark",
+            axum::routing::put(put_memory_high_watermark),
+        )
+        .route(
+            "/api/nodes/{node}/disk-free-limit",
+            axum::routing::put(put_disk_free_limit),
+        )
         .route("/api/health/checks/alarms", get(alarms_check))
         .route("/api/health/checks/local-alarms", get(local_alarms_check))
         .fallback(|| async { ApiError::not_found() })
@@ -697,6 +705,107 @@ async fn node(
         .find(|n| n.name() == name)
         .ok_or_else(ApiError::not_found)?;
     Ok(Json(node).into_response())
+}
+
+/// `name` is this node, or 404.
+fn this_node(
+    state: &BrokerState,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<(), ApiError> {
+    let name = params(name)?;
+    if json::nodes(state).iter().any(|n| n.name() == name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+/// A size in a JSON body: a number of octets, or a string with a unit (`"2GB"`).
+fn size_value(v: &serde_json::Value) -> Result<u64, String> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("{n}: expected a whole number of octets")),
+        serde_json::Value::String(s) => crate::config::parse_size(s),
+        other => Err(format!(
+            "{other}: expected a size such as 2GB or 1073741824"
+        )),
+    }
+}
+
+/// A fraction in a JSON body, within `range`.
+fn fraction_value(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// `rabbitmqctl set_vm_memory_high_watermark`, over the API (a minimq addition: RabbitMQ's
+/// API has no such endpoint): `{"fraction": 0.4}` of the memory the broker may count on,
+/// or `{"absolute": "2GB"}`. Takes effect at the next memory sample; a restart goes back
+/// to `--memory-high-watermark`, as in RabbitMQ.
+async fn put_memory_high_watermark(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    this_node(&state, name)?;
+    let body = json_body(&body)?;
+    let limit = match (body.get("fraction"), body.get("absolute")) {
+        (Some(f), None) => match fraction_value(f) {
+            Some(f) if (0.0..=1.0).contains(&f) => {
+                crate::alarm::memory_limit(crate::config::Watermark::Fraction(f))
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "The threshold should be a fraction between 0.0 and 1.0",
+                ))
+            }
+        },
+        (None, Some(a)) => size_value(a).map_err(ApiError::bad_request)?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "expected {\"fraction\": F} or {\"absolute\": SIZE}",
+            ))
+        }
+    };
+    state.alarms.set_memory_limit(limit);
+    tracing::info!(limit, "memory high watermark set");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `rabbitmqctl set_disk_free_limit`, over the API (a minimq addition): `{"limit":
+/// "50MB"}` or `{"mem_relative": 1.5}` (times the memory the broker may count on). Takes
+/// effect at the next disk sample; a restart goes back to `--disk-free-limit`.
+async fn put_disk_free_limit(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    this_node(&state, name)?;
+    let body = json_body(&body)?;
+    let limit = match (body.get("limit"), body.get("mem_relative")) {
+        (Some(l), None) => size_value(l).map_err(ApiError::bad_request)?,
+        (None, Some(r)) => match fraction_value(r) {
+            Some(r) if r.is_finite() && r >= 0.0 => {
+                let memory = crate::alarm::available_memory().unwrap_or(0) as f64;
+                (memory * r) as u64
+            }
+            _ => return Err(ApiError::bad_request("mem_relative: expected a number")),
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "expected {\"limit\": SIZE} or {\"mem_relative\": F}",
+            ))
+        }
+    };
+    state.alarms.set_disk_free_limit(limit);
+    tracing::info!(limit, "disk free limit set");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// RabbitMQ answers a failed health check with 503 and the alarms.
