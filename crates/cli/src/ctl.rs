@@ -582,6 +582,10 @@ pub enum Command {
     },
     /// `status`.
     Status,
+    /// `set_disk_free_limit DISK_LIMIT | mem_relative FRACTION`.
+    SetDiskFreeLimit(NodeLimit),
+    /// `set_vm_memory_high_watermark FRACTION | absolute VALUE`.
+    SetVmMemoryHighWatermark(NodeLimit),
     /// `set_policy [--priority N] [--apply-to KIND] NAME PATTERN DEFINITION`.
     SetPolicy {
         /// Policy name.
@@ -634,6 +638,54 @@ pub enum Command {
     ClearVhostLimits,
     /// `list_vhost_limits`.
     ListVhostLimits,
+}
+
+/// A node's alarm limit as rabbitmqctl takes it: an amount, or a fraction (of memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeLimit {
+    /// A size (`50MB`, `2GiB`, `1000000`), as the server parses it.
+    Size(String),
+    /// A fraction: of the memory for the watermark, times the memory for the disk limit.
+    Fraction(String),
+}
+
+impl NodeLimit {
+    /// `set_disk_free_limit`'s arguments: `DISK_LIMIT` or `mem_relative FRACTION`.
+    pub fn disk(args: &[String]) -> Result<NodeLimit, CtlError> {
+        match args {
+            [size] if size != "mem_relative" => Ok(NodeLimit::Size(size.clone())),
+            [word, f] if word == "mem_relative" => Ok(NodeLimit::Fraction(f.clone())),
+            _ => Err(bad_argument(
+                "set_disk_free_limit <disk_limit> | mem_relative <fraction>",
+            )),
+        }
+    }
+
+    /// `set_vm_memory_high_watermark`'s arguments: `FRACTION` or `absolute VALUE`.
+    pub fn memory(args: &[String]) -> Result<NodeLimit, CtlError> {
+        match args {
+            [word, size] if word == "absolute" => Ok(NodeLimit::Size(size.clone())),
+            [f] if f != "absolute" => match f.trim().parse::<f64>() {
+                Ok(x) if (0.0..=1.0).contains(&x) => Ok(NodeLimit::Fraction(f.clone())),
+                _ => Err(CtlError {
+                    message: "Bad argument: The threshold should be a fraction between 0.0 and 1.0"
+                        .into(),
+                    code: EXIT_DATA,
+                }),
+            },
+            _ => Err(bad_argument(
+                "set_vm_memory_high_watermark <fraction> | absolute <value>",
+            )),
+        }
+    }
+}
+
+/// rabbitmqctl's argument validation failure (exit 65).
+fn bad_argument(usage: &str) -> CtlError {
+    CtlError {
+        message: format!("Bad argument. Usage: {usage}"),
+        code: EXIT_DATA,
+    }
 }
 
 /// The limits a vhost can have.
@@ -1217,6 +1269,60 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                     );
                 }
                 _ => out.push('\n'),
+            }
+            Ok(out)
+        }
+        Command::SetDiskFreeLimit(limit) | Command::SetVmMemoryHighWatermark(limit) => {
+            let resp = get("/api/overview".to_string())?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "GET /api/overview", &options.user));
+            }
+            let node = parse(&resp)?["node"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let disk = matches!(command, Command::SetDiskFreeLimit(_));
+            let (what, endpoint) = if disk {
+                ("disk free limit", "disk-free-limit")
+            } else {
+                ("memory threshold", "vm-memory-high-watermark")
+            };
+            let (shown, body) = match (limit, disk) {
+                (NodeLimit::Size(v), true) => {
+                    (format!("{v} bytes"), serde_json::json!({ "limit": v }))
+                }
+                (NodeLimit::Fraction(f), true) => (
+                    format!("{f} times the total RAM"),
+                    serde_json::json!({ "mem_relative": f }),
+                ),
+                (NodeLimit::Size(v), false) => {
+                    (format!("{v} bytes"), serde_json::json!({ "absolute": v }))
+                }
+                (NodeLimit::Fraction(f), false) => {
+                    (f.clone(), serde_json::json!({ "fraction": f }))
+                }
+            };
+            let out = info(options, &format!("Setting {what} on {node} to {shown} ..."));
+            let path = format!("/api/nodes/{}/{endpoint}", encode_segment(&node));
+            let resp = client
+                .request_json("PUT", &path, body.to_string().as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if resp.status == 400 {
+                let reason = serde_json::from_slice::<Value>(&resp.body)
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                return Err(CtlError {
+                    message: format!("Bad argument: {reason}"),
+                    code: EXIT_DATA,
+                });
+            }
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("setting the {what}"),
+                    &options.user,
+                ));
             }
             Ok(out)
         }

@@ -271,6 +271,57 @@ fn minimqctl_sets_lists_and_clears_vhost_limits_as_rabbitmqctl() {
 }
 
 #[test]
+fn minimqctl_sets_the_alarm_limits_at_run_time_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    let status = ok(&b.ctl(&["status"]));
+    let node = status
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Status of node "))
+        .and_then(|l| l.strip_suffix(" ..."))
+        .expect("status names the node")
+        .to_string();
+    let limits = || b.broker().state().alarms.snapshot();
+
+    assert_eq!(
+        ok(&b.ctl(&["set_disk_free_limit", "1000TB"])),
+        format!("Setting disk free limit on {node} to 1000TB bytes ...\n")
+    );
+    assert_eq!(limits().disk_free_limit, 1_000_000_000_000_000);
+    assert_eq!(
+        ok(&b.ctl(&["set_disk_free_limit", "mem_relative", "1.5"])),
+        format!("Setting disk free limit on {node} to 1.5 times the total RAM ...\n")
+    );
+    assert!(limits().disk_free_limit > 0);
+    assert_eq!(
+        ok(&b.ctl(&["set_vm_memory_high_watermark", "absolute", "2GB"])),
+        format!("Setting memory threshold on {node} to 2GB bytes ...\n")
+    );
+    assert_eq!(limits().mem_limit, 2_000_000_000);
+    assert_eq!(
+        ok(&b.ctl(&["-q", "set_vm_memory_high_watermark", "0.4"])),
+        ""
+    );
+    assert_ne!(limits().mem_limit, 2_000_000_000);
+
+    // rabbitmqctl's argument validation: exit 65, nothing changed.
+    let before = limits();
+    let bad = b.ctl(&["set_vm_memory_high_watermark", "2"]);
+    assert_eq!(bad.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&bad.stderr)
+        .contains("Bad argument: The threshold should be a fraction between 0.0 and 1.0"));
+    let bad = b.ctl(&["set_disk_free_limit", "lots"]);
+    assert_eq!(bad.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Bad argument"));
+    assert!(bad.stdout.is_empty());
+    let after = limits();
+    assert_eq!(
+        (before.mem_limit, before.disk_free_limit),
+        (after.mem_limit, after.disk_free_limit)
+    );
+}
+
+#[test]
 fn minimqctl_manages_users_and_permissions_as_rabbitmqctl() {
     let b = TestBroker::with_http();
     assert_eq!(

@@ -98,6 +98,20 @@ enum Cmd {
     },
     /// Shows the broker's version, totals and listeners.
     Status,
+    /// Sets the free disk space under which publishers are blocked, until the next
+    /// restart: a size (50MB, 2GiB) or `mem_relative FRACTION` (times the memory).
+    SetDiskFreeLimit {
+        /// `<disk_limit>` or `mem_relative <fraction>`.
+        #[arg(num_args = 1..=2, required = true, value_name = "LIMIT")]
+        args: Vec<String>,
+    },
+    /// Sets the memory high watermark, until the next restart: a fraction of the
+    /// memory (0.4) or `absolute SIZE`.
+    SetVmMemoryHighWatermark {
+        /// `<fraction>` or `absolute <value>`.
+        #[arg(num_args = 1..=2, required = true, value_name = "LIMIT")]
+        args: Vec<String>,
+    },
     /// Sets a policy: a definition applied to the queues and exchanges whose names match
     /// PATTERN.
     SetPolicy {
@@ -220,7 +234,8 @@ fn main() {
                      list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits add_user delete_user \
                      change_password set_user_tags list_users set_permissions \
                      clear_permissions list_permissions list_user_permissions \
-                     export_definitions import_definitions status (see --help)",
+                     export_definitions import_definitions set_disk_free_limit \
+                     set_vm_memory_high_watermark status (see --help)",
                 ))
             }
             _ => {
@@ -269,6 +284,14 @@ fn main() {
             if_unused,
         },
         Cmd::Status => Command::Status,
+        Cmd::SetDiskFreeLimit { args } => match ctl::NodeLimit::disk(&args) {
+            Ok(limit) => Command::SetDiskFreeLimit(limit),
+            Err(e) => fail(e),
+        },
+        Cmd::SetVmMemoryHighWatermark { args } => match ctl::NodeLimit::memory(&args) {
+            Ok(limit) => Command::SetVmMemoryHighWatermark(limit),
+            Err(e) => fail(e),
+        },
         Cmd::SetPolicy {
             apply_to,
             priority,

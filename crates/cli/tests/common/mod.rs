@@ -25,6 +25,11 @@ impl TestBroker {
         TestBroker::build(true)
     }
 
+    /// The broker itself, for what a test checks behind the CLI's back.
+    pub fn broker(&self) -> &minimq_broker::Broker {
+        self.broker.as_ref().expect("running until dropped")
+    }
+
     fn build(http: bool) -> TestBroker {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
