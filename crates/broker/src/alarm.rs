@@ -179,6 +179,10 @@ pub struct Alarms {
     mem_limit: AtomicU64,
     disk_free: AtomicU64,
     disk_free_limit: AtomicU64,
+    /// A memory reading has been taken (`mem_used` is one).
+    mem_sampled: AtomicBool,
+    /// A free-space reading has been taken (`disk_free` is one).
+    disk_sampled: AtomicBool,
     /// Changes, for connections waiting on an alarm to clear.
     changes: watch::Sender<AlarmSet>,
     /// Set by [`Alarms::stop_monitor`]: the thread exits at its next sample.
@@ -197,6 +201,8 @@ impl Alarms {
             mem_limit: AtomicU64::new(mem_limit),
             disk_free: AtomicU64::new(0),
             disk_free_limit: AtomicU64::new(disk_free_limit),
+            mem_sampled: AtomicBool::new(false),
+            disk_sampled: AtomicBool::new(false),
             changes: watch::channel(AlarmSet::default()).0,
             stopped: AtomicBool::new(false),
         }
@@ -232,16 +238,26 @@ impl Alarms {
         self.changes.subscribe()
     }
 
-    /// Sets the memory high watermark, octets (0: no memory alarm). Takes effect at the
-    /// next sample, as `rabbitmqctl set_vm_memory_high_watermark` does.
+    /// Sets the memory high watermark, octets (0: no memory alarm). The alarm follows at
+    /// once against the last reading (as `rabbitmqctl set_vm_memory_high_watermark`
+    /// re-checks at once), and at every sample after.
     pub fn set_memory_limit(&self, octets: u64) {
         self.mem_limit.store(octets, Ordering::Relaxed);
+        if self.mem_sampled.load(Ordering::Relaxed) {
+            let used = self.mem_used.load(Ordering::Relaxed);
+            self.set(Resource::Memory, octets > 0 && used > octets);
+        }
     }
 
-    /// Sets the free disk limit, octets (0: no disk alarm). Takes effect at the next
-    /// sample, as `rabbitmqctl set_disk_free_limit` does.
+    /// Sets the free disk limit, octets (0: no disk alarm). The alarm follows at once
+    /// against the last reading (as `rabbitmqctl set_disk_free_limit` re-checks at once),
+    /// and at every sample after.
     pub fn set_disk_free_limit(&self, octets: u64) {
         self.disk_free_limit.store(octets, Ordering::Relaxed);
+        if self.disk_sampled.load(Ordering::Relaxed) {
+            let free = self.disk_free.load(Ordering::Relaxed);
+            self.set(Resource::Disk, octets > 0 && free < octets);
+        }
     }
 
     /// Raises or clears `resource`'s alarm, logging and announcing a change.
@@ -321,12 +337,14 @@ impl Alarms {
     pub fn sample(&self, probe: &mut dyn Probe, disk_dir: Option<&Path>) {
         if let Some(used) = probe.memory_used() {
             self.mem_used.store(used, Ordering::Relaxed);
+            self.mem_sampled.store(true, Ordering::Relaxed);
             let limit = self.mem_limit.load(Ordering::Relaxed);
             self.set(Resource::Memory, limit > 0 && used > limit);
         }
         if let Some(dir) = disk_dir {
             if let Some(free) = probe.disk_free(dir) {
                 self.disk_free.store(free, Ordering::Relaxed);
+                self.disk_sampled.store(true, Ordering::Relaxed);
                 let limit = self.disk_free_limit.load(Ordering::Relaxed);
                 self.set(Resource::Disk, limit > 0 && free < limit);
             }
@@ -387,6 +405,29 @@ mod tests {
         fn disk_free(&mut self, _: &Path) -> Option<u64> {
             self.0.lock().unwrap().1
         }
+    }
+
+    /// A limit set at run time is checked against the last reading at once, as
+    /// `rabbitmqctl set_disk_free_limit` does: a publish made right after is blocked. Before
+    /// any reading there is nothing to compare (no data directory: no disk reading at all).
+    #[test]
+    fn a_limit_set_at_run_time_applies_to_the_last_reading_at_once() {
+        let alarms = Alarms::new(0, 0);
+        alarms.set_disk_free_limit(u64::MAX);
+        alarms.set_memory_limit(1);
+        assert!(!alarms.any(), "no reading yet");
+        let mut probe = Fixed::default();
+        *probe.0.lock().unwrap() = (Some(5000), Some(1000));
+        alarms.sample(&mut probe, Some(Path::new("/")));
+        assert!(alarms.current().disk && alarms.current().memory);
+        alarms.set_disk_free_limit(500);
+        assert!(!alarms.current().disk, "1000 free is over a limit of 500");
+        alarms.set_disk_free_limit(2000);
+        assert!(alarms.current().disk);
+        alarms.set_memory_limit(10_000);
+        assert!(!alarms.current().memory, "5000 used is under 10000");
+        alarms.set_memory_limit(0);
+        assert!(!alarms.current().memory, "0 disables");
     }
 
     #[test]
