@@ -122,21 +122,10 @@ async fn unknown_delivery_tag_and_double_ack_close_the_channel_with_406() {
     assert_eq!(ready(&open(&conn).await, "q").await, 0);
 }
 
-/// Acks read together are each applied in order, as on their own: single and multiple
-/// acks settle their messages, an unknown tag closes the channel with 406, and what the
-/// channel still had unacked then goes back to the queue.
-#[tokio::test]
-async fn acks_read_together_settle_in_order_until_one_fails() {
-    use minimq_protocol::frame::encode_method;
-    let broker = start_broker().await;
-    let conn = connect(&broker).await;
-    let ch = open(&conn).await;
-    declare(&ch, "q").await;
-    for i in 1..=10 {
-        publish(&ch, "", "q", format!("m{i}").as_bytes()).await;
-    }
-    // The consumer below waits for each of the ten deliveries in turn.
-    let mut raw = Client::open_channel1(broker.local_addr()).await;
+/// A raw client consuming `q` on channel 1 (manual acks) that has received its first
+/// `n` deliveries (tags 1..=n), for tests that then write acks byte for byte.
+async fn raw_consumer_with(addr: std::net::SocketAddr, n: u64) -> Client {
+    let mut raw = Client::open_channel1(addr).await;
     raw.send(
         1,
         minimq_protocol::BasicConsume {
@@ -154,7 +143,7 @@ async fn acks_read_together_settle_in_order_until_one_fails() {
     let Method::BasicConsumeOk(_) = raw.method(1).await else {
         panic!("expected basic.consume-ok")
     };
-    for tag in 1..=10 {
+    for tag in 1..=n {
         let Method::BasicDeliver(d) = raw.method(1).await else {
             panic!("expected basic.deliver")
         };
@@ -162,6 +151,24 @@ async fn acks_read_together_settle_in_order_until_one_fails() {
         raw.frame().await;
         raw.frame().await;
     }
+    raw
+}
+
+/// Acks read together are each applied in order, as on their own: single and multiple
+/// acks settle their messages, an unknown tag closes the channel with 406, and what the
+/// channel still had unacked then goes back to the queue.
+#[tokio::test]
+async fn acks_read_together_settle_in_order_until_one_fails() {
+    use minimq_protocol::frame::encode_method;
+    let broker = start_broker().await;
+    let conn = connect(&broker).await;
+    let ch = open(&conn).await;
+    declare(&ch, "q").await;
+    for i in 1..=10 {
+        publish(&ch, "", "q", format!("m{i}").as_bytes()).await;
+    }
+    // The consumer waits for each of the ten deliveries in turn.
+    let mut raw = raw_consumer_with(broker.local_addr(), 10).await;
     let mut buf = bytes::BytesMut::new();
     for (tag, multiple) in [
         (1, false),
@@ -206,32 +213,7 @@ async fn acks_after_a_method_that_closes_the_channel_in_the_same_read_are_discar
     for i in 1..=6 {
         publish(&ch, "", "q", format!("m{i}").as_bytes()).await;
     }
-    let mut raw = Client::open_channel1(broker.local_addr()).await;
-    raw.send(
-        1,
-        minimq_protocol::BasicConsume {
-            queue: "q".into(),
-            consumer_tag: "c".into(),
-            no_local: false,
-            no_ack: false,
-            exclusive: false,
-            no_wait: false,
-            arguments: Default::default(),
-        }
-        .into(),
-    )
-    .await;
-    let Method::BasicConsumeOk(_) = raw.method(1).await else {
-        panic!("expected basic.consume-ok")
-    };
-    for tag in 1..=6 {
-        let Method::BasicDeliver(d) = raw.method(1).await else {
-            panic!("expected basic.deliver")
-        };
-        assert_eq!(d.delivery_tag, tag);
-        raw.frame().await;
-        raw.frame().await;
-    }
+    let mut raw = raw_consumer_with(broker.local_addr(), 6).await;
     let ack = |tag| -> Method {
         minimq_protocol::BasicAck {
             delivery_tag: tag,

@@ -58,8 +58,12 @@ async fn publish(ch: &Channel, queue: &str, body: &str, persistent: bool) {
     assert!(c.is_ack(), "publish of {body} was not acked: {c:?}");
 }
 
-/// Drains a queue with basic.get: (body, redelivered) in order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
+/// Drains a queue with basic.get: (body, what `detail` reads from each) in order.
+async fn drain_with<T>(
+    ch: &Channel,
+    queue: &str,
+    detail: impl Fn(&lapin::message::Delivery) -> T,
+) -> Vec<(String, T)> {
     let mut out = Vec::new();
     while let Some(m) = ch
         .basic_get(queue, BasicGetOptions { no_ack: true })
@@ -68,10 +72,15 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
     {
         out.push((
             String::from_utf8(m.delivery.data.clone()).unwrap(),
-            m.delivery.redelivered,
+            detail(&m.delivery),
         ));
     }
     out
+}
+
+/// Drains a queue with basic.get: (body, redelivered) in order.
+async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
+    drain_with(ch, queue, |d| d.redelivered).await
 }
 
 #[tokio::test]
@@ -874,18 +883,7 @@ async fn declare_quorum(ch: &Channel, name: &str) {
 
 /// Drains a queue with basic.get: (body, delivery mode) in order.
 async fn drain_modes(ch: &Channel, queue: &str) -> Vec<(String, Option<u8>)> {
-    let mut out = Vec::new();
-    while let Some(m) = ch
-        .basic_get(queue, BasicGetOptions { no_ack: true })
-        .await
-        .expect("get")
-    {
-        out.push((
-            String::from_utf8(m.delivery.data.clone()).unwrap(),
-            *m.delivery.properties.delivery_mode(),
-        ));
-    }
-    out
+    drain_with(ch, queue, |d| *d.properties.delivery_mode()).await
 }
 
 /// A quorum queue keeps every message it confirmed, whatever its delivery mode, as

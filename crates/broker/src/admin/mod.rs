@@ -742,33 +742,54 @@ fn fraction_value(v: &serde_json::Value) -> Option<f64> {
     }
 }
 
+/// A node's alarm limit in a request body: an amount (`{amount_key: SIZE}`) or a
+/// fraction (`{fraction_key: F}`), for this node.
+enum NodeLimit {
+    Octets(u64),
+    Fraction(f64),
+}
+
+fn node_limit(
+    state: &BrokerState,
+    name: Result<Path<String>, PathRejection>,
+    body: &[u8],
+    amount_key: &str,
+    fraction_key: &str,
+) -> Result<NodeLimit, ApiError> {
+    this_node(state, name)?;
+    let body = json_body(body)?;
+    match (body.get(fraction_key), body.get(amount_key)) {
+        (Some(f), None) => fraction_value(f)
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(NodeLimit::Fraction)
+            .ok_or_else(|| ApiError::bad_request(format!("{fraction_key}: expected a number"))),
+        (None, Some(a)) => size_value(a)
+            .map(NodeLimit::Octets)
+            .map_err(ApiError::bad_request),
+        _ => Err(ApiError::bad_request(format!(
+            "expected {{\"{fraction_key}\": F}} or {{\"{amount_key}\": SIZE}}"
+        ))),
+    }
+}
+
 /// `rabbitmqctl set_vm_memory_high_watermark`, over the API (a minimq addition: RabbitMQ's
 /// API has no such endpoint): `{"fraction": 0.4}` of the memory the broker may count on,
-/// or `{"absolute": "2GB"}`. Takes effect at the next memory sample; a restart goes back
-/// to `--memory-high-watermark`, as in RabbitMQ.
+/// or `{"absolute": "2GB"}`. Checked at once against the last reading; a restart goes
+/// back to `--memory-high-watermark`, as in RabbitMQ.
 async fn put_memory_high_watermark(
     State(state): Api,
     _: Admin,
     name: Result<Path<String>, PathRejection>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    this_node(&state, name)?;
-    let body = json_body(&body)?;
-    let limit = match (body.get("fraction"), body.get("absolute")) {
-        (Some(f), None) => match fraction_value(f) {
-            Some(f) if (0.0..=1.0).contains(&f) => {
-                crate::alarm::memory_limit(crate::config::Watermark::Fraction(f))
-            }
-            _ => {
-                return Err(ApiError::bad_request(
-                    "The threshold should be a fraction between 0.0 and 1.0",
-                ))
-            }
-        },
-        (None, Some(a)) => size_value(a).map_err(ApiError::bad_request)?,
-        _ => {
+    let limit = match node_limit(&state, name, &body, "absolute", "fraction")? {
+        NodeLimit::Octets(n) => n,
+        NodeLimit::Fraction(f) if f <= 1.0 => {
+            crate::alarm::memory_limit(crate::config::Watermark::Fraction(f))
+        }
+        NodeLimit::Fraction(_) => {
             return Err(ApiError::bad_request(
-                "expected {\"fraction\": F} or {\"absolute\": SIZE}",
+                "The threshold should be a fraction between 0.0 and 1.0",
             ))
         }
     };
@@ -778,30 +799,17 @@ async fn put_memory_high_watermark(
 }
 
 /// `rabbitmqctl set_disk_free_limit`, over the API (a minimq addition): `{"limit":
-/// "50MB"}` or `{"mem_relative": 1.5}` (times the memory the broker may count on). Takes
-/// effect at the next disk sample; a restart goes back to `--disk-free-limit`.
+/// "50MB"}` or `{"mem_relative": 1.5}` (times the memory the broker may count on).
+/// Checked at once against the last reading; a restart goes back to `--disk-free-limit`.
 async fn put_disk_free_limit(
     State(state): Api,
     _: Admin,
     name: Result<Path<String>, PathRejection>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    this_node(&state, name)?;
-    let body = json_body(&body)?;
-    let limit = match (body.get("limit"), body.get("mem_relative")) {
-        (Some(l), None) => size_value(l).map_err(ApiError::bad_request)?,
-        (None, Some(r)) => match fraction_value(r) {
-            Some(r) if r.is_finite() && r >= 0.0 => {
-                let memory = crate::alarm::available_memory().unwrap_or(0) as f64;
-                (memory * r) as u64
-            }
-            _ => return Err(ApiError::bad_request("mem_relative: expected a number")),
-        },
-        _ => {
-            return Err(ApiError::bad_request(
-                "expected {\"limit\": SIZE} or {\"mem_relative\": F}",
-            ))
-        }
+    let limit = match node_limit(&state, name, &body, "limit", "mem_relative")? {
+        NodeLimit::Octets(n) => n,
+        NodeLimit::Fraction(r) => (crate::alarm::available_memory().unwrap_or(0) as f64 * r) as u64,
     };
     state.alarms.set_disk_free_limit(limit);
     tracing::info!(limit, "disk free limit set");

@@ -271,16 +271,23 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
+    /// A writer on one end of a loopback TCP connection, and the other end to read.
+    async fn pair() -> (TcpStream, Writer) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (read_half, write_half) = accepted.unwrap().0.into_split();
+        // The read half goes: its drop does not shut the write side down.
+        drop(read_half);
+        let writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
+        (client.unwrap(), writer)
+    }
+
     /// Batches written at once and batches the socket did not take (handed to the task)
     /// arrive whole and in order, while the peer reads as they come.
     #[tokio::test]
     async fn order_holds_across_the_hand_over() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut reader = client.unwrap();
-        let (_read_half, write_half) = accepted.unwrap().0.into_split();
-        let mut writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
+        let (mut reader, mut writer) = pair().await;
         // A slow reader: 16 KiB per turn against the writer's 64 KiB.
         let read = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -337,12 +344,7 @@ mod tests {
     /// side down itself, so the peer reads everything and then the end of the stream.
     #[tokio::test]
     async fn no_task_until_the_socket_is_full_and_close_still_shuts_down() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut reader = client.unwrap();
-        let (_read_half, write_half) = accepted.unwrap().0.into_split();
-        let mut writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
+        let (mut reader, mut writer) = pair().await;
         writer.send(Bytes::from_static(b"hello"));
         assert!(writer.task.is_none(), "the socket took 5 octets at once");
         assert!(
@@ -360,12 +362,7 @@ mod tests {
     /// whole after `close`.
     #[tokio::test]
     async fn the_task_starts_when_the_socket_is_full() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut reader = client.unwrap();
-        let (_read_half, write_half) = accepted.unwrap().0.into_split();
-        let mut writer = Writer::new(WriteSide::Tcp(Arc::new(write_half)), Default::default());
+        let (mut reader, mut writer) = pair().await;
         // Far more than socket buffers hold, with nobody reading yet.
         let batch = Bytes::from(vec![7u8; 1024 * 1024]);
         let mut sent = 0;
