@@ -21,8 +21,6 @@ use crate::server::BrokerState;
 
 /// The RabbitMQ version whose management API this one follows.
 pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.0";
-/// The only virtual host.
-pub const VHOST: &str = "/";
 
 /// RabbitMQ's error body: `{"error": ..., "reason": ...}`.
 #[derive(Debug, Serialize)]
@@ -243,7 +241,7 @@ struct ObjectTotals {
 #[derive(Debug, Serialize)]
 pub struct Queue<'a> {
     name: Arc<str>,
-    vhost: &'static str,
+    vhost: &'a str,
     durable: bool,
     auto_delete: bool,
     exclusive: bool,
@@ -386,7 +384,7 @@ struct ChannelDetails {
 }
 
 /// `minimq@HOSTNAME`, in the place of RabbitMQ's Erlang node name.
-fn node_name() -> &'static str {
+pub(crate) fn node_name() -> &'static str {
     static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NODE.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -409,15 +407,29 @@ pub fn connection_list(state: &BrokerState) -> Vec<Arc<ConnectionInfo>> {
     list
 }
 
-fn queue_list(state: &BrokerState) -> Vec<QueueHandle> {
-    let mut list = state.vhost.queues();
-    list.sort_by(|a, b| a.name().cmp(b.name()));
+/// The queues of the vhosts `visible` accepts, by vhost and name.
+fn queue_list(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Vec<QueueHandle> {
+    let mut list: Vec<QueueHandle> = state
+        .vhosts
+        .all()
+        .iter()
+        .filter(|v| visible(v.name()))
+        .flat_map(|v| v.queues())
+        .collect();
+    list.sort_by(|a, b| (&a.info().vhost, a.name()).cmp(&(&b.info().vhost, b.name())));
     list
 }
 
-/// The broker at a glance.
-pub fn overview(state: &BrokerState) -> Overview {
-    let queues = queue_list(state);
+/// The broker at a glance: what the vhosts `visible` accepts hold.
+pub fn overview(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Overview {
+    let exchanges = state
+        .vhosts
+        .all()
+        .iter()
+        .filter(|v| visible(v.name()))
+        .map(|v| v.exchange_count())
+        .sum();
+    let queues = queue_list(state, visible);
     let conns = connection_list(state);
     let (mut ready, mut unacked) = (0u64, 0u64);
     let mut stats = MessageStats::default();
@@ -480,7 +492,7 @@ pub fn overview(state: &BrokerState) -> Overview {
             connections: conns.len(),
             channels,
             consumers,
-            exchanges: state.vhost.exchange_count(),
+            exchanges,
         },
         minimq_recovery: recovery(state),
         minimq_alarms: state
@@ -492,9 +504,10 @@ pub fn overview(state: &BrokerState) -> Overview {
     }
 }
 
-/// Every queue, by name. The handles own what the views borrow.
-pub fn queues(state: &BrokerState) -> Vec<QueueHandle> {
-    queue_list(state)
+/// Every queue of the vhosts `visible` accepts, by vhost and name. The handles own what
+/// the views borrow.
+pub fn queues(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Vec<QueueHandle> {
+    queue_list(state, visible)
 }
 
 /// A queue's view; with `detail`, its consumers too.
@@ -523,7 +536,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         for c in connection_list(state) {
             for ch in c.channels() {
                 for consumer in ch.consumers() {
-                    if consumer.queue == info.name {
+                    if consumer.queue == info.name && *c.vhost == *info.vhost {
                         list.push(consumer_view(&c, &ch, &consumer));
                     }
                 }
@@ -533,7 +546,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
     });
     Queue {
         name: info.name.clone(),
-        vhost: VHOST,
+        vhost: &info.vhost,
         durable: info.durable,
         auto_delete: info.auto_delete,
         exclusive: info.exclusive_owner.is_some(),
