@@ -397,3 +397,52 @@ async fn monitoring_lists_every_vhost_and_management_only_its_own() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn what_a_deletion_cut_short_by_a_crash_left_behind_is_removed_at_the_next_start() {
+    let dir = data_dir("vhosts-cut-short");
+    let broker = start(Some(&dir)).await;
+    fill_v1(&broker).await;
+    // The deletion's first step, its record removed, and then the crash: the queue, its
+    // message, the exchange, the policy and the permission are still recorded.
+    let store = broker.state().store.clone().unwrap();
+    store
+        .remove_param(minimq_broker::vhosts::VHOST_COMPONENT, "v1", "v1")
+        .await
+        .unwrap();
+    broker.crash().await;
+
+    let broker = start(Some(&dir)).await;
+    let r = request(&broker, "GET", "/api/vhosts/v1", Some(GUEST)).await;
+    assert_eq!(r.status, 404);
+    let perms = get(&broker, "/api/permissions").await;
+    assert!(
+        perms.as_array().unwrap().iter().all(|p| p["vhost"] != "v1"),
+        "{perms}"
+    );
+    broker.shutdown().await;
+    // Removed for good, not only left out: a v1 made again is empty, after a restart too.
+    let broker = start(Some(&dir)).await;
+    assert_eq!(add_vhost(&broker, "v1").await, 201);
+    broker.shutdown().await;
+    let broker = start(Some(&dir)).await;
+    let conn = connect_to(&broker, "v1").await;
+    let ch = amqp::open(&conn).await;
+    assert_eq!(expect_amqp(amqp::passive(&ch, "kept").await).0, 404);
+    assert!(get(&broker, "/api/policies/v1")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let exported = get(&broker, "/api/definitions").await;
+    assert!(
+        exported["exchanges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "kept-x"),
+        "{exported}"
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
