@@ -446,3 +446,69 @@ async fn what_a_deletion_cut_short_by_a_crash_left_behind_is_removed_at_the_next
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn exchanges_and_bindings_are_listed_by_vhost() {
+    let broker = start(None).await;
+    assert_eq!(add_vhost(&broker, "v1").await, 201);
+    let conn = connect_to(&broker, "v1").await;
+    let ch = amqp::open(&conn).await;
+    amqp::declare(&ch, "q").await;
+    amqp::declare_exchange(&ch, "only-v1", ExchangeKind::Topic).await;
+    amqp::bind(&ch, "q", "only-v1", "a.b-c_d~e f#*", FieldTable::default()).await;
+    let names = |v: serde_json::Value| -> Vec<(String, String)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["vhost"].as_str().unwrap().to_string(),
+                    e["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let v1 = names(get(&broker, "/api/exchanges/v1").await);
+    assert!(v1.iter().all(|(v, _)| v == "v1"), "{v1:?}");
+    let v1: Vec<&str> = v1.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        v1,
+        vec![
+            "",
+            "amq.direct",
+            "amq.fanout",
+            "amq.headers",
+            "amq.match",
+            "amq.topic",
+            "only-v1"
+        ]
+    );
+    assert!(!names(get(&broker, "/api/exchanges/%2F").await)
+        .iter()
+        .any(|(_, n)| n == "only-v1"));
+    let e = get(&broker, "/api/exchanges/v1/only-v1").await;
+    assert_eq!(
+        (e["type"].as_str(), e["durable"].as_bool()),
+        (Some("topic"), Some(false))
+    );
+    let r = request(&broker, "GET", "/api/exchanges/%2F/only-v1", Some(GUEST)).await;
+    assert_eq!(r.status, 404);
+    // RabbitMQ's listing: the default exchange's binding first, properties_key
+    // form-encoded as RabbitMQ 3.10 encodes it.
+    assert_eq!(
+        get(&broker, "/api/bindings/v1").await,
+        serde_json::json!([
+            {"source": "", "vhost": "v1", "destination": "q", "destination_type": "queue",
+             "routing_key": "q", "arguments": {}, "properties_key": "q"},
+            {"source": "only-v1", "vhost": "v1", "destination": "q",
+             "destination_type": "queue", "routing_key": "a.b-c_d~e f#*", "arguments": {},
+             "properties_key": "a.b-c_d%7Ee+f%23%2A"},
+        ])
+    );
+    assert!(get(&broker, "/api/bindings/%2F")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    broker.shutdown().await;
+}

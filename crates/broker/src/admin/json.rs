@@ -504,6 +504,97 @@ pub fn overview(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Overview
     }
 }
 
+/// One exchange as `GET /api/exchanges` shows it.
+pub fn exchange(vhost: &str, e: &crate::exchange::Exchange) -> serde_json::Value {
+    serde_json::json!({
+        "name": e.name.as_ref(),
+        "vhost": vhost,
+        "type": e.kind.name(),
+        "durable": e.durable,
+        "auto_delete": e.auto_delete,
+        "internal": e.internal,
+        "arguments": Table(Some(&e.arguments)),
+        "user_who_performed_action": "",
+    })
+}
+
+/// A vhost's exchanges, by name (the default exchange first, as `""`).
+pub fn exchanges(vhost: &crate::vhost::VHost) -> Vec<serde_json::Value> {
+    vhost
+        .exchanges()
+        .iter()
+        .map(|e| exchange(vhost.name(), e))
+        .collect()
+}
+
+/// RabbitMQ's `properties_key`: the routing key percent-encoded, and for a binding with
+/// arguments `~` and a digest of them (RabbitMQ's digest is Erlang's term hash; this one
+/// is the CRC32C of their JSON: another value, the same use, naming one binding).
+fn properties_key(key: &str, arguments: &minimq_protocol::FieldTable) -> String {
+    // RabbitMQ form-encodes it: letters, digits and `.-_` stay, a space is `+`.
+    const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    let encoded = percent_encoding::utf8_percent_encode(key, FORM)
+        .to_string()
+        .replace("%20", "+");
+    if arguments.is_empty() {
+        return encoded;
+    }
+    let shown = serde_json::to_string(&Table(Some(arguments))).unwrap_or_default();
+    format!("{encoded}~{:08x}", crc32c::crc32c(shown.as_bytes()))
+}
+
+fn binding(
+    vhost: &str,
+    source: &str,
+    destination: &str,
+    to_exchange: bool,
+    key: &str,
+    arguments: &minimq_protocol::FieldTable,
+) -> serde_json::Value {
+    serde_json::json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": if to_exchange { "exchange" } else { "queue" },
+        "routing_key": key,
+        "arguments": Table(Some(arguments)),
+        "properties_key": properties_key(key, arguments),
+    })
+}
+
+/// A vhost's bindings as RabbitMQ lists them: the default exchange's to every queue
+/// first (by queue name), then each exchange's (by exchange name, in binding order).
+pub fn bindings(vhost: &crate::vhost::VHost) -> Vec<serde_json::Value> {
+    let name = vhost.name();
+    let empty = minimq_protocol::FieldTable::new();
+    let mut queues = vhost.queues();
+    queues.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut list: Vec<serde_json::Value> = queues
+        .iter()
+        .map(|q| binding(name, "", q.name(), false, q.name(), &empty))
+        .collect();
+    for e in vhost.exchanges().iter().filter(|e| !e.name.is_empty()) {
+        for b in e.bindings() {
+            let (destination, to_exchange) = match &b.destination {
+                crate::exchange::Destination::Queue(q) => (q.as_ref(), false),
+                crate::exchange::Destination::Exchange(x) => (x.as_ref(), true),
+            };
+            list.push(binding(
+                name,
+                &e.name,
+                destination,
+                to_exchange,
+                &b.key,
+                &b.arguments,
+            ));
+        }
+    }
+    list
+}
+
 /// Every queue of the vhosts `visible` accepts, by vhost and name. The handles own what
 /// the views borrow.
 pub fn queues(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Vec<QueueHandle> {

@@ -10,6 +10,8 @@
 //! | `/api/queues`, `/api/queues/{vhost}` | GET |
 //! | `/api/queues/{vhost}/{name}` | GET, DELETE (`?if-empty=true`, `?if-unused=true`) |
 //! | `/api/queues/{vhost}/{name}/contents` | DELETE (purge) |
+//! | `/api/exchanges`, `/api/exchanges/{vhost}`, `/api/exchanges/{vhost}/{name}` | GET |
+//! | `/api/bindings`, `/api/bindings/{vhost}` | GET |
 //! | `/api/connections`, `/api/channels`, `/api/consumers` | GET |
 //! | `/api/connections/{name}` | DELETE (closes it: 320, `X-Reason` or "Closed via management plugin") |
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
@@ -141,6 +143,11 @@ pub fn router(state: Arc<BrokerState>) -> Router {
             get(queue).delete(delete_queue),
         )
         .route("/api/queues/{vhost}/{name}/contents", delete(purge_queue))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}", get(vhost_exchanges))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route("/api/bindings", get(bindings))
+        .route("/api/bindings/{vhost}", get(vhost_bindings))
         .route("/api/connections", get(connections))
         .route("/api/connections/{name}", delete(close_connection))
         .route("/api/channels", get(channels))
@@ -948,6 +955,58 @@ async fn purge_queue(
         Ok(_) => Ok(StatusCode::NO_CONTENT),
         Err(_) => Err(ApiError::not_found()),
     }
+}
+
+async fn exchanges(State(state): Api, User(user): User) -> Response {
+    let list: Vec<serde_json::Value> = visible_vhosts(&state, &user)
+        .iter()
+        .flat_map(|v| json::exchanges(v))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn vhost_exchanges(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(Json(json::exchanges(&vhost)).into_response())
+}
+
+async fn exchange(
+    State(state): Api,
+    User(user): User,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = vhost_for(&state, &user, &vhost)?;
+    // RabbitMQ names the default exchange `amq.default` in paths.
+    let name = if name == "amq.default" { "" } else { &name };
+    let e = vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+    let mut view = json::exchange(vhost.name(), &e);
+    if let Some(m) = view.as_object_mut() {
+        m.insert("incoming".into(), serde_json::json!([]));
+        m.insert("outgoing".into(), serde_json::json!([]));
+    }
+    Ok(Json(view).into_response())
+}
+
+async fn bindings(State(state): Api, User(user): User) -> Response {
+    let list: Vec<serde_json::Value> = visible_vhosts(&state, &user)
+        .iter()
+        .flat_map(|v| json::bindings(v))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn vhost_bindings(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(Json(json::bindings(&vhost)).into_response())
 }
 
 async fn connections(State(state): Api, _: User) -> Response {
