@@ -862,6 +862,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// Two vhosts' exchanges of the same name are two records; removing one takes its
+    /// own vhost's bindings and leaves the other's, across a reopen.
+    #[test]
+    fn same_names_in_two_vhosts_are_kept_apart() {
+        let d = dir("vhosts");
+        let (log, _) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
+        let in_vhost = |vhost: &str| {
+            let mut x = exchange("x");
+            x.vhost = vhost.into();
+            let mut q = queue(if vhost == "/" { 1 } else { 2 }, "q");
+            q.vhost = vhost.into();
+            let mut b = binding("x", "q");
+            b.vhost = vhost.into();
+            (x, q, b)
+        };
+        for vhost in ["/", "v1"] {
+            let (x, q, b) = in_vhost(vhost);
+            change(&log, Record::Exchange(x)).unwrap();
+            change(&log, Record::Queue(q)).unwrap();
+            change(&log, Record::Binding(b)).unwrap();
+        }
+        change(&log, Record::RemoveExchange("v1".into(), "x".into())).unwrap();
+        log.stop_blocking();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
+        let (x, _, b) = in_vhost("/");
+        assert_eq!(found.exchanges, [x]);
+        assert_eq!(found.bindings, [b]);
+        assert_eq!(found.queues.len(), 2);
+        log.stop_blocking();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// Damage with valid records after it is not a torn tail: the broker does not start
     /// rather than drop a record from the middle.
     #[test]
