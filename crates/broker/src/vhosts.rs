@@ -223,11 +223,11 @@ impl VHosts {
             for e in exchanges.iter().filter(|e| !names.contains_key(&e.vhost)) {
                 store.remove_exchange(&e.vhost, &e.name).done().await?;
             }
-            for p in params.iter().filter(|p| {
-                !p.vhost.is_empty()
-                    && !names.contains_key(&p.vhost)
-                    && p.component != crate::auth::USER_COMPONENT
-            }) {
+            // Broker-wide settings (users, markers) have no vhost.
+            for p in params
+                .iter()
+                .filter(|p| !p.vhost.is_empty() && !names.contains_key(&p.vhost))
+            {
                 store.remove_param(&p.component, &p.vhost, &p.name).await?;
             }
             for v in orphans {
