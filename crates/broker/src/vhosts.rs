@@ -246,3 +246,83 @@ fn vhost_param(name: &str, metadata: &VHostMetadata) -> ParamDef {
         value: metadata.to_json().to_string().into_bytes().into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use minimq_protocol::FieldTable;
+
+    use crate::store::format::{
+        encode_without_vhost, file_header, BindingDef, ExchangeDef, QueueDef, Record,
+        META_LOG_MAGIC,
+    };
+    use crate::Broker;
+
+    async fn start(dir: &std::path::Path) -> Broker {
+        Broker::builder()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .data_dir(dir)
+            .start()
+            .await
+            .unwrap()
+    }
+
+    /// A metadata log written before vhosts (records without one) opens with its queue,
+    /// exchange and binding in `/`, and `/` is recorded, so it is there after the next
+    /// start too.
+    #[tokio::test]
+    async fn a_data_directory_from_before_vhosts_opens_with_everything_in_the_default_vhost() {
+        let dir = std::env::temp_dir().join(format!("minimq-vhosts-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = BytesMut::new();
+        log.extend_from_slice(&file_header(META_LOG_MAGIC));
+        let vhost = String::from("ignored: written without it");
+        for record in [
+            Record::NextQueueId(2),
+            Record::Queue(QueueDef {
+                id: 1,
+                vhost: vhost.clone(),
+                name: "old-q".into(),
+                auto_delete: false,
+                arguments: FieldTable::new(),
+            }),
+            Record::Exchange(ExchangeDef {
+                vhost: vhost.clone(),
+                name: "old-x".into(),
+                kind: "direct".into(),
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::new(),
+            }),
+            Record::Binding(BindingDef {
+                vhost,
+                source: "old-x".into(),
+                to_exchange: false,
+                destination: "old-q".into(),
+                key: "k".into(),
+                arguments: FieldTable::new(),
+            }),
+        ] {
+            encode_without_vhost(&record, &mut log);
+        }
+        std::fs::write(dir.join(crate::store::meta::LOG_NAME), &log).unwrap();
+        for _ in 0..2 {
+            let broker = start(&dir).await;
+            let names: Vec<String> = broker
+                .state()
+                .vhosts
+                .all()
+                .iter()
+                .map(|v| v.name().to_string())
+                .collect();
+            assert_eq!(names, ["/"]);
+            let root = broker.state().vhosts.get("/").unwrap();
+            assert!(root.queue("old-q").is_some());
+            let x = root.exchange("old-x").unwrap();
+            assert_eq!(x.bindings().len(), 1);
+            broker.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

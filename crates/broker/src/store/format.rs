@@ -656,6 +656,28 @@ fn finish_record(buf: &mut BytesMut, at: RecordStart, rest: &[u8]) {
     buf[start + 5..start + 9].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// `record` as versions before vhosts wrote it: without the vhost its payload ends with
+/// (other records are the same in both). For tests of opening an older data directory.
+#[cfg(test)]
+pub(crate) fn encode_without_vhost(record: &Record, buf: &mut BytesMut) {
+    let mut whole = BytesMut::new();
+    record.encode(&mut whole);
+    let vhost = match record {
+        Record::Queue(d) => &d.vhost,
+        Record::Exchange(e) => &e.vhost,
+        Record::Binding(b) | Record::RemoveBinding(b) => &b.vhost,
+        Record::RemoveExchange(vhost, _) => vhost,
+        _ => {
+            buf.extend_from_slice(&whole);
+            return;
+        }
+    };
+    let end = whole.len() - 1 - vhost.len();
+    let at = begin_record(buf, record.kind());
+    buf.extend_from_slice(&whole[RECORD_HEADER_LEN..end]);
+    finish_record(buf, at, &[]);
+}
+
 /// A file header with `magic`.
 pub fn file_header(magic: &[u8; 8]) -> [u8; FILE_HEADER_LEN] {
     let mut h = [0u8; FILE_HEADER_LEN];
