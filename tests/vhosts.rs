@@ -88,7 +88,7 @@ async fn connection_open_without_a_permission_on_the_vhost_is_530_access_refused
     )
     .await;
     assert_eq!(r.status, 201);
-    let (_c, answer) = Client::open_vhost_as(broker.local_addr(), "only-root", "pw", "v1").await;
+    let (c, answer) = Client::open_vhost_as(broker.local_addr(), "only-root", "pw", "v1").await;
     match answer {
         Method::ConnectionClose(close) => assert_eq!(
             (close.reply_code, close.reply_text.as_str()),
@@ -99,9 +99,11 @@ async fn connection_open_without_a_permission_on_the_vhost_is_530_access_refused
         ),
         other => panic!("expected connection.close, got {other:?}"),
     }
+    drop(c);
     // The same user opens `/`.
-    let (_c, answer) = Client::open_vhost_as(broker.local_addr(), "only-root", "pw", "/").await;
+    let (c, answer) = Client::open_vhost_as(broker.local_addr(), "only-root", "pw", "/").await;
     assert!(matches!(answer, Method::ConnectionOpenOk(_)), "{answer:?}");
+    drop(c);
     broker.shutdown().await;
 }
 
@@ -320,8 +322,9 @@ async fn deleting_a_vhost_closes_its_connections_with_320_and_removes_its_object
 
     // Gone after a crash too; made again, it is empty.
     let broker = start(Some(&dir)).await;
-    let (_c, answer) = Client::open_vhost_as(broker.local_addr(), "guest", "guest", "v1").await;
+    let (c, answer) = Client::open_vhost_as(broker.local_addr(), "guest", "guest", "v1").await;
     assert!(matches!(answer, Method::ConnectionClose(_)), "{answer:?}");
+    drop(c);
     assert_eq!(add_vhost(&broker, "v1").await, 201);
     let conn = connect_to(&broker, "v1").await;
     let ch = amqp::open(&conn).await;
@@ -510,5 +513,57 @@ async fn exchanges_and_bindings_are_listed_by_vhost() {
         .as_array()
         .unwrap()
         .is_empty());
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_inside_a_connection_name_its_vhost() {
+    let broker = start(None).await;
+    assert_eq!(add_vhost(&broker, "v1").await, 201);
+    put_user(&broker, "limited", "").await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/v1/limited",
+        r#"{"configure":"^c-","write":".*","read":".*"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let (mut c, answer) = Client::open_vhost_as(broker.local_addr(), "limited", "pw", "v1").await;
+    assert!(matches!(answer, Method::ConnectionOpenOk(_)), "{answer:?}");
+    c.open_channel(1).await;
+    c.send(1, common::raw::declare("other")).await;
+    c.expect_channel_close(
+        1,
+        403,
+        "ACCESS_REFUSED - access to queue 'other' in vhost 'v1' refused for user 'limited'",
+        50,
+        10,
+    )
+    .await;
+    // A queue's own refusals name the vhost too.
+    let conn = connect_to(&broker, "v1").await;
+    let ch = amqp::open(&conn).await;
+    amqp::declare(&ch, "full").await;
+    amqp::confirm_mode(&ch).await;
+    amqp::publish(&ch, "", "full", b"m").await;
+    let (code, text) = expect_amqp(
+        within(ch.queue_delete(
+            "full",
+            lapin::options::QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        ))
+        .await,
+    );
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            406,
+            "PRECONDITION_FAILED - queue 'full' in vhost 'v1' not empty"
+        )
+    );
+    drop(c);
     broker.shutdown().await;
 }
