@@ -567,3 +567,38 @@ async fn refusals_inside_a_connection_name_its_vhost() {
     drop(c);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_vhost_connection_limit_counts_that_vhost_only() {
+    let broker = start(None).await;
+    assert_eq!(add_vhost(&broker, "v1").await, 201);
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/vhost-limits/v1/max-connections",
+        r#"{"value": 1}"#,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    // Connections to / do not count against v1's limit.
+    let _root = common::connect(&broker).await;
+    let _root2 = common::connect(&broker).await;
+    let _first = connect_to(&broker, "v1").await;
+    let (c, answer) = Client::open_vhost_as(broker.local_addr(), "guest", "guest", "v1").await;
+    match answer {
+        Method::ConnectionClose(close) => assert_eq!(
+            (close.reply_code, close.reply_text.as_str()),
+            (
+                530,
+                "NOT_ALLOWED - access to vhost 'v1' refused for user 'guest': connection limit (1) is reached"
+            )
+        ),
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+    drop(c);
+    assert_eq!(
+        get(&broker, "/api/vhost-limits").await,
+        serde_json::json!([{"vhost": "v1", "value": {"max-connections": 1}}])
+    );
+    broker.shutdown().await;
+}

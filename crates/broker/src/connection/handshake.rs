@@ -252,10 +252,29 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         )
         .on(m.class_id(), m.method_id()));
     };
-    // RabbitMQ 3.10's order (rabbit_access_control:check_vhost_access): the vhost must
-    // exist, then the user needs a permission on it, then its connection limit is checked.
+    // RabbitMQ 3.10's order (`rabbit_reader`, `connection.open`): the vhost's connection
+    // limit, then whether the vhost exists, then the user's permission on it.
     let name = open.virtual_host.as_str();
-    let Some(vhost) = conn.state.vhosts.get(name) else {
+    let vhost = conn.state.vhosts.get(name);
+    if let Some(max) = vhost.as_ref().and_then(|v| v.limits().max_connections) {
+        let opened = conn
+            .state
+            .connections
+            .iter()
+            .filter(|c| c.vhost == name)
+            .count();
+        if opened as u64 >= max {
+            return Err(AmqpError::new(
+                ReplyCode::NotAllowed,
+                format!(
+                    "access to vhost '{name}' refused for user '{}': connection limit ({max}) is reached",
+                    conn.user
+                ),
+            )
+            .on(10, 40));
+        }
+    }
+    let Some(vhost) = vhost else {
         return Err(
             AmqpError::new(ReplyCode::NotAllowed, format!("vhost {name} not found")).on(10, 40),
         );
@@ -267,24 +286,6 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
             format!("access to vhost '{name}' refused for user '{}'", conn.user),
         )
         .on(10, 40));
-    }
-    if let Some(max) = vhost.limits().max_connections {
-        let open = conn
-            .state
-            .connections
-            .iter()
-            .filter(|c| c.vhost == name)
-            .count();
-        if open as u64 >= max {
-            return Err(AmqpError::new(
-                ReplyCode::NotAllowed,
-                format!(
-                    "access to vhost '{name}' refused for user '{}': connection limit ({max}) is reached",
-                    conn.user
-                ),
-            )
-            .on(10, 40));
-        }
     }
     conn.vhost = vhost;
     // Listed before the client hears open-ok.
