@@ -174,6 +174,19 @@ async fn two_vhosts_with_a_queue_of_the_same_name_are_isolated() {
         .collect();
     vhosts.sort();
     assert_eq!(vhosts, vec!["/", "v1"]);
+    for (path, n) in [
+        ("/api/vhosts/v1/connections", 1),
+        ("/api/vhosts/%2F/connections", 1),
+        // rc and oc2 were closed by their 404s.
+        ("/api/vhosts/v1/channels", 1),
+        ("/api/vhosts/%2F/channels", 0),
+    ] {
+        let list = get(&broker, path).await;
+        let list = list.as_array().unwrap();
+        assert_eq!(list.len(), n, "{path}: {list:?}");
+        let want = if path.contains("v1") { "v1" } else { "/" };
+        assert!(list.iter().all(|c| c["vhost"] == want), "{path}: {list:?}");
+    }
     broker.shutdown().await;
 }
 

@@ -334,13 +334,15 @@ pub struct Connection<'a> {
 /// One channel of `GET /api/channels`.
 #[derive(Debug, Serialize)]
 pub struct Channel {
-    name: String,
+    /// Its name, `connection (number)`.
+    pub name: String,
     number: u16,
     node: &'static str,
     state: &'static str,
     user: String,
     user_who_performed_action: String,
-    vhost: String,
+    /// Its connection's vhost.
+    pub vhost: String,
     connection_details: ConnectionDetails,
     consumer_count: usize,
     messages_unacknowledged: u64,

@@ -24,6 +24,7 @@
 //! | `/api/permissions/{vhost}/{user}` | GET, PUT, DELETE (administrators) |
 //! | `/api/vhosts` | GET |
 //! | `/api/vhosts/{vhost}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
+//! | `/api/vhosts/{vhost}/connections`, `/api/vhosts/{vhost}/channels` | GET |
 //! | `/api/vhost-limits`, `/api/vhost-limits/{vhost}` | GET |
 //! | `/api/vhost-limits/{vhost}/{max-connections or max-queues}` | PUT, DELETE (204) |
 //! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
@@ -170,6 +171,8 @@ pub fn router(state: Arc<BrokerState>) -> Router {
             get(vhost).put(put_vhost).delete(delete_vhost),
         )
         .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
+        .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
         .route(
             "/api/permissions/{vhost}/{user}",
             get(permission)
@@ -1013,6 +1016,33 @@ async fn connections(State(state): Api, _: User) -> Response {
     let list = json::connection_list(&state);
     let views: Vec<json::Connection<'_>> = list.iter().map(|c| json::connection(c)).collect();
     Json(views).into_response()
+}
+
+async fn vhost_connections(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    let list: Vec<_> = json::connection_list(&state)
+        .into_iter()
+        .filter(|c| c.vhost == vhost.name())
+        .collect();
+    let views: Vec<json::Connection<'_>> = list.iter().map(|c| json::connection(c)).collect();
+    Ok(Json(views).into_response())
+}
+
+async fn vhost_channels(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    let list: Vec<json::Channel> = json::channels(&state)
+        .into_iter()
+        .filter(|c| c.vhost == vhost.name())
+        .collect();
+    Ok(Json(list).into_response())
 }
 
 async fn channels(State(state): Api, _: User) -> Response {
