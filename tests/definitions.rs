@@ -3,7 +3,8 @@
 //! policy, exchanges, durable and transient queues, queue and exchange bindings) imports
 //! through `POST /api/definitions` and through `--definitions` at start-up, exports back
 //! to the same sets, and logs its users in with their RabbitMQ passwords; a file with one
-//! bad entry is refused naming it, and imports nothing.
+//! bad entry is refused naming it, and imports nothing. A second vhost's objects go out
+//! and come back the same way.
 
 mod common;
 
@@ -132,6 +133,44 @@ async fn a_rabbitmq_export_imports_and_exports_back_to_the_same_sets() {
 }
 
 #[tokio::test]
+async fn a_second_vhost_and_its_objects_import_and_export_back() {
+    // The RabbitMQ export with every vhost-scoped entry also in a vhost `other`.
+    let mut file: Value = serde_json::from_str(RABBITMQ_EXPORT).unwrap();
+    for section in ["permissions", "policies", "queues", "exchanges", "bindings"] {
+        let list = file[section].as_array_mut().unwrap();
+        let copies: Vec<Value> = list
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e["vhost"] = "other".into();
+                e
+            })
+            .collect();
+        list.extend(copies);
+    }
+    file["vhosts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "other"}));
+    let broker = start(None).await;
+    let r = send_json(&broker, "POST", "/api/definitions", &file.to_string()).await;
+    assert_eq!(r.status, 204, "{:?}", String::from_utf8_lossy(&r.body));
+    let ours = export(&broker).await;
+    same_sets(&ours, &file);
+    let q = common::http::get(&broker, "/api/queues/other/ttl-q").await;
+    assert_eq!(
+        (q["vhost"].as_str(), q["policy"].as_str()),
+        (Some("other"), Some("ttl"))
+    );
+    let second = start(None).await;
+    let r = send_json(&second, "POST", "/api/definitions", &ours.to_string()).await;
+    assert_eq!(r.status, 204);
+    same_sets(&export(&second).await, &file);
+    broker.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
 async fn definitions_given_at_start_up_are_in_place_before_clients_come() {
     let path = std::env::temp_dir().join(format!("minimq-defs-{}.json", std::process::id()));
     std::fs::write(&path, RABBITMQ_EXPORT).unwrap();
@@ -176,18 +215,13 @@ async fn one_bad_entry_is_named_and_nothing_is_imported() {
         "{reason}"
     );
     assert_eq!(export(&broker).await, before, "nothing imported");
-    // Another vhost is refused the same way.
-    file["queues"].as_array_mut().unwrap().pop();
-    file["vhosts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"name": "other"}));
+    // An entry in a vhost that neither exists nor is in the file is refused the same way.
+    let last = file["queues"].as_array_mut().unwrap().last_mut().unwrap();
+    *last = serde_json::json!({"name": "lost", "vhost": "nowhere", "durable": true,
+        "auto_delete": false, "arguments": {}});
     let r = send_json(&broker, "POST", "/api/definitions", &file.to_string()).await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["reason"]
-        .as_str()
-        .unwrap()
-        .contains("vhosts[1] ('other')"));
+    assert_eq!(r.json()["reason"], "vhost 'nowhere': no such vhost");
     assert_eq!(export(&broker).await, before);
     broker.shutdown().await;
 }

@@ -160,7 +160,13 @@ async fn an_unused_queue_with_x_expires_is_deleted() {
     c.publish("ephemeral", b"m").await;
     // Watch the registry: looking does not count as use, unlike a declare. A publish does
     // not count either.
-    let registered = || broker.state().vhost.queue("ephemeral").is_some();
+    let registered = || {
+        broker
+            .state()
+            .vhosts
+            .get("/")
+            .is_some_and(|v| v.queue("ephemeral").is_some())
+    };
     tokio::time::advance(Duration::from_millis(49)).await;
     let_the_broker_run().await;
     assert!(registered(), "deleted before x-expires");

@@ -1590,8 +1590,9 @@ impl Driver {
         let handle = self
             .broker()
             .state()
-            .vhost
-            .queue(&queue_name(q))
+            .vhosts
+            .get("/")
+            .and_then(|v| v.queue(&queue_name(q)))
             .ok_or_else(|| format!("q{q} missing from the broker"))?;
         let c = deadline(TIMEOUT, "queue counts", handle.counts())
             .await?

@@ -190,6 +190,16 @@ impl Client {
     /// login) and opens `/`: the client, and the server's answer to the open (or to the
     /// login, when it refused it).
     pub async fn open_as(addr: SocketAddr, user: &str, pass: &str) -> (Client, Method) {
+        Client::open_vhost_as(addr, user, pass, "/").await
+    }
+
+    /// [`Client::open_as`] of vhost `vhost`.
+    pub async fn open_vhost_as(
+        addr: SocketAddr,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+    ) -> (Client, Method) {
         let mut c = Client::connect(addr).await;
         c.send(0, start_ok("PLAIN", plain(user, pass), true)).await;
         match c.method(0).await {
@@ -209,7 +219,7 @@ impl Client {
         c.send(
             0,
             ConnectionOpen {
-                virtual_host: "/".into(),
+                virtual_host: vhost.into(),
             }
             .into(),
         )

@@ -167,7 +167,7 @@ fn queue_core(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let vhost = VHost::new(None);
+    let vhost = VHost::new("/", None);
     let mut group = c.benchmark_group("queue enqueue+dispatch+settle");
     group.throughput(Throughput::Elements(N));
     group.sample_size(20);

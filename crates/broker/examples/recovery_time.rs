@@ -41,7 +41,7 @@ async fn main() -> std::io::Result<()> {
     };
     {
         let (store, _) = Store::open(&dir, StoreOptions::default())?;
-        let id = store.add_queue("q", false, &FieldTable::new()).await?;
+        let id = store.add_queue("/", "q", false, &FieldTable::new()).await?;
         let started = Instant::now();
         for seq in 1..=n {
             let m = Message::new("".into(), "q".into(), props.clone(), body.clone());

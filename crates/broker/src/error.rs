@@ -41,19 +41,19 @@ impl AmqpError {
         self.code.is_hard()
     }
 
-    /// 404 `no queue 'q' in vhost '/'`.
-    pub fn no_queue(name: &str) -> Self {
+    /// 404 `no queue 'q' in vhost 'v'`.
+    pub fn no_queue(name: &str, vhost: &str) -> Self {
         AmqpError::new(
             ReplyCode::NotFound,
-            format!("no queue '{name}' in vhost '/'"),
+            format!("no queue '{name}' in vhost '{vhost}'"),
         )
     }
 
-    /// 404 `no exchange 'x' in vhost '/'`.
-    pub fn no_exchange(name: &str) -> Self {
+    /// 404 `no exchange 'x' in vhost 'v'`.
+    pub fn no_exchange(name: &str, vhost: &str) -> Self {
         AmqpError::new(
             ReplyCode::NotFound,
-            format!("no exchange '{name}' in vhost '/'"),
+            format!("no exchange '{name}' in vhost '{vhost}'"),
         )
     }
 
@@ -63,11 +63,11 @@ impl AmqpError {
     }
 
     /// 405 for an exclusive queue owned by another connection.
-    pub fn locked(name: &str) -> Self {
+    pub fn locked(name: &str, vhost: &str) -> Self {
         AmqpError::new(
             ReplyCode::ResourceLocked,
             format!(
-                "cannot obtain exclusive access to locked queue '{name}' in vhost '/'. It could be \
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be \
                  originally declared on another connection or the exclusive property value does \
                  not match that of the original declaration."
             ),

@@ -8,7 +8,8 @@
 //! - [`channel`]: channel state and its own rules (delivery tags, consumers, qos, content
 //!   assembly, confirms, transactions); [`channel::confirms`] decides when a publish is
 //!   confirmed.
-//! - [`vhost`]: the registry of queues and exchanges.
+//! - [`vhost`]: one vhost's queues, exchanges, bindings, policies and limits;
+//!   [`vhosts`]: the vhosts by name, created and deleted durably.
 //! - [`exchange`]: exchange types and routing.
 //! - [`queue`]: one task per queue owning its messages, consumers and credit.
 //! - [`policy`]: policies (validation, choice by priority, merge with arguments).
@@ -39,6 +40,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod vhost;
+pub mod vhosts;
 
 pub use config::Config;
 pub use server::{Broker, BrokerBuilder, ShutdownHandle};

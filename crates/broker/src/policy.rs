@@ -538,7 +538,7 @@ mod tests {
         table.insert("x-max-length", 3i32);
         table.insert("x-message-ttl", 5000i32);
         table.insert("x-dead-letter-exchange", "argdlx");
-        let args = QueueArgs::parse("q", &table).unwrap();
+        let args = QueueArgs::parse(crate::queue::QueueRef::new("q", "/"), &table).unwrap();
         let eff = p.queue.apply_to(&args, &table);
         assert_eq!(eff.max_length, Some(3), "argument lower");
         assert_eq!(eff.message_ttl, Some(1000), "policy lower");

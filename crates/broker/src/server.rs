@@ -22,14 +22,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection;
-use crate::vhost::VHost;
 
 /// State every connection shares.
 pub struct BrokerState {
     /// Settings.
     pub config: Config,
-    /// The vhost `/`.
-    pub vhost: Arc<VHost>,
+    /// The vhosts (`vhosts.rs`).
+    pub vhosts: crate::vhosts::VHosts,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Cancelled by [`Broker::crash`]: connection tasks stop dead, as in `kill -9`.
@@ -57,6 +56,28 @@ impl BrokerState {
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Deletes vhost `name` as RabbitMQ does: durably first, then its connections are
+    /// closed with `320 CONNECTION_FORCED - vhost 'V' is deleted`, its permissions
+    /// cleared, and its queues (with their messages), exchanges, bindings, policies and
+    /// limits removed. Answers whether there was such a vhost.
+    pub async fn delete_vhost(&self, name: &str) -> std::io::Result<bool> {
+        let Some(vhost) = self.vhosts.remove(name).await? else {
+            return Ok(false);
+        };
+        for c in self.connections.iter() {
+            if c.vhost == name {
+                c.close_forced(format!("vhost '{name}' is deleted"));
+            }
+        }
+        for (v, user, _) in self.users.permissions() {
+            if v == name {
+                self.users.remove_permission(&v, &user).await?;
+            }
+        }
+        vhost.destroy().await?;
+        Ok(true)
     }
 }
 
@@ -165,13 +186,20 @@ impl BrokerBuilder {
         if let Some(store) = &store {
             alarms.follow_store_faults(store.faults());
         }
-        let vhost = VHost::new(store.clone());
         let params = store.as_ref().map(|s| s.take_params()).unwrap_or_default();
-        vhost.restore_policies(&params);
+        let topology = store.as_ref().map(|s| s.topology()).unwrap_or_default();
+        let vhosts =
+            crate::vhosts::VHosts::restore(store.clone(), &params, recovered, topology).await?;
         let users = crate::auth::Users::new(store.clone());
+        // Permissions on a vhost whose deletion a crash cut short are gone from the store
+        // (`VHosts::restore`): not taken back either.
+        let params: Vec<_> = params
+            .into_iter()
+            .filter(|p| {
+                p.component != crate::auth::PERMISSION_COMPONENT || vhosts.get(&p.vhost).is_some()
+            })
+            .collect();
         restore_users(&users, &params, store.as_deref(), &self.config.users).await?;
-        vhost.restore(recovered);
-        vhost.restore_topology();
         let mut listeners = vec![TcpListener::bind(self.config.listen).await?];
         for a in &self.config.also_listen {
             listeners.push(TcpListener::bind(a).await?);
@@ -217,7 +245,7 @@ impl BrokerBuilder {
         let socket_limit = socket_limit(self.config.max_connections);
         let state = Arc::new(BrokerState {
             config: self.config,
-            vhost,
+            vhosts,
             store,
             shutdown: CancellationToken::new(),
             killed: CancellationToken::new(),
@@ -362,7 +390,9 @@ impl Broker {
         }
         self.tracker.close();
         self.tracker.wait().await;
-        self.state.vhost.halt_queues().await;
+        for vhost in self.state.vhosts.all() {
+            vhost.halt_queues().await;
+        }
         if let Some(store) = &self.state.store {
             store.halt().await;
         }
@@ -381,7 +411,9 @@ impl Broker {
         self.tracker.wait().await;
         // Connections are gone and their unacked messages requeued: let durable queues
         // log which messages were delivered before, then close the log cleanly.
-        self.state.vhost.shutdown_queues().await;
+        for vhost in self.state.vhosts.all() {
+            vhost.shutdown_queues().await;
+        }
         if let Some(store) = &self.state.store {
             store.close().await;
         }

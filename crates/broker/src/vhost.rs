@@ -1,4 +1,5 @@
-//! The virtual host `/`: the registry of queues and exchanges.
+//! One virtual host: its queues, exchanges, bindings, policies and limits. The vhosts
+//! themselves are kept by `vhosts.rs`.
 //!
 //! Both maps are `DashMap`s. A map guard is only ever held for a lookup or an insert and
 //! never across an `.await` (clippy's `await-holding-invalid-types` enforces it), so a
@@ -16,7 +17,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::policy::{Kind, Policies, Policy};
 use crate::queue::{
-    self, AppliedPolicy, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueType,
+    self, AppliedPolicy, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueRef, QueueType,
 };
 use crate::store::{BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredQueue, Store};
 
@@ -57,6 +58,8 @@ pub struct DefaultRoute {
 
 /// A virtual host.
 pub struct VHost {
+    /// Its name (`/`, ...), for error texts and the records it writes.
+    name: Arc<str>,
     queues: DashMap<Arc<str>, QueueHandle>,
     /// Bumped after every change to `queues` (see [`VHost::route_default`]).
     queues_version: AtomicU64,
@@ -69,6 +72,8 @@ pub struct VHost {
     pub policies: Policies,
     /// Its limits (`max-connections`, `max-queues`), set through the management API.
     limits: std::sync::Mutex<VHostLimits>,
+    /// Its description and tags (kept durably by `vhosts.rs`).
+    metadata: std::sync::Mutex<crate::vhosts::VHostMetadata>,
 }
 
 /// The store component policies are kept under.
@@ -157,10 +162,12 @@ pub fn generate_name(prefix: &str) -> String {
 }
 
 impl VHost {
-    /// A vhost with the built-in exchanges, keeping durable queues in `store` if given.
-    pub fn new(store: Option<Arc<Store>>) -> Arc<VHost> {
+    /// The vhost `name` with the built-in exchanges, keeping durable objects in `store`
+    /// if given.
+    pub fn new(name: &str, store: Option<Arc<Store>>) -> Arc<VHost> {
         Arc::new_cyclic(|me| {
             let vhost = VHost {
+                name: name.into(),
                 queues: DashMap::new(),
                 queues_version: AtomicU64::new(0),
                 exchanges: DashMap::new(),
@@ -168,6 +175,7 @@ impl VHost {
                 store,
                 policies: Policies::default(),
                 limits: std::sync::Mutex::new(VHostLimits::default()),
+                metadata: Default::default(),
             };
             for (name, kind) in BUILTIN_EXCHANGES {
                 let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
@@ -175,6 +183,63 @@ impl VHost {
             }
             vhost
         })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Its description and tags.
+    pub fn metadata(&self) -> crate::vhosts::VHostMetadata {
+        self.metadata
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces its description and tags (the caller stores them).
+    pub fn set_metadata(&self, metadata: crate::vhosts::VHostMetadata) {
+        *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = metadata;
+    }
+
+    /// Removes everything the vhost holds, for its deletion: every queue (its task
+    /// stopped, its consumers cancelled, its stored messages dropped), every exchange
+    /// but the built-in ones, every binding, its policies and limits, each durably.
+    pub async fn destroy(&self) -> std::io::Result<()> {
+        for q in self.queues() {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let delete = QueueCommand::Delete {
+                if_unused: false,
+                if_empty: false,
+                reply,
+            };
+            if q.send(delete).await {
+                let _ = rx.await;
+            }
+            if let Some(done) = self.forget_queue(&q) {
+                done.done().await?;
+            }
+        }
+        for e in self.exchanges() {
+            if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == &*e.name) {
+                continue;
+            }
+            if let Some(done) = self.unstore_exchange(&e) {
+                done.done().await?;
+            }
+            self.exchanges.remove(&*e.name);
+            self.forget_destination(&Destination::Exchange(e.name.clone()));
+        }
+        for p in self.policies.all() {
+            self.delete_policy(&p.name).await?;
+        }
+        self.set_limits(VHostLimits::default()).await
     }
 
     /// Every exchange, built-in ones included, by name.
@@ -240,7 +305,7 @@ impl VHost {
         spec: QueueSpec,
         conn_id: u64,
     ) -> AmqpResult<(QueueHandle, bool)> {
-        let args = QueueArgs::parse(&spec.name, &spec.arguments)?;
+        let args = QueueArgs::parse(QueueRef::new(&spec.name, &self.name), &spec.arguments)?;
         if args.queue_type == QueueType::Quorum {
             // RabbitMQ 3.10's order and words (`rabbit_queue_type_util` checks).
             let bad = if spec.auto_delete {
@@ -254,19 +319,19 @@ impl VHost {
             };
             if let Some(prop) = bad {
                 return Err(AmqpError::precondition(format!(
-                    "invalid property '{prop}' for queue '{}' in vhost '/'",
-                    spec.name
+                    "invalid property '{prop}' for queue '{}' in vhost '{}'",
+                    spec.name, self.name
                 )));
             }
         }
         if let Some(q) = self.queue(&spec.name) {
-            return existing_queue(q, &spec, conn_id);
+            return existing_queue(q, &spec, conn_id, &self.name);
         }
         if let Some(max) = self.limits().max_queues {
             if self.queues.len() as u64 >= max {
                 return Err(AmqpError::precondition(format!(
-                    "cannot declare queue '{}': queue limit in vhost '/' ({max}) is reached",
-                    spec.name
+                    "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",
+                    spec.name, self.name
                 )));
             }
         }
@@ -275,7 +340,7 @@ impl VHost {
         let store_id = match (&self.store, spec.durable && !spec.exclusive) {
             (Some(store), true) => Some(
                 store
-                    .add_queue(&spec.name, spec.auto_delete, &spec.arguments)
+                    .add_queue(&self.name, &spec.name, spec.auto_delete, &spec.arguments)
                     .await
                     .map_err(|e| store_failed("queue", &spec.name, e))?,
             ),
@@ -286,6 +351,7 @@ impl VHost {
             Entry::Vacant(v) => {
                 let owner = spec.exclusive.then_some(conn_id);
                 let (handle, rx) = QueueHandle::new(
+                    self.name.clone(),
                     spec.name.as_str().into(),
                     spec.durable,
                     owner,
@@ -314,15 +380,17 @@ impl VHost {
                 tracing::error!(error = %e, queue = %spec.name, "cannot take back the record of a queue declared twice at once");
             }
         }
-        existing_queue(raced, &spec, conn_id)
+        existing_queue(raced, &spec, conn_id, &self.name)
     }
 
     /// Looks a queue up for connection `conn_id`: 404 when missing, 405 when exclusive to
     /// another connection.
     pub fn queue_for(&self, name: &str, conn_id: u64) -> AmqpResult<QueueHandle> {
-        let q = self.queue(name).ok_or_else(|| AmqpError::no_queue(name))?;
+        let q = self
+            .queue(name)
+            .ok_or_else(|| AmqpError::no_queue(name, &self.name))?;
         check_failed(&q)?;
-        check_access(&q, conn_id)?;
+        check_access(&q, conn_id, &self.name)?;
         Ok(q)
     }
 
@@ -389,14 +457,14 @@ impl VHost {
 
     /// Adds or replaces a policy, durably first when the broker has a data directory;
     /// answers whether it is new. Applied to existing queues before it answers.
-    pub async fn put_policy(&self, policy: Policy, vhost: &str) -> std::io::Result<bool> {
+    pub async fn put_policy(&self, policy: Policy) -> std::io::Result<bool> {
         if let Some(store) = &self.store {
             let value =
-                serde_json::to_vec(&policy.to_json(vhost)).map_err(std::io::Error::other)?;
+                serde_json::to_vec(&policy.to_json(&self.name)).map_err(std::io::Error::other)?;
             store
                 .put_param(ParamDef {
                     component: POLICY_COMPONENT.into(),
-                    vhost: vhost.into(),
+                    vhost: self.name.to_string(),
                     name: policy.name.clone(),
                     value: value.into(),
                 })
@@ -408,12 +476,14 @@ impl VHost {
     }
 
     /// Removes a policy (durably first); answers whether there was one.
-    pub async fn delete_policy(&self, name: &str, vhost: &str) -> std::io::Result<bool> {
+    pub async fn delete_policy(&self, name: &str) -> std::io::Result<bool> {
         if self.policies.get(name).is_none() {
             return Ok(false);
         }
         if let Some(store) = &self.store {
-            store.remove_param(POLICY_COMPONENT, vhost, name).await?;
+            store
+                .remove_param(POLICY_COMPONENT, &self.name, name)
+                .await?;
         }
         let existed = self.policies.delete(name);
         self.reapply_policies();
@@ -426,7 +496,8 @@ impl VHost {
     }
 
     /// Sets the vhost's limits, durably first.
-    pub async fn set_limits(&self, limits: VHostLimits, vhost: &str) -> std::io::Result<()> {
+    pub async fn set_limits(&self, limits: VHostLimits) -> std::io::Result<()> {
+        let vhost = &*self.name;
         if let Some(store) = &self.store {
             if limits == VHostLimits::default() {
                 store.remove_param(LIMITS_COMPONENT, vhost, vhost).await?;
@@ -450,7 +521,7 @@ impl VHost {
     /// so they start with them applied). A stored policy that no longer parses is logged
     /// and left out.
     pub fn restore_policies(&self, params: &[ParamDef]) {
-        for def in params {
+        for def in params.iter().filter(|p| *p.vhost == *self.name) {
             if def.component == LIMITS_COMPONENT {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&def.value) {
                     *self.limits.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -475,11 +546,14 @@ impl VHost {
         }
     }
 
-    /// Recreates the durable queues recovered from the store, with their messages.
+    /// Recreates the durable queues recovered from the store, with their messages (the
+    /// caller hands each vhost its own).
     pub fn restore(&self, recovered: Vec<RecoveredQueue>) {
         for q in recovered {
-            let args = QueueArgs::parse_stored(&q.def.name, &q.def.arguments);
+            let args =
+                QueueArgs::parse_stored(QueueRef::new(&q.def.name, &self.name), &q.def.arguments);
             let (handle, rx) = QueueHandle::new(
+                self.name.clone(),
                 q.def.name.as_str().into(),
                 true,
                 None,
@@ -535,7 +609,7 @@ impl VHost {
         let Some(q) = self.queue(name) else {
             return Ok(0);
         };
-        check_access(&q, conn_id)?;
+        check_access(&q, conn_id, &self.name)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         if !q
             .send(QueueCommand::Delete {
@@ -593,7 +667,8 @@ impl VHost {
                     Ok(())
                 } else {
                     Err(AmqpError::precondition(format!(
-                        "inequivalent arg '{field}' for exchange '{name}' in vhost '/': received '{received}' but current is '{current}'"
+                        "inequivalent arg '{field}' for exchange '{name}' in vhost '{}': received '{received}' but current is '{current}'",
+                    self.name
                     )))
                 }
             };
@@ -619,6 +694,7 @@ impl VHost {
         }
         if let (Some(store), true) = (&self.store, durable) {
             let def = ExchangeDef {
+                vhost: self.name.to_string(),
                 name: name.to_string(),
                 kind: kind.to_string(),
                 auto_delete,
@@ -648,11 +724,12 @@ impl VHost {
             ));
         }
         let Some(e) = self.exchange(name) else {
-            return Err(AmqpError::no_exchange(name));
+            return Err(AmqpError::no_exchange(name, &self.name));
         };
         if if_unused && e.has_bindings() {
             return Err(AmqpError::precondition(format!(
-                "exchange '{name}' in vhost '/' in use"
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
             )));
         }
         if let Some(done) = self.unstore_exchange(&e) {
@@ -669,7 +746,7 @@ impl VHost {
     /// other change); a caller that does not wait still gets a failure logged.
     fn unstore_exchange(&self, e: &Exchange) -> Option<MetaWait> {
         match (&self.store, e.durable) {
-            (Some(store), true) => Some(store.remove_exchange(&e.name)),
+            (Some(store), true) => Some(store.remove_exchange(&self.name, &e.name)),
             _ => None,
         }
     }
@@ -687,6 +764,7 @@ impl VHost {
     }
 
     fn binding_def(
+        &self,
         source: &Exchange,
         destination: &Destination,
         key: &str,
@@ -697,6 +775,7 @@ impl VHost {
             Destination::Exchange(x) => (true, x.to_string()),
         };
         BindingDef {
+            vhost: self.name.to_string(),
             source: source.name.to_string(),
             to_exchange,
             destination: name,
@@ -713,7 +792,7 @@ impl VHost {
         arguments: &FieldTable,
     ) -> AmqpResult<()> {
         if let (Some(store), true) = (&self.store, self.durable_binding(source, destination)) {
-            let def = Self::binding_def(source, destination, key, arguments);
+            let def = self.binding_def(source, destination, key, arguments);
             store
                 .put_binding(def)
                 .await
@@ -731,7 +810,7 @@ impl VHost {
         arguments: &FieldTable,
     ) -> AmqpResult<()> {
         if let (Some(store), true) = (&self.store, self.durable_binding(source, destination)) {
-            let def = Self::binding_def(source, destination, key, arguments);
+            let def = self.binding_def(source, destination, key, arguments);
             store
                 .remove_binding(def)
                 .done()
@@ -741,11 +820,11 @@ impl VHost {
         Ok(())
     }
 
-    /// Recreates durable exchanges and bindings recorded in the store.
-    pub fn restore_topology(&self) {
-        let Some(store) = &self.store else { return };
-        let (exchanges, bindings) = store.topology();
-        for e in exchanges {
+    /// Recreates the durable exchanges and bindings recorded in the store that belong to
+    /// this vhost.
+    pub fn restore_topology(&self, exchanges: &[ExchangeDef], bindings: &[BindingDef]) {
+        for e in exchanges.iter().filter(|e| *e.vhost == *self.name) {
+            let e = e.clone();
             let Ok(kind) = ExchangeKind::parse(&e.kind) else {
                 continue;
             };
@@ -753,7 +832,8 @@ impl VHost {
             x.set_policy_alternate(self.policy_alternate(&e.name));
             self.exchanges.insert(e.name.as_str().into(), Arc::new(x));
         }
-        for b in bindings {
+        for b in bindings.iter().filter(|b| *b.vhost == *self.name) {
+            let b = b.clone();
             let Some(source) = self.exchange(&b.source) else {
                 continue;
             };
@@ -883,7 +963,7 @@ impl VHost {
             ));
         }
         self.exchange(exchange)
-            .ok_or_else(|| AmqpError::no_exchange(exchange))
+            .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))
     }
 
     /// Routes a publish: the queues it goes to (404 when the exchange does not exist).
@@ -904,11 +984,14 @@ impl VHost {
         }
         let e = self
             .exchange(exchange)
-            .ok_or_else(|| AmqpError::no_exchange(exchange))?;
+            .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
         if e.internal {
             return Err(AmqpError::new(
                 ReplyCode::AccessRefused,
-                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+                format!(
+                    "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                    self.name
+                ),
             ));
         }
         self.route_from(e, routing_key, headers, out);
@@ -1007,10 +1090,11 @@ fn existing_queue(
     q: QueueHandle,
     spec: &QueueSpec,
     conn_id: u64,
+    vhost: &str,
 ) -> AmqpResult<(QueueHandle, bool)> {
     check_failed(&q)?;
-    check_access(&q, conn_id)?;
-    check_equivalent(&q, spec)?;
+    check_access(&q, conn_id, vhost)?;
+    check_equivalent(&q, spec, vhost)?;
     Ok((q, false))
 }
 
@@ -1026,19 +1110,19 @@ fn store_failed(what: &str, name: &str, e: std::io::Error) -> AmqpError {
 /// deleting it is allowed.
 fn check_failed(q: &QueueHandle) -> AmqpResult<()> {
     if q.info().is_failed() {
-        return Err(queue::crashed_error(q.name()));
+        return Err(queue::crashed_error(q.queue_ref()));
     }
     Ok(())
 }
 
-fn check_access(q: &QueueHandle, conn_id: u64) -> AmqpResult<()> {
+fn check_access(q: &QueueHandle, conn_id: u64, vhost: &str) -> AmqpResult<()> {
     match q.info().exclusive_owner {
-        Some(owner) if owner != conn_id => Err(AmqpError::locked(q.name())),
+        Some(owner) if owner != conn_id => Err(AmqpError::locked(q.name(), vhost)),
         _ => Ok(()),
     }
 }
 
-fn check_equivalent(q: &QueueHandle, spec: &QueueSpec) -> AmqpResult<()> {
+fn check_equivalent(q: &QueueHandle, spec: &QueueSpec, vhost: &str) -> AmqpResult<()> {
     let info = q.info();
     let name = &spec.name;
     let flag = |field: &str, received: bool, current: bool| {
@@ -1046,7 +1130,7 @@ fn check_equivalent(q: &QueueHandle, spec: &QueueSpec) -> AmqpResult<()> {
             Ok(())
         } else {
             Err(AmqpError::precondition(format!(
-                "inequivalent arg '{field}' for queue '{name}' in vhost '/': received '{received}' but current is '{current}'"
+                "inequivalent arg '{field}' for queue '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
             )))
         }
     };
@@ -1055,11 +1139,11 @@ fn check_equivalent(q: &QueueHandle, spec: &QueueSpec) -> AmqpResult<()> {
     // when `exclusive`, none otherwise) is the queue's owner, and answers 405 if not.
     // Another connection never gets here (`check_access`).
     if spec.exclusive != info.exclusive_owner.is_some() {
-        return Err(AmqpError::locked(name));
+        return Err(AmqpError::locked(name, vhost));
     }
     flag("durable", spec.durable, info.durable)?;
     flag("auto_delete", spec.auto_delete, info.auto_delete)?;
-    QueueArgs::check_equivalent(name, &info.arguments, &spec.arguments)
+    QueueArgs::check_equivalent(QueueRef::new(name, vhost), &info.arguments, &spec.arguments)
 }
 
 #[cfg(test)]
@@ -1095,7 +1179,7 @@ mod tests {
     /// RabbitMQ's error for a crashed queue until it is deleted.
     #[tokio::test]
     async fn a_queue_task_that_panics_cancels_its_consumers_and_nacks_publishes() {
-        let vhost = VHost::new(None);
+        let vhost = VHost::new("/", None);
         let (q, created) = vhost.declare_queue(spec("q"), 1).await.unwrap();
         assert!(created);
         let (sink, mut events) = mpsc::unbounded_channel();

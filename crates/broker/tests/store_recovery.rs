@@ -35,7 +35,7 @@ async fn populate(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
     let (store, recovered) = Store::open(dir, StoreOptions::default()).unwrap();
     assert!(recovered.is_empty());
     let id = store
-        .add_queue("q", false, &FieldTable::new())
+        .add_queue("/", "q", false, &FieldTable::new())
         .await
         .unwrap();
     let seg = segment(dir);
@@ -179,7 +179,7 @@ async fn settled_messages_do_not_come_back_and_dead_segments_are_deleted() {
     };
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
     let id = store
-        .add_queue("q", false, &FieldTable::new())
+        .add_queue("/", "q", false, &FieldTable::new())
         .await
         .unwrap();
     let body = "x".repeat(1000);
@@ -212,7 +212,7 @@ async fn a_long_lived_message_is_copied_forward_so_disk_use_stays_bounded() {
     };
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
     let id = store
-        .add_queue("q", false, &FieldTable::new())
+        .add_queue("/", "q", false, &FieldTable::new())
         .await
         .unwrap();
     // Message 1 stays in the queue for the whole run; 2..=400 come and go.
@@ -262,7 +262,7 @@ async fn records_across_read_chunks_and_larger_than_a_chunk_are_recovered() {
     let dir = fresh_dir("chunks");
     let (store, _) = Store::open(&dir, StoreOptions::default()).unwrap();
     let id = store
-        .add_queue("q", false, &FieldTable::new())
+        .add_queue("/", "q", false, &FieldTable::new())
         .await
         .unwrap();
     let mut expected = Vec::new();
@@ -299,7 +299,7 @@ async fn a_compaction_at_close_does_not_hide_the_clean_shutdown() {
     };
     let (store, _) = Store::open(&dir, opts.clone()).unwrap();
     let id = store
-        .add_queue("q", false, &FieldTable::new())
+        .add_queue("/", "q", false, &FieldTable::new())
         .await
         .unwrap();
     // Many segments, each mostly messages that will be settled.

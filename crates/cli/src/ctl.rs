@@ -194,6 +194,17 @@ const POLICY_COLUMNS: &[Column] = &[
     ("priority", "/priority", Zero),
 ];
 
+/// `list_vhosts`'s columns (rabbitmqctl 3.10's info keys that the API answers).
+const VHOST_COLUMNS: &[Column] = &[
+    ("name", "/name", Empty),
+    ("description", "/description", Empty),
+    ("tags", "/tags", Empty),
+    ("default_queue_type", "/default_queue_type", Empty),
+    ("metadata", "/metadata", Empty),
+    ("tracing", "/tracing", Empty),
+    ("cluster_state", "/cluster_state", Empty),
+];
+
 /// The things `list_*` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
@@ -207,6 +218,8 @@ pub enum Listing {
     Consumers,
     /// `list_policies`.
     Policies,
+    /// `list_vhosts` (not filtered by `-p`: vhosts have no vhost).
+    Vhosts,
 }
 
 impl Listing {
@@ -217,6 +230,7 @@ impl Listing {
             Listing::Channels => CHANNEL_COLUMNS,
             Listing::Consumers => CONSUMER_COLUMNS,
             Listing::Policies => POLICY_COLUMNS,
+            Listing::Vhosts => VHOST_COLUMNS,
         }
     }
 
@@ -243,6 +257,7 @@ impl Listing {
                 "definition",
                 "priority",
             ],
+            Listing::Vhosts => &["name"],
         }
     }
 
@@ -259,6 +274,7 @@ impl Listing {
             Listing::Channels => "/api/channels",
             Listing::Consumers => "/api/consumers",
             Listing::Policies => "/api/policies",
+            Listing::Vhosts => "/api/vhosts",
         }
     }
 
@@ -281,6 +297,7 @@ impl Listing {
             Listing::Channels => "Listing channels ...".to_string(),
             Listing::Consumers => format!("Listing consumers in vhost {vhost} ..."),
             Listing::Policies => format!("Listing policies for vhost \"{vhost}\" ..."),
+            Listing::Vhosts => "Listing vhosts ...".to_string(),
         }
     }
 }
@@ -638,6 +655,10 @@ pub enum Command {
     ClearVhostLimits,
     /// `list_vhost_limits`.
     ListVhostLimits,
+    /// `add_vhost NAME`: nothing changes if it exists (exit 0, as rabbitmqctl).
+    AddVhost(String),
+    /// `delete_vhost NAME`.
+    DeleteVhost(String),
 }
 
 /// A node's alarm limit as rabbitmqctl takes it: an amount, or a fraction (of memory).
@@ -911,6 +932,46 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 _ => Err(http_error(
                     &resp,
                     &format!("clearing policy '{name}'"),
+                    &options.user,
+                )),
+            }
+        }
+        Command::AddVhost(name) => {
+            let out = info(options, &format!("Adding vhost \"{name}\" ..."));
+            let path = format!("/api/vhosts/{}", encode_segment(name));
+            // rabbitmqctl leaves an existing vhost as it is; a PUT would reset its
+            // description and tags.
+            if get(path.clone())?.status == 200 {
+                return Ok(out);
+            }
+            let resp = client
+                .request_json("PUT", &path, b"{}")
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("adding vhost '{name}'"),
+                    &options.user,
+                ));
+            }
+            Ok(out)
+        }
+        Command::DeleteVhost(name) => {
+            let out = info(options, &format!("Deleting vhost \"{name}\" ..."));
+            let path = format!("/api/vhosts/{}", encode_segment(name));
+            let resp = client
+                .request("DELETE", &path)
+                .map_err(CtlError::unavailable)?;
+            match resp.status {
+                200..=299 => Ok(out),
+                // rabbitmqctl's text and EX_DATAERR.
+                404 => Err(CtlError {
+                    message: format!("Virtual host '{name}' does not exist"),
+                    code: EXIT_DATA,
+                }),
+                _ => Err(http_error(
+                    &resp,
+                    &format!("deleting vhost '{name}'"),
                     &options.user,
                 )),
             }

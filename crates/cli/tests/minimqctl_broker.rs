@@ -270,6 +270,65 @@ fn minimqctl_sets_lists_and_clears_vhost_limits_as_rabbitmqctl() {
     assert_eq!(ok(&b.ctl(&["-q", "list_vhost_limits"])), "\n");
 }
 
+/// The outputs and exit codes are rabbitmqctl 3.10's, as it prints them for the same
+/// commands.
+#[test]
+fn minimqctl_adds_lists_and_deletes_vhosts_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    assert_eq!(
+        ok(&b.ctl(&["add_vhost", "cli-v"])),
+        "Adding vhost \"cli-v\" ...\n"
+    );
+    // Adding it again changes nothing and succeeds.
+    assert_eq!(
+        ok(&b.ctl(&["add_vhost", "cli-v"])),
+        "Adding vhost \"cli-v\" ...\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_vhosts"])),
+        "Listing vhosts ...\nname\n/\ncli-v\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_vhosts", "name", "description", "tags", "default_queue_type", "tracing"])),
+        "name\tdescription\ttags\tdefault_queue_type\ttracing\n/\t\t[]\tundefined\tfalse\ncli-v\t\t[]\tundefined\tfalse\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["list_vhosts", "--formatter", "json"])),
+        "[\n{\"name\":\"/\"}\n,{\"name\":\"cli-v\"}\n]\n"
+    );
+    let bad = b.ctl(&["list_vhosts", "nosuchcol"]);
+    assert_eq!(bad.status.code(), Some(64));
+    // -p picks the vhost of the list commands: a queue made in cli-v is listed there only.
+    let url = format!("{}/cli-v", b.url.trim_end_matches("/%2f"));
+    let out = Command::new(TASK)
+        .args(["--url", &url, "--queue", "in-v", "one"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("task runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.ctl_until(
+        &["-q", "list_queues", "-p", "cli-v"],
+        "name\tmessages\nin-v\t1\n",
+    );
+    // `/` has none: no rows, and then no header either, as rabbitmqctl.
+    assert_eq!(ok(&b.ctl(&["-q", "list_queues"])), "");
+    assert_eq!(
+        ok(&b.ctl(&["delete_vhost", "cli-v"])),
+        "Deleting vhost \"cli-v\" ...\n"
+    );
+    let gone = b.ctl(&["delete_vhost", "cli-v"]);
+    assert_eq!(gone.status.code(), Some(65));
+    assert_eq!(
+        String::from_utf8_lossy(&gone.stderr),
+        "minimqctl: error: Virtual host 'cli-v' does not exist\n"
+    );
+    assert_eq!(ok(&b.ctl(&["-q", "list_vhosts"])), "name\n/\n");
+}
+
 #[test]
 fn minimqctl_sets_the_alarm_limits_at_run_time_as_rabbitmqctl() {
     let b = TestBroker::with_http();

@@ -181,6 +181,39 @@ fn minimqctl_user_commands_work_against_rabbitmq() {
     assert_eq!(ctl(&["delete_user", &user]).status.code(), Some(67));
 }
 
+/// The vhost commands give RabbitMQ's answers against RabbitMQ too: add twice (exit 0),
+/// listed, `-p` listing, delete, delete again (exit 65).
+#[test]
+#[ignore = "needs a RabbitMQ node: MINIMQ_TEST_RABBITMQ_HTTP (CI runs it with --ignored)"]
+fn minimqctl_vhost_commands_work_against_rabbitmq() {
+    let http = env("MINIMQ_TEST_RABBITMQ_HTTP");
+    let vhost = format!("cli-vhost-{}", std::process::id());
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--url", http.as_str()];
+        all.extend_from_slice(args);
+        run(CTL, &all)
+    };
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    for _ in 0..2 {
+        let out = ctl(&["add_vhost", &vhost]);
+        assert_eq!(text(&out), format!("Adding vhost \"{vhost}\" ...\n"));
+        assert!(out.status.success());
+    }
+    let listed = text(&ctl(&["-q", "list_vhosts", "name", "tags", "tracing"]));
+    assert!(
+        listed.lines().any(|l| l == format!("{vhost}\t[]\tfalse")),
+        "{listed}"
+    );
+    // Empty: no rows, and then no header either.
+    assert_eq!(text(&ctl(&["-q", "list_queues", "-p", &vhost])), "");
+    let out = ctl(&["delete_vhost", &vhost]);
+    assert_eq!(text(&out), format!("Deleting vhost \"{vhost}\" ...\n"));
+    let out = ctl(&["delete_vhost", &vhost]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("Virtual host '{vhost}' does not exist")));
+}
+
 /// Definitions move both ways: minimq's export imports into RabbitMQ (users with their
 /// hashes, a policy, a queue), and RabbitMQ's export back into minimq.
 #[test]

@@ -3,9 +3,10 @@
 //! policies, queues, exchanges and bindings, in RabbitMQ 3.10's JSON.
 //!
 //! An import is checked whole before anything is applied: a malformed or unsupported
-//! entry is an error that names it (`queues[2] ('orders'): ...`) and imports nothing.
-//! Then users, permissions, policies, exchanges, queues and bindings are applied in that
-//! order, each durably as the management API would (an object that exists already is left
+//! entry, or one naming a vhost that neither exists nor is in the file, is an error that
+//! names it (`queues[2] ('orders'): ...`) and imports nothing. Then vhosts, users,
+//! permissions, policies, exchanges, queues and bindings are applied in that order, each
+//! durably as the management API would (an object that exists already is left
 //! as it is, as RabbitMQ's import does for queues and exchanges).
 
 use serde_json::{json, Map, Value};
@@ -13,15 +14,13 @@ use serde_json::{json, Map, Value};
 use crate::auth::{Permission, User};
 use crate::exchange::{Destination, ExchangeKind};
 use crate::policy::Policy;
-use crate::queue::QueueArgs;
+use crate::queue::{QueueArgs, QueueRef};
 use crate::server::BrokerState;
-use crate::vhost::QueueSpec;
+use crate::vhost::{QueueSpec, VHost};
+use crate::vhosts::VHostMetadata;
 use minimq_protocol::{FieldTable, FieldValue};
 
 use super::json::Table;
-
-/// The only vhost.
-const VHOST: &str = "/";
 
 /// A field table from the JSON the management API shows: integers as signed 64-bit
 /// (`l`), other numbers as doubles, strings as long strings, objects as tables, `null` as
@@ -72,37 +71,68 @@ pub fn export(state: &BrokerState) -> Value {
         .iter()
         .map(|(v, u, p)| p.to_json(v, u))
         .collect();
-    let policies: Vec<Value> = state
-        .vhost
-        .policies
-        .all()
-        .iter()
-        .map(|p| p.to_json(VHOST))
-        .collect();
+    let vhosts = state.vhosts.all();
+    let mut policies = Vec::new();
     let mut queues = Vec::new();
-    for q in state.vhost.queues() {
+    let mut exchanges = Vec::new();
+    let mut bindings = Vec::new();
+    for v in &vhosts {
+        export_vhost(v, &mut policies, &mut queues, &mut exchanges, &mut bindings);
+    }
+    // RabbitMQ 3.10 exports a vhost's name only (its import still reads a description
+    // and tags, here too).
+    let vhosts: Vec<Value> = vhosts.iter().map(|v| json!({"name": v.name()})).collect();
+    json!({
+        "rabbit_version": super::RABBITMQ_COMPAT_VERSION,
+        "rabbitmq_version": super::RABBITMQ_COMPAT_VERSION,
+        "product_name": "minimq",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": policies,
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
+}
+
+/// One vhost's policies, queues, exchanges and bindings, as RabbitMQ 3.10 exports them.
+fn export_vhost(
+    vhost: &VHost,
+    policies: &mut Vec<Value>,
+    queues: &mut Vec<Value>,
+    exchanges: &mut Vec<Value>,
+    bindings: &mut Vec<Value>,
+) {
+    let name = vhost.name();
+    policies.extend(vhost.policies.all().iter().map(|p| p.to_json(name)));
+    let mut list = vhost.queues();
+    list.sort_by(|a, b| a.name().cmp(b.name()));
+    for q in list {
         let info = q.info();
         if info.exclusive_owner.is_some() {
             continue; // dies with its connection: nothing to define
         }
         queues.push(json!({
             "name": q.name().as_ref(),
-            "vhost": VHOST,
+            "vhost": name,
             "durable": info.durable,
             "auto_delete": info.auto_delete,
             "arguments": table_json(&info.arguments),
         }));
     }
-    let mut exchanges = Vec::new();
-    let mut bindings = Vec::new();
-    for e in state.vhost.exchanges() {
+    for e in vhost.exchanges() {
         if e.name.is_empty() {
             continue; // the default exchange's bindings are implicit
         }
         if !e.name.starts_with("amq.") {
             exchanges.push(json!({
                 "name": e.name.as_ref(),
-                "vhost": VHOST,
+                "vhost": name,
                 "type": e.kind.name(),
                 "durable": e.durable,
                 "auto_delete": e.auto_delete,
@@ -117,7 +147,7 @@ pub fn export(state: &BrokerState) -> Value {
             };
             bindings.push(json!({
                 "source": e.name.as_ref(),
-                "vhost": VHOST,
+                "vhost": name,
                 "destination": destination,
                 "destination_type": kind,
                 "routing_key": b.key,
@@ -125,32 +155,18 @@ pub fn export(state: &BrokerState) -> Value {
             }));
         }
     }
-    json!({
-        "rabbit_version": super::RABBITMQ_COMPAT_VERSION,
-        "rabbitmq_version": super::RABBITMQ_COMPAT_VERSION,
-        "product_name": "minimq",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "users": users,
-        "vhosts": [{"name": VHOST}],
-        "permissions": permissions,
-        "topic_permissions": [],
-        "parameters": [],
-        "global_parameters": [],
-        "policies": policies,
-        "queues": queues,
-        "exchanges": exchanges,
-        "bindings": bindings,
-    })
 }
 
 /// What an import will apply, checked.
 struct Plan {
+    vhosts: Vec<(String, VHostMetadata)>,
     users: Vec<User>,
-    permissions: Vec<(String, Permission)>,
-    policies: Vec<Policy>,
-    exchanges: Vec<(String, String, bool, bool, bool, FieldTable)>,
-    queues: Vec<QueueSpec>,
-    bindings: Vec<(String, String, bool, String, FieldTable)>,
+    /// Each with its vhost, as every list below.
+    permissions: Vec<(String, String, Permission)>,
+    policies: Vec<(String, Policy)>,
+    exchanges: Vec<(String, String, String, bool, bool, bool, FieldTable)>,
+    queues: Vec<(String, QueueSpec)>,
+    bindings: Vec<(String, String, String, bool, String, FieldTable)>,
 }
 
 fn entries<'a>(doc: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], String> {
@@ -183,11 +199,12 @@ fn arguments(entry: &Value) -> Result<FieldTable, String> {
     }
 }
 
-/// The vhost an entry names (`vhost`, `/` when absent): only `/` exists here.
-fn check_vhost(entry: &Value) -> Result<(), String> {
-    match entry.get("vhost").and_then(Value::as_str) {
-        None | Some(VHOST) => Ok(()),
-        Some(v) => Err(format!("vhost '{v}': minimq has only the vhost '/'")),
+/// The vhost an entry names (`vhost`, `/` when absent).
+fn vhost_of(entry: &Value) -> Result<String, String> {
+    match entry.get("vhost") {
+        None | Some(Value::Null) => Ok(crate::store::DEFAULT_VHOST.to_string()),
+        Some(Value::String(v)) => Ok(v.clone()),
+        Some(other) => Err(format!("'vhost' must be a string, not {other}")),
     }
 }
 
@@ -204,6 +221,7 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         return Err("definitions must be a JSON object".into());
     };
     let mut p = Plan {
+        vhosts: Vec::new(),
         users: Vec::new(),
         permissions: Vec::new(),
         policies: Vec::new(),
@@ -216,14 +234,15 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         |section: &str, i: usize, name: &str, e: String| format!("{section}[{i}] ('{name}'): {e}");
     for (i, v) in entries(doc, "vhosts")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("vhosts", i, "", e))?;
-        if name != VHOST {
-            return Err(at(
-                "vhosts",
-                i,
-                name,
-                "minimq has only the vhost '/'".into(),
-            ));
+        if name.is_empty() {
+            return Err(at("vhosts", i, name, "a vhost needs a name".into()));
         }
+        short_name(name).map_err(|e| at("vhosts", i, name, e))?;
+        // RabbitMQ 3.10 exports the description and tags under `metadata`; earlier
+        // versions and hand-written files put them beside the name.
+        let meta = v.get("metadata").filter(|m| m.is_object()).unwrap_or(v);
+        p.vhosts
+            .push((name.to_string(), VHostMetadata::from_json(meta)));
     }
     for (i, v) in entries(doc, "users")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("users", i, "", e))?;
@@ -233,22 +252,23 @@ fn plan(doc: &Value) -> Result<Plan, String> {
     }
     for (i, v) in entries(doc, "permissions")?.iter().enumerate() {
         let user = text(v, "user").map_err(|e| at("permissions", i, "", e))?;
-        check_vhost(v).map_err(|e| at("permissions", i, user, e))?;
+        let vhost = vhost_of(v).map_err(|e| at("permissions", i, user, e))?;
         let perm = Permission::from_json(v).map_err(|e| at("permissions", i, user, e))?;
-        p.permissions.push((user.to_string(), perm));
+        p.permissions.push((vhost, user.to_string(), perm));
     }
     for (i, v) in entries(doc, "policies")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("policies", i, "", e))?;
-        check_vhost(v).map_err(|e| at("policies", i, name, e))?;
+        let vhost = vhost_of(v).map_err(|e| at("policies", i, name, e))?;
         short_name(name).map_err(|e| at("policies", i, name, e))?;
-        p.policies.push(
+        p.policies.push((
+            vhost,
             Policy::parse(name, v).map_err(|e| at("policies", i, name, e.trim().to_string()))?,
-        );
+        ));
     }
     for (i, v) in entries(doc, "exchanges")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("exchanges", i, "", e))?;
         let e = |why: String| at("exchanges", i, name, why);
-        check_vhost(v).map_err(e)?;
+        let vhost = vhost_of(v).map_err(e)?;
         short_name(name).map_err(e)?;
         let kind = text(v, "type").map_err(e)?;
         ExchangeKind::parse(kind).map_err(|x| e(x.text))?;
@@ -256,6 +276,7 @@ fn plan(doc: &Value) -> Result<Plan, String> {
             continue; // built in
         }
         p.exchanges.push((
+            vhost,
             name.to_string(),
             kind.to_string(),
             flag(v, "durable").map_err(e)?,
@@ -267,25 +288,26 @@ fn plan(doc: &Value) -> Result<Plan, String> {
     for (i, v) in entries(doc, "queues")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("queues", i, "", e))?;
         let e = |why: String| at("queues", i, name, why);
-        check_vhost(v).map_err(e)?;
+        let vhost = vhost_of(v).map_err(e)?;
         short_name(name).map_err(e)?;
         if name.is_empty() {
             return Err(e("a queue needs a name".into()));
         }
         let args = arguments(v).map_err(e)?;
-        QueueArgs::parse(name, &args).map_err(|x| e(x.text))?;
-        p.queues.push(QueueSpec {
+        QueueArgs::parse(QueueRef::new(name, &vhost), &args).map_err(|x| e(x.text))?;
+        let spec = QueueSpec {
             name: name.to_string(),
             durable: flag(v, "durable").map_err(e)?,
             exclusive: false,
             auto_delete: flag(v, "auto_delete").map_err(e)?,
             arguments: args,
-        });
+        };
+        p.queues.push((vhost, spec));
     }
     for (i, v) in entries(doc, "bindings")?.iter().enumerate() {
         let source = text(v, "source").map_err(|e| at("bindings", i, "", e))?;
         let e = |why: String| at("bindings", i, source, why);
-        check_vhost(v).map_err(e)?;
+        let vhost = vhost_of(v).map_err(e)?;
         let destination = text(v, "destination").map_err(e)?;
         let to_exchange = match text(v, "destination_type").map_err(e)? {
             "queue" => false,
@@ -301,6 +323,7 @@ fn plan(doc: &Value) -> Result<Plan, String> {
             continue; // the default exchange binds every queue already
         }
         p.bindings.push((
+            vhost,
             source.to_string(),
             destination.to_string(),
             to_exchange,
@@ -316,12 +339,40 @@ fn plan(doc: &Value) -> Result<Plan, String> {
 pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
     let plan = plan(doc)?;
     // Permissions must name users that exist after the import.
-    for (user, _) in &plan.permissions {
+    for (_, user, _) in &plan.permissions {
         if state.users.get(user).is_none() && !plan.users.iter().any(|u| &u.name == user) {
             return Err(format!("permissions for user '{user}': no such user"));
         }
     }
+    // Every entry's vhost must exist after the import.
+    let named = plan
+        .permissions
+        .iter()
+        .map(|(v, ..)| v)
+        .chain(plan.policies.iter().map(|(v, _)| v))
+        .chain(plan.exchanges.iter().map(|(v, ..)| v))
+        .chain(plan.queues.iter().map(|(v, _)| v))
+        .chain(plan.bindings.iter().map(|(v, ..)| v));
+    for v in named {
+        if state.vhosts.get(v).is_none() && !plan.vhosts.iter().any(|(n, _)| n == v) {
+            return Err(format!("vhost '{v}': no such vhost"));
+        }
+    }
     let io = |what: &str, e: std::io::Error| format!("{what}: could not write to disk: {e}");
+    for (name, meta) in plan.vhosts {
+        state
+            .vhosts
+            .put(&name, meta)
+            .await
+            .map_err(|e| io(&format!("vhost '{name}'"), e))?;
+    }
+    // Checked above: every vhost named exists now.
+    let vhost = |name: &str| {
+        state
+            .vhosts
+            .get(name)
+            .ok_or_else(|| format!("vhost '{name}': no such vhost"))
+    };
     for u in plan.users {
         let name = u.name.clone();
         state
@@ -330,50 +381,47 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
             .await
             .map_err(|e| io(&format!("user '{name}'"), e))?;
     }
-    for (user, perm) in plan.permissions {
+    for (v, user, perm) in plan.permissions {
         state
             .users
-            .save_permission(VHOST, &user, perm)
+            .save_permission(&v, &user, perm)
             .await
             .map_err(|e| io(&format!("permission of '{user}'"), e))?;
     }
-    for policy in plan.policies {
+    for (v, policy) in plan.policies {
         let name = policy.name.clone();
-        state
-            .vhost
-            .put_policy(policy, VHOST)
+        vhost(&v)?
+            .put_policy(policy)
             .await
             .map_err(|e| io(&format!("policy '{name}'"), e))?;
     }
-    for (name, kind, durable, auto_delete, internal, args) in plan.exchanges {
-        if state.vhost.exchange(&name).is_some() {
+    for (v, name, kind, durable, auto_delete, internal, args) in plan.exchanges {
+        let vhost = vhost(&v)?;
+        if vhost.exchange(&name).is_some() {
             continue;
         }
-        state
-            .vhost
+        vhost
             .declare_exchange(&name, &kind, durable, auto_delete, internal, args)
             .await
             .map_err(|e| format!("exchange '{name}': {}", e.text))?;
     }
-    for spec in plan.queues {
-        if state.vhost.queue(&spec.name).is_some() {
+    for (v, spec) in plan.queues {
+        let vhost = vhost(&v)?;
+        if vhost.queue(&spec.name).is_some() {
             continue;
         }
         let name = spec.name.clone();
-        state
-            .vhost
+        vhost
             .declare_queue(spec, 0)
             .await
             .map_err(|e| format!("queue '{name}': {}", e.text))?;
     }
-    for (source, destination, to_exchange, key, args) in plan.bindings {
+    for (v, source, destination, to_exchange, key, args) in plan.bindings {
+        let vhost = vhost(&v)?;
         let done = if to_exchange {
-            state
-                .vhost
-                .bind_exchange(&destination, &source, &key, args)
-                .await
+            vhost.bind_exchange(&destination, &source, &key, args).await
         } else {
-            state.vhost.bind(&destination, &source, &key, args, 0).await
+            vhost.bind(&destination, &source, &key, args, 0).await
         };
         done.map_err(|e| format!("binding of '{source}' to '{destination}': {}", e.text))?;
     }

@@ -21,8 +21,6 @@ use crate::server::BrokerState;
 
 /// The RabbitMQ version whose management API this one follows.
 pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.0";
-/// The only virtual host.
-pub const VHOST: &str = "/";
 
 /// RabbitMQ's error body: `{"error": ..., "reason": ...}`.
 #[derive(Debug, Serialize)]
@@ -243,7 +241,7 @@ struct ObjectTotals {
 #[derive(Debug, Serialize)]
 pub struct Queue<'a> {
     name: Arc<str>,
-    vhost: &'static str,
+    vhost: &'a str,
     durable: bool,
     auto_delete: bool,
     exclusive: bool,
@@ -336,13 +334,15 @@ pub struct Connection<'a> {
 /// One channel of `GET /api/channels`.
 #[derive(Debug, Serialize)]
 pub struct Channel {
-    name: String,
+    /// Its name, `connection (number)`.
+    pub name: String,
     number: u16,
     node: &'static str,
     state: &'static str,
     user: String,
     user_who_performed_action: String,
-    vhost: String,
+    /// Its connection's vhost.
+    pub vhost: String,
     connection_details: ConnectionDetails,
     consumer_count: usize,
     messages_unacknowledged: u64,
@@ -386,7 +386,7 @@ struct ChannelDetails {
 }
 
 /// `minimq@HOSTNAME`, in the place of RabbitMQ's Erlang node name.
-fn node_name() -> &'static str {
+pub(crate) fn node_name() -> &'static str {
     static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NODE.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -409,15 +409,29 @@ pub fn connection_list(state: &BrokerState) -> Vec<Arc<ConnectionInfo>> {
     list
 }
 
-fn queue_list(state: &BrokerState) -> Vec<QueueHandle> {
-    let mut list = state.vhost.queues();
-    list.sort_by(|a, b| a.name().cmp(b.name()));
+/// The queues of the vhosts `visible` accepts, by vhost and name.
+fn queue_list(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Vec<QueueHandle> {
+    let mut list: Vec<QueueHandle> = state
+        .vhosts
+        .all()
+        .iter()
+        .filter(|v| visible(v.name()))
+        .flat_map(|v| v.queues())
+        .collect();
+    list.sort_by(|a, b| (&a.info().vhost, a.name()).cmp(&(&b.info().vhost, b.name())));
     list
 }
 
-/// The broker at a glance.
-pub fn overview(state: &BrokerState) -> Overview {
-    let queues = queue_list(state);
+/// The broker at a glance: what the vhosts `visible` accepts hold.
+pub fn overview(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Overview {
+    let exchanges = state
+        .vhosts
+        .all()
+        .iter()
+        .filter(|v| visible(v.name()))
+        .map(|v| v.exchange_count())
+        .sum();
+    let queues = queue_list(state, visible);
     let conns = connection_list(state);
     let (mut ready, mut unacked) = (0u64, 0u64);
     let mut stats = MessageStats::default();
@@ -480,7 +494,7 @@ pub fn overview(state: &BrokerState) -> Overview {
             connections: conns.len(),
             channels,
             consumers,
-            exchanges: state.vhost.exchange_count(),
+            exchanges,
         },
         minimq_recovery: recovery(state),
         minimq_alarms: state
@@ -492,9 +506,101 @@ pub fn overview(state: &BrokerState) -> Overview {
     }
 }
 
-/// Every queue, by name. The handles own what the views borrow.
-pub fn queues(state: &BrokerState) -> Vec<QueueHandle> {
-    queue_list(state)
+/// One exchange as `GET /api/exchanges` shows it.
+pub fn exchange(vhost: &str, e: &crate::exchange::Exchange) -> serde_json::Value {
+    serde_json::json!({
+        "name": e.name.as_ref(),
+        "vhost": vhost,
+        "type": e.kind.name(),
+        "durable": e.durable,
+        "auto_delete": e.auto_delete,
+        "internal": e.internal,
+        "arguments": Table(Some(&e.arguments)),
+        "user_who_performed_action": "",
+    })
+}
+
+/// A vhost's exchanges, by name (the default exchange first, as `""`).
+pub fn exchanges(vhost: &crate::vhost::VHost) -> Vec<serde_json::Value> {
+    vhost
+        .exchanges()
+        .iter()
+        .map(|e| exchange(vhost.name(), e))
+        .collect()
+}
+
+/// RabbitMQ's `properties_key`: the routing key percent-encoded, and for a binding with
+/// arguments `~` and a digest of them (RabbitMQ's digest is Erlang's term hash; this one
+/// is the CRC32C of their JSON: another value, the same use, naming one binding).
+fn properties_key(key: &str, arguments: &minimq_protocol::FieldTable) -> String {
+    // RabbitMQ form-encodes it: letters, digits and `.-_` stay, a space is `+`.
+    const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_');
+    let encoded = percent_encoding::utf8_percent_encode(key, FORM)
+        .to_string()
+        .replace("%20", "+");
+    if arguments.is_empty() {
+        return encoded;
+    }
+    let shown = serde_json::to_string(&Table(Some(arguments))).unwrap_or_default();
+    format!("{encoded}~{:08x}", crc32c::crc32c(shown.as_bytes()))
+}
+
+fn binding(
+    vhost: &str,
+    source: &str,
+    destination: &str,
+    to_exchange: bool,
+    key: &str,
+    arguments: &minimq_protocol::FieldTable,
+) -> serde_json::Value {
+    serde_json::json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": destination,
+        "destination_type": if to_exchange { "exchange" } else { "queue" },
+        "routing_key": key,
+        "arguments": Table(Some(arguments)),
+        "properties_key": properties_key(key, arguments),
+    })
+}
+
+/// A vhost's bindings as RabbitMQ lists them: the default exchange's to every queue
+/// first (by queue name), then each exchange's (by exchange name, in binding order).
+pub fn bindings(vhost: &crate::vhost::VHost) -> Vec<serde_json::Value> {
+    let name = vhost.name();
+    let empty = minimq_protocol::FieldTable::new();
+    let mut queues = vhost.queues();
+    queues.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut list: Vec<serde_json::Value> = queues
+        .iter()
+        .map(|q| binding(name, "", q.name(), false, q.name(), &empty))
+        .collect();
+    for e in vhost.exchanges().iter().filter(|e| !e.name.is_empty()) {
+        for b in e.bindings() {
+            let (destination, to_exchange) = match &b.destination {
+                crate::exchange::Destination::Queue(q) => (q.as_ref(), false),
+                crate::exchange::Destination::Exchange(x) => (x.as_ref(), true),
+            };
+            list.push(binding(
+                name,
+                &e.name,
+                destination,
+                to_exchange,
+                &b.key,
+                &b.arguments,
+            ));
+        }
+    }
+    list
+}
+
+/// Every queue of the vhosts `visible` accepts, by vhost and name. The handles own what
+/// the views borrow.
+pub fn queues(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Vec<QueueHandle> {
+    queue_list(state, visible)
 }
 
 /// A queue's view; with `detail`, its consumers too.
@@ -523,7 +629,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         for c in connection_list(state) {
             for ch in c.channels() {
                 for consumer in ch.consumers() {
-                    if consumer.queue == info.name {
+                    if consumer.queue == info.name && *c.vhost == *info.vhost {
                         list.push(consumer_view(&c, &ch, &consumer));
                     }
                 }
@@ -533,7 +639,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
     });
     Queue {
         name: info.name.clone(),
-        vhost: VHOST,
+        vhost: &info.vhost,
         durable: info.durable,
         auto_delete: info.auto_delete,
         exclusive: info.exclusive_owner.is_some(),

@@ -10,6 +10,8 @@
 //! | `/api/queues`, `/api/queues/{vhost}` | GET |
 //! | `/api/queues/{vhost}/{name}` | GET, DELETE (`?if-empty=true`, `?if-unused=true`) |
 //! | `/api/queues/{vhost}/{name}/contents` | DELETE (purge) |
+//! | `/api/exchanges`, `/api/exchanges/{vhost}`, `/api/exchanges/{vhost}/{name}` | GET |
+//! | `/api/bindings`, `/api/bindings/{vhost}` | GET |
 //! | `/api/connections`, `/api/channels`, `/api/consumers` | GET |
 //! | `/api/connections/{name}` | DELETE (closes it: 320, `X-Reason` or "Closed via management plugin") |
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
@@ -20,6 +22,9 @@
 //! | `/api/users/{user}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
 //! | `/api/permissions`, `/api/vhosts/{vhost}/permissions` | GET (administrators) |
 //! | `/api/permissions/{vhost}/{user}` | GET, PUT, DELETE (administrators) |
+//! | `/api/vhosts` | GET |
+//! | `/api/vhosts/{vhost}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
+//! | `/api/vhosts/{vhost}/connections`, `/api/vhosts/{vhost}/channels` | GET |
 //! | `/api/vhost-limits`, `/api/vhost-limits/{vhost}` | GET |
 //! | `/api/vhost-limits/{vhost}/{max-connections or max-queues}` | PUT, DELETE (204) |
 //! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
@@ -53,7 +58,7 @@ use base64::Engine as _;
 
 use crate::queue::QueueCommand;
 use crate::server::BrokerState;
-use json::VHOST;
+use crate::vhost::VHost;
 
 pub use json::RABBITMQ_COMPAT_VERSION;
 pub use listener::serve;
@@ -139,6 +144,11 @@ pub fn router(state: Arc<BrokerState>) -> Router {
             get(queue).delete(delete_queue),
         )
         .route("/api/queues/{vhost}/{name}/contents", delete(purge_queue))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}", get(vhost_exchanges))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route("/api/bindings", get(bindings))
+        .route("/api/bindings/{vhost}", get(vhost_bindings))
         .route("/api/connections", get(connections))
         .route("/api/connections/{name}", delete(close_connection))
         .route("/api/channels", get(channels))
@@ -155,7 +165,14 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         )
         .route("/api/users/{name}/permissions", get(user_permissions))
         .route("/api/permissions", get(permissions))
+        .route("/api/vhosts", get(vhosts))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(vhost).put(put_vhost).delete(delete_vhost),
+        )
         .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
+        .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
         .route(
             "/api/permissions/{vhost}/{user}",
             get(permission)
@@ -203,8 +220,9 @@ pub struct Admin(pub String);
 #[derive(Debug, Clone)]
 pub struct Monitor(pub String);
 
-/// A policymaker with permissions on the vhost, or an administrator (`User not
-/// authorised to access object` otherwise).
+/// A policymaker or an administrator (`User not authorised to access object`
+/// otherwise); a policymaker also needs a permission on the vhost it changes
+/// ([`vhost_for`]).
 #[derive(Debug, Clone)]
 pub struct PolicyMaker(pub String);
 
@@ -258,8 +276,7 @@ impl FromRequestParts<Arc<BrokerState>> for PolicyMaker {
         state: &Arc<BrokerState>,
     ) -> Result<PolicyMaker, ApiError> {
         let u = authenticate(state, parts)?;
-        let policymaker = u.tags.iter().any(|t| t == "policymaker")
-            && state.users.permission(VHOST, &u.name).is_some();
+        let policymaker = u.tags.iter().any(|t| t == "policymaker");
         if u.access() < Access::Administrator && !policymaker {
             return Err(ApiError::not_authorised(
                 "User not authorised to access object",
@@ -312,10 +329,140 @@ fn params<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
-/// The only vhost, or 404.
-fn check_vhost(vhost: &str) -> Result<(), ApiError> {
-    if vhost == VHOST {
-        Ok(())
+/// The vhost a path names, or 404.
+fn find_vhost(state: &BrokerState, name: &str) -> Result<Arc<VHost>, ApiError> {
+    state.vhosts.get(name).ok_or_else(ApiError::not_found)
+}
+
+/// Whether user `user` sees what vhost `vhost` holds (queues, policies, limits): an
+/// administrator sees every vhost, another user those it has a permission on, as in
+/// RabbitMQ.
+fn sees(state: &BrokerState, user: &str, vhost: &str) -> bool {
+    state
+        .users
+        .get(user)
+        .is_some_and(|u| u.access() >= Access::Administrator)
+        || state.users.permission(vhost, user).is_some()
+}
+
+/// Whether user `user` is shown vhost `vhost` in the vhost listing: administrators and
+/// monitoring users every vhost, other users those they have a permission on.
+fn lists(state: &BrokerState, user: &str, vhost: &str) -> bool {
+    state
+        .users
+        .get(user)
+        .is_some_and(|u| u.access() >= Access::Monitoring)
+        || state.users.permission(vhost, user).is_some()
+}
+
+/// The vhost a path names, for user `user`: 404 if there is none, RabbitMQ's `401 User
+/// not authorised to access virtual host` if the user may not see into it.
+fn vhost_for(state: &BrokerState, user: &str, name: &str) -> Result<Arc<VHost>, ApiError> {
+    let vhost = find_vhost(state, name)?;
+    if !sees(state, user, name) {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access virtual host",
+        ));
+    }
+    Ok(vhost)
+}
+
+/// One vhost as `GET /api/vhosts` shows it.
+fn vhost_json(v: &VHost) -> serde_json::Value {
+    let meta = v.metadata();
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for q in v.queues() {
+        let s = &q.info().stats;
+        ready += s.ready.load(std::sync::atomic::Ordering::Relaxed);
+        unacked += s.unacked.load(std::sync::atomic::Ordering::Relaxed);
+    }
+    serde_json::json!({
+        "name": v.name(),
+        "description": meta.description,
+        "tags": meta.tags,
+        "default_queue_type": "undefined",
+        "metadata": meta.to_json(),
+        "tracing": false,
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "cluster_state": { json::node_name(): "running" },
+    })
+}
+
+/// `GET /api/vhosts`: the vhosts the user is shown ([`lists`]), by name.
+async fn vhosts(State(state): Api, User(user): User) -> Response {
+    let list: Vec<serde_json::Value> = state
+        .vhosts
+        .all()
+        .iter()
+        .filter(|v| lists(&state, &user, v.name()))
+        .map(|v| vhost_json(v))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn vhost(
+    State(state): Api,
+    User(user): User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = params(name)?;
+    let v = find_vhost(&state, &name)?;
+    if !lists(&state, &user, &name) {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access virtual host",
+        ));
+    }
+    Ok(Json(vhost_json(&v)).into_response())
+}
+
+/// `PUT /api/vhosts/{vhost}` with optional `description` and `tags`: 201 when created
+/// (the requesting user is then given `.*` on it, as RabbitMQ does), 204 when updated;
+/// on disk first.
+async fn put_vhost(
+    State(state): Api,
+    Admin(user): Admin,
+    name: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let name = params(name)?;
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(ApiError::bad_request("invalid vhost name"));
+    }
+    let value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(Default::default())
+    } else {
+        json_body(&body)?
+    };
+    let metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    let created = state
+        .vhosts
+        .put(&name, metadata)
+        .await
+        .map_err(store_error)?;
+    if !created {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let all = crate::auth::Permission::new(".*", ".*", ".*").map_err(ApiError::bad_request)?;
+    state
+        .users
+        .save_permission(&name, &user, all)
+        .await
+        .map_err(store_error)?;
+    Ok(StatusCode::CREATED)
+}
+
+/// `DELETE /api/vhosts/{vhost}`: 204, its connections closed with `320 CONNECTION_FORCED
+/// - vhost 'V' is deleted` and everything in it removed; 404 if there is none.
+async fn delete_vhost(
+    State(state): Api,
+    _: Admin,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let name = params(name)?;
+    if state.delete_vhost(&name).await.map_err(store_error)? {
+        Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found())
     }
@@ -464,7 +611,7 @@ async fn vhost_permissions(
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let vhost = params(vhost)?;
-    check_vhost(&vhost)?;
+    find_vhost(&state, &vhost)?;
     Ok(permission_list(&state, |v, _| v == vhost))
 }
 
@@ -491,7 +638,7 @@ async fn put_permission(
 ) -> Result<StatusCode, ApiError> {
     let (vhost, user) = params(path)?;
     let value = json_body(&body)?;
-    if vhost != VHOST || state.users.get(&user).is_none() {
+    if state.vhosts.get(&vhost).is_none() || state.users.get(&user).is_none() {
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
     let perm = crate::auth::Permission::from_json(&value).map_err(ApiError::bad_request)?;
@@ -520,28 +667,39 @@ async fn delete_permission(
     }
 }
 
-/// `[{"vhost":"/","value":{...}}]`, or `[]` without limits.
-fn limits_listing(state: &BrokerState) -> Response {
-    let limits = state.vhost.limits().to_json();
-    let list: Vec<serde_json::Value> = if limits.is_empty() {
-        Vec::new()
-    } else {
-        vec![serde_json::json!({"vhost": VHOST, "value": limits})]
-    };
+/// `[{"vhost":"/","value":{...}}]` for each of `vhosts` with limits.
+fn limits_listing(vhosts: &[Arc<VHost>]) -> Response {
+    let list: Vec<serde_json::Value> = vhosts
+        .iter()
+        .filter_map(|v| {
+            let limits = v.limits().to_json();
+            (!limits.is_empty()).then(|| serde_json::json!({"vhost": v.name(), "value": limits}))
+        })
+        .collect();
     Json(list).into_response()
 }
 
-async fn vhost_limits(State(state): Api, _: User) -> Response {
-    limits_listing(&state)
+/// The vhosts whose contents `user` sees ([`sees`]).
+fn visible_vhosts(state: &BrokerState, user: &str) -> Vec<Arc<VHost>> {
+    state
+        .vhosts
+        .all()
+        .into_iter()
+        .filter(|v| sees(state, user, v.name()))
+        .collect()
+}
+
+async fn vhost_limits(State(state): Api, User(user): User) -> Response {
+    limits_listing(&visible_vhosts(&state, &user))
 }
 
 async fn one_vhost_limits(
     State(state): Api,
-    _: User,
+    User(user): User,
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    check_vhost(&params(vhost)?)?;
-    Ok(limits_listing(&state))
+    let v = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(limits_listing(&[v]))
 }
 
 /// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`: 204; a negative value
@@ -553,12 +711,12 @@ async fn put_vhost_limit(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
+    let vhost = find_vhost(&state, &vhost)?;
     let body = json_body(&body)?;
     let value = body
         .get("value")
         .ok_or_else(|| ApiError::bad_request("[{key_missing,value}]"))?;
-    let mut limits = state.vhost.limits();
+    let mut limits = vhost.limits();
     let Some(slot) = limits.slot(&name) else {
         let shown = crate::policy::term(value);
         return Err(ApiError::bad_request(format!(
@@ -572,11 +730,7 @@ async fn put_vhost_limit(
         ))
     })?;
     *slot = u64::try_from(n).ok();
-    state
-        .vhost
-        .set_limits(limits, VHOST)
-        .await
-        .map_err(store_error)?;
+    vhost.set_limits(limits).await.map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -586,52 +740,51 @@ async fn delete_vhost_limit(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
-    let mut limits = state.vhost.limits();
+    let vhost = find_vhost(&state, &vhost)?;
+    let mut limits = vhost.limits();
     if let Some(slot) = limits.slot(&name) {
         *slot = None;
-        state
-            .vhost
-            .set_limits(limits, VHOST)
-            .await
-            .map_err(store_error)?;
+        vhost.set_limits(limits).await.map_err(store_error)?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn policies(State(state): Api, _: User) -> Response {
-    let list: Vec<_> = state
-        .vhost
-        .policies
-        .all()
+fn policy_listing(vhosts: &[Arc<VHost>]) -> Response {
+    let list: Vec<_> = vhosts
         .iter()
-        .map(|p| p.to_json(VHOST))
+        .flat_map(|v| {
+            v.policies
+                .all()
+                .iter()
+                .map(|p| p.to_json(v.name()))
+                .collect::<Vec<_>>()
+        })
         .collect();
     Json(list).into_response()
 }
 
+async fn policies(State(state): Api, User(user): User) -> Response {
+    policy_listing(&visible_vhosts(&state, &user))
+}
+
 async fn vhost_policies(
     State(state): Api,
-    _: User,
+    User(user): User,
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    check_vhost(&params(vhost)?)?;
-    Ok(policies(State(state), User(String::new())).await)
+    let v = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(policy_listing(&[v]))
 }
 
 async fn policy(
     State(state): Api,
-    _: PolicyMaker,
+    PolicyMaker(user): PolicyMaker,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
-    let p = state
-        .vhost
-        .policies
-        .get(&name)
-        .ok_or_else(ApiError::not_found)?;
-    Ok(Json(p.to_json(VHOST)).into_response())
+    let vhost = vhost_for(&state, &user, &vhost)?;
+    let p = vhost.policies.get(&name).ok_or_else(ApiError::not_found)?;
+    Ok(Json(p.to_json(vhost.name())).into_response())
 }
 
 /// A request body as JSON, or RabbitMQ's `400 not_json`.
@@ -649,22 +802,18 @@ fn store_error(e: std::io::Error) -> ApiError {
 
 async fn put_policy(
     State(state): Api,
-    _: PolicyMaker,
+    PolicyMaker(user): PolicyMaker,
     path: Result<Path<(String, String)>, PathRejection>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
+    let vhost = vhost_for(&state, &user, &vhost)?;
     if name.len() > MAX_NAME {
         return Err(ApiError::bad_request("name_too_long"));
     }
     let value = json_body(&body)?;
     let p = crate::policy::Policy::parse(&name, &value).map_err(ApiError::bad_request)?;
-    let created = state
-        .vhost
-        .put_policy(p, VHOST)
-        .await
-        .map_err(store_error)?;
+    let created = vhost.put_policy(p).await.map_err(store_error)?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -674,20 +823,20 @@ async fn put_policy(
 
 async fn delete_policy(
     State(state): Api,
-    _: PolicyMaker,
+    PolicyMaker(user): PolicyMaker,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
-    match state.vhost.delete_policy(&name, VHOST).await {
+    let vhost = vhost_for(&state, &user, &vhost)?;
+    match vhost.delete_policy(&name).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found()),
         Err(e) => Err(store_error(e)),
     }
 }
 
-async fn overview(State(state): Api, _: User) -> Response {
-    Json(json::overview(&state)).into_response()
+async fn overview(State(state): Api, User(user): User) -> Response {
+    Json(json::overview(&state, |v| sees(&state, &user, v))).into_response()
 }
 
 async fn nodes(State(state): Api, _: Monitor) -> Response {
@@ -849,8 +998,8 @@ async fn whoami(State(state): Api, User(name): User) -> Response {
     Json(json::Whoami { name, tags }).into_response()
 }
 
-fn queue_listing(state: &BrokerState) -> Response {
-    let handles = json::queues(state);
+fn queue_listing(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Response {
+    let handles = json::queues(state, visible);
     let views: Vec<json::Queue<'_>> = handles
         .iter()
         .map(|q| json::queue(state, q, false))
@@ -858,45 +1007,44 @@ fn queue_listing(state: &BrokerState) -> Response {
     Json(views).into_response()
 }
 
-async fn queues(State(state): Api, _: User) -> Response {
-    queue_listing(&state)
+async fn queues(State(state): Api, User(user): User) -> Response {
+    queue_listing(&state, |v| sees(&state, &user, v))
 }
 
 async fn vhost_queues(
     State(state): Api,
-    _: User,
+    User(user): User,
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    check_vhost(&params(vhost)?)?;
-    Ok(queue_listing(&state))
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(queue_listing(&state, |v| v == vhost.name()))
 }
 
 async fn queue(
     State(state): Api,
-    _: User,
+    User(user): User,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
-    let q = state.vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let vhost = vhost_for(&state, &user, &vhost)?;
+    let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
     Ok(Json(json::queue(&state, &q, true)).into_response())
 }
 
 async fn delete_queue(
     State(state): Api,
-    _: User,
+    User(user): User,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
+    let vhost = vhost_for(&state, &user, &vhost)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let flag = |p: &str| query.iter().any(|(k, v)| k == p && v == "true");
-    let q = state.vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
     // The API may delete a queue exclusive to a connection: act as its owner.
     let as_conn = q.info().exclusive_owner.unwrap_or(0);
-    match state
-        .vhost
+    match vhost
         .delete_queue(&name, as_conn, flag("if-unused"), flag("if-empty"))
         .await
     {
@@ -913,12 +1061,12 @@ async fn delete_queue(
 
 async fn purge_queue(
     State(state): Api,
-    _: User,
+    User(user): User,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    check_vhost(&vhost)?;
-    let q = state.vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    let vhost = vhost_for(&state, &user, &vhost)?;
+    let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
     let (reply, rx) = tokio::sync::oneshot::channel();
     if !q.send(QueueCommand::Purge { reply }).await {
         return Err(ApiError::not_found());
@@ -929,10 +1077,89 @@ async fn purge_queue(
     }
 }
 
+async fn exchanges(State(state): Api, User(user): User) -> Response {
+    let list: Vec<serde_json::Value> = visible_vhosts(&state, &user)
+        .iter()
+        .flat_map(|v| json::exchanges(v))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn vhost_exchanges(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(Json(json::exchanges(&vhost)).into_response())
+}
+
+async fn exchange(
+    State(state): Api,
+    User(user): User,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = vhost_for(&state, &user, &vhost)?;
+    // RabbitMQ names the default exchange `amq.default` in paths.
+    let name = if name == "amq.default" { "" } else { &name };
+    let e = vhost.exchange(name).ok_or_else(ApiError::not_found)?;
+    let mut view = json::exchange(vhost.name(), &e);
+    if let Some(m) = view.as_object_mut() {
+        m.insert("incoming".into(), serde_json::json!([]));
+        m.insert("outgoing".into(), serde_json::json!([]));
+    }
+    Ok(Json(view).into_response())
+}
+
+async fn bindings(State(state): Api, User(user): User) -> Response {
+    let list: Vec<serde_json::Value> = visible_vhosts(&state, &user)
+        .iter()
+        .flat_map(|v| json::bindings(v))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn vhost_bindings(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(Json(json::bindings(&vhost)).into_response())
+}
+
 async fn connections(State(state): Api, _: User) -> Response {
     let list = json::connection_list(&state);
     let views: Vec<json::Connection<'_>> = list.iter().map(|c| json::connection(c)).collect();
     Json(views).into_response()
+}
+
+async fn vhost_connections(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    let list: Vec<_> = json::connection_list(&state)
+        .into_iter()
+        .filter(|c| c.vhost == vhost.name())
+        .collect();
+    let views: Vec<json::Connection<'_>> = list.iter().map(|c| json::connection(c)).collect();
+    Ok(Json(views).into_response())
+}
+
+async fn vhost_channels(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    let list: Vec<json::Channel> = json::channels(&state)
+        .into_iter()
+        .filter(|c| c.vhost == vhost.name())
+        .collect();
+    Ok(Json(list).into_response())
 }
 
 async fn channels(State(state): Api, _: User) -> Response {

@@ -149,6 +149,7 @@ pub(crate) mod tests {
     /// from.
     pub(crate) fn queue(name: &str) -> QueueHandle {
         QueueHandle::new(
+            "/".into(),
             name.into(),
             false,
             None,

@@ -74,7 +74,7 @@ impl Conn {
     /// `basic.consume`: the queue takes the consumer first, then the channel lists it.
     pub(super) async fn basic_consume(&mut self, ch: u16, c: BasicConsume) -> AmqpResult<()> {
         self.authorize(crate::auth::Perm::Read, "queue", &c.queue)?;
-        let queue = self.state.vhost.queue_for(&c.queue, self.id)?;
+        let queue = self.vhost.queue_for(&c.queue, self.id)?;
         let tag: Arc<str> = if c.consumer_tag.is_empty() {
             generate_name("amq.ctag-").into()
         } else {
@@ -125,10 +125,10 @@ impl Conn {
             })
             .await
         {
-            return Err(AmqpError::no_queue(&c.queue));
+            return Err(AmqpError::no_queue(&c.queue, self.vhost.name()));
         }
         rx.await
-            .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue)))?;
+            .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue, self.vhost.name())))?;
         self.channel(ch)
             .add_consumer(tag.clone(), queue, listed, timeout);
         if !c.no_wait {
@@ -146,7 +146,7 @@ impl Conn {
     /// `basic.get`: one message, tagged like a delivery, or `get-empty`.
     pub(super) async fn basic_get(&mut self, ch: u16, g: BasicGet) -> AmqpResult<()> {
         self.authorize(crate::auth::Perm::Read, "queue", &g.queue)?;
-        let queue = self.state.vhost.queue_for(&g.queue, self.id)?;
+        let queue = self.vhost.queue_for(&g.queue, self.id)?;
         let (reply, rx) = oneshot::channel();
         let got = if queue
             .send(QueueCommand::Get {

@@ -210,11 +210,10 @@ impl Conn {
         for q in std::mem::take(&mut self.exclusive_queues) {
             // Deleted meanwhile (e.g. through the management API), perhaps re-declared
             // by someone else under the same name: not ours to delete.
-            if !self.state.vhost.queue(q.name()).is_some_and(|x| x.same(&q)) {
+            if !self.vhost.queue(q.name()).is_some_and(|x| x.same(&q)) {
                 continue;
             }
             let _ = self
-                .state
                 .vhost
                 .delete_queue(q.name(), self.id, false, false)
                 .await;

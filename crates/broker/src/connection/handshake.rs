@@ -252,33 +252,42 @@ pub async fn run(conn: &mut Conn, reader: &mut Reader) -> Result<Outcome, AmqpEr
         )
         .on(m.class_id(), m.method_id()));
     };
-    if open.virtual_host != "/" {
-        return Err(AmqpError::new(
-            ReplyCode::NotAllowed,
-            format!("vhost {} not found", open.virtual_host),
-        )
-        .on(10, 40));
-    }
-    conn.perm = conn.state.users.permission("/", &conn.user);
-    if conn.perm.is_none() {
-        return Err(AmqpError::new(
-            ReplyCode::NotAllowed,
-            format!("access to vhost '/' refused for user '{}'", conn.user),
-        )
-        .on(10, 40));
-    }
-    if let Some(max) = conn.state.vhost.limits().max_connections {
-        if conn.state.connections.len() as u64 >= max {
+    // RabbitMQ 3.10's order (`rabbit_reader`, `connection.open`): the vhost's connection
+    // limit, then whether the vhost exists, then the user's permission on it.
+    let name = open.virtual_host.as_str();
+    let vhost = conn.state.vhosts.get(name);
+    if let Some(max) = vhost.as_ref().and_then(|v| v.limits().max_connections) {
+        let opened = conn
+            .state
+            .connections
+            .iter()
+            .filter(|c| c.vhost == name)
+            .count();
+        if opened as u64 >= max {
             return Err(AmqpError::new(
                 ReplyCode::NotAllowed,
                 format!(
-                    "access to vhost '/' refused for user '{}': connection limit ({max}) is reached",
+                    "access to vhost '{name}' refused for user '{}': connection limit ({max}) is reached",
                     conn.user
                 ),
             )
             .on(10, 40));
         }
     }
+    let Some(vhost) = vhost else {
+        return Err(
+            AmqpError::new(ReplyCode::NotAllowed, format!("vhost {name} not found")).on(10, 40),
+        );
+    };
+    conn.perm = conn.state.users.permission(name, &conn.user);
+    if conn.perm.is_none() {
+        return Err(AmqpError::new(
+            ReplyCode::NotAllowed,
+            format!("access to vhost '{name}' refused for user '{}'", conn.user),
+        )
+        .on(10, 40));
+    }
+    conn.vhost = vhost;
     // Listed before the client hears open-ok.
     conn.register();
     conn.send_method(0, ConnectionOpenOk.into());

@@ -73,6 +73,7 @@ mod tests {
 
     fn queue(name: &str) -> (QueueHandle, QueueInbox) {
         QueueHandle::new(
+            "/".into(),
             name.into(),
             false,
             None,

@@ -123,8 +123,7 @@ impl Conn {
             Method::QueueBind(b) => {
                 self.authorize(Perm::Write, "queue", &b.queue)?;
                 self.authorize(Perm::Read, "exchange", &b.exchange)?;
-                self.state
-                    .vhost
+                self.vhost
                     .bind(&b.queue, &b.exchange, &b.routing_key, b.arguments, self.id)
                     .await?;
                 if !b.no_wait {
@@ -135,8 +134,7 @@ impl Conn {
             Method::QueueUnbind(u) => {
                 self.authorize(Perm::Write, "queue", &u.queue)?;
                 self.authorize(Perm::Read, "exchange", &u.exchange)?;
-                self.state
-                    .vhost
+                self.vhost
                     .unbind(&u.queue, &u.exchange, &u.routing_key, &u.arguments, self.id)
                     .await?;
                 self.send_method(ch, QueueUnbindOk.into());
@@ -144,7 +142,7 @@ impl Conn {
             }
             Method::QueuePurge(p) => {
                 self.authorize(Perm::Read, "queue", &p.queue)?;
-                let q = self.state.vhost.queue_for(&p.queue, self.id)?;
+                let q = self.vhost.queue_for(&p.queue, self.id)?;
                 let (reply, rx) = oneshot::channel();
                 let n = if q.send(QueueCommand::Purge { reply }).await {
                     rx.await.unwrap_or(0)
@@ -159,7 +157,6 @@ impl Conn {
             Method::QueueDelete(d) => {
                 self.authorize(Perm::Configure, "queue", &d.queue)?;
                 let n = self
-                    .state
                     .vhost
                     .delete_queue(&d.queue, self.id, d.if_unused, d.if_empty)
                     .await?;
@@ -177,14 +174,12 @@ impl Conn {
                     ));
                 }
                 if d.passive {
-                    self.state
-                        .vhost
+                    self.vhost
                         .exchange(&d.exchange)
-                        .ok_or_else(|| AmqpError::no_exchange(&d.exchange))?;
+                        .ok_or_else(|| AmqpError::no_exchange(&d.exchange, self.vhost.name()))?;
                 } else {
                     self.authorize(Perm::Configure, "exchange", &d.exchange)?;
-                    self.state
-                        .vhost
+                    self.vhost
                         .declare_exchange(
                             &d.exchange,
                             &d.type_,
@@ -205,10 +200,7 @@ impl Conn {
                 if !d.exchange.is_empty() && !d.exchange.starts_with("amq.") {
                     self.authorize(Perm::Configure, "exchange", &d.exchange)?;
                 }
-                self.state
-                    .vhost
-                    .delete_exchange(&d.exchange, d.if_unused)
-                    .await?;
+                self.vhost.delete_exchange(&d.exchange, d.if_unused).await?;
                 if !d.no_wait {
                     self.send_method(ch, ExchangeDeleteOk.into());
                 }
@@ -217,8 +209,7 @@ impl Conn {
             Method::ExchangeBind(b) => {
                 self.authorize(Perm::Write, "exchange", &b.destination)?;
                 self.authorize(Perm::Read, "exchange", &b.source)?;
-                self.state
-                    .vhost
+                self.vhost
                     .bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
                     .await?;
                 if !b.no_wait {
@@ -229,8 +220,7 @@ impl Conn {
             Method::ExchangeUnbind(u) => {
                 self.authorize(Perm::Write, "exchange", &u.destination)?;
                 self.authorize(Perm::Read, "exchange", &u.source)?;
-                self.state
-                    .vhost
+                self.vhost
                     .unbind_exchange(&u.destination, &u.source, &u.routing_key, &u.arguments)
                     .await?;
                 if !u.no_wait {
@@ -304,7 +294,7 @@ impl Conn {
         if d.queue == tests::PANIC_QUEUE {
             panic!("connection task made to panic by a test");
         }
-        let vhost = self.state.vhost.clone();
+        let vhost = self.vhost.clone();
         let queue = if d.passive {
             vhost.queue_for(&d.queue, self.id)?
         } else {

@@ -95,6 +95,9 @@ enum Flow {
 /// The state of one connection, owned by its task.
 pub struct Conn {
     state: Arc<BrokerState>,
+    /// The vhost the connection opened (a placeholder holding nothing until then):
+    /// held, so no method looks a vhost up by name.
+    vhost: Arc<crate::vhost::VHost>,
     id: u64,
     peer: SocketAddr,
     user: String,
@@ -228,6 +231,7 @@ pub async fn serve_stream(
     );
     let mut conn = Conn {
         id: state.next_conn_id(),
+        vhost: state.vhosts.unopened(),
         state,
         peer,
         user: String::new(),
@@ -306,7 +310,7 @@ impl Conn {
             self.peer,
             self.local,
             self.user.clone(),
-            "/".into(),
+            self.vhost.name().into(),
             std::mem::take(&mut self.auth_mechanism),
             std::mem::take(&mut self.client_properties),
             self.frame_max,
@@ -446,7 +450,7 @@ impl Conn {
     }
 
     /// Whether this connection's user may `what` the `kind` (`queue` or `exchange`)
-    /// named `name`: RabbitMQ's `403 ACCESS_REFUSED - access to queue 'q' in vhost '/'
+    /// named `name`: RabbitMQ's `403 ACCESS_REFUSED - access to queue 'q' in vhost 'v'
     /// refused for user 'u'` (a channel error) otherwise. The default exchange is named
     /// `amq.default`.
     pub(super) fn authorize(
@@ -466,7 +470,8 @@ impl Conn {
         Err(AmqpError::new(
             ReplyCode::AccessRefused,
             format!(
-                "access to {kind} '{name}' in vhost '/' refused for user '{}'",
+                "access to {kind} '{name}' in vhost '{}' refused for user '{}'",
+                self.vhost.name(),
                 self.user
             ),
         ))
@@ -585,12 +590,12 @@ impl Drop for Conn {
         if exclusive.is_empty() {
             return;
         }
-        let state = self.state.clone();
+        let vhost = self.vhost.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 for q in exclusive {
-                    if state.vhost.queue(q.name()).is_some_and(|x| x.same(&q)) {
-                        let _ = state.vhost.delete_queue(q.name(), id, false, false).await;
+                    if vhost.queue(q.name()).is_some_and(|x| x.same(&q)) {
+                        let _ = vhost.delete_queue(q.name(), id, false, false).await;
                     }
                 }
             });

@@ -73,7 +73,7 @@ impl Conn {
         }
         let mut queues = Vec::new();
         if exchange.is_empty() {
-            let vhost = &self.state.vhost;
+            let vhost = &self.vhost;
             // The channel is open (see `Conn::channel`); `self`'s fields are borrowed apart.
             #[allow(clippy::expect_used)]
             let channel = self
@@ -82,8 +82,7 @@ impl Conn {
                 .expect("channel checked open by the caller");
             queues.extend(channel.route_default(vhost, &routing_key));
         } else {
-            self.state
-                .vhost
+            self.vhost
                 .route(
                     &exchange,
                     &routing_key,

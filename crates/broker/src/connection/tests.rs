@@ -58,7 +58,7 @@ async fn a_panicking_connection_task_gives_back_its_deliveries_and_leaves_the_re
         .await
         .unwrap();
     let _unacked = deliveries.next().await.unwrap().unwrap();
-    let vhost = broker.state().vhost.clone();
+    let vhost = broker.state().vhosts.get("/").unwrap();
     let work = vhost.queue("work").unwrap();
     assert_eq!(work.counts().await.unwrap().unacked, 1);
     assert_eq!(broker.state().connections.len(), 1);

@@ -628,15 +628,11 @@ impl QueueActor {
                 reply,
             } => {
                 self.expire(now);
-                let name = self.handle.name().clone();
+                let queue = self.handle.queue_ref();
                 if if_unused && !self.consumers.is_empty() {
-                    let _ = reply.send(Err(AmqpError::precondition(format!(
-                        "queue '{name}' in vhost '/' in use"
-                    ))));
+                    let _ = reply.send(Err(AmqpError::precondition(format!("{queue} in use"))));
                 } else if if_empty && !self.ready.is_empty() {
-                    let _ = reply.send(Err(AmqpError::precondition(format!(
-                        "queue '{name}' in vhost '/' not empty"
-                    ))));
+                    let _ = reply.send(Err(AmqpError::precondition(format!("{queue} not empty"))));
                 } else {
                     let n = self.ready.len() as u32;
                     self.cancel_all_consumers();
@@ -1025,12 +1021,11 @@ impl QueueActor {
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), AmqpError> {
-        let name = self.handle.name();
         let exclusive_taken = self.consumers.values().any(|c| c.spec.exclusive);
         if exclusive_taken || (spec.exclusive && !self.consumers.is_empty()) {
             return Err(AmqpError::new(
                 ReplyCode::AccessRefused,
-                format!("queue '{name}' in vhost '/' in exclusive use"),
+                format!("{} in exclusive use", self.handle.queue_ref()),
             ));
         }
         let id = spec.id;
@@ -1355,9 +1350,9 @@ pub(super) fn answer_dead(cmd: QueueCommand, handle: &QueueHandle) {
         }
         QueueCommand::Consume { reply, .. } => {
             let err = if failed {
-                super::crashed_error(handle.name())
+                super::crashed_error(handle.queue_ref())
             } else {
-                AmqpError::no_queue(handle.name())
+                AmqpError::no_queue(handle.name(), &handle.info().vhost)
             };
             let _ = reply.send(Err(err));
         }

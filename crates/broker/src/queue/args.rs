@@ -133,10 +133,30 @@ const QUORUM_EQUIVALENCE_KEYS: &[&str] = &[
     "x-queue-leader-locator",
 ];
 
-fn invalid(key: &str, queue: &str, why: impl std::fmt::Display) -> AmqpError {
-    AmqpError::precondition(format!(
-        "invalid arg '{key}' for queue '{queue}' in vhost '/': {why}"
-    ))
+/// A queue as error texts name it: `queue 'q' in vhost 'v'`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueRef<'a> {
+    /// The queue's name.
+    pub name: &'a str,
+    /// Its vhost's.
+    pub vhost: &'a str,
+}
+
+impl<'a> QueueRef<'a> {
+    /// Queue `name` in vhost `vhost`.
+    pub fn new(name: &'a str, vhost: &'a str) -> QueueRef<'a> {
+        QueueRef { name, vhost }
+    }
+}
+
+impl std::fmt::Display for QueueRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "queue '{}' in vhost '{}'", self.name, self.vhost)
+    }
+}
+
+fn invalid(key: &str, queue: QueueRef<'_>, why: impl std::fmt::Display) -> AmqpError {
+    AmqpError::precondition(format!("invalid arg '{key}' for {queue}: {why}"))
 }
 
 /// The longest TTL RabbitMQ 3.10 accepts, per message (`expiration`) or per queue
@@ -145,7 +165,7 @@ fn invalid(key: &str, queue: &str, why: impl std::fmt::Display) -> AmqpError {
 pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
 
 /// An integer argument, as RabbitMQ's `check_int_arg` takes it.
-fn integer(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<i64> {
+fn integer(key: &str, queue: QueueRef<'_>, v: &FieldValue) -> AmqpResult<i64> {
     v.as_i64().ok_or_else(|| {
         invalid(
             key,
@@ -155,7 +175,7 @@ fn integer(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<i64> {
     })
 }
 
-fn non_negative(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
+fn non_negative(key: &str, queue: QueueRef<'_>, v: &FieldValue) -> AmqpResult<u64> {
     match integer(key, queue, v)? {
         n if n >= 0 => Ok(n as u64),
         n => Err(invalid(key, queue, format!("{{value_negative,{n}}}"))),
@@ -163,7 +183,7 @@ fn non_negative(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
 }
 
 /// A TTL argument: non-negative and at most [`MAX_EXPIRY_MS`].
-fn expiry(key: &str, queue: &str, v: &FieldValue) -> AmqpResult<u64> {
+fn expiry(key: &str, queue: QueueRef<'_>, v: &FieldValue) -> AmqpResult<u64> {
     let n = non_negative(key, queue, v)?;
     if n > MAX_EXPIRY_MS {
         return Err(invalid(key, queue, format!("{{value_too_large,{n}}}")));
@@ -281,7 +301,13 @@ fn erlang_string(bytes: &[u8]) -> String {
 
 /// A string argument that must be one of `known`: RabbitMQ's `{unacceptable_type,T}`
 /// for another type, `why` for another string.
-fn one_of(key: &str, queue: &str, v: &FieldValue, known: &[&str], why: &str) -> AmqpResult<()> {
+fn one_of(
+    key: &str,
+    queue: QueueRef<'_>,
+    v: &FieldValue,
+    known: &[&str],
+    why: &str,
+) -> AmqpResult<()> {
     match v.as_str() {
         Some(s) if known.contains(&s) => Ok(()),
         Some(_) => Err(invalid(key, queue, why)),
@@ -297,7 +323,7 @@ impl QueueArgs {
     /// Parses and validates a declare's arguments, answering 406 as RabbitMQ does. A
     /// quorum declare is checked as RabbitMQ 3.10 checks it: the values of the quorum
     /// arguments first, then the arguments of other queue types, refused in table order.
-    pub fn parse(queue: &str, table: &FieldTable) -> AmqpResult<QueueArgs> {
+    pub fn parse(queue: QueueRef<'_>, table: &FieldTable) -> AmqpResult<QueueArgs> {
         let mut args = QueueArgs::default();
         let quorum = table
             .get("x-queue-type")
@@ -429,7 +455,7 @@ impl QueueArgs {
         if quorum {
             if let Some((key, _)) = table.iter().find(|(k, _)| NOT_QUORUM.contains(k)) {
                 return Err(AmqpError::precondition(format!(
-                    "invalid arg '{key}' for queue '{queue}' in vhost '/' of queue type rabbit_quorum_queue"
+                    "invalid arg '{key}' for {queue} of queue type rabbit_quorum_queue"
                 )));
             }
         }
@@ -440,9 +466,9 @@ impl QueueArgs {
     /// (a quorum queue declared with `x-max-priority` or `x-queue-mode` before they were
     /// refused, a value checked since) still gives a queue of its type, the refused
     /// arguments ignored, with a warning.
-    pub fn parse_stored(queue: &str, table: &FieldTable) -> QueueArgs {
+    pub fn parse_stored(queue: QueueRef<'_>, table: &FieldTable) -> QueueArgs {
         QueueArgs::parse(queue, table).unwrap_or_else(|e| {
-            tracing::warn!(queue, error = %e.text, "stored queue arguments are refused now; ignoring the refused ones");
+            tracing::warn!(queue = queue.name, vhost = queue.vhost, error = %e.text, "stored queue arguments are refused now; ignoring the refused ones");
             let kept: FieldTable = table
                 .iter()
                 .filter(|(k, _)| !NOT_QUORUM.contains(k))
@@ -483,7 +509,7 @@ impl QueueArgs {
 
     /// Checks that a redeclare's arguments match the existing queue's (406 otherwise).
     pub fn check_equivalent(
-        queue: &str,
+        queue: QueueRef<'_>,
         current: &FieldTable,
         received: &FieldTable,
     ) -> AmqpResult<()> {
@@ -502,7 +528,7 @@ impl QueueArgs {
                     _ => (describe(rec), describe(cur)),
                 };
                 return Err(AmqpError::precondition(format!(
-                    "inequivalent arg '{key}' for queue '{queue}' in vhost '/': received {rec} but current is {cur}"
+                    "inequivalent arg '{key}' for {queue}: received {rec} but current is {cur}"
                 )));
             }
         }
@@ -544,12 +570,17 @@ fn describe(v: Option<&FieldValue>) -> String {
 mod tests {
     use super::*;
 
+    const Q: QueueRef<'static> = QueueRef {
+        name: "q",
+        vhost: "/",
+    };
+
     #[test]
     fn negative_ttl_is_refused_with_rabbitmq_text() {
         let t: FieldTable = [("x-message-ttl", FieldValue::I32(-1))]
             .into_iter()
             .collect();
-        let e = QueueArgs::parse("q", &t).unwrap_err();
+        let e = QueueArgs::parse(Q, &t).unwrap_err();
         assert_eq!(
             e.text,
             "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
@@ -595,10 +626,10 @@ mod tests {
             ),
         ];
         for (received, text) in refused {
-            let e = QueueArgs::check_equivalent("q", &current, &received).unwrap_err();
+            let e = QueueArgs::check_equivalent(Q, &current, &received).unwrap_err();
             assert_eq!(e.text, format!("PRECONDITION_FAILED - {text}"));
         }
-        QueueArgs::check_equivalent("q", &current, &current).unwrap();
+        QueueArgs::check_equivalent(Q, &current, &current).unwrap();
     }
 
     /// A quorum queue stored before `x-max-priority` was refused on it comes back a
@@ -613,8 +644,8 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert!(QueueArgs::parse("q", &t).is_err());
-        let args = QueueArgs::parse_stored("q", &t);
+        assert!(QueueArgs::parse(Q, &t).is_err());
+        let args = QueueArgs::parse_stored(Q, &t);
         assert_eq!(
             (args.queue_type, args.max_priority, args.max_length),
             (QueueType::Quorum, None, Some(3))
@@ -625,10 +656,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert_eq!(
-            QueueArgs::parse_stored("q", &t).queue_type,
-            QueueType::Quorum
-        );
+        assert_eq!(QueueArgs::parse_stored(Q, &t).queue_type, QueueType::Quorum);
     }
 
     #[test]
@@ -639,9 +667,9 @@ mod tests {
         let b: FieldTable = [("x-max-length", FieldValue::I64(10))]
             .into_iter()
             .collect();
-        QueueArgs::check_equivalent("q", &a, &b).unwrap();
+        QueueArgs::check_equivalent(Q, &a, &b).unwrap();
         let c = FieldTable::new();
-        let e = QueueArgs::check_equivalent("q", &a, &c).unwrap_err();
+        let e = QueueArgs::check_equivalent(Q, &a, &c).unwrap_err();
         assert!(
             e.text.contains("inequivalent arg 'x-max-length'"),
             "{}",

@@ -43,6 +43,7 @@ pub struct FakeHost {
 impl FakeHost {
     fn new() -> Arc<FakeHost> {
         let (dead, dead_inbox) = QueueHandle::new(
+            "/".into(),
             "dead-letters".into(),
             false,
             None,
@@ -213,12 +214,13 @@ impl TestQueue {
     }
 
     async fn spawn(arguments: FieldTable, store: Option<Arc<Store>>) -> TestQueue {
-        let parsed = QueueArgs::parse("q", &arguments).unwrap();
+        let parsed = QueueArgs::parse(crate::queue::QueueRef::new("q", "/"), &arguments).unwrap();
         let store_id = match &store {
-            Some(s) => Some(s.add_queue("q", false, &arguments).await.unwrap()),
+            Some(s) => Some(s.add_queue("/", "q", false, &arguments).await.unwrap()),
             None => None,
         };
         let (handle, inbox) = QueueHandle::new(
+            "/".into(),
             "q".into(),
             store.is_some(),
             None,

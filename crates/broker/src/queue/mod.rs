@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
-pub use args::{DeadLetterStrategy, Overflow, QueueArgs, QueueType};
+pub use args::{DeadLetterStrategy, Overflow, QueueArgs, QueueRef, QueueType};
 
 /// Depth of a queue's command channel: senders wait when this many commands wait.
 pub const QUEUE_CHANNEL_DEPTH: usize = 8192;
@@ -454,6 +454,8 @@ pub enum QueueCommand {
 pub struct QueueShared {
     /// Its name.
     pub name: Arc<str>,
+    /// Its vhost's name, for error texts.
+    pub vhost: Arc<str>,
     /// Survives restarts.
     pub durable: bool,
     /// Owned by one connection.
@@ -489,10 +491,10 @@ pub struct QueueShared {
 }
 
 /// 404 for a queue whose task failed: RabbitMQ's text for a crashed queue.
-pub fn crashed_error(name: &str) -> AmqpError {
+pub fn crashed_error(queue: QueueRef<'_>) -> AmqpError {
     AmqpError::new(
         ReplyCode::NotFound,
-        format!("queue '{name}' in vhost '/' has crashed and failed to restart"),
+        format!("{queue} has crashed and failed to restart"),
     )
 }
 
@@ -690,7 +692,11 @@ impl QueueShared {
 }
 
 impl QueueHandle {
+    // Each argument is one of the queue's facts, fixed at creation: a builder would only
+    // spread the same list over more lines.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        vhost: Arc<str>,
         name: Arc<str>,
         durable: bool,
         exclusive_owner: Option<u64>,
@@ -704,6 +710,7 @@ impl QueueHandle {
         let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
         let shared = QueueShared {
             name,
+            vhost,
             durable,
             exclusive_owner,
             auto_delete,
@@ -740,6 +747,11 @@ impl QueueHandle {
     /// Its name.
     pub fn name(&self) -> &Arc<str> {
         &self.0.name
+    }
+
+    /// Its name and vhost, as error texts name it.
+    pub fn queue_ref(&self) -> QueueRef<'_> {
+        QueueRef::new(&self.0.name, &self.0.vhost)
     }
 
     /// A broker-wide id, distinct for every queue ever created.
@@ -842,6 +854,7 @@ mod tests {
 
     fn bare_queue() -> (QueueHandle, QueueInbox) {
         QueueHandle::new(
+            "/".into(),
             "q".into(),
             false,
             None,

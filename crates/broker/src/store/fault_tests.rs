@@ -96,7 +96,7 @@ fn enqueue(store: &Store, queue: u64, seq: u64, len: usize) -> Receiver<bool> {
 }
 
 fn add_queue(store: &Store) -> u64 {
-    futures::executor::block_on(store.add_queue("q", false, &FieldTable::new())).unwrap()
+    futures::executor::block_on(store.add_queue("/", "q", false, &FieldTable::new())).unwrap()
 }
 
 fn confirmed(rx: &Receiver<bool>) -> bool {

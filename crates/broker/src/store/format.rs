@@ -43,6 +43,8 @@ const T_REMOVE_PARAM: u8 = 16;
 /// A durable exchange's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDef {
+    /// The vhost it belongs to.
+    pub vhost: String,
     /// Name.
     pub name: String,
     /// Type name (`direct`, `fanout`, `topic`, `headers`).
@@ -73,6 +75,8 @@ pub struct ParamDef {
 /// A binding between durable objects, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BindingDef {
+    /// The vhost it belongs to.
+    pub vhost: String,
     /// Source exchange.
     pub source: String,
     /// Whether the destination is an exchange (else a queue).
@@ -90,6 +94,8 @@ pub struct BindingDef {
 pub struct QueueDef {
     /// Store-wide queue id (never reused).
     pub id: u64,
+    /// The vhost it belongs to.
+    pub vhost: String,
     /// Queue name.
     pub name: String,
     /// Auto-delete flag.
@@ -155,9 +161,9 @@ pub enum Record {
     Binding(BindingDef),
     /// A durable queue was deleted, with the bindings to it (metadata log only).
     RemoveQueue(u64),
-    /// A durable exchange was deleted, with every binding from or to it (metadata log
-    /// only).
-    RemoveExchange(String),
+    /// A durable exchange was deleted, with every binding from or to it: vhost, name
+    /// (metadata log only).
+    RemoveExchange(String, String),
     /// A binding between durable objects was removed (metadata log only).
     RemoveBinding(BindingDef),
     /// A setting was made or changed (metadata log only).
@@ -305,6 +311,19 @@ pub enum RecordError {
     Malformed,
 }
 
+/// The vhost a record ends with; records written before there were vhosts end without
+/// one, and their objects are in `/`.
+fn trailing_vhost(p: &mut Bytes) -> Option<String> {
+    if p.has_remaining() {
+        read::shortstr(p).ok()
+    } else {
+        Some(DEFAULT_VHOST.to_string())
+    }
+}
+
+/// The vhost every broker starts with, and that records without one belong to.
+pub const DEFAULT_VHOST: &str = "/";
+
 fn put_seqs(buf: &mut BytesMut, seqs: &[u64]) {
     buf.put_u32(seqs.len() as u32);
     for s in seqs {
@@ -357,6 +376,7 @@ impl Record {
                 write::shortstr(buf, &def.name);
                 buf.put_u8(u8::from(def.auto_delete));
                 write::table(buf, &def.arguments);
+                write::shortstr(buf, &def.vhost);
             }
             Record::NextQueueId(id) => buf.put_u64(*id),
             Record::Exchange(e) => {
@@ -364,6 +384,7 @@ impl Record {
                 write::shortstr(buf, &e.kind);
                 buf.put_u8(u8::from(e.auto_delete) | (u8::from(e.internal) << 1));
                 write::table(buf, &e.arguments);
+                write::shortstr(buf, &e.vhost);
             }
             Record::Deliveries { queue_id, counts } => {
                 buf.put_u64(*queue_id);
@@ -374,7 +395,10 @@ impl Record {
                 }
             }
             Record::RemoveQueue(id) => buf.put_u64(*id),
-            Record::RemoveExchange(name) => write::shortstr(buf, name),
+            Record::RemoveExchange(vhost, name) => {
+                write::shortstr(buf, name);
+                write::shortstr(buf, vhost);
+            }
             Record::Param(p) => {
                 write::shortstr(buf, &p.component);
                 write::shortstr(buf, &p.vhost);
@@ -392,6 +416,7 @@ impl Record {
                 write::shortstr(buf, &b.destination);
                 write::shortstr(buf, &b.key);
                 write::table(buf, &b.arguments);
+                write::shortstr(buf, &b.vhost);
             }
         }
         finish_record(buf, at, &[]);
@@ -411,7 +436,7 @@ impl Record {
             Record::Binding(_) => T_BINDING,
             Record::Deliveries { .. } => T_DELIVERIES,
             Record::RemoveQueue(_) => T_REMOVE_QUEUE,
-            Record::RemoveExchange(_) => T_REMOVE_EXCHANGE,
+            Record::RemoveExchange(..) => T_REMOVE_EXCHANGE,
             Record::RemoveBinding(_) => T_REMOVE_BINDING,
             Record::Param(_) => T_PARAM,
             Record::RemoveParam(..) => T_REMOVE_PARAM,
@@ -485,12 +510,19 @@ impl Record {
             },
             T_CLEAN_SHUTDOWN => Record::CleanShutdown,
             T_OPENED => Record::Opened,
-            T_QUEUE => Record::Queue(QueueDef {
-                id: read::u64(p).ok()?,
-                name: read::shortstr(p).ok()?,
-                auto_delete: read::u8(p).ok()? != 0,
-                arguments: read::table(p).ok()?,
-            }),
+            T_QUEUE => {
+                let id = read::u64(p).ok()?;
+                let name = read::shortstr(p).ok()?;
+                let auto_delete = read::u8(p).ok()? != 0;
+                let arguments = read::table(p).ok()?;
+                Record::Queue(QueueDef {
+                    id,
+                    vhost: trailing_vhost(p)?,
+                    name,
+                    auto_delete,
+                    arguments,
+                })
+            }
             T_NEXT_QUEUE_ID => Record::NextQueueId(read::u64(p).ok()?),
             T_EXCHANGE => {
                 let name = read::shortstr(p).ok()?;
@@ -498,6 +530,7 @@ impl Record {
                 let flags = read::u8(p).ok()?;
                 let arguments = read::table(p).ok()?;
                 Record::Exchange(ExchangeDef {
+                    vhost: trailing_vhost(p)?,
                     name,
                     kind,
                     auto_delete: flags & 1 != 0,
@@ -515,12 +548,18 @@ impl Record {
                 Record::Deliveries { queue_id, counts }
             }
             T_BINDING | T_REMOVE_BINDING => {
+                let source = read::shortstr(p).ok()?;
+                let to_exchange = read::u8(p).ok()? != 0;
+                let destination = read::shortstr(p).ok()?;
+                let key = read::shortstr(p).ok()?;
+                let arguments = read::table(p).ok()?;
                 let b = BindingDef {
-                    source: read::shortstr(p).ok()?,
-                    to_exchange: read::u8(p).ok()? != 0,
-                    destination: read::shortstr(p).ok()?,
-                    key: read::shortstr(p).ok()?,
-                    arguments: read::table(p).ok()?,
+                    vhost: trailing_vhost(p)?,
+                    source,
+                    to_exchange,
+                    destination,
+                    key,
+                    arguments,
                 };
                 if kind == T_BINDING {
                     Record::Binding(b)
@@ -529,7 +568,10 @@ impl Record {
                 }
             }
             T_REMOVE_QUEUE => Record::RemoveQueue(read::u64(p).ok()?),
-            T_REMOVE_EXCHANGE => Record::RemoveExchange(read::shortstr(p).ok()?),
+            T_REMOVE_EXCHANGE => {
+                let name = read::shortstr(p).ok()?;
+                Record::RemoveExchange(trailing_vhost(p)?, name)
+            }
             T_PARAM => Record::Param(ParamDef {
                 component: read::shortstr(p).ok()?,
                 vhost: read::shortstr(p).ok()?,
@@ -612,6 +654,28 @@ fn finish_record(buf: &mut BytesMut, at: RecordStart, rest: &[u8]) {
     let crc = crc32c::crc32c_append(crc, &buf[payload_at..]);
     let crc = crc32c::crc32c_append(crc, rest);
     buf[start + 5..start + 9].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// `record` as versions before vhosts wrote it: without the vhost its payload ends with
+/// (other records are the same in both). For tests of opening an older data directory.
+#[cfg(test)]
+pub(crate) fn encode_without_vhost(record: &Record, buf: &mut BytesMut) {
+    let mut whole = BytesMut::new();
+    record.encode(&mut whole);
+    let vhost = match record {
+        Record::Queue(d) => &d.vhost,
+        Record::Exchange(e) => &e.vhost,
+        Record::Binding(b) | Record::RemoveBinding(b) => &b.vhost,
+        Record::RemoveExchange(vhost, _) => vhost,
+        _ => {
+            buf.extend_from_slice(&whole);
+            return;
+        }
+    };
+    let end = whole.len() - 1 - vhost.len();
+    let at = begin_record(buf, record.kind());
+    buf.extend_from_slice(&whole[RECORD_HEADER_LEN..end]);
+    finish_record(buf, at, &[]);
 }
 
 /// A file header with `magic`.
@@ -707,6 +771,7 @@ mod tests {
             counts: vec![(1, 2), (5, 1)],
         });
         roundtrip(Record::Exchange(ExchangeDef {
+            vhost: "/".into(),
             name: "x".into(),
             kind: "topic".into(),
             auto_delete: true,
@@ -714,6 +779,7 @@ mod tests {
             arguments: FieldTable::new(),
         }));
         roundtrip(Record::Binding(BindingDef {
+            vhost: "v1".into(),
             source: "x".into(),
             to_exchange: false,
             destination: "q".into(),
@@ -721,6 +787,7 @@ mod tests {
             arguments: FieldTable::new(),
         }));
         roundtrip(Record::RemoveBinding(BindingDef {
+            vhost: "/".into(),
             source: "x".into(),
             to_exchange: true,
             destination: "y".into(),
@@ -728,15 +795,43 @@ mod tests {
             arguments: FieldTable::new(),
         }));
         roundtrip(Record::RemoveQueue(4));
-        roundtrip(Record::RemoveExchange("x".into()));
+        roundtrip(Record::RemoveExchange("v1".into(), "x".into()));
         roundtrip(Record::Queue(QueueDef {
             id: 4,
+            vhost: "v1".into(),
             name: "q".into(),
             auto_delete: false,
             arguments: [("x-max-length", minimq_protocol::FieldValue::I32(3))]
                 .into_iter()
                 .collect(),
         }));
+    }
+
+    /// Records written before there were vhosts end after their arguments: their objects
+    /// are in `/`.
+    #[test]
+    fn records_without_a_vhost_belong_to_the_default_vhost() {
+        let mut buf = BytesMut::new();
+        let at = begin_record(&mut buf, T_QUEUE);
+        buf.put_u64(7);
+        write::shortstr(&mut buf, "old");
+        buf.put_u8(0);
+        write::table(&mut buf, &FieldTable::new());
+        finish_record(&mut buf, at, &[]);
+        let at = begin_record(&mut buf, T_REMOVE_EXCHANGE);
+        write::shortstr(&mut buf, "x");
+        finish_record(&mut buf, at, &[]);
+        let buf = buf.freeze();
+        let (record, n) = Record::decode(&buf).unwrap();
+        let Record::Queue(def) = record else {
+            panic!("not a queue record: {record:?}")
+        };
+        assert_eq!(
+            (def.id, def.vhost.as_str(), def.name.as_str()),
+            (7, "/", "old")
+        );
+        let (record, _) = Record::decode(&buf.slice(n..)).unwrap();
+        assert_eq!(record, Record::RemoveExchange("/".into(), "x".into()));
     }
 
     proptest::proptest! {

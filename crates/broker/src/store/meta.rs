@@ -46,8 +46,8 @@ pub struct Live {
     pub queues: BTreeMap<u64, QueueDef>,
     /// The next queue id to hand out: above every id ever recorded, deleted ones too.
     pub next_id: u64,
-    /// Durable exchanges by name.
-    pub exchanges: BTreeMap<String, ExchangeDef>,
+    /// Durable exchanges by vhost and name.
+    pub exchanges: BTreeMap<(String, String), ExchangeDef>,
     /// Bindings in the order they were made (by a sequence number of their own).
     bindings: BTreeMap<u64, BindingDef>,
     /// Each binding's encoded record, to its sequence number: a binding is a value, so
@@ -63,7 +63,7 @@ pub struct Live {
 /// How to take back one change applied to [`Live`] (a batch whose write failed).
 enum Undo {
     Queue(u64, Option<QueueDef>),
-    Exchange(String, Option<ExchangeDef>),
+    Exchange((String, String), Option<ExchangeDef>),
     BindingAdded(u64),
     BindingsRemoved(Vec<(u64, BindingDef)>),
     Param((String, String, String), Option<Bytes>),
@@ -108,13 +108,17 @@ impl Live {
         old
     }
 
-    fn set_exchange(&mut self, name: &str, def: Option<ExchangeDef>) -> Option<ExchangeDef> {
+    fn set_exchange(
+        &mut self,
+        key: (String, String),
+        def: Option<ExchangeDef>,
+    ) -> Option<ExchangeDef> {
         let old = match def {
             Some(def) => {
                 self.bytes += encoded_len(&Record::Exchange(def.clone()));
-                self.exchanges.insert(name.to_string(), def)
+                self.exchanges.insert(key, def)
             }
-            None => self.exchanges.remove(name),
+            None => self.exchanges.remove(&key),
         };
         if let Some(o) = &old {
             self.bytes -= encoded_len(&Record::Exchange(o.clone()));
@@ -170,31 +174,35 @@ impl Live {
                 let Some(old) = self.set_queue(*id, None) else {
                     return false;
                 };
-                let name = old.name.clone();
+                let (vhost, name) = (old.vhost.clone(), old.name.clone());
                 // Undone in reverse: the queue comes back before its bindings.
                 undo.push(Undo::Queue(*id, Some(old)));
-                let removed =
-                    self.remove_bindings_where(|b| !b.to_exchange && b.destination == name);
+                let removed = self.remove_bindings_where(|b| {
+                    b.vhost == vhost && !b.to_exchange && b.destination == name
+                });
                 undo.push(Undo::BindingsRemoved(removed));
                 true
             }
             Record::Exchange(def) => {
-                if self.exchanges.get(&def.name) == Some(def) {
+                let key = (def.vhost.clone(), def.name.clone());
+                if self.exchanges.get(&key) == Some(def) {
                     return false;
                 }
-                let old = self.set_exchange(&def.name, Some(def.clone()));
-                undo.push(Undo::Exchange(def.name.clone(), old));
+                let old = self.set_exchange(key.clone(), Some(def.clone()));
+                undo.push(Undo::Exchange(key, old));
                 true
             }
-            Record::RemoveExchange(name) => {
-                let old = self.set_exchange(name, None);
+            Record::RemoveExchange(vhost, name) => {
+                let key = (vhost.clone(), name.clone());
+                let old = self.set_exchange(key.clone(), None);
                 let removed = self.remove_bindings_where(|b| {
-                    b.source == *name || (b.to_exchange && b.destination == *name)
+                    b.vhost == *vhost
+                        && (b.source == *name || (b.to_exchange && b.destination == *name))
                 });
                 if old.is_none() && removed.is_empty() {
                     return false;
                 }
-                undo.push(Undo::Exchange(name.clone(), old));
+                undo.push(Undo::Exchange(key, old));
                 undo.push(Undo::BindingsRemoved(removed));
                 true
             }
@@ -243,8 +251,8 @@ impl Live {
             Undo::Queue(id, old) => {
                 self.set_queue(id, old);
             }
-            Undo::Exchange(name, old) => {
-                self.set_exchange(&name, old);
+            Undo::Exchange(key, old) => {
+                self.set_exchange(key, old);
             }
             Undo::BindingAdded(seq) => {
                 self.remove_binding(seq);
@@ -740,6 +748,7 @@ mod tests {
 
     fn exchange(name: &str) -> ExchangeDef {
         ExchangeDef {
+            vhost: "/".into(),
             name: name.into(),
             kind: "direct".into(),
             auto_delete: false,
@@ -750,6 +759,7 @@ mod tests {
 
     fn binding(source: &str, queue: &str) -> BindingDef {
         BindingDef {
+            vhost: "/".into(),
             source: source.into(),
             to_exchange: false,
             destination: queue.into(),
@@ -761,6 +771,7 @@ mod tests {
     fn queue(id: u64, name: &str) -> QueueDef {
         QueueDef {
             id,
+            vhost: "/".into(),
             name: name.into(),
             auto_delete: false,
             arguments: FieldTable::new(),
@@ -851,6 +862,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// Two vhosts' exchanges of the same name are two records; removing one takes its
+    /// own vhost's bindings and leaves the other's, across a reopen.
+    #[test]
+    fn same_names_in_two_vhosts_are_kept_apart() {
+        let d = dir("vhosts");
+        let (log, _) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
+        let in_vhost = |vhost: &str| {
+            let mut x = exchange("x");
+            x.vhost = vhost.into();
+            let mut q = queue(if vhost == "/" { 1 } else { 2 }, "q");
+            q.vhost = vhost.into();
+            let mut b = binding("x", "q");
+            b.vhost = vhost.into();
+            (x, q, b)
+        };
+        for vhost in ["/", "v1"] {
+            let (x, q, b) = in_vhost(vhost);
+            change(&log, Record::Exchange(x)).unwrap();
+            change(&log, Record::Queue(q)).unwrap();
+            change(&log, Record::Binding(b)).unwrap();
+        }
+        change(&log, Record::RemoveExchange("v1".into(), "x".into())).unwrap();
+        log.stop_blocking();
+        let (log, found) = open(Arc::new(OsDisk), &d, RecoveryMode::default(), None).unwrap();
+        let (x, _, b) = in_vhost("/");
+        assert_eq!(found.exchanges, [x]);
+        assert_eq!(found.bindings, [b]);
+        assert_eq!(found.queues.len(), 2);
+        log.stop_blocking();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// Damage with valid records after it is not a torn tail: the broker does not start
     /// rather than drop a record from the middle.
     #[test]
@@ -920,7 +963,7 @@ mod tests {
         change(&log, Record::Binding(binding("a", "q"))).unwrap();
         fail.store(true, Ordering::SeqCst);
         assert!(change(&log, Record::Exchange(exchange("doomed"))).is_err());
-        assert!(change(&log, Record::RemoveExchange("a".into())).is_err());
+        assert!(change(&log, Record::RemoveExchange("/".into(), "a".into())).is_err());
         fail.store(false, Ordering::SeqCst);
         change(&log, Record::Exchange(exchange("b"))).unwrap();
         log.stop_blocking();
@@ -1030,7 +1073,7 @@ mod tests {
             let x = format!("tmp-{i}-{pad}");
             change(&log, Record::Exchange(exchange(&x))).unwrap();
             change(&log, Record::Binding(binding(&x, "q"))).unwrap();
-            change(&log, Record::RemoveExchange(x)).unwrap();
+            change(&log, Record::RemoveExchange("/".into(), x)).unwrap();
             largest = largest.max(std::fs::metadata(d.join(LOG_NAME)).unwrap().len());
         }
         assert!(

@@ -79,7 +79,7 @@ use crate::message::Message;
 use buffer::Chunks;
 pub use completion::Completion;
 pub use disk::{Disk, DiskFile, OsDisk};
-pub use format::{BindingDef, ExchangeDef, ParamDef};
+pub use format::{BindingDef, ExchangeDef, ParamDef, DEFAULT_VHOST};
 use format::{QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
 pub use recovery::{Damage, RecoveredMessage, RecoveryMode, Skipped};
@@ -359,6 +359,7 @@ impl Store {
     /// The file work runs on the metadata thread, not the caller's.
     pub async fn add_queue(
         &self,
+        vhost: &str,
         name: &str,
         auto_delete: bool,
         arguments: &minimq_protocol::FieldTable,
@@ -366,6 +367,7 @@ impl Store {
         let id = self.next_queue_id.fetch_add(1, Ordering::SeqCst);
         let def = QueueDef {
             id,
+            vhost: vhost.to_string(),
             name: name.to_string(),
             auto_delete,
             arguments: arguments.clone(),
@@ -418,9 +420,9 @@ impl Store {
     /// Forgets a durable exchange and every binding from or to it. Handed to the
     /// metadata thread at once (so it is ordered before any later change); the answer
     /// tells when it is on disk.
-    pub fn remove_exchange(&self, name: &str) -> MetaWait {
-        self.meta
-            .submit(Record::RemoveExchange(name.to_string()), ())
+    pub fn remove_exchange(&self, vhost: &str, name: &str) -> MetaWait {
+        let record = Record::RemoveExchange(vhost.to_string(), name.to_string());
+        self.meta.submit(record, ())
     }
 
     /// Records a binding between durable objects; answers once it is on disk.
@@ -675,8 +677,8 @@ mod tests {
             },
         )
         .unwrap();
-        let id =
-            futures::executor::block_on(store.add_queue("q", false, &FieldTable::new())).unwrap();
+        let id = futures::executor::block_on(store.add_queue("/", "q", false, &FieldTable::new()))
+            .unwrap();
         assert!(store.tx.send(Op::Panic).is_ok());
         let thread = store.thread.lock().unwrap().take().unwrap();
         let _ = thread.join();

@@ -249,7 +249,7 @@ impl State {
             | Record::Exchange(_)
             | Record::Binding(_)
             | Record::RemoveQueue(_)
-            | Record::RemoveExchange(_)
+            | Record::RemoveExchange(..)
             | Record::RemoveBinding(_)
             | Record::Param(_)
             | Record::RemoveParam(..) => {}

@@ -216,6 +216,24 @@ enum Cmd {
     },
     /// Shows the vhost's limits.
     ListVhostLimits,
+    /// Adds a vhost (nothing changes if it exists); its creator is given every
+    /// permission on it.
+    AddVhost {
+        /// Vhost name.
+        name: String,
+    },
+    /// Deletes a vhost: its connections are closed, its queues (with their messages),
+    /// exchanges, bindings, policies, limits and permissions removed.
+    DeleteVhost {
+        /// Vhost name.
+        name: String,
+    },
+    /// Lists vhosts: name, or the columns given (name description tags
+    /// default_queue_type metadata tracing cluster_state).
+    ListVhosts {
+        /// Columns to show (default: name).
+        columns: Vec<String>,
+    },
 }
 
 fn fail(e: CtlError) -> ! {
@@ -231,7 +249,7 @@ fn main() {
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 fail(CtlError::usage(
                     "no command given; commands: list_queues list_connections list_channels \
-                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits add_user delete_user \
+                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits add_vhost delete_vhost list_vhosts add_user delete_user \
                      change_password set_user_tags list_users set_permissions \
                      clear_permissions list_permissions list_user_permissions \
                      export_definitions import_definitions set_disk_free_limit \
@@ -331,6 +349,9 @@ fn main() {
         Cmd::ImportDefinitions { file } => Command::ImportDefinitions(file),
         Cmd::ListUserPermissions { username } => Command::ListUserPermissions(username),
         Cmd::ListVhostLimits => Command::ListVhostLimits,
+        Cmd::AddVhost { name } => Command::AddVhost(name),
+        Cmd::DeleteVhost { name } => Command::DeleteVhost(name),
+        Cmd::ListVhosts { columns } => Command::List(Listing::Vhosts, columns),
     };
     match ctl::run(&options, &command) {
         Ok(out) => print!("{out}"),
