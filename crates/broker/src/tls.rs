@@ -1,5 +1,6 @@
-//! TLS for the AMQP listeners (`--tls-listen`, RabbitMQ's 5671): the rustls server
-//! configuration made from PEM files, with ring as the crypto provider (no OpenSSL).
+//! TLS for the AMQP listeners (`--tls-listen`, RabbitMQ's 5671) and the management API
+//! (`--http-tls-cert`): the rustls server configurations made from PEM files, with ring
+//! as the crypto provider (no OpenSSL).
 //! A file that is missing or holds no usable certificate or key is a start-up error
 //! naming it.
 
@@ -70,4 +71,12 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| bad(cert, format!("certificate and key do not go together: {e}")))?;
     Ok(Arc::new(config))
+}
+
+/// The management API's TLS configuration (HTTPS): its certificate chain and key, no
+/// client certificates, and `http/1.1` offered by ALPN (the only HTTP it speaks).
+pub fn https_config(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
+    let mut config = Arc::unwrap_or_clone(server_config(cert, key, None, false)?);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
