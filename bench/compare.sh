@@ -202,7 +202,7 @@ start_minimq() {
     mkdir -p "$WORK/minimq-data"
     "$SERVER" --listen "127.0.0.1:$MQ_PORT" --http off --data-dir "$WORK/minimq-data" \
         --tls-listen "127.0.0.1:$MQ_TLS_PORT" --tls-cert "$CERTS/server.pem" \
-        --tls-key "$CERTS/server.key" --log warn >"$WORK/minimq.log" 2>&1 &
+        --tls-key "$CERTS/server.key" --tls-ca "$CERTS/ca.pem" --log warn >"$WORK/minimq.log" 2>&1 &
     MQ_PID=$!
     wait_port "$MQ_PORT" 20 || { cat "$WORK/minimq.log" >&2; echo "minimq did not start" >&2; exit 1; }
     log "minimq-server pid $MQ_PID on port $MQ_PORT"

@@ -190,6 +190,16 @@ async fn a_client_that_trusts_the_ca_runs_a_whole_session_over_tls() {
     let stream = tls_connect(&Pki::client(&pki.ca, None), addr)
         .await
         .unwrap();
+    // The CA of --tls-ca comes after the certificate, as RabbitMQ sends its cacertfile.
+    let sent = stream.get_ref().1.peer_certificates().unwrap();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[1],
+        CertificateDer::pem_slice_iter(pki.ca.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+    );
     session(stream).await;
     // The API lists the TLS listener and shows the connection as TLS.
     let overview = common::http::get(&broker, "/api/overview").await;

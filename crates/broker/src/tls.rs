@@ -31,13 +31,24 @@ fn certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
 /// The server's TLS configuration: its certificate chain and key, and, with `ca`, the
 /// CA its clients' certificates must chain to (required when `verify_peer`, checked when
 /// offered otherwise).
+///
+/// The CA's certificates are also sent after the chain (those not already in it), as
+/// RabbitMQ sends its `cacertfile`: a client that lacks an intermediate finds it there,
+/// and one that does not trust the root is told so in the same words by its library.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     ca: Option<&Path>,
     verify_peer: bool,
 ) -> io::Result<Arc<rustls::ServerConfig>> {
-    let chain = certificates(cert)?;
+    let mut chain = certificates(cert)?;
+    if let Some(ca) = ca {
+        for c in certificates(ca)? {
+            if !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
+    }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
