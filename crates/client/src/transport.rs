@@ -5,10 +5,10 @@
 //!
 //! Plain TCP keeps its fast path: the connection task writes to the socket directly when
 //! it takes the bytes at once (`try_write`). A TLS stream has no such non-blocking write,
-//! so [`WriteSide::try_write`] says `WouldBlock` and the select loop's write does it.
+//! so `WriteSide::try_write` says `WouldBlock` and the select loop's write does it.
 //!
 //! A TLS write counts its octets as written only once their records have left for the
-//! socket (see [`Tls`]): rustls takes plaintext into its own buffer and may keep records
+//! socket (see `Tls`): rustls takes plaintext into its own buffer and may keep records
 //! there when the socket is full, and the connection task, seeing its outbox empty, would
 //! never write again to push them out.
 
