@@ -18,8 +18,12 @@
 # BENCH_NO_BUILD=1 (use the binaries already in target/release), BENCH_NOTE (a line
 # printed under the heading, e.g. "quiet machine, governor performance"),
 # BENCH_SCENARIOS (the scenarios to run, e.g. "t" or "e f t"; default all of
-# a b c d e f g h t r o pika; the table then has only their rows), BENCH_CONNECTIONS and
+# a b c d e f g h t s r o pika; the table then has only their rows), BENCH_CONNECTIONS and
 # BENCH_QUEUES (idle objects of row o: 5000 and 20000; 500 and 2000 with --quick).
+#
+# Row s is AMQP over TLS: both brokers get a TLS listener with a certificate from
+# tests/interop/make_certs.sh, and minimq-bench speaks amqps:// trusting its CA; the same
+# load over plain TCP runs beside it, so the table shows what TLS costs each broker.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +34,7 @@ for arg in "$@"; do
         --quick) QUICK=1 ;;
         --report) REPORT_ONLY=1 ;;
         -h | --help)
-            sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -63,7 +67,7 @@ TICKS=$(getconf CLK_TCK)
 
 log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t r o pika} "
+SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t s r o pika} "
 want() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 RESULTS=$RAW/results.jsonl
@@ -88,6 +92,9 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/minimq-compare.XXXXXX")
 mkdir -p "$RAW"
+# A CA and a localhost certificate for both brokers' TLS listeners (row s).
+CERTS=$WORK/certs
+"$ROOT/tests/interop/make_certs.sh" "$CERTS"
 : >"$RESULTS"
 MQ_PID=""
 RMQ_PID=""
@@ -196,9 +203,11 @@ PY
 # --- brokers ---------------------------------------------------------------------------
 start_minimq() {
     MQ_PORT=${MQ_PORT:-$(free_port)}
+    MQ_TLS_PORT=${MQ_TLS_PORT:-$(free_port)}
     mkdir -p "$WORK/minimq-data"
     "$SERVER" --listen "127.0.0.1:$MQ_PORT" --http off --data-dir "$WORK/minimq-data" \
-        --log warn >"$WORK/minimq.log" 2>&1 &
+        --tls-listen "127.0.0.1:$MQ_TLS_PORT" --tls-cert "$CERTS/server.pem" \
+        --tls-key "$CERTS/server.key" --tls-ca "$CERTS/ca.pem" --log warn >"$WORK/minimq.log" 2>&1 &
     MQ_PID=$!
     wait_port "$MQ_PORT" 20 || { cat "$WORK/minimq.log" >&2; echo "minimq did not start" >&2; exit 1; }
     log "minimq-server pid $MQ_PID on port $MQ_PORT"
@@ -219,6 +228,7 @@ stop_rabbitmq() {
 
 start_rabbitmq() {
     RMQ_PORT=${RMQ_PORT:-$(free_port)}
+    RMQ_TLS_PORT=${RMQ_TLS_PORT:-$(free_port)}
     local dist
     dist=$(free_port)
     local dir=$WORK/rabbit
@@ -227,6 +237,15 @@ start_rabbitmq() {
     echo '[].' >"$dir/enabled_plugins"
     # Defaults otherwise, as a user would run it (classic queues, default watermarks).
     echo 'loopback_users = none' >"$dir/rabbitmq.conf"
+    # AMQP over TLS (row s), with the certificate minimq uses.
+    cat >>"$dir/rabbitmq.conf" <<EOF
+listeners.ssl.default = 127.0.0.1:$RMQ_TLS_PORT
+ssl_options.cacertfile = $CERTS/ca.pem
+ssl_options.certfile = $CERTS/server.pem
+ssl_options.keyfile = $CERTS/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
     (
         export HOME=$dir
         export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$RMQ_PORT
@@ -323,6 +342,13 @@ run_matrix() { # broker pid url
         --duration "$d"
     want t && measure t "$b" "$pid" "$url" --queue bench-t --size 1024 --persistent --durable \
         --tx 100 --prefetch 100 --duration "$d"
+    if want s; then
+        local tls_url=$MQ_TLS_URL
+        [[ $b == rabbitmq ]] && tls_url=$RMQ_TLS_URL
+        measure s-plain "$b" "$pid" "$url" --queue bench-s --size 1024 --prefetch 100 --duration "$d"
+        measure s "$b" "$pid" "$tls_url" --ca-cert "$CERTS/ca.pem" --queue bench-s --size 1024 \
+            --prefetch 100 --duration "$d"
+    fi
     return 0
 }
 
@@ -426,6 +452,9 @@ start_minimq
 start_rabbitmq
 MQ_URL="amqp://guest:guest@127.0.0.1:$MQ_PORT/%2f"
 RMQ_URL="amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f"
+# The certificate names localhost; the name is checked.
+MQ_TLS_URL="amqps://guest:guest@localhost:$MQ_TLS_PORT/%2f"
+RMQ_TLS_URL="amqps://guest:guest@localhost:$RMQ_TLS_PORT/%2f"
 
 log "scenarios against minimq (${SECS}s each, fill $FILL)"
 run_matrix minimq "$MQ_PID" "$MQ_URL"
@@ -515,6 +544,10 @@ def rep(r, *path):
         v = v.get(p) if isinstance(v, dict) else None
     return v
 
+def cpu_per_msg(r):
+    n, c = rep(r, "received"), (r or {}).get("broker_cpu_s")
+    return c / n * 1e6 if n and c else None
+
 scen = [
     ("a", "a. 1p/1c 16 B auto-ack", "received msg/s", lambda r: rep(r, "received_rate"), True),
     ("b", "b. 1p/1c 16 B ack, prefetch 100", "received msg/s", lambda r: rep(r, "received_rate"), True),
@@ -526,6 +559,10 @@ scen = [
     ("f", "f. (same)", "received msg/s", lambda r: rep(r, "received_rate"), True),
     ("t", "t. 1 KiB persistent, tx.commit every 100, ack", "committed msg/s", lambda r: rep(r, "committed_rate"), True),
     ("t", "t. (same)", "received msg/s", lambda r: rep(r, "received_rate"), True),
+    ("s-plain", "s. 1 KiB, prefetch 100, ack, plain TCP (for s)", "received msg/s", lambda r: rep(r, "received_rate"), True),
+    ("s-plain", "s. (same, plain TCP)", "broker CPU µs/msg", cpu_per_msg, False),
+    ("s", "s. 1 KiB, prefetch 100, ack, over TLS (amqps)", "received msg/s", lambda r: rep(r, "received_rate"), True),
+    ("s", "s. (same, TLS)", "broker CPU µs/msg", cpu_per_msg, False),
     ("g-fill", f"g. fill {int(M['fill']):,} × 16 B", "published msg/s", lambda r: rep(r, "sent_rate"), True),
     ("g-base", "g. broker RSS before the fill (fresh broker)", "MiB", lambda r: (r or {}).get("rss_kb", 0) / 1024 or None, False),
     ("g-rss", "g. broker RSS after the fill", "MiB", lambda r: (r or {}).get("rss_kb", 0) / 1024 or None, False),

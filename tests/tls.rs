@@ -3,7 +3,9 @@
 //! client that does not is refused in the handshake while other connections go on; a
 //! plain AMQP header on the TLS port gets a TLS alert and a close, a TLS handshake on the
 //! plain port gets the AMQP protocol header back; client certificates are required with
-//! `tls_verify_peer`; a bad certificate file stops the start naming it.
+//! `tls_verify_peer`; a bad certificate file stops the start naming it. The management
+//! API over HTTPS (`http_tls_cert`, `http_tls_key`): the same API to a client trusting
+//! the CA, nothing to plain HTTP or an untrusting client, a bad file a start-up error.
 
 mod common;
 
@@ -188,6 +190,16 @@ async fn a_client_that_trusts_the_ca_runs_a_whole_session_over_tls() {
     let stream = tls_connect(&Pki::client(&pki.ca, None), addr)
         .await
         .unwrap();
+    // The CA of --tls-ca comes after the certificate, as RabbitMQ sends its cacertfile.
+    let sent = stream.get_ref().1.peer_certificates().unwrap();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[1],
+        CertificateDer::pem_slice_iter(pki.ca.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+    );
     session(stream).await;
     // The API lists the TLS listener and shows the connection as TLS.
     let overview = common::http::get(&broker, "/api/overview").await;
@@ -294,4 +306,123 @@ async fn a_bad_certificate_file_stops_the_start_naming_it() {
         err.to_string().contains(&missing.display().to_string()),
         "{err}"
     );
+}
+
+/// One HTTPS request to `addr` trusting `ca_pem` (server name `localhost`): the raw
+/// answer, read until the server closes.
+async fn https_request(ca_pem: &str, addr: SocketAddr, request: &str) -> std::io::Result<Vec<u8>> {
+    let mut stream = tls_connect(&Pki::client(ca_pem, None), addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    within(stream.read_to_end(&mut answer)).await?;
+    Ok(answer)
+}
+
+fn https_config(pki: &Pki) -> Config {
+    Config {
+        http_tls_cert: Some(pki.dir.join("server.pem")),
+        http_tls_key: Some(pki.dir.join("server.key")),
+        ..pki.config(false)
+    }
+}
+
+const OVERVIEW: &str = "GET /api/overview HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn the_management_api_over_https_answers_a_client_that_trusts_the_ca() {
+    let pki = Pki::new("https-api");
+    let broker = Broker::builder()
+        .config(https_config(&pki))
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.http_addr().unwrap();
+    let answer = https_request(&pki.ca, addr, OVERVIEW).await.unwrap();
+    let resp = common::http::parse_response(&answer);
+    assert_eq!(
+        resp.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    // The listener is listed as https, as RabbitMQ lists its management TLS listener.
+    assert!(resp.json()["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["protocol"] == "https" && l["port"] == addr.port()));
+    // Without credentials: the same 401 as over plain HTTP.
+    let answer = https_request(
+        &pki.ca,
+        addr,
+        "GET /api/overview HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::http::parse_response(&answer).status, 401);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_http_and_an_untrusting_client_get_no_answer_from_https_and_others_go_on() {
+    let pki = Pki::new("https-refusals");
+    let broker = Broker::builder()
+        .config(https_config(&pki))
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.http_addr().unwrap();
+    // Plain HTTP on the HTTPS port: a TLS alert (0x15) at most, never an HTTP answer.
+    let answer = common::http::raw(addr, OVERVIEW.as_bytes()).await;
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A client with another CA: its handshake fails.
+    let other = Pki::new("https-other-ca");
+    assert!(https_request(&other.ca, addr, OVERVIEW).await.is_err());
+    // A trusting client is still served.
+    let answer = https_request(&pki.ca, addr, OVERVIEW).await.unwrap();
+    assert_eq!(common::http::parse_response(&answer).status, 200);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_https_certificate_file_or_a_lone_cert_stops_the_start_naming_it() {
+    let pki = Pki::new("https-bad-file");
+    let bad = pki.dir.join("not-a-cert.pem");
+    std::fs::write(&bad, "this is not PEM").unwrap();
+    let missing = pki.dir.join("missing.key");
+    for (config, names) in [
+        (
+            Config {
+                http_tls_cert: Some(bad.clone()),
+                ..https_config(&pki)
+            },
+            bad.display().to_string(),
+        ),
+        (
+            Config {
+                http_tls_key: Some(missing.clone()),
+                ..https_config(&pki)
+            },
+            missing.display().to_string(),
+        ),
+        (
+            Config {
+                http_tls_key: None,
+                ..https_config(&pki)
+            },
+            "--http-tls-key".to_string(),
+        ),
+    ] {
+        let err = Broker::builder()
+            .config(config)
+            .start()
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(&names), "{err}");
+    }
 }

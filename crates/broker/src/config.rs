@@ -75,6 +75,11 @@ pub struct Config {
     /// Address of the management HTTP API; `None` disables it. Embedded brokers default
     /// to `None`; `minimq-server` defaults to `127.0.0.1:15672`.
     pub http: Option<SocketAddr>,
+    /// The management API's certificate chain, PEM: with `http_tls_key`, `http` speaks
+    /// HTTPS only (RabbitMQ's `management.ssl`).
+    pub http_tls_cert: Option<PathBuf>,
+    /// The management API's private key, PEM (with `http_tls_cert`).
+    pub http_tls_key: Option<PathBuf>,
     /// Memory the broker may use before the memory alarm blocks publishers (RabbitMQ's
     /// `vm_memory_high_watermark`; default 0.4 of the machine's or cgroup's memory).
     pub memory_high_watermark: Watermark,
@@ -193,6 +198,8 @@ impl Default for Config {
             // Twice the largest message: any message fits in a transaction of its own.
             max_tx_size: 256 * 1024 * 1024,
             http: None,
+            http_tls_cert: None,
+            http_tls_key: None,
             memory_high_watermark: Watermark::default(),
             disk_free_limit: DEFAULT_DISK_FREE_LIMIT,
             max_connections: None,

@@ -86,6 +86,13 @@ struct Args {
     /// 127.0.0.1:15672; with --ephemeral, a free port on 127.0.0.1].
     #[arg(long, env = "MINIMQ_HTTP", value_parser = parse_http)]
     http: Option<HttpAddr>,
+    /// The management API's certificate chain (PEM): with --http-tls-key, --http speaks
+    /// HTTPS only.
+    #[arg(long, env = "MINIMQ_HTTP_TLS_CERT")]
+    http_tls_cert: Option<PathBuf>,
+    /// The management API's private key (PEM), with --http-tls-cert.
+    #[arg(long, env = "MINIMQ_HTTP_TLS_KEY")]
+    http_tls_key: Option<PathBuf>,
     /// A throw-away broker for tests: AMQP and management API on free loopback ports, a
     /// temporary data directory deleted on exit, fsync off; prints one JSON line on stdout
     /// (amqp_url, http_url, pid, data_dir) once it accepts connections, and exits when its
@@ -245,6 +252,10 @@ async fn main() -> std::process::ExitCode {
         None if args.ephemeral => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         None => Some(SocketAddr::from(([127, 0, 0, 1], 15672))),
     };
+    let http_scheme = match args.http_tls_cert {
+        Some(_) => "https",
+        None => "http",
+    };
     let config = Config {
         listen,
         also_listen,
@@ -260,6 +271,8 @@ async fn main() -> std::process::ExitCode {
         max_connections: args.max_connections,
         allow_guest_remote: args.allow_guest_remote,
         definitions: args.definitions,
+        http_tls_cert: args.http_tls_cert,
+        http_tls_key: args.http_tls_key,
         tls_listen: args.tls_listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
@@ -281,7 +294,7 @@ async fn main() -> std::process::ExitCode {
     if args.ephemeral {
         let line = serde_json::json!({
             "amqp_url": broker.amqp_url(),
-            "http_url": broker.http_addr().map(|a| format!("http://{a}")),
+            "http_url": broker.http_addr().map(|a| format!("{http_scheme}://{a}")),
             "pid": std::process::id(),
             // Absolute: the harness may run in another directory than the one it gave.
             "data_dir": std::path::absolute(&data_dir).unwrap_or(data_dir).to_string_lossy(),

@@ -214,6 +214,16 @@ impl BrokerBuilder {
             .iter()
             .map(TcpListener::local_addr)
             .collect::<std::io::Result<Vec<_>>>()?;
+        // Read before anything is bound, so a bad file stops the start naming it.
+        let http_tls = match (&self.config.http_tls_cert, &self.config.http_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::https_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(std::io::Error::other(
+                    "--http-tls-cert and --http-tls-key go together",
+                ))
+            }
+        };
         let http = match self.config.http {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
@@ -291,8 +301,14 @@ impl BrokerBuilder {
             tracing::info!(addr = %a, "minimq listening");
         }
         if let (Some(http), Some(addr)) = (http, http_addr) {
-            tracker.spawn(crate::admin::serve(http, state.clone(), tracker.clone()));
-            tracing::info!(%addr, "management API listening");
+            let https = http_tls.is_some();
+            tracker.spawn(crate::admin::serve(
+                http,
+                http_tls,
+                state.clone(),
+                tracker.clone(),
+            ));
+            tracing::info!(%addr, https, "management API listening");
         }
         Ok(Broker {
             tls_addrs,

@@ -1,5 +1,6 @@
-//! TLS for the AMQP listeners (`--tls-listen`, RabbitMQ's 5671): the rustls server
-//! configuration made from PEM files, with ring as the crypto provider (no OpenSSL).
+//! TLS for the AMQP listeners (`--tls-listen`, RabbitMQ's 5671) and the management API
+//! (`--http-tls-cert`): the rustls server configurations made from PEM files, with ring
+//! as the crypto provider (no OpenSSL).
 //! A file that is missing or holds no usable certificate or key is a start-up error
 //! naming it.
 
@@ -30,13 +31,24 @@ fn certificates(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
 /// The server's TLS configuration: its certificate chain and key, and, with `ca`, the
 /// CA its clients' certificates must chain to (required when `verify_peer`, checked when
 /// offered otherwise).
+///
+/// The CA's certificates are also sent after the chain (those not already in it), as
+/// RabbitMQ sends its `cacertfile`: a client that lacks an intermediate finds it there,
+/// and one that does not trust the root is told so in the same words by its library.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     ca: Option<&Path>,
     verify_peer: bool,
 ) -> io::Result<Arc<rustls::ServerConfig>> {
-    let chain = certificates(cert)?;
+    let mut chain = certificates(cert)?;
+    if let Some(ca) = ca {
+        for c in certificates(ca)? {
+            if !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
+    }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -70,4 +82,12 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| bad(cert, format!("certificate and key do not go together: {e}")))?;
     Ok(Arc::new(config))
+}
+
+/// The management API's TLS configuration (HTTPS): its certificate chain and key, no
+/// client certificates, and `http/1.1` offered by ALPN (the only HTTP it speaks).
+pub fn https_config(cert: &Path, key: &Path) -> io::Result<tokio_rustls::TlsAcceptor> {
+    let mut config = Arc::unwrap_or_clone(server_config(cert, key, None, false)?);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

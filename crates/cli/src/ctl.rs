@@ -731,6 +731,9 @@ pub struct Options {
     pub no_table_headers: bool,
     /// Limit on each HTTP request.
     pub timeout: Duration,
+    /// CA (PEM) an `https://` server's certificate must chain to, instead of the
+    /// system's trust store.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// Runs one command; returns what to print on stdout.
@@ -740,7 +743,14 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
         select_columns(*listing, names)?;
     }
     let base = BaseUrl::parse(&options.url).map_err(CtlError::usage)?;
-    let client = Client::new(base, &options.user, &options.password, options.timeout);
+    let client = Client::new(
+        base,
+        &options.user,
+        &options.password,
+        options.timeout,
+        options.ca_cert.as_deref(),
+    )
+    .map_err(CtlError::usage)?;
     let vhost = options.vhost.as_str();
     let get = |path: String| -> Result<Response, CtlError> {
         client.request("GET", &path).map_err(CtlError::unavailable)

@@ -23,6 +23,7 @@ pub mod objects;
 pub mod progress;
 
 use std::io::Write;
+use std::path::Path;
 
 use clap::ValueEnum;
 use minimq_client::{Channel, Connection, ConnectionConfig, FieldTable, QueueDeclareOptions};
@@ -139,9 +140,15 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Connects to the broker at `url`, with an error message fit for one line of stderr.
-pub async fn connect(url: &str) -> Result<Connection, String> {
+/// Connects to the broker at `url` (`amqp://` or `amqps://`), with an error message fit
+/// for one line of stderr. `ca_cert` (`--ca-cert`) is the CA an `amqps://` server's
+/// certificate must chain to, instead of the system's store; a plain `amqp://` URL has
+/// no use for it and leaves it aside, so one `AMQP_CA_CERT` can serve both.
+pub async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Connection, String> {
     let mut config = ConnectionConfig::from_url(url).map_err(|e| one_line(&e.to_string()))?;
+    if let Some(ca) = ca_cert {
+        config.ca_cert = Some(ca.to_path_buf());
+    }
     if !url.contains("connection_timeout=") {
         config.connection_timeout = CONNECT_TIMEOUT;
     }

@@ -1,34 +1,36 @@
 //! minimqctl's client of the management HTTP API: `ureq` (blocking HTTP/1.1) with basic
 //! auth, one request per connection and an overall time limit, plus the URL checks and
-//! path encoding its commands need. Plain `http://` only: ureq is built without TLS.
+//! path encoding its commands need. `https://` goes over rustls with the client crate's
+//! configuration: the system's trust store, or the CA given with `--ca-cert`.
 
 use std::error::Error as _;
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 
-/// Where the management API lives: `http://host:port[/path-prefix]`.
+/// Where the management API lives: `http[s]://host:port[/path-prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseUrl {
+    /// `https`: TLS, default port 443.
+    pub tls: bool,
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
-    /// TCP port (default 80).
+    /// TCP port (default 80, 443 for https).
     pub port: u16,
     /// Path prefix without a trailing `/` (usually empty).
     pub prefix: String,
 }
 
 impl BaseUrl {
-    /// Parses `http://host[:port][/prefix]`.
+    /// Parses `http[s]://host[:port][/prefix]`.
     pub fn parse(url: &str) -> Result<BaseUrl, String> {
         let bad = |why: &str| format!("invalid management URL {url:?}: {why}");
-        let rest = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(bad("https is not supported"))
-            }
-            Some(_) => return Err(bad("the scheme must be http")),
+        let (tls, rest) = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+            Some(_) => return Err(bad("the scheme must be http or https")),
             None => return Err(bad("expected http://host:port")),
         };
         let (authority, path) = match rest.find('/') {
@@ -52,22 +54,30 @@ impl BaseUrl {
         }
         let port = match port {
             Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
+            None if tls => 443,
             None => 80,
         };
         Ok(BaseUrl {
+            tls,
             host: host.to_string(),
             port,
             prefix: path.trim_end_matches('/').to_string(),
         })
     }
 
-    /// `host:port` for messages and the `Host` header.
+    /// `host:port` for the `Host` header.
     pub fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    /// `http[s]://host:port`, for requests and messages.
+    pub fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority())
     }
 }
 
@@ -93,21 +103,34 @@ pub struct Client {
 
 impl Client {
     /// A client; every request (connect, send, receive) must finish within `timeout`.
-    pub fn new(base: BaseUrl, user: &str, password: &str, timeout: Duration) -> Client {
+    /// For `https`, the server's certificate must chain to `ca_cert` (PEM), or without it
+    /// to the system's trust store; a CA file that cannot be read is an error here.
+    pub fn new(
+        base: BaseUrl,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+        ca_cert: Option<&Path>,
+    ) -> Result<Client, String> {
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout(timeout)
             // A redirect is reported as what it is, not followed somewhere else.
             .redirects(0)
-            .user_agent(&format!("minimqctl/{}", env!("CARGO_PKG_VERSION")))
-            .build();
-        Client {
+            .user_agent(&format!("minimqctl/{}", env!("CARGO_PKG_VERSION")));
+        if base.tls {
+            let tls =
+                minimq_client::transport::client_config(ca_cert).map_err(|e| e.to_string())?;
+            agent = agent.tls_config(tls);
+        }
+        let agent = agent.build();
+        Ok(Client {
             base,
             authorization: format!("Basic {credentials}"),
             timeout,
             agent,
-        }
+        })
     }
 
     /// The base URL.
@@ -127,8 +150,8 @@ impl Client {
     }
 
     fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
-        let authority = self.base.authority();
-        let url = format!("http://{authority}{}{path}", self.base.prefix);
+        let origin = self.base.origin();
+        let url = format!("{origin}{}{path}", self.base.prefix);
         let request = self
             .agent
             .request(method, &url)
@@ -143,7 +166,7 @@ impl Client {
         };
         let response = match result {
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&authority, &t)),
+            Err(ureq::Error::Transport(t)) => return Err(self.transport_error(&origin, &t)),
         };
         let status = response.status();
         let reason = response.status_text().to_string();
@@ -153,9 +176,9 @@ impl Client {
             .read_to_end(&mut body)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                    self.no_answer(&authority)
+                    self.no_answer(&origin)
                 }
-                _ => format!("reading from http://{authority}: {e}"),
+                _ => format!("reading from {origin}: {e}"),
             })?;
         Ok(Response {
             status,
@@ -164,14 +187,14 @@ impl Client {
         })
     }
 
-    fn no_answer(&self, authority: &str) -> String {
+    fn no_answer(&self, origin: &str) -> String {
         format!(
-            "no answer from http://{authority} within {:.1} seconds",
+            "no answer from {origin} within {:.1} seconds",
             self.timeout.as_secs_f64()
         )
     }
 
-    fn transport_error(&self, authority: &str, t: &ureq::Transport) -> String {
+    fn transport_error(&self, origin: &str, t: &ureq::Transport) -> String {
         use ureq::ErrorKind::*;
         let io = t.source().and_then(|e| e.downcast_ref::<std::io::Error>());
         if io.is_some_and(|e| {
@@ -180,7 +203,7 @@ impl Client {
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
             )
         }) {
-            return self.no_answer(authority);
+            return self.no_answer(origin);
         }
         // ureq's own text repeats the URL; the cause alone reads better after ours.
         let detail = match (t.source(), t.message()) {
@@ -189,11 +212,11 @@ impl Client {
             (None, None) => t.kind().to_string(),
         };
         match t.kind() {
-            Dns | ConnectionFailed => format!("cannot connect to http://{authority}: {detail}"),
+            Dns | ConnectionFailed => format!("cannot connect to {origin}: {detail}"),
             BadStatus | BadHeader => {
-                format!("bad HTTP response from http://{authority}: {detail}")
+                format!("bad HTTP response from {origin}: {detail}")
             }
-            _ => format!("http://{authority}: {detail}"),
+            _ => format!("{origin}: {detail}"),
         }
     }
 }
@@ -231,7 +254,10 @@ mod tests {
         let u = BaseUrl::parse("http://[::1]:15672").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 15672));
         assert_eq!(u.authority(), "[::1]:15672");
-        assert!(BaseUrl::parse("https://mq").is_err());
+        let u = BaseUrl::parse("https://mq").unwrap();
+        assert_eq!((u.tls, u.port), (true, 443));
+        assert_eq!(u.origin(), "https://mq:443");
+        assert!(!BaseUrl::parse("http://mq").unwrap().tls);
         assert!(BaseUrl::parse("amqp://mq").is_err());
         assert!(BaseUrl::parse("mq:15672").is_err());
         assert!(BaseUrl::parse("http://mq:notaport").is_err());

@@ -113,7 +113,12 @@ fn report(
 }
 
 /// Opens `n` idle connections to `url`, samples the broker's RSS, closes them.
-pub async fn connections(url: &str, n: u64, pid: Option<u32>) -> Result<ObjectsReport, String> {
+pub async fn connections(
+    url: &str,
+    ca_cert: Option<&std::path::Path>,
+    n: u64,
+    pid: Option<u32>,
+) -> Result<ObjectsReport, String> {
     tokio::time::sleep(SETTLE).await;
     let before = sample(pid)?;
     let started = Instant::now();
@@ -121,7 +126,7 @@ pub async fn connections(url: &str, n: u64, pid: Option<u32>) -> Result<ObjectsR
     let mut left = n;
     while left > 0 {
         let batch = left.min(CONNECT_PARALLEL as u64);
-        open.extend(try_join_all((0..batch).map(|_| connect(url))).await?);
+        open.extend(try_join_all((0..batch).map(|_| connect(url, ca_cert))).await?);
         left -= batch;
     }
     let took = started.elapsed();
@@ -135,8 +140,13 @@ pub async fn connections(url: &str, n: u64, pid: Option<u32>) -> Result<ObjectsR
 
 /// Declares `n` empty queues on a few channels of one connection, samples the broker's
 /// RSS, deletes them.
-pub async fn queues(url: &str, n: u64, pid: Option<u32>) -> Result<ObjectsReport, String> {
-    let conn = connect(url).await?;
+pub async fn queues(
+    url: &str,
+    ca_cert: Option<&std::path::Path>,
+    n: u64,
+    pid: Option<u32>,
+) -> Result<ObjectsReport, String> {
+    let conn = connect(url, ca_cert).await?;
     let mut channels = Vec::new();
     for _ in 0..CHURN_CHANNELS {
         channels.push(

@@ -1,11 +1,14 @@
-//! Connection settings and the `amqp://` URL parser that fills them in.
+//! Connection settings and the `amqp://` / `amqps://` URL parser that fills them in.
 //!
 //! The grammar follows RabbitMQ's URI spec:
-//! `amqp://user:pass@host:port/vhost?heartbeat=10&frame_max=131072&channel_max=2047&connection_timeout=5000`.
+//! `amqp://user:pass@host:port/vhost?heartbeat=10&frame_max=131072&channel_max=2047&connection_timeout=5000`;
+//! `amqps://` is the same over TLS (default port 5671), with `cacertfile=PATH` for a CA
+//! to trust instead of the system's.
 //! Every part is optional; user, password, host and vhost are percent-decoded (so the
 //! default vhost `/` is written `%2f`). Decoding is done by hand: it is twenty lines.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,6 +16,8 @@ use crate::error::{Error, Result};
 
 /// The port AMQP listens on by default.
 pub const DEFAULT_PORT: u16 = 5672;
+/// The port AMQP over TLS (`amqps`) listens on by default.
+pub const DEFAULT_TLS_PORT: u16 = 5671;
 /// How long [`crate::Connection::connect`] waits for TCP plus the handshake by default.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,8 +29,14 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ConnectionConfig {
     /// Host name or IP address (IPv6 without brackets). Default `localhost`.
     pub host: String,
-    /// TCP port. Default 5672.
+    /// TCP port. Default 5672 (5671 for `amqps://`).
     pub port: u16,
+    /// TLS over the TCP connection (`amqps://`): the server's certificate must chain to a
+    /// trusted root and name `host`. Default `false`.
+    pub tls: bool,
+    /// With `tls`, a PEM file of the CA certificates to trust instead of the system's
+    /// store (URL parameter `cacertfile`). Default `None`: the system's store.
+    pub ca_cert: Option<PathBuf>,
     /// User for PLAIN authentication. Default `guest`.
     pub username: String,
     /// Password for PLAIN authentication. Default `guest`.
@@ -52,6 +63,8 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             host: "localhost".into(),
             port: DEFAULT_PORT,
+            tls: false,
+            ca_cert: None,
             username: "guest".into(),
             password: "guest".into(),
             vhost: "/".into(),
@@ -69,6 +82,8 @@ impl fmt::Debug for ConnectionConfig {
         f.debug_struct("ConnectionConfig")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("ca_cert", &self.ca_cert)
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("vhost", &self.vhost)
@@ -90,7 +105,7 @@ impl FromStr for ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    /// Parses an `amqp://` URL. `amqps://` is refused: this client has no TLS.
+    /// Parses an `amqp://` or `amqps://` URL.
     ///
     /// ```
     /// use minimq_client::ConnectionConfig;
@@ -98,17 +113,20 @@ impl ConnectionConfig {
     /// assert_eq!((c.username.as_str(), c.password.as_str()), ("bob", "s@cret"));
     /// assert_eq!((c.host.as_str(), c.port, c.vhost.as_str()), ("mq.example", 5673, "/"));
     /// assert_eq!(c.heartbeat, Some(5));
+    /// let c = ConnectionConfig::from_url("amqps://mq.example?cacertfile=/etc/mq/ca.pem").unwrap();
+    /// assert_eq!((c.tls, c.port), (true, 5671));
+    /// assert_eq!(c.ca_cert.as_deref(), Some(std::path::Path::new("/etc/mq/ca.pem")));
     /// ```
     pub fn from_url(url: &str) -> Result<ConnectionConfig> {
         let bad = |why: &str| Error::InvalidUrl(format!("{why}: {url:?}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
-        if scheme.eq_ignore_ascii_case("amqps") {
-            return Err(bad("amqps (TLS) is not supported"));
-        }
-        if !scheme.eq_ignore_ascii_case("amqp") {
-            return Err(bad("scheme must be amqp"));
-        }
         let mut config = ConnectionConfig::default();
+        if scheme.eq_ignore_ascii_case("amqps") {
+            config.tls = true;
+            config.port = DEFAULT_TLS_PORT;
+        } else if !scheme.eq_ignore_ascii_case("amqp") {
+            return Err(bad("scheme must be amqp or amqps"));
+        }
 
         // A fragment means nothing to AMQP; drop it.
         let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
@@ -184,6 +202,7 @@ impl ConnectionConfig {
                     config.connection_timeout = Duration::from_millis(ms);
                 }
                 "connection_name" => config.connection_name = Some(value),
+                "cacertfile" => config.ca_cert = Some(PathBuf::from(value)),
                 other => tracing::debug!(key = other, "ignoring unknown AMQP URL parameter"),
             }
         }

@@ -13,8 +13,6 @@ use minimq_protocol::{
     FieldTable, FieldValue, Frame, FrameCodec, Method, PROTOCOL_HEADER,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
@@ -23,6 +21,7 @@ use crate::config::ConnectionConfig;
 use crate::error::{Error, Result};
 use crate::handle::{ChannelCore, ConnHandle, ConnectionShared, Request};
 use crate::io_loop::IoLoop;
+use crate::transport::{self, ReadSide, WriteSide};
 
 pub use crate::handle::{BlockedState, TuneParams};
 
@@ -59,12 +58,13 @@ impl Connection {
         Connection::connect_with(url.parse()?).await
     }
 
-    /// Connects with explicit settings: TCP, then the handshake (PLAIN authentication,
+    /// Connects with explicit settings: TCP (and TLS for `amqps`), then the handshake (PLAIN authentication,
     /// tune negotiation, `connection.open` of the vhost), all within
     /// `config.connection_timeout`.
     ///
     /// A refused login fails with [`Error::ConnectionClosed`] and code 403 (the client
-    /// announces `authentication_failure_close`); an unknown vhost with code 530.
+    /// announces `authentication_failure_close`); an unknown vhost with code 530; a server
+    /// certificate that is not trusted with [`Error::Tls`].
     pub async fn connect_with(config: ConnectionConfig) -> Result<Connection> {
         let limit = config.connection_timeout;
         tokio::time::timeout(limit, Connection::open(&config))
@@ -73,9 +73,7 @@ impl Connection {
     }
 
     async fn open(config: &ConnectionConfig) -> Result<Connection> {
-        let stream = TcpStream::connect((config.host.as_str(), config.port)).await?;
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        let (read, write) = transport::connect(config).await?;
         let mut hs = Handshake {
             reader: FramedRead::with_capacity(read, FrameCodec::new(0), READ_BUFFER),
             writer: write,
@@ -155,8 +153,8 @@ impl Connection {
 
 /// The client side of the opening handshake, before the connection task exists.
 struct Handshake {
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: OwnedWriteHalf,
+    reader: FramedRead<ReadSide, FrameCodec>,
+    writer: WriteSide,
 }
 
 impl Handshake {

@@ -19,6 +19,11 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[source] Arc<std::io::Error>),
 
+    /// TLS failed: the server's certificate is not trusted or does not name the host, the
+    /// handshake was refused, or the CA file could not be read.
+    #[error("TLS: {0}")]
+    Tls(String),
+
     /// TCP connect plus the AMQP handshake took longer than `connection_timeout`.
     #[error("connection attempt timed out after {0:?}")]
     ConnectTimeout(Duration),

@@ -10,6 +10,8 @@
 //!   [`Acker`] ([`acker`]).
 //! - [`PublisherConfirm`] / [`Confirmation`] ([`confirm`]): per-publish broker verdicts.
 //! - [`ReturnedMessages`] ([`returned`]): unroutable mandatory publishes.
+//! - [`transport`]: plain TCP or TLS (`amqps://`, rustls), and the TLS client
+//!   configuration ([`transport::client_config`]) the CLIs share.
 //! - [`Error`] ([`error`]): server closes surface as [`Error::ChannelClosed`] /
 //!   [`Error::ConnectionClosed`] with the reply code, and fail every pending call.
 //!
@@ -66,6 +68,7 @@ mod io_loop;
 pub mod message;
 pub mod options;
 pub mod returned;
+pub mod transport;
 
 pub use acker::Acker;
 pub use channel::Channel;

@@ -1,4 +1,4 @@
-//! `amqp://` URL parsing; these need no broker and always run.
+//! `amqp://` and `amqps://` URL parsing; these need no broker and always run.
 
 use std::time::Duration;
 
@@ -111,7 +111,6 @@ fn query_parameters() {
 fn rejects_bad_urls() {
     fails("localhost:5672");
     fails("http://localhost");
-    fails("amqps://localhost");
     fails("amqp://host:notaport");
     fails("amqp://host:70000");
     fails("amqp://host/a/b");
@@ -130,4 +129,25 @@ fn from_str_and_debug_hides_the_password() {
     let shown = format!("{c:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("redacted"));
+}
+
+#[test]
+fn amqps_is_tls_on_port_5671_with_an_optional_ca_file() {
+    let c = parse("amqps://localhost");
+    assert!(c.tls);
+    assert_eq!((c.port, c.ca_cert), (5671, None));
+    let c = parse("AMQPS://u:p@mq.example:5999/v?cacertfile=%2Fetc%2Fmq%2Fca.pem&heartbeat=3");
+    assert!(c.tls);
+    assert_eq!(
+        (c.host.as_str(), c.port, c.vhost.as_str()),
+        ("mq.example", 5999, "v")
+    );
+    assert_eq!(
+        c.ca_cert.as_deref(),
+        Some(std::path::Path::new("/etc/mq/ca.pem"))
+    );
+    assert_eq!(c.heartbeat, Some(3));
+    let c = parse("amqp://localhost");
+    assert!(!c.tls);
+    assert_eq!(c.port, 5672);
 }

@@ -458,7 +458,10 @@ pub fn overview(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Overview
             .iter()
             .map(|a| ("amqp", *a))
             .chain(state.bound_tls.iter().map(|a| ("amqp/ssl", *a)))
-            .chain(http.map(|a| ("http", a)))
+            .chain(http.map(|a| match state.config.http_tls_cert {
+                Some(_) => ("https", a),
+                None => ("http", a),
+            }))
             .map(|(protocol, a)| Listener {
                 node,
                 protocol,

@@ -14,6 +14,10 @@
 //! - an HTTP version other than 1.0 / 1.1 is answered 505, as RabbitMQ's cowboy does
 //!   (hyper alone would say 400): the first request line is looked at before hyper reads it.
 //!
+//! With a TLS acceptor (`--http-tls-cert`) every connection is HTTPS: the TLS handshake
+//! runs in the connection's own task within [`HEAD_TIMEOUT`], so a slow or plain-HTTP
+//! client holds up nobody else, and a failed one is dropped with a debug line.
+//!
 //! Keep-alive is HTTP/1.1's default; a client may half-close after its request and still
 //! get its answer. On shutdown the accept loop stops, idle connections close at once and
 //! a request in progress gets [`SHUTDOWN_GRACE`] to finish.
@@ -38,7 +42,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -61,7 +65,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Accepts management API connections until the broker shuts down.
-pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<BrokerState>,
+    tracker: TaskTracker,
+) {
     let router = super::router(state.clone());
     loop {
         let accepted = tokio::select! {
@@ -71,12 +80,25 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tracker: Task
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                tracker.spawn(serve_connection(
-                    socket,
-                    peer,
-                    router.clone(),
-                    state.shutdown.clone(),
-                ));
+                let (router, shutdown) = (router.clone(), state.shutdown.clone());
+                match tls.clone() {
+                    None => tracker.spawn(serve_connection(socket, peer, router, shutdown)),
+                    Some(tls) => tracker.spawn(async move {
+                        let accepted = tokio::select! {
+                            r = tokio::time::timeout(HEAD_TIMEOUT, tls.accept(socket)) => r,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        match accepted {
+                            Ok(Ok(stream)) => {
+                                serve_connection(stream, peer, router, shutdown).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "HTTPS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                        }
+                    }),
+                };
             }
             Err(e) => {
                 tracing::warn!(error = %e, "management API accept failed");
@@ -90,12 +112,14 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tracker: Task
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
-async fn serve_connection(
-    mut socket: TcpStream,
+async fn serve_connection<S>(
+    mut socket: S,
     peer: std::net::SocketAddr,
     router: Router,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let first = tokio::select! {
         r = tokio::time::timeout(HEAD_TIMEOUT, first_line(&mut socket)) => r,
         _ = shutdown.cancelled() => return,
@@ -219,7 +243,7 @@ fn well_encoded(path: &str) -> bool {
 
 /// Reads until the first line feed (or [`MAX_HEAD`] bytes, or the end): the request line
 /// to look at, handed on to hyper unconsumed through [`Socket`].
-async fn first_line(socket: &mut TcpStream) -> BytesMut {
+async fn first_line<S: AsyncRead + Unpin>(socket: &mut S) -> BytesMut {
     let mut buf = BytesMut::with_capacity(1024);
     while !buf.contains(&b'\n') && buf.len() < MAX_HEAD {
         match socket.read_buf(&mut buf).await {

@@ -53,6 +53,9 @@ struct Args {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_URL)]
     url: String,
+    /// CA certificate (PEM) to trust for an amqps:// URL instead of the system's store.
+    #[arg(long, env = "AMQP_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Queue to use (declared, and purged before the run).
     #[arg(long, default_value = "minimq-bench")]
     queue: String,
@@ -173,8 +176,19 @@ async fn main() {
         return;
     }
     let objects = match (args.connections, args.queues) {
-        (Some(n), _) => Some(minimq_cli::objects::connections(&args.url, n, args.broker_pid).await),
-        (_, Some(n)) => Some(minimq_cli::objects::queues(&args.url, n, args.broker_pid).await),
+        (Some(n), _) => Some(
+            minimq_cli::objects::connections(
+                &args.url,
+                args.ca_cert.as_deref(),
+                n,
+                args.broker_pid,
+            )
+            .await,
+        ),
+        (_, Some(n)) => Some(
+            minimq_cli::objects::queues(&args.url, args.ca_cert.as_deref(), n, args.broker_pid)
+                .await,
+        ),
         _ => None,
     };
     if let Some(report) = objects {
@@ -281,7 +295,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let interrupted = interrupt_token();
 
     // Declare and purge the queue.
-    let setup = connect(&args.url).await?;
+    let setup = connect(&args.url, args.ca_cert.as_deref()).await?;
     let ch = setup
         .open_channel()
         .await
@@ -330,7 +344,7 @@ async fn run(args: Args) -> Result<bool, String> {
         let (args, received, stop) = (args.clone(), received.clone(), stop_consumers.clone());
         let (ready_tx, ready_rx) = oneshot::channel::<()>();
         consumers.push(own_thread(move || async move {
-            let conn = connect(&args.url).await?;
+            let conn = connect(&args.url, args.ca_cert.as_deref()).await?;
             let ch = conn
                 .open_channel()
                 .await
@@ -428,7 +442,7 @@ async fn run(args: Args) -> Result<bool, String> {
             None => args.count,
         };
         producers.push(own_thread(move || async move {
-            let conn = connect(&args.url).await?;
+            let conn = connect(&args.url, args.ca_cert.as_deref()).await?;
             let ch = conn
                 .open_channel()
                 .await

@@ -28,6 +28,9 @@ struct Cli {
         global = true
     )]
     url: String,
+    /// CA certificate (PEM) to trust for an https:// URL instead of the system's store.
+    #[arg(long, env = "MINIMQ_MGMT_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// User for HTTP basic authentication.
     #[arg(long, default_value = "guest", global = true)]
     user: String,
@@ -285,6 +288,7 @@ fn main() {
         quiet: cli.quiet,
         no_table_headers: cli.no_table_headers,
         timeout: Duration::from_secs_f64(cli.timeout),
+        ca_cert: cli.ca_cert,
     };
     let command = match cli.command {
         Cmd::ListQueues { columns } => Command::List(Listing::Queues, columns),

@@ -30,6 +30,9 @@ struct Args {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_URL)]
     url: String,
+    /// CA certificate (PEM) to trust for an amqps:// URL instead of the system's store.
+    #[arg(long, env = "AMQP_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Queue to declare and send to (through the default exchange).
     #[arg(long, default_value = "task_queue")]
     queue: String,
@@ -87,7 +90,7 @@ async fn run(args: Args) -> Result<(), String> {
         ..BasicProperties::default()
     };
 
-    let connection = connect(&args.url).await?;
+    let connection = connect(&args.url, args.ca_cert.as_deref()).await?;
     let channel = connection
         .open_channel()
         .await

@@ -30,6 +30,9 @@ struct Args {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_URL)]
     url: String,
+    /// CA certificate (PEM) to trust for an amqps:// URL instead of the system's store.
+    #[arg(long, env = "AMQP_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Queue to declare and consume from.
     #[arg(long, default_value = "task_queue")]
     queue: String,
@@ -83,7 +86,7 @@ async fn run(args: Args) -> Result<(), String> {
     let spec = QueueSpec::new(&args.queue, args.no_durable, args.queue_type);
 
     let connection = tokio::select! {
-        c = connect(&args.url) => c?,
+        c = connect(&args.url, args.ca_cert.as_deref()) => c?,
         _ = interrupted.cancelled() => return Ok(()),
     };
     let channel = connection

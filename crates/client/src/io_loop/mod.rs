@@ -45,13 +45,13 @@ use futures::{FutureExt, StreamExt};
 use minimq_protocol::idhash::IdMap;
 use minimq_protocol::{ConnectionClose, Frame, FrameCodec, Method, ReplyCode};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 
 use crate::error::{Error, Result};
 use crate::handle::{ConnectionShared, Request};
+use crate::transport::{ReadSide, WriteSide};
 
 use requests::fail_request;
 use slot::ChannelSlot;
@@ -83,9 +83,9 @@ enum State {
 
 /// The connection task. See the module docs.
 pub(crate) struct IoLoop {
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    reader: FramedRead<ReadSide, FrameCodec>,
     reader_done: bool,
-    writer: OwnedWriteHalf,
+    writer: WriteSide,
     outbox: BytesMut,
     requests: mpsc::Receiver<Request>,
     requests_done: bool,
@@ -108,8 +108,8 @@ pub(crate) struct IoLoop {
 
 impl IoLoop {
     pub(crate) fn new(
-        reader: FramedRead<OwnedReadHalf, FrameCodec>,
-        writer: OwnedWriteHalf,
+        reader: FramedRead<ReadSide, FrameCodec>,
+        writer: WriteSide,
         requests: mpsc::Receiver<Request>,
         weak: mpsc::WeakSender<Request>,
         shared: Arc<ConnectionShared>,
