@@ -1055,7 +1055,8 @@ impl Driver {
             };
             if let Some(id) = found.iter().find(|id| !known(id)) {
                 return Err(format!(
-                    "q{q}: m{id} came back from the power loss, but q{q} never stored it                      (found {found:?})"
+                    "q{q}: m{id} came back from the power loss, but q{q} never stored it \
+                     (found {found:?})"
                 ));
             }
             let seqs: Vec<u64> = found.iter().map(|id| self.model.msgs[*id].seq).collect();
@@ -1073,7 +1074,8 @@ impl Driver {
                     (true, false) => {
                         ensure!(
                             !m.confirmed,
-                            "q{q}: m{id} was confirmed, never settled, and is gone after                              the power loss"
+                            "q{q}: m{id} was confirmed, never settled, and is gone after \
+                             the power loss"
                         );
                         m.at = Where::LostInRestart;
                         lost.push(id);
@@ -2414,4 +2416,40 @@ fn a_graceful_restart_after_a_compaction_is_not_read_as_a_crash() {
     ];
     let outcome = runtime(threads()).block_on(run_case(&ops));
     assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+}
+
+/// A connection closing with several channels gives all of their unacked messages back at
+/// once, after its consumers are gone, so the consumer elsewhere gets the earliest of them.
+/// c0 holds m0 on one channel and m1 on the other (both ways round, whichever channel the
+/// connection would release first); c1's consumer has room for one. Giving the messages
+/// back channel by channel would hand c1 whichever came back first.
+#[test]
+fn a_connection_closing_with_two_channels_requeues_them_as_one_batch() {
+    let consume = |conn, ch| Op::Consume {
+        conn,
+        ch,
+        queue: 0,
+        prefetch: 1,
+        no_ack: false,
+    };
+    let publish = Op::Publish {
+        conn: 1,
+        ch: 0,
+        queue: 0,
+        persistent: false,
+        confirm: false,
+    };
+    for first in [0, 1] {
+        let ops = [
+            Op::OpenChannel { conn: 0 },
+            publish.clone(),
+            publish.clone(),
+            consume(0, first),
+            consume(0, 1 - first),
+            consume(1, 0),
+            Op::CloseConnection { conn: 0 },
+        ];
+        let outcome = runtime(threads()).block_on(run_case(&ops));
+        assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
 }
