@@ -140,7 +140,8 @@ enum Op {
         durable: bool,
     },
     /// Publish to `q{queue % 3}` through the default exchange; `confirm` puts the channel
-    /// in confirm mode first (it stays there).
+    /// in confirm mode first (it stays there). The confirm is not waited for: see
+    /// `WaitConfirms`.
     Publish {
         conn: u8,
         ch: u8,
@@ -508,7 +509,8 @@ enum Where {
     Dropped,
     /// Delivered to a no-ack consumer or fetched with `basic.get no-ack`.
     AutoAcked,
-    /// A transient message, or one in a non-durable queue, when the broker restarted.
+    /// A transient message, or one in a non-durable queue, when the broker restarted; or
+    /// one a power loss took (it was never confirmed).
     LostInRestart,
 }
 
