@@ -970,6 +970,10 @@ impl Driver {
         self.shutting_down = false;
         stopped?;
         answered?;
+        // Deliveries written while the connections closed (a message one connection gave
+        // back, taken by a consumer of another): each went back again when its own
+        // connection closed.
+        self.arrivals.clear();
         for conn in conns {
             self.model.close_conn(conn);
         }
@@ -1693,6 +1697,17 @@ impl Driver {
                 Ok(Some("the store's syncs held".into()))
             }
             Op::Shutdown => {
+                // The broker closes every connection at once, so a message one gives back
+                // may go to a no-ack consumer of another that is closing too, and be
+                // dropped unwritten (its queue forgot it at dispatch): at most once, as
+                // no-ack is. The model cannot tell which, so it stops no such case.
+                let m = &self.model;
+                if m.consumers
+                    .values()
+                    .any(|c| c.no_ack && m.unacked_in(c.queue) > 0)
+                {
+                    return Ok(None);
+                }
                 let lost = self.shutdown_with_clients().await?;
                 let lost: Vec<String> = lost.iter().map(|id| format!("m{id}")).collect();
                 Ok(Some(format!(
@@ -2452,6 +2467,56 @@ fn a_connection_closing_with_two_channels_requeues_them_as_one_batch() {
             Op::CloseConnection { conn: 0 },
         ];
         let outcome = runtime(threads()).block_on(run_case(&ops));
+        assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+}
+
+/// Found by the property test: a graceful shutdown with two clients connected, one
+/// holding an unacked persistent message, the other consuming the same queue. The model
+/// took the requeued message as still in the queue after the restart; the broker had
+/// handed it, while the connections closed, to the other client's no-ack consumer, which
+/// is at most once. The model now leaves that case alone, and this runs the same steps
+/// with an acking consumer instead, whose connection gives the message back again.
+#[test]
+fn a_shutdown_with_clients_connected_keeps_a_message_given_back_during_it() {
+    let base = [
+        Op::Restart,
+        Op::Declare {
+            queue: 0,
+            durable: true,
+        },
+        Op::Consume {
+            conn: 1,
+            ch: 0,
+            queue: 0,
+            prefetch: 3,
+            no_ack: false,
+        },
+        Op::Publish {
+            conn: 0,
+            ch: 0,
+            queue: 0,
+            persistent: false,
+            confirm: true,
+        },
+        Op::Consume {
+            conn: 0,
+            ch: 0,
+            queue: 0,
+            prefetch: 0,
+            no_ack: false,
+        },
+        Op::Publish {
+            conn: 0,
+            ch: 0,
+            queue: 0,
+            persistent: true,
+            confirm: false,
+        },
+        Op::Shutdown,
+    ];
+    for _ in 0..20 {
+        let outcome = runtime(threads()).block_on(run_case(&base));
         assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     }
 }
