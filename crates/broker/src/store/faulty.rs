@@ -10,6 +10,10 @@
 //! or renamed since their directory's last sync are gone or back under their old name, a
 //! deletion not synced is undone.
 //!
+//! [`FaultyDisk::hold_syncs`] makes file syncs wait, as on a disk that is slow to flush,
+//! until [`FaultyDisk::release_syncs`] or the power goes off: what the store wrote
+//! meanwhile is written but not durable, for as long as a test likes.
+//!
 //! Syncs are simulated, not made (no `fsync` reaches the real disk): the model decides
 //! what survives, and tests run fast. Not for production: the server uses
 //! [`super::disk::OsDisk`].
@@ -19,7 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::disk::{Disk, DiskFile};
 
@@ -96,6 +100,8 @@ struct State {
     off: bool,
     /// The power goes off when `operations` reaches this.
     off_at: Option<u64>,
+    /// File syncs wait (see [`FaultyDisk::hold_syncs`]).
+    syncs_held: bool,
     injected: u64,
     operations: u64,
 }
@@ -179,22 +185,32 @@ impl State {
 /// loss (see the module documentation).
 #[derive(Debug)]
 pub struct FaultyDisk {
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
+/// The state, and the wake-up of syncs that wait while syncs are held.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    released: Condvar,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FaultyDisk {
     /// A disk with no faults; `seed` drives the random ones.
     pub fn new(seed: u64) -> Arc<FaultyDisk> {
         Arc::new(FaultyDisk {
-            state: Arc::new(Mutex::new(State {
-                // xorshift must not start at zero.
-                rng: seed | 1,
-                ..State::default()
-            })),
+            state: Arc::new(Shared {
+                state: Mutex::new(State {
+                    // xorshift must not start at zero.
+                    rng: seed | 1,
+                    ..State::default()
+                }),
+                released: Condvar::new(),
+            }),
         })
     }
 
@@ -241,6 +257,22 @@ impl FaultyDisk {
     /// gone; nothing more becomes durable.
     pub fn power_off(&self) {
         lock(&self.state).off = true;
+        // A held sync fails now, as every other operation.
+        self.state.released.notify_all();
+    }
+
+    /// File syncs (`sync_data`, `sync_all`; not directory syncs) wait from now on until
+    /// [`FaultyDisk::release_syncs`], or fail when the power goes off: a disk slow to
+    /// flush, so that writes stay unsynced (and their confirms withheld) while a test
+    /// goes on.
+    pub fn hold_syncs(&self) {
+        lock(&self.state).syncs_held = true;
+    }
+
+    /// Held syncs go ahead, and later ones no longer wait.
+    pub fn release_syncs(&self) {
+        lock(&self.state).syncs_held = false;
+        self.state.released.notify_all();
     }
 
     /// The power goes off after `n` more operations (the `n + 1`th fails): a crash at a
@@ -366,12 +398,19 @@ impl Disk for FaultyDisk {
 struct FaultyFile {
     file: File,
     inode: u64,
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
 }
 
 impl FaultyFile {
     fn sync(&self) -> std::io::Result<()> {
         let mut s = lock(&self.state);
+        while s.syncs_held && !s.off {
+            s = self
+                .state
+                .released
+                .wait(s)
+                .unwrap_or_else(|e| e.into_inner());
+        }
         s.check(FsOp::Sync)?;
         let len = self.file.metadata()?.len();
         let mut content = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
@@ -449,6 +488,32 @@ mod tests {
         assert!(!d.join("a2").exists(), "the rename was not synced");
         assert!(!d.join("b").exists(), "b's entry was not synced");
         assert!(d.join("c").exists(), "the deletion was not synced");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_held_sync_waits_until_released_and_fails_at_a_power_loss() {
+        let d = dir("held");
+        let disk = FaultyDisk::new(4);
+        let f = disk.create_new(&d.join("f")).unwrap();
+        disk.sync_dir(&d).unwrap();
+        let sync_in_thread = |f: &Arc<dyn DiskFile>| {
+            let f = f.clone();
+            std::thread::spawn(move || f.sync_data())
+        };
+        f.write_all(b"one").unwrap();
+        disk.hold_syncs();
+        let syncer = sync_in_thread(&f);
+        disk.release_syncs();
+        syncer.join().unwrap().unwrap();
+        f.write_all(b" two").unwrap();
+        disk.hold_syncs();
+        let syncer = sync_in_thread(&f);
+        // Held: the sync has not happened, whenever the thread got to it.
+        disk.power_off();
+        assert!(syncer.join().unwrap().is_err(), "the power went off");
+        disk.power_on().unwrap();
+        assert_eq!(std::fs::read(d.join("f")).unwrap(), b"one");
         let _ = std::fs::remove_dir_all(&d);
     }
 
