@@ -24,6 +24,10 @@ Tests:
     unknown_vhost         530 NOT_ALLOWED - vhost ... not found
     queue_permission      configure on '^tls-ok-' only: declaring another queue is 403
     read_permission       no read permission: basic.get is 403
+    own_vhost             a vhost made over the API: the user works in it with its own
+                          permissions, its queue is not '/'s queue of the same name, a
+                          refusal there names it, and deleting it closes the user's
+                          connection with 320 CONNECTION_FORCED
 Exit code 0 when every test passed, 1 otherwise.
 """
 
@@ -32,6 +36,7 @@ import json
 import os
 import ssl
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -212,9 +217,9 @@ def grant(configure, write, read):
         {"configure": configure, "write": write, "read": read})
 
 
-def channel_refusal(action):
+def channel_refusal(action, vhost="/"):
     """(reply_code, reply_text) of the channel close `action(channel)` brings."""
-    conn = pika.BlockingConnection(params(USER, PASSWORD))
+    conn = pika.BlockingConnection(params(USER, PASSWORD, vhost=vhost))
     try:
         ch = conn.channel()
         try:
@@ -257,6 +262,55 @@ def read_permission():
         conn.close()
 
 
+def own_vhost():
+    import time
+
+    vhost = f"tls-vh-{RUN}"
+    q = f"tls-vq-{RUN}"
+    api("PUT", f"/api/vhosts/{quoted(vhost)}")
+    try:
+        api("PUT", f"/api/permissions/{quoted(vhost)}/{quoted(USER)}",
+            {"configure": "^tls-vq-", "write": ".*", "read": ".*"})
+        conn = pika.BlockingConnection(params(USER, PASSWORD, vhost=vhost))
+        ch = conn.channel()
+        ch.queue_declare(q, auto_delete=False)
+        ch.basic_publish("", q, b"in the vhost")
+        # '/' has no queue of that name: a passive declare there is 404.
+        root = pika.BlockingConnection(params())
+        try:
+            root.channel().queue_declare(q, passive=True)
+            raise Failure(f"queue {q} is visible in '/'")
+        except pika.exceptions.ChannelClosedByBroker as e:
+            expect((e.reply_code, e.reply_text),
+                   (404, f"NOT_FOUND - no queue '{q}' in vhost '/'"))
+        finally:
+            if root.is_open:
+                root.close()
+        method, _props, body = ch.basic_get(q, auto_ack=True)
+        expect(body, b"in the vhost")
+        other = f"tls-other-{RUN}"
+        ch.close()
+        conn.close()
+        expect(channel_refusal(lambda c: c.queue_declare(other), vhost),
+               (403, f"ACCESS_REFUSED - access to queue '{other}' in vhost '{vhost}' refused for user '{USER}'"))
+        # Deleting the vhost closes the connections in it.
+        conn = pika.BlockingConnection(params(USER, PASSWORD, vhost=vhost))
+        api("DELETE", f"/api/vhosts/{quoted(vhost)}")
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.2)
+            raise Failure("the connection outlived its vhost")
+        except pika.exceptions.ConnectionClosedByBroker as e:
+            expect((e.reply_code, e.reply_text),
+                   (320, f"CONNECTION_FORCED - vhost '{vhost}' is deleted"))
+    finally:
+        try:
+            api("DELETE", f"/api/vhosts/{quoted(vhost)}")
+        except urllib.error.HTTPError:
+            pass  # deleted above
+
+
 TESTS = [
     ("tls_round_trip", tls_round_trip),
     ("tls_untrusted_ca", tls_untrusted_ca),
@@ -266,6 +320,7 @@ TESTS = [
     ("unknown_vhost", unknown_vhost),
     ("queue_permission", queue_permission),
     ("read_permission", read_permission),
+    ("own_vhost", own_vhost),
 ]
 
 
