@@ -134,6 +134,10 @@ def probe_server():
 _cond = threading.Condition()  # shared by all processes' reader threads
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A tutorial script running as a subprocess; stdout read line by line."""
 
@@ -150,6 +154,10 @@ class Proc:
             text=True,
             bufsize=1,
             start_new_session=True,  # our signals only ever reach this process
+            # Ctrl+C must raise KeyboardInterrupt in the script even when this driver was
+            # started with SIGINT ignored (a shell's background job is): Python installs
+            # its handler only if SIGINT is not ignored when it starts.
+            preexec_fn=_default_sigint,
         )
         self.lines = []
         self.eof = False
