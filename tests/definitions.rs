@@ -225,3 +225,51 @@ async fn one_bad_entry_is_named_and_nothing_is_imported() {
     assert_eq!(export(&broker).await, before);
     broker.shutdown().await;
 }
+
+/// Vhost limits travel as RabbitMQ 3.10 exports them: a `parameters` entry with
+/// component `vhost-limits`, name `limits`; a component minimq does not know is refused,
+/// naming it, and nothing is imported.
+#[tokio::test]
+async fn vhost_limits_go_out_and_come_back_as_rabbitmq_parameters() {
+    let broker = start(None).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/vhost-limits/%2F/max-connections",
+        r#"{"value": 7}"#,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let ours = export(&broker).await;
+    assert_eq!(
+        ours["parameters"],
+        serde_json::json!([{"value": {"max-connections": 7}, "vhost": "/", "component": "vhost-limits", "name": "limits"}])
+    );
+
+    let second = start(None).await;
+    let mut file = ours.clone();
+    file["parameters"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"value": {"uri": "amqp://x"}, "vhost": "/", "component": "federation-upstream", "name": "up"}));
+    let r = send_json(&second, "POST", "/api/definitions", &file.to_string()).await;
+    assert_eq!(r.status, 400);
+    let why = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        why.contains("parameters[1]") && why.contains("federation-upstream"),
+        "{why}"
+    );
+    assert_eq!(
+        common::http::get(&second, "/api/vhost-limits").await,
+        serde_json::json!([])
+    );
+
+    let r = send_json(&second, "POST", "/api/definitions", &ours.to_string()).await;
+    assert_eq!(r.status, 204, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        common::http::get(&second, "/api/vhost-limits").await,
+        serde_json::json!([{"vhost": "/", "value": {"max-connections": 7}}])
+    );
+    broker.shutdown().await;
+    second.shutdown().await;
+}

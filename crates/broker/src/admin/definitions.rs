@@ -16,7 +16,7 @@ use crate::exchange::{Destination, ExchangeKind};
 use crate::policy::Policy;
 use crate::queue::{QueueArgs, QueueRef};
 use crate::server::BrokerState;
-use crate::vhost::{QueueSpec, VHost};
+use crate::vhost::{QueueSpec, VHost, VHostLimits};
 use crate::vhosts::VHostMetadata;
 use minimq_protocol::{FieldTable, FieldValue};
 
@@ -76,8 +76,19 @@ pub fn export(state: &BrokerState) -> Value {
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
+    let mut parameters = Vec::new();
     for v in &vhosts {
         export_vhost(v, &mut policies, &mut queues, &mut exchanges, &mut bindings);
+        // RabbitMQ keeps a vhost's limits as its runtime parameter `vhost-limits`/`limits`.
+        let limits = v.limits();
+        if limits != VHostLimits::default() {
+            parameters.push(json!({
+                "value": limits.to_json(),
+                "vhost": v.name(),
+                "component": LIMITS_COMPONENT,
+                "name": LIMITS_NAME,
+            }));
+        }
     }
     // RabbitMQ 3.10 exports a vhost's name only (its import still reads a description
     // and tags, here too).
@@ -91,7 +102,7 @@ pub fn export(state: &BrokerState) -> Value {
         "vhosts": vhosts,
         "permissions": permissions,
         "topic_permissions": [],
-        "parameters": [],
+        "parameters": parameters,
         "global_parameters": [],
         "policies": policies,
         "queues": queues,
@@ -167,6 +178,35 @@ struct Plan {
     exchanges: Vec<(String, String, String, bool, bool, bool, FieldTable)>,
     queues: Vec<(String, QueueSpec)>,
     bindings: Vec<(String, String, String, bool, String, FieldTable)>,
+    limits: Vec<(String, VHostLimits)>,
+}
+
+/// The runtime parameter RabbitMQ keeps a vhost's limits in: component and name.
+const LIMITS_COMPONENT: &str = "vhost-limits";
+const LIMITS_NAME: &str = "limits";
+
+/// A `parameters` entry. Of RabbitMQ's runtime parameters minimq knows the vhost limits;
+/// any other component (federation, shovel: plugins) is refused with RabbitMQ's text.
+fn vhost_limits(entry: &Value) -> Result<VHostLimits, String> {
+    let component = text(entry, "component")?;
+    if component != LIMITS_COMPONENT {
+        return Err(format!("component {component} not found"));
+    }
+    let Some(Value::Object(values)) = entry.get("value") else {
+        return Err("'value' must be a JSON object".into());
+    };
+    let mut limits = VHostLimits::default();
+    for (name, value) in values {
+        let slot = limits
+            .slot(name)
+            .ok_or_else(|| format!("Unrecognised terms [{name}] in limits"))?;
+        let n = value
+            .as_i64()
+            .ok_or_else(|| format!("'{name}' must be an integer, not {value}"))?;
+        // A negative limit is no limit, as with the API.
+        *slot = u64::try_from(n).ok();
+    }
+    Ok(limits)
 }
 
 fn entries<'a>(doc: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], String> {
@@ -228,6 +268,7 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         exchanges: Vec::new(),
         queues: Vec::new(),
         bindings: Vec::new(),
+        limits: Vec::new(),
     };
     // Each entry's errors name it: `section[i] ('name'): why`.
     let at =
@@ -264,6 +305,12 @@ fn plan(doc: &Value) -> Result<Plan, String> {
             vhost,
             Policy::parse(name, v).map_err(|e| at("policies", i, name, e.trim().to_string()))?,
         ));
+    }
+    for (i, v) in entries(doc, "parameters")?.iter().enumerate() {
+        let name = v.get("component").and_then(Value::as_str).unwrap_or("");
+        let vhost = vhost_of(v).map_err(|e| at("parameters", i, name, e))?;
+        let limits = vhost_limits(v).map_err(|e| at("parameters", i, name, e))?;
+        p.limits.push((vhost, limits));
     }
     for (i, v) in entries(doc, "exchanges")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("exchanges", i, "", e))?;
@@ -352,7 +399,8 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
         .chain(plan.policies.iter().map(|(v, _)| v))
         .chain(plan.exchanges.iter().map(|(v, ..)| v))
         .chain(plan.queues.iter().map(|(v, _)| v))
-        .chain(plan.bindings.iter().map(|(v, ..)| v));
+        .chain(plan.bindings.iter().map(|(v, ..)| v))
+        .chain(plan.limits.iter().map(|(v, _)| v));
     for v in named {
         if state.vhosts.get(v).is_none() && !plan.vhosts.iter().any(|(n, _)| n == v) {
             return Err(format!("vhost '{v}': no such vhost"));
@@ -394,6 +442,12 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
             .put_policy(policy)
             .await
             .map_err(|e| io(&format!("policy '{name}'"), e))?;
+    }
+    for (v, limits) in plan.limits {
+        vhost(&v)?
+            .set_limits(limits)
+            .await
+            .map_err(|e| io(&format!("limits of vhost '{v}'"), e))?;
     }
     for (v, name, kind, durable, auto_delete, internal, args) in plan.exchanges {
         let vhost = vhost(&v)?;
