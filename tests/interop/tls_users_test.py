@@ -302,8 +302,13 @@ def own_vhost():
                 conn.process_data_events(time_limit=0.2)
             raise Failure("the connection outlived its vhost")
         except pika.exceptions.ConnectionClosedByBroker as e:
-            expect((e.reply_code, e.reply_text),
-                   (320, f"CONNECTION_FORCED - vhost '{vhost}' is deleted"))
+            # RabbitMQ 3.10 closes with "is deleted", or with "is down" when the vhost's
+            # processes stop before its connections are closed (a race in RabbitMQ).
+            got = (e.reply_code, e.reply_text)
+            log(f"    {got}")
+            check(got in [(320, f"CONNECTION_FORCED - vhost '{vhost}' is {how}")
+                          for how in ("deleted", "down")],
+                  f"got {got!r}, want 320 CONNECTION_FORCED - vhost '{vhost}' is deleted")
     finally:
         try:
             api("DELETE", f"/api/vhosts/{quoted(vhost)}")
