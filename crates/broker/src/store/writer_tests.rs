@@ -20,8 +20,6 @@ use super::writer::{Op, Writer};
 use super::FsyncMode;
 
 const WAIT: Duration = Duration::from_secs(10);
-/// How long something that must not happen is given to happen anyway.
-const QUIET: Duration = Duration::from_millis(300);
 
 /// The `before_sync` hook: records every sync's segment and, while held, keeps the
 /// sync in progress.
@@ -90,6 +88,8 @@ struct Harness {
     thread: Option<JoinHandle<()>>,
     fail: Arc<AtomicBool>,
     poisoned: Arc<AtomicBool>,
+    /// The writer's fault flag: set once it has handled a failed write or sync.
+    faulted: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> Harness {
@@ -103,6 +103,7 @@ fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> H
     index.live.segments.entry(1).or_default();
     let fail = Arc::new(AtomicBool::new(false));
     let poisoned = Arc::new(AtomicBool::new(false));
+    let faulted = Arc::new(tokio::sync::watch::Sender::new(false));
     let (tx, rx) = mpsc::unbounded_channel();
     let w = Writer {
         disk,
@@ -114,7 +115,7 @@ fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> H
         fsync,
         index: Arc::new(Mutex::new(index)),
         poisoned: poisoned.clone(),
-        faulted: Arc::new(tokio::sync::watch::Sender::new(false)),
+        faulted: faulted.clone(),
         wake: Some(tx.downgrade()),
         unsynced: Default::default(),
         fail_syncs: Some(fail.clone()),
@@ -130,10 +131,21 @@ fn start(name: &str, fsync: FsyncMode, segment_size: u64, gate: &Arc<Gate>) -> H
         thread: Some(thread),
         fail,
         poisoned,
+        faulted,
     }
 }
 
 impl Harness {
+    /// Waits until the writer has handled a failed write or sync (its fault flag is up):
+    /// whatever it would wrongly answer on the failure, it has answered by then.
+    fn wait_faulted(&self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !*self.faulted.borrow() {
+            assert!(std::time::Instant::now() < deadline, "no fault was raised");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Appends a 100-octet record; `seq` hears when it is durable.
     fn append(&self, seq: u64) {
         self.append_sized(seq, 100);
@@ -250,7 +262,7 @@ fn a_record_written_during_a_sync_is_confirmed_only_by_a_later_sync() {
     h.fail.store(true, Ordering::SeqCst);
     gate.release();
     assert_eq!(h.confirms(1), vec![(1, true)]);
-    std::thread::sleep(QUIET);
+    h.wait_faulted();
     assert!(h.confirms_now().is_empty(), "withheld while syncs fail");
     assert!(
         !h.poisoned.load(Ordering::SeqCst),
@@ -276,7 +288,7 @@ fn a_failed_sync_withholds_its_waiters_until_their_records_are_synced_on_a_new_s
     let synced = h.segment_len();
     h.fail.store(true, Ordering::SeqCst);
     h.append(2);
-    std::thread::sleep(QUIET);
+    h.wait_faulted();
     assert!(h.confirms_now().is_empty());
     h.fail.store(false, Ordering::SeqCst);
     assert_eq!(h.confirms(1), vec![(2, true)]);
