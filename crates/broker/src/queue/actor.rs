@@ -371,38 +371,63 @@ impl QueueActor {
     /// that would loop without a rejection in the loop (then it is dropped, as in
     /// RabbitMQ).
     fn dead_letter(&mut self, message: &Arc<Message>, reason: Reason) {
-        let args = &self.args;
-        let Some(dlx) = args.dead_letter_exchange.as_deref() else {
+        let Some(dlx) = self.args.dead_letter_exchange.clone() else {
             return;
         };
-        let queue = self.handle.name();
-        let dead = Arc::new(deadletter::dead_letter(
+        let dead = self.dead_copy(message, reason, &dlx);
+        match self.dead_letter_targets(&dlx, &dead, message, reason) {
+            Ok((targets, _)) => {
+                for target in targets {
+                    target.publish_now(vec![Publish {
+                        message: dead.clone(),
+                        confirm: None,
+                    }]);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.handle.name(), dlx, error = %e.text, "dead-letter exchange unusable; message dropped");
+            }
+        }
+    }
+
+    /// The dead letter of `message`, for the queue's dead-letter exchange `dlx`.
+    fn dead_copy(&self, message: &Message, reason: Reason, dlx: &str) -> Arc<Message> {
+        Arc::new(deadletter::dead_letter(
             message,
-            queue,
+            self.handle.name(),
             reason,
             dlx,
-            args.dead_letter_routing_key.as_deref(),
-        ));
-        let mut targets = Vec::new();
-        if let Err(e) = self.host.route(
+            self.args.dead_letter_routing_key.as_deref(),
+        ))
+    }
+
+    /// Where `dead` (the dead letter of `original`) goes: the queues `dlx` routes it to,
+    /// less those that would close a dead-letter cycle (dropped, as RabbitMQ does, unless
+    /// the client rejected it). The flag says a route existed and every one was a cycle.
+    fn dead_letter_targets(
+        &self,
+        dlx: &str,
+        dead: &Message,
+        original: &Message,
+        reason: Reason,
+    ) -> crate::error::AmqpResult<(Vec<QueueHandle>, bool)> {
+        let mut routed = Vec::new();
+        self.host.route(
             dlx,
             &dead.routing_key,
             dead.properties.headers.as_ref(),
-            &mut targets,
-        ) {
-            tracing::warn!(queue = %queue, dlx, error = %e.text, "dead-letter exchange unusable; message dropped");
-            return;
-        }
-        for target in targets {
-            if reason != Reason::Rejected && deadletter::is_cycle(message, target.name()) {
-                tracing::debug!(queue = %queue, target = %target.name(), "dead-letter cycle; message dropped");
-                continue;
+            &mut routed,
+        )?;
+        let any = !routed.is_empty();
+        routed.retain(|target| {
+            let cycle = reason != Reason::Rejected && deadletter::is_cycle(original, target.name());
+            if cycle {
+                tracing::debug!(queue = %self.handle.name(), target = %target.name(), "dead-letter cycle; message dropped");
             }
-            target.publish_now(vec![Publish {
-                message: dead.clone(),
-                confirm: None,
-            }]);
-        }
+            !cycle
+        });
+        let only_cycles = any && routed.is_empty();
+        Ok((routed, only_cycles))
     }
 
     /// Notes that `entry` left the queue for good.
@@ -947,13 +972,7 @@ impl QueueActor {
             self.forget(&entry);
             return;
         };
-        let dead = Arc::new(deadletter::dead_letter(
-            &original,
-            self.handle.name(),
-            reason,
-            dlx,
-            self.args.dead_letter_routing_key.as_deref(),
-        ));
+        let dead = self.dead_copy(&original, reason, dlx);
         let held = HeldDeadLetter {
             entry,
             original,
@@ -978,26 +997,20 @@ impl QueueActor {
             }
             return;
         };
-        let mut targets = Vec::new();
-        if let Err(e) = self.host.route(
-            &dlx,
-            &dead.routing_key,
-            dead.properties.headers.as_ref(),
-            &mut targets,
-        ) {
-            tracing::warn!(queue = %self.handle.name(), dlx, error = %e.text, "dead-letter exchange unusable; trying again later");
-        }
         let (original, reason) = match self.dead_letters.held(id) {
             Some(h) => (h.original.clone(), h.reason),
             None => return,
         };
-        let mut sent = false;
-        let mut only_cycles = !targets.is_empty();
-        for target in targets {
-            if reason != Reason::Rejected && deadletter::is_cycle(&original, target.name()) {
-                continue;
+        let (targets, only_cycles) = match self.dead_letter_targets(&dlx, &dead, &original, reason)
+        {
+            Ok(routed) => routed,
+            Err(e) => {
+                tracing::warn!(queue = %self.handle.name(), dlx, error = %e.text, "dead-letter exchange unusable; trying again later");
+                (Vec::new(), false)
             }
-            only_cycles = false;
+        };
+        let mut sent = false;
+        for target in targets {
             if taken.iter().any(|t| t == target.name()) {
                 continue;
             }
