@@ -300,7 +300,8 @@ impl QueueActor {
             let deadline = self.ready.front().and_then(|e| e.expires_at);
             let unused_until = self.unused_deadline();
             let holding = !self.dead_letters.is_empty();
-            let retry_at = self.dead_letters.next_retry();
+            // Only a queue holding dead letters has a retry to wait for (no scan otherwise).
+            let retry_at = holding.then(|| self.dead_letters.next_retry()).flatten();
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
