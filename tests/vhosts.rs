@@ -54,6 +54,18 @@ async fn put_user(broker: &Broker, name: &str, tags: &str) {
     assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
 }
 
+/// Gives `user` the permission `configure` (write and read `.*`) on `vhost` (URL-encoded).
+async fn grant(broker: &Broker, vhost: &str, user: &str, configure: &str) {
+    let r = send_json(
+        broker,
+        "PUT",
+        &format!("/api/permissions/{vhost}/{user}"),
+        &format!(r#"{{"configure":"{configure}","write":".*","read":".*"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+}
+
 #[tokio::test]
 async fn connection_open_to_a_missing_vhost_is_530_vhost_not_found() {
     let broker = start(None).await;
@@ -80,14 +92,7 @@ async fn connection_open_without_a_permission_on_the_vhost_is_530_access_refused
     let broker = start(None).await;
     assert_eq!(add_vhost(&broker, "v1").await, 201);
     put_user(&broker, "only-root", "").await;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/permissions/%2F/only-root",
-        r#"{"configure":".*","write":".*","read":".*"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    grant(&broker, "%2F", "only-root", ".*").await;
     let (c, answer) = Client::open_vhost_as(broker.local_addr(), "only-root", "pw", "v1").await;
     match answer {
         Method::ConnectionClose(close) => assert_eq!(
@@ -381,14 +386,7 @@ async fn monitoring_lists_every_vhost_and_management_only_its_own() {
     put_user(&broker, "mon", "monitoring").await;
     put_user(&broker, "mgmt", "management").await;
     for user in ["mon", "mgmt"] {
-        let r = send_json(
-            &broker,
-            "PUT",
-            &format!("/api/permissions/v1/{user}"),
-            r#"{"configure":".*","write":".*","read":".*"}"#,
-        )
-        .await;
-        assert_eq!(r.status, 201);
+        grant(&broker, "v1", user, ".*").await;
     }
     let root = common::connect(&broker).await;
     amqp::declare(&amqp::open(&root).await, "in-root").await;
@@ -534,14 +532,7 @@ async fn refusals_inside_a_connection_name_its_vhost() {
     let broker = start(None).await;
     assert_eq!(add_vhost(&broker, "v1").await, 201);
     put_user(&broker, "limited", "").await;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/permissions/v1/limited",
-        r#"{"configure":"^c-","write":".*","read":".*"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    grant(&broker, "v1", "limited", "^c-").await;
     let (mut c, answer) = Client::open_vhost_as(broker.local_addr(), "limited", "pw", "v1").await;
     assert!(matches!(answer, Method::ConnectionOpenOk(_)), "{answer:?}");
     c.open_channel(1).await;
