@@ -10,6 +10,11 @@
 //! I/O error, no file descriptor), followed by [`Alarms::follow_store_faults`]; it is on
 //! while either source is.
 //!
+//! Before the alarm, memory pressure: past [`PAGING_RATIO`] of the watermark the monitor
+//! turns the store's [`Pressure`] signal on (given by [`Alarms::page_with`]), and queues
+//! page their messages out to the log, so that transient messages are bounded by disk,
+//! not by the watermark; under it again, off.
+//!
 //! Readers: a connection that publishes checks [`Alarms::any`] (one atomic load) and
 //! stops reading its socket while it is set, waiting on [`Alarms::subscribe`] for the
 //! change; the management API reads [`Alarms::snapshot`] for its health checks, the
@@ -23,6 +28,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Watermark;
+use crate::store::Pressure;
+
+/// Queues page out past this fraction of the memory high watermark: RabbitMQ's default
+/// `vm_memory_high_watermark_paging_ratio`. Half leaves the other half for what paging
+/// cannot move (each queued message's index entry, the log's write buffer, reads back),
+/// so a flood with nobody consuming reaches the watermark only after millions of
+/// messages, and what is in memory when paging starts is out again long before it.
+pub const PAGING_RATIO: f64 = 0.5;
 
 /// How often resident memory is sampled. A read of `/proc/self/statm` costs a few
 /// microseconds; at loopback publish rates (a few hundred MB/s) 50 ms lets a flood go at
@@ -187,6 +200,8 @@ pub struct Alarms {
     changes: watch::Sender<AlarmSet>,
     /// Set by [`Alarms::stop_monitor`]: the thread exits at its next sample.
     stopped: AtomicBool,
+    /// The store's paging signal, when there is a store ([`Alarms::page_with`]).
+    pressure: std::sync::OnceLock<Arc<Pressure>>,
 }
 
 impl Alarms {
@@ -205,6 +220,7 @@ impl Alarms {
             disk_sampled: AtomicBool::new(false),
             changes: watch::channel(AlarmSet::default()).0,
             stopped: AtomicBool::new(false),
+            pressure: std::sync::OnceLock::new(),
         }
     }
 
@@ -247,6 +263,7 @@ impl Alarms {
             let used = self.mem_used.load(Ordering::Relaxed);
             self.set(Resource::Memory, octets > 0 && used > octets);
         }
+        self.follow_paging();
     }
 
     /// Sets the free disk limit, octets (0: no disk alarm). The alarm follows at once
@@ -258,6 +275,24 @@ impl Alarms {
             let free = self.disk_free.load(Ordering::Relaxed);
             self.set(Resource::Disk, octets > 0 && free < octets);
         }
+    }
+
+    /// Drives `pressure` from the memory readings from now on (see the module docs).
+    pub fn page_with(&self, pressure: Arc<Pressure>) {
+        let _ = self.pressure.set(pressure);
+        self.follow_paging();
+    }
+
+    /// Turns the paging signal on while memory in use is over [`PAGING_RATIO`] of the
+    /// watermark (never without a memory watermark or a reading).
+    fn follow_paging(&self) {
+        let Some(pressure) = self.pressure.get() else {
+            return;
+        };
+        let limit = self.mem_limit.load(Ordering::Relaxed);
+        let used = self.mem_used.load(Ordering::Relaxed);
+        let sampled = self.mem_sampled.load(Ordering::Relaxed);
+        pressure.set(sampled && limit > 0 && used as f64 > limit as f64 * PAGING_RATIO);
     }
 
     /// Raises or clears `resource`'s alarm, logging and announcing a change.
@@ -340,6 +375,7 @@ impl Alarms {
             self.mem_sampled.store(true, Ordering::Relaxed);
             let limit = self.mem_limit.load(Ordering::Relaxed);
             self.set(Resource::Memory, limit > 0 && used > limit);
+            self.follow_paging();
         }
         if let Some(dir) = disk_dir {
             if let Some(free) = probe.disk_free(dir) {

@@ -185,6 +185,7 @@ impl BrokerBuilder {
         )?;
         if let Some(store) = &store {
             alarms.follow_store_faults(store.faults());
+            alarms.page_with(store.pressure().clone());
         }
         let params = store.as_ref().map(|s| s.take_params()).unwrap_or_default();
         let topology = store.as_ref().map(|s| s.topology()).unwrap_or_default();

@@ -13,6 +13,15 @@
 //! when the queue has a delivery limit, what the client rejected too — waits in a
 //! "returns" stretch at the head, in the order it came back; without a delivery limit a
 //! rejected, nacked or recovered message goes to the tail.
+//!
+//! Paging: a message is held in memory or, by its id in the message store, only on disk
+//! ([`Held`]). A durable queue pages its persistent messages out past its memory budget.
+//! Under memory pressure (the store's [`Pressure`] signal, set by the memory monitor) any
+//! queue, durable or not, keeps only its first [`PAGING_HEAD`] ready messages in memory:
+//! the others are paged out, a transient one (or any message of a non-durable queue) as
+//! a transient record, which is released when the queue lets go of it and which no
+//! restart brings back. When the signal turns on, the backlog already in memory is paged
+//! out too. A broker without a store cannot page: the memory alarm is its only bound.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -30,15 +39,21 @@ use super::{
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::store::idhash::IdMap;
-use crate::store::{RecoveredMessage, Store, PAGE_OVERHEAD};
+use crate::store::{Pressure, RecoveredMessage, Store, PAGE_OVERHEAD};
 
 /// Most commands handled before the queue's bookkeeping (settle records for the log,
 /// the counts the management API reads) runs once for all of them.
 const COMMAND_BATCH: usize = 64;
 
-/// A queued message's content: in memory, or — for a persistent message of a durable
-/// queue past its memory budget — only in the log, by store message id, read back just
-/// before it is delivered.
+/// Under memory pressure, how many ready messages at the head a queue keeps in memory:
+/// what one page-in reads back at most, so consumers are served from memory while the
+/// next batch is read.
+pub(super) const PAGING_HEAD: usize = 256;
+
+/// A queued message's content: in memory, or only in the log, by store message id, read
+/// back just before it is delivered: a persistent message of a durable queue past its
+/// memory budget (its own message record), or any message under memory pressure (a
+/// transient record of the queue's own when the entry is not `persisted`).
 enum Held {
     Mem(Arc<Message>),
     Disk(u64),
@@ -159,11 +174,17 @@ pub struct QueueActor {
     /// The registry holding the queue: where dead letters are routed, and what forgets
     /// the queue when it deletes itself.
     host: Arc<dyn QueueHost>,
-    /// The message store, for a durable queue of a broker that has one.
+    /// The broker's message store, if it has one: a durable queue logs its persistent
+    /// messages there, and any queue pages out to it under memory pressure.
     store: Option<Arc<Store>>,
+    /// The store's memory pressure signal, and its changes (`None` without a store).
+    pressure: Option<(Arc<Pressure>, tokio::sync::watch::Receiver<bool>)>,
     /// Persisted messages that left the queue during the current command; logged as one
     /// settle record when the command is done.
     settled: Vec<u64>,
+    /// Transient records the queue let go of during the current command; released with
+    /// the settle record.
+    released: Vec<u64>,
     ready: VecDeque<Entry>,
     /// How many entries at the head of `ready` are a quorum queue's returns (see the
     /// module docs); always 0 in a classic queue.
@@ -197,7 +218,6 @@ pub fn spawn(
     store: Option<Arc<Store>>,
     recovered: Vec<RecoveredMessage>,
 ) {
-    let store = store.filter(|_| handle.info().store_id.is_some());
     let now = Instant::now();
     let args = handle.info().effective_args();
     let ttl = args.message_ttl;
@@ -230,12 +250,20 @@ pub fn spawn(
         ready.make_contiguous().sort_by_key(Entry::key);
     }
     let memory_budget = store.as_ref().map_or(u64::MAX, |s| s.queue_memory());
+    let pressure = store.as_ref().map(|s| {
+        let p = s.pressure().clone();
+        let mut rx = p.subscribe();
+        rx.mark_unchanged();
+        (p, rx)
+    });
     let actor = QueueActor {
         args,
         handle,
         host,
         store,
+        pressure,
         settled: Vec::new(),
+        released: Vec::new(),
         ready,
         returns: 0,
         totals,
@@ -332,6 +360,13 @@ impl QueueActor {
                     self.publish_stats();
                     continue;
                 }
+                on = pressure_on(&mut self.pressure) => {
+                    if on {
+                        self.page_out_backlog();
+                        self.publish_stats();
+                    }
+                    continue;
+                }
                 _ = sleep_until_opt(unused_until), if unused_until.is_some() => {
                     if self.unused_deadline().is_some_and(|d| Instant::now() >= d) {
                         tracing::debug!(queue = %self.handle.name(), "unused for x-expires; deleting");
@@ -359,6 +394,12 @@ impl QueueActor {
             if !alive {
                 break;
             }
+        }
+        // Its paged-out transient messages go with it.
+        let paged = self.ready.iter().filter_map(transient_record);
+        self.released.extend(paged);
+        if let Some(store) = &self.store {
+            store.release(std::mem::take(&mut self.released));
         }
         // Gone: answer whatever is still queued so nobody waits forever.
         rx.close();
@@ -436,9 +477,15 @@ impl QueueActor {
         if entry.persisted {
             self.settled.push(entry.seq);
         }
+        self.released.extend(transient_record(entry));
     }
 
     fn log_settled(&mut self) {
+        if !self.released.is_empty() {
+            if let Some(store) = &self.store {
+                store.release(std::mem::take(&mut self.released));
+            }
+        }
         if self.settled.is_empty() {
             return;
         }
@@ -744,7 +791,7 @@ impl QueueActor {
         let seq = self.next_seq;
         self.next_seq += 1;
         // A quorum queue keeps every message in the log, as RabbitMQ's (a Raft log) does.
-        let persisted = self.store.is_some()
+        let persisted = self.handle.info().store_id.is_some()
             && (message.is_persistent() || self.args.queue_type == QueueType::Quorum);
         let mut confirm = confirm;
         if persisted {
@@ -811,7 +858,7 @@ impl QueueActor {
     /// at the tail when the caller knows that is its place. A persistent message is
     /// kept on disk only when the queue is over its memory budget.
     fn insert_ready(&mut self, mut entry: Entry, at_tail: bool) {
-        self.page_out_over_budget(&mut entry);
+        self.page_out_on_insert(&mut entry);
         self.totals.add(&entry);
         if at_tail {
             self.ready.push_back(entry);
@@ -824,24 +871,46 @@ impl QueueActor {
     /// Puts a quorum queue's returned entry at the end of the returns stretch at the head
     /// of the ready list (see the module docs).
     fn insert_return(&mut self, mut entry: Entry) {
-        self.page_out_over_budget(&mut entry);
+        self.page_out_on_insert(&mut entry);
         self.totals.add(&entry);
         self.ready.insert(self.returns, entry);
         self.returns += 1;
     }
 
-    /// Keeps a persistent entry on disk only when the queue is over its memory budget.
-    fn page_out_over_budget(&self, entry: &mut Entry) {
-        if entry.persisted && self.totals.mem + entry.mem_cost() > self.memory_budget {
-            if let (Held::Mem(m), Some(store)) = (&entry.held, &self.store) {
-                let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
-                // During a store fault the record may not be written yet: a read would
-                // wait for the rewrite, so the message stays in memory (publishers are
-                // blocked meanwhile, which bounds it).
-                if let (Some(id), false) = (id, store.is_poisoned() || store.is_faulted()) {
-                    entry.held = Held::Disk(id);
-                }
+    /// Keeps an entry on its way into the ready list on disk only: a persistent one when
+    /// the queue is over its memory budget, any one past the in-memory head under memory
+    /// pressure. (The pressure is read only once the head is full: one load, and none at
+    /// all for a queue that keeps up.)
+    fn page_out_on_insert(&self, entry: &mut Entry) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let over_budget =
+            entry.persisted && self.totals.mem + entry.mem_cost() > self.memory_budget;
+        let pressed =
+            self.ready.len() >= PAGING_HEAD && self.pressure.as_ref().is_some_and(|(p, _)| p.on());
+        if over_budget || pressed {
+            page_out(store, entry);
+        }
+    }
+
+    /// Memory pressure set in: pages out every ready message in memory past the head
+    /// (new ones are paged out as they come, [`QueueActor::page_out_on_insert`]).
+    fn page_out_backlog(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let mut paged = 0u64;
+        for e in self.ready.iter_mut().skip(PAGING_HEAD) {
+            if let Held::Mem(_) = e.held {
+                self.totals.remove(e);
+                page_out(store, e);
+                paged += u64::from(matches!(e.held, Held::Disk(_)));
+                self.totals.add(e);
             }
+        }
+        if paged > 0 {
+            tracing::debug!(queue = %self.handle.name(), paged, "memory pressure: backlog paged out");
         }
     }
 
@@ -898,6 +967,13 @@ impl QueueActor {
                 Some(m) => {
                     let e = &mut self.ready[slot];
                     self.totals.remove(e);
+                    if !e.persisted {
+                        // Back in memory: its transient record is not needed any more
+                        // (paged out again, it gets a new one), and the message is not
+                        // the store's to log under that id.
+                        self.released.push(msg_id);
+                        *m.store_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
                     e.held = Held::Mem(Arc::new(m));
                     self.totals.add(e);
                 }
@@ -913,6 +989,7 @@ impl QueueActor {
                 }
                 self.totals.remove(&e);
                 self.unreadable(&e, msg_id, "delivery");
+                self.released.extend(transient_record(&e));
             }
         }
     }
@@ -936,22 +1013,31 @@ impl QueueActor {
     /// Dead-letters a message that left the queue, reading it back first if it was
     /// paged out (only when there is a dead-letter exchange to send it to), and forgets
     /// it — at once, or with at-least-once dead-lettering when its targets took it.
-    fn dead_letter_entry(&mut self, entry: Entry, reason: Reason) {
+    fn dead_letter_entry(&mut self, mut entry: Entry, reason: Reason) {
         if self.args.dead_letter_exchange.is_none() {
             self.forget(&entry);
             return;
         }
-        let message = match &entry.held {
-            Held::Mem(m) => m.clone(),
+        let message = match entry.held {
+            Held::Mem(ref m) => m.clone(),
             Held::Disk(id) => {
                 let read = self
                     .store
                     .as_ref()
-                    .and_then(|store| read_in_place(store, *id));
+                    .and_then(|store| read_in_place(store, id));
                 match read {
+                    // A transient record is let go of at once: the dead letter, held
+                    // or not, goes on from memory (the entry has left the ready list).
+                    Some(m) if !entry.persisted => {
+                        self.released.push(id);
+                        *m.store_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        let m = Arc::new(m);
+                        entry.held = Held::Mem(m.clone());
+                        m
+                    }
                     Some(m) => Arc::new(m),
                     None => {
-                        self.unreadable(&entry, *id, "dead-lettering");
+                        self.unreadable(&entry, id, "dead-lettering");
                         self.forget(&entry);
                         return;
                     }
@@ -1306,6 +1392,46 @@ impl QueueActor {
                 }
             }
         }
+    }
+}
+
+/// Keeps `entry` on disk only (see [`Held`]): a persistent message under its own message
+/// record, any other as a transient record of its own. During a store fault the record
+/// may not be written yet: a read would wait for the rewrite, so the message stays in
+/// memory (publishers are blocked meanwhile, which bounds it).
+fn page_out(store: &Store, entry: &mut Entry) {
+    let Held::Mem(m) = &entry.held else {
+        return;
+    };
+    if entry.persisted {
+        let id = *m.store_id.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(id), false) = (id, store.is_poisoned() || store.is_faulted()) {
+            entry.held = Held::Disk(id);
+        }
+    } else if let Some(id) = store.page_out(m) {
+        entry.held = Held::Disk(id);
+    }
+}
+
+/// The transient record `e` is held by, if it is one.
+fn transient_record(e: &Entry) -> Option<u64> {
+    match e.held {
+        Held::Disk(id) if !e.persisted => Some(id),
+        _ => None,
+    }
+}
+
+/// Resolves when the memory pressure signal changes, with its new value; never without a
+/// store (or once the store is gone).
+async fn pressure_on(
+    pressure: &mut Option<(Arc<Pressure>, tokio::sync::watch::Receiver<bool>)>,
+) -> bool {
+    match pressure {
+        Some((_, rx)) => match rx.changed().await {
+            Ok(()) => *rx.borrow_and_update(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -613,3 +613,158 @@ async fn at_least_once_without_reject_publish_is_at_most_once() {
     assert_eq!(sent.len(), 1);
     assert!(sent[0].confirm.is_none());
 }
+
+/// Under memory pressure, one more than the in-memory head: the messages a test publishes
+/// so that some are paged out.
+const PAST_HEAD: usize = super::actor::PAGING_HEAD + 44;
+
+/// Publishes `m0`, `m1`, ... `m{n-1}`, transient.
+async fn publish_numbered(q: &TestQueue, n: usize) {
+    for i in 0..n {
+        q.publish(&format!("m{i}")).await;
+    }
+}
+
+fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("m{i}")).collect()
+}
+
+/// Under memory pressure a non-durable queue keeps its head in memory and pages the
+/// transient messages behind it out to the store; a consumer gets every one, in order,
+/// and once they are acked no record of them is left live.
+#[tokio::test]
+async fn under_pressure_a_non_durable_queue_pages_transient_messages_out_and_back() {
+    let store = TempStore::open(u64::MAX);
+    store.pressure(true);
+    let q = TestQueue::start_beside(FieldTable::new(), &store).await;
+    publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(q.counts().await, counts(PAST_HEAD as u32, 0, 0));
+    assert_eq!(q.stat(|s| &s.paged_out), 44);
+    assert_eq!(store.live_records().await, 44);
+    let mut c = q.consume(0).await;
+    let mut got = Vec::new();
+    for _ in 0..PAST_HEAD {
+        let d = c.next().await;
+        got.push(body(&d.message));
+        q.ack(&[&d]);
+    }
+    assert_eq!(got, numbered(0..PAST_HEAD));
+    assert_eq!(q.counts().await, counts(0, 0, 1));
+    assert_eq!(q.stat(|s| &s.paged_out), 0);
+    assert_eq!(
+        store.live_records().await,
+        0,
+        "every transient record released"
+    );
+}
+
+/// When memory pressure sets in, the backlog a queue already holds in memory is paged
+/// out too (past the head), not only what comes after; `basic.get` reads it back in
+/// order.
+#[tokio::test]
+async fn pressure_setting_in_pages_out_the_backlog_in_memory() {
+    let store = TempStore::open(u64::MAX);
+    let q = TestQueue::start_beside(FieldTable::new(), &store).await;
+    publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(q.counts().await, counts(PAST_HEAD as u32, 0, 0));
+    assert_eq!(q.stat(|s| &s.paged_out), 0, "no pressure, nothing paged");
+    store.pressure(true);
+    // The queue sees the change between commands: each answered one is a chance.
+    for _ in 0..100 {
+        if q.stat(|s| &s.paged_out) == 44 {
+            break;
+        }
+        q.counts().await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(q.stat(|s| &s.paged_out), 44);
+    assert_eq!(q.drain().await, numbered(0..PAST_HEAD));
+    assert_eq!(store.live_records().await, 0);
+}
+
+/// Purging or deleting a queue with paged-out transient messages releases their
+/// records.
+#[tokio::test]
+async fn purge_and_delete_release_paged_out_transient_messages() {
+    let store = TempStore::open(u64::MAX);
+    store.pressure(true);
+    let q = TestQueue::start_beside(FieldTable::new(), &store).await;
+    publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(store.live_records().await, 44);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    assert!(q.handle.send(super::QueueCommand::Purge { reply }).await);
+    assert_eq!(answer.await.unwrap(), PAST_HEAD as u32);
+    assert_eq!(store.live_records().await, 0, "purge releases them");
+
+    publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(store.live_records().await, 44);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let delete = super::QueueCommand::Delete {
+        if_unused: false,
+        if_empty: false,
+        reply,
+    };
+    assert!(q.handle.send(delete).await);
+    assert_eq!(answer.await.unwrap().unwrap(), PAST_HEAD as u32);
+    q.stopped().await;
+    assert_eq!(store.live_records().await, 0, "deletion releases them");
+}
+
+/// A priority queue under pressure: a higher-priority message published behind a
+/// paged-out backlog is paged out too (the head is full) and still comes first.
+#[tokio::test]
+async fn under_pressure_a_priority_queue_delivers_a_paged_out_high_priority_first() {
+    let store = TempStore::open(u64::MAX);
+    store.pressure(true);
+    let q = TestQueue::start_beside(args(&[("x-max-priority", FieldValue::I32(5))]), &store).await;
+    publish_numbered(&q, PAST_HEAD).await;
+    let urgent = BasicProperties {
+        priority: Some(5),
+        ..BasicProperties::default()
+    };
+    q.publish_with("urgent", urgent).await;
+    assert_eq!(q.counts().await, counts(PAST_HEAD as u32 + 1, 0, 0));
+    assert_eq!(q.stat(|s| &s.paged_out), 45);
+    let mut expected = vec!["urgent".to_string()];
+    expected.extend(numbered(0..PAST_HEAD));
+    assert_eq!(q.drain().await, expected);
+    assert_eq!(store.live_records().await, 0);
+}
+
+/// Paged-out transient messages expire at their TTL and are dead-lettered (read back
+/// for it); their records are released.
+#[tokio::test]
+async fn paged_out_transient_messages_expire_and_are_dead_lettered() {
+    tokio::time::pause();
+    let store = TempStore::open(u64::MAX);
+    store.pressure(true);
+    let q = TestQueue::start_beside(
+        args(&[("x-message-ttl", FieldValue::I32(100)), dlx()]),
+        &store,
+    )
+    .await;
+    publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(q.counts().await, counts(PAST_HEAD as u32, 0, 0));
+    assert_eq!(q.stat(|s| &s.paged_out), 44);
+    tokio::time::advance(Duration::from_millis(101)).await;
+    assert_eq!(q.counts().await, counts(0, 0, 0));
+    let dead: Vec<String> = q.host.dead_letters().into_iter().map(|(b, _)| b).collect();
+    assert_eq!(dead, numbered(0..PAST_HEAD));
+    assert_eq!(store.live_records().await, 0);
+}
+
+/// A requeued message goes back to its place under pressure as without it; every
+/// message is still delivered once more, in order.
+#[tokio::test]
+async fn under_pressure_requeued_messages_return_to_their_place() {
+    let store = TempStore::open(u64::MAX);
+    store.pressure(true);
+    let q = TestQueue::start_beside(FieldTable::new(), &store).await;
+    publish_numbered(&q, PAST_HEAD).await;
+    let first = q.get(false).await.unwrap();
+    let second = q.get(false).await.unwrap();
+    q.settle(vec![first.msg_id, second.msg_id], true, false)
+        .await;
+    assert_eq!(q.drain().await, numbered(0..PAST_HEAD));
+    assert_eq!(store.live_records().await, 0);
+}

@@ -154,6 +154,18 @@ impl TempStore {
         TempStore { store, dir }
     }
 
+    /// Turns the memory pressure signal on or off, as the memory monitor does.
+    pub fn pressure(&self, on: bool) {
+        self.store.pressure().set(on);
+    }
+
+    /// Live message records in the store (persistent ones and paged-out transient ones),
+    /// once everything handed to it so far is applied.
+    pub async fn live_records(&self) -> usize {
+        assert!(self.store.sync().await);
+        self.store.live_messages()
+    }
+
     /// Damages the log record of the message whose body contains `marker` (one octet
     /// of it flipped: its checksum no longer matches), as a bad disk would. The record
     /// must be written already (its publish confirmed).
@@ -213,16 +225,31 @@ impl TestQueue {
         Self::spawn(arguments, Some(store.store.clone())).await
     }
 
+    /// A non-durable queue "q" of a broker whose store is `store` (where it pages out to
+    /// under memory pressure).
+    pub async fn start_beside(arguments: FieldTable, store: &TempStore) -> TestQueue {
+        Self::spawn_with(arguments, Some(store.store.clone()), false).await
+    }
+
     async fn spawn(arguments: FieldTable, store: Option<Arc<Store>>) -> TestQueue {
+        let durable = store.is_some();
+        Self::spawn_with(arguments, store, durable).await
+    }
+
+    async fn spawn_with(
+        arguments: FieldTable,
+        store: Option<Arc<Store>>,
+        durable: bool,
+    ) -> TestQueue {
         let parsed = QueueArgs::parse(crate::queue::QueueRef::new("q", "/"), &arguments).unwrap();
         let store_id = match &store {
-            Some(s) => Some(s.add_queue("/", "q", false, &arguments).await.unwrap()),
-            None => None,
+            Some(s) if durable => Some(s.add_queue("/", "q", false, &arguments).await.unwrap()),
+            _ => None,
         };
         let (handle, inbox) = QueueHandle::new(
             "/".into(),
             "q".into(),
-            store.is_some(),
+            durable,
             None,
             false,
             arguments,

@@ -39,6 +39,9 @@ const T_REMOVE_EXCHANGE: u8 = 13;
 const T_REMOVE_BINDING: u8 = 14;
 const T_PARAM: u8 = 15;
 const T_REMOVE_PARAM: u8 = 16;
+/// A transient message paged out of memory: a message record's layout, never restored
+/// (recovery counts it and passes over it). Written since paging of transient messages.
+const T_TRANSIENT: u8 = 17;
 
 /// A durable exchange's definition, kept in the meta file.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,12 +208,17 @@ pub fn check_record(buf: &[u8]) -> Result<(u8, usize), RecordError> {
 
 /// Whether `kind` is a record type this version writes.
 pub fn is_known_kind(kind: u8) -> bool {
-    (T_MESSAGE..=T_OPENED).contains(&kind)
+    (T_MESSAGE..=T_OPENED).contains(&kind) || kind == T_TRANSIENT
 }
 
-/// Whether a record type is a message record.
+/// Whether a record type holds a message (a persistent one, or a paged-out transient one).
 pub fn is_message(kind: u8) -> bool {
-    kind == T_MESSAGE
+    kind == T_MESSAGE || kind == T_TRANSIENT
+}
+
+/// Whether a record type is a paged-out transient message, which recovery passes over.
+pub fn is_transient(kind: u8) -> bool {
+    kind == T_TRANSIENT
 }
 
 /// What a queue needs to know of a stored message without holding it: enough to order,
@@ -481,7 +489,8 @@ impl Record {
     fn decode_payload(kind: u8, mut p: Bytes) -> Option<Record> {
         let p = &mut p;
         let record = match kind {
-            T_MESSAGE => {
+            // A transient record reads back as the message it holds.
+            T_MESSAGE | T_TRANSIENT => {
                 let msg_id = read::u64(p).ok()?;
                 let exchange = read::shortstr(p).ok()?;
                 let routing_key = read::shortstr(p).ok()?;
@@ -617,7 +626,48 @@ pub fn encode_message_head(
     properties: &BasicProperties,
     body: &[u8],
 ) {
-    let at = begin_record(buf, T_MESSAGE);
+    encode_head(
+        buf,
+        T_MESSAGE,
+        msg_id,
+        exchange,
+        routing_key,
+        properties,
+        body,
+    );
+}
+
+/// [`encode_message_head`] of a transient record: a paged-out transient message, which
+/// no restart brings back.
+pub fn encode_transient_head(
+    buf: &mut BytesMut,
+    msg_id: u64,
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+) {
+    encode_head(
+        buf,
+        T_TRANSIENT,
+        msg_id,
+        exchange,
+        routing_key,
+        properties,
+        body,
+    );
+}
+
+fn encode_head(
+    buf: &mut BytesMut,
+    kind: u8,
+    msg_id: u64,
+    exchange: &str,
+    routing_key: &str,
+    properties: &BasicProperties,
+    body: &[u8],
+) {
+    let at = begin_record(buf, kind);
     buf.put_u64(msg_id);
     write::shortstr(buf, exchange);
     write::shortstr(buf, routing_key);

@@ -47,6 +47,16 @@ pub enum Track {
     },
     /// A durable queue was deleted: everything it held is dead.
     DropQueue(u64),
+    /// A paged-out transient message record: live, held by one queue, until released.
+    Transient {
+        /// Message id.
+        msg_id: u64,
+        /// Length of the record.
+        len: u32,
+    },
+    /// Paged-out transient messages the queue holding them let go of (delivered,
+    /// read back, dropped): their records are dead. Nothing is written for it.
+    Release(Vec<u64>),
     /// Nothing to track.
     Nothing,
 }
@@ -142,6 +152,26 @@ impl Liveness {
                 }
             }
             Track::DropQueue(id) => self.drop_queue(*id),
+            Track::Transient { msg_id, len } => {
+                self.messages.insert(
+                    *msg_id,
+                    MsgLoc {
+                        seg,
+                        offset,
+                        len: *len,
+                        live: 1,
+                    },
+                );
+                self.seg_live(seg, 1);
+                self.seg_total(seg, 1);
+            }
+            Track::Release(ids) => {
+                for id in ids {
+                    if let Some(m) = self.messages.remove(id) {
+                        self.seg_live(m.seg, -1);
+                    }
+                }
+            }
             Track::Nothing => self.seg_total(seg, 1),
         }
     }

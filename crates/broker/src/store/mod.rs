@@ -22,6 +22,7 @@
 //! - [`disk`]: the file-system seam every change to a file goes through; [`faulty`], a
 //!   test implementation that injects errors and simulates a power loss.
 //! - [`reader`]: reading paged-out messages back.
+//! - [`pressure`]: the memory pressure signal that tells queues to page out.
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments, the rewrite after
 //!   damage.
 //! - [`meta`]: the metadata log (durable queues, exchanges, bindings) and its thread.
@@ -42,7 +43,9 @@
 //! damaged/        segments found damaged at start-up, kept for inspection
 //! ```
 //! Who writes what: queue tasks append enqueue / settle records for their persistent
-//! messages (the first queue to take a message also appends the message itself); the
+//! messages (the first queue to take a message also appends the message itself), and,
+//! under memory pressure, transient records for the messages they page out (released,
+//! with no record, when they let go of them); the
 //! vhost hands a record to the metadata thread when a durable queue, exchange or binding
 //! is declared or deleted, and awaits it before answering.
 
@@ -57,6 +60,7 @@ pub use minimq_protocol::idhash;
 mod fault_tests;
 mod liveness;
 pub mod meta;
+pub mod pressure;
 mod purge;
 pub mod reader;
 pub mod recovery;
@@ -82,6 +86,7 @@ pub use disk::{Disk, DiskFile, OsDisk};
 pub use format::{BindingDef, ExchangeDef, ParamDef, DEFAULT_VHOST};
 use format::{QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
+pub use pressure::Pressure;
 pub use recovery::{Damage, RecoveredMessage, RecoveryMode, Skipped};
 
 /// What the last start-up's recovery did, for the log and the management API.
@@ -190,6 +195,8 @@ pub struct Store {
     lock: Mutex<Option<File>>,
     /// What recovery did at open.
     recovery: RecoveryReport,
+    /// Whether queues page out (set by the memory monitor).
+    pressure: Arc<Pressure>,
 }
 
 impl std::fmt::Debug for Store {
@@ -325,6 +332,7 @@ impl Store {
             stopping: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
             recovery: report,
+            pressure: Arc::default(),
         };
         Ok((Arc::new(store), queues))
     }
@@ -516,6 +524,60 @@ impl Store {
             }
         };
         self.send(Chunks::One(buf.freeze()), track, notify);
+    }
+
+    /// The memory pressure signal queues page out on.
+    pub fn pressure(&self) -> &Arc<Pressure> {
+        &self.pressure
+    }
+
+    /// Pages a message out of memory as a transient record (which no restart brings
+    /// back): answers its id to read it back with, or `None` when the store cannot take
+    /// it now (poisoned, or a fault lasts: a read would wait for the rewrite) and the
+    /// message stays in memory. Nobody waits for its write or a sync.
+    pub fn page_out(&self, message: &Message) -> Option<u64> {
+        if self.is_poisoned() || self.is_faulted() {
+            return None;
+        }
+        let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::new();
+        format::encode_transient_head(
+            &mut buf,
+            msg_id,
+            &message.exchange,
+            &message.routing_key,
+            &message.properties,
+            &message.body,
+        );
+        let len = (buf.len() + message.body.len()) as u32;
+        // Small bodies are copied into the record (one chunk); large ones written from
+        // the message's own `Bytes`, as for persistent messages.
+        let chunks = if message.body.len() >= SPLIT_BODY {
+            Chunks::Split {
+                head: buf.freeze(),
+                body: message.body.clone(),
+                tail: bytes::Bytes::new(),
+            }
+        } else {
+            buf.extend_from_slice(&message.body);
+            Chunks::One(buf.freeze())
+        };
+        self.send(chunks, Track::Transient { msg_id, len }, None);
+        Some(msg_id)
+    }
+
+    /// How many message records are live (for tests: what paging leaves behind).
+    #[cfg(test)]
+    pub fn live_messages(&self) -> usize {
+        liveness::lock(&self.index).live.messages.len()
+    }
+
+    /// Lets go of paged-out transient messages: their records are dead (nothing is
+    /// written; a restart drops them anyway).
+    pub fn release(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            let _ = self.tx.send(Op::Release(ids));
+        }
     }
 
     /// Logs that messages left queue `queue_id` for good.

@@ -26,9 +26,9 @@ use bytes::BytesMut;
 use super::disk::{Disk, DiskFile};
 use super::files::sync_dir;
 use super::format::{
-    check_header, check_record, is_known_kind, is_message, parse_segment_name, peek_message,
-    segment_name, MessageMeta, Record, RecordError, FILE_HEADER_LEN, RECORD_HEADER_LEN,
-    SEGMENT_MAGIC,
+    check_header, check_record, is_known_kind, is_message, is_transient, parse_segment_name,
+    peek_message, segment_name, MessageMeta, Record, RecordError, FILE_HEADER_LEN,
+    RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
 use super::idhash::{IdMap, IdSet};
 use super::liveness::{Liveness, MsgLoc, SegCount, Track};
@@ -204,6 +204,15 @@ impl State {
             ttl_ms: meta.ttl_ms.unwrap_or(u64::MAX),
             priority: meta.priority,
         });
+    }
+
+    /// Notes a paged-out transient message: a record of its segment, never live again (a
+    /// restart drops transient messages, as RabbitMQ's does), so a segment of nothing
+    /// else is deleted once the broker runs.
+    fn transient(&mut self, seg: u64, meta: MessageMeta) {
+        self.clean = false;
+        *self.totals.entry(seg).or_insert(0) += 1;
+        self.max_msg_id = self.max_msg_id.max(meta.msg_id);
     }
 
     /// Applies one record other than a message. Records may come out of order:
@@ -553,7 +562,11 @@ fn apply_record(st: &mut State, seg: u64, buf: &[u8], offset: usize) -> Result<u
     let (kind, len) = check_record(buf)?;
     if is_message(kind) {
         let meta = peek_message(&buf[RECORD_HEADER_LEN..len]).ok_or(RecordError::Malformed)?;
-        st.message(seg, offset as u64, len as u32, meta);
+        if is_transient(kind) {
+            st.transient(seg, meta);
+        } else {
+            st.message(seg, offset as u64, len as u32, meta);
+        }
     } else {
         st.apply(seg, Record::decode_slice(&buf[..len], kind)?);
     }

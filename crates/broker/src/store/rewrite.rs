@@ -111,7 +111,11 @@ impl Batch {
                 Track::Enqueue { queue_id, seq, .. } => {
                     index.live.moved_enqueue((*queue_id, *seq), from, to);
                 }
-                Track::Settle { .. } | Track::DropQueue(_) | Track::Nothing => {}
+                Track::Transient { msg_id, .. } => {
+                    index.live.moved_message(*msg_id, from, to, at + rel);
+                }
+                Track::Settle { .. } | Track::DropQueue(_) | Track::Release(_) | Track::Nothing => {
+                }
             }
         }
         self.seg = to;

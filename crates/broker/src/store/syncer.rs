@@ -54,6 +54,12 @@ struct SyncJob {
 /// much on, the writer goes on writing while the sync runs.
 const WRITE_DURING_SYNC: u64 = 1 << 20;
 
+/// Records nobody waits for (paged-out transient messages) are still kept in memory by
+/// the writer until a sync covers them, for a rewrite after a fault; past this much
+/// written since the last sync handed over, one is handed over without waiters, so what
+/// is kept stays a few MiB instead of a segment.
+const UNWAITED_SYNC: u64 = 4 << 20;
+
 /// How far the syncer is, for the writer's pacing.
 #[derive(Default)]
 struct Progress {
@@ -124,6 +130,8 @@ pub(super) struct Syncer {
     written: u64,
     /// Whether the writer goes on writing during syncs (see [`WRITE_DURING_SYNC`]).
     overlap: bool,
+    /// How far the last job handed over reaches: segment, octets.
+    handed: (u64, u64),
 }
 
 impl Syncer {
@@ -136,6 +144,7 @@ impl Syncer {
             seen: 0,
             written: 0,
             overlap: true,
+            handed: (0, 0),
         };
         if w.fsync == FsyncMode::Off {
             return syncer;
@@ -174,15 +183,21 @@ impl Syncer {
     /// `--fsync off`, or `false` once the store is poisoned), or taken back by the writer
     /// if that sync fails.
     pub(super) fn commit(
-        &self,
+        &mut self,
         file: &Arc<dyn DiskFile>,
         seg: u64,
         upto: u64,
         waiters: &mut Vec<Completion>,
     ) {
-        if waiters.is_empty() {
+        let since = if self.handed.0 == seg {
+            upto.saturating_sub(self.handed.1)
+        } else {
+            upto
+        };
+        if waiters.is_empty() && since < UNWAITED_SYNC {
             return;
         }
+        self.handed = (seg, upto);
         self.hand_over(file, seg, upto, std::mem::take(waiters), None);
     }
 

@@ -45,6 +45,8 @@ pub enum Op {
     },
     /// A durable queue was deleted: everything it held is dead.
     DropQueue(u64),
+    /// Paged-out transient messages are no longer needed (nothing is written).
+    Release(Vec<u64>),
     /// Finish once everything sent before is durable.
     Sync(Completion),
     /// Finish once everything sent before is written (not necessarily synced).
@@ -191,6 +193,7 @@ impl Writer {
                         }
                     }
                     Op::DropQueue(id) => pending.push((self.seg, 0, Track::DropQueue(id))),
+                    Op::Release(ids) => pending.push((self.seg, 0, Track::Release(ids))),
                     Op::Sync(reply) => syncs.push(reply),
                     Op::Flush(reply) => flushes.push(reply),
                     Op::Stop(reply) => stop = Some(reply),
