@@ -8,7 +8,7 @@
 //! handles, through the [`Index`] mutex; compaction and segment deletion (`purge.rs`)
 //! change it from the writer thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -94,6 +94,88 @@ pub struct Liveness {
     pub messages: IdMap<u64, MsgLoc>,
     /// (queue id, seq) → (msg id, segment of the enqueue record).
     pub enqueues: IdMap<(u64, u64), (u64, u64)>,
+    /// Where live paged-out transient messages are (see [`Transients`]).
+    pub transients: Transients,
+}
+
+/// Transient record ids have this bit set: their own id space, handed out in the order
+/// their records reach the writer, so their locations fit a dense list.
+pub const TRANSIENT_ID: u64 = 1 << 63;
+
+/// Where one transient record is: 16 octets (`len` 0: released).
+#[derive(Debug, Clone, Copy, Default)]
+struct TransientLoc {
+    offset: u64,
+    seg: u32,
+    len: u32,
+}
+
+/// The locations of live transient records, by id: a list from the oldest live id on,
+/// 16 octets per id, instead of a hash map entry (some 40 to 70 octets each, growth
+/// included). A flood with nobody consuming pages out millions of them, and this is
+/// memory paging cannot free; they are released mostly oldest first, so the list stays
+/// about as long as what is live.
+#[derive(Debug, Default)]
+pub struct Transients {
+    /// The id of `locs[0]`.
+    base: u64,
+    locs: VecDeque<TransientLoc>,
+    live: usize,
+}
+
+impl Transients {
+    /// How many are live.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    fn slot(&self, id: u64) -> Option<usize> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        (i < self.locs.len()).then_some(i)
+    }
+
+    /// Notes record `id` (ids come in growing order).
+    fn add(&mut self, id: u64, seg: u64, offset: u64, len: u32) {
+        if self.locs.is_empty() {
+            self.base = id;
+        }
+        let Some(gap) = id.checked_sub(self.base + self.locs.len() as u64) else {
+            return;
+        };
+        // Ids handed out but never written (the store failed meanwhile) stay holes.
+        for _ in 0..gap {
+            self.locs.push_back(TransientLoc::default());
+        }
+        self.locs.push_back(TransientLoc {
+            offset,
+            seg: u32::try_from(seg).unwrap_or(u32::MAX),
+            len,
+        });
+        self.live += 1;
+    }
+
+    /// Where record `id` is, while live.
+    fn get(&self, id: u64) -> Option<TransientLoc> {
+        self.slot(id).map(|i| self.locs[i]).filter(|l| l.len > 0)
+    }
+
+    /// Forgets record `id`; answers its segment if it was live.
+    fn remove(&mut self, id: u64) -> Option<u64> {
+        let i = self.slot(id)?;
+        let loc = std::mem::take(&mut self.locs[i]);
+        if loc.len == 0 {
+            return None;
+        }
+        self.live -= 1;
+        while self.locs.front().is_some_and(|l| l.len == 0) {
+            self.locs.pop_front();
+            self.base += 1;
+        }
+        if self.locs.capacity() > 1024 && self.locs.len() < self.locs.capacity() / 4 {
+            self.locs.shrink_to(self.locs.len() * 2);
+        }
+        Some(u64::from(loc.seg))
+    }
 }
 
 impl Liveness {
@@ -153,22 +235,14 @@ impl Liveness {
             }
             Track::DropQueue(id) => self.drop_queue(*id),
             Track::Transient { msg_id, len } => {
-                self.messages.insert(
-                    *msg_id,
-                    MsgLoc {
-                        seg,
-                        offset,
-                        len: *len,
-                        live: 1,
-                    },
-                );
+                self.transients.add(*msg_id, seg, offset, *len);
                 self.seg_live(seg, 1);
                 self.seg_total(seg, 1);
             }
             Track::Release(ids) => {
                 for id in ids {
-                    if let Some(m) = self.messages.remove(id) {
-                        self.seg_live(m.seg, -1);
+                    if let Some(seg) = self.transients.remove(*id) {
+                        self.seg_live(seg, -1);
                     }
                 }
             }
@@ -207,8 +281,31 @@ impl Liveness {
         }
     }
 
+    /// Where live message record `msg_id` (a persistent message's, or a transient one's)
+    /// is: segment, offset, length.
+    pub fn location(&self, msg_id: u64) -> Option<(u64, u64, u32)> {
+        if msg_id & TRANSIENT_ID != 0 {
+            let l = self.transients.get(msg_id)?;
+            return Some((u64::from(l.seg), l.offset, l.len));
+        }
+        self.messages.get(&msg_id).map(|m| (m.seg, m.offset, m.len))
+    }
+
     /// A live message record was copied forward from `from` to `to`, at `offset`.
     pub(super) fn moved_message(&mut self, msg_id: u64, from: u64, to: u64, offset: u64) {
+        if msg_id & TRANSIENT_ID != 0 {
+            if let Some(i) = self.transients.slot(msg_id) {
+                let l = &mut self.transients.locs[i];
+                if l.len > 0 && u64::from(l.seg) == from {
+                    l.seg = u32::try_from(to).unwrap_or(u32::MAX);
+                    l.offset = offset;
+                    self.seg_live(from, -1);
+                    self.seg_live(to, 1);
+                    self.seg_total(to, 1);
+                }
+            }
+            return;
+        }
         if let Some(m) = self.messages.get_mut(&msg_id) {
             if m.seg == from {
                 m.seg = to;

@@ -197,6 +197,9 @@ pub struct Store {
     recovery: RecoveryReport,
     /// Whether queues page out (set by the memory monitor).
     pressure: Arc<Pressure>,
+    /// The next transient record id ([`liveness::TRANSIENT_ID`] set; restarts with the
+    /// store, as no transient record outlives one).
+    next_transient_id: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -315,6 +318,10 @@ impl Store {
             before_sync: None,
         };
         let thread = w.spawn(rx)?;
+        // A first round with nothing to write deletes the segments nothing recovered needs
+        // (those of paged-out transient messages, all dead after a restart) at once, not
+        // only after the first record.
+        let _ = tx.send(Op::Wake);
         let store = Store {
             dir: dir.to_path_buf(),
             seg_dir,
@@ -333,6 +340,7 @@ impl Store {
             lock: Mutex::new(Some(lock)),
             recovery: report,
             pressure: Arc::default(),
+            next_transient_id: Mutex::new(liveness::TRANSIENT_ID),
         };
         Ok((Arc::new(store), queues))
     }
@@ -539,7 +547,14 @@ impl Store {
         if self.is_poisoned() || self.is_faulted() {
             return None;
         }
-        let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
+        // Ids reach the writer in the order they are handed out (the lock covers both),
+        // which keeps the writer's list of transient locations dense (`liveness.rs`).
+        let mut next = self
+            .next_transient_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let msg_id = *next;
+        *next += 1;
         let mut buf = BytesMut::new();
         format::encode_transient_head(
             &mut buf,
@@ -563,13 +578,15 @@ impl Store {
             Chunks::One(buf.freeze())
         };
         self.send(chunks, Track::Transient { msg_id, len }, None);
+        drop(next);
         Some(msg_id)
     }
 
     /// How many message records are live (for tests: what paging leaves behind).
     #[cfg(test)]
     pub fn live_messages(&self) -> usize {
-        liveness::lock(&self.index).live.messages.len()
+        let index = liveness::lock(&self.index);
+        index.live.messages.len() + index.live.transients.len()
     }
 
     /// Lets go of paged-out transient messages: their records are dead (nothing is

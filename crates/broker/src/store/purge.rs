@@ -116,9 +116,8 @@ impl Writer {
                 if let Some(m) = peek_message(&raw[RECORD_HEADER_LEN..]) {
                     let live = lock(&self.index)
                         .live
-                        .messages
-                        .get(&m.msg_id)
-                        .is_some_and(|l| l.seg == seg);
+                        .location(m.msg_id)
+                        .is_some_and(|(at, ..)| at == seg);
                     if live {
                         moved_msgs.push((m.msg_id, out.len() as u64));
                         out.extend_from_slice(raw);

@@ -42,20 +42,20 @@ fn locate(index: &Mutex<Index>, seg_dir: &Path, ids: &[(usize, u64)]) -> (Vec<Wa
     let mut missing = Vec::new();
     let mut index = lock(index);
     for &(slot, msg_id) in ids {
-        let Some(loc) = index.live.messages.get(&msg_id).copied() else {
+        let Some((seg, offset, len)) = index.live.location(msg_id) else {
             missing.push(slot);
             continue;
         };
-        let file = match index.files.get(&loc.seg) {
+        let file = match index.files.get(&seg) {
             Some(f) => f.clone(),
-            None => match File::open(seg_dir.join(segment_name(loc.seg))) {
+            None => match File::open(seg_dir.join(segment_name(seg))) {
                 Ok(f) => {
                     let f = Arc::new(f);
-                    index.files.insert(loc.seg, f.clone());
+                    index.files.insert(seg, f.clone());
                     f
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, segment = loc.seg, msg_id, "cannot open segment to read a message");
+                    tracing::error!(error = %e, segment = seg, msg_id, "cannot open segment to read a message");
                     missing.push(slot);
                     continue;
                 }
@@ -64,9 +64,9 @@ fn locate(index: &Mutex<Index>, seg_dir: &Path, ids: &[(usize, u64)]) -> (Vec<Wa
         found.push(Want {
             slot,
             msg_id,
-            seg: loc.seg,
-            offset: loc.offset,
-            len: loc.len,
+            seg,
+            offset,
+            len,
             file,
         });
     }

@@ -209,10 +209,9 @@ impl State {
     /// Notes a paged-out transient message: a record of its segment, never live again (a
     /// restart drops transient messages, as RabbitMQ's does), so a segment of nothing
     /// else is deleted once the broker runs.
-    fn transient(&mut self, seg: u64, meta: MessageMeta) {
+    fn transient(&mut self, seg: u64) {
         self.clean = false;
         *self.totals.entry(seg).or_insert(0) += 1;
-        self.max_msg_id = self.max_msg_id.max(meta.msg_id);
     }
 
     /// Applies one record other than a message. Records may come out of order:
@@ -563,7 +562,7 @@ fn apply_record(st: &mut State, seg: u64, buf: &[u8], offset: usize) -> Result<u
     if is_message(kind) {
         let meta = peek_message(&buf[RECORD_HEADER_LEN..len]).ok_or(RecordError::Malformed)?;
         if is_transient(kind) {
-            st.transient(seg, meta);
+            st.transient(seg);
         } else {
             st.message(seg, offset as u64, len as u32, meta);
         }

@@ -1,0 +1,248 @@
+//! Transient messages paged to disk under memory pressure, end to end with a real
+//! `minimq-server` process and a small memory high watermark: a flood of several times
+//! the watermark of transient messages into a queue nobody consumes from finishes (the
+//! publisher may be blocked for a while, never for good), the broker's peak resident
+//! memory (`VmHWM`) stays under twice the watermark, a consumer then gets every message
+//! exactly once and in order, and after a restart the paged-out messages are gone and
+//! their segments deleted. Every wait is on an event with a deadline.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use minimq_client::{
+    BasicConsumeOptions, BasicProperties, Connection, FieldTable, QueueDeclareOptions,
+};
+
+/// The broker's memory high watermark in these tests.
+const WATERMARK_MIB: u64 = 96;
+/// One message's body.
+const BODY: usize = 1024;
+/// The flood: three times the watermark of bodies.
+const MESSAGES: usize = (3 * WATERMARK_MIB as usize * 1024 * 1024) / BODY;
+/// Deadline of the flood, and of the drain (a debug build on a busy machine).
+const DEADLINE: Duration = Duration::from_secs(240);
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn spawn_server(addr: SocketAddr, dir: &Path) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_minimq-server"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--http",
+            "off",
+            "--log",
+            "warn",
+        ])
+        .arg("--memory-high-watermark")
+        .arg(format!("{WATERMARK_MIB}MiB"))
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start minimq-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "minimq-server did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A `/proc/<pid>/status` field in octets (`VmHWM`: peak resident memory).
+fn status_octets(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Octets of segment files in the data directory.
+fn segment_octets(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn body(i: usize) -> Vec<u8> {
+    let mut b = format!("{i:010}").into_bytes();
+    b.resize(BODY, b'.');
+    b
+}
+
+/// Publishes the flood of transient messages into `queue` and waits until the queue
+/// holds all of them.
+async fn flood(conn: &Connection, queue: &str) {
+    let ch = conn.open_channel().await.unwrap();
+    let transient = BasicProperties {
+        delivery_mode: Some(1),
+        ..BasicProperties::default()
+    };
+    let started = Instant::now();
+    tokio::time::timeout(DEADLINE, async {
+        for i in 0..MESSAGES {
+            ch.basic_publish("", queue, false, transient.clone(), body(i))
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .expect("the publisher is never blocked for good");
+    // Published is not yet queued: wait for the queue to count every message.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    loop {
+        let q = ch
+            .queue_declare(queue, passive.clone(), FieldTable::new())
+            .await
+            .unwrap();
+        if q.message_count as usize == MESSAGES {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "only {} queued",
+            q.message_count
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_order() {
+    let dir = std::env::temp_dir().join(format!("minimq-paging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let addr = free_port();
+    let mut server = spawn_server(addr, &dir);
+    let url = format!("amqp://guest:guest@{addr}/%2f");
+    let conn = Connection::connect(&url).await.expect("connect");
+    let ch = conn.open_channel().await.unwrap();
+    ch.queue_declare(
+        "paging-flood",
+        QueueDeclareOptions::default(),
+        FieldTable::new(),
+    )
+    .await
+    .unwrap();
+    flood(&conn, "paging-flood").await;
+    let watermark = WATERMARK_MIB * 1024 * 1024;
+    let peak = status_octets(server.id(), "VmHWM:");
+    eprintln!(
+        "{MESSAGES} messages queued; peak RSS {} MiB, segments {} MiB",
+        peak >> 20,
+        segment_octets(&dir) >> 20
+    );
+    assert!(
+        segment_octets(&dir) > watermark,
+        "the flood went to disk: {} octets of segments",
+        segment_octets(&dir)
+    );
+    assert!(
+        peak < 2 * watermark,
+        "peak RSS {peak} octets under twice the watermark {watermark}"
+    );
+
+    // The drain: every message once, in publish order.
+    ch.basic_qos(1000, false).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            "paging-flood",
+            "drain",
+            BasicConsumeOptions::default(),
+            FieldTable::new(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        for i in 0..MESSAGES {
+            let d = consumer.next().await.expect("a delivery").unwrap();
+            assert_eq!(&d.body[..10], format!("{i:010}").as_bytes(), "message {i}");
+            assert!(!d.redelivered);
+            ch.basic_ack(d.delivery_tag, false).await.unwrap();
+        }
+    })
+    .await
+    .expect("the drain ends");
+    let q = ch
+        .queue_declare(
+            "paging-flood",
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count, 0, "nothing more than the flood");
+    let peak = status_octets(server.id(), "VmHWM:");
+    assert!(
+        peak < 2 * watermark,
+        "peak RSS {peak} octets, drain included, under twice the watermark"
+    );
+
+    // A second flood into a durable queue, then a restart: transient messages do not
+    // survive it (as in RabbitMQ), and the segments they were paged to are deleted.
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare("paging-durable", durable.clone(), FieldTable::new())
+        .await
+        .unwrap();
+    flood(&conn, "paging-durable").await;
+    assert!(segment_octets(&dir) > watermark);
+    drop(conn);
+    server.kill().unwrap();
+    let _ = server.wait();
+    let addr = free_port();
+    let mut server = spawn_server(addr, &dir);
+    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
+        .await
+        .expect("connect after the restart");
+    let ch = conn.open_channel().await.unwrap();
+    let q = ch
+        .queue_declare("paging-durable", durable, FieldTable::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        q.message_count, 0,
+        "transient messages are gone after a restart"
+    );
+    // Deleted by the store's first round after the start, on its own thread.
+    let started = Instant::now();
+    while segment_octets(&dir) > 1024 * 1024 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "segments of paged-out messages deleted: {} octets left",
+            segment_octets(&dir)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close().await.unwrap();
+    server.kill().unwrap();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
