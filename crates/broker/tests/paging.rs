@@ -117,7 +117,7 @@ async fn flood(conn: &Connection, queue: &str) {
     };
     loop {
         let q = ch
-            .queue_declare(queue, passive.clone(), FieldTable::new())
+            .queue_declare(queue, passive, FieldTable::new())
             .await
             .unwrap();
         if q.message_count as usize == MESSAGES {
@@ -222,7 +222,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    ch.queue_declare("paging-durable", durable.clone(), FieldTable::new())
+    ch.queue_declare("paging-durable", durable, FieldTable::new())
         .await
         .unwrap();
     flood(&conn, "paging-durable").await;

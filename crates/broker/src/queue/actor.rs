@@ -84,7 +84,7 @@ impl Expiry {
     /// `ms` milliseconds after `now`.
     fn after(epoch: Instant, now: Instant, ms: u64) -> Expiry {
         let d = (now + std::time::Duration::from_millis(ms)).saturating_duration_since(epoch);
-        let us = d.as_micros() + u128::from(d.subsec_nanos() % 1000 != 0);
+        let us = d.as_micros() + u128::from(!d.subsec_nanos().is_multiple_of(1000));
         let us = u64::try_from(us).unwrap_or(u64::MAX - 1);
         Expiry(std::num::NonZeroU64::MIN.saturating_add(us))
     }
