@@ -18,8 +18,14 @@
 # BENCH_NO_BUILD=1 (use the binaries already in target/release), BENCH_NOTE (a line
 # printed under the heading, e.g. "quiet machine, governor performance"),
 # BENCH_SCENARIOS (the scenarios to run, e.g. "t" or "e f t"; default all of
-# a b c d e f g h t s r o pika; the table then has only their rows), BENCH_CONNECTIONS and
-# BENCH_QUEUES (idle objects of row o: 5000 and 20000; 500 and 2000 with --quick).
+# a b c d e f g h t s r o pika m; the table then has only their rows), BENCH_CONNECTIONS and
+# BENCH_QUEUES (idle objects of row o: 5000 and 20000; 500 and 2000 with --quick),
+# BENCH_FLOOD (row m: 1464844 transient 1 KiB messages, 1.5 GB; 100000 with --quick).
+#
+# Row m is a flood under memory pressure: both brokers restarted with a 200 MiB memory
+# high watermark, then BENCH_FLOOD transient 1 KiB messages into a non-durable queue with
+# no consumer (peak RSS, seconds the publisher was blocked), then the drain (rate, and
+# messages lost: must be 0).
 #
 # Row s is AMQP over TLS: both brokers get a TLS listener with a certificate from
 # tests/interop/make_certs.sh, and minimq-bench speaks amqps:// trusting its CA; the same
@@ -34,7 +40,7 @@ for arg in "$@"; do
         --quick) QUICK=1 ;;
         --report) REPORT_ONLY=1 ;;
         -h | --help)
-            sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -50,13 +56,17 @@ if [[ $QUICK == 1 ]]; then
     RESTART_N=${BENCH_RESTART:-50000}
     OBJ_CONNECTIONS=${BENCH_CONNECTIONS:-500}
     OBJ_QUEUES=${BENCH_QUEUES:-2000}
+    FLOOD=${BENCH_FLOOD:-100000}
 else
     SECS=${BENCH_SECONDS:-10}
     FILL=${BENCH_FILL:-1000000}
     RESTART_N=${BENCH_RESTART:-1000000}
     OBJ_CONNECTIONS=${BENCH_CONNECTIONS:-5000}
     OBJ_QUEUES=${BENCH_QUEUES:-20000}
+    FLOOD=${BENCH_FLOOD:-1464844}
 fi
+# Row m's memory high watermark, for both brokers.
+FLOOD_WATERMARK=200MiB
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 RAW=${BENCH_RAW:-$ROOT/target/bench-compare}
 MARKER='<!-- bench/compare.sh writes everything below this line; edit above it -->'
@@ -67,7 +77,7 @@ TICKS=$(getconf CLK_TCK)
 
 log() { printf '[compare %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t s r o pika} "
+SCENARIOS=" ${BENCH_SCENARIOS:-a b c d e f g h t s r o pika m} "
 want() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 RESULTS=$RAW/results.jsonl
@@ -207,7 +217,8 @@ start_minimq() {
     mkdir -p "$WORK/minimq-data"
     "$SERVER" --listen "127.0.0.1:$MQ_PORT" --http off --data-dir "$WORK/minimq-data" \
         --tls-listen "127.0.0.1:$MQ_TLS_PORT" --tls-cert "$CERTS/server.pem" \
-        --tls-key "$CERTS/server.key" --tls-ca "$CERTS/ca.pem" --log warn >"$WORK/minimq.log" 2>&1 &
+        --tls-key "$CERTS/server.key" --tls-ca "$CERTS/ca.pem" --log warn ${MQ_EXTRA:-} \
+        >"$WORK/minimq.log" 2>&1 &
     MQ_PID=$!
     wait_port "$MQ_PORT" 20 || { cat "$WORK/minimq.log" >&2; echo "minimq did not start" >&2; exit 1; }
     log "minimq-server pid $MQ_PID on port $MQ_PORT"
@@ -246,6 +257,8 @@ ssl_options.keyfile = $CERTS/server.key
 ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 EOF
+    # Row m's watermark, when set.
+    [[ -n ${RMQ_EXTRA_CONF:-} ]] && echo "$RMQ_EXTRA_CONF" >>"$dir/rabbitmq.conf"
     (
         export HOME=$dir
         export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$RMQ_PORT
@@ -396,6 +409,25 @@ objects_row() {
     measure o-queues "$b" "$pid" "$url" --queues "$OBJ_QUEUES" --broker-pid "$pid"
 }
 
+# A flood under memory pressure, on a broker restarted with a FLOOD_WATERMARK watermark:
+# FLOOD transient 1 KiB messages into a non-durable queue with no consumer (peak RSS, time
+# the publisher was blocked), then the drain (rate; every message exactly once).
+# flood_row BROKER
+flood_row() {
+    local b=$1 pid url
+    if [[ $b == minimq ]]; then
+        stop_minimq
+        MQ_EXTRA="--memory-high-watermark $FLOOD_WATERMARK" start_minimq
+        pid=$MQ_PID; url=$MQ_URL
+    else
+        stop_rabbitmq
+        RMQ_EXTRA_CONF="vm_memory_high_watermark.absolute = $FLOOD_WATERMARK" start_rabbitmq
+        pid=$RMQ_PID; url=$RMQ_URL
+    fi
+    measure m-fill "$b" "$pid" "$url" --queue bench-m --size 1024 --consumers 0 --fill "$FLOOD"
+    measure m-drain "$b" "$pid" "$url" --queue bench-m --drain --prefetch 100
+}
+
 # pika (a third-party client): publish N, then consume N with auto-ack; msg/s each way.
 pika_row() { # broker port
     local n=20000
@@ -479,12 +511,17 @@ elif python3 -c 'import pika' 2>/dev/null; then
 else
     log "pika not installed; no pika row"
 fi
+if want m; then
+    log "flood: $FLOOD transient 1 KiB messages, watermark $FLOOD_WATERMARK"
+    flood_row minimq
+    flood_row rabbitmq
+fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # What the report needs besides the results, so that --report can re-render them.
 RMQ_VERSION=$(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo unknown)
 ERLANG_VERSION=$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null || echo unknown)
-export QUICK SECS FILL RESTART_N IDLE_BEFORE LOAD_START LOAD_END CEILING RMQ_VERSION ERLANG_VERSION
+export QUICK SECS FILL RESTART_N FLOOD IDLE_BEFORE LOAD_START LOAD_END CEILING RMQ_VERSION ERLANG_VERSION
 python3 - >"$META" <<'PY'
 import datetime, json, os, platform, subprocess
 model = "unknown"
@@ -498,7 +535,7 @@ except OSError:
 e = os.environ
 print(json.dumps({
     "quick": e["QUICK"] == "1", "secs": e["SECS"], "fill": int(e["FILL"]),
-    "restart": int(e["RESTART_N"]), "idle_before": float(e["IDLE_BEFORE"]),
+    "restart": int(e["RESTART_N"]), "flood": int(e["FLOOD"]), "idle_before": float(e["IDLE_BEFORE"]),
     "load_start": e["LOAD_START"], "load_end": e["LOAD_END"], "ceiling": json.loads(e["CEILING"]),
     "rabbitmq": e["RMQ_VERSION"], "erlang": e["ERLANG_VERSION"], "rustc": rustc,
     "nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
@@ -579,6 +616,10 @@ scen = [
     ("o-queues", "o. empty queues, one connection, 8 channels", "broker KiB each", lambda r: (rep(r, "bytes_per_object") or 0) / 1024 or None, False),
     ("o-queues", "o. (same)", "declared/s", lambda r: rep(r, "create_rate"), True),
     ("o-queues", "o. (same)", "deleted/s", lambda r: rep(r, "delete_rate"), True),
+    ("m-fill", f"m. flood {int(M.get('flood', 0)):,} × 1 KiB transient, no consumer, watermark 200 MiB", "published msg/s", lambda r: rep(r, "sent_rate"), True),
+    ("m-fill", "m. (same)", "seconds publisher blocked", lambda r: rep(r, "blocked_s"), False),
+    ("m-drain", "m. drain, prefetch 100", "received msg/s", lambda r: rep(r, "received_rate"), True),
+    ("m-drain", "m. (same)", "messages lost", lambda r: rep(r, "missing"), False),
 ]
 out = []
 title = "## Results"
@@ -634,7 +675,7 @@ for key, label, metric, f, higher in scen:
                  pair(m and m.get("hwm_kb"), r and r.get("hwm_kb"), mib)]
         def ok(x):
             if not x or not x.get("report"): return "failed"
-            if key in ("g-fill", "r-fill", "o-conn", "o-queues"): return "n/a"
+            if key in ("g-fill", "r-fill", "o-conn", "o-queues", "m-fill"): return "n/a"
             return "yes" if x["report"].get("exactly_once") else f"NO ({x['report'].get('missing')} missing, {x['report'].get('duplicates')} dup)"
         eo = f"{ok(m)} / {ok(r)}"
     out.append(f"| {label} | {metric} | {num(vm)} | {num(vr)} | {ratio} | " + " | ".join(extra) + f" | {eo} |")

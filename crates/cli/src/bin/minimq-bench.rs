@@ -429,10 +429,17 @@ async fn run(args: Args) -> Result<bool, String> {
         (None, d) => Some(start + Duration::from_secs_f64(d.unwrap_or(10.0))),
     };
     let sent_total = Arc::new(AtomicU64::new(0));
+    // Nanoseconds the producers' connections spent blocked (`connection.blocked` to
+    // `connection.unblocked`), summed over the producers.
+    let blocked_ns = Arc::new(AtomicU64::new(0));
     let mut producers = Vec::new();
     for id in 0..producer_count {
-        let (args, sent_total, interrupted) =
-            (args.clone(), sent_total.clone(), interrupted.clone());
+        let (args, sent_total, interrupted, blocked_ns) = (
+            args.clone(),
+            sent_total.clone(),
+            interrupted.clone(),
+            blocked_ns.clone(),
+        );
         // --fill N splits N over the producers; --count N is per producer.
         let limit = match args.fill {
             Some(n) => {
@@ -443,6 +450,7 @@ async fn run(args: Args) -> Result<bool, String> {
         };
         producers.push(own_thread(move || async move {
             let conn = connect(&args.url, args.ca_cert.as_deref()).await?;
+            tokio::spawn(count_blocked(conn.blocked(), blocked_ns));
             let ch = conn
                 .open_channel()
                 .await
@@ -653,6 +661,7 @@ async fn run(args: Args) -> Result<bool, String> {
         },
         "missing": missing,
         "duplicates": duplicates,
+        "blocked_s": blocked_ns.load(Ordering::Relaxed) as f64 / 1e9,
         "exactly_once": exactly_once,
     });
     if args.json {
@@ -716,4 +725,30 @@ async fn run(args: Args) -> Result<bool, String> {
         eprintln!("minimq-bench: error: {missing} message(s) missing, {duplicates} duplicate(s)");
     }
     Ok(exactly_once)
+}
+
+/// Adds to `total` the time the connection spends blocked by the broker (a resource
+/// alarm), from each `connection.blocked` to its `connection.unblocked`.
+async fn count_blocked(
+    mut state: tokio::sync::watch::Receiver<minimq_client::BlockedState>,
+    total: Arc<AtomicU64>,
+) {
+    let mut since: Option<Instant> = None;
+    loop {
+        let blocked = state.borrow_and_update().is_blocked();
+        match (blocked, since) {
+            (true, None) => since = Some(Instant::now()),
+            (false, Some(t)) => {
+                total.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                since = None;
+            }
+            _ => {}
+        }
+        if state.changed().await.is_err() {
+            if let Some(t) = since {
+                total.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            return;
+        }
+    }
 }
