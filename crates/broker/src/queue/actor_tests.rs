@@ -690,6 +690,7 @@ async fn purge_and_delete_release_paged_out_transient_messages() {
     store.pressure(true);
     let q = TestQueue::start_beside(FieldTable::new(), &store).await;
     publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(q.counts().await, counts(PAST_HEAD as u32, 0, 0));
     assert_eq!(store.live_records().await, 44);
     let (reply, answer) = tokio::sync::oneshot::channel();
     assert!(q.handle.send(super::QueueCommand::Purge { reply }).await);
@@ -697,6 +698,7 @@ async fn purge_and_delete_release_paged_out_transient_messages() {
     assert_eq!(store.live_records().await, 0, "purge releases them");
 
     publish_numbered(&q, PAST_HEAD).await;
+    assert_eq!(q.counts().await, counts(PAST_HEAD as u32, 0, 0));
     assert_eq!(store.live_records().await, 44);
     let (reply, answer) = tokio::sync::oneshot::channel();
     let delete = super::QueueCommand::Delete {
