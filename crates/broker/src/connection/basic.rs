@@ -80,7 +80,7 @@ impl Conn {
         } else {
             c.consumer_tag.as_str().into()
         };
-        let timeout = self.consumer_timeout(&queue, &c.arguments)?;
+        let own_timeout = Self::own_consumer_timeout(&c.arguments)?;
         let (conn_id, sink, room) = (self.id, self.events.clone(), self.room.clone());
         let channel = self.channel(ch);
         if channel.has_consumer(&tag) {
@@ -130,7 +130,7 @@ impl Conn {
         rx.await
             .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue, self.vhost.name())))?;
         self.channel(ch)
-            .add_consumer(tag.clone(), queue, listed, timeout);
+            .add_consumer(tag.clone(), queue, listed, own_timeout);
         if !c.no_wait {
             self.send_method(
                 ch,
@@ -163,7 +163,7 @@ impl Conn {
             self.send_method(ch, BasicGetEmpty.into());
             return Ok(());
         };
-        let timeout = self.consumer_timeout(&queue, &FieldTable::new())?;
+        let timeout = self.get_timeout(&queue);
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         self.deadlines_armed |= deadline.is_some() && !g.no_ack;
         let unsettled = (!g.no_ack).then(|| Outstanding {
@@ -278,30 +278,31 @@ impl Conn {
 }
 
 impl Conn {
-    /// How long a delivery to a consumer (with `arguments`) of `queue` may stay
-    /// unacknowledged: the consumer's `x-consumer-timeout` (RabbitMQ 4's argument), else
-    /// the queue's (argument or policy), else the broker's `--consumer-timeout`. Zero
-    /// disables it, as `--consumer-timeout 0` does.
-    pub(super) fn consumer_timeout(
-        &self,
-        queue: &crate::queue::QueueHandle,
-        arguments: &FieldTable,
-    ) -> AmqpResult<Option<Duration>> {
-        let own = match arguments.get("x-consumer-timeout") {
-            None => None,
+    /// A consumer's own `x-consumer-timeout` (RabbitMQ 4's argument), checked: it
+    /// overrides its queue's and the broker's for every delivery to it. `None` when not
+    /// given; zero disables the timeout. The effective timeout is worked out at each
+    /// delivery ([`crate::channel::Channel::delivery_timeout`]).
+    pub(super) fn own_consumer_timeout(arguments: &FieldTable) -> AmqpResult<Option<Duration>> {
+        match arguments.get("x-consumer-timeout") {
+            None => Ok(None),
             Some(v) => match v.as_i64() {
-                Some(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
-                _ => {
-                    return Err(AmqpError::precondition(format!(
-                        "invalid arg 'x-consumer-timeout' for consumer: {{unacceptable_value,{}}}",
-                        v.type_name()
-                    )))
-                }
+                Some(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms as u64))),
+                _ => Err(AmqpError::precondition(format!(
+                    "invalid arg 'x-consumer-timeout' for consumer: {{unacceptable_value,{}}}",
+                    v.type_name()
+                ))),
             },
-        };
-        let timeout = own
-            .or_else(|| queue.info().consumer_timeout())
-            .or(self.state.config.consumer_timeout);
-        Ok(timeout.filter(|t| !t.is_zero()))
+        }
+    }
+
+    /// How long a `basic.get` delivery from `queue` may stay unacknowledged: the
+    /// queue's timeout (argument or policy), else the broker's `--consumer-timeout`.
+    /// Zero disables it, as `--consumer-timeout 0` does.
+    fn get_timeout(&self, queue: &crate::queue::QueueHandle) -> Option<Duration> {
+        queue
+            .info()
+            .consumer_timeout()
+            .or(self.state.config.consumer_timeout)
+            .filter(|t| !t.is_zero())
     }
 }

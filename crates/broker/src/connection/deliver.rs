@@ -57,8 +57,9 @@ impl Conn {
         self.room_taken += d.message.body.len() + crate::queue::DELIVERY_OVERHEAD;
         let frame_max = self.frame_max;
         let mut timeout = None;
+        let default = self.state.config.consumer_timeout;
         let live = self.channels.get_mut(&d.channel).filter(|c| {
-            c.delivery_timeout(&d.consumer_tag, d.consumer_id)
+            c.delivery_timeout(&d.consumer_tag, d.consumer_id, default)
                 .map(|t| timeout = t)
                 .is_some()
         });
