@@ -114,12 +114,12 @@ impl QueueSettings {
         }
         if table.get("x-dead-letter-exchange").is_none() {
             if let Some(x) = &self.dead_letter_exchange {
-                out.dead_letter_exchange = Some(x.clone());
+                out.dead_letter_exchange = Some(x.as_str().into());
             }
         }
         if table.get("x-dead-letter-routing-key").is_none() {
             if let Some(k) = &self.dead_letter_routing_key {
-                out.dead_letter_routing_key = Some(k.clone());
+                out.dead_letter_routing_key = Some(k.as_str().into());
             }
         }
         if table.get("x-dead-letter-strategy").is_none() {

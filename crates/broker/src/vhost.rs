@@ -346,13 +346,15 @@ impl VHost {
             ),
             _ => None,
         };
-        let raced = match self.queues.entry(spec.name.as_str().into()) {
+        // One allocation for the name, shared by the registry's key and the queue.
+        let name: Arc<str> = spec.name.as_str().into();
+        let raced = match self.queues.entry(name.clone()) {
             Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(v) => {
                 let owner = spec.exclusive.then_some(conn_id);
                 let (handle, rx) = QueueHandle::new(
                     self.name.clone(),
-                    spec.name.as_str().into(),
+                    name,
                     spec.durable,
                     owner,
                     spec.auto_delete,

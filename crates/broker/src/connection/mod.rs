@@ -581,7 +581,7 @@ impl Drop for Conn {
                 q.send_now(QueueCommand::ChannelClosed {
                     conn_id: id,
                     channel: *ch,
-                    requeue,
+                    requeue: requeue.into_boxed_slice(),
                 });
             }
         }

@@ -70,10 +70,11 @@ pub struct QueueArgs {
     pub overflow: Overflow,
     /// `x-queue-type`.
     pub queue_type: QueueType,
-    /// `x-dead-letter-exchange`.
-    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-exchange` (boxed strings: a queue's arguments are in every queue's
+    /// shared record, whose size matters for idle queues).
+    pub dead_letter_exchange: Option<Box<str>>,
     /// `x-dead-letter-routing-key`.
-    pub dead_letter_routing_key: Option<String>,
+    pub dead_letter_routing_key: Option<Box<str>>,
     /// `x-dead-letter-strategy` (quorum queues).
     pub dead_letter_strategy: DeadLetterStrategy,
     /// `x-delivery-limit`: returns allowed before a message is dead-lettered or dropped.
@@ -355,9 +356,9 @@ impl QueueArgs {
                         ));
                     };
                     if key == "x-dead-letter-exchange" {
-                        args.dead_letter_exchange = Some(v.to_string());
+                        args.dead_letter_exchange = Some(v.into());
                     } else {
-                        args.dead_letter_routing_key = Some(v.to_string());
+                        args.dead_letter_routing_key = Some(v.into());
                     }
                 }
                 "x-expires" => {

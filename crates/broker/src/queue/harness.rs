@@ -370,7 +370,7 @@ impl TestQueue {
         let cmd = QueueCommand::ChannelClosed {
             conn_id: 1,
             channel,
-            requeue: unacked,
+            requeue: unacked.into_boxed_slice(),
         };
         assert!(self.handle.send(cmd).await);
     }
