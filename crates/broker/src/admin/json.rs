@@ -584,6 +584,23 @@ pub fn path_segment(name: &str) -> String {
         .replace("%20", "+")
 }
 
+/// A binding's `properties_key` in the `Location` RabbitMQ answers a bind with: encoded
+/// once more (`eu.%2A` is `eu.%252A`), its `~` kept.
+pub fn location_props(properties_key: &str) -> String {
+    const KEY: &percent_encoding::AsciiSet = &FORM.remove(b'~');
+    percent_encoding::utf8_percent_encode(properties_key, KEY).to_string()
+}
+
+/// Whether a binding's `properties_key` is the one a path names: RabbitMQ takes the
+/// path's segment as the key itself or as the key with its routing key decoded (a
+/// client may write `eu.*` or `eu.%2A`).
+pub fn names_binding(properties_key: &str, segment: &str) -> bool {
+    properties_key == segment
+        || percent_encoding::percent_decode_str(&properties_key.replace('+', " "))
+            .decode_utf8()
+            .is_ok_and(|decoded| decoded == segment)
+}
+
 /// RabbitMQ's `properties_key`: the routing key percent-encoded (`~` for an empty key
 /// without arguments), and for a binding with arguments `~` and a digest of them
 /// (RabbitMQ's digest is Erlang's term hash; this one is the CRC32C of their JSON:

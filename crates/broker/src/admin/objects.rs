@@ -338,7 +338,11 @@ pub async fn bind(
         DestKind::Exchange => vhost.bind_exchange(&destination, source, &key, args).await,
     }
     .map_err(amqp_error)?;
-    let location = format!("{}/{props}", super::json::path_segment(&destination));
+    let location = format!(
+        "{}/{}",
+        super::json::path_segment(&destination),
+        super::json::location_props(&props)
+    );
     let mut response = StatusCode::CREATED.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(LOCATION, v);
@@ -356,7 +360,11 @@ fn one_binding(
 ) -> Result<Value, ApiError> {
     bindings_between(vhost, source, kind, destination)?
         .into_iter()
-        .find(|b| b["properties_key"] == props)
+        .find(|b| {
+            b["properties_key"]
+                .as_str()
+                .is_some_and(|k| super::json::names_binding(k, props))
+        })
         .ok_or_else(ApiError::not_found)
 }
 
@@ -395,7 +403,11 @@ pub async fn unbind(
     };
     let found = vhost.exchange(source).and_then(|e| {
         e.bindings().into_iter().find(|b| {
-            b.destination == wanted && super::json::properties_key(&b.key, &b.arguments) == props
+            b.destination == wanted
+                && super::json::names_binding(
+                    &super::json::properties_key(&b.key, &b.arguments),
+                    &props,
+                )
         })
     });
     let (key, args) = found.map_or_else(
