@@ -260,14 +260,20 @@ pub async fn aliveness_test(
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let vhost = vhost_for(&state, &user, &params(vhost)?)?;
+    // Its steps' checks, in order, each refused as its channel would be.
     let perm = state.users.permission(vhost.name(), &user);
-    let allowed =
-        |perm_kind: Perm, name: &str| perm.as_ref().is_some_and(|p| p.allows(perm_kind, name));
-    if !allowed(Perm::Configure, ALIVENESS_QUEUE)
-        || !allowed(Perm::Write, "amq.default")
-        || !allowed(Perm::Read, ALIVENESS_QUEUE)
-    {
-        return Err(ApiError::not_authorised("Access refused."));
+    let steps = [
+        (Perm::Configure, "queue", ALIVENESS_QUEUE),
+        (Perm::Write, "exchange", "amq.default"),
+        (Perm::Read, "queue", ALIVENESS_QUEUE),
+    ];
+    for (what, kind, name) in steps {
+        if !perm.as_ref().is_some_and(|p| p.allows(what, name)) {
+            return Err(ApiError::not_authorised(format!(
+                "ACCESS_REFUSED - access to {kind} '{name}' in vhost '{}' refused for user '{user}'",
+                vhost.name()
+            )));
+        }
     }
     let spec = crate::vhost::QueueSpec {
         name: ALIVENESS_QUEUE.to_string(),
