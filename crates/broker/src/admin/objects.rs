@@ -167,6 +167,8 @@ pub async fn put_exchange(
         return Err(ApiError::not_authorised("Access refused."));
     }
     authorize(&state, &user, &vhost, Perm::Configure, name)?;
+    // Two requests declaring the same new exchange at once may both answer 201; the
+    // exchange is the same either way.
     let existed = vhost.exchange(name).is_some();
     vhost
         .declare_exchange(name, kind, durable, auto_delete, internal, arguments)
