@@ -482,3 +482,30 @@ async fn aliveness_and_node_health() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_publish_over_http_meets_the_message_size_limit() {
+    let broker = common::start_broker_with(minimq_broker::Config {
+        max_message_size: 4,
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        put(&broker, "/api/queues/%2F/small", "{}").await.status,
+        201
+    );
+    let publish = |payload: &'static str| {
+        let body = format!(
+            r#"{{"routing_key":"small","payload":"{payload}","payload_encoding":"string","properties":{{}}}}"#
+        );
+        let broker = &broker;
+        async move { post(broker, "/api/exchanges/%2F/amq.default/publish", &body).await }
+    };
+    assert_eq!(publish("four").await.json(), json!({"routed": true}));
+    bad_request(
+        &publish("five!").await,
+        "406 PRECONDITION_FAILED - message size 5 is larger than configured max size 4",
+    );
+    broker.shutdown().await;
+}

@@ -198,6 +198,13 @@ pub async fn publish(
             .map_err(|_| pair("not_base64", payload))?,
         _ => return Err(pair("unsupported_encoding", encoding.clone())),
     };
+    let max = state.config.max_message_size;
+    let size = payload.len() as u64;
+    if size > max {
+        return Err(channel_error(&AmqpError::precondition(format!(
+            "message size {size} is larger than configured max size {max}"
+        ))));
+    }
     let queues = route(&state, &user, &vhost, exchange, routing_key, &properties)
         .map_err(|e| channel_error(&e))?;
     let message = Arc::new(Message::new(
