@@ -110,7 +110,8 @@ fn flag(body: &serde_json::Map<String, Value>, key: &str) -> Result<bool, ApiErr
     }
 }
 
-/// The `arguments` field (absent: none).
+/// The `arguments` field (absent, `null` or `[]`, an empty Erlang proplist some clients
+/// copy from RabbitMQ's answers: none).
 fn arguments(body: &serde_json::Map<String, Value>) -> Result<FieldTable, ApiError> {
     match body.get("arguments") {
         None | Some(Value::Null) => Ok(FieldTable::new()),
@@ -119,6 +120,7 @@ fn arguments(body: &serde_json::Map<String, Value>) -> Result<FieldTable, ApiErr
     }
 }
 
+/// A string field, `default` when absent.
 fn text_field<'a>(
     body: &'a serde_json::Map<String, Value>,
     key: &str,
