@@ -218,6 +218,8 @@ pub enum Listing {
     Consumers,
     /// `list_policies`.
     Policies,
+    /// `list_operator_policies`.
+    OperatorPolicies,
     /// `list_vhosts` (not filtered by `-p`: vhosts have no vhost).
     Vhosts,
 }
@@ -229,7 +231,7 @@ impl Listing {
             Listing::Connections => CONNECTION_COLUMNS,
             Listing::Channels => CHANNEL_COLUMNS,
             Listing::Consumers => CONSUMER_COLUMNS,
-            Listing::Policies => POLICY_COLUMNS,
+            Listing::Policies | Listing::OperatorPolicies => POLICY_COLUMNS,
             Listing::Vhosts => VHOST_COLUMNS,
         }
     }
@@ -249,7 +251,7 @@ impl Listing {
                 "active",
                 "arguments",
             ],
-            Listing::Policies => &[
+            Listing::Policies | Listing::OperatorPolicies => &[
                 "vhost",
                 "name",
                 "pattern",
@@ -274,6 +276,7 @@ impl Listing {
             Listing::Channels => "/api/channels",
             Listing::Consumers => "/api/consumers",
             Listing::Policies => "/api/policies",
+            Listing::OperatorPolicies => "/api/operator-policies",
             Listing::Vhosts => "/api/vhosts",
         }
     }
@@ -297,6 +300,9 @@ impl Listing {
             Listing::Channels => "Listing channels ...".to_string(),
             Listing::Consumers => format!("Listing consumers in vhost {vhost} ..."),
             Listing::Policies => format!("Listing policies for vhost \"{vhost}\" ..."),
+            Listing::OperatorPolicies => {
+                format!("Listing operator policy overrides for vhost \"{vhost}\" ...")
+            }
             Listing::Vhosts => "Listing vhosts ...".to_string(),
         }
     }
@@ -342,7 +348,11 @@ fn cell(listing: Listing, object: &Value, column: &str) -> Value {
         .unwrap_or((column, "", Empty));
     match object.pointer(pointer) {
         // rabbitmqctl shows a policy's definition as its JSON text, in tables and JSON.
-        Some(v @ Value::Object(_)) if listing == Listing::Policies => Value::String(v.to_string()),
+        Some(v @ Value::Object(_))
+            if matches!(listing, Listing::Policies | Listing::OperatorPolicies) =>
+        {
+            Value::String(v.to_string())
+        }
         Some(Value::Null) | None if missing == Zero => Value::from(0),
         Some(v) => v.clone(),
         None => Value::Null,
@@ -618,6 +628,21 @@ pub enum Command {
     },
     /// `clear_policy NAME`.
     ClearPolicy(String),
+    /// `set_operator_policy [--priority N] [--apply-to KIND] NAME PATTERN DEFINITION`.
+    SetOperatorPolicy {
+        /// Policy name.
+        name: String,
+        /// Regular expression on object names.
+        pattern: String,
+        /// The definition, JSON text.
+        definition: String,
+        /// Priority (0 when not given).
+        priority: i64,
+        /// `queues`, `exchanges` or `all`.
+        apply_to: String,
+    },
+    /// `clear_operator_policy NAME`.
+    ClearOperatorPolicy(String),
     /// `add_user NAME PASSWORD`.
     AddUser(String, String),
     /// `delete_user NAME`.
@@ -890,11 +915,24 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             definition,
             priority,
             apply_to,
+        }
+        | Command::SetOperatorPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
         } => {
+            let (what, base) = match command {
+                Command::SetOperatorPolicy { .. } => {
+                    ("operator policy override", "/api/operator-policies")
+                }
+                _ => ("policy", "/api/policies"),
+            };
             let out = info(
                 options,
                 &format!(
-                    "Setting policy \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
+                    "Setting {what} \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
                 ),
             );
             let definition: Value = serde_json::from_str(definition).map_err(|_| {
@@ -906,11 +944,7 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 "priority": priority,
                 "apply-to": apply_to,
             });
-            let path = format!(
-                "/api/policies/{}/{}",
-                encode_segment(vhost),
-                encode_segment(name)
-            );
+            let path = format!("{base}/{}/{}", encode_segment(vhost), encode_segment(name));
             let resp = client
                 .request_json("PUT", &path, body.to_string().as_bytes())
                 .map_err(CtlError::unavailable)?;
@@ -923,16 +957,16 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             }
             Ok(out)
         }
-        Command::ClearPolicy(name) => {
+        Command::ClearPolicy(name) | Command::ClearOperatorPolicy(name) => {
+            let (what, base) = match command {
+                Command::ClearOperatorPolicy(_) => ("operator policy", "/api/operator-policies"),
+                _ => ("policy", "/api/policies"),
+            };
             let out = info(
                 options,
-                &format!("Clearing policy \"{name}\" on vhost \"{vhost}\" ..."),
+                &format!("Clearing {what} \"{name}\" on vhost \"{vhost}\" ..."),
             );
-            let path = format!(
-                "/api/policies/{}/{}",
-                encode_segment(vhost),
-                encode_segment(name)
-            );
+            let path = format!("{base}/{}/{}", encode_segment(vhost), encode_segment(name));
             let resp = client
                 .request("DELETE", &path)
                 .map_err(CtlError::unavailable)?;

@@ -243,6 +243,74 @@ fn minimqctl_sets_lists_and_clears_policies_as_rabbitmqctl() {
 }
 
 #[test]
+fn minimqctl_sets_lists_and_clears_operator_policies_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    // Outputs as rabbitmqctl 3.10 printed them for the same commands.
+    assert_eq!(
+        ok(&b.ctl(&[
+            "set_operator_policy",
+            "c1",
+            "^opx-c",
+            r#"{"max-length":7}"#,
+            "--apply-to",
+            "queues"
+        ])),
+        "Setting operator policy override \"c1\" for pattern \"^opx-c\" to \"{\"max-length\":7}\" with priority \"0\" for vhost \"/\" ...\n"
+    );
+    ok(&b.ctl(&[
+        "set_operator_policy",
+        "--priority",
+        "3",
+        "c2",
+        "^opx-",
+        r#"{"max-length":5,"message-ttl":1000}"#,
+    ]));
+    assert_eq!(
+        ok(&b.ctl(&["list_operator_policies"])),
+        "Listing operator policy overrides for vhost \"/\" ...\n\
+         vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n\
+         /\tc1\t^opx-c\tqueues\t{\"max-length\":7}\t0\n\
+         /\tc2\t^opx-\tall\t{\"max-length\":5,\"message-ttl\":1000}\t3\n"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &b.ctl(&["--formatter", "json", "list_operator_policies"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json[0]["definition"], "{\"max-length\":7}");
+    assert_eq!(
+        ok(&b.ctl(&["list_policies", "-q"])),
+        "",
+        "policies are a name space of their own"
+    );
+    let bad = b.ctl(&[
+        "set_operator_policy",
+        "c3",
+        "^opx-d",
+        r#"{"dead-letter-exchange":"x"}"#,
+    ]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains(
+            "[{<<\"dead-letter-exchange\">>,<<\"x\">>}] are not recognised policy settings"
+        ),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        ok(&b.ctl(&["clear_operator_policy", "c1"])),
+        "Clearing operator policy \"c1\" on vhost \"/\" ...\n"
+    );
+    let again = b.ctl(&["clear_operator_policy", "c1"]);
+    assert_eq!(again.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Parameter does not exist"));
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_operator_policies"])),
+        "vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n/\tc2\t^opx-\tall\t{\"max-length\":5,\"message-ttl\":1000}\t3\n"
+    );
+}
+
+#[test]
 fn minimqctl_sets_lists_and_clears_vhost_limits_as_rabbitmqctl() {
     let b = TestBroker::with_http();
     assert_eq!(
