@@ -6,12 +6,12 @@
 //! queue task, which is where all the waiting happens, never blocks the registry.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use minimq_protocol::{FieldTable, ReplyCode};
+use minimq_protocol::{FieldTable, FieldValue, ReplyCode};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -20,15 +20,18 @@ use crate::queue::{
     self, AppliedPolicy, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueRef, QueueType,
 };
 use crate::store::{BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredQueue, Store};
+use crate::trace::TRACE_EXCHANGE;
 
-/// Exchanges every vhost has from the start.
-const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
-    ("", ExchangeKind::Direct),
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
+/// Exchanges every vhost has from the start, and whether each is internal (the trace
+/// exchange takes only what the broker publishes to it).
+const BUILTIN_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
+    ("", ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    (TRACE_EXCHANGE, ExchangeKind::Topic, true),
 ];
 
 /// What a queue declare asks for.
@@ -76,6 +79,9 @@ pub struct VHost {
     limits: std::sync::Mutex<VHostLimits>,
     /// Its description and tags (kept durably by `vhosts.rs`).
     metadata: std::sync::Mutex<crate::vhosts::VHostMetadata>,
+    /// Firehose tracing is on (`trace.rs`): read with one relaxed load per publish and
+    /// per delivery; not kept across a restart, as in RabbitMQ.
+    tracing: AtomicBool,
 }
 
 /// The store component vhost limits are kept under (one value per vhost).
@@ -177,9 +183,10 @@ impl VHost {
                 operator_policies: Policies::default(),
                 limits: std::sync::Mutex::new(VHostLimits::default()),
                 metadata: Default::default(),
+                tracing: AtomicBool::new(false),
             };
-            for (name, kind) in BUILTIN_EXCHANGES {
-                let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
+            for (name, kind, internal) in BUILTIN_EXCHANGES {
+                let e = Exchange::new(name, *kind, true, false, *internal, FieldTable::new());
                 vhost.exchanges.insert((*name).into(), Arc::new(e));
             }
             vhost
@@ -209,6 +216,54 @@ impl VHost {
         *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = metadata;
     }
 
+    /// Whether firehose tracing is on. Relaxed: a publish or delivery racing with the
+    /// switch may go either way, as a channel refreshing its trace state does in
+    /// RabbitMQ.
+    pub fn is_tracing(&self) -> bool {
+        self.tracing.load(Ordering::Relaxed)
+    }
+
+    /// Turns firehose tracing on or off.
+    pub fn set_tracing(&self, on: bool) {
+        self.tracing.store(on, Ordering::Relaxed);
+    }
+
+    /// Publishes a trace message (`trace.rs`) through the trace exchange, internal as it
+    /// is, to the queues bound to it. It does not wait for room in them: tracing is
+    /// for looking, and must not hold up the publisher or consumer it traces.
+    pub fn publish_trace(&self, message: crate::message::Message) {
+        let Some(exchange) = self.exchange(TRACE_EXCHANGE) else {
+            return;
+        };
+        let mut queues = Vec::new();
+        self.route_from(exchange, &message.routing_key, None, &mut queues);
+        let message = Arc::new(message);
+        for q in queues {
+            q.publish_now(vec![queue::Publish {
+                message: message.clone(),
+                confirm: None,
+            }]);
+        }
+    }
+
+    /// RabbitMQ's `augment_declare_args`: a `queue.declare` that names no `x-queue-type`
+    /// gets the vhost's default queue type, when the queue can be of that type (a
+    /// quorum queue must be durable, not exclusive, not auto-delete). Before the
+    /// declare's checks, so a redeclare is compared with the type it would get.
+    pub fn apply_default_queue_type(&self, spec: &mut QueueSpec) {
+        if spec.arguments.get("x-queue-type").is_some() {
+            return;
+        }
+        let Some(kind) = self.metadata().default_queue_type else {
+            return;
+        };
+        let compatible = kind != "quorum" || (spec.durable && !spec.exclusive && !spec.auto_delete);
+        if compatible {
+            spec.arguments
+                .insert("x-queue-type", FieldValue::from(kind.as_str()));
+        }
+    }
+
     /// Removes everything the vhost holds, for its deletion: every queue (its task
     /// stopped, its consumers cancelled, its stored messages dropped), every exchange
     /// but the built-in ones, every binding, its policies and limits, each durably.
@@ -228,7 +283,7 @@ impl VHost {
             }
         }
         for e in self.exchanges() {
-            if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == &*e.name) {
+            if BUILTIN_EXCHANGES.iter().any(|(n, ..)| *n == &*e.name) {
                 continue;
             }
             if let Some(done) = self.unstore_exchange(&e) {

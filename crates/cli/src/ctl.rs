@@ -680,8 +680,20 @@ pub enum Command {
     ClearVhostLimits,
     /// `list_vhost_limits`.
     ListVhostLimits,
-    /// `add_vhost NAME`: nothing changes if it exists (exit 0, as rabbitmqctl).
-    AddVhost(String),
+    /// `add_vhost NAME [--description D] [--tags T] [--default-queue-type TYPE]`:
+    /// nothing changes if it exists (exit 0, as rabbitmqctl).
+    AddVhost {
+        /// Vhost name.
+        name: String,
+        /// Free text.
+        description: Option<String>,
+        /// Comma-separated tags.
+        tags: Option<String>,
+        /// `classic` or `quorum`: the type of its queues declared without one.
+        default_queue_type: Option<String>,
+    },
+    /// `trace_on` (true) or `trace_off` (false) for the vhost (`-p`).
+    Trace(bool),
     /// `delete_vhost NAME`.
     DeleteVhost(String),
 }
@@ -980,7 +992,12 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 )),
             }
         }
-        Command::AddVhost(name) => {
+        Command::AddVhost {
+            name,
+            description,
+            tags,
+            default_queue_type,
+        } => {
             let out = info(options, &format!("Adding vhost \"{name}\" ..."));
             let path = format!("/api/vhosts/{}", encode_segment(name));
             // rabbitmqctl leaves an existing vhost as it is; a PUT would reset its
@@ -988,8 +1005,19 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             if get(path.clone())?.status == 200 {
                 return Ok(out);
             }
+            let mut body = serde_json::Map::new();
+            for (key, value) in [
+                ("description", description),
+                ("tags", tags),
+                // The key RabbitMQ 3.10's management API reads.
+                ("defaultqueuetype", default_queue_type),
+            ] {
+                if let Some(v) = value {
+                    body.insert(key.into(), Value::from(v.as_str()));
+                }
+            }
             let resp = client
-                .request_json("PUT", &path, b"{}")
+                .request_json("PUT", &path, Value::Object(body).to_string().as_bytes())
                 .map_err(CtlError::unavailable)?;
             if !(200..300).contains(&resp.status) {
                 return Err(http_error(
@@ -998,6 +1026,49 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                     &options.user,
                 ));
             }
+            Ok(out)
+        }
+        Command::Trace(on) => {
+            let (verb, done) = if *on {
+                ("Starting", "enabled")
+            } else {
+                ("Stopping", "disabled")
+            };
+            let mut out = info(
+                options,
+                &format!("{verb} tracing for vhost \"{vhost}\" ..."),
+            );
+            let path = format!("/api/vhosts/{}", encode_segment(vhost));
+            let resp = get(path.clone())?;
+            if resp.status == 404 {
+                return Err(CtlError {
+                    message: format!("Virtual host '{vhost}' does not exist"),
+                    code: EXIT_DATA,
+                });
+            }
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "reading the vhost", &options.user));
+            }
+            // The management API switches tracing with a vhost PUT, which also sets the
+            // description and tags: they are sent back as they are.
+            let current = parse(&resp)?;
+            let body = serde_json::json!({
+                "description": current.get("description").cloned().unwrap_or(Value::Null),
+                "tags": current.get("tags").cloned().unwrap_or(Value::Null),
+                "tracing": on,
+            });
+            let resp = client
+                .request_json("PUT", &path, body.to_string().as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("switching tracing for vhost '{vhost}'"),
+                    &options.user,
+                ));
+            }
+            // rabbitmqctl prints this result line even with --quiet.
+            let _ = writeln!(out, "Trace {done} for vhost {vhost}");
             Ok(out)
         }
         Command::DeleteVhost(name) => {

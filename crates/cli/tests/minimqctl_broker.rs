@@ -397,6 +397,63 @@ fn minimqctl_adds_lists_and_deletes_vhosts_as_rabbitmqctl() {
     assert_eq!(ok(&b.ctl(&["-q", "list_vhosts"])), "name\n/\n");
 }
 
+/// rabbitmqctl 3.10's `add_vhost` options and `trace_on` / `trace_off` output, as it
+/// printed them on the reference node.
+#[test]
+fn minimqctl_adds_a_vhost_with_a_default_queue_type_and_switches_its_tracing() {
+    let b = TestBroker::with_http();
+    assert_eq!(
+        ok(&b.ctl(&[
+            "add_vhost",
+            "qv",
+            "--default-queue-type",
+            "quorum",
+            "--description",
+            "dd",
+            "--tags",
+            "x,y"
+        ])),
+        "Adding vhost \"qv\" ...\n"
+    );
+    let bad = b.ctl(&["add_vhost", "bad", "--default-queue-type", "nosuch"]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid_queue_type"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_vhosts", "name", "default_queue_type", "tracing", "description", "tags"])),
+        "name\tdefault_queue_type\ttracing\tdescription\ttags\n/\tundefined\tfalse\t\t[]\nqv\tquorum\tfalse\tdd\t[x, y]\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["trace_on", "-p", "qv"])),
+        "Starting tracing for vhost \"qv\" ...\nTrace enabled for vhost qv\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&[
+            "-q",
+            "list_vhosts",
+            "name",
+            "tracing",
+            "description",
+            "tags"
+        ])),
+        "name\ttracing\tdescription\ttags\n/\tfalse\t\t[]\nqv\ttrue\tdd\t[x, y]\n",
+        "the description and tags stay"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "trace_off", "-p", "qv"])),
+        "Trace disabled for vhost qv\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_vhosts", "name", "tracing"])),
+        "name\ttracing\n/\tfalse\nqv\tfalse\n"
+    );
+    let missing = b.ctl(&["trace_on", "-p", "nov"]);
+    assert_eq!(missing.status.code(), Some(65));
+}
+
 #[test]
 fn minimqctl_sets_the_alarm_limits_at_run_time_as_rabbitmqctl() {
     let b = TestBroker::with_http();

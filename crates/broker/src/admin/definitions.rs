@@ -185,7 +185,8 @@ fn export_vhost(
 
 /// What an import will apply, checked.
 struct Plan {
-    vhosts: Vec<(String, VHostMetadata)>,
+    /// Each with its `tracing`, when given.
+    vhosts: Vec<(String, VHostMetadata, Option<bool>)>,
     users: Vec<User>,
     /// Each with its vhost, as every list below.
     permissions: Vec<(String, String, Permission)>,
@@ -204,7 +205,7 @@ const LIMITS_NAME: &str = "limits";
 /// What a `parameters` entry holds.
 enum Parameter {
     Limits(VHostLimits),
-    OperatorPolicy(Policy),
+    OperatorPolicy(Box<Policy>),
 }
 
 /// A `parameters` entry. Of RabbitMQ's runtime parameters minimq knows the vhost limits
@@ -217,7 +218,7 @@ fn parameter(entry: &Value) -> Result<Parameter, String> {
         short_name(name)?;
         let value = entry.get("value").unwrap_or(&Value::Null);
         return Policy::parse_in(Scope::Operator, name, value)
-            .map(Parameter::OperatorPolicy)
+            .map(|p| Parameter::OperatorPolicy(Box::new(p)))
             .map_err(|e| e.trim().to_string());
     }
     if component != LIMITS_COMPONENT {
@@ -314,8 +315,25 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         // RabbitMQ 3.10 exports the description and tags under `metadata`; earlier
         // versions and hand-written files put them beside the name.
         let meta = v.get("metadata").filter(|m| m.is_object()).unwrap_or(v);
-        p.vhosts
-            .push((name.to_string(), VHostMetadata::from_json(meta)));
+        let meta = VHostMetadata::from_json(meta);
+        if let Some(t) = &meta.default_queue_type {
+            if !crate::vhosts::QUEUE_TYPES.contains(&t.as_str()) {
+                return Err(at("vhosts", i, name, format!("invalid_queue_type {t}")));
+            }
+        }
+        let tracing = match v.get("tracing") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(at(
+                    "vhosts",
+                    i,
+                    name,
+                    format!("'tracing' must be true or false, not {other}"),
+                ))
+            }
+        };
+        p.vhosts.push((name.to_string(), meta, tracing));
     }
     for (i, v) in entries(doc, "users")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("users", i, "", e))?;
@@ -343,7 +361,7 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         let vhost = vhost_of(v).map_err(|e| at("parameters", i, name, e))?;
         match parameter(v).map_err(|e| at("parameters", i, name, e))? {
             Parameter::Limits(limits) => p.limits.push((vhost, limits)),
-            Parameter::OperatorPolicy(policy) => p.operator_policies.push((vhost, policy)),
+            Parameter::OperatorPolicy(policy) => p.operator_policies.push((vhost, *policy)),
         }
     }
     for (i, v) in entries(doc, "exchanges")?.iter().enumerate() {
@@ -437,17 +455,20 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
         .chain(plan.bindings.iter().map(|(v, ..)| v))
         .chain(plan.limits.iter().map(|(v, _)| v));
     for v in named {
-        if state.vhosts.get(v).is_none() && !plan.vhosts.iter().any(|(n, _)| n == v) {
+        if state.vhosts.get(v).is_none() && !plan.vhosts.iter().any(|(n, ..)| n == v) {
             return Err(format!("vhost '{v}': no such vhost"));
         }
     }
     let io = |what: &str, e: std::io::Error| format!("{what}: could not write to disk: {e}");
-    for (name, meta) in plan.vhosts {
+    for (name, meta, tracing) in plan.vhosts {
         state
             .vhosts
             .put(&name, meta)
             .await
             .map_err(|e| io(&format!("vhost '{name}'"), e))?;
+        if let (Some(on), Some(v)) = (tracing, state.vhosts.get(&name)) {
+            v.set_tracing(on);
+        }
     }
     // Checked above: every vhost named exists now.
     let vhost = |name: &str| {

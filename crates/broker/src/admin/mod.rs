@@ -403,9 +403,9 @@ fn vhost_json(v: &VHost) -> serde_json::Value {
         "name": v.name(),
         "description": meta.description,
         "tags": meta.tags,
-        "default_queue_type": "undefined",
+        "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
         "metadata": meta.to_json(),
-        "tracing": false,
+        "tracing": v.is_tracing(),
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
@@ -440,7 +440,8 @@ async fn vhost(
     Ok(Json(vhost_json(&v)).into_response())
 }
 
-/// `PUT /api/vhosts/{vhost}` with optional `description` and `tags`: 201 when created
+/// `PUT /api/vhosts/{vhost}` with optional `description`, `tags`, `defaultqueuetype`
+/// and `tracing`: 201 when created
 /// (the requesting user is then given `.*` on it, as RabbitMQ does), 204 when updated;
 /// on disk first.
 async fn put_vhost(
@@ -458,12 +459,44 @@ async fn put_vhost(
     } else {
         json_body(&body)?
     };
-    let metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    // Firehose tracing (`trace.rs`): RabbitMQ's `parse_bool`.
+    let tracing = match value.get("tracing") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(serde_json::Value::String(s)) if s == "true" => Some(true),
+        Some(serde_json::Value::String(s)) if s == "false" => Some(false),
+        Some(_) => return Err(ApiError::bad_request("not_boolean")),
+    };
+    let mut metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    // RabbitMQ 3.10's management API reads `defaultqueuetype`; later versions (and its
+    // metadata) spell it `default_queue_type`: both are taken. Only a new vhost takes
+    // it; an unknown type fails the creation with RabbitMQ's 500.
+    metadata.default_queue_type = None;
+    if let Some(t) = value
+        .get("defaultqueuetype")
+        .or_else(|| value.get("default_queue_type"))
+        .filter(|t| !t.is_null() && state.vhosts.get(&name).is_none())
+    {
+        match t.as_str() {
+            Some(t) if crate::vhosts::QUEUE_TYPES.contains(&t) => {
+                metadata.default_queue_type = Some(t.to_string());
+            }
+            _ => {
+                return Err(ApiError {
+                    error: Some("Error occured while adding vhost"),
+                    ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_queue_type")
+                })
+            }
+        }
+    }
     let created = state
         .vhosts
         .put(&name, metadata)
         .await
         .map_err(store_error)?;
+    if let (Some(on), Some(v)) = (tracing, state.vhosts.get(&name)) {
+        v.set_tracing(on);
+    }
     if !created {
         return Ok(StatusCode::NO_CONTENT);
     }

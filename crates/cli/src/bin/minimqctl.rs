@@ -249,6 +249,16 @@ enum Cmd {
     AddVhost {
         /// Vhost name.
         name: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        /// Comma-separated tags.
+        #[arg(long)]
+        tags: Option<String>,
+        /// The type of its queues declared durable without `x-queue-type`: classic or
+        /// quorum.
+        #[arg(long = "default-queue-type", value_name = "quorum|classic")]
+        default_queue_type: Option<String>,
     },
     /// Deletes a vhost: its connections are closed, its queues (with their messages),
     /// exchanges, bindings, policies, limits and permissions removed.
@@ -256,6 +266,11 @@ enum Cmd {
         /// Vhost name.
         name: String,
     },
+    /// Starts tracing in the vhost (-p): every message published and delivered there is
+    /// copied to its `amq.rabbitmq.trace` exchange.
+    TraceOn,
+    /// Stops tracing in the vhost (-p).
+    TraceOff,
     /// Lists vhosts: name, or the columns given (name description tags
     /// default_queue_type metadata tracing cluster_state).
     ListVhosts {
@@ -278,7 +293,7 @@ fn main() {
                 fail(CtlError::usage(
                     "no command given; commands: list_queues list_connections list_channels \
                      list_consumers list_policies purge_queue delete_queue set_policy clear_policy \
-                     set_operator_policy clear_operator_policy list_operator_policies set_vhost_limits clear_vhost_limits list_vhost_limits add_vhost delete_vhost list_vhosts add_user delete_user \
+                     set_operator_policy clear_operator_policy list_operator_policies set_vhost_limits clear_vhost_limits list_vhost_limits add_vhost delete_vhost list_vhosts trace_on trace_off add_user delete_user \
                      change_password set_user_tags list_users set_permissions \
                      clear_permissions list_permissions list_user_permissions \
                      export_definitions import_definitions set_disk_free_limit \
@@ -394,8 +409,20 @@ fn main() {
         Cmd::ImportDefinitions { file } => Command::ImportDefinitions(file),
         Cmd::ListUserPermissions { username } => Command::ListUserPermissions(username),
         Cmd::ListVhostLimits => Command::ListVhostLimits,
-        Cmd::AddVhost { name } => Command::AddVhost(name),
+        Cmd::AddVhost {
+            name,
+            description,
+            tags,
+            default_queue_type,
+        } => Command::AddVhost {
+            name,
+            description,
+            tags,
+            default_queue_type,
+        },
         Cmd::DeleteVhost { name } => Command::DeleteVhost(name),
+        Cmd::TraceOn => Command::Trace(true),
+        Cmd::TraceOff => Command::Trace(false),
         Cmd::ListVhosts { columns } => Command::List(Listing::Vhosts, columns),
     };
     match ctl::run(&options, &command) {
