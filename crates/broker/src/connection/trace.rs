@@ -21,7 +21,10 @@ impl Conn {
         }
     }
 
-    /// Traces `message`, published on `ch` and routed to `queues`.
+    /// Traces `message`, published on `ch` and routed to `queues`. Cold and out of line:
+    /// the publish path it is called from stays as small as without tracing.
+    #[cold]
+    #[inline(never)]
     pub(super) fn trace_publish(&self, ch: u16, message: &Message, queues: &[QueueHandle]) {
         if let Some(t) = trace::published(message, queues, self.tap(ch)) {
             self.vhost.publish_trace(t);
@@ -29,6 +32,9 @@ impl Conn {
     }
 
     /// Traces `message`, delivered on `ch` from queue `queue` (to a consumer or a get).
+    /// Cold and out of line, as [`Conn::trace_publish`].
+    #[cold]
+    #[inline(never)]
     pub(super) fn trace_delivery(
         &self,
         ch: u16,
