@@ -17,6 +17,7 @@
 //! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery).
 //! - [`auth`]: users, password hashes, tags and permissions (RabbitMQ's model).
 //! - [`alarm`]: the memory and disk alarms that block publishers.
+//! - [`trace`]: firehose tracing (copies of publishes and deliveries to `amq.rabbitmq.trace`).
 //! - [`error`]: AMQP errors with RabbitMQ's reply texts.
 //! - [`admin`]: the management HTTP API (RabbitMQ's paths and JSON); [`registry`]: the
 //!   live connections, channels and consumers it lists.
@@ -39,6 +40,7 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod vhost;
 pub mod vhosts;
 

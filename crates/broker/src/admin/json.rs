@@ -264,7 +264,9 @@ pub struct Queue<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     policy: Option<Arc<str>>,
-    /// The policy's definition as given (`{}` without one), as RabbitMQ shows it.
+    operator_policy: Option<Arc<str>>,
+    /// The policy's definition as given, merged with the operator policy's (`{}` without
+    /// either), as RabbitMQ shows it.
     effective_policy_definition: Arc<serde_json::Value>,
     messages: u64,
     messages_ready: u64,
@@ -717,6 +719,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
             QueueType::Quorum => "quorum",
         },
         policy: applied.name,
+        operator_policy: applied.operator,
         effective_policy_definition: applied
             .definition
             .unwrap_or_else(|| Arc::new(serde_json::Value::Object(Default::default()))),

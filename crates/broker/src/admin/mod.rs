@@ -27,6 +27,8 @@
 //! | `/api/healthchecks/node`, `/api/healthchecks/node/{node}` | GET |
 //! | `/api/policies`, `/api/policies/{vhost}` | GET |
 //! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
+//! | `/api/operator-policies`, `/api/operator-policies/{vhost}` | GET |
+//! | `/api/operator-policies/{vhost}/{name}` | GET, PUT (201, 204), DELETE (administrators) |
 //! | `/api/definitions` | GET (export), POST (import; 204) (administrators) |
 //! | `/api/users`, `/api/users/{user}/permissions` | GET (administrators) |
 //! | `/api/users/{user}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
@@ -72,6 +74,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 
+use crate::policy::Scope;
 use crate::queue::QueueCommand;
 use crate::server::BrokerState;
 use crate::vhost::VHost;
@@ -135,6 +138,15 @@ impl ApiError {
     /// 404 `{"error":"Object Not Found","reason":"Not Found"}`, as RabbitMQ.
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+    }
+
+    /// 404 `{"error":"not_found","reason":"vhost_not_found"}`: RabbitMQ's answer to a
+    /// change in a vhost that does not exist.
+    pub fn vhost_not_found() -> ApiError {
+        ApiError {
+            error: Some("not_found"),
+            ..ApiError::new(StatusCode::NOT_FOUND, "vhost_not_found")
+        }
     }
 
     /// 400 `bad_request`.
@@ -267,6 +279,17 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route(
             "/api/policies/{vhost}/{name}",
             get(policy).put(put_policy).delete(delete_policy),
+        )
+        .route("/api/operator-policies", get(operator_policies))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(vhost_operator_policies),
+        )
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(operator_policy)
+                .put(put_operator_policy)
+                .delete(delete_operator_policy),
         )
         .route("/api/nodes/{node}", get(node))
         .route(
@@ -457,9 +480,9 @@ fn vhost_json(v: &VHost) -> serde_json::Value {
         "name": v.name(),
         "description": meta.description,
         "tags": meta.tags,
-        "default_queue_type": "undefined",
+        "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
         "metadata": meta.to_json(),
-        "tracing": false,
+        "tracing": v.is_tracing(),
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
@@ -494,7 +517,8 @@ async fn vhost(
     Ok(Json(vhost_json(&v)).into_response())
 }
 
-/// `PUT /api/vhosts/{vhost}` with optional `description` and `tags`: 201 when created
+/// `PUT /api/vhosts/{vhost}` with optional `description`, `tags`, `defaultqueuetype`
+/// and `tracing`: 201 when created
 /// (the requesting user is then given `.*` on it, as RabbitMQ does), 204 when updated;
 /// on disk first.
 async fn put_vhost(
@@ -512,12 +536,44 @@ async fn put_vhost(
     } else {
         json_body(&body)?
     };
-    let metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    // Firehose tracing (`trace.rs`): RabbitMQ's `parse_bool`.
+    let tracing = match value.get("tracing") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(serde_json::Value::String(s)) if s == "true" => Some(true),
+        Some(serde_json::Value::String(s)) if s == "false" => Some(false),
+        Some(_) => return Err(ApiError::bad_request("not_boolean")),
+    };
+    let mut metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    // RabbitMQ 3.10's management API reads `defaultqueuetype`; later versions (and its
+    // metadata) spell it `default_queue_type`: both are taken. Only a new vhost takes
+    // it; an unknown type fails the creation with RabbitMQ's 500.
+    metadata.default_queue_type = None;
+    if let Some(t) = value
+        .get("defaultqueuetype")
+        .or_else(|| value.get("default_queue_type"))
+        .filter(|t| !t.is_null() && state.vhosts.get(&name).is_none())
+    {
+        match t.as_str() {
+            Some(t) if crate::vhosts::QUEUE_TYPES.contains(&t) => {
+                metadata.default_queue_type = Some(t.to_string());
+            }
+            _ => {
+                return Err(ApiError {
+                    error: Some("Error occured while adding vhost"),
+                    ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_queue_type")
+                })
+            }
+        }
+    }
     let created = state
         .vhosts
         .put(&name, metadata)
         .await
         .map_err(store_error)?;
+    if let (Some(on), Some(v)) = (tracing, state.vhosts.get(&name)) {
+        v.set_tracing(on);
+    }
     if !created {
         return Ok(StatusCode::NO_CONTENT);
     }
@@ -885,11 +941,11 @@ async fn delete_vhost_limit(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn policy_listing(vhosts: &[Arc<VHost>]) -> Response {
+fn policy_listing(vhosts: &[Arc<VHost>], scope: Scope) -> Response {
     let list: Vec<_> = vhosts
         .iter()
         .flat_map(|v| {
-            v.policies
+            v.policy_set(scope)
                 .all()
                 .iter()
                 .map(|p| p.to_json(v.name()))
@@ -900,7 +956,7 @@ fn policy_listing(vhosts: &[Arc<VHost>]) -> Response {
 }
 
 async fn policies(State(state): Api, User(user): User) -> Response {
-    policy_listing(&visible_vhosts(&state, &user))
+    policy_listing(&visible_vhosts(&state, &user), Scope::Policy)
 }
 
 async fn vhost_policies(
@@ -909,7 +965,7 @@ async fn vhost_policies(
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let v = vhost_for(&state, &user, &params(vhost)?)?;
-    Ok(policy_listing(&[v]))
+    Ok(policy_listing(&[v], Scope::Policy))
 }
 
 async fn policy(
@@ -949,7 +1005,10 @@ async fn put_policy(
     }
     let value = json_body(&body)?;
     let p = crate::policy::Policy::parse(&name, &value).map_err(ApiError::bad_request)?;
-    let created = vhost.put_policy(p).await.map_err(store_error)?;
+    let created = vhost
+        .put_policy(Scope::Policy, p)
+        .await
+        .map_err(store_error)?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -964,7 +1023,81 @@ async fn delete_policy(
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
     let vhost = vhost_for(&state, &user, &vhost)?;
-    match vhost.delete_policy(&name).await {
+    match vhost.delete_policy(Scope::Policy, &name).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// `GET /api/operator-policies`: any management user, over the vhosts it sees.
+async fn operator_policies(State(state): Api, User(user): User) -> Response {
+    policy_listing(&visible_vhosts(&state, &user), Scope::Operator)
+}
+
+async fn vhost_operator_policies(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let v = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(policy_listing(&[v], Scope::Operator))
+}
+
+/// `GET /api/operator-policies/{vhost}/{name}`: administrators only, as every change
+/// to them (RabbitMQ's `is_authorized_admin`).
+async fn operator_policy(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = find_vhost(&state, &vhost)?;
+    let p = vhost
+        .operator_policies
+        .get(&name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(p.to_json(vhost.name())).into_response())
+}
+
+/// `PUT /api/operator-policies/{vhost}/{name}`: 201 created, 204 replaced; a key other
+/// than the numeric limits is refused with RabbitMQ's 400 and nothing is stored.
+async fn put_operator_policy(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = state
+        .vhosts
+        .get(&vhost)
+        .ok_or_else(ApiError::vhost_not_found)?;
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad_request("name_too_long"));
+    }
+    let value = json_body(&body)?;
+    let p = crate::policy::Policy::parse_in(Scope::Operator, &name, &value)
+        .map_err(ApiError::bad_request)?;
+    let created = vhost
+        .put_policy(Scope::Operator, p)
+        .await
+        .map_err(store_error)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn delete_operator_policy(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = find_vhost(&state, &vhost)?;
+    match vhost.delete_policy(Scope::Operator, &name).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found()),
         Err(e) => Err(store_error(e)),

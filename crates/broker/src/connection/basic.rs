@@ -163,6 +163,9 @@ impl Conn {
             self.send_method(ch, BasicGetEmpty.into());
             return Ok(());
         };
+        if self.vhost.is_tracing() {
+            self.trace_delivery(ch, queue.name(), &got.message, got.redelivered);
+        }
         let timeout = self.get_timeout(&queue);
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         self.deadlines_armed |= deadline.is_some() && !g.no_ack;

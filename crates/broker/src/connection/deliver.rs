@@ -78,6 +78,8 @@ impl Conn {
             }
             return;
         };
+        // One relaxed load when the vhost does not trace.
+        let traced = self.vhost.is_tracing().then(|| d.queue.name().clone());
         // The clock read once per batch of queue events (`self.clock`), not per delivery.
         let deadline = timeout.filter(|_| !d.no_ack).map(|t| (self.clock + t, t));
         self.deadlines_armed |= deadline.is_some();
@@ -100,6 +102,9 @@ impl Conn {
             &fitting_properties(&m.properties, frame_max),
             m.body.len() as u64,
         );
+        if let Some(queue) = traced {
+            self.trace_delivery(d.channel, &queue, m, d.redelivered);
+        }
         if m.body.len() < ZERO_COPY_BODY {
             encode_body_frames(&mut self.out, d.channel, &m.body, frame_max);
             return;

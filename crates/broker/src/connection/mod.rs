@@ -34,6 +34,7 @@ mod methods;
 mod publish;
 #[cfg(test)]
 mod tests;
+mod trace;
 pub mod transport;
 mod writer;
 

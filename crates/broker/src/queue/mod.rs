@@ -660,14 +660,16 @@ pub struct QueueHandle(Arc<QueueShared>);
 
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// What a queue's policy makes of it: the policy's name and definition (as the management
-/// API shows them) and the effective arguments, worked out by the layer that owns
-/// policies. Without a policy, the declared arguments.
+/// What a queue's policy and operator policy make of it: their names and definition (as
+/// the management API shows them) and the effective arguments, worked out by the layer
+/// that owns policies. Without either, the declared arguments.
 #[derive(Debug, Clone)]
 pub struct AppliedPolicy {
     /// The policy's name.
     pub name: Option<Arc<str>>,
-    /// Its definition, JSON.
+    /// The operator policy's name.
+    pub operator: Option<Arc<str>>,
+    /// The definition in force (the two merged when both apply), JSON.
     pub definition: Option<Arc<serde_json::Value>>,
     /// The arguments the queue acts on.
     pub args: QueueArgs,
@@ -680,6 +682,7 @@ impl QueueShared {
             Some(applied) => AppliedPolicy::clone(applied),
             None => AppliedPolicy {
                 name: None,
+                operator: None,
                 definition: None,
                 args: self.args.clone(),
             },
@@ -712,7 +715,8 @@ impl QueueShared {
             applied.args.consumer_timeout.unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        let declared = applied.name.is_none() && applied.definition.is_none();
+        let declared =
+            applied.name.is_none() && applied.operator.is_none() && applied.definition.is_none();
         *slot = (!declared || applied.args != self.args).then(|| Arc::new(applied));
         changed
     }
