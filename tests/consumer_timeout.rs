@@ -216,7 +216,10 @@ async fn a_policy_set_while_a_consumer_runs_times_out_its_next_deliveries() {
     )
     .expect("a valid policy");
     let vhost = broker.state().vhosts.get("/").expect("the default vhost");
-    vhost.put_policy(policy).await.expect("policy stored");
+    vhost
+        .put_policy(minimq_broker::policy::Scope::Policy, policy)
+        .await
+        .expect("policy stored");
     c.publish("live", b"after").await;
     delivery(&mut c).await;
     expect_timeout_close(&mut c, 1000, Instant::now()).await;
