@@ -25,6 +25,8 @@
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments, the rewrite after
 //!   damage.
 //! - [`meta`]: the metadata log (durable queues, exchanges, bindings) and its thread.
+//! - [`stream`]: a stream queue's own log (segments of offset-numbered messages), apart
+//!   from the message log.
 //!
 //! Threads: `minimq-store` (the writer), `minimq-sync` (the syncer, none with
 //! `--fsync off`), `minimq-meta` (the metadata log). Callers on async workers do not
@@ -40,6 +42,7 @@
 //!                 (tmp + rename) when it grows past twice what is live
 //! segments/       NNNNNNNNNNNNNNNNNNNN.seg, the log
 //! damaged/        segments found damaged at start-up, kept for inspection
+//! streams/N/      the log of the stream queue whose id is N (see [`stream`])
 //! ```
 //! Who writes what: queue tasks append enqueue / settle records for their persistent
 //! messages (the first queue to take a message also appends the message itself); the
@@ -61,6 +64,7 @@ mod purge;
 pub mod reader;
 pub mod recovery;
 mod rewrite;
+pub mod stream;
 mod syncer;
 mod writer;
 #[cfg(test)]
