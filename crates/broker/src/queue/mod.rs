@@ -21,6 +21,7 @@ pub mod at_least_once;
 pub mod deadletter;
 #[cfg(test)]
 mod harness;
+pub mod stream;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -319,6 +320,8 @@ pub struct ConsumerSpec {
     pub priority: i32,
     /// The channel's shared credit, when `basic.qos global` is in force.
     pub channel_credit: Option<Arc<ChannelCredit>>,
+    /// The consumer's `basic.consume` arguments (a stream reads `x-stream-offset`).
+    pub arguments: FieldTable,
     /// Where deliveries go.
     pub sink: EventSink,
     /// The room on its connection's way out.

@@ -191,7 +191,11 @@ impl StreamLog {
             if pair[1].first < pair[0].next {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("stream segments {} and {} overlap", pair[0].path.display(), pair[1].path.display()),
+                    format!(
+                        "stream segments {} and {} overlap",
+                        pair[0].path.display(),
+                        pair[1].path.display()
+                    ),
                 ));
             }
         }
@@ -267,7 +271,11 @@ impl StreamLog {
         result
     }
 
-    fn append_synced(&mut self, messages: &[&Message], timestamp: i64) -> std::io::Result<Vec<u64>> {
+    fn append_synced(
+        &mut self,
+        messages: &[&Message],
+        timestamp: i64,
+    ) -> std::io::Result<Vec<u64>> {
         let mut offsets = Vec::with_capacity(messages.len());
         let mut buf = BytesMut::new();
         let mut record = BytesMut::new();
@@ -276,9 +284,10 @@ impl StreamLog {
             record.clear();
             let len = encode_record(&mut record, offset, timestamp, message) as u64;
             // A segment's `size` counts the records buffered for it too.
-            let full = self.segments.back().is_some_and(|s| {
-                !s.is_empty() && s.size + len > self.limits.segment_bytes
-            });
+            let full = self
+                .segments
+                .back()
+                .is_some_and(|s| !s.is_empty() && s.size + len > self.limits.segment_bytes);
             if full {
                 self.active.write_all(&buf)?;
                 buf.clear();
@@ -316,10 +325,7 @@ impl StreamLog {
             let Some(oldest) = self.segments.front() else {
                 break;
             };
-            let over_size = self
-                .limits
-                .max_bytes
-                .is_some_and(|max| self.bytes() > max);
+            let over_size = self.limits.max_bytes.is_some_and(|max| self.bytes() > max);
             let too_old = self.limits.max_age_ms.is_some_and(|age| {
                 !oldest.is_empty() && oldest.last_timestamp < now.saturating_sub(age as i64)
             });
@@ -353,14 +359,19 @@ impl StreamLog {
             return Ok(self.next_offset());
         };
         let mut found = segment.next;
-        scan(&segment.path, segment.seek_timestamp(timestamp), segment.size, |head, _| {
-            if head.timestamp >= timestamp {
-                found = head.offset;
-                false
-            } else {
-                true
-            }
-        })?;
+        scan(
+            &segment.path,
+            segment.seek_timestamp(timestamp),
+            segment.size,
+            |head, _| {
+                if head.timestamp >= timestamp {
+                    found = head.offset;
+                    false
+                } else {
+                    true
+                }
+            },
+        )?;
         Ok(found)
     }
 
@@ -368,7 +379,12 @@ impl StreamLog {
     /// does), stopping early once `max_bytes` octets of records were read (at least one
     /// record is read). Answers nothing at the end of the log. A record that cannot be
     /// read back is an error.
-    pub fn read(&self, offset: u64, max: usize, max_bytes: usize) -> std::io::Result<Vec<StreamEntry>> {
+    pub fn read(
+        &self,
+        offset: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<Vec<StreamEntry>> {
         let mut out = Vec::new();
         let mut from = self.clamp(offset);
         let mut bytes = 0usize;
@@ -380,30 +396,38 @@ impl StreamLog {
                 break;
             }
             let mut failed = None;
-            scan(&segment.path, segment.seek_offset(from), segment.size, |head, record| {
-                if head.offset < from {
-                    return true;
-                }
-                match decode_message(record) {
-                    Some(message) => {
-                        bytes += head.len;
-                        out.push(StreamEntry {
-                            offset: head.offset,
-                            timestamp: head.timestamp,
-                            message,
-                        });
+            scan(
+                &segment.path,
+                segment.seek_offset(from),
+                segment.size,
+                |head, record| {
+                    if head.offset < from {
+                        return true;
                     }
-                    None => {
-                        failed = Some(head.offset);
-                        return false;
+                    match decode_message(record) {
+                        Some(message) => {
+                            bytes += head.len;
+                            out.push(StreamEntry {
+                                offset: head.offset,
+                                timestamp: head.timestamp,
+                                message,
+                            });
+                        }
+                        None => {
+                            failed = Some(head.offset);
+                            return false;
+                        }
                     }
-                }
-                out.len() < max && bytes < max_bytes
-            })?;
+                    out.len() < max && bytes < max_bytes
+                },
+            )?;
             if let Some(offset) = failed {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("stream record {offset} in {} does not parse", segment.path.display()),
+                    format!(
+                        "stream record {offset} in {} does not parse",
+                        segment.path.display()
+                    ),
                 ));
             }
             from = segment.next;
@@ -411,11 +435,11 @@ impl StreamLog {
         Ok(out)
     }
 
-    /// Deletes the log's directory with every segment (the stream was deleted).
-    pub fn destroy(self) -> std::io::Result<()> {
-        let dir = self.dir.clone();
-        drop(self);
-        std::fs::remove_dir_all(&dir)
+    /// Deletes the log's directory with every segment (the stream was deleted); the log
+    /// takes no more appends.
+    pub fn remove_files(&mut self) -> std::io::Result<()> {
+        self.poisoned = true;
+        std::fs::remove_dir_all(&self.dir)
     }
 }
 

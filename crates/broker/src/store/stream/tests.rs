@@ -159,7 +159,7 @@ fn retention_by_age_drops_segments_whose_newest_message_is_older() {
     }
     assert!(young.segment_count() > 1);
     assert_eq!(young.first_offset(), 0);
-    young.destroy().unwrap();
+    young.remove_files().unwrap();
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -218,7 +218,10 @@ fn a_damaged_record_cuts_the_segment_there() {
     std::fs::write(&path, &bytes).unwrap();
     let log = StreamLog::open(&d, StreamLimits::default()).unwrap();
     assert_eq!(log.next_offset(), 2);
-    assert_eq!(bodies(&log.read(0, 10, usize::MAX).unwrap()), ["one", "two"]);
+    assert_eq!(
+        bodies(&log.read(0, 10, usize::MAX).unwrap()),
+        ["one", "two"]
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
