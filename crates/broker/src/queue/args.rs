@@ -618,9 +618,13 @@ impl QueueArgs {
     pub fn parse_stored(queue: QueueRef<'_>, table: &FieldTable) -> QueueArgs {
         QueueArgs::parse(queue, table).unwrap_or_else(|e| {
             tracing::warn!(queue = queue.name, vhost = queue.vhost, error = %e.text, "stored queue arguments are refused now; ignoring the refused ones");
+            let refused = match table.get("x-queue-type").and_then(FieldValue::as_str) {
+                Some("stream") => NOT_STREAM,
+                _ => NOT_QUORUM,
+            };
             let kept: FieldTable = table
                 .iter()
-                .filter(|(k, _)| !NOT_QUORUM.contains(k) && !NOT_STREAM.contains(k))
+                .filter(|(k, _)| !refused.contains(k))
                 .map(|(k, v)| (k, v.clone()))
                 .collect();
             QueueArgs::parse(queue, &kept).unwrap_or_else(|_| {
