@@ -357,7 +357,8 @@ impl StreamTask {
     }
 
     /// Takes a consumer, refusing it as RabbitMQ 3.10 refuses a stream's (no prefetch,
-    /// automatic acknowledgement, another queue type's argument, a bad offset), and
+    /// automatic acknowledgement, a channel-wide prefetch, another queue type's argument,
+    /// a bad offset), and
     /// places it where its `x-stream-offset` says.
     async fn add_reader(&mut self, spec: Box<ConsumerSpec>) -> AmqpResult<()> {
         let queue = self.handle.queue_ref();
@@ -370,6 +371,12 @@ impl StreamTask {
             return Err(AmqpError::new(
                 ReplyCode::NotImplemented,
                 format!("automatic acknowledgement not supported by stream queues {queue}"),
+            ));
+        }
+        if spec.channel_credit.is_some() {
+            return Err(AmqpError::new(
+                ReplyCode::NotImplemented,
+                format!("{queue} does not support global qos"),
             ));
         }
         check_consumer_arguments(&spec.arguments, &queue.to_string())?;
