@@ -429,6 +429,30 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
 
     let (conn, c) = connect_open(&broker).await;
     let mut errors = connection_errors(&conn);
+    within(c.basic_qos(10, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    within(c.basic_qos(10, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let _ = c
+        .basic_consume(
+            "s",
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert_eq!(
+        next_error(&mut errors).await,
+        (
+            540,
+            "NOT_IMPLEMENTED - queue 's' in vhost '/' does not support global qos".to_string()
+        )
+    );
+
+    let (conn, c) = connect_open(&broker).await;
+    let mut errors = connection_errors(&conn);
     let _ = c.basic_get("s", BasicGetOptions::default()).await;
     assert_eq!(
         next_error(&mut errors).await,

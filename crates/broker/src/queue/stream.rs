@@ -236,10 +236,13 @@ impl StreamTask {
             }
             QueueCommand::Consume { consumer, reply } => {
                 let started = self.add_reader(consumer).await;
+                // Counted before the answer: whoever saw consume-ok sees the consumer.
+                self.publish_stats();
                 let _ = reply.send(started);
             }
             QueueCommand::Cancel { consumer_id, reply } => {
                 self.readers.retain(|r| r.spec.id != consumer_id);
+                self.publish_stats();
                 if let Some(r) = reply {
                     let _ = r.send(());
                 }
@@ -351,6 +354,8 @@ impl StreamTask {
                 .published
                 .fetch_add(publishes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        // Counted before the confirms: whoever saw the ack sees the message counted.
+        self.publish_stats();
         for ticket in publishes.into_iter().filter_map(|p| p.confirm) {
             ticket.send(ok);
         }
