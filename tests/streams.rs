@@ -613,4 +613,19 @@ async fn the_management_api_shows_a_stream_as_rabbitmq_does() {
         .expect("the stream is exported");
     assert_eq!(exported["arguments"]["x-queue-type"], "stream");
     assert_eq!(exported["durable"], true);
+
+    // Imported into another broker, it is a stream there.
+    let other_dir = data_dir("streams-api-import");
+    let other = start_with_api_in(&other_dir).await;
+    let r = common::http::send_json(&other, "POST", "/api/definitions", &defs.to_string()).await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    let q = common::http::get(&other, "/api/queues/%2F/s").await;
+    assert_eq!(q["type"], "stream");
+    assert_eq!(q["arguments"]["x-max-age"], "7D");
+    let (conn, ch) = connect_open(&other).await;
+    confirm_mode(&ch).await;
+    publish_all(&ch, "s", &["imported"]).await;
+    let c = open(&conn).await;
+    let mut first = reader(&c, "s", 10, Some(text("first"))).await;
+    assert_eq!(take(&c, &mut first, 1).await, [("imported".to_string(), 0)]);
 }
