@@ -399,6 +399,29 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
         )
     );
 
+    // An offset that is none of RabbitMQ's forms: 406.
+    let c = open(&conn).await;
+    within(c.basic_qos(10, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let e = expect_amqp(
+        within(c.basic_consume(
+            "s",
+            "",
+            BasicConsumeOptions::default(),
+            args(&[("x-stream-offset", text("bad"))]),
+        ))
+        .await,
+    );
+    assert_eq!(
+        e,
+        (
+            406,
+            "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue 's' in vhost '/': {invalid_stream_offset_arg,{longstr,<<\"bad\">>}}"
+                .to_string()
+        )
+    );
+
     // The rest close the connection with 540.
     let expect_540 = |text: &str| {
         (

@@ -387,7 +387,16 @@ impl StreamTask {
         check_consumer_arguments(&spec.arguments, &queue.to_string())?;
         let offset = spec.arguments.get("x-stream-offset");
         let Some(start) = StartAt::parse(offset, now_ms()) else {
-            let shown = offset.map_or_else(String::new, |v| format!("{v:?}"));
+            // Only a value present can fail to parse; the tag and value as Erlang's
+            // `~p` writes them: `{longstr,<<"bad">>}`, `{bool,true}`.
+            let shown = match offset {
+                Some(FieldValue::LongString(s)) => {
+                    format!("{{longstr,<<\"{}\">>}}", String::from_utf8_lossy(s))
+                }
+                Some(FieldValue::Bool(b)) => format!("{{bool,{b}}}"),
+                Some(other) => format!("{{{},…}}", other.type_name()),
+                None => String::new(),
+            };
             return Err(AmqpError::precondition(format!(
                 "invalid arg 'x-stream-offset' for {queue}: {{invalid_stream_offset_arg,{shown}}}"
             )));
