@@ -11,6 +11,9 @@
 //!
 //! A queue task knows the registry above it only through the [`QueueHost`] it is given
 //! at spawn: this module never imports the vhost, connection, channel or admin layers.
+//!
+//! A stream (`x-queue-type: stream`) has a task of its own, [`stream`], behind the same
+//! handle and commands: an append-only log read by each consumer from its own offset.
 
 pub mod active;
 pub mod actor;
