@@ -579,8 +579,7 @@ impl VHost {
     ) {
         if handle.info().args.queue_type == QueueType::Stream {
             if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
-                let dir = queue::stream::stream_dir(store.dir(), id);
-                queue::stream::spawn(handle, rx, dir);
+                queue::stream::spawn(handle, rx, store.stream_place(id));
                 return;
             }
         }

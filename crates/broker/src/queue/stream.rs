@@ -23,7 +23,6 @@
 //! each unacked id to its consumer, so an ack gives the right consumer its credit back.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use minimq_protocol::{BasicProperties, FieldTable, FieldValue, ReplyCode};
@@ -35,7 +34,9 @@ use super::{
 };
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
-use crate::store::stream::{now_ms, StreamEntry, StreamLimits, StreamLog, DEFAULT_SEGMENT_BYTES};
+use crate::store::stream::{
+    now_ms, StreamEntry, StreamLimits, StreamLog, StreamPlace, DEFAULT_SEGMENT_BYTES,
+};
 
 /// Most messages read from the log for one consumer at once: a consumer with a large
 /// prefetch is served in several reads, so one reader cannot hold the task for long.
@@ -108,11 +109,6 @@ impl Reader {
     }
 }
 
-/// The log's directory for the stream whose store id is `id`, under the data directory.
-pub fn stream_dir(data_dir: &std::path::Path, id: u64) -> PathBuf {
-    data_dir.join("streams").join(id.to_string())
-}
-
 /// The log's limits from the queue's arguments.
 fn limits(handle: &QueueHandle) -> StreamLimits {
     let args = handle.info().effective_args();
@@ -129,13 +125,11 @@ fn limits(handle: &QueueHandle) -> StreamLimits {
 /// Starts the stream's task: it opens (recovers) the log in `dir` on the blocking pool,
 /// then serves its commands. A log that cannot be opened leaves the queue failed (as a
 /// queue task that panicked), so clients are told rather than served an empty stream.
-pub fn spawn(handle: QueueHandle, inbox: QueueInbox, dir: PathBuf) {
+pub fn spawn(handle: QueueHandle, inbox: QueueInbox, place: StreamPlace) {
     tokio::spawn(async move {
         let limits = limits(&handle);
-        let opened = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || StreamLog::open(&dir, limits)).await
-        };
+        let dir = place.dir.clone();
+        let opened = tokio::task::spawn_blocking(move || StreamLog::open(&place, limits)).await;
         let log = match opened {
             Ok(Ok(log)) => log,
             Ok(Err(e)) => return fail(handle, inbox, &dir, &e.to_string()),

@@ -194,6 +194,10 @@ pub struct Store {
     lock: Mutex<Option<File>>,
     /// What recovery did at open.
     recovery: RecoveryReport,
+    /// The seam file changes go through, and the sync policy: a stream's log
+    /// ([`stream`]) uses the same.
+    disk: Arc<dyn Disk>,
+    fsync: FsyncMode,
 }
 
 impl std::fmt::Debug for Store {
@@ -313,6 +317,8 @@ impl Store {
         };
         let thread = w.spawn(rx)?;
         let store = Store {
+            disk: opts.disk.clone(),
+            fsync: opts.fsync,
             dir: dir.to_path_buf(),
             seg_dir,
             index,
@@ -336,6 +342,16 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where a stream's log lives and how it is written: the store's directory, file
+    /// seam and sync policy.
+    pub fn stream_place(&self, queue_id: u64) -> stream::StreamPlace {
+        stream::StreamPlace {
+            dir: self.dir.join("streams").join(queue_id.to_string()),
+            disk: self.disk.clone(),
+            sync: self.fsync == FsyncMode::Batch,
+        }
     }
 
     /// What recovery did when the store was opened.

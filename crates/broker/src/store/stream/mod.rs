@@ -24,13 +24,15 @@ pub mod format;
 mod tests;
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::message::Message;
+use crate::store::disk::{Disk, DiskFile};
 use crate::store::format::FILE_HEADER_LEN;
 use format::{
     check_record, check_segment_header, decode_message, encode_record, parse_segment_file_name,
@@ -48,6 +50,18 @@ pub const INDEX_INTERVAL: u64 = 64 * 1024;
 /// Octets read from a segment file at once while scanning (recovery, reads): large
 /// enough for few system calls, small enough to be a modest buffer per read.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// Where a stream's log lives and how it is written.
+#[derive(Debug, Clone)]
+pub struct StreamPlace {
+    /// Its directory (`streams/<queue id>/` under the data directory).
+    pub dir: PathBuf,
+    /// The seam every change to its files goes through (the store's).
+    pub disk: Arc<dyn Disk>,
+    /// `fdatasync` every append before it is answered (`false` with `--fsync off`, as
+    /// the message log then never syncs either).
+    pub sync: bool,
+}
 
 /// What the log may hold: segment size, and the retention that drops old segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,11 +161,13 @@ pub struct StreamEntry {
 #[derive(Debug)]
 pub struct StreamLog {
     dir: PathBuf,
+    disk: Arc<dyn Disk>,
+    sync: bool,
     limits: StreamLimits,
     /// Oldest first; the last one is written to. Never empty.
     segments: VecDeque<Segment>,
     /// The segment being written, open for appending.
-    active: File,
+    active: Arc<dyn DiskFile>,
     /// A write or sync failed: nothing more is appended (what was written may or may not
     /// be on disk, so no later confirm could be trusted).
     poisoned: bool,
@@ -170,8 +186,15 @@ impl StreamLog {
     /// whole (a torn write, damage) is cut at the last whole record and synced; a
     /// segment whose header is wrong is refused (an error: the directory is not a
     /// stream's).
-    pub fn open(dir: &Path, limits: StreamLimits) -> std::io::Result<StreamLog> {
-        std::fs::create_dir_all(dir)?;
+    pub fn open(place: &StreamPlace, limits: StreamLimits) -> std::io::Result<StreamLog> {
+        let (dir, disk) = (place.dir.as_path(), &*place.disk);
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // The new directory's entry, and `streams/`'s in the data directory.
+            for parent in dir.ancestors().skip(1).take(2) {
+                disk.sync_dir(parent)?;
+            }
+        }
         let mut firsts = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -183,7 +206,7 @@ impl StreamLog {
         let mut segments = VecDeque::new();
         for first in firsts {
             let path = dir.join(segment_file_name(first));
-            segments.push_back(recover_segment(&path, first)?);
+            segments.push_back(recover_segment(disk, &path, first)?);
         }
         // A segment that starts before the previous one ended overlaps it (a file copied
         // in by hand): the later records are the ones kept in neither; refuse.
@@ -200,15 +223,17 @@ impl StreamLog {
             }
         }
         let active = match segments.back() {
-            Some(last) => OpenOptions::new().append(true).open(&last.path)?,
+            Some(last) => disk.open_append(&last.path)?,
             None => {
-                let (segment, file) = create_segment(dir, 0)?;
+                let (segment, file) = create_segment(disk, dir, 0)?;
                 segments.push_back(segment);
                 file
             }
         };
         let mut log = StreamLog {
             dir: dir.to_path_buf(),
+            disk: place.disk.clone(),
+            sync: place.sync,
             limits,
             segments,
             active,
@@ -291,7 +316,7 @@ impl StreamLog {
             if full {
                 self.active.write_all(&buf)?;
                 buf.clear();
-                self.active.sync_data()?;
+                self.sync_active()?;
                 self.roll(offset)?;
             }
             let Some(segment) = self.segments.back_mut() else {
@@ -303,14 +328,21 @@ impl StreamLog {
             offsets.push(offset);
         }
         self.active.write_all(&buf)?;
-        self.active.sync_data()?;
+        self.sync_active()?;
         Ok(offsets)
+    }
+
+    fn sync_active(&self) -> std::io::Result<()> {
+        if self.sync {
+            self.active.sync_data()?;
+        }
+        Ok(())
     }
 
     /// Closes the active segment and begins one whose first offset is `first`, then
     /// applies retention.
     fn roll(&mut self, first: u64) -> std::io::Result<()> {
-        let (segment, file) = create_segment(&self.dir, first)?;
+        let (segment, file) = create_segment(&*self.disk, &self.dir, first)?;
         self.segments.push_back(segment);
         self.active = file;
         self.apply_retention(now_ms())
@@ -332,12 +364,12 @@ impl StreamLog {
             if !(over_size || too_old || oldest.is_empty()) {
                 break;
             }
-            std::fs::remove_file(&oldest.path)?;
+            self.disk.remove_file(&oldest.path)?;
             self.segments.pop_front();
             removed = true;
         }
         if removed {
-            sync_dir(&self.dir)?;
+            self.disk.sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -444,19 +476,18 @@ impl StreamLog {
 }
 
 /// Creates the segment whose first offset is `first`, with its header, synced with its
-/// directory entry.
-fn create_segment(dir: &Path, first: u64) -> std::io::Result<(Segment, File)> {
+/// directory entry (even with syncs off: a segment is created rarely, and a stream whose
+/// files are not where its offsets say cannot be read).
+fn create_segment(
+    disk: &dyn Disk,
+    dir: &Path,
+    first: u64,
+) -> std::io::Result<(Segment, Arc<dyn DiskFile>)> {
     let path = dir.join(segment_file_name(first));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)?;
+    let file = disk.create(&path)?;
     file.write_all(&segment_header())?;
     file.sync_data()?;
-    sync_dir(dir)?;
-    drop(file);
-    let file = OpenOptions::new().append(true).open(&path)?;
+    disk.sync_dir(dir)?;
     Ok((
         Segment {
             path,
@@ -470,21 +501,15 @@ fn create_segment(dir: &Path, first: u64) -> std::io::Result<(Segment, File)> {
     ))
 }
 
-/// Makes a directory's entries (files created or deleted) durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Scans a segment file at start-up: rebuilds its index and cuts a torn or damaged tail
 /// (synced), as the message log does with its own (see `docs/storage.md`).
-fn recover_segment(path: &Path, first: u64) -> std::io::Result<Segment> {
+fn recover_segment(disk: &dyn Disk, path: &Path, first: u64) -> std::io::Result<Segment> {
     let mut header = [0u8; FILE_HEADER_LEN];
     let len = std::fs::metadata(path)?.len();
     if len < FILE_HEADER_LEN as u64 {
         // Created and never given its header (a crash in between): an empty segment.
-        let file = OpenOptions::new().write(true).open(path)?;
+        let file = disk.open_append(path)?;
         file.set_len(0)?;
-        let mut file = OpenOptions::new().append(true).open(path)?;
         file.write_all(&segment_header())?;
         file.sync_data()?;
     } else {
@@ -525,7 +550,7 @@ fn recover_segment(path: &Path, first: u64) -> std::io::Result<Segment> {
             cut = file_len - good,
             "stream segment ends in a torn or damaged record; cutting it there"
         );
-        let file = OpenOptions::new().write(true).open(path)?;
+        let file = disk.open_append(path)?;
         file.set_len(good)?;
         file.sync_data()?;
     }

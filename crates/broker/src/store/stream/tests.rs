@@ -7,6 +7,24 @@ use bytes::Bytes;
 use minimq_protocol::BasicProperties;
 
 use super::*;
+use crate::store::disk::OsDisk;
+use crate::store::faulty::{Fault, FaultyDisk, FsOp};
+
+fn place(d: &Path) -> StreamPlace {
+    StreamPlace {
+        dir: d.to_path_buf(),
+        disk: Arc::new(OsDisk),
+        sync: true,
+    }
+}
+
+fn faulty_place(d: &Path, disk: &Arc<FaultyDisk>, sync: bool) -> StreamPlace {
+    StreamPlace {
+        dir: d.to_path_buf(),
+        disk: disk.clone(),
+        sync,
+    }
+}
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("minimq-stream-{name}-{}", std::process::id()));
@@ -46,7 +64,7 @@ fn small(segment_bytes: u64) -> StreamLimits {
 #[test]
 fn appended_messages_get_consecutive_offsets_and_read_back_whole() {
     let d = dir("append");
-    let mut log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+    let mut log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
     assert_eq!(append(&mut log, &["a", "b"], 10), [0, 1]);
     assert_eq!(append(&mut log, &["c"], 11), [2]);
     let all = log.read(0, 100, usize::MAX).unwrap();
@@ -64,7 +82,7 @@ fn appended_messages_get_consecutive_offsets_and_read_back_whole() {
 #[test]
 fn reads_cross_segments_and_start_at_any_offset() {
     let d = dir("segments");
-    let mut log = StreamLog::open(&d, small(200)).unwrap();
+    let mut log = StreamLog::open(&place(&d), small(200)).unwrap();
     let names: Vec<String> = (0..50).map(|i| format!("message {i}")).collect();
     for n in &names {
         append(&mut log, &[n], 1);
@@ -83,7 +101,7 @@ fn reads_cross_segments_and_start_at_any_offset() {
 #[test]
 fn the_sparse_index_finds_offsets_deep_in_a_large_segment() {
     let d = dir("index");
-    let mut log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+    let mut log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
     let body = "x".repeat(10_000);
     for _ in 0..40 {
         append(&mut log, &[&body], 1);
@@ -97,7 +115,7 @@ fn the_sparse_index_finds_offsets_deep_in_a_large_segment() {
 #[test]
 fn a_timestamp_finds_the_first_message_appended_at_or_after_it() {
     let d = dir("timestamps");
-    let mut log = StreamLog::open(&d, small(300)).unwrap();
+    let mut log = StreamLog::open(&place(&d), small(300)).unwrap();
     for t in 0..20 {
         append(&mut log, &["m"], 1000 + t * 10);
     }
@@ -116,7 +134,7 @@ fn retention_by_bytes_drops_whole_old_segments_never_the_active_one() {
         max_bytes: Some(2500),
         max_age_ms: None,
     };
-    let mut log = StreamLog::open(&d, limits).unwrap();
+    let mut log = StreamLog::open(&place(&d), limits).unwrap();
     let body = "y".repeat(100);
     for _ in 0..100 {
         append(&mut log, &[&body], 1);
@@ -141,7 +159,7 @@ fn retention_by_age_drops_segments_whose_newest_message_is_older() {
         max_bytes: None,
         max_age_ms: Some(1000),
     };
-    let mut log = StreamLog::open(&d, limits).unwrap();
+    let mut log = StreamLog::open(&place(&d), limits).unwrap();
     let now = now_ms();
     for _ in 0..10 {
         append(&mut log, &["old message"], now - 60_000);
@@ -153,7 +171,7 @@ fn retention_by_age_drops_segments_whose_newest_message_is_older() {
     assert_eq!(log.segment_count(), 1);
     assert!(!log.is_empty());
     // Young messages are kept.
-    let mut young = StreamLog::open(&dir("age-young"), limits).unwrap();
+    let mut young = StreamLog::open(&place(&dir("age-young")), limits).unwrap();
     for _ in 0..10 {
         append(&mut young, &["new message"], now);
     }
@@ -167,12 +185,12 @@ fn retention_by_age_drops_segments_whose_newest_message_is_older() {
 fn a_reopened_log_keeps_its_offsets_and_appends_after_them() {
     let d = dir("reopen");
     {
-        let mut log = StreamLog::open(&d, small(150)).unwrap();
+        let mut log = StreamLog::open(&place(&d), small(150)).unwrap();
         for i in 0..10 {
             append(&mut log, &[&format!("m{i}")], i);
         }
     }
-    let mut log = StreamLog::open(&d, small(150)).unwrap();
+    let mut log = StreamLog::open(&place(&d), small(150)).unwrap();
     assert_eq!((log.first_offset(), log.next_offset()), (0, 10));
     assert_eq!(append(&mut log, &["m10"], 10), [10]);
     let got = bodies(&log.read(8, 10, usize::MAX).unwrap());
@@ -184,16 +202,16 @@ fn a_reopened_log_keeps_its_offsets_and_appends_after_them() {
 fn a_torn_tail_is_cut_at_the_last_whole_record() {
     let d = dir("torn");
     {
-        let mut log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+        let mut log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
         append(&mut log, &["one", "two", "three"], 5);
     }
     let path = d.join(format::segment_file_name(0));
     let whole = std::fs::metadata(&path).unwrap().len();
     // Half of the last record made it to disk.
-    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(whole - 4).unwrap();
     drop(f);
-    let mut log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+    let mut log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
     assert_eq!(log.next_offset(), 2);
     assert!(std::fs::metadata(&path).unwrap().len() < whole - 4);
     assert_eq!(append(&mut log, &["again"], 6), [2]);
@@ -208,7 +226,7 @@ fn a_torn_tail_is_cut_at_the_last_whole_record() {
 fn a_damaged_record_cuts_the_segment_there() {
     let d = dir("damaged");
     {
-        let mut log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+        let mut log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
         append(&mut log, &["one", "two", "three"], 5);
     }
     let path = d.join(format::segment_file_name(0));
@@ -216,7 +234,7 @@ fn a_damaged_record_cuts_the_segment_there() {
     let last = bytes.len() - 2;
     bytes[last] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+    let log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
     assert_eq!(log.next_offset(), 2);
     assert_eq!(
         bodies(&log.read(0, 10, usize::MAX).unwrap()),
@@ -230,7 +248,7 @@ fn a_segment_created_without_its_header_opens_empty() {
     let d = dir("headerless");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join(format::segment_file_name(0)), b"MQS").unwrap();
-    let mut log = StreamLog::open(&d, StreamLimits::default()).unwrap();
+    let mut log = StreamLog::open(&place(&d), StreamLimits::default()).unwrap();
     assert_eq!(log.next_offset(), 0);
     assert_eq!(append(&mut log, &["a"], 1), [0]);
     std::fs::remove_dir_all(&d).unwrap();
@@ -242,4 +260,67 @@ fn garbage_never_panics_the_record_check() {
         let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
         let _ = format::check_record(&junk);
     }
+}
+
+#[test]
+fn a_failed_sync_refuses_the_append_and_every_later_one() {
+    let d = dir("failed-sync");
+    let disk = FaultyDisk::new(1);
+    let mut log = StreamLog::open(&faulty_place(&d, &disk, true), StreamLimits::default()).unwrap();
+    assert_eq!(append(&mut log, &["kept"], 1), [0]);
+    disk.fail(&[FsOp::Sync], Fault::Io);
+    let m = message("lost");
+    assert!(log.append(&[&m], 2).is_err());
+    disk.heal();
+    // Poisoned: what the failed sync covered may or may not be on disk, so nothing
+    // later can be confirmed either.
+    assert!(log.append(&[&m], 3).is_err());
+    drop(log);
+    let mut log = StreamLog::open(&faulty_place(&d, &disk, true), StreamLimits::default()).unwrap();
+    let next = log.next_offset();
+    assert!((1..=2).contains(&next), "next offset {next}");
+    assert_eq!(append(&mut log, &["after"], 4), [next]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_power_loss_keeps_every_synced_append_across_segment_rolls() {
+    let d = dir("power-loss");
+    let disk = FaultyDisk::new(2);
+    let limits = small(200);
+    let mut log = StreamLog::open(&faulty_place(&d, &disk, true), limits).unwrap();
+    for i in 0..30 {
+        append(&mut log, &[&format!("m{i}")], i);
+    }
+    assert!(log.segment_count() > 3);
+    disk.power_off();
+    drop(log);
+    disk.power_on().unwrap();
+    let log = StreamLog::open(&faulty_place(&d, &disk, true), limits).unwrap();
+    let got = log.read(0, 100, usize::MAX).unwrap();
+    assert_eq!(got.len(), 30);
+    assert!(got
+        .iter()
+        .zip(0..)
+        .all(|(e, o)| e.offset == o && e.timestamp == o as i64));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn without_syncs_a_power_loss_takes_the_unsynced_appends() {
+    let d = dir("no-sync");
+    let disk = FaultyDisk::new(3);
+    let mut log =
+        StreamLog::open(&faulty_place(&d, &disk, false), StreamLimits::default()).unwrap();
+    append(&mut log, &["a", "b"], 1);
+    disk.power_off();
+    drop(log);
+    disk.power_on().unwrap();
+    let log = StreamLog::open(&faulty_place(&d, &disk, false), StreamLimits::default()).unwrap();
+    assert_eq!(
+        log.next_offset(),
+        0,
+        "nothing was synced but the segment's header"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
 }
