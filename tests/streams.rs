@@ -490,6 +490,21 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
         expect_540("queue.purge not supported by stream queues")
     );
 
+    // In a transaction, the reject is refused when it takes effect, at commit.
+    let (conn, c) = connect_open(&broker).await;
+    let mut errors = connection_errors(&conn);
+    let mut consumer = reader(&c, "s", 10, Some(text("first"))).await;
+    let d = next(&mut consumer).await;
+    within(c.tx_select()).await.unwrap();
+    within(c.basic_reject(d.delivery_tag, BasicRejectOptions { requeue: false }))
+        .await
+        .unwrap();
+    let _ = c.tx_commit().await;
+    assert_eq!(
+        next_error(&mut errors).await,
+        expect_540("basic.nack and basic.reject not supported by stream queues")
+    );
+
     for requeue in [true, false] {
         let (conn, c) = connect_open(&broker).await;
         let mut errors = connection_errors(&conn);
