@@ -44,6 +44,66 @@ pub const READ_BATCH: usize = 256;
 /// Most octets of records read for one consumer at once (at least one record is read).
 pub const READ_BATCH_BYTES: usize = 1024 * 1024;
 
+/// Octets of message bodies the task keeps of the newest messages it appended, so that
+/// consumers keeping up with the publishers are served from memory, not from the log:
+/// a few thousand typical messages, small next to what a stream keeps on disk.
+pub const TAIL_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The newest messages appended, by offset (consecutive), at most [`TAIL_CACHE_BYTES`]
+/// of bodies (at least the newest message).
+#[derive(Debug, Default)]
+struct TailCache {
+    entries: std::collections::VecDeque<(u64, i64, Arc<Message>)>,
+    bytes: usize,
+}
+
+impl TailCache {
+    /// Notes messages appended at consecutive offsets from `first`.
+    fn push(&mut self, first: u64, timestamp: i64, messages: &[Arc<Message>]) {
+        if self.entries.back().is_some_and(|(o, _, _)| o + 1 != first) {
+            // Not the continuation of what is kept (it cannot happen: appends are
+            // consecutive); start over rather than serve a gap.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for (offset, m) in (first..).zip(messages) {
+            self.bytes += m.body.len();
+            self.entries.push_back((offset, timestamp, m.clone()));
+        }
+        while self.bytes > TAIL_CACHE_BYTES && self.entries.len() > 1 {
+            if let Some((_, _, m)) = self.entries.pop_front() {
+                self.bytes -= m.body.len();
+            }
+        }
+    }
+
+    /// Up to `max` messages from offset `from`, if the cache holds `from`.
+    fn read(&self, from: u64, max: usize) -> Option<Vec<StreamEntry>> {
+        let (first, _, _) = self.entries.front()?;
+        let at = usize::try_from(from.checked_sub(*first)?).ok()?;
+        if at >= self.entries.len() {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .skip(at)
+                .take(max)
+                .map(|(offset, timestamp, m)| StreamEntry {
+                    offset: *offset,
+                    timestamp: *timestamp,
+                    message: Message::new(
+                        m.exchange.clone(),
+                        m.routing_key.clone(),
+                        m.properties.clone(),
+                        m.body.clone(),
+                    ),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Where a consumer starts reading (`x-stream-offset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
@@ -145,6 +205,7 @@ pub fn spawn(handle: QueueHandle, inbox: QueueInbox, place: StreamPlace) {
             next: 0,
             bytes: 0,
             held: None,
+            tail: TailCache::default(),
         };
         task.refresh_bounds();
         task.publish_stats();
@@ -176,6 +237,8 @@ struct StreamTask {
     bytes: u64,
     /// A command taken while gathering publishes, handled next.
     held: Option<QueueCommand>,
+    /// The newest messages, for consumers that keep up.
+    tail: TailCache,
 }
 
 /// What the task does after a command.
@@ -322,15 +385,22 @@ impl StreamTask {
         let written = tokio::task::spawn_blocking(move || {
             let refs: Vec<&Message> = messages.iter().map(|m| &**m).collect();
             let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let result = log.append(&refs, now_ms()).map(|_| ());
-            (result, log.first_offset(), log.next_offset(), log.bytes())
+            let timestamp = now_ms();
+            let result = log.append(&refs, timestamp);
+            let bounds = (log.first_offset(), log.next_offset(), log.bytes());
+            (result, timestamp, bounds, messages)
         })
         .await;
         let ok = match written {
-            Ok((result, first, next, bytes)) => {
+            Ok((result, timestamp, (first, next, bytes), messages)) => {
                 (self.first, self.next, self.bytes) = (first, next, bytes);
                 match result {
-                    Ok(()) => true,
+                    Ok(offsets) => {
+                        if let Some(&first) = offsets.first() {
+                            self.tail.push(first, timestamp, &messages);
+                        }
+                        true
+                    }
                     Err(e) => {
                         tracing::error!(queue = %self.handle.name(), error = %e, "cannot append to the stream; publishes nacked");
                         false
@@ -452,14 +522,28 @@ impl StreamTask {
     /// blocking pool, until every consumer is caught up, out of credit or out of room.
     async fn dispatch(&mut self) {
         loop {
-            let wanted: Vec<(usize, u64, usize)> = self
-                .readers
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.waiting_for_room && r.position < self.next && r.credit() > 0)
-                .map(|(i, r)| (i, r.position, r.credit().min(READ_BATCH)))
-                .collect();
+            let mut progressed = false;
+            let mut wanted: Vec<(usize, u64, usize)> = Vec::new();
+            for i in 0..self.readers.len() {
+                let r = &self.readers[i];
+                if r.waiting_for_room || r.position >= self.next || r.credit() == 0 {
+                    continue;
+                }
+                let (from, max) = (r.position, r.credit().min(READ_BATCH));
+                // A reader that keeps up is served from memory; the others from the log
+                // (which also moves a reader that retention passed to the first offset).
+                let cached = (from >= self.first)
+                    .then(|| self.tail.read(from, max))
+                    .flatten();
+                match cached {
+                    Some(entries) => progressed |= self.deliver(i, entries),
+                    None => wanted.push((i, from, max)),
+                }
+            }
             if wanted.is_empty() {
+                if progressed {
+                    continue;
+                }
                 return;
             }
             let log = self.log.clone();
@@ -474,7 +558,6 @@ impl StreamTask {
             let Ok(read) = read else {
                 return;
             };
-            let mut progressed = false;
             for (i, entries) in read {
                 match entries {
                     Ok(entries) => progressed |= self.deliver(i, entries),
@@ -697,5 +780,34 @@ mod tests {
         );
         assert_eq!(parse(FieldValue::from("bad")), None);
         assert_eq!(parse(FieldValue::Bool(true)), None);
+    }
+
+    fn message(len: usize) -> Arc<Message> {
+        Arc::new(Message::new(
+            "".into(),
+            "s".into(),
+            BasicProperties::default(),
+            bytes::Bytes::from(vec![b'x'; len]),
+        ))
+    }
+
+    #[test]
+    fn the_tail_cache_serves_the_newest_offsets_and_stays_within_its_bound() {
+        let mut tail = TailCache::default();
+        tail.push(10, 5, &[message(1), message(1), message(1)]);
+        let got = tail.read(11, 10).unwrap();
+        assert_eq!(got.iter().map(|e| e.offset).collect::<Vec<_>>(), [11, 12]);
+        assert_eq!(got[0].timestamp, 5);
+        assert!(tail.read(9, 10).is_none(), "before what it holds");
+        assert!(tail.read(13, 10).is_none(), "past the end");
+        assert_eq!(tail.read(10, 2).unwrap().len(), 2);
+        // Large messages push the old ones out; the newest always stays.
+        let big = TAIL_CACHE_BYTES / 2 + 1;
+        tail.push(13, 6, &[message(big), message(big), message(big)]);
+        assert!(tail.bytes <= TAIL_CACHE_BYTES);
+        assert!(tail.read(12, 1).is_none());
+        assert_eq!(tail.read(15, 1).unwrap()[0].offset, 15);
+        tail.push(16, 7, &[message(TAIL_CACHE_BYTES * 2)]);
+        assert_eq!(tail.read(16, 1).unwrap().len(), 1);
     }
 }
