@@ -50,15 +50,6 @@ impl QueueType {
             QueueType::Stream => "stream",
         }
     }
-
-    /// RabbitMQ's module name for the type, as its error texts give it.
-    pub fn module(self) -> &'static str {
-        match self {
-            QueueType::Classic => "rabbit_classic_queue",
-            QueueType::Quorum => "rabbit_quorum_queue",
-            QueueType::Stream => "rabbit_stream_queue",
-        }
-    }
 }
 
 /// Arguments of other queue types that RabbitMQ 3.10 refuses in a quorum declare
