@@ -19,7 +19,9 @@ use crate::policy::{merged_definition, Kind, Policies, Policy, Scope};
 use crate::queue::{
     self, AppliedPolicy, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueRef, QueueType,
 };
-use crate::store::{BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredQueue, Store};
+use crate::store::{
+    BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredMessage, RecoveredQueue, Store,
+};
 use crate::trace::TRACE_EXCHANGE;
 
 /// Exchanges every vhost has from the start, and whether each is internal (the trace
@@ -257,7 +259,10 @@ impl VHost {
         let Some(kind) = self.metadata().default_queue_type else {
             return;
         };
-        let compatible = kind != "quorum" || (spec.durable && !spec.exclusive && !spec.auto_delete);
+        // Quorum queues and streams are durable, not exclusive, not auto-delete
+        // (RabbitMQ's `is_compatible` of each type).
+        let compatible =
+            kind == "classic" || (spec.durable && !spec.exclusive && !spec.auto_delete);
         if compatible {
             spec.arguments
                 .insert("x-queue-type", FieldValue::from(kind.as_str()));
@@ -364,7 +369,7 @@ impl VHost {
         conn_id: u64,
     ) -> AmqpResult<(QueueHandle, bool)> {
         let args = QueueArgs::parse(QueueRef::new(&spec.name, &self.name), &spec.arguments)?;
-        if args.queue_type == QueueType::Quorum {
+        if matches!(args.queue_type, QueueType::Quorum | QueueType::Stream) {
             // RabbitMQ 3.10's order and words (`rabbit_queue_type_util` checks).
             let bad = if spec.auto_delete {
                 Some("auto-delete")
@@ -381,6 +386,9 @@ impl VHost {
                     spec.name, self.name
                 )));
             }
+        }
+        if args.queue_type == QueueType::Stream {
+            check_stream(&args, self.store.is_some())?;
         }
         if let Some(q) = self.queue(&spec.name) {
             return existing_queue(q, &spec, conn_id, &self.name);
@@ -423,13 +431,7 @@ impl VHost {
                 handle.info().set_policy(self.applied_policy(&handle));
                 v.insert(handle.clone());
                 self.queues_changed();
-                queue::actor::spawn(
-                    handle.clone(),
-                    rx,
-                    self.queue_host.clone(),
-                    self.store.clone(),
-                    Vec::new(),
-                );
+                self.spawn_queue(handle.clone(), rx, Vec::new());
                 return Ok((handle, true));
             }
         };
@@ -653,14 +655,31 @@ impl VHost {
             self.queues
                 .insert(q.def.name.as_str().into(), handle.clone());
             self.queues_changed();
-            queue::actor::spawn(
-                handle,
-                rx,
-                self.queue_host.clone(),
-                self.store.clone(),
-                q.messages,
-            );
+            self.spawn_queue(handle, rx, q.messages);
         }
+    }
+
+    /// Starts a queue's task: a stream's own (its log in the data directory), or the
+    /// classic and quorum queues' one with the messages recovered for it.
+    fn spawn_queue(
+        &self,
+        handle: QueueHandle,
+        rx: queue::QueueInbox,
+        messages: Vec<RecoveredMessage>,
+    ) {
+        if handle.info().args.queue_type == QueueType::Stream {
+            if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
+                queue::stream::spawn(handle, rx, store.stream_place(id));
+                return;
+            }
+        }
+        queue::actor::spawn(
+            handle,
+            rx,
+            self.queue_host.clone(),
+            self.store.clone(),
+            messages,
+        );
     }
 
     /// Stops every queue task at once, logging nothing ([`crate::Broker::crash`]).
@@ -1172,6 +1191,26 @@ impl NameSet {
     }
 }
 
+/// What RabbitMQ 3.10 refuses of a stream beyond its flags: a segment size over its
+/// maximum. A broker without a data directory has nowhere to keep a stream's log and
+/// refuses it (RabbitMQ always has one).
+fn check_stream(args: &QueueArgs, has_store: bool) -> AmqpResult<()> {
+    if args
+        .stream_segment_bytes
+        .is_some_and(|n| n > crate::store::stream::MAX_SEGMENT_BYTES)
+    {
+        return Err(AmqpError::precondition(
+            "Exceeded max value for x-stream-max-segment-size-bytes",
+        ));
+    }
+    if !has_store {
+        return Err(AmqpError::precondition(
+            "stream queues need a data directory (--data-dir)",
+        ));
+    }
+    Ok(())
+}
+
 /// A declare that found the queue: answers it if accessible and equivalent.
 fn existing_queue(
     q: QueueHandle,
@@ -1283,6 +1322,7 @@ mod tests {
                     prefetch: 0,
                     priority: 0,
                     channel_credit: None,
+                    arguments: FieldTable::new(),
                     sink: sink.clone(),
                     room: std::sync::Arc::new(crate::queue::OutputRoom::new(usize::MAX)),
                 }),

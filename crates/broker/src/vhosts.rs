@@ -33,7 +33,7 @@ const VHOSTS_SEEDED: &str = "vhosts-seeded";
 
 /// The queue types a vhost's default queue type may name (RabbitMQ 3.10 also has
 /// `stream`, which minimq does not).
-pub const QUEUE_TYPES: &[&str] = &["classic", "quorum"];
+pub const QUEUE_TYPES: &[&str] = &["classic", "quorum", "stream"];
 
 /// What RabbitMQ keeps about a vhost besides its contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -277,6 +277,8 @@ pub struct Queue<'a> {
     classic: Option<ClassicFields>,
     #[serde(flatten)]
     quorum: Option<QuorumFields>,
+    #[serde(flatten)]
+    stream: Option<StreamFields>,
     consumers: u64,
     message_stats: MessageStats,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,6 +309,15 @@ struct QuorumFields {
     message_bytes_dlx: u64,
     /// Every message of a quorum queue is kept in the log, transient ones too.
     messages_persistent: u64,
+}
+
+/// What RabbitMQ 3.10 shows of a stream only. There is no replication: the one member,
+/// online, is this node; `readers` counts its consumers there.
+#[derive(Debug, Serialize)]
+struct StreamFields {
+    members: [&'static str; 1],
+    online: [&'static str; 1],
+    readers: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A connection as other objects name it.
@@ -714,10 +725,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         arguments: Table(Some(&info.arguments)),
         node: node_name(),
         state: "running",
-        kind: match info.args.queue_type {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-        },
+        kind: info.args.queue_type.name(),
         policy: applied.name,
         operator_policy: applied.operator,
         effective_policy_definition: applied
@@ -728,7 +736,12 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         messages_unacknowledged: unacked,
         message_bytes_ready: s.ready_bytes.load(Relaxed),
         messages_ram: ready.saturating_sub(paged) + unacked,
-        classic: (quorum.is_none()).then(|| ClassicFields {
+        stream: (info.args.queue_type == QueueType::Stream).then(|| StreamFields {
+            members: [node],
+            online: [node],
+            readers: [(node, s.consumers.load(Relaxed))].into_iter().collect(),
+        }),
+        classic: (info.args.queue_type == QueueType::Classic).then(|| ClassicFields {
             exclusive_consumer_tag: None,
             messages_paged_out: paged,
             messages_ready_ram: ready.saturating_sub(paged),

@@ -114,6 +114,7 @@ impl Conn {
                     p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
                 }),
             channel_credit: channel.consumer_credit(),
+            arguments: c.arguments.clone(),
             sink,
             room: room.clone(),
         };
@@ -147,6 +148,7 @@ impl Conn {
     pub(super) async fn basic_get(&mut self, ch: u16, g: BasicGet) -> AmqpResult<()> {
         self.authorize(crate::auth::Perm::Read, "queue", &g.queue)?;
         let queue = self.vhost.queue_for(&g.queue, self.id)?;
+        crate::queue::stream::refuse(&queue, "basic.get")?;
         let (reply, rx) = oneshot::channel();
         let got = if queue
             .send(QueueCommand::Get {
@@ -223,6 +225,9 @@ impl Conn {
         ack: bool,
     ) -> AmqpResult<()> {
         if let Some(taken) = self.channel(ch).take_settled(tag, multiple, requeue, ack)? {
+            if !ack {
+                crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
+            }
             self.apply_settle(ch, taken, requeue, ack).await;
         }
         Ok(())
@@ -275,6 +280,7 @@ impl Conn {
             return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
         }
         let taken = self.channel(ch).take_outstanding(0, true)?;
+        crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
         self.apply_settle(ch, taken, true, false).await;
         Ok(())
     }

@@ -143,6 +143,7 @@ impl Conn {
             Method::QueuePurge(p) => {
                 self.authorize(Perm::Read, "queue", &p.queue)?;
                 let q = self.vhost.queue_for(&p.queue, self.id)?;
+                crate::queue::stream::refuse(&q, "queue.purge")?;
                 let (reply, rx) = oneshot::channel();
                 let n = if q.send(QueueCommand::Purge { reply }).await {
                     rx.await.unwrap_or(0)
@@ -299,6 +300,7 @@ impl Conn {
             vhost.queue_for(&d.queue, self.id)?
         } else {
             let name = if d.queue.is_empty() {
+                crate::queue::stream::refuse_server_named(&d.arguments)?;
                 generate_name("amq.gen-")
             } else {
                 d.queue.clone()

@@ -307,6 +307,7 @@ impl TestQueue {
             prefetch: c.prefetch,
             priority: 0,
             channel_credit: c.channel_credit,
+            arguments: FieldTable::new(),
             sink,
             room: c
                 .room

@@ -11,6 +11,9 @@
 //!
 //! A queue task knows the registry above it only through the [`QueueHost`] it is given
 //! at spawn: this module never imports the vhost, connection, channel or admin layers.
+//!
+//! A stream (`x-queue-type: stream`) has a task of its own, [`stream`], behind the same
+//! handle and commands: an append-only log read by each consumer from its own offset.
 
 pub mod active;
 pub mod actor;
@@ -21,6 +24,7 @@ pub mod at_least_once;
 pub mod deadletter;
 #[cfg(test)]
 mod harness;
+pub mod stream;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -319,6 +323,8 @@ pub struct ConsumerSpec {
     pub priority: i32,
     /// The channel's shared credit, when `basic.qos global` is in force.
     pub channel_credit: Option<Arc<ChannelCredit>>,
+    /// The consumer's `basic.consume` arguments (a stream reads `x-stream-offset`).
+    pub arguments: FieldTable,
     /// Where deliveries go.
     pub sink: EventSink,
     /// The room on its connection's way out.
