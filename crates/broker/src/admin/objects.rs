@@ -225,13 +225,15 @@ pub async fn put_queue(
     let (vhost, name) = params(path)?;
     let vhost = target_vhost(&state, &user, &vhost)?;
     let body = body_object(&body)?;
-    let spec = QueueSpec {
+    let mut spec = QueueSpec {
         durable: flag(&body, "durable")?,
         auto_delete: flag(&body, "auto_delete")?,
         exclusive: false,
         arguments: arguments(&body)?,
         name,
     };
+    // RabbitMQ's PUT declares as a channel does, so the vhost's default type applies.
+    vhost.apply_default_queue_type(&mut spec);
     if spec.name.starts_with("amq.") {
         return Err(ApiError::not_authorised("Access refused."));
     }
