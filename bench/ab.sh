@@ -3,7 +3,8 @@
 # minimq-bench for both, rounds alternating A B A B so drift on a shared machine hits both.
 # bench/compare.sh's scenarios a (auto-ack), b (prefetch 100), d (4 producers, 4
 # consumers), persistent ones with confirms (through the store's writer and syncer: e 1 KiB,
-# f 64 KiB), and the drain of a backlog paged out to disk (page-in). Not c (prefetch 1): its
+# f 64 KiB), a paced load (h: 10,000 msg/s), a fill of a transient queue with nobody
+# consuming and its drain (g), and the drain of a backlog paged out to disk (page-in). Not c (prefetch 1): its
 # open-loop producer floods the queue and the run is the drain of that backlog, minutes long.
 # Usage: bench/ab.sh OLD_SERVER NEW_SERVER BENCH   (ROUNDS=3 SECS=8 by default)
 set -euo pipefail
@@ -47,6 +48,19 @@ drain() { # label server: fill a durable queue past its memory budget, time the 
     kill $pid; wait $pid 2>/dev/null || true; rm -rf "$dir"
     report "$label" "$t0" "$t1" "$out" "drain $n x 1 KiB persistent (paged out past 64 MiB)"
 }
+fill() { # label server: publish-only fill of FILL_N x 16 B, then its drain, each timed
+    local label=$1 server=$2 n=${FILL_N:-300000}
+    start "$server"
+    local url="amqp://guest:guest@127.0.0.1:$port/%2f" t0 t1 t2 out1 out2
+    t0=$(awk '{print $14+$15}' /proc/$pid/stat)
+    out1=$("$BENCH" --url "$url" --json --queue ab-g --size 16 --fill "$n" 2>/dev/null)
+    t1=$(awk '{print $14+$15}' /proc/$pid/stat)
+    out2=$("$BENCH" --url "$url" --json --queue ab-g --drain --prefetch 100 2>/dev/null)
+    t2=$(awk '{print $14+$15}' /proc/$pid/stat)
+    kill $pid; wait $pid 2>/dev/null || true; rm -rf "$dir"
+    report "$label" "$t0" "$t1" "$out1" "g: fill $n x 16 B, nobody consuming"
+    report "$label" "$t1" "$t2" "$out2" "g: drain of that fill"
+}
 for i in $(seq "$ROUNDS"); do
   for side in A B; do
     srv=$OLD; [[ $side == B ]] && srv=$NEW
@@ -55,6 +69,8 @@ for i in $(seq "$ROUNDS"); do
     run "$side" "$srv" --queue ab-4 --size 16 --prefetch 100 --producers 4 --consumers 4 --duration "$SECS"
     run "$side" "$srv" --queue ab-p --size 1024 --persistent --durable --confirm 1000 --prefetch 100 --duration "$SECS"
     run "$side" "$srv" --queue ab-q --size 65536 --persistent --durable --confirm 100 --prefetch 100 --duration "$SECS"
+    run "$side" "$srv" --queue ab-h --size 16 --prefetch 100 --rate 10000 --duration "$SECS"
+    fill "$side" "$srv"
     drain "$side" "$srv"
   done
 done

@@ -187,3 +187,42 @@ async fn the_queue_argument_and_the_consumer_argument_override_the_broker_timeou
     drop(c);
     broker.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_set_while_a_consumer_runs_times_out_its_next_deliveries() {
+    let broker = start(None).await;
+    let mut c = Client::open_channel1(broker.local_addr()).await;
+    c.send(1, declare("live")).await;
+    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
+    c.send(1, consume("live", FieldTable::new())).await;
+    assert!(matches!(c.method(1).await, Method::BasicConsumeOk(_)));
+    c.publish("live", b"before").await;
+    let (tag, _) = delivery(&mut c).await;
+    c.send(
+        1,
+        BasicAck {
+            delivery_tag: tag,
+            multiple: false,
+        }
+        .into(),
+    )
+    .await;
+
+    // The consumer started with no timeout at all; the policy applies to what it is
+    // delivered from now on.
+    let policy = minimq_broker::policy::Policy::parse(
+        "ct",
+        &serde_json::json!({"pattern": "^live$", "definition": {"consumer-timeout": 1000}}),
+    )
+    .expect("a valid policy");
+    let vhost = broker.state().vhosts.get("/").expect("the default vhost");
+    vhost
+        .put_policy(minimq_broker::policy::Scope::Policy, policy)
+        .await
+        .expect("policy stored");
+    c.publish("live", b"after").await;
+    delivery(&mut c).await;
+    expect_timeout_close(&mut c, 1000, Instant::now()).await;
+    drop(c);
+    broker.shutdown().await;
+}

@@ -2,6 +2,9 @@
 //! validation texts), policies applied to new and existing queues at once with RabbitMQ's
 //! precedence between a queue's arguments and its policy, the queue JSON's `policy` and
 //! `effective_policy_definition`, and policies kept across a restart and a crash.
+//! Operator policies (`/api/operator-policies`): administrators only, the numeric limits
+//! only, capping a queue's policy and arguments (the lower value wins), shown as
+//! `operator_policy`, durable and in the definitions.
 //!
 //! No sleeps: a policy is applied before its PUT is answered, and a passive declare after
 //! it proves the queue task has handled the change (it queues behind it).
@@ -408,6 +411,279 @@ async fn an_exchange_policy_gives_an_alternate_exchange_unless_an_argument_does(
         bodies(&ch, "arg-ae-q").await,
         ["pol-y"],
         "the argument wins"
+    );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request with a JSON body as `auth` (base64 `user:pass`).
+async fn send_as(broker: &Broker, auth: &str, method: &str, path: &str, body: &str) -> u16 {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    common::http::parse_response(
+        &common::http::raw(broker.http_addr().unwrap(), req.as_bytes()).await,
+    )
+    .status
+}
+
+#[tokio::test]
+async fn operator_policies_answer_as_rabbitmq_and_take_only_the_numeric_limits() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let body = r#"{"pattern":"^opq","definition":{"max-length":5,"message-ttl":1000},"apply-to":"queues"}"#;
+    let r = send_json(&broker, "PUT", "/api/operator-policies/%2F/op1", body).await;
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let r = send_json(&broker, "PUT", "/api/operator-policies/%2F/op1", body).await;
+    assert_eq!(r.status, 204);
+    let want = json!({"vhost": "/", "name": "op1", "pattern": "^opq", "apply-to": "queues",
+                      "definition": {"max-length": 5, "message-ttl": 1000}, "priority": 0});
+    assert_eq!(get(&broker, "/api/operator-policies/%2F/op1").await, want);
+    assert_eq!(
+        get(&broker, "/api/operator-policies").await,
+        json!([want.clone()])
+    );
+    assert_eq!(
+        get(&broker, "/api/operator-policies/%2F").await,
+        json!([want])
+    );
+    assert_eq!(
+        get(&broker, "/api/policies").await,
+        json!([]),
+        "a name space of its own"
+    );
+    let every_key = r#"{"pattern":"^x","definition":{"expires":1,"message-ttl":0,"max-length":0,
+        "max-length-bytes":0,"max-in-memory-length":0,"max-in-memory-bytes":0,"delivery-limit":0}}"#;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/operator-policies/%2F/all-keys",
+        every_key,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    // RabbitMQ 3.10's answers, taken from the reference node.
+    for (body, reason) in [
+        (r#"{"pattern":"^opq","definition":{"dead-letter-exchange":"x","max-length":1}}"#,
+         "Validation failed\n\n[{<<\"dead-letter-exchange\">>,<<\"x\">>}] are not recognised policy settings\n"),
+        (r#"{"pattern":"^opq","definition":{"queue-mode":"lazy"}}"#,
+         "Validation failed\n\n[{<<\"queue-mode\">>,<<\"lazy\">>}] are not recognised policy settings\n"),
+        (r#"{"pattern":"^opq","definition":{"max-in-memory-length":-1}}"#,
+         "Validation failed\n\n-1 is not a valid maximum memory in bytes\n"),
+        (r#"{"pattern":"^opq","definition":{"max-in-memory-bytes":"x"}}"#,
+         "Validation failed\n\n<<\"x\">> is not a valid maximum memory in bytes\n"),
+        (r#"{"pattern":"^opq","definition":{"delivery-limit":-1}}"#,
+         "Validation failed\n\n-1 is not a valid delivery limit\n"),
+        (r#"{"pattern":"^opq","definition":{"expires":0}}"#,
+         "Validation failed\n\n0 is not a valid queue expiry\n"),
+        (r#"{"pattern":"^opq","definition":{}}"#, "Validation failed\n\nno policy provided\n"),
+    ] {
+        let r = send_json(&broker, "PUT", "/api/operator-policies/%2F/bad", body).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.json(), json!({"error": "bad_request", "reason": reason}), "{body}");
+    }
+    let r = send_json(&broker, "PUT", "/api/operator-policies/nov/op", body).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        json!({"error": "not_found", "reason": "vhost_not_found"})
+    );
+    let names: Vec<_> = get(&broker, "/api/operator-policies")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["all-keys", "op1"], "nothing refused was stored");
+    // A policymaker may set policies, not operator policies (RabbitMQ: administrators).
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/users/pm",
+        r#"{"password":"pm","tags":"policymaker"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/permissions/%2F/pm",
+        r#"{"configure":".*","write":".*","read":".*"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let pm = "cG06cG0="; // base64("pm:pm")
+    assert_eq!(
+        send_as(&broker, pm, "PUT", "/api/operator-policies/%2F/op2", body).await,
+        401
+    );
+    assert_eq!(
+        send_as(&broker, pm, "GET", "/api/operator-policies/%2F/op1", "").await,
+        401
+    );
+    assert_eq!(
+        send_as(&broker, pm, "DELETE", "/api/operator-policies/%2F/op1", "").await,
+        401
+    );
+    assert_eq!(
+        send_as(&broker, pm, "GET", "/api/operator-policies/%2F", "").await,
+        200
+    );
+    assert_eq!(
+        send_as(&broker, pm, "PUT", "/api/policies/%2F/p2", body).await,
+        201
+    );
+    for (path, status) in [
+        ("/api/operator-policies/%2F/op1", 204),
+        ("/api/operator-policies/%2F/op1", 404),
+        ("/api/operator-policies/%2F/all-keys", 204),
+    ] {
+        assert_eq!(
+            request(&broker, "DELETE", path, Some(GUEST)).await.status,
+            status
+        );
+    }
+    assert_eq!(get(&broker, "/api/operator-policies").await, json!([]));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_operator_policy_caps_the_policy_and_the_arguments_the_lower_value_winning() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (_conn, ch) = channel(&broker).await;
+    // An existing queue with x-max-length 4: the operator policy's 5 leaves it at 4,
+    // the policy's 3 lowers it.
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(4));
+    declare(&ch, "opq-live", false, args).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/operator-policies/%2F/op",
+        r#"{"pattern":"^opq-","definition":{"max-length":5,"message-ttl":1000},"apply-to":"queues"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    publish(&ch, "opq-live", 10).await;
+    assert_eq!(passive_declare(&ch, "opq-live").await.message_count(), 4);
+    let q = get(&broker, "/api/queues/%2F/opq-live").await;
+    assert_eq!(q["policy"], serde_json::Value::Null);
+    assert_eq!(q["operator_policy"], "op");
+    assert_eq!(
+        q["effective_policy_definition"],
+        json!({"max-length": 5, "message-ttl": 1000})
+    );
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/policies/%2F/pol",
+        r#"{"pattern":"^opq-","definition":{"max-length":3,"message-ttl":5000,"dead-letter-exchange":"dd"},"apply-to":"queues"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(passive_declare(&ch, "opq-live").await.message_count(), 3);
+    // As the reference node shows the same three objects.
+    let q = get(&broker, "/api/queues/%2F/opq-live").await;
+    assert_eq!(q["policy"], "pol");
+    assert_eq!(q["operator_policy"], "op");
+    assert_eq!(
+        q["effective_policy_definition"],
+        json!({"dead-letter-exchange": "dd", "max-length": 3, "message-ttl": 1000})
+    );
+    // A new queue gets the operator policy's cap when it is the lowest.
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/operator-policies/%2F/op",
+        r#"{"pattern":"^opq-","definition":{"max-length":2},"apply-to":"queues"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(passive_declare(&ch, "opq-live").await.message_count(), 2);
+    declare(&ch, "opq-new", false, FieldTable::default()).await;
+    publish(&ch, "opq-new", 6).await;
+    assert_eq!(passive_declare(&ch, "opq-new").await.message_count(), 2);
+    assert_eq!(bodies(&ch, "opq-new").await, ["m4", "m5"]);
+    // Without the operator policy, the policy's 3.
+    assert_eq!(
+        request(
+            &broker,
+            "DELETE",
+            "/api/operator-policies/%2F/op",
+            Some(GUEST)
+        )
+        .await
+        .status,
+        204
+    );
+    publish(&ch, "opq-new", 6).await;
+    assert_eq!(passive_declare(&ch, "opq-new").await.message_count(), 3);
+    let q = get(&broker, "/api/queues/%2F/opq-new").await;
+    assert_eq!(q["operator_policy"], serde_json::Value::Null);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn operator_policies_survive_a_crash_and_travel_in_the_definitions() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let (conn, ch) = channel(&broker).await;
+    declare(&ch, "opq-durable", true, FieldTable::default()).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/operator-policies/%2F/cap",
+        r#"{"pattern":"^opq-","definition":{"max-length":2},"priority":4}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    drop(ch);
+    drop(conn);
+    broker.crash().await;
+
+    let broker = start(&dir).await;
+    assert_eq!(
+        get(&broker, "/api/operator-policies/%2F/cap").await,
+        json!({"vhost": "/", "name": "cap", "pattern": "^opq-", "apply-to": "all",
+               "definition": {"max-length": 2}, "priority": 4})
+    );
+    assert_eq!(
+        get(&broker, "/api/queues/%2F/opq-durable").await["operator_policy"],
+        "cap"
+    );
+    // Exported as RabbitMQ 3.10 does: a runtime parameter.
+    let defs = get(&broker, "/api/definitions").await;
+    let param = json!({"value": {"pattern": "^opq-", "apply-to": "all",
+                                 "definition": {"max-length": 2}, "priority": 4},
+                       "vhost": "/", "component": "operator_policy", "name": "cap"});
+    assert_eq!(defs["parameters"], json!([param.clone()]));
+    assert_eq!(defs["policies"], json!([]));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Imported into a fresh broker; a refused one names its entry and imports nothing.
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    let bad = json!({"parameters": [{"value": {"pattern": "x", "definition": {"overflow": "drop-head"}},
+                                     "vhost": "/", "component": "operator_policy", "name": "no"}]});
+    let r = send_json(&broker, "POST", "/api/definitions", &bad.to_string()).await;
+    assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&r.body));
+    let r = send_json(
+        &broker,
+        "POST",
+        "/api/definitions",
+        &json!({"parameters": [param]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        get(&broker, "/api/operator-policies/%2F/cap").await["definition"],
+        json!({"max-length": 2})
     );
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

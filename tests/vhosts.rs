@@ -1,8 +1,8 @@
 //! Virtual hosts other than `/`, over real sockets: `connection.open` refusals with
 //! RabbitMQ 3.10's texts, isolation of two vhosts' queues, exchanges and errors, what
 //! survives a restart and a crash, the management API's `/api/vhosts` (201/204/404, the
-//! grant to the creator, who is shown what), and deletion (its connections closed with
-//! 320, its objects and stored messages gone for good).
+//! grant to the creator, who is shown what), deletion (its connections closed with 320,
+//! its objects and stored messages gone for good), and a vhost's default queue type.
 
 mod common;
 
@@ -493,6 +493,7 @@ async fn exchanges_and_bindings_are_listed_by_vhost() {
             "amq.fanout",
             "amq.headers",
             "amq.match",
+            "amq.rabbitmq.trace",
             "amq.topic",
             "only-v1"
         ]
@@ -605,4 +606,176 @@ async fn a_vhost_connection_limit_counts_that_vhost_only() {
         serde_json::json!([{"vhost": "v1", "value": {"max-connections": 1}}])
     );
     broker.shutdown().await;
+}
+
+/// The type and arguments of queue `name` in vhost `vhost` (URL-encoded), from the API.
+async fn queue_type(broker: &Broker, vhost: &str, name: &str) -> (String, serde_json::Value) {
+    let q = get(broker, &format!("/api/queues/{vhost}/{name}")).await;
+    (
+        q["type"].as_str().unwrap().to_string(),
+        q["arguments"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_vhosts_default_queue_type_types_durable_declares_that_name_none() {
+    let dir = data_dir("vhosts-default-type");
+    let broker = start(Some(&dir)).await;
+    // RabbitMQ 3.10's API reads `defaultqueuetype`.
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/vhosts/qv",
+        r#"{"defaultqueuetype":"quorum","description":"d","tags":"a,b"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let v = get(&broker, "/api/vhosts/qv").await;
+    assert_eq!(v["default_queue_type"], "quorum");
+    assert_eq!(
+        v["metadata"],
+        serde_json::json!({"default_queue_type": "quorum", "description": "d", "tags": ["a", "b"]})
+    );
+    assert_eq!(
+        get(&broker, "/api/vhosts/%2F").await["default_queue_type"],
+        "undefined"
+    );
+    // An update keeps the type it was created with, as RabbitMQ does.
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/vhosts/qv",
+        r#"{"defaultqueuetype":"classic"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        get(&broker, "/api/vhosts/qv").await["default_queue_type"],
+        "quorum"
+    );
+    // A queue declared over the management API gets it too (RabbitMQ's PUT declares
+    // as a channel does).
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/queues/qv/via-http",
+        r#"{"durable":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(queue_type(&broker, "qv", "via-http").await.0, "quorum");
+    // An unknown type fails the creation with RabbitMQ's 500 and creates nothing.
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/vhosts/bad",
+        r#"{"defaultqueuetype":"nosuch"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["reason"], "invalid_queue_type");
+    assert_eq!(
+        request(&broker, "GET", "/api/vhosts/bad", Some(GUEST))
+            .await
+            .status,
+        404
+    );
+
+    let conn = connect_to(&broker, "qv").await;
+    let ch = amqp::open(&conn).await;
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, options) in [
+        ("dq1", durable),
+        ("dq2", Default::default()),
+        (
+            "dq3",
+            lapin::options::QueueDeclareOptions {
+                auto_delete: true,
+                ..durable
+            },
+        ),
+        (
+            "dq4",
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..durable
+            },
+        ),
+    ] {
+        within(ch.queue_declare(name, options, FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("classic".into()),
+    );
+    within(ch.queue_declare("dq5", durable, classic))
+        .await
+        .unwrap();
+    // A redeclare without the argument gets it too, so it is equivalent.
+    within(ch.queue_declare("dq1", durable, FieldTable::default()))
+        .await
+        .unwrap();
+    // As the reference node typed the same declares.
+    let quorum = serde_json::json!({"x-queue-type": "quorum"});
+    assert_eq!(
+        queue_type(&broker, "qv", "dq1").await,
+        ("quorum".into(), quorum.clone())
+    );
+    assert_eq!(
+        queue_type(&broker, "qv", "dq2").await,
+        ("classic".into(), serde_json::json!({}))
+    );
+    assert_eq!(
+        queue_type(&broker, "qv", "dq3").await,
+        ("classic".into(), serde_json::json!({}))
+    );
+    assert_eq!(
+        queue_type(&broker, "qv", "dq4").await,
+        ("classic".into(), serde_json::json!({}))
+    );
+    assert_eq!(
+        queue_type(&broker, "qv", "dq5").await,
+        (
+            "classic".into(),
+            serde_json::json!({"x-queue-type": "classic"})
+        )
+    );
+    // A server-named durable declare would be a quorum queue: refused as in RabbitMQ.
+    let (code, text) =
+        expect_amqp(within(ch.queue_declare("", durable, FieldTable::default())).await);
+    assert_eq!(code, 406);
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"
+    );
+    drop(conn);
+    broker.shutdown().await;
+
+    // Durable, and taken by a definitions import as RabbitMQ 3.10 exports it (metadata).
+    let broker = start(Some(&dir)).await;
+    assert_eq!(
+        get(&broker, "/api/vhosts/qv").await["default_queue_type"],
+        "quorum"
+    );
+    let defs = serde_json::json!({"vhosts": [
+        {"name": "imported", "metadata": {"default_queue_type": "quorum", "description": "", "tags": []}}
+    ]});
+    let r = send_json(&broker, "POST", "/api/definitions", &defs.to_string()).await;
+    assert_eq!(r.status, 204, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        get(&broker, "/api/vhosts/imported").await["default_queue_type"],
+        "quorum"
+    );
+    let bad =
+        serde_json::json!({"vhosts": [{"name": "nope", "metadata": {"default_queue_type": "x"}}]});
+    let r = send_json(&broker, "POST", "/api/definitions", &bad.to_string()).await;
+    assert_eq!(r.status, 400);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -96,8 +96,19 @@ pub async fn get(broker: &Broker, path: &str) -> Value {
 
 /// A request with a JSON body, as guest.
 pub async fn send_json(broker: &Broker, method: &str, path: &str, body: &str) -> Resp {
+    send_json_as(broker, GUEST, method, path, body).await
+}
+
+/// A request with a JSON body, with the `Authorization: Basic` credentials `auth`.
+pub async fn send_json_as(
+    broker: &Broker,
+    auth: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Resp {
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {GUEST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     parse_response(&raw(broker.http_addr().unwrap(), req.as_bytes()).await)

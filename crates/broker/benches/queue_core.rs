@@ -90,6 +90,7 @@ async fn setup(vhost: &VHost, mode: Mode) -> (QueueHandle, mpsc::UnboundedReceiv
         prefetch: mode.prefetch,
         priority: 0,
         channel_credit: None,
+        arguments: minimq_protocol::FieldTable::new(),
         sink,
         // Nothing writes these deliveries out: a room that never fills.
         room: std::sync::Arc::new(minimq_broker::queue::OutputRoom::new(usize::MAX)),

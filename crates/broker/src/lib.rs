@@ -11,12 +11,15 @@
 //! - [`vhost`]: one vhost's queues, exchanges, bindings, policies and limits;
 //!   [`vhosts`]: the vhosts by name, created and deleted durably.
 //! - [`exchange`]: exchange types and routing.
-//! - [`queue`]: one task per queue owning its messages, consumers and credit.
+//! - [`queue`]: one task per queue owning its messages, consumers and credit; a stream
+//!   queue's task ([`queue::stream`]) owns its own log instead.
 //! - [`policy`]: policies (validation, choice by priority, merge with arguments).
 //! - [`message`]: the shared, immutable published message.
-//! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery).
+//! - [`store`]: durable queues and persistent messages on disk (log, group commit, recovery),
+//!   and each stream's log ([`store::stream`]).
 //! - [`auth`]: users, password hashes, tags and permissions (RabbitMQ's model).
 //! - [`alarm`]: the memory and disk alarms that block publishers.
+//! - [`trace`]: firehose tracing (copies of publishes and deliveries to `amq.rabbitmq.trace`).
 //! - [`error`]: AMQP errors with RabbitMQ's reply texts.
 //! - [`admin`]: the management HTTP API (RabbitMQ's paths and JSON); [`registry`]: the
 //!   live connections, channels and consumers it lists.
@@ -39,6 +42,7 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod vhost;
 pub mod vhosts;
 

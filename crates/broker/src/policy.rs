@@ -8,6 +8,12 @@
 //! ([`QueueSettings::apply_to`]: the lower number for the numeric limits, the argument for
 //! everything else). Storing policies and applying them to live queues belong to the vhost.
 //!
+//! Operator policies ([`Scope::Operator`]) are the same objects under their own name
+//! space, limited to the numeric queue limits an operator caps
+//! ([`OPERATOR_KEYS`]). A queue may have one of each; where both set a key the lower
+//! value wins ([`QueueSettings::capped_by`], [`merged_definition`]), as RabbitMQ's
+//! `rabbit_policy:merge_operator_definitions` does.
+//!
 //! Patterns are Rust `regex` syntax (RabbitMQ uses PCRE): the same for everything a policy
 //! pattern usually holds (anchors, classes, alternation, repetition); look-around and
 //! back-references are refused as invalid patterns.
@@ -51,6 +57,38 @@ impl ApplyTo {
     }
 }
 
+/// Which of a vhost's two sets of policies: RabbitMQ's policies (set by policymakers) or
+/// its operator policies (set by administrators, capping the numeric limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `/api/policies`.
+    Policy,
+    /// `/api/operator-policies`.
+    Operator,
+}
+
+impl Scope {
+    /// The store component (RabbitMQ's runtime parameter component) it is kept under.
+    pub fn component(self) -> &'static str {
+        match self {
+            Scope::Policy => "policy",
+            Scope::Operator => "operator_policy",
+        }
+    }
+}
+
+/// The keys RabbitMQ 3.10 accepts in an operator policy (`rabbit_policies`' operator
+/// policy validators); anything else is refused as not recognised.
+pub const OPERATOR_KEYS: &[&str] = &[
+    "expires",
+    "message-ttl",
+    "max-length",
+    "max-length-bytes",
+    "max-in-memory-length",
+    "max-in-memory-bytes",
+    "delivery-limit",
+];
+
 /// The kind of object a policy is looked up for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -93,7 +131,36 @@ fn lower(arg: Option<u64>, policy: Option<u64>) -> Option<u64> {
     }
 }
 
+/// The definition a queue shows as `effective_policy_definition` when a policy and an
+/// operator policy both apply: every key of either, and where both set one the lower
+/// number (RabbitMQ's `merge_operator_definitions`; operator keys are all numeric limits).
+pub fn merged_definition(policy: &Map<String, Value>, op: &Map<String, Value>) -> Value {
+    let mut out = policy.clone();
+    for (key, op_value) in op {
+        let merged = match (out.get(key).and_then(Value::as_u64), op_value.as_u64()) {
+            (Some(p), Some(o)) if p < o => Value::from(p),
+            _ => op_value.clone(),
+        };
+        out.insert(key.clone(), merged);
+    }
+    Value::Object(out)
+}
+
 impl QueueSettings {
+    /// These settings with an operator policy's applied over them: for each numeric limit
+    /// the lower of the two (RabbitMQ's `merge_policy_value`); the operator's keys are
+    /// numeric only, so the rest stays as it was.
+    pub fn capped_by(&self, op: &QueueSettings) -> QueueSettings {
+        QueueSettings {
+            message_ttl: lower(self.message_ttl, op.message_ttl),
+            max_length: lower(self.max_length, op.max_length),
+            max_length_bytes: lower(self.max_length_bytes, op.max_length_bytes),
+            expires: lower(self.expires, op.expires),
+            delivery_limit: lower(self.delivery_limit, op.delivery_limit),
+            ..self.clone()
+        }
+    }
+
     /// `args` (parsed from the declare's `table`) with this policy's settings applied by
     /// RabbitMQ's rule: for `message-ttl`, `max-length`, `max-length-bytes`, `expires` and
     /// `delivery-limit` the lower of the two wins; for `overflow`,
@@ -114,12 +181,12 @@ impl QueueSettings {
         }
         if table.get("x-dead-letter-exchange").is_none() {
             if let Some(x) = &self.dead_letter_exchange {
-                out.dead_letter_exchange = Some(x.clone());
+                out.dead_letter_exchange = Some(x.as_str().into());
             }
         }
         if table.get("x-dead-letter-routing-key").is_none() {
             if let Some(k) = &self.dead_letter_routing_key {
-                out.dead_letter_routing_key = Some(k.clone());
+                out.dead_letter_routing_key = Some(k.as_str().into());
             }
         }
         if table.get("x-dead-letter-strategy").is_none() {
@@ -165,8 +232,6 @@ const IGNORED_KEYS: &[&str] = &[
     "queue-master-locator",
     "queue-leader-locator",
     "initial-cluster-size",
-    "max-in-memory-length",
-    "max-in-memory-bytes",
     "max-age",
     "stream-max-segment-size-bytes",
     "federation-upstream",
@@ -206,6 +271,12 @@ impl Policy {
     /// optional `apply-to` and `priority`), answering RabbitMQ's texts for what it
     /// refuses. `max-priority` is not a policy key in RabbitMQ either.
     pub fn parse(name: &str, body: &Value) -> Result<Policy, String> {
+        Policy::parse_in(Scope::Policy, name, body)
+    }
+
+    /// Parses a policy body for `scope`: an operator policy takes only
+    /// [`OPERATOR_KEYS`], with the same validation and texts.
+    pub fn parse_in(scope: Scope, name: &str, body: &Value) -> Result<Policy, String> {
         let obj = body.as_object().ok_or_else(|| "not_json".to_string())?;
         let pattern = match obj.get("pattern") {
             Some(Value::String(p)) => p.clone(),
@@ -267,6 +338,10 @@ impl Policy {
         let mut alternate_exchange = None;
         let mut unknown = Vec::new();
         for (key, v) in &definition {
+            if scope == Scope::Operator && !OPERATOR_KEYS.contains(&key.as_str()) {
+                unknown.push(format!("{{<<\"{key}\">>,{}}}", term(v)));
+                continue;
+            }
             match key.as_str() {
                 "message-ttl" => queue.message_ttl = Some(non_negative(v, "message TTL", 0)?),
                 "expires" => queue.expires = Some(non_negative(v, "queue expiry", 1)?),
@@ -276,6 +351,12 @@ impl Policy {
                 }
                 "delivery-limit" => {
                     queue.delivery_limit = Some(non_negative(v, "delivery limit", 0)?)
+                }
+                // Quorum queues' in-memory caps: minimq keeps every queue's messages in
+                // memory anyway, so they are validated and have no effect. RabbitMQ
+                // 3.10 words both refusals alike.
+                "max-in-memory-length" | "max-in-memory-bytes" => {
+                    non_negative(v, "maximum memory in bytes", 0)?;
                 }
                 "consumer-timeout" => {
                     queue.consumer_timeout = Some(non_negative(v, "consumer timeout", 0)?)
@@ -557,5 +638,38 @@ mod tests {
         let bare = p.queue.apply_to(&QueueArgs::default(), &FieldTable::new());
         assert_eq!(bare.dead_letter_exchange.as_deref(), Some("poldlx"));
         assert_eq!(bare.max_length, Some(6));
+    }
+
+    #[test]
+    fn an_operator_policy_takes_the_numeric_limits_only_and_caps_a_policy() {
+        let op = Policy::parse_in(
+            Scope::Operator,
+            "op",
+            &json!({"pattern": ".", "definition": {"max-length": 5, "message-ttl": 1000,
+                    "max-in-memory-length": 1}}),
+        )
+        .unwrap();
+        let e = Policy::parse_in(
+            Scope::Operator,
+            "op",
+            &json!({"pattern": ".", "definition": {"overflow": "drop-head"}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "Validation failed\n\n[{<<\"overflow\">>,<<\"drop-head\">>}] are not recognised policy settings\n"
+        );
+        let p = parse(json!({"pattern": ".", "definition": {"max-length": 3,
+                "message-ttl": 5000, "dead-letter-exchange": "dd"}}))
+        .unwrap();
+        let capped = p.queue.capped_by(&op.queue);
+        assert_eq!(capped.max_length, Some(3), "the policy's is lower");
+        assert_eq!(capped.message_ttl, Some(1000), "the operator's is lower");
+        assert_eq!(capped.dead_letter_exchange.as_deref(), Some("dd"));
+        assert_eq!(
+            merged_definition(&p.definition, &op.definition),
+            json!({"dead-letter-exchange": "dd", "max-length": 3, "message-ttl": 1000,
+                   "max-in-memory-length": 1})
+        );
     }
 }

@@ -6,29 +6,34 @@
 //! queue task, which is where all the waiting happens, never blocks the registry.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use minimq_protocol::{FieldTable, ReplyCode};
+use minimq_protocol::{FieldTable, FieldValue, ReplyCode};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::policy::{Kind, Policies, Policy};
+use crate::policy::{merged_definition, Kind, Policies, Policy, Scope};
 use crate::queue::{
     self, AppliedPolicy, QueueArgs, QueueCommand, QueueHandle, QueueHost, QueueRef, QueueType,
 };
-use crate::store::{BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredQueue, Store};
+use crate::store::{
+    BindingDef, ExchangeDef, MetaWait, ParamDef, RecoveredMessage, RecoveredQueue, Store,
+};
+use crate::trace::TRACE_EXCHANGE;
 
-/// Exchanges every vhost has from the start.
-const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
-    ("", ExchangeKind::Direct),
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
+/// Exchanges every vhost has from the start, and whether each is internal (the trace
+/// exchange takes only what the broker publishes to it).
+const BUILTIN_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
+    ("", ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    (TRACE_EXCHANGE, ExchangeKind::Topic, true),
 ];
 
 /// What a queue declare asks for.
@@ -70,14 +75,17 @@ pub struct VHost {
     /// Its policies (`policy.rs`), applied to its queues as they are declared and again
     /// whenever a policy changes.
     pub policies: Policies,
+    /// Its operator policies, applied with (and capping) its policies.
+    pub operator_policies: Policies,
     /// Its limits (`max-connections`, `max-queues`), set through the management API.
     limits: std::sync::Mutex<VHostLimits>,
     /// Its description and tags (kept durably by `vhosts.rs`).
     metadata: std::sync::Mutex<crate::vhosts::VHostMetadata>,
+    /// Firehose tracing is on (`trace.rs`): read with one relaxed load per publish and
+    /// per delivery; not kept across a restart, as in RabbitMQ.
+    tracing: AtomicBool,
 }
 
-/// The store component policies are kept under.
-const POLICY_COMPONENT: &str = "policy";
 /// The store component vhost limits are kept under (one value per vhost).
 const LIMITS_COMPONENT: &str = "vhost-limits";
 
@@ -174,11 +182,13 @@ impl VHost {
                 queue_host: Arc::new(VHostLink(me.clone())),
                 store,
                 policies: Policies::default(),
+                operator_policies: Policies::default(),
                 limits: std::sync::Mutex::new(VHostLimits::default()),
                 metadata: Default::default(),
+                tracing: AtomicBool::new(false),
             };
-            for (name, kind) in BUILTIN_EXCHANGES {
-                let e = Exchange::new(name, *kind, true, false, false, FieldTable::new());
+            for (name, kind, internal) in BUILTIN_EXCHANGES {
+                let e = Exchange::new(name, *kind, true, false, *internal, FieldTable::new());
                 vhost.exchanges.insert((*name).into(), Arc::new(e));
             }
             vhost
@@ -208,6 +218,57 @@ impl VHost {
         *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = metadata;
     }
 
+    /// Whether firehose tracing is on. Relaxed: a publish or delivery racing with the
+    /// switch may go either way, as a channel refreshing its trace state does in
+    /// RabbitMQ.
+    pub fn is_tracing(&self) -> bool {
+        self.tracing.load(Ordering::Relaxed)
+    }
+
+    /// Turns firehose tracing on or off.
+    pub fn set_tracing(&self, on: bool) {
+        self.tracing.store(on, Ordering::Relaxed);
+    }
+
+    /// Publishes a trace message (`trace.rs`) through the trace exchange, internal as it
+    /// is, to the queues bound to it. It does not wait for room in them: tracing is
+    /// for looking, and must not hold up the publisher or consumer it traces.
+    pub fn publish_trace(&self, message: crate::message::Message) {
+        let Some(exchange) = self.exchange(TRACE_EXCHANGE) else {
+            return;
+        };
+        let mut queues = Vec::new();
+        self.route_from(exchange, &message.routing_key, None, &mut queues);
+        let message = Arc::new(message);
+        for q in queues {
+            q.publish_now(vec![queue::Publish {
+                message: message.clone(),
+                confirm: None,
+            }]);
+        }
+    }
+
+    /// RabbitMQ's `augment_declare_args`: a `queue.declare` that names no `x-queue-type`
+    /// gets the vhost's default queue type, when the queue can be of that type (a
+    /// quorum queue must be durable, not exclusive, not auto-delete). Before the
+    /// declare's checks, so a redeclare is compared with the type it would get.
+    pub fn apply_default_queue_type(&self, spec: &mut QueueSpec) {
+        if spec.arguments.get("x-queue-type").is_some() {
+            return;
+        }
+        let Some(kind) = self.metadata().default_queue_type else {
+            return;
+        };
+        // Quorum queues and streams are durable, not exclusive, not auto-delete
+        // (RabbitMQ's `is_compatible` of each type).
+        let compatible =
+            kind == "classic" || (spec.durable && !spec.exclusive && !spec.auto_delete);
+        if compatible {
+            spec.arguments
+                .insert("x-queue-type", FieldValue::from(kind.as_str()));
+        }
+    }
+
     /// Removes everything the vhost holds, for its deletion: every queue (its task
     /// stopped, its consumers cancelled, its stored messages dropped), every exchange
     /// but the built-in ones, every binding, its policies and limits, each durably.
@@ -227,7 +288,7 @@ impl VHost {
             }
         }
         for e in self.exchanges() {
-            if BUILTIN_EXCHANGES.iter().any(|(n, _)| *n == &*e.name) {
+            if BUILTIN_EXCHANGES.iter().any(|(n, ..)| *n == &*e.name) {
                 continue;
             }
             if let Some(done) = self.unstore_exchange(&e) {
@@ -236,8 +297,10 @@ impl VHost {
             self.exchanges.remove(&*e.name);
             self.forget_destination(&Destination::Exchange(e.name.clone()));
         }
-        for p in self.policies.all() {
-            self.delete_policy(&p.name).await?;
+        for scope in [Scope::Policy, Scope::Operator] {
+            for p in self.policy_set(scope).all() {
+                self.delete_policy(scope, &p.name).await?;
+            }
         }
         self.set_limits(VHostLimits::default()).await
     }
@@ -306,7 +369,7 @@ impl VHost {
         conn_id: u64,
     ) -> AmqpResult<(QueueHandle, bool)> {
         let args = QueueArgs::parse(QueueRef::new(&spec.name, &self.name), &spec.arguments)?;
-        if args.queue_type == QueueType::Quorum {
+        if matches!(args.queue_type, QueueType::Quorum | QueueType::Stream) {
             // RabbitMQ 3.10's order and words (`rabbit_queue_type_util` checks).
             let bad = if spec.auto_delete {
                 Some("auto-delete")
@@ -323,6 +386,9 @@ impl VHost {
                     spec.name, self.name
                 )));
             }
+        }
+        if args.queue_type == QueueType::Stream {
+            check_stream(&args, self.store.is_some())?;
         }
         if let Some(q) = self.queue(&spec.name) {
             return existing_queue(q, &spec, conn_id, &self.name);
@@ -346,13 +412,15 @@ impl VHost {
             ),
             _ => None,
         };
-        let raced = match self.queues.entry(spec.name.as_str().into()) {
+        // One allocation for the name, shared by the registry's key and the queue.
+        let name: Arc<str> = spec.name.as_str().into();
+        let raced = match self.queues.entry(name.clone()) {
             Entry::Occupied(e) => e.get().clone(),
             Entry::Vacant(v) => {
                 let owner = spec.exclusive.then_some(conn_id);
                 let (handle, rx) = QueueHandle::new(
                     self.name.clone(),
-                    spec.name.as_str().into(),
+                    name,
                     spec.durable,
                     owner,
                     spec.auto_delete,
@@ -363,13 +431,7 @@ impl VHost {
                 handle.info().set_policy(self.applied_policy(&handle));
                 v.insert(handle.clone());
                 self.queues_changed();
-                queue::actor::spawn(
-                    handle.clone(),
-                    rx,
-                    self.queue_host.clone(),
-                    self.store.clone(),
-                    Vec::new(),
-                );
+                self.spawn_queue(handle.clone(), rx, Vec::new());
                 return Ok((handle, true));
             }
         };
@@ -416,20 +478,36 @@ impl VHost {
         done
     }
 
-    /// What the policy that matches `queue` (if any) makes of its declared arguments.
+    /// What the policy and the operator policy that match `queue` (if any) make of its
+    /// declared arguments.
     fn applied_policy(&self, queue: &QueueHandle) -> AppliedPolicy {
         let info = queue.info();
-        match self.policies.select(Kind::Queue, queue.name()) {
-            Some(p) => AppliedPolicy {
-                name: Some(p.name.as_str().into()),
-                definition: Some(Arc::new(serde_json::Value::Object(p.definition.clone()))),
-                args: p.queue.apply_to(&info.args, &info.arguments),
-            },
-            None => AppliedPolicy {
-                name: None,
-                definition: None,
-                args: info.args.clone(),
-            },
+        let policy = self.policies.select(Kind::Queue, queue.name());
+        let op = self.operator_policies.select(Kind::Queue, queue.name());
+        let (settings, definition) = match (&policy, &op) {
+            (None, None) => {
+                return AppliedPolicy {
+                    name: None,
+                    operator: None,
+                    definition: None,
+                    args: info.args.clone(),
+                }
+            }
+            (Some(p), None) | (None, Some(p)) => (
+                p.queue.clone(),
+                serde_json::Value::Object(p.definition.clone()),
+            ),
+            (Some(p), Some(o)) => (
+                p.queue.capped_by(&o.queue),
+                merged_definition(&p.definition, &o.definition),
+            ),
+        };
+        let name = |p: &Option<Arc<Policy>>| p.as_ref().map(|p| Arc::from(p.name.as_str()));
+        AppliedPolicy {
+            name: name(&policy),
+            operator: name(&op),
+            definition: Some(Arc::new(definition)),
+            args: settings.apply_to(&info.args, &info.arguments),
         }
     }
 
@@ -455,37 +533,46 @@ impl VHost {
             .and_then(|p| p.alternate_exchange.as_deref().map(Arc::from))
     }
 
-    /// Adds or replaces a policy, durably first when the broker has a data directory;
-    /// answers whether it is new. Applied to existing queues before it answers.
-    pub async fn put_policy(&self, policy: Policy) -> std::io::Result<bool> {
+    /// The policies of `scope`.
+    pub fn policy_set(&self, scope: Scope) -> &Policies {
+        match scope {
+            Scope::Policy => &self.policies,
+            Scope::Operator => &self.operator_policies,
+        }
+    }
+
+    /// Adds or replaces a policy of `scope`, durably first when the broker has a data
+    /// directory; answers whether it is new. Applied to existing queues before it
+    /// answers.
+    pub async fn put_policy(&self, scope: Scope, policy: Policy) -> std::io::Result<bool> {
         if let Some(store) = &self.store {
             let value =
                 serde_json::to_vec(&policy.to_json(&self.name)).map_err(std::io::Error::other)?;
             store
                 .put_param(ParamDef {
-                    component: POLICY_COMPONENT.into(),
+                    component: scope.component().into(),
                     vhost: self.name.to_string(),
                     name: policy.name.clone(),
                     value: value.into(),
                 })
                 .await?;
         }
-        let created = self.policies.put(policy);
+        let created = self.policy_set(scope).put(policy);
         self.reapply_policies();
         Ok(created)
     }
 
-    /// Removes a policy (durably first); answers whether there was one.
-    pub async fn delete_policy(&self, name: &str) -> std::io::Result<bool> {
-        if self.policies.get(name).is_none() {
+    /// Removes a policy of `scope` (durably first); answers whether there was one.
+    pub async fn delete_policy(&self, scope: Scope, name: &str) -> std::io::Result<bool> {
+        if self.policy_set(scope).get(name).is_none() {
             return Ok(false);
         }
         if let Some(store) = &self.store {
             store
-                .remove_param(POLICY_COMPONENT, &self.name, name)
+                .remove_param(scope.component(), &self.name, name)
                 .await?;
         }
-        let existed = self.policies.delete(name);
+        let existed = self.policy_set(scope).delete(name);
         self.reapply_policies();
         Ok(existed)
     }
@@ -517,7 +604,7 @@ impl VHost {
         Ok(())
     }
 
-    /// Takes back the policies stored before a restart (before the queues are restored,
+    /// Takes back the policies and operator policies stored before a restart (before the queues are restored,
     /// so they start with them applied). A stored policy that no longer parses is logged
     /// and left out.
     pub fn restore_policies(&self, params: &[ParamDef]) {
@@ -529,15 +616,17 @@ impl VHost {
                 }
                 continue;
             }
-            if def.component != POLICY_COMPONENT {
-                continue;
-            }
+            let scope = match def.component.as_str() {
+                c if c == Scope::Policy.component() => Scope::Policy,
+                c if c == Scope::Operator.component() => Scope::Operator,
+                _ => continue,
+            };
             let parsed = serde_json::from_slice::<serde_json::Value>(&def.value)
                 .map_err(|e| e.to_string())
-                .and_then(|v| Policy::parse(&def.name, &v));
+                .and_then(|v| Policy::parse_in(scope, &def.name, &v));
             match parsed {
                 Ok(p) => {
-                    self.policies.put(p);
+                    self.policy_set(scope).put(p);
                 }
                 Err(e) => {
                     tracing::error!(policy = %def.name, error = %e, "stored policy not understood; left out")
@@ -566,14 +655,31 @@ impl VHost {
             self.queues
                 .insert(q.def.name.as_str().into(), handle.clone());
             self.queues_changed();
-            queue::actor::spawn(
-                handle,
-                rx,
-                self.queue_host.clone(),
-                self.store.clone(),
-                q.messages,
-            );
+            self.spawn_queue(handle, rx, q.messages);
         }
+    }
+
+    /// Starts a queue's task: a stream's own (its log in the data directory), or the
+    /// classic and quorum queues' one with the messages recovered for it.
+    fn spawn_queue(
+        &self,
+        handle: QueueHandle,
+        rx: queue::QueueInbox,
+        messages: Vec<RecoveredMessage>,
+    ) {
+        if handle.info().args.queue_type == QueueType::Stream {
+            if let (Some(store), Some(id)) = (&self.store, handle.info().store_id) {
+                queue::stream::spawn(handle, rx, store.stream_place(id));
+                return;
+            }
+        }
+        queue::actor::spawn(
+            handle,
+            rx,
+            self.queue_host.clone(),
+            self.store.clone(),
+            messages,
+        );
     }
 
     /// Stops every queue task at once, logging nothing ([`crate::Broker::crash`]).
@@ -1085,6 +1191,26 @@ impl NameSet {
     }
 }
 
+/// What RabbitMQ 3.10 refuses of a stream beyond its flags: a segment size over its
+/// maximum. A broker without a data directory has nowhere to keep a stream's log and
+/// refuses it (RabbitMQ always has one).
+fn check_stream(args: &QueueArgs, has_store: bool) -> AmqpResult<()> {
+    if args
+        .stream_segment_bytes
+        .is_some_and(|n| n > crate::store::stream::MAX_SEGMENT_BYTES)
+    {
+        return Err(AmqpError::precondition(
+            "Exceeded max value for x-stream-max-segment-size-bytes",
+        ));
+    }
+    if !has_store {
+        return Err(AmqpError::precondition(
+            "stream queues need a data directory (--data-dir)",
+        ));
+    }
+    Ok(())
+}
+
 /// A declare that found the queue: answers it if accessible and equivalent.
 fn existing_queue(
     q: QueueHandle,
@@ -1196,6 +1322,7 @@ mod tests {
                     prefetch: 0,
                     priority: 0,
                     channel_credit: None,
+                    arguments: FieldTable::new(),
                     sink: sink.clone(),
                     room: std::sync::Arc::new(crate::queue::OutputRoom::new(usize::MAX)),
                 }),

@@ -31,6 +31,10 @@ pub const VHOST_COMPONENT: &str = "vhost";
 /// in `/`); after it, a deleted `/` stays deleted, as in RabbitMQ.
 const VHOSTS_SEEDED: &str = "vhosts-seeded";
 
+/// The queue types a vhost's default queue type may name (RabbitMQ 3.10 also has
+/// `stream`, which minimq does not).
+pub const QUEUE_TYPES: &[&str] = &["classic", "quorum", "stream"];
+
 /// What RabbitMQ keeps about a vhost besides its contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VHostMetadata {
@@ -38,12 +42,20 @@ pub struct VHostMetadata {
     pub description: String,
     /// Free-form tags.
     pub tags: Vec<String>,
+    /// The `x-queue-type` its durable, non-exclusive queues get when a declare names
+    /// none (one of [`QUEUE_TYPES`]); set when the vhost is created, kept after.
+    pub default_queue_type: Option<String>,
 }
 
 impl VHostMetadata {
-    /// As stored and as the API shows it: `{"description": "...", "tags": [...]}`.
+    /// As stored and as the API shows it: `{"description": "...", "tags": [...]}`, with
+    /// `default_queue_type` when there is one (RabbitMQ's metadata map).
     pub fn to_json(&self) -> Value {
-        serde_json::json!({ "description": self.description, "tags": self.tags })
+        let mut v = serde_json::json!({ "description": self.description, "tags": self.tags });
+        if let (Some(t), Value::Object(m)) = (&self.default_queue_type, &mut v) {
+            m.insert("default_queue_type".into(), Value::from(t.as_str()));
+        }
+        v
     }
 
     /// From a stored value or a request body; absent fields are empty. Tags may be a
@@ -68,7 +80,15 @@ impl VHostMetadata {
                 .collect(),
             _ => Vec::new(),
         };
-        VHostMetadata { description, tags }
+        let default_queue_type = v
+            .get("default_queue_type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        VHostMetadata {
+            description,
+            tags,
+            default_queue_type,
+        }
     }
 }
 
@@ -117,14 +137,19 @@ impl VHosts {
             .collect()
     }
 
-    /// Creates vhost `name` (durably first), or updates its metadata if it exists;
-    /// answers whether it was created.
-    pub async fn put(&self, name: &str, metadata: VHostMetadata) -> std::io::Result<bool> {
+    /// Creates vhost `name` (durably first), or updates its description and tags if it
+    /// exists (its default queue type stays as it was created, as in RabbitMQ); answers
+    /// whether it was created.
+    pub async fn put(&self, name: &str, mut metadata: VHostMetadata) -> std::io::Result<bool> {
         let _serial = self.changes.lock().await;
+        let existing = self.get(name);
+        if let Some(v) = &existing {
+            metadata.default_queue_type = v.metadata().default_queue_type;
+        }
         if let Some(store) = &self.store {
             store.put_param(vhost_param(name, &metadata)).await?;
         }
-        if let Some(v) = self.get(name) {
+        if let Some(v) = existing {
             v.set_metadata(metadata);
             return Ok(false);
         }

@@ -218,6 +218,8 @@ pub enum Listing {
     Consumers,
     /// `list_policies`.
     Policies,
+    /// `list_operator_policies`.
+    OperatorPolicies,
     /// `list_vhosts` (not filtered by `-p`: vhosts have no vhost).
     Vhosts,
 }
@@ -229,7 +231,7 @@ impl Listing {
             Listing::Connections => CONNECTION_COLUMNS,
             Listing::Channels => CHANNEL_COLUMNS,
             Listing::Consumers => CONSUMER_COLUMNS,
-            Listing::Policies => POLICY_COLUMNS,
+            Listing::Policies | Listing::OperatorPolicies => POLICY_COLUMNS,
             Listing::Vhosts => VHOST_COLUMNS,
         }
     }
@@ -249,7 +251,7 @@ impl Listing {
                 "active",
                 "arguments",
             ],
-            Listing::Policies => &[
+            Listing::Policies | Listing::OperatorPolicies => &[
                 "vhost",
                 "name",
                 "pattern",
@@ -274,6 +276,7 @@ impl Listing {
             Listing::Channels => "/api/channels",
             Listing::Consumers => "/api/consumers",
             Listing::Policies => "/api/policies",
+            Listing::OperatorPolicies => "/api/operator-policies",
             Listing::Vhosts => "/api/vhosts",
         }
     }
@@ -297,6 +300,9 @@ impl Listing {
             Listing::Channels => "Listing channels ...".to_string(),
             Listing::Consumers => format!("Listing consumers in vhost {vhost} ..."),
             Listing::Policies => format!("Listing policies for vhost \"{vhost}\" ..."),
+            Listing::OperatorPolicies => {
+                format!("Listing operator policy overrides for vhost \"{vhost}\" ...")
+            }
             Listing::Vhosts => "Listing vhosts ...".to_string(),
         }
     }
@@ -342,7 +348,11 @@ fn cell(listing: Listing, object: &Value, column: &str) -> Value {
         .unwrap_or((column, "", Empty));
     match object.pointer(pointer) {
         // rabbitmqctl shows a policy's definition as its JSON text, in tables and JSON.
-        Some(v @ Value::Object(_)) if listing == Listing::Policies => Value::String(v.to_string()),
+        Some(v @ Value::Object(_))
+            if matches!(listing, Listing::Policies | Listing::OperatorPolicies) =>
+        {
+            Value::String(v.to_string())
+        }
         Some(Value::Null) | None if missing == Zero => Value::from(0),
         Some(v) => v.clone(),
         None => Value::Null,
@@ -618,6 +628,21 @@ pub enum Command {
     },
     /// `clear_policy NAME`.
     ClearPolicy(String),
+    /// `set_operator_policy [--priority N] [--apply-to KIND] NAME PATTERN DEFINITION`.
+    SetOperatorPolicy {
+        /// Policy name.
+        name: String,
+        /// Regular expression on object names.
+        pattern: String,
+        /// The definition, JSON text.
+        definition: String,
+        /// Priority (0 when not given).
+        priority: i64,
+        /// `queues`, `exchanges` or `all`.
+        apply_to: String,
+    },
+    /// `clear_operator_policy NAME`.
+    ClearOperatorPolicy(String),
     /// `add_user NAME PASSWORD`.
     AddUser(String, String),
     /// `delete_user NAME`.
@@ -655,8 +680,20 @@ pub enum Command {
     ClearVhostLimits,
     /// `list_vhost_limits`.
     ListVhostLimits,
-    /// `add_vhost NAME`: nothing changes if it exists (exit 0, as rabbitmqctl).
-    AddVhost(String),
+    /// `add_vhost NAME [--description D] [--tags T] [--default-queue-type TYPE]`:
+    /// nothing changes if it exists (exit 0, as rabbitmqctl).
+    AddVhost {
+        /// Vhost name.
+        name: String,
+        /// Free text.
+        description: Option<String>,
+        /// Comma-separated tags.
+        tags: Option<String>,
+        /// `classic` or `quorum`: the type of its queues declared without one.
+        default_queue_type: Option<String>,
+    },
+    /// `trace_on` (true) or `trace_off` (false) for the vhost (`-p`).
+    Trace(bool),
     /// `delete_vhost NAME`.
     DeleteVhost(String),
 }
@@ -890,11 +927,24 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             definition,
             priority,
             apply_to,
+        }
+        | Command::SetOperatorPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
         } => {
+            let (what, base) = match command {
+                Command::SetOperatorPolicy { .. } => {
+                    ("operator policy override", "/api/operator-policies")
+                }
+                _ => ("policy", "/api/policies"),
+            };
             let out = info(
                 options,
                 &format!(
-                    "Setting policy \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
+                    "Setting {what} \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{vhost}\" ..."
                 ),
             );
             let definition: Value = serde_json::from_str(definition).map_err(|_| {
@@ -906,11 +956,7 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 "priority": priority,
                 "apply-to": apply_to,
             });
-            let path = format!(
-                "/api/policies/{}/{}",
-                encode_segment(vhost),
-                encode_segment(name)
-            );
+            let path = format!("{base}/{}/{}", encode_segment(vhost), encode_segment(name));
             let resp = client
                 .request_json("PUT", &path, body.to_string().as_bytes())
                 .map_err(CtlError::unavailable)?;
@@ -923,16 +969,16 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             }
             Ok(out)
         }
-        Command::ClearPolicy(name) => {
+        Command::ClearPolicy(name) | Command::ClearOperatorPolicy(name) => {
+            let (what, base) = match command {
+                Command::ClearOperatorPolicy(_) => ("operator policy", "/api/operator-policies"),
+                _ => ("policy", "/api/policies"),
+            };
             let out = info(
                 options,
-                &format!("Clearing policy \"{name}\" on vhost \"{vhost}\" ..."),
+                &format!("Clearing {what} \"{name}\" on vhost \"{vhost}\" ..."),
             );
-            let path = format!(
-                "/api/policies/{}/{}",
-                encode_segment(vhost),
-                encode_segment(name)
-            );
+            let path = format!("{base}/{}/{}", encode_segment(vhost), encode_segment(name));
             let resp = client
                 .request("DELETE", &path)
                 .map_err(CtlError::unavailable)?;
@@ -946,7 +992,12 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 )),
             }
         }
-        Command::AddVhost(name) => {
+        Command::AddVhost {
+            name,
+            description,
+            tags,
+            default_queue_type,
+        } => {
             let out = info(options, &format!("Adding vhost \"{name}\" ..."));
             let path = format!("/api/vhosts/{}", encode_segment(name));
             // rabbitmqctl leaves an existing vhost as it is; a PUT would reset its
@@ -954,8 +1005,19 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             if get(path.clone())?.status == 200 {
                 return Ok(out);
             }
+            let mut body = serde_json::Map::new();
+            for (key, value) in [
+                ("description", description),
+                ("tags", tags),
+                // The key RabbitMQ 3.10's management API reads.
+                ("defaultqueuetype", default_queue_type),
+            ] {
+                if let Some(v) = value {
+                    body.insert(key.into(), Value::from(v.as_str()));
+                }
+            }
             let resp = client
-                .request_json("PUT", &path, b"{}")
+                .request_json("PUT", &path, Value::Object(body).to_string().as_bytes())
                 .map_err(CtlError::unavailable)?;
             if !(200..300).contains(&resp.status) {
                 return Err(http_error(
@@ -964,6 +1026,49 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                     &options.user,
                 ));
             }
+            Ok(out)
+        }
+        Command::Trace(on) => {
+            let (verb, done) = if *on {
+                ("Starting", "enabled")
+            } else {
+                ("Stopping", "disabled")
+            };
+            let mut out = info(
+                options,
+                &format!("{verb} tracing for vhost \"{vhost}\" ..."),
+            );
+            let path = format!("/api/vhosts/{}", encode_segment(vhost));
+            let resp = get(path.clone())?;
+            if resp.status == 404 {
+                return Err(CtlError {
+                    message: format!("Virtual host '{vhost}' does not exist"),
+                    code: EXIT_DATA,
+                });
+            }
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(&resp, "reading the vhost", &options.user));
+            }
+            // The management API switches tracing with a vhost PUT, which also sets the
+            // description and tags: they are sent back as they are.
+            let current = parse(&resp)?;
+            let body = serde_json::json!({
+                "description": current.get("description").cloned().unwrap_or(Value::Null),
+                "tags": current.get("tags").cloned().unwrap_or(Value::Null),
+                "tracing": on,
+            });
+            let resp = client
+                .request_json("PUT", &path, body.to_string().as_bytes())
+                .map_err(CtlError::unavailable)?;
+            if !(200..300).contains(&resp.status) {
+                return Err(http_error(
+                    &resp,
+                    &format!("switching tracing for vhost '{vhost}'"),
+                    &options.user,
+                ));
+            }
+            // rabbitmqctl prints this result line even with --quiet.
+            let _ = writeln!(out, "Trace {done} for vhost {vhost}");
             Ok(out)
         }
         Command::DeleteVhost(name) => {

@@ -243,6 +243,74 @@ fn minimqctl_sets_lists_and_clears_policies_as_rabbitmqctl() {
 }
 
 #[test]
+fn minimqctl_sets_lists_and_clears_operator_policies_as_rabbitmqctl() {
+    let b = TestBroker::with_http();
+    // Outputs as rabbitmqctl 3.10 printed them for the same commands.
+    assert_eq!(
+        ok(&b.ctl(&[
+            "set_operator_policy",
+            "c1",
+            "^opx-c",
+            r#"{"max-length":7}"#,
+            "--apply-to",
+            "queues"
+        ])),
+        "Setting operator policy override \"c1\" for pattern \"^opx-c\" to \"{\"max-length\":7}\" with priority \"0\" for vhost \"/\" ...\n"
+    );
+    ok(&b.ctl(&[
+        "set_operator_policy",
+        "--priority",
+        "3",
+        "c2",
+        "^opx-",
+        r#"{"max-length":5,"message-ttl":1000}"#,
+    ]));
+    assert_eq!(
+        ok(&b.ctl(&["list_operator_policies"])),
+        "Listing operator policy overrides for vhost \"/\" ...\n\
+         vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n\
+         /\tc1\t^opx-c\tqueues\t{\"max-length\":7}\t0\n\
+         /\tc2\t^opx-\tall\t{\"max-length\":5,\"message-ttl\":1000}\t3\n"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &b.ctl(&["--formatter", "json", "list_operator_policies"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json[0]["definition"], "{\"max-length\":7}");
+    assert_eq!(
+        ok(&b.ctl(&["list_policies", "-q"])),
+        "",
+        "policies are a name space of their own"
+    );
+    let bad = b.ctl(&[
+        "set_operator_policy",
+        "c3",
+        "^opx-d",
+        r#"{"dead-letter-exchange":"x"}"#,
+    ]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains(
+            "[{<<\"dead-letter-exchange\">>,<<\"x\">>}] are not recognised policy settings"
+        ),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        ok(&b.ctl(&["clear_operator_policy", "c1"])),
+        "Clearing operator policy \"c1\" on vhost \"/\" ...\n"
+    );
+    let again = b.ctl(&["clear_operator_policy", "c1"]);
+    assert_eq!(again.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("Parameter does not exist"));
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_operator_policies"])),
+        "vhost\tname\tpattern\tapply-to\tdefinition\tpriority\n/\tc2\t^opx-\tall\t{\"max-length\":5,\"message-ttl\":1000}\t3\n"
+    );
+}
+
+#[test]
 fn minimqctl_sets_lists_and_clears_vhost_limits_as_rabbitmqctl() {
     let b = TestBroker::with_http();
     assert_eq!(
@@ -327,6 +395,63 @@ fn minimqctl_adds_lists_and_deletes_vhosts_as_rabbitmqctl() {
         "minimqctl: error: Virtual host 'cli-v' does not exist\n"
     );
     assert_eq!(ok(&b.ctl(&["-q", "list_vhosts"])), "name\n/\n");
+}
+
+/// rabbitmqctl 3.10's `add_vhost` options and `trace_on` / `trace_off` output, as it
+/// printed them on the reference node.
+#[test]
+fn minimqctl_adds_a_vhost_with_a_default_queue_type_and_switches_its_tracing() {
+    let b = TestBroker::with_http();
+    assert_eq!(
+        ok(&b.ctl(&[
+            "add_vhost",
+            "qv",
+            "--default-queue-type",
+            "quorum",
+            "--description",
+            "dd",
+            "--tags",
+            "x,y"
+        ])),
+        "Adding vhost \"qv\" ...\n"
+    );
+    let bad = b.ctl(&["add_vhost", "bad", "--default-queue-type", "nosuch"]);
+    assert_eq!(bad.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid_queue_type"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_vhosts", "name", "default_queue_type", "tracing", "description", "tags"])),
+        "name\tdefault_queue_type\ttracing\tdescription\ttags\n/\tundefined\tfalse\t\t[]\nqv\tquorum\tfalse\tdd\t[x, y]\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["trace_on", "-p", "qv"])),
+        "Starting tracing for vhost \"qv\" ...\nTrace enabled for vhost qv\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&[
+            "-q",
+            "list_vhosts",
+            "name",
+            "tracing",
+            "description",
+            "tags"
+        ])),
+        "name\ttracing\tdescription\ttags\n/\tfalse\t\t[]\nqv\ttrue\tdd\t[x, y]\n",
+        "the description and tags stay"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "trace_off", "-p", "qv"])),
+        "Trace disabled for vhost qv\n"
+    );
+    assert_eq!(
+        ok(&b.ctl(&["-q", "list_vhosts", "name", "tracing"])),
+        "name\ttracing\n/\tfalse\nqv\tfalse\n"
+    );
+    let missing = b.ctl(&["trace_on", "-p", "nov"]);
+    assert_eq!(missing.status.code(), Some(65));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! RabbitMQ's definitions file: export (`GET /api/definitions`) and import (`POST
 //! /api/definitions`, `--definitions FILE` at start-up) of users, vhosts, permissions,
-//! policies, queues, exchanges and bindings, in RabbitMQ 3.10's JSON.
+//! policies, queues, exchanges and bindings, in RabbitMQ 3.10's JSON. Vhost limits and
+//! operator policies travel as RabbitMQ keeps them, runtime `parameters` (components
+//! `vhost-limits` and `operator_policy`).
 //!
 //! An import is checked whole before anything is applied: a malformed or unsupported
 //! entry, or one naming a vhost that neither exists nor is in the file, is an error that
@@ -13,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::{Permission, User};
 use crate::exchange::{Destination, ExchangeKind};
-use crate::policy::Policy;
+use crate::policy::{Policy, Scope};
 use crate::queue::{QueueArgs, QueueRef};
 use crate::server::BrokerState;
 use crate::vhost::{QueueSpec, VHost, VHostLimits};
@@ -87,6 +89,19 @@ pub fn export(state: &BrokerState) -> Value {
                 "vhost": v.name(),
                 "component": LIMITS_COMPONENT,
                 "name": LIMITS_NAME,
+            }));
+        }
+        for p in v.operator_policies.all() {
+            let mut value = p.to_json(v.name());
+            if let Value::Object(m) = &mut value {
+                m.remove("vhost");
+                m.remove("name");
+            }
+            parameters.push(json!({
+                "value": value,
+                "vhost": v.name(),
+                "component": Scope::Operator.component(),
+                "name": p.name,
             }));
         }
     }
@@ -170,11 +185,13 @@ fn export_vhost(
 
 /// What an import will apply, checked.
 struct Plan {
-    vhosts: Vec<(String, VHostMetadata)>,
+    /// Each with its `tracing`, when given.
+    vhosts: Vec<(String, VHostMetadata, Option<bool>)>,
     users: Vec<User>,
     /// Each with its vhost, as every list below.
     permissions: Vec<(String, String, Permission)>,
     policies: Vec<(String, Policy)>,
+    operator_policies: Vec<(String, Policy)>,
     exchanges: Vec<(String, String, String, bool, bool, bool, FieldTable)>,
     queues: Vec<(String, QueueSpec)>,
     bindings: Vec<(String, String, String, bool, String, FieldTable)>,
@@ -185,10 +202,25 @@ struct Plan {
 const LIMITS_COMPONENT: &str = "vhost-limits";
 const LIMITS_NAME: &str = "limits";
 
-/// A `parameters` entry. Of RabbitMQ's runtime parameters minimq knows the vhost limits;
-/// any other component (federation, shovel: plugins) is refused with RabbitMQ's text.
-fn vhost_limits(entry: &Value) -> Result<VHostLimits, String> {
+/// What a `parameters` entry holds.
+enum Parameter {
+    Limits(VHostLimits),
+    OperatorPolicy(Box<Policy>),
+}
+
+/// A `parameters` entry. Of RabbitMQ's runtime parameters minimq knows the vhost limits
+/// and operator policies; any other component (federation, shovel: plugins) is refused
+/// with RabbitMQ's text.
+fn parameter(entry: &Value) -> Result<Parameter, String> {
     let component = text(entry, "component")?;
+    if component == Scope::Operator.component() {
+        let name = text(entry, "name")?;
+        short_name(name)?;
+        let value = entry.get("value").unwrap_or(&Value::Null);
+        return Policy::parse_in(Scope::Operator, name, value)
+            .map(|p| Parameter::OperatorPolicy(Box::new(p)))
+            .map_err(|e| e.trim().to_string());
+    }
     if component != LIMITS_COMPONENT {
         return Err(format!("component {component} not found"));
     }
@@ -206,7 +238,7 @@ fn vhost_limits(entry: &Value) -> Result<VHostLimits, String> {
         // A negative limit is no limit, as with the API.
         *slot = u64::try_from(n).ok();
     }
-    Ok(limits)
+    Ok(Parameter::Limits(limits))
 }
 
 fn entries<'a>(doc: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], String> {
@@ -265,6 +297,7 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         users: Vec::new(),
         permissions: Vec::new(),
         policies: Vec::new(),
+        operator_policies: Vec::new(),
         exchanges: Vec::new(),
         queues: Vec::new(),
         bindings: Vec::new(),
@@ -282,8 +315,25 @@ fn plan(doc: &Value) -> Result<Plan, String> {
         // RabbitMQ 3.10 exports the description and tags under `metadata`; earlier
         // versions and hand-written files put them beside the name.
         let meta = v.get("metadata").filter(|m| m.is_object()).unwrap_or(v);
-        p.vhosts
-            .push((name.to_string(), VHostMetadata::from_json(meta)));
+        let meta = VHostMetadata::from_json(meta);
+        if let Some(t) = &meta.default_queue_type {
+            if !crate::vhosts::QUEUE_TYPES.contains(&t.as_str()) {
+                return Err(at("vhosts", i, name, format!("invalid_queue_type {t}")));
+            }
+        }
+        let tracing = match v.get("tracing") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(at(
+                    "vhosts",
+                    i,
+                    name,
+                    format!("'tracing' must be true or false, not {other}"),
+                ))
+            }
+        };
+        p.vhosts.push((name.to_string(), meta, tracing));
     }
     for (i, v) in entries(doc, "users")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("users", i, "", e))?;
@@ -309,8 +359,10 @@ fn plan(doc: &Value) -> Result<Plan, String> {
     for (i, v) in entries(doc, "parameters")?.iter().enumerate() {
         let name = v.get("component").and_then(Value::as_str).unwrap_or("");
         let vhost = vhost_of(v).map_err(|e| at("parameters", i, name, e))?;
-        let limits = vhost_limits(v).map_err(|e| at("parameters", i, name, e))?;
-        p.limits.push((vhost, limits));
+        match parameter(v).map_err(|e| at("parameters", i, name, e))? {
+            Parameter::Limits(limits) => p.limits.push((vhost, limits)),
+            Parameter::OperatorPolicy(policy) => p.operator_policies.push((vhost, *policy)),
+        }
     }
     for (i, v) in entries(doc, "exchanges")?.iter().enumerate() {
         let name = text(v, "name").map_err(|e| at("exchanges", i, "", e))?;
@@ -397,22 +449,26 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
         .iter()
         .map(|(v, ..)| v)
         .chain(plan.policies.iter().map(|(v, _)| v))
+        .chain(plan.operator_policies.iter().map(|(v, _)| v))
         .chain(plan.exchanges.iter().map(|(v, ..)| v))
         .chain(plan.queues.iter().map(|(v, _)| v))
         .chain(plan.bindings.iter().map(|(v, ..)| v))
         .chain(plan.limits.iter().map(|(v, _)| v));
     for v in named {
-        if state.vhosts.get(v).is_none() && !plan.vhosts.iter().any(|(n, _)| n == v) {
+        if state.vhosts.get(v).is_none() && !plan.vhosts.iter().any(|(n, ..)| n == v) {
             return Err(format!("vhost '{v}': no such vhost"));
         }
     }
     let io = |what: &str, e: std::io::Error| format!("{what}: could not write to disk: {e}");
-    for (name, meta) in plan.vhosts {
+    for (name, meta, tracing) in plan.vhosts {
         state
             .vhosts
             .put(&name, meta)
             .await
             .map_err(|e| io(&format!("vhost '{name}'"), e))?;
+        if let (Some(on), Some(v)) = (tracing, state.vhosts.get(&name)) {
+            v.set_tracing(on);
+        }
     }
     // Checked above: every vhost named exists now.
     let vhost = |name: &str| {
@@ -436,12 +492,17 @@ pub async fn import(state: &BrokerState, doc: &Value) -> Result<(), String> {
             .await
             .map_err(|e| io(&format!("permission of '{user}'"), e))?;
     }
-    for (v, policy) in plan.policies {
+    let policies = plan.policies.into_iter().map(|p| (Scope::Policy, p));
+    let operator = plan
+        .operator_policies
+        .into_iter()
+        .map(|p| (Scope::Operator, p));
+    for (scope, (v, policy)) in policies.chain(operator) {
         let name = policy.name.clone();
         vhost(&v)?
-            .put_policy(policy)
+            .put_policy(scope, policy)
             .await
-            .map_err(|e| io(&format!("policy '{name}'"), e))?;
+            .map_err(|e| io(&format!("{} '{name}'", scope.component()), e))?;
     }
     for (v, limits) in plan.limits {
         vhost(&v)?

@@ -27,8 +27,8 @@ pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.0";
 pub struct ErrorBody<'a> {
     /// e.g. `not_authorized`, `Object Not Found`, `bad_request`.
     pub error: &'a str,
-    /// Human-readable detail.
-    pub reason: &'a str,
+    /// Human-readable detail; for some refusals RabbitMQ's `[why, what]` pair.
+    pub reason: &'a serde_json::Value,
 }
 
 /// `GET /api/whoami`.
@@ -44,6 +44,7 @@ pub struct Whoami {
 #[derive(Debug, Serialize)]
 pub struct Overview {
     listeners: Vec<Listener>,
+    contexts: Vec<WebContext>,
     management_version: &'static str,
     rabbitmq_version: &'static str,
     product_name: &'static str,
@@ -206,6 +207,18 @@ struct Listener {
     port: u16,
 }
 
+/// The management listener, as RabbitMQ's overview lists its web contexts (clients
+/// read the node's name from it).
+#[derive(Debug, Serialize)]
+struct WebContext {
+    ssl_opts: [(); 0],
+    node: &'static str,
+    description: &'static str,
+    path: &'static str,
+    ip: String,
+    port: String,
+}
+
 #[derive(Debug, Serialize)]
 struct ExchangeType {
     name: &'static str,
@@ -251,7 +264,9 @@ pub struct Queue<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     policy: Option<Arc<str>>,
-    /// The policy's definition as given (`{}` without one), as RabbitMQ shows it.
+    operator_policy: Option<Arc<str>>,
+    /// The policy's definition as given, merged with the operator policy's (`{}` without
+    /// either), as RabbitMQ shows it.
     effective_policy_definition: Arc<serde_json::Value>,
     messages: u64,
     messages_ready: u64,
@@ -262,6 +277,8 @@ pub struct Queue<'a> {
     classic: Option<ClassicFields>,
     #[serde(flatten)]
     quorum: Option<QuorumFields>,
+    #[serde(flatten)]
+    stream: Option<StreamFields>,
     consumers: u64,
     message_stats: MessageStats,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -292,6 +309,15 @@ struct QuorumFields {
     message_bytes_dlx: u64,
     /// Every message of a quorum queue is kept in the log, transient ones too.
     messages_persistent: u64,
+}
+
+/// What RabbitMQ 3.10 shows of a stream only. There is no replication: the one member,
+/// online, is this node; `readers` counts its consumers there.
+#[derive(Debug, Serialize)]
+struct StreamFields {
+    members: [&'static str; 1],
+    online: [&'static str; 1],
+    readers: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A connection as other objects name it.
@@ -398,6 +424,20 @@ pub(crate) fn node_name() -> &'static str {
     })
 }
 
+impl Queue<'_> {
+    /// The queue's name, for the listings' filter.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Connection<'_> {
+    /// The connection's name, for the listings' filter.
+    pub fn name(&self) -> &str {
+        self.name
+    }
+}
+
 /// Every open connection, in connection order. No registry guard outlives this call.
 pub fn connection_list(state: &BrokerState) -> Vec<Arc<ConnectionInfo>> {
     let mut list: Vec<Arc<ConnectionInfo>> = state
@@ -469,6 +509,17 @@ pub fn overview(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Overview
                 port: a.port(),
             })
             .collect(),
+        contexts: http
+            .iter()
+            .map(|a| WebContext {
+                ssl_opts: [],
+                node,
+                description: "RabbitMQ Management",
+                path: "/",
+                ip: a.ip().to_string(),
+                port: a.port().to_string(),
+            })
+            .collect(),
         management_version: RABBITMQ_COMPAT_VERSION,
         rabbitmq_version: RABBITMQ_COMPAT_VERSION,
         product_name: "minimq",
@@ -532,20 +583,45 @@ pub fn exchanges(vhost: &crate::vhost::VHost) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// RabbitMQ's `properties_key`: the routing key percent-encoded, and for a binding with
-/// arguments `~` and a digest of them (RabbitMQ's digest is Erlang's term hash; this one
-/// is the CRC32C of their JSON: another value, the same use, naming one binding).
-fn properties_key(key: &str, arguments: &minimq_protocol::FieldTable) -> String {
-    // RabbitMQ form-encodes it: letters, digits and `.-_` stay, a space is `+`.
-    const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'.')
-        .remove(b'-')
-        .remove(b'_');
-    let encoded = percent_encoding::utf8_percent_encode(key, FORM)
+/// RabbitMQ form-encodes a path segment it writes: letters, digits and `.-_` stay, a
+/// space is `+`.
+const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'_');
+
+/// `name` as one segment of a path RabbitMQ writes (a binding's `Location`).
+pub fn path_segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, FORM)
         .to_string()
-        .replace("%20", "+");
+        .replace("%20", "+")
+}
+
+/// A binding's `properties_key` in the `Location` RabbitMQ answers a bind with: encoded
+/// once more (`eu.%2A` is `eu.%252A`), its `~` kept.
+pub fn location_props(properties_key: &str) -> String {
+    const KEY: &percent_encoding::AsciiSet = &FORM.remove(b'~');
+    percent_encoding::utf8_percent_encode(properties_key, KEY).to_string()
+}
+
+/// Whether a binding's `properties_key` is the one a path names: RabbitMQ takes the
+/// path's segment as the key itself or as the key with its routing key decoded (a
+/// client may write `eu.*` or `eu.%2A`).
+pub fn names_binding(properties_key: &str, segment: &str) -> bool {
+    properties_key == segment
+        || percent_encoding::percent_decode_str(&properties_key.replace('+', " "))
+            .decode_utf8()
+            .is_ok_and(|decoded| decoded == segment)
+}
+
+/// RabbitMQ's `properties_key`: the routing key percent-encoded (`~` for an empty key
+/// without arguments), and for a binding with arguments `~` and a digest of them
+/// (RabbitMQ's digest is Erlang's term hash; this one is the CRC32C of their JSON:
+/// another value, the same use, naming one binding).
+pub fn properties_key(key: &str, arguments: &minimq_protocol::FieldTable) -> String {
+    let encoded = path_segment(key);
     if arguments.is_empty() {
-        return encoded;
+        return if key.is_empty() { "~".into() } else { encoded };
     }
     let shown = serde_json::to_string(&Table(Some(arguments))).unwrap_or_default();
     format!("{encoded}~{:08x}", crc32c::crc32c(shown.as_bytes()))
@@ -649,11 +725,9 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         arguments: Table(Some(&info.arguments)),
         node: node_name(),
         state: "running",
-        kind: match info.args.queue_type {
-            QueueType::Classic => "classic",
-            QueueType::Quorum => "quorum",
-        },
+        kind: info.args.queue_type.name(),
         policy: applied.name,
+        operator_policy: applied.operator,
         effective_policy_definition: applied
             .definition
             .unwrap_or_else(|| Arc::new(serde_json::Value::Object(Default::default()))),
@@ -662,7 +736,12 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
         messages_unacknowledged: unacked,
         message_bytes_ready: s.ready_bytes.load(Relaxed),
         messages_ram: ready.saturating_sub(paged) + unacked,
-        classic: (quorum.is_none()).then(|| ClassicFields {
+        stream: (info.args.queue_type == QueueType::Stream).then(|| StreamFields {
+            members: [node],
+            online: [node],
+            readers: [(node, s.consumers.load(Relaxed))].into_iter().collect(),
+        }),
+        classic: (info.args.queue_type == QueueType::Classic).then(|| ClassicFields {
             exclusive_consumer_tag: None,
             messages_paged_out: paged,
             messages_ready_ram: ready.saturating_sub(paged),

@@ -223,7 +223,63 @@ fn precheck(mut req: Request<Incoming>) -> Result<Request<Body>, ApiError> {
                 .map_err(|_| ApiError::bad_request("malformed path"))?;
         }
     }
-    Ok(req.map(Body::new))
+    Ok(req.map(|incoming| Body::new(Drained(Some(incoming)))))
+}
+
+/// A request body that is read to its end even when its handler drops it unread (a
+/// DELETE answered from its path, with a body a client sent all the same). hyper keeps a
+/// connection alive only once the request's body is all read: dropped unread, the
+/// connection would close after the answer, and a client that sent its next request on
+/// it would find it gone. The rest is read and discarded by a task of its own, within
+/// [`HEAD_TIMEOUT`]; [`MAX_BODY`] bounds it (checked by Content-Length, chunked bodies
+/// refused).
+struct Drained(Option<Incoming>);
+
+impl hyper::body::Body for Drained {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        let Some(mut body) = self.0.take().filter(|b| !b.is_end_stream()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let rest = std::future::poll_fn(move |cx| loop {
+                match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            });
+            let _ = tokio::time::timeout(HEAD_TIMEOUT, rest).await;
+        });
+    }
 }
 
 /// Whether every `%` starts a two-digit hex escape and the decoded path is UTF-8 (the

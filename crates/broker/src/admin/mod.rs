@@ -7,24 +7,38 @@
 //! |---|---|
 //! | `/api/overview` | GET |
 //! | `/api/whoami` | GET |
-//! | `/api/queues`, `/api/queues/{vhost}` | GET |
-//! | `/api/queues/{vhost}/{name}` | GET, DELETE (`?if-empty=true`, `?if-unused=true`) |
+//! | `/api/queues`, `/api/queues/{vhost}` | GET (`?page=` etc., see [`paging`]) |
+//! | `/api/queues/{vhost}/{name}` | GET, PUT (declare), DELETE (`?if-empty=true`, `?if-unused=true`) |
 //! | `/api/queues/{vhost}/{name}/contents` | DELETE (purge) |
-//! | `/api/exchanges`, `/api/exchanges/{vhost}`, `/api/exchanges/{vhost}/{name}` | GET |
+//! | `/api/queues/{vhost}/{name}/bindings` | GET |
+//! | `/api/queues/{vhost}/{name}/get` | POST ([`messages`]) |
+//! | `/api/exchanges`, `/api/exchanges/{vhost}` | GET (`?page=` etc.) |
+//! | `/api/exchanges/{vhost}/{name}` | GET, PUT (declare), DELETE (`?if-unused=true`) |
+//! | `/api/exchanges/{vhost}/{name}/bindings/{source or destination}` | GET |
+//! | `/api/exchanges/{vhost}/{name}/publish` | POST ([`messages`]) |
 //! | `/api/bindings`, `/api/bindings/{vhost}` | GET |
-//! | `/api/connections`, `/api/channels`, `/api/consumers` | GET |
-//! | `/api/connections/{name}` | DELETE (closes it: 320, `X-Reason` or "Closed via management plugin") |
+//! | `/api/bindings/{vhost}/e/{source}/{q or e}/{destination}` | GET, POST (201, `Location`) |
+//! | `/api/bindings/{vhost}/e/{source}/{q or e}/{destination}/{props}` | GET, DELETE |
+//! | `/api/connections` | GET (`?page=` etc.) |
+//! | `/api/channels`, `/api/consumers` | GET |
+//! | `/api/connections/{name}` | GET, DELETE (closes it: 320, `X-Reason` or "Closed via management plugin") |
 //! | `/api/nodes`, `/api/nodes/{node}` | GET |
+//! | `/api/aliveness-test/{vhost}` | GET |
+//! | `/api/healthchecks/node`, `/api/healthchecks/node/{node}` | GET |
 //! | `/api/policies`, `/api/policies/{vhost}` | GET |
 //! | `/api/policies/{vhost}/{name}` | GET, PUT (201 created, 204 updated), DELETE |
+//! | `/api/operator-policies`, `/api/operator-policies/{vhost}` | GET |
+//! | `/api/operator-policies/{vhost}/{name}` | GET, PUT (201, 204), DELETE (administrators) |
 //! | `/api/definitions` | GET (export), POST (import; 204) (administrators) |
 //! | `/api/users`, `/api/users/{user}/permissions` | GET (administrators) |
 //! | `/api/users/{user}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
+//! | `/api/users/bulk-delete` | POST (administrators) |
 //! | `/api/permissions`, `/api/vhosts/{vhost}/permissions` | GET (administrators) |
 //! | `/api/permissions/{vhost}/{user}` | GET, PUT, DELETE (administrators) |
 //! | `/api/vhosts` | GET |
 //! | `/api/vhosts/{vhost}` | GET, PUT (201 created, 204 updated), DELETE (administrators) |
-//! | `/api/vhosts/{vhost}/connections`, `/api/vhosts/{vhost}/channels` | GET |
+//! | `/api/vhosts/{vhost}/connections` | GET (`?page=` etc.) |
+//! | `/api/vhosts/{vhost}/channels` | GET |
 //! | `/api/vhost-limits`, `/api/vhost-limits/{vhost}` | GET |
 //! | `/api/vhost-limits/{vhost}/{max-connections or max-queues}` | PUT, DELETE (204) |
 //! | `/api/health/checks/alarms`, `/api/health/checks/local-alarms` | GET (200 or 503) |
@@ -35,12 +49,16 @@
 //! and credentials are an extractor ([`User`]) that only matched handlers run.
 //!
 //! The API stays off the AMQP hot path: it reads the queues' atomic counters and
-//! snapshots of the connection registry, and only purge and delete send a command to a
-//! queue task (as `queue.purge` and `queue.delete` do).
+//! snapshots of the connection registry. What changes a vhost ([`objects`]) goes
+//! through the vhost methods its AMQP method uses, with the same permission checks;
+//! publish and get ([`messages`]) send the queue task the commands a channel sends.
 
 pub mod definitions;
 pub mod json;
 pub mod listener;
+pub mod messages;
+pub mod objects;
+pub mod paging;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -52,10 +70,11 @@ use axum::http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 
+use crate::policy::Scope;
 use crate::queue::QueueCommand;
 use crate::server::BrokerState;
 use crate::vhost::VHost;
@@ -68,6 +87,9 @@ pub use listener::serve;
 pub struct ApiError {
     status: StatusCode,
     reason: Cow<'static, str>,
+    /// A reason that is not a sentence: RabbitMQ's `["not_boolean", "x"]`, shown
+    /// instead of `reason`.
+    reason_json: Option<serde_json::Value>,
     /// The `error` word when it is not the status's usual one (RabbitMQ answers a
     /// refused login `not_authorized` but a user it will not serve `not_authorised`).
     error: Option<&'static str>,
@@ -79,12 +101,34 @@ impl ApiError {
         ApiError {
             status,
             reason: reason.into(),
+            reason_json: None,
             error: None,
         }
     }
 
+    /// `status` with RabbitMQ's `error` word `error` (`not_found`,
+    /// `page_out_of_range`) instead of the status's usual one.
+    pub fn with_error(
+        status: StatusCode,
+        error: &'static str,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> ApiError {
+        ApiError {
+            error: Some(error),
+            ..ApiError::new(status, reason)
+        }
+    }
+
+    /// 400 `bad_request` with a reason that is a JSON value, not a sentence.
+    pub fn bad_request_json(reason: serde_json::Value) -> ApiError {
+        ApiError {
+            reason_json: Some(reason),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "")
+        }
+    }
+
     /// 401 `not_authorised`: the user logged in, and may not do this.
-    pub fn not_authorised(reason: &'static str) -> ApiError {
+    pub fn not_authorised(reason: impl Into<Cow<'static, str>>) -> ApiError {
         ApiError {
             error: Some("not_authorised"),
             ..ApiError::new(StatusCode::UNAUTHORIZED, reason)
@@ -94,6 +138,15 @@ impl ApiError {
     /// 404 `{"error":"Object Not Found","reason":"Not Found"}`, as RabbitMQ.
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+    }
+
+    /// 404 `{"error":"not_found","reason":"vhost_not_found"}`: RabbitMQ's answer to a
+    /// change in a vhost that does not exist.
+    pub fn vhost_not_found() -> ApiError {
+        ApiError {
+            error: Some("not_found"),
+            ..ApiError::new(StatusCode::NOT_FOUND, "vhost_not_found")
+        }
     }
 
     /// 400 `bad_request`.
@@ -117,9 +170,12 @@ impl IntoResponse for ApiError {
             413 => "Content Too Large",
             _ => self.status.canonical_reason().unwrap_or("error"),
         });
+        let reason = self
+            .reason_json
+            .unwrap_or_else(|| serde_json::Value::from(self.reason.as_ref()));
         let body = json::ErrorBody {
             error,
-            reason: &self.reason,
+            reason: &reason,
         };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -141,16 +197,49 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route("/api/queues/{vhost}", get(vhost_queues))
         .route(
             "/api/queues/{vhost}/{name}",
-            get(queue).delete(delete_queue),
+            get(queue).put(objects::put_queue).delete(delete_queue),
         )
         .route("/api/queues/{vhost}/{name}/contents", delete(purge_queue))
+        .route(
+            "/api/queues/{vhost}/{name}/bindings",
+            get(objects::queue_bindings),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(messages::get))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(vhost_exchanges))
-        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchange)
+                .put(objects::put_exchange)
+                .delete(objects::delete_exchange),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/{side}",
+            get(objects::exchange_bindings),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(messages::publish),
+        )
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(vhost_bindings))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(objects::bindings_between_get).post(objects::bind),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(objects::binding_get).delete(objects::unbind),
+        )
+        .route("/api/aliveness-test/{vhost}", get(messages::aliveness_test))
+        .route("/api/healthchecks/node", get(node_health))
+        .route("/api/healthchecks/node/{node}", get(named_node_health))
+        .route("/api/users/bulk-delete", post(delete_users))
         .route("/api/connections", get(connections))
-        .route("/api/connections/{name}", delete(close_connection))
+        .route(
+            "/api/connections/{name}",
+            get(connection).delete(close_connection),
+        )
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/nodes", get(nodes))
@@ -190,6 +279,17 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .route(
             "/api/policies/{vhost}/{name}",
             get(policy).put(put_policy).delete(delete_policy),
+        )
+        .route("/api/operator-policies", get(operator_policies))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(vhost_operator_policies),
+        )
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(operator_policy)
+                .put(put_operator_policy)
+                .delete(delete_operator_policy),
         )
         .route("/api/nodes/{node}", get(node))
         .route(
@@ -380,9 +480,9 @@ fn vhost_json(v: &VHost) -> serde_json::Value {
         "name": v.name(),
         "description": meta.description,
         "tags": meta.tags,
-        "default_queue_type": "undefined",
+        "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
         "metadata": meta.to_json(),
-        "tracing": false,
+        "tracing": v.is_tracing(),
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
@@ -417,7 +517,8 @@ async fn vhost(
     Ok(Json(vhost_json(&v)).into_response())
 }
 
-/// `PUT /api/vhosts/{vhost}` with optional `description` and `tags`: 201 when created
+/// `PUT /api/vhosts/{vhost}` with optional `description`, `tags`, `defaultqueuetype`
+/// and `tracing`: 201 when created
 /// (the requesting user is then given `.*` on it, as RabbitMQ does), 204 when updated;
 /// on disk first.
 async fn put_vhost(
@@ -435,12 +536,44 @@ async fn put_vhost(
     } else {
         json_body(&body)?
     };
-    let metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    // Firehose tracing (`trace.rs`): RabbitMQ's `parse_bool`.
+    let tracing = match value.get("tracing") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(serde_json::Value::String(s)) if s == "true" => Some(true),
+        Some(serde_json::Value::String(s)) if s == "false" => Some(false),
+        Some(_) => return Err(ApiError::bad_request("not_boolean")),
+    };
+    let mut metadata = crate::vhosts::VHostMetadata::from_json(&value);
+    // RabbitMQ 3.10's management API reads `defaultqueuetype`; later versions (and its
+    // metadata) spell it `default_queue_type`: both are taken. Only a new vhost takes
+    // it; an unknown type fails the creation with RabbitMQ's 500.
+    metadata.default_queue_type = None;
+    if let Some(t) = value
+        .get("defaultqueuetype")
+        .or_else(|| value.get("default_queue_type"))
+        .filter(|t| !t.is_null() && state.vhosts.get(&name).is_none())
+    {
+        match t.as_str() {
+            Some(t) if crate::vhosts::QUEUE_TYPES.contains(&t) => {
+                metadata.default_queue_type = Some(t.to_string());
+            }
+            _ => {
+                return Err(ApiError {
+                    error: Some("Error occured while adding vhost"),
+                    ..ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_queue_type")
+                })
+            }
+        }
+    }
     let created = state
         .vhosts
         .put(&name, metadata)
         .await
         .map_err(store_error)?;
+    if let (Some(on), Some(v)) = (tracing, state.vhosts.get(&name)) {
+        v.set_tracing(on);
+    }
     if !created {
         return Ok(StatusCode::NO_CONTENT);
     }
@@ -472,6 +605,42 @@ type Api = State<Arc<BrokerState>>;
 
 /// Longest object name the broker stores (an AMQP short string).
 const MAX_NAME: usize = 255;
+
+/// The connection named `name`, if `user` may see it: administrators and monitoring
+/// users see every connection, other users their own (RabbitMQ's 401 `User not
+/// authorised to access object` otherwise).
+fn connection_for(
+    state: &BrokerState,
+    user: &str,
+    name: &str,
+) -> Result<Arc<crate::registry::ConnectionInfo>, ApiError> {
+    let conn = state
+        .connections
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.value().clone())
+        .ok_or_else(ApiError::not_found)?;
+    let monitor = state
+        .users
+        .get(user)
+        .is_some_and(|u| u.access() >= Access::Monitoring);
+    if !monitor && conn.user != user {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access object",
+        ));
+    }
+    Ok(conn)
+}
+
+/// `GET /api/connections/{name}`.
+async fn connection(
+    State(state): Api,
+    User(user): User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let conn = connection_for(&state, &user, &params(name)?)?;
+    Ok(Json(json::connection(&conn)).into_response())
+}
 
 /// `DELETE /api/connections/{name}`: the connection is closed with `320
 /// CONNECTION_FORCED` and the `X-Reason` header's text, or RabbitMQ's "Closed via
@@ -569,13 +738,36 @@ async fn delete_user(
     if !state.users.remove_user(&name).await.map_err(store_error)? {
         return Err(ApiError::not_found());
     }
-    // Its open connections go, as in RabbitMQ.
+    close_connections_of(&state, &name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/users/bulk-delete` with `{"users": [names]}`: 204; the names that are no
+/// user's are passed over, as in RabbitMQ.
+async fn delete_users(
+    State(state): Api,
+    _: Admin,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(&body)?;
+    let Some(names) = body.get("users").and_then(|u| u.as_array()) else {
+        return Err(ApiError::bad_request("[{key_missing,users}]"));
+    };
+    for name in names.iter().filter_map(|n| n.as_str()) {
+        if state.users.remove_user(name).await.map_err(store_error)? {
+            close_connections_of(&state, name);
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A deleted user's open connections go, as in RabbitMQ.
+fn close_connections_of(state: &BrokerState, name: &str) {
     for c in state.connections.iter() {
         if c.user == name {
             c.close_forced(format!("user '{name}' is deleted"));
         }
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 fn permission_list(state: &BrokerState, keep: impl Fn(&str, &str) -> bool) -> Response {
@@ -749,11 +941,11 @@ async fn delete_vhost_limit(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn policy_listing(vhosts: &[Arc<VHost>]) -> Response {
+fn policy_listing(vhosts: &[Arc<VHost>], scope: Scope) -> Response {
     let list: Vec<_> = vhosts
         .iter()
         .flat_map(|v| {
-            v.policies
+            v.policy_set(scope)
                 .all()
                 .iter()
                 .map(|p| p.to_json(v.name()))
@@ -764,7 +956,7 @@ fn policy_listing(vhosts: &[Arc<VHost>]) -> Response {
 }
 
 async fn policies(State(state): Api, User(user): User) -> Response {
-    policy_listing(&visible_vhosts(&state, &user))
+    policy_listing(&visible_vhosts(&state, &user), Scope::Policy)
 }
 
 async fn vhost_policies(
@@ -773,7 +965,7 @@ async fn vhost_policies(
     vhost: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let v = vhost_for(&state, &user, &params(vhost)?)?;
-    Ok(policy_listing(&[v]))
+    Ok(policy_listing(&[v], Scope::Policy))
 }
 
 async fn policy(
@@ -813,7 +1005,10 @@ async fn put_policy(
     }
     let value = json_body(&body)?;
     let p = crate::policy::Policy::parse(&name, &value).map_err(ApiError::bad_request)?;
-    let created = vhost.put_policy(p).await.map_err(store_error)?;
+    let created = vhost
+        .put_policy(Scope::Policy, p)
+        .await
+        .map_err(store_error)?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -828,7 +1023,81 @@ async fn delete_policy(
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
     let vhost = vhost_for(&state, &user, &vhost)?;
-    match vhost.delete_policy(&name).await {
+    match vhost.delete_policy(Scope::Policy, &name).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// `GET /api/operator-policies`: any management user, over the vhosts it sees.
+async fn operator_policies(State(state): Api, User(user): User) -> Response {
+    policy_listing(&visible_vhosts(&state, &user), Scope::Operator)
+}
+
+async fn vhost_operator_policies(
+    State(state): Api,
+    User(user): User,
+    vhost: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let v = vhost_for(&state, &user, &params(vhost)?)?;
+    Ok(policy_listing(&[v], Scope::Operator))
+}
+
+/// `GET /api/operator-policies/{vhost}/{name}`: administrators only, as every change
+/// to them (RabbitMQ's `is_authorized_admin`).
+async fn operator_policy(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = find_vhost(&state, &vhost)?;
+    let p = vhost
+        .operator_policies
+        .get(&name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(p.to_json(vhost.name())).into_response())
+}
+
+/// `PUT /api/operator-policies/{vhost}/{name}`: 201 created, 204 replaced; a key other
+/// than the numeric limits is refused with RabbitMQ's 400 and nothing is stored.
+async fn put_operator_policy(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = state
+        .vhosts
+        .get(&vhost)
+        .ok_or_else(ApiError::vhost_not_found)?;
+    if name.len() > MAX_NAME {
+        return Err(ApiError::bad_request("name_too_long"));
+    }
+    let value = json_body(&body)?;
+    let p = crate::policy::Policy::parse_in(Scope::Operator, &name, &value)
+        .map_err(ApiError::bad_request)?;
+    let created = vhost
+        .put_policy(Scope::Operator, p)
+        .await
+        .map_err(store_error)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+async fn delete_operator_policy(
+    State(state): Api,
+    _: Admin,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (vhost, name) = params(path)?;
+    let vhost = find_vhost(&state, &vhost)?;
+    match vhost.delete_policy(Scope::Operator, &name).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found()),
         Err(e) => Err(store_error(e)),
@@ -989,6 +1258,22 @@ async fn local_alarms_check(State(state): Api, _: User) -> Response {
     ))
 }
 
+/// `GET /api/healthchecks/node`: this node is running (`{"status":"ok"}`), as
+/// RabbitMQ 3.10's node check answers.
+async fn node_health(_: User) -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// `GET /api/healthchecks/node/{node}`: the same for this node by name; 404 for another.
+async fn named_node_health(
+    State(state): Api,
+    _: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    this_node(&state, name)?;
+    Ok(node_health(User(String::new())).await)
+}
+
 async fn whoami(State(state): Api, User(name): User) -> Response {
     let tags = state
         .users
@@ -998,26 +1283,45 @@ async fn whoami(State(state): Api, User(name): User) -> Response {
     Json(json::Whoami { name, tags }).into_response()
 }
 
-fn queue_listing(state: &BrokerState, visible: impl Fn(&str) -> bool) -> Response {
+/// A list endpoint's query (`?page=`, `name`, ...; see [`paging`]).
+type ListQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn list_query(query: ListQuery) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn queue_listing(
+    state: &BrokerState,
+    query: ListQuery,
+    visible: impl Fn(&str) -> bool,
+) -> Result<Response, ApiError> {
+    let query = list_query(query)?;
     let handles = json::queues(state, visible);
     let views: Vec<json::Queue<'_>> = handles
         .iter()
         .map(|q| json::queue(state, q, false))
         .collect();
-    Json(views).into_response()
+    paging::list(&query, views, |q| q.name())
 }
 
-async fn queues(State(state): Api, User(user): User) -> Response {
-    queue_listing(&state, |v| sees(&state, &user, v))
+async fn queues(
+    State(state): Api,
+    User(user): User,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
+    queue_listing(&state, query, |v| sees(&state, &user, v))
 }
 
 async fn vhost_queues(
     State(state): Api,
     User(user): User,
     vhost: Result<Path<String>, PathRejection>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let vhost = vhost_for(&state, &user, &params(vhost)?)?;
-    Ok(queue_listing(&state, |v| v == vhost.name()))
+    queue_listing(&state, query, |v| v == vhost.name())
 }
 
 async fn queue(
@@ -1031,6 +1335,8 @@ async fn queue(
     Ok(Json(json::queue(&state, &q, true)).into_response())
 }
 
+/// `DELETE /api/queues/{vhost}/{name}` (`?if-empty=true`, `?if-unused=true`): 204; 404
+/// when there is none. Needs configure on the name.
 async fn delete_queue(
     State(state): Api,
     User(user): User,
@@ -1042,21 +1348,14 @@ async fn delete_queue(
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let flag = |p: &str| query.iter().any(|(k, v)| k == p && v == "true");
     let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    objects::authorize(&state, &user, &vhost, crate::auth::Perm::Configure, &name)?;
     // The API may delete a queue exclusive to a connection: act as its owner.
     let as_conn = q.info().exclusive_owner.unwrap_or(0);
-    match vhost
+    vhost
         .delete_queue(&name, as_conn, flag("if-unused"), flag("if-empty"))
         .await
-    {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
-        Err(e) => {
-            let reason = e
-                .text
-                .split_once(" - ")
-                .map_or(e.text.as_str(), |(_, detail)| detail);
-            Err(ApiError::bad_request(reason.to_string()))
-        }
-    }
+        .map_err(objects::amqp_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn purge_queue(
@@ -1067,6 +1366,7 @@ async fn purge_queue(
     let (vhost, name) = params(path)?;
     let vhost = vhost_for(&state, &user, &vhost)?;
     let q = vhost.queue(&name).ok_or_else(ApiError::not_found)?;
+    objects::authorize(&state, &user, &vhost, crate::auth::Perm::Read, &name)?;
     let (reply, rx) = tokio::sync::oneshot::channel();
     if !q.send(QueueCommand::Purge { reply }).await {
         return Err(ApiError::not_found());
@@ -1077,21 +1377,28 @@ async fn purge_queue(
     }
 }
 
-async fn exchanges(State(state): Api, User(user): User) -> Response {
-    let list: Vec<serde_json::Value> = visible_vhosts(&state, &user)
-        .iter()
-        .flat_map(|v| json::exchanges(v))
-        .collect();
-    Json(list).into_response()
+fn exchange_listing(vhosts: &[Arc<VHost>], query: ListQuery) -> Result<Response, ApiError> {
+    let query = list_query(query)?;
+    let list: Vec<serde_json::Value> = vhosts.iter().flat_map(|v| json::exchanges(v)).collect();
+    paging::list(&query, list, |e| e["name"].as_str().unwrap_or_default())
+}
+
+async fn exchanges(
+    State(state): Api,
+    User(user): User,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
+    exchange_listing(&visible_vhosts(&state, &user), query)
 }
 
 async fn vhost_exchanges(
     State(state): Api,
     User(user): User,
     vhost: Result<Path<String>, PathRejection>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let vhost = vhost_for(&state, &user, &params(vhost)?)?;
-    Ok(Json(json::exchanges(&vhost)).into_response())
+    exchange_listing(&[vhost], query)
 }
 
 async fn exchange(
@@ -1129,24 +1436,27 @@ async fn vhost_bindings(
     Ok(Json(json::bindings(&vhost)).into_response())
 }
 
-async fn connections(State(state): Api, _: User) -> Response {
+async fn connections(State(state): Api, _: User, query: ListQuery) -> Result<Response, ApiError> {
+    let query = list_query(query)?;
     let list = json::connection_list(&state);
     let views: Vec<json::Connection<'_>> = list.iter().map(|c| json::connection(c)).collect();
-    Json(views).into_response()
+    paging::list(&query, views, |c| c.name())
 }
 
 async fn vhost_connections(
     State(state): Api,
     User(user): User,
     vhost: Result<Path<String>, PathRejection>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
+    let query = list_query(query)?;
     let vhost = vhost_for(&state, &user, &params(vhost)?)?;
     let list: Vec<_> = json::connection_list(&state)
         .into_iter()
         .filter(|c| c.vhost == vhost.name())
         .collect();
     let views: Vec<json::Connection<'_>> = list.iter().map(|c| json::connection(c)).collect();
-    Ok(Json(views).into_response())
+    paging::list(&query, views, |c| c.name())
 }
 
 async fn vhost_channels(

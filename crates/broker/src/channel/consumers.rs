@@ -18,8 +18,10 @@ pub struct ChannelConsumer {
     pub queue: QueueHandle,
     /// Keeps the consumer listed in the registry while it exists.
     pub registration: Option<ConsumerRegistration>,
-    /// How long its deliveries may stay unacknowledged (`None`: no limit).
-    pub timeout: Option<Duration>,
+    /// Its own `x-consumer-timeout` (RabbitMQ 4's consumer argument; zero disables the
+    /// timeout). `None`: its queue's, read at each delivery (a policy may change it
+    /// while the consumer runs), else the broker's.
+    pub own_timeout: Option<Duration>,
 }
 
 /// The consumers of one channel, by tag (a fast hash: looked up for every delivery).
@@ -85,7 +87,7 @@ mod tests {
             id,
             queue: q.clone(),
             registration: None,
-            timeout: None,
+            own_timeout: None,
         }
     }
 

@@ -258,7 +258,7 @@ impl Channel {
         tag: Arc<str>,
         queue: QueueHandle,
         listed: ConsumerInfo,
-        timeout: Option<std::time::Duration>,
+        own_timeout: Option<std::time::Duration>,
     ) {
         let id = listed.id;
         let registration = Some(self.info.register_consumer(listed));
@@ -268,7 +268,7 @@ impl Channel {
                 id,
                 queue,
                 registration,
-                timeout,
+                own_timeout,
             },
         );
     }
@@ -291,12 +291,24 @@ impl Channel {
     }
 
     /// As [`Channel::delivers_to`], answering the consumer's ack timeout when it does
-    /// (one lookup for both, on every delivery).
-    pub fn delivery_timeout(&self, tag: &str, id: u64) -> Option<Option<std::time::Duration>> {
+    /// (one lookup for both, on every delivery): its own argument, else its queue's
+    /// (argument or policy, read now: a policy changed while the consumer runs applies
+    /// to its next delivery), else `default` (the broker's). Zero is no timeout.
+    pub fn delivery_timeout(
+        &self,
+        tag: &str,
+        id: u64,
+        default: Option<std::time::Duration>,
+    ) -> Option<Option<std::time::Duration>> {
         if !self.is_open() {
             return None;
         }
-        self.consumers.live(tag, id).map(|c| c.timeout)
+        self.consumers.live(tag, id).map(|c| {
+            c.own_timeout
+                .or_else(|| c.queue.info().consumer_timeout())
+                .or(default)
+                .filter(|t| !t.is_zero())
+        })
     }
 
     /// The timeout of an unsettled delivery past its deadline at `now`, if any.

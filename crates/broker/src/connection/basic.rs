@@ -80,7 +80,7 @@ impl Conn {
         } else {
             c.consumer_tag.as_str().into()
         };
-        let timeout = self.consumer_timeout(&queue, &c.arguments)?;
+        let own_timeout = Self::own_consumer_timeout(&c.arguments)?;
         let (conn_id, sink, room) = (self.id, self.events.clone(), self.room.clone());
         let channel = self.channel(ch);
         if channel.has_consumer(&tag) {
@@ -114,6 +114,7 @@ impl Conn {
                     p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
                 }),
             channel_credit: channel.consumer_credit(),
+            arguments: c.arguments.clone(),
             sink,
             room: room.clone(),
         };
@@ -130,7 +131,7 @@ impl Conn {
         rx.await
             .unwrap_or_else(|_| Err(AmqpError::no_queue(&c.queue, self.vhost.name())))?;
         self.channel(ch)
-            .add_consumer(tag.clone(), queue, listed, timeout);
+            .add_consumer(tag.clone(), queue, listed, own_timeout);
         if !c.no_wait {
             self.send_method(
                 ch,
@@ -147,6 +148,7 @@ impl Conn {
     pub(super) async fn basic_get(&mut self, ch: u16, g: BasicGet) -> AmqpResult<()> {
         self.authorize(crate::auth::Perm::Read, "queue", &g.queue)?;
         let queue = self.vhost.queue_for(&g.queue, self.id)?;
+        crate::queue::stream::refuse(&queue, "basic.get")?;
         let (reply, rx) = oneshot::channel();
         let got = if queue
             .send(QueueCommand::Get {
@@ -163,7 +165,10 @@ impl Conn {
             self.send_method(ch, BasicGetEmpty.into());
             return Ok(());
         };
-        let timeout = self.consumer_timeout(&queue, &FieldTable::new())?;
+        if self.vhost.is_tracing() {
+            self.trace_delivery(ch, queue.name(), &got.message, got.redelivered);
+        }
+        let timeout = self.get_timeout(&queue);
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         self.deadlines_armed |= deadline.is_some() && !g.no_ack;
         let unsettled = (!g.no_ack).then(|| Outstanding {
@@ -220,6 +225,9 @@ impl Conn {
         ack: bool,
     ) -> AmqpResult<()> {
         if let Some(taken) = self.channel(ch).take_settled(tag, multiple, requeue, ack)? {
+            if !ack {
+                crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
+            }
             self.apply_settle(ch, taken, requeue, ack).await;
         }
         Ok(())
@@ -272,36 +280,38 @@ impl Conn {
             return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
         }
         let taken = self.channel(ch).take_outstanding(0, true)?;
+        crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
         self.apply_settle(ch, taken, true, false).await;
         Ok(())
     }
 }
 
 impl Conn {
-    /// How long a delivery to a consumer (with `arguments`) of `queue` may stay
-    /// unacknowledged: the consumer's `x-consumer-timeout` (RabbitMQ 4's argument), else
-    /// the queue's (argument or policy), else the broker's `--consumer-timeout`. Zero
-    /// disables it, as `--consumer-timeout 0` does.
-    pub(super) fn consumer_timeout(
-        &self,
-        queue: &crate::queue::QueueHandle,
-        arguments: &FieldTable,
-    ) -> AmqpResult<Option<Duration>> {
-        let own = match arguments.get("x-consumer-timeout") {
-            None => None,
+    /// A consumer's own `x-consumer-timeout` (RabbitMQ 4's argument), checked: it
+    /// overrides its queue's and the broker's for every delivery to it. `None` when not
+    /// given; zero disables the timeout. The effective timeout is worked out at each
+    /// delivery ([`crate::channel::Channel::delivery_timeout`]).
+    pub(super) fn own_consumer_timeout(arguments: &FieldTable) -> AmqpResult<Option<Duration>> {
+        match arguments.get("x-consumer-timeout") {
+            None => Ok(None),
             Some(v) => match v.as_i64() {
-                Some(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
-                _ => {
-                    return Err(AmqpError::precondition(format!(
-                        "invalid arg 'x-consumer-timeout' for consumer: {{unacceptable_value,{}}}",
-                        v.type_name()
-                    )))
-                }
+                Some(ms) if ms >= 0 => Ok(Some(Duration::from_millis(ms as u64))),
+                _ => Err(AmqpError::precondition(format!(
+                    "invalid arg 'x-consumer-timeout' for consumer: {{unacceptable_value,{}}}",
+                    v.type_name()
+                ))),
             },
-        };
-        let timeout = own
-            .or_else(|| queue.info().consumer_timeout())
-            .or(self.state.config.consumer_timeout);
-        Ok(timeout.filter(|t| !t.is_zero()))
+        }
+    }
+
+    /// How long a `basic.get` delivery from `queue` may stay unacknowledged: the
+    /// queue's timeout (argument or policy), else the broker's `--consumer-timeout`.
+    /// Zero disables it, as `--consumer-timeout 0` does.
+    fn get_timeout(&self, queue: &crate::queue::QueueHandle) -> Option<Duration> {
+        queue
+            .info()
+            .consumer_timeout()
+            .or(self.state.config.consumer_timeout)
+            .filter(|t| !t.is_zero())
     }
 }

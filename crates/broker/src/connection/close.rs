@@ -161,7 +161,7 @@ impl Conn {
             q.send(QueueCommand::ChannelClosed {
                 conn_id: self.id,
                 channel: ch,
-                requeue,
+                requeue: requeue.into_boxed_slice(),
             })
             .await;
             notified.push(q);

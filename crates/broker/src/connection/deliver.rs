@@ -57,8 +57,9 @@ impl Conn {
         self.room_taken += d.message.body.len() + crate::queue::DELIVERY_OVERHEAD;
         let frame_max = self.frame_max;
         let mut timeout = None;
+        let default = self.state.config.consumer_timeout;
         let live = self.channels.get_mut(&d.channel).filter(|c| {
-            c.delivery_timeout(&d.consumer_tag, d.consumer_id)
+            c.delivery_timeout(&d.consumer_tag, d.consumer_id, default)
                 .map(|t| timeout = t)
                 .is_some()
         });
@@ -77,6 +78,8 @@ impl Conn {
             }
             return;
         };
+        // One relaxed load when the vhost does not trace.
+        let traced = self.vhost.is_tracing().then(|| d.queue.name().clone());
         // The clock read once per batch of queue events (`self.clock`), not per delivery.
         let deadline = timeout.filter(|_| !d.no_ack).map(|t| (self.clock + t, t));
         self.deadlines_armed |= deadline.is_some();
@@ -99,6 +102,9 @@ impl Conn {
             &fitting_properties(&m.properties, frame_max),
             m.body.len() as u64,
         );
+        if let Some(queue) = traced {
+            self.trace_delivery(d.channel, &queue, m, d.redelivered);
+        }
         if m.body.len() < ZERO_COPY_BODY {
             encode_body_frames(&mut self.out, d.channel, &m.body, frame_max);
             return;

@@ -143,6 +143,7 @@ impl Conn {
             Method::QueuePurge(p) => {
                 self.authorize(Perm::Read, "queue", &p.queue)?;
                 let q = self.vhost.queue_for(&p.queue, self.id)?;
+                crate::queue::stream::refuse(&q, "queue.purge")?;
                 let (reply, rx) = oneshot::channel();
                 let n = if q.send(QueueCommand::Purge { reply }).await {
                     rx.await.unwrap_or(0)
@@ -299,6 +300,7 @@ impl Conn {
             vhost.queue_for(&d.queue, self.id)?
         } else {
             let name = if d.queue.is_empty() {
+                crate::queue::stream::refuse_server_named(&d.arguments)?;
                 generate_name("amq.gen-")
             } else {
                 d.queue.clone()
@@ -309,14 +311,27 @@ impl Conn {
                     format!("queue name '{name}' contains reserved prefix 'amq.*'"),
                 ));
             }
-            self.authorize(Perm::Configure, "queue", &name)?;
-            let spec = QueueSpec {
+            let mut spec = QueueSpec {
                 name,
                 durable: d.durable,
                 exclusive: d.exclusive,
                 auto_delete: d.auto_delete,
                 arguments: d.arguments,
             };
+            vhost.apply_default_queue_type(&mut spec);
+            // A quorum queue lives on beyond its declaring connection: a name only the
+            // server knows would be lost. RabbitMQ names the type by its module.
+            let quorum = spec
+                .arguments
+                .get("x-queue-type")
+                .and_then(FieldValue::as_str)
+                == Some("quorum");
+            if d.queue.is_empty() && quorum {
+                return Err(AmqpError::precondition(
+                    "Cannot declare a server-named queue for type rabbit_quorum_queue",
+                ));
+            }
+            self.authorize(Perm::Configure, "queue", &spec.name)?;
             let (q, created) = vhost.declare_queue(spec, self.id).await?;
             if created && d.exclusive {
                 self.exclusive_queues.push(q.clone());

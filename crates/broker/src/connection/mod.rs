@@ -34,6 +34,7 @@ mod methods;
 mod publish;
 #[cfg(test)]
 mod tests;
+mod trace;
 pub mod transport;
 mod writer;
 
@@ -581,7 +582,7 @@ impl Drop for Conn {
                 q.send_now(QueueCommand::ChannelClosed {
                     conn_id: id,
                     channel: *ch,
-                    requeue,
+                    requeue: requeue.into_boxed_slice(),
                 });
             }
         }

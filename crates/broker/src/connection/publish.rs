@@ -106,6 +106,10 @@ impl Conn {
             .on(60, 40));
         }
         let message = Arc::new(Message::new(exchange, routing_key, properties, body));
+        // One relaxed load when the vhost does not trace.
+        if self.vhost.is_tracing() {
+            self.trace_publish(ch, &message, &queues);
+        }
         let channel = self.channel(ch);
         if let Some(tx) = channel.tx_mut() {
             // Routed now, delivered (or returned) at commit.

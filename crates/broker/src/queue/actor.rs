@@ -24,6 +24,7 @@
 //! out too. A broker without a store cannot page: the memory alarm is its only bound.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use minimq_protocol::ReplyCode;
@@ -189,7 +190,9 @@ impl Consumer {
 pub struct QueueActor {
     /// The arguments it acts on: the declared ones with its policy applied (refreshed on
     /// [`QueueCommand::PolicyChanged`]).
-    args: QueueArgs,
+    /// Boxed: read through one pointer, and kept out of the task's future, which every
+    /// queue carries while idle.
+    args: Box<QueueArgs>,
     handle: QueueHandle,
     /// The registry holding the queue: where dead letters are routed, and what forgets
     /// the queue when it deletes itself.
@@ -226,6 +229,9 @@ pub struct QueueActor {
     last_used: Instant,
     next_seq: u64,
     had_consumer: bool,
+    /// The timer of the run loop (message expiry, dead-letter retry, `x-expires`),
+    /// made with the first deadline the queue has.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Set when a dispatch stopped at a paged-out head: the run loop reads it back, off
     /// the task ([`QueueActor::page_in`]), and dispatches again before the next command.
     paged_head: bool,
@@ -279,7 +285,7 @@ pub fn spawn(
         (p, rx)
     });
     let actor = QueueActor {
-        args,
+        args: Box::new(args),
         handle,
         host,
         store,
@@ -299,6 +305,7 @@ pub fn spawn(
         last_used: now,
         next_seq,
         had_consumer: false,
+        timer: None,
         paged_head: false,
     };
     // Recovered messages are counted before the first command arrives.
@@ -358,31 +365,30 @@ impl QueueActor {
             let holding = !self.dead_letters.is_empty();
             // Only a queue holding dead letters has a retry to wait for (no scan otherwise).
             let retry_at = holding.then(|| self.dead_letters.next_retry()).flatten();
+            // One timer for the three deadlines, boxed and made with the first deadline:
+            // every queue's task carries its select's futures, and a timer is the
+            // largest of them.
+            let wake_at = [deadline, retry_at, unused_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let timer = wake_at.map(|at| {
+                let t = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if t.deadline() != at {
+                    t.as_mut().reset(at);
+                }
+                t
+            });
             let cmd = tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => cmd,
                     None => break,
                 },
-                _ = sleep_until_opt(deadline), if deadline.is_some() => {
-                    let now = Instant::now();
-                    self.expire(now);
-                    self.dispatch(now);
-                    self.finish_dispatch(now).await;
-                    self.log_settled();
-                    self.publish_stats();
-                    continue;
-                }
                 (seq, ok) = self.dead_letters.confirm(), if holding => {
                     if let Some(done) = self.dead_letters.confirmed(seq, ok, Instant::now()) {
                         self.forget(&done.entry);
-                    }
-                    self.log_settled();
-                    self.publish_stats();
-                    continue;
-                }
-                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {
-                    for id in self.dead_letters.due(Instant::now()) {
-                        self.route_dead_letter(id);
                     }
                     self.log_settled();
                     self.publish_stats();
@@ -395,25 +401,39 @@ impl QueueActor {
                     }
                     continue;
                 }
-                _ = sleep_until_opt(unused_until), if unused_until.is_some() => {
-                    if self.unused_deadline().is_some_and(|d| Instant::now() >= d) {
+                _ = sleep_on(timer), if wake_at.is_some() => {
+                    let now = Instant::now();
+                    if unused_until.is_some_and(|d| now >= d) {
                         tracing::debug!(queue = %self.handle.name(), "unused for x-expires; deleting");
                         self.cancel_all_consumers();
                         self.auto_delete();
                         break;
                     }
+                    if retry_at.is_some_and(|d| now >= d) {
+                        for id in self.dead_letters.due(now) {
+                            self.route_dead_letter(id);
+                        }
+                    }
+                    if deadline.is_some_and(|d| now >= d) {
+                        self.expire(now);
+                        self.dispatch(now);
+                        Box::pin(self.finish_dispatch(now)).await;
+                    }
+                    self.log_settled();
+                    self.publish_stats();
                     continue;
                 }
             };
-            let mut alive = self.serve(cmd).await;
-            // Whatever else is already waiting, before the bookkeeping below.
-            for _ in 1..COMMAND_BATCH {
-                if !alive {
-                    break;
-                }
-                match rx.try_recv() {
-                    Some(cmd) => alive = self.serve(cmd).await,
-                    None => break,
+            // This one, and whatever else is already waiting, before the bookkeeping
+            // below (one call site: the task's future holds one `serve`).
+            let mut alive = true;
+            let mut next = Some(cmd);
+            let mut served = 0;
+            while let Some(cmd) = next.take() {
+                alive = self.serve(cmd, rx).await;
+                served += 1;
+                if alive && served < COMMAND_BATCH {
+                    next = rx.try_recv();
                 }
             }
             self.log_settled();
@@ -556,14 +576,21 @@ impl QueueActor {
     /// with it), the head a dispatch stopped at after the command. Either way the read
     /// comes between the same two events as if it were done in place, so the queue's
     /// answers and deliveries keep their order.
-    async fn serve(&mut self, cmd: QueueCommand) -> bool {
+    async fn serve(&mut self, cmd: QueueCommand, rx: &mut QueueInbox) -> bool {
         let now = self.now();
-        if matches!(cmd, QueueCommand::Get { .. }) {
-            self.read_head(now).await;
+        match cmd {
+            QueueCommand::Get { .. } => {
+                rx.open_acks(self.handle.info());
+                // Boxed, as every page-in: rare, and kept out of the task's future,
+                // which every queue carries.
+                Box::pin(self.read_head(now)).await;
+            }
+            QueueCommand::Consume { .. } => rx.open_acks(self.handle.info()),
+            _ => {}
         }
         let alive = self.handle(cmd, now);
         if self.paged_head {
-            self.finish_dispatch(now).await;
+            Box::pin(self.finish_dispatch(now)).await;
         }
         alive
     }
@@ -664,14 +691,14 @@ impl QueueActor {
                     self.consumers.remove(id);
                 }
                 self.active.retain(|c| !gone.contains(&c));
-                self.settle(requeue, true, false);
+                self.settle(requeue.into_vec(), true, false);
                 if self.should_auto_delete() {
                     return self.auto_delete();
                 }
                 self.dispatch(now);
             }
             QueueCommand::PolicyChanged => {
-                self.args = self.handle.info().effective_args();
+                *self.args = self.handle.info().effective_args();
                 let (len, bytes) = (self.args.max_length, self.args.max_length_bytes);
                 self.drop_over_limits(len, bytes);
                 self.log_settled();
@@ -1496,9 +1523,9 @@ fn count(
     counter(&handle.info().stats).fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+async fn sleep_on(timer: Option<&mut Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.await,
         None => std::future::pending().await,
     }
 }

@@ -36,6 +36,20 @@ pub enum QueueType {
     Classic,
     /// `quorum`: durable, not exclusive, not auto-delete.
     Quorum,
+    /// `stream`: an append-only log read from an offset (see [`super::stream`]); durable,
+    /// not exclusive, not auto-delete.
+    Stream,
+}
+
+impl QueueType {
+    /// Its name as `x-queue-type` and the management API spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
+        }
+    }
 }
 
 /// Arguments of other queue types that RabbitMQ 3.10 refuses in a quorum declare
@@ -49,6 +63,37 @@ const NOT_QUORUM: &[&str] = &[
     "x-max-age",
     "x-stream-max-segment-size-bytes",
     "x-initial-cluster-size",
+];
+
+/// Arguments of other queue types that RabbitMQ 3.10 refuses in a stream declare (every
+/// type's arguments less the stream type's: `rabbit_stream_queue:capabilities/0`).
+const NOT_STREAM: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-max-length",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+    "x-quorum-initial-group-size",
+    "x-queue-master-locator",
+];
+
+/// The arguments a stream declare takes (their values are checked).
+const STREAM_ARGS: &[&str] = &[
+    "x-max-length-bytes",
+    "x-queue-type",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
 ];
 
 /// `x-dead-letter-strategy` values RabbitMQ 3.10 knows.
@@ -70,10 +115,11 @@ pub struct QueueArgs {
     pub overflow: Overflow,
     /// `x-queue-type`.
     pub queue_type: QueueType,
-    /// `x-dead-letter-exchange`.
-    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-exchange` (boxed strings: a queue's arguments are in every queue's
+    /// shared record, whose size matters for idle queues).
+    pub dead_letter_exchange: Option<Box<str>>,
     /// `x-dead-letter-routing-key`.
-    pub dead_letter_routing_key: Option<String>,
+    pub dead_letter_routing_key: Option<Box<str>>,
     /// `x-dead-letter-strategy` (quorum queues).
     pub dead_letter_strategy: DeadLetterStrategy,
     /// `x-delivery-limit`: returns allowed before a message is dead-lettered or dropped.
@@ -86,6 +132,10 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-consumer-timeout`: milliseconds a delivery may stay unacknowledged.
     pub consumer_timeout: Option<u64>,
+    /// `x-max-age` (streams): milliseconds a segment's newest message is kept.
+    pub max_age: Option<u64>,
+    /// `x-stream-max-segment-size-bytes` (streams).
+    pub stream_segment_bytes: Option<u64>,
 }
 
 impl Default for QueueArgs {
@@ -104,6 +154,8 @@ impl Default for QueueArgs {
             max_priority: None,
             single_active_consumer: false,
             consumer_timeout: None,
+            max_age: None,
+            stream_segment_bytes: None,
         }
     }
 }
@@ -132,6 +184,37 @@ const QUORUM_EQUIVALENCE_KEYS: &[&str] = &[
     "x-quorum-initial-group-size",
     "x-queue-leader-locator",
 ];
+
+/// Arguments also compared when a stream is redeclared (RabbitMQ compares every
+/// argument of the queue's type).
+const STREAM_EQUIVALENCE_KEYS: &[&str] = &[
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
+/// An `x-max-age` as RabbitMQ 3.10 reads it (`rabbit_amqqueue:check_max_age`): a
+/// positive decimal number followed by one unit, `Y` (365 days), `M` (30 days), `D`,
+/// `h`, `m` or `s`; in milliseconds. `None` for anything else (RabbitMQ's
+/// `invalid_max_age`); a value too large for 64 bits is refused as well.
+pub fn parse_max_age(text: &str) -> Option<u64> {
+    const SECOND: u64 = 1000;
+    const DAY: u64 = 24 * 3600 * SECOND;
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().ok().filter(|&n| n > 0)?;
+    let unit_ms = match unit {
+        "Y" => 365 * DAY,
+        "M" => 30 * DAY,
+        "D" => DAY,
+        "h" => 3600 * SECOND,
+        "m" => 60 * SECOND,
+        "s" => SECOND,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms)
+}
 
 /// A queue as error texts name it: `queue 'q' in vhost 'v'`.
 #[derive(Debug, Clone, Copy)]
@@ -324,6 +407,9 @@ impl QueueArgs {
     /// quorum declare is checked as RabbitMQ 3.10 checks it: the values of the quorum
     /// arguments first, then the arguments of other queue types, refused in table order.
     pub fn parse(queue: QueueRef<'_>, table: &FieldTable) -> AmqpResult<QueueArgs> {
+        if table.get("x-queue-type").and_then(FieldValue::as_str) == Some("stream") {
+            return QueueArgs::parse_stream(queue, table);
+        }
         let mut args = QueueArgs::default();
         let quorum = table
             .get("x-queue-type")
@@ -355,9 +441,9 @@ impl QueueArgs {
                         ));
                     };
                     if key == "x-dead-letter-exchange" {
-                        args.dead_letter_exchange = Some(v.to_string());
+                        args.dead_letter_exchange = Some(v.into());
                     } else {
-                        args.dead_letter_routing_key = Some(v.to_string());
+                        args.dead_letter_routing_key = Some(v.into());
                     }
                 }
                 "x-expires" => {
@@ -403,6 +489,7 @@ impl QueueArgs {
                     args.queue_type = match value.as_str() {
                         Some("classic") => QueueType::Classic,
                         Some("quorum") => QueueType::Quorum,
+                        Some("stream") => QueueType::Stream,
                         Some(other) => {
                             return Err(invalid(
                                 key,
@@ -462,6 +549,60 @@ impl QueueArgs {
         Ok(args.with_type_fallbacks())
     }
 
+    /// A stream declare's arguments, checked as RabbitMQ 3.10 checks them: the values of
+    /// the stream's own arguments (`invalid arg 'K' for queue …: why`), then the
+    /// arguments of other queue types, refused in table order (`… of queue type
+    /// rabbit_stream_queue`). Other `x-` arguments are free, as there.
+    fn parse_stream(queue: QueueRef<'_>, table: &FieldTable) -> AmqpResult<QueueArgs> {
+        let mut args = QueueArgs {
+            queue_type: QueueType::Stream,
+            ..QueueArgs::default()
+        };
+        for (key, value) in table.iter() {
+            if !STREAM_ARGS.contains(&key) {
+                continue;
+            }
+            match key {
+                "x-max-length-bytes" => {
+                    args.max_length_bytes = Some(non_negative(key, queue, value)?)
+                }
+                "x-max-age" => {
+                    let Some(text) = value.as_str() else {
+                        return Err(invalid(
+                            key,
+                            queue,
+                            format!("{{unacceptable_type,{}}}", value.type_name()),
+                        ));
+                    };
+                    args.max_age = Some(
+                        parse_max_age(text)
+                            .ok_or_else(|| invalid(key, queue, "invalid_max_age"))?,
+                    );
+                }
+                "x-stream-max-segment-size-bytes" => {
+                    args.stream_segment_bytes = Some(non_negative(key, queue, value)?)
+                }
+                "x-initial-cluster-size" if non_negative(key, queue, value)? == 0 => {
+                    return Err(invalid(key, queue, "{value_zero,0}"));
+                }
+                "x-queue-leader-locator" => one_of(
+                    key,
+                    queue,
+                    value,
+                    LEADER_LOCATORS,
+                    "invalid_queue_locator_arg",
+                )?,
+                _ => {}
+            }
+        }
+        if let Some((key, _)) = table.iter().find(|(k, _)| NOT_STREAM.contains(k)) {
+            return Err(AmqpError::precondition(format!(
+                "invalid arg '{key}' for {queue} of queue type rabbit_stream_queue"
+            )));
+        }
+        Ok(args)
+    }
+
     /// The arguments of a queue recovered from the store. A table this version refuses
     /// (a quorum queue declared with `x-max-priority` or `x-queue-mode` before they were
     /// refused, a value checked since) still gives a queue of its type, the refused
@@ -469,9 +610,13 @@ impl QueueArgs {
     pub fn parse_stored(queue: QueueRef<'_>, table: &FieldTable) -> QueueArgs {
         QueueArgs::parse(queue, table).unwrap_or_else(|e| {
             tracing::warn!(queue = queue.name, vhost = queue.vhost, error = %e.text, "stored queue arguments are refused now; ignoring the refused ones");
+            let refused = match table.get("x-queue-type").and_then(FieldValue::as_str) {
+                Some("stream") => NOT_STREAM,
+                _ => NOT_QUORUM,
+            };
             let kept: FieldTable = table
                 .iter()
-                .filter(|(k, _)| !NOT_QUORUM.contains(k))
+                .filter(|(k, _)| !refused.contains(k))
                 .map(|(k, v)| (k, v.clone()))
                 .collect();
             QueueArgs::parse(queue, &kept).unwrap_or_else(|_| {
@@ -479,6 +624,7 @@ impl QueueArgs {
                 QueueArgs {
                     queue_type: match quorum {
                         Some("quorum") => QueueType::Quorum,
+                        Some("stream") => QueueType::Stream,
                         _ => QueueType::Classic,
                     },
                     ..QueueArgs::default()
@@ -513,8 +659,11 @@ impl QueueArgs {
         current: &FieldTable,
         received: &FieldTable,
     ) -> AmqpResult<()> {
-        let quorum = current.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
-        let type_keys = if quorum { QUORUM_EQUIVALENCE_KEYS } else { &[] };
+        let type_keys = match current.get("x-queue-type").and_then(FieldValue::as_str) {
+            Some("quorum") => QUORUM_EQUIVALENCE_KEYS,
+            Some("stream") => STREAM_EQUIVALENCE_KEYS,
+            _ => &[],
+        };
         for key in EQUIVALENCE_KEYS.iter().chain(type_keys) {
             let (cur, rec) = (current.get(key), received.get(key));
             // A redeclare that leaves out the queue type means "whatever it is".

@@ -11,7 +11,7 @@
 //! reject-publish, deleted, failed), is routed again after [`RETRY_AFTER`], to the targets
 //! that have not taken it yet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ struct Pending<T> {
 pub struct AtLeastOnce<T> {
     pending: BTreeMap<u64, Pending<T>>,
     /// Outstanding confirm tickets: their number to (dead letter, target).
-    tickets: HashMap<u64, (u64, Arc<str>)>,
+    tickets: BTreeMap<u64, (u64, Arc<str>)>,
     next_id: u64,
     bytes: u64,
     /// Where the targets' confirms come back; made with the first ticket, so a queue that
@@ -66,7 +66,7 @@ impl<T> Default for AtLeastOnce<T> {
     fn default() -> Self {
         AtLeastOnce {
             pending: BTreeMap::new(),
-            tickets: HashMap::new(),
+            tickets: BTreeMap::new(),
             next_id: 1,
             bytes: 0,
             confirms: None,

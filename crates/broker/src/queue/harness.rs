@@ -334,6 +334,7 @@ impl TestQueue {
             prefetch: c.prefetch,
             priority: 0,
             channel_credit: c.channel_credit,
+            arguments: FieldTable::new(),
             sink,
             room: c
                 .room
@@ -397,7 +398,7 @@ impl TestQueue {
         let cmd = QueueCommand::ChannelClosed {
             conn_id: 1,
             channel,
-            requeue: unacked,
+            requeue: unacked.into_boxed_slice(),
         };
         assert!(self.handle.send(cmd).await);
     }

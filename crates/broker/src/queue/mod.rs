@@ -11,6 +11,9 @@
 //!
 //! A queue task knows the registry above it only through the [`QueueHost`] it is given
 //! at spawn: this module never imports the vhost, connection, channel or admin layers.
+//!
+//! A stream (`x-queue-type: stream`) has a task of its own, [`stream`], behind the same
+//! handle and commands: an append-only log read by each consumer from its own offset.
 
 pub mod active;
 pub mod actor;
@@ -21,6 +24,7 @@ pub mod at_least_once;
 pub mod deadletter;
 #[cfg(test)]
 mod harness;
+pub mod stream;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -319,6 +323,8 @@ pub struct ConsumerSpec {
     pub priority: i32,
     /// The channel's shared credit, when `basic.qos global` is in force.
     pub channel_credit: Option<Arc<ChannelCredit>>,
+    /// The consumer's `basic.consume` arguments (a stream reads `x-stream-offset`).
+    pub arguments: FieldTable,
     /// Where deliveries go.
     pub sink: EventSink,
     /// The room on its connection's way out.
@@ -403,8 +409,9 @@ pub enum QueueCommand {
         conn_id: u64,
         /// The channel.
         channel: u16,
-        /// Its unacked messages from this queue.
-        requeue: Vec<u64>,
+        /// Its unacked messages from this queue (a boxed slice: every queue's command
+        /// channel is sized by its largest command).
+        requeue: Box<[u64]>,
     },
     /// A channel's shared credit grew: retry blocked consumers.
     CreditAvailable,
@@ -466,8 +473,9 @@ pub struct QueueShared {
     pub arguments: FieldTable,
     /// The parsed arguments, as declared.
     pub args: QueueArgs,
-    /// The policy in force and the arguments it makes (see [`QueueShared::set_policy`]).
-    policy: std::sync::Mutex<AppliedPolicy>,
+    /// The policy in force and the arguments it makes (see [`QueueShared::set_policy`]);
+    /// `None` while they are the declared ones (most queues: no second copy of `args`).
+    policy: std::sync::Mutex<Option<Arc<AppliedPolicy>>>,
     /// Its effective `x-consumer-timeout` in milliseconds (`u64::MAX`: none), for a
     /// `basic.get` or `basic.consume` to read without the lock.
     consumer_timeout: AtomicU64,
@@ -478,8 +486,9 @@ pub struct QueueShared {
     tx: mpsc::Sender<QueueCommand>,
     /// Published messages waiting for the queue.
     room: PublishRoom,
-    /// Plain acks, which the queue takes before any other command (see [`QueueInbox`]).
-    acks: mpsc::UnboundedSender<QueueCommand>,
+    /// Plain acks, which the queue takes before any other command (see [`QueueInbox`]);
+    /// set when the queue task opens the lane.
+    acks: std::sync::OnceLock<mpsc::UnboundedSender<QueueCommand>>,
     id: u64,
     /// Its task panicked (see `actor::QueueActor::failed`): declares and consumes are
     /// refused, publishes nacked, until it is deleted.
@@ -599,36 +608,55 @@ impl PublishRoom {
 /// thousands of publishes, and its consumer, out of prefetch credit, for the ack. An
 /// ack only frees its message and credit, so taking it before commands sent earlier
 /// changes nothing they do. The lane needs no bound: acks are bounded by the messages
-/// delivered and not yet acknowledged.
+/// delivered and not yet acknowledged. It is opened by the queue task when a consumer or
+/// a `basic.get` first comes ([`QueueInbox::open_acks`]), before anything it delivers
+/// can be acked: a queue nobody reads from carries no second channel (an idle queue's
+/// memory is mostly its channels' first blocks).
 #[derive(Debug)]
 pub struct QueueInbox {
     commands: mpsc::Receiver<QueueCommand>,
-    acks: mpsc::UnboundedReceiver<QueueCommand>,
+    acks: Option<mpsc::UnboundedReceiver<QueueCommand>>,
 }
 
 impl QueueInbox {
     /// The next command: an ack if any is waiting, else the oldest other command.
     /// `None` once the queue's handles are all gone.
     pub(crate) async fn recv(&mut self) -> Option<QueueCommand> {
-        tokio::select! {
-            biased;
-            Some(cmd) = self.acks.recv() => Some(cmd),
-            cmd = self.commands.recv() => cmd,
+        match &mut self.acks {
+            Some(acks) => tokio::select! {
+                biased;
+                Some(cmd) = acks.recv() => Some(cmd),
+                cmd = self.commands.recv() => cmd,
+            },
+            None => self.commands.recv().await,
         }
     }
 
     /// The next command if one is waiting, acks first.
     pub(crate) fn try_recv(&mut self) -> Option<QueueCommand> {
-        self.acks
-            .try_recv()
-            .or_else(|_| self.commands.try_recv())
-            .ok()
+        if let Some(cmd) = self.acks.as_mut().and_then(|a| a.try_recv().ok()) {
+            return Some(cmd);
+        }
+        self.commands.try_recv().ok()
+    }
+
+    /// Opens the ack lane of `queue` if it is not open yet. Called by the queue task
+    /// before it first delivers (a consumer added, a `basic.get`).
+    pub(crate) fn open_acks(&mut self, queue: &QueueShared) {
+        if self.acks.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            // Only this task opens the lane, once: the cell is empty here.
+            let _ = queue.acks.set(tx);
+            self.acks = Some(rx);
+        }
     }
 
     /// Refuses further commands; what is already queued can still be taken.
     pub(crate) fn close(&mut self) {
         self.commands.close();
-        self.acks.close();
+        if let Some(acks) = &mut self.acks {
+            acks.close();
+        }
     }
 }
 
@@ -638,14 +666,16 @@ pub struct QueueHandle(Arc<QueueShared>);
 
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// What a queue's policy makes of it: the policy's name and definition (as the management
-/// API shows them) and the effective arguments, worked out by the layer that owns
-/// policies. Without a policy, the declared arguments.
+/// What a queue's policy and operator policy make of it: their names and definition (as
+/// the management API shows them) and the effective arguments, worked out by the layer
+/// that owns policies. Without either, the declared arguments.
 #[derive(Debug, Clone)]
 pub struct AppliedPolicy {
     /// The policy's name.
     pub name: Option<Arc<str>>,
-    /// Its definition, JSON.
+    /// The operator policy's name.
+    pub operator: Option<Arc<str>>,
+    /// The definition in force (the two merged when both apply), JSON.
     pub definition: Option<Arc<serde_json::Value>>,
     /// The arguments the queue acts on.
     pub args: QueueArgs,
@@ -654,10 +684,15 @@ pub struct AppliedPolicy {
 impl QueueShared {
     /// The policy in force and the arguments the queue acts on.
     pub fn applied_policy(&self) -> AppliedPolicy {
-        self.policy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        match &*self.policy.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(applied) => AppliedPolicy::clone(applied),
+            None => AppliedPolicy {
+                name: None,
+                operator: None,
+                definition: None,
+                args: self.args.clone(),
+            },
+        }
     }
 
     /// Its effective `x-consumer-timeout` (argument or policy), if any.
@@ -670,23 +705,25 @@ impl QueueShared {
 
     /// The arguments the queue acts on: the declared ones with its policy applied.
     pub fn effective_args(&self) -> QueueArgs {
-        self.policy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .args
-            .clone()
+        match &*self.policy.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(applied) => applied.args.clone(),
+            None => self.args.clone(),
+        }
     }
 
     /// Sets the policy in force; answers whether the effective arguments changed (then a
     /// running queue task is told with [`QueueCommand::PolicyChanged`]).
     pub fn set_policy(&self, applied: AppliedPolicy) -> bool {
         let mut slot = self.policy.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = slot.args != applied.args;
+        let before = slot.as_ref().map_or(&self.args, |a| &a.args);
+        let changed = *before != applied.args;
         self.consumer_timeout.store(
             applied.args.consumer_timeout.unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        *slot = applied;
+        let declared =
+            applied.name.is_none() && applied.operator.is_none() && applied.definition.is_none();
+        *slot = (!declared || applied.args != self.args).then(|| Arc::new(applied));
         changed
     }
 }
@@ -706,7 +743,6 @@ impl QueueHandle {
         store_id: Option<u64>,
     ) -> (QueueHandle, QueueInbox) {
         let (tx, rx) = mpsc::channel(QUEUE_CHANNEL_DEPTH);
-        let (acks, acks_rx) = mpsc::unbounded_channel();
         let id = NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed);
         let shared = QueueShared {
             name,
@@ -716,17 +752,13 @@ impl QueueHandle {
             auto_delete,
             arguments,
             consumer_timeout: AtomicU64::new(args.consumer_timeout.unwrap_or(u64::MAX)),
-            policy: std::sync::Mutex::new(AppliedPolicy {
-                name: None,
-                definition: None,
-                args: args.clone(),
-            }),
+            policy: std::sync::Mutex::new(None),
             args,
             stats: QueueStats::default(),
             store_id,
             tx,
             room: PublishRoom::default(),
-            acks,
+            acks: std::sync::OnceLock::new(),
             id,
             failed: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -734,7 +766,7 @@ impl QueueHandle {
         };
         let inbox = QueueInbox {
             commands: rx,
-            acks: acks_rx,
+            acks: None,
         };
         (QueueHandle(Arc::new(shared)), inbox)
     }
@@ -819,7 +851,12 @@ impl QueueHandle {
             requeue: false,
             rejected: false,
         };
-        self.0.acks.send(cmd).is_ok()
+        match self.0.acks.get() {
+            Some(acks) => acks.send(cmd).is_ok(),
+            // No lane yet: nothing was delivered, so nothing can be acked; the queue
+            // answers an unknown id as any stale ack.
+            None => self.send_now(cmd),
+        }
     }
 
     /// Sends a command without waiting for room; for cleanup paths that must not block.
@@ -967,6 +1004,7 @@ mod tests {
     #[tokio::test]
     async fn acks_are_taken_before_other_commands() {
         let (handle, mut inbox) = bare_queue();
+        inbox.open_acks(handle.info());
         let mut purges = Vec::new();
         for _ in 0..10 {
             let (reply, rx) = oneshot::channel();

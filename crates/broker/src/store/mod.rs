@@ -26,6 +26,8 @@
 //! - [`recovery`]: replay, torn-tail truncation, damaged segments, the rewrite after
 //!   damage.
 //! - [`meta`]: the metadata log (durable queues, exchanges, bindings) and its thread.
+//! - [`stream`]: a stream queue's own log (segments of offset-numbered messages), apart
+//!   from the message log.
 //!
 //! Threads: `minimq-store` (the writer), `minimq-sync` (the syncer, none with
 //! `--fsync off`), `minimq-meta` (the metadata log). Callers on async workers do not
@@ -41,6 +43,7 @@
 //!                 (tmp + rename) when it grows past twice what is live
 //! segments/       NNNNNNNNNNNNNNNNNNNN.seg, the log
 //! damaged/        segments found damaged at start-up, kept for inspection
+//! streams/N/      the log of the stream queue whose id is N (see [`stream`])
 //! ```
 //! Who writes what: queue tasks append enqueue / settle records for their persistent
 //! messages (the first queue to take a message also appends the message itself), and,
@@ -65,6 +68,7 @@ mod purge;
 pub mod reader;
 pub mod recovery;
 mod rewrite;
+pub mod stream;
 mod syncer;
 mod writer;
 #[cfg(test)]
@@ -195,6 +199,10 @@ pub struct Store {
     lock: Mutex<Option<File>>,
     /// What recovery did at open.
     recovery: RecoveryReport,
+    /// The seam file changes go through, and the sync policy: a stream's log
+    /// ([`stream`]) uses the same.
+    disk: Arc<dyn Disk>,
+    fsync: FsyncMode,
     /// Whether queues page out (set by the memory monitor).
     pressure: Arc<Pressure>,
     /// The next transient record id ([`liveness::TRANSIENT_ID`] set; restarts with the
@@ -323,6 +331,8 @@ impl Store {
         // only after the first record.
         let _ = tx.send(Op::Wake);
         let store = Store {
+            disk: opts.disk.clone(),
+            fsync: opts.fsync,
             dir: dir.to_path_buf(),
             seg_dir,
             index,
@@ -348,6 +358,16 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where a stream's log lives and how it is written: the store's directory, file
+    /// seam and sync policy.
+    pub fn stream_place(&self, queue_id: u64) -> stream::StreamPlace {
+        stream::StreamPlace {
+            dir: self.dir.join("streams").join(queue_id.to_string()),
+            disk: self.disk.clone(),
+            sync: self.fsync == FsyncMode::Batch,
+        }
     }
 
     /// What recovery did when the store was opened.

@@ -138,6 +138,31 @@ enum Cmd {
     },
     /// Lists policies: vhost name pattern apply-to definition priority.
     ListPolicies,
+    /// Sets an operator policy: caps on the numeric queue limits (expires, message-ttl,
+    /// max-length, max-length-bytes, max-in-memory-length, max-in-memory-bytes,
+    /// delivery-limit) of the queues whose names match PATTERN; the lower of it and the
+    /// queue's policy or argument wins.
+    SetOperatorPolicy {
+        /// Which objects it applies to: queues, exchanges or all.
+        #[arg(long = "apply-to", default_value = "all")]
+        apply_to: String,
+        /// Higher wins when several match.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// Operator policy name.
+        name: String,
+        /// Regular expression on object names.
+        pattern: String,
+        /// The definition, JSON (e.g. '{"max-length":1000}').
+        definition: String,
+    },
+    /// Removes an operator policy.
+    ClearOperatorPolicy {
+        /// Operator policy name.
+        name: String,
+    },
+    /// Lists operator policies: vhost name pattern apply-to definition priority.
+    ListOperatorPolicies,
     /// Sets the vhost's limits, replacing those it had: a JSON object with
     /// `max-connections` and/or `max-queues` (a negative value: no limit).
     SetVhostLimits {
@@ -224,6 +249,16 @@ enum Cmd {
     AddVhost {
         /// Vhost name.
         name: String,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+        /// Comma-separated tags.
+        #[arg(long)]
+        tags: Option<String>,
+        /// The type of its queues declared durable without `x-queue-type`: classic or
+        /// quorum.
+        #[arg(long = "default-queue-type", value_name = "quorum|classic")]
+        default_queue_type: Option<String>,
     },
     /// Deletes a vhost: its connections are closed, its queues (with their messages),
     /// exchanges, bindings, policies, limits and permissions removed.
@@ -231,6 +266,11 @@ enum Cmd {
         /// Vhost name.
         name: String,
     },
+    /// Starts tracing in the vhost (-p): every message published and delivered there is
+    /// copied to its `amq.rabbitmq.trace` exchange.
+    TraceOn,
+    /// Stops tracing in the vhost (-p).
+    TraceOff,
     /// Lists vhosts: name, or the columns given (name description tags
     /// default_queue_type metadata tracing cluster_state).
     ListVhosts {
@@ -252,7 +292,8 @@ fn main() {
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
                 fail(CtlError::usage(
                     "no command given; commands: list_queues list_connections list_channels \
-                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy set_vhost_limits clear_vhost_limits list_vhost_limits add_vhost delete_vhost list_vhosts add_user delete_user \
+                     list_consumers list_policies purge_queue delete_queue set_policy clear_policy \
+                     set_operator_policy clear_operator_policy list_operator_policies set_vhost_limits clear_vhost_limits list_vhost_limits add_vhost delete_vhost list_vhosts trace_on trace_off add_user delete_user \
                      change_password set_user_tags list_users set_permissions \
                      clear_permissions list_permissions list_user_permissions \
                      export_definitions import_definitions set_disk_free_limit \
@@ -329,6 +370,21 @@ fn main() {
         },
         Cmd::ClearPolicy { name } => Command::ClearPolicy(name),
         Cmd::ListPolicies => Command::List(Listing::Policies, Vec::new()),
+        Cmd::SetOperatorPolicy {
+            apply_to,
+            priority,
+            name,
+            pattern,
+            definition,
+        } => Command::SetOperatorPolicy {
+            name,
+            pattern,
+            definition,
+            priority,
+            apply_to,
+        },
+        Cmd::ClearOperatorPolicy { name } => Command::ClearOperatorPolicy(name),
+        Cmd::ListOperatorPolicies => Command::List(Listing::OperatorPolicies, Vec::new()),
         Cmd::SetVhostLimits { definition } => Command::SetVhostLimits(definition),
         Cmd::ClearVhostLimits => Command::ClearVhostLimits,
         Cmd::AddUser { name, secret } => Command::AddUser(name, secret),
@@ -353,8 +409,20 @@ fn main() {
         Cmd::ImportDefinitions { file } => Command::ImportDefinitions(file),
         Cmd::ListUserPermissions { username } => Command::ListUserPermissions(username),
         Cmd::ListVhostLimits => Command::ListVhostLimits,
-        Cmd::AddVhost { name } => Command::AddVhost(name),
+        Cmd::AddVhost {
+            name,
+            description,
+            tags,
+            default_queue_type,
+        } => Command::AddVhost {
+            name,
+            description,
+            tags,
+            default_queue_type,
+        },
         Cmd::DeleteVhost { name } => Command::DeleteVhost(name),
+        Cmd::TraceOn => Command::Trace(true),
+        Cmd::TraceOff => Command::Trace(false),
         Cmd::ListVhosts { columns } => Command::List(Listing::Vhosts, columns),
     };
     match ctl::run(&options, &command) {
