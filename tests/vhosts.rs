@@ -655,7 +655,13 @@ async fn a_vhosts_default_queue_type_types_durable_declares_that_name_none() {
     );
     // A queue declared over the management API gets it too (RabbitMQ's PUT declares
     // as a channel does).
-    let r = send_json(&broker, "PUT", "/api/queues/qv/via-http", r#"{"durable":true}"#).await;
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/queues/qv/via-http",
+        r#"{"durable":true}"#,
+    )
+    .await;
     assert_eq!(r.status, 201);
     assert_eq!(queue_type(&broker, "qv", "via-http").await.0, "quorum");
     // An unknown type fails the creation with RabbitMQ's 500 and creates nothing.
