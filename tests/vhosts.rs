@@ -765,6 +765,26 @@ async fn a_vhosts_default_queue_type_types_durable_declares_that_name_none() {
         "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"
     );
     drop(conn);
+    // The same for a vhost whose default type is stream (RabbitMQ applies the default
+    // before it checks the name).
+    let r = send_json(
+        &broker,
+        "PUT",
+        "/api/vhosts/sv",
+        r#"{"defaultqueuetype":"stream"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let conn = connect_to(&broker, "sv").await;
+    let ch = amqp::open(&conn).await;
+    let (code, text) =
+        expect_amqp(within(ch.queue_declare("", durable, FieldTable::default())).await);
+    assert_eq!(code, 406);
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_stream_queue"
+    );
+    drop(conn);
     broker.shutdown().await;
 
     // Durable, and taken by a definitions import as RabbitMQ 3.10 exports it (metadata).
