@@ -712,16 +712,6 @@ pub fn refuse_reject<'a>(mut queues: impl Iterator<Item = &'a QueueHandle>) -> A
     }
 }
 
-/// A stream cannot be server-named (RabbitMQ 3.10's 406).
-pub fn refuse_server_named(arguments: &FieldTable) -> AmqpResult<()> {
-    if arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("stream") {
-        return Err(AmqpError::precondition(
-            "Cannot declare a server-named queue for type rabbit_stream_queue",
-        ));
-    }
-    Ok(())
-}
-
 /// Consumer arguments of other queue types, which RabbitMQ 3.10 refuses on a stream
 /// (every type's consumer arguments less the stream's `x-stream-offset` and `x-credit`).
 const NOT_STREAM_CONSUMER: &[&str] = &["x-priority", "x-cancel-on-ha-failover"];
