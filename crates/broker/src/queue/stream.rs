@@ -292,6 +292,9 @@ impl StreamTask {
                 self.append(publishes).await;
             }
             QueueCommand::Consume { consumer, reply } => {
+                // Its acks get the lane taken before other commands, as a classic
+                // queue's do (`QueueInbox::open_acks`), before anything is delivered.
+                inbox.open_acks(self.handle.info());
                 let started = self.add_reader(consumer).await;
                 // Counted before the answer: whoever saw consume-ok sees the consumer.
                 self.publish_stats();
