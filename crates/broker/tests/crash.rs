@@ -580,9 +580,10 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
         .await
         .unwrap();
     ch.confirm_select().await.unwrap();
-    let acked = Arc::new(Mutex::new(0usize));
+    // How many of the first messages were confirmed, in order.
+    let (acked, mut confirmed_so_far) = tokio::sync::watch::channel(0usize);
     let publisher = {
-        let (ch, acked) = (ch.clone(), acked.clone());
+        let ch = ch.clone();
         tokio::spawn(async move {
             let mut window = std::collections::VecDeque::new();
             for i in 0..200_000usize {
@@ -596,7 +597,9 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
                 if window.len() >= 64 {
                     let (i, confirm) = window.pop_front().unwrap();
                     match confirm.await {
-                        Ok(Confirmation::Ack) => *acked.lock().unwrap() = i + 1,
+                        Ok(Confirmation::Ack) => {
+                            acked.send_replace(i + 1);
+                        }
                         _ => break,
                     }
                 }
@@ -604,12 +607,16 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
         })
     };
     // Some confirmed before the kill.
-    while *acked.lock().unwrap() < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        confirmed_so_far.wait_for(|n| *n >= 100),
+    )
+    .await
+    .expect("100 confirms within 30 s")
+    .expect("the publisher is running");
     kill(&mut server);
     let _ = publisher.await;
-    let confirmed = *acked.lock().unwrap();
+    let confirmed = *confirmed_so_far.borrow();
     drop(conn);
 
     let (mut server, conn) = start_and_connect(&dir).await;
