@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::http::{get, request, send_json, GUEST};
+use common::http::{get, request, send_json, send_json_as, GUEST};
 use common::{passive_declare, within};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -25,6 +25,16 @@ fn data_dir() -> std::path::PathBuf {
 
 async fn start(dir: &std::path::Path) -> Broker {
     common::start_with_api_in(dir).await
+}
+
+/// `PUT` of a JSON `body` as guest: the answer's status.
+async fn put(broker: &Broker, path: &str, body: &str) -> u16 {
+    send_json(broker, "PUT", path, body).await.status
+}
+
+/// `DELETE` as guest: the answer's status.
+async fn delete(broker: &Broker, path: &str) -> u16 {
+    request(broker, "DELETE", path, Some(GUEST)).await.status
 }
 
 async fn channel(broker: &Broker) -> (Connection, Channel) {
@@ -83,8 +93,7 @@ async fn put_get_delete_answer_as_rabbitmq() {
     let body = r#"{"pattern":"^pq","definition":{"max-length":5,"message-ttl":60000},"apply-to":"queues","priority":1}"#;
     let r = send_json(&broker, "PUT", "/api/policies/%2F/p1", body).await;
     assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
-    let r = send_json(&broker, "PUT", "/api/policies/%2F/p1", body).await;
-    assert_eq!(r.status, 204);
+    assert_eq!(put(&broker, "/api/policies/%2F/p1", body).await, 204);
     let want = json!({"vhost": "/", "name": "p1", "pattern": "^pq", "apply-to": "queues",
                       "definition": {"max-length": 5, "message-ttl": 60000}, "priority": 1});
     assert_eq!(get(&broker, "/api/policies/%2F/p1").await, want);
@@ -98,18 +107,8 @@ async fn put_get_delete_answer_as_rabbitmq() {
             .status,
         404
     );
-    assert_eq!(
-        request(&broker, "DELETE", "/api/policies/%2F/p1", Some(GUEST))
-            .await
-            .status,
-        204
-    );
-    assert_eq!(
-        request(&broker, "DELETE", "/api/policies/%2F/p1", Some(GUEST))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(delete(&broker, "/api/policies/%2F/p1").await, 204);
+    assert_eq!(delete(&broker, "/api/policies/%2F/p1").await, 404);
     assert_eq!(get(&broker, "/api/policies").await, json!([]));
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -155,26 +154,22 @@ async fn a_policy_applies_at_once_to_an_existing_queue_and_drops_from_the_head()
     declare(&ch, "pq-live", false, FieldTable::default()).await;
     publish(&ch, "pq-live", 10).await;
     assert_eq!(passive_declare(&ch, "pq-live").await.message_count(), 10);
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/cap",
-        r#"{"pattern":"^pq-","definition":{"max-length":3},"apply-to":"queues"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/policies/%2F/cap",
+            r#"{"pattern":"^pq-","definition":{"max-length":3},"apply-to":"queues"}"#
+        )
+        .await,
+        201
+    );
     assert_eq!(passive_declare(&ch, "pq-live").await.message_count(), 3);
     let q = get(&broker, "/api/queues/%2F/pq-live").await;
     assert_eq!(q["policy"], "cap");
     assert_eq!(q["effective_policy_definition"], json!({"max-length": 3}));
     assert_eq!(bodies(&ch, "pq-live").await, ["m7", "m8", "m9"]);
     // Removing the policy lifts the limit.
-    assert_eq!(
-        request(&broker, "DELETE", "/api/policies/%2F/cap", Some(GUEST))
-            .await
-            .status,
-        204
-    );
+    assert_eq!(delete(&broker, "/api/policies/%2F/cap").await, 204);
     publish(&ch, "pq-live", 5).await;
     assert_eq!(passive_declare(&ch, "pq-live").await.message_count(), 5);
     let q = get(&broker, "/api/queues/%2F/pq-live").await;
@@ -219,14 +214,15 @@ async fn the_lower_limit_wins_and_the_argument_wins_the_dead_letter_exchange() {
     ))
     .await
     .unwrap();
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/p",
-        r#"{"pattern":"^pq","definition":{"max-length":4,"dead-letter-exchange":"poldlx"}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/policies/%2F/p",
+            r#"{"pattern":"^pq","definition":{"max-length":4,"dead-letter-exchange":"poldlx"}}"#
+        )
+        .await,
+        201
+    );
     // x-max-length 2 (lower than the policy's 4) and its own dead-letter exchange.
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(2));
@@ -253,14 +249,15 @@ async fn expires_from_a_policy_deletes_the_unused_queue() {
     let broker = start(&dir).await;
     let (_conn, ch) = channel(&broker).await;
     declare(&ch, "pq-expiring", false, FieldTable::default()).await;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/exp",
-        r#"{"pattern":"^pq-exp","definition":{"expires":100}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/policies/%2F/exp",
+            r#"{"pattern":"^pq-exp","definition":{"expires":100}}"#
+        )
+        .await,
+        201
+    );
     // The queue deletes itself 100 ms after the change; wait for it to be gone.
     within(async {
         loop {
@@ -285,14 +282,15 @@ async fn policies_survive_a_restart_and_a_crash_and_apply_to_recovered_queues() 
     let broker = start(&dir).await;
     let (conn, ch) = channel(&broker).await;
     declare(&ch, "pq-durable", true, FieldTable::default()).await;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/keep",
-        r#"{"pattern":"^pq-","definition":{"max-length":2},"priority":3}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/policies/%2F/keep",
+            r#"{"pattern":"^pq-","definition":{"max-length":2},"priority":3}"#
+        )
+        .await,
+        201
+    );
     drop(ch);
     drop(conn);
     broker.shutdown().await;
@@ -309,20 +307,16 @@ async fn policies_survive_a_restart_and_a_crash_and_apply_to_recovered_queues() 
     publish(&ch, "pq-durable", 5).await;
     assert_eq!(passive_declare(&ch, "pq-durable").await.message_count(), 2);
     // A change answered just before a crash is on disk.
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/late",
-        r#"{"pattern":"^late","definition":{"message-ttl":1000}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
     assert_eq!(
-        request(&broker, "DELETE", "/api/policies/%2F/keep", Some(GUEST))
-            .await
-            .status,
-        204
+        put(
+            &broker,
+            "/api/policies/%2F/late",
+            r#"{"pattern":"^late","definition":{"message-ttl":1000}}"#
+        )
+        .await,
+        201
     );
+    assert_eq!(delete(&broker, "/api/policies/%2F/keep").await, 204);
     broker.crash().await;
 
     let broker = start(&dir).await;
@@ -386,14 +380,7 @@ async fn an_exchange_policy_gives_an_alternate_exchange_unless_an_argument_does(
     ))
     .await
     .unwrap();
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/ae",
-        r#"{"pattern":"^pol-","apply-to":"exchanges","definition":{"alternate-exchange":"ae-target"}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(put(&broker, "/api/policies/%2F/ae", r#"{"pattern":"^pol-","apply-to":"exchanges","definition":{"alternate-exchange":"ae-target"}}"#).await, 201);
     for x in ["pol-x", "pol-y"] {
         within(ch.basic_publish(
             x,
@@ -416,16 +403,9 @@ async fn an_exchange_policy_gives_an_alternate_exchange_unless_an_argument_does(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A request with a JSON body as `auth` (base64 `user:pass`).
+/// A request with a JSON body as `auth` (base64 `user:pass`): the answer's status.
 async fn send_as(broker: &Broker, auth: &str, method: &str, path: &str, body: &str) -> u16 {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    common::http::parse_response(
-        &common::http::raw(broker.http_addr().unwrap(), req.as_bytes()).await,
-    )
-    .status
+    send_json_as(broker, auth, method, path, body).await.status
 }
 
 #[tokio::test]
@@ -435,8 +415,10 @@ async fn operator_policies_answer_as_rabbitmq_and_take_only_the_numeric_limits()
     let body = r#"{"pattern":"^opq","definition":{"max-length":5,"message-ttl":1000},"apply-to":"queues"}"#;
     let r = send_json(&broker, "PUT", "/api/operator-policies/%2F/op1", body).await;
     assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
-    let r = send_json(&broker, "PUT", "/api/operator-policies/%2F/op1", body).await;
-    assert_eq!(r.status, 204);
+    assert_eq!(
+        put(&broker, "/api/operator-policies/%2F/op1", body).await,
+        204
+    );
     let want = json!({"vhost": "/", "name": "op1", "pattern": "^opq", "apply-to": "queues",
                       "definition": {"max-length": 5, "message-ttl": 1000}, "priority": 0});
     assert_eq!(get(&broker, "/api/operator-policies/%2F/op1").await, want);
@@ -455,14 +437,10 @@ async fn operator_policies_answer_as_rabbitmq_and_take_only_the_numeric_limits()
     );
     let every_key = r#"{"pattern":"^x","definition":{"expires":1,"message-ttl":0,"max-length":0,
         "max-length-bytes":0,"max-in-memory-length":0,"max-in-memory-bytes":0,"delivery-limit":0}}"#;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/operator-policies/%2F/all-keys",
-        every_key,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(&broker, "/api/operator-policies/%2F/all-keys", every_key).await,
+        201
+    );
     // RabbitMQ 3.10's answers, taken from the reference node.
     for (body, reason) in [
         (r#"{"pattern":"^opq","definition":{"dead-letter-exchange":"x","max-length":1}}"#,
@@ -498,22 +476,24 @@ async fn operator_policies_answer_as_rabbitmq_and_take_only_the_numeric_limits()
         .collect();
     assert_eq!(names, ["all-keys", "op1"], "nothing refused was stored");
     // A policymaker may set policies, not operator policies (RabbitMQ: administrators).
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/users/pm",
-        r#"{"password":"pm","tags":"policymaker"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/permissions/%2F/pm",
-        r#"{"configure":".*","write":".*","read":".*"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/users/pm",
+            r#"{"password":"pm","tags":"policymaker"}"#
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        put(
+            &broker,
+            "/api/permissions/%2F/pm",
+            r#"{"configure":".*","write":".*","read":".*"}"#
+        )
+        .await,
+        201
+    );
     let pm = "cG06cG0="; // base64("pm:pm")
     assert_eq!(
         send_as(&broker, pm, "PUT", "/api/operator-policies/%2F/op2", body).await,
@@ -540,10 +520,7 @@ async fn operator_policies_answer_as_rabbitmq_and_take_only_the_numeric_limits()
         ("/api/operator-policies/%2F/op1", 404),
         ("/api/operator-policies/%2F/all-keys", 204),
     ] {
-        assert_eq!(
-            request(&broker, "DELETE", path, Some(GUEST)).await.status,
-            status
-        );
+        assert_eq!(delete(&broker, path).await, status);
     }
     assert_eq!(get(&broker, "/api/operator-policies").await, json!([]));
     broker.shutdown().await;
@@ -560,14 +537,7 @@ async fn an_operator_policy_caps_the_policy_and_the_arguments_the_lower_value_wi
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(4));
     declare(&ch, "opq-live", false, args).await;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/operator-policies/%2F/op",
-        r#"{"pattern":"^opq-","definition":{"max-length":5,"message-ttl":1000},"apply-to":"queues"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(put(&broker, "/api/operator-policies/%2F/op", r#"{"pattern":"^opq-","definition":{"max-length":5,"message-ttl":1000},"apply-to":"queues"}"#).await, 201);
     publish(&ch, "opq-live", 10).await;
     assert_eq!(passive_declare(&ch, "opq-live").await.message_count(), 4);
     let q = get(&broker, "/api/queues/%2F/opq-live").await;
@@ -577,14 +547,7 @@ async fn an_operator_policy_caps_the_policy_and_the_arguments_the_lower_value_wi
         q["effective_policy_definition"],
         json!({"max-length": 5, "message-ttl": 1000})
     );
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/policies/%2F/pol",
-        r#"{"pattern":"^opq-","definition":{"max-length":3,"message-ttl":5000,"dead-letter-exchange":"dd"},"apply-to":"queues"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(put(&broker, "/api/policies/%2F/pol", r#"{"pattern":"^opq-","definition":{"max-length":3,"message-ttl":5000,"dead-letter-exchange":"dd"},"apply-to":"queues"}"#).await, 201);
     assert_eq!(passive_declare(&ch, "opq-live").await.message_count(), 3);
     // As the reference node shows the same three objects.
     let q = get(&broker, "/api/queues/%2F/opq-live").await;
@@ -595,31 +558,22 @@ async fn an_operator_policy_caps_the_policy_and_the_arguments_the_lower_value_wi
         json!({"dead-letter-exchange": "dd", "max-length": 3, "message-ttl": 1000})
     );
     // A new queue gets the operator policy's cap when it is the lowest.
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/operator-policies/%2F/op",
-        r#"{"pattern":"^opq-","definition":{"max-length":2},"apply-to":"queues"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 204);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/operator-policies/%2F/op",
+            r#"{"pattern":"^opq-","definition":{"max-length":2},"apply-to":"queues"}"#
+        )
+        .await,
+        204
+    );
     assert_eq!(passive_declare(&ch, "opq-live").await.message_count(), 2);
     declare(&ch, "opq-new", false, FieldTable::default()).await;
     publish(&ch, "opq-new", 6).await;
     assert_eq!(passive_declare(&ch, "opq-new").await.message_count(), 2);
     assert_eq!(bodies(&ch, "opq-new").await, ["m4", "m5"]);
     // Without the operator policy, the policy's 3.
-    assert_eq!(
-        request(
-            &broker,
-            "DELETE",
-            "/api/operator-policies/%2F/op",
-            Some(GUEST)
-        )
-        .await
-        .status,
-        204
-    );
+    assert_eq!(delete(&broker, "/api/operator-policies/%2F/op").await, 204);
     publish(&ch, "opq-new", 6).await;
     assert_eq!(passive_declare(&ch, "opq-new").await.message_count(), 3);
     let q = get(&broker, "/api/queues/%2F/opq-new").await;
@@ -634,14 +588,15 @@ async fn operator_policies_survive_a_crash_and_travel_in_the_definitions() {
     let broker = start(&dir).await;
     let (conn, ch) = channel(&broker).await;
     declare(&ch, "opq-durable", true, FieldTable::default()).await;
-    let r = send_json(
-        &broker,
-        "PUT",
-        "/api/operator-policies/%2F/cap",
-        r#"{"pattern":"^opq-","definition":{"max-length":2},"priority":4}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    assert_eq!(
+        put(
+            &broker,
+            "/api/operator-policies/%2F/cap",
+            r#"{"pattern":"^opq-","definition":{"max-length":2},"priority":4}"#
+        )
+        .await,
+        201
+    );
     drop(ch);
     drop(conn);
     broker.crash().await;

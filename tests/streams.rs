@@ -123,6 +123,24 @@ fn numbered(from: usize, to: usize) -> Vec<(String, i64)> {
     (from..to).map(|i| (format!("m{i}"), i as i64)).collect()
 }
 
+/// A broker on `dir` whose stream `s` holds m0..m9 at offsets 0..9, with the connection
+/// and (confirm-mode) channel that published them.
+async fn ten_in_a_stream(dir: &Path) -> (Broker, Connection, Channel) {
+    let broker = start_broker_in(dir).await;
+    let (conn, ch) = connect_open(&broker).await;
+    declare_stream(&ch, "s", &[]).await;
+    publish_ten(&ch, "s").await;
+    (broker, conn, ch)
+}
+
+/// The first `n` deliveries, acked, of a consumer of `s` at `offset` (prefetch 100) on a
+/// new channel of `conn`.
+async fn read_from(conn: &Connection, offset: Option<AMQPValue>, n: usize) -> Vec<(String, i64)> {
+    let ch = open(conn).await;
+    let mut c = reader(&ch, "s", 100, offset).await;
+    take(&ch, &mut c, n).await
+}
+
 // ---------------------------------------------------------------------------------------
 // Declare
 // ---------------------------------------------------------------------------------------
@@ -261,15 +279,11 @@ async fn a_broker_without_a_data_directory_refuses_streams() {
 
 #[tokio::test]
 async fn consumers_start_at_first_last_next_or_an_offset_and_see_each_offset() {
-    let dir = data_dir("streams-offsets");
-    let broker = start_broker_in(&dir).await;
-    let (conn, ch) = connect_open(&broker).await;
-    declare_stream(&ch, "s", &[]).await;
-    publish_ten(&ch, "s").await;
-
-    let c1 = open(&conn).await;
-    let mut first = reader(&c1, "s", 100, Some(text("first"))).await;
-    assert_eq!(take(&c1, &mut first, 10).await, numbered(0, 10));
+    let (_broker, conn, ch) = ten_in_a_stream(&data_dir("streams-offsets")).await;
+    assert_eq!(
+        read_from(&conn, Some(text("first")), 10).await,
+        numbered(0, 10)
+    );
 
     let c2 = open(&conn).await;
     let mut last = reader(&c2, "s", 100, Some(text("last"))).await;
@@ -280,35 +294,34 @@ async fn consumers_start_at_first_last_next_or_an_offset_and_see_each_offset() {
     let mut fresh = reader(&c3, "s", 100, None).await;
     next_is(&ch, &c3, &mut fresh, "after-next").await;
 
-    let c4 = open(&conn).await;
-    let mut at = reader(&c4, "s", 100, Some(AMQPValue::LongLongInt(7))).await;
-    assert_eq!(take(&c4, &mut at, 3).await, numbered(7, 10));
+    assert_eq!(
+        read_from(&conn, Some(AMQPValue::LongLongInt(7)), 3).await,
+        numbered(7, 10)
+    );
 
     // An offset before the start reads from the first message kept.
-    let c5 = open(&conn).await;
-    let mut before = reader(&c5, "s", 100, Some(AMQPValue::LongInt(-1))).await;
-    assert_eq!(take(&c5, &mut before, 2).await, numbered(0, 2));
+    assert_eq!(
+        read_from(&conn, Some(AMQPValue::LongInt(-1)), 2).await,
+        numbered(0, 2)
+    );
 }
 
 #[tokio::test]
 async fn consumers_start_at_a_timestamp_or_an_interval_ago() {
-    let dir = data_dir("streams-time");
-    let broker = start_broker_in(&dir).await;
-    let (conn, ch) = connect_open(&broker).await;
-    declare_stream(&ch, "s", &[]).await;
-    publish_ten(&ch, "s").await;
+    let (_broker, conn, ch) = ten_in_a_stream(&data_dir("streams-time")).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
 
-    let c1 = open(&conn).await;
-    let mut hour = reader(&c1, "s", 100, Some(text("1h"))).await;
-    assert_eq!(take(&c1, &mut hour, 10).await, numbered(0, 10));
-
-    let c2 = open(&conn).await;
-    let mut past = reader(&c2, "s", 100, Some(AMQPValue::Timestamp(now - 60))).await;
-    assert_eq!(take(&c2, &mut past, 10).await, numbered(0, 10));
+    assert_eq!(
+        read_from(&conn, Some(text("1h")), 10).await,
+        numbered(0, 10)
+    );
+    assert_eq!(
+        read_from(&conn, Some(AMQPValue::Timestamp(now - 60)), 10).await,
+        numbered(0, 10)
+    );
 
     // A time after every message: it waits for the next one.
     let c3 = open(&conn).await;
@@ -318,11 +331,7 @@ async fn consumers_start_at_a_timestamp_or_an_interval_ago() {
 
 #[tokio::test]
 async fn two_consumers_each_read_the_whole_stream_and_acks_only_give_credit_back() {
-    let dir = data_dir("streams-two");
-    let broker = start_broker_in(&dir).await;
-    let (conn, ch) = connect_open(&broker).await;
-    declare_stream(&ch, "s", &[]).await;
-    publish_ten(&ch, "s").await;
+    let (_broker, conn, ch) = ten_in_a_stream(&data_dir("streams-two")).await;
 
     let a = open(&conn).await;
     let b = open(&conn).await;
@@ -377,19 +386,7 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
         )
     );
     // Another type's consumer argument: 406.
-    let c = open(&conn).await;
-    within(c.basic_qos(10, BasicQosOptions::default()))
-        .await
-        .unwrap();
-    let e = expect_amqp(
-        within(c.basic_consume(
-            "s",
-            "",
-            BasicConsumeOptions::default(),
-            args(&[("x-priority", AMQPValue::LongInt(3))]),
-        ))
-        .await,
-    );
+    let e = consume_refused(&conn, args(&[("x-priority", AMQPValue::LongInt(3))])).await;
     assert_eq!(
         e,
         (
@@ -400,19 +397,7 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
     );
 
     // An offset that is none of RabbitMQ's forms: 406.
-    let c = open(&conn).await;
-    within(c.basic_qos(10, BasicQosOptions::default()))
-        .await
-        .unwrap();
-    let e = expect_amqp(
-        within(c.basic_consume(
-            "s",
-            "",
-            BasicConsumeOptions::default(),
-            args(&[("x-stream-offset", text("bad"))]),
-        ))
-        .await,
-    );
+    let e = consume_refused(&conn, args(&[("x-stream-offset", text("bad"))])).await;
     assert_eq!(
         e,
         (
@@ -429,8 +414,7 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
             format!("NOT_IMPLEMENTED - {text} queue 's' in vhost '/'"),
         )
     };
-    let (conn, c) = connect_open(&broker).await;
-    let mut errors = connection_errors(&conn);
+    let (_conn, c, mut errors) = watched(&broker).await;
     within(c.basic_qos(10, BasicQosOptions::default()))
         .await
         .unwrap();
@@ -450,8 +434,7 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
         expect_540("automatic acknowledgement not supported by stream queues")
     );
 
-    let (conn, c) = connect_open(&broker).await;
-    let mut errors = connection_errors(&conn);
+    let (_conn, c, mut errors) = watched(&broker).await;
     within(c.basic_qos(10, BasicQosOptions::default()))
         .await
         .unwrap();
@@ -474,16 +457,14 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
         )
     );
 
-    let (conn, c) = connect_open(&broker).await;
-    let mut errors = connection_errors(&conn);
+    let (_conn, c, mut errors) = watched(&broker).await;
     let _ = c.basic_get("s", BasicGetOptions::default()).await;
     assert_eq!(
         next_error(&mut errors).await,
         expect_540("basic.get not supported by stream queues")
     );
 
-    let (conn, c) = connect_open(&broker).await;
-    let mut errors = connection_errors(&conn);
+    let (_conn, c, mut errors) = watched(&broker).await;
     let _ = c.queue_purge("s", QueuePurgeOptions::default()).await;
     assert_eq!(
         next_error(&mut errors).await,
@@ -491,8 +472,7 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
     );
 
     // In a transaction, the reject is refused when it takes effect, at commit.
-    let (conn, c) = connect_open(&broker).await;
-    let mut errors = connection_errors(&conn);
+    let (_conn, c, mut errors) = watched(&broker).await;
     let mut consumer = reader(&c, "s", 10, Some(text("first"))).await;
     let d = next(&mut consumer).await;
     within(c.tx_select()).await.unwrap();
@@ -506,8 +486,7 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
     );
 
     for requeue in [true, false] {
-        let (conn, c) = connect_open(&broker).await;
-        let mut errors = connection_errors(&conn);
+        let (_conn, c, mut errors) = watched(&broker).await;
         let mut consumer = reader(&c, "s", 10, Some(text("first"))).await;
         let d = next(&mut consumer).await;
         let _ = c
@@ -520,14 +499,36 @@ async fn a_stream_refuses_no_prefetch_no_ack_get_reject_and_purge_as_rabbitmq_do
     }
 }
 
+/// What a `basic.consume` of stream `s` with `arguments`, on a new channel of `conn` with
+/// prefetch 10, is refused with.
+async fn consume_refused(conn: &Connection, arguments: FieldTable) -> (u16, String) {
+    let c = open(conn).await;
+    within(c.basic_qos(10, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    expect_amqp(within(c.basic_consume("s", "", BasicConsumeOptions::default(), arguments)).await)
+}
+
+/// A new connection to `broker`, a channel on it and the errors that close it.
+async fn watched(
+    broker: &Broker,
+) -> (
+    Connection,
+    Channel,
+    tokio::sync::mpsc::UnboundedReceiver<lapin::Error>,
+) {
+    let (conn, c) = connect_open(broker).await;
+    let errors = connection_errors(&conn);
+    (conn, c, errors)
+}
+
 // ---------------------------------------------------------------------------------------
 // Restart, crash, retention, deletion
 // ---------------------------------------------------------------------------------------
 
 async fn read_all_from_first(broker: &Broker, n: usize) -> Vec<(String, i64)> {
-    let (_conn, ch) = connect_open(broker).await;
-    let mut c = reader(&ch, "s", 100, Some(text("first"))).await;
-    take(&ch, &mut c, n).await
+    let conn = common::connect(broker).await;
+    read_from(&conn, Some(text("first")), n).await
 }
 
 #[tokio::test]
@@ -597,10 +598,7 @@ fn stream_dirs(data: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn deleting_a_stream_removes_its_files() {
     let dir = data_dir("streams-delete");
-    let broker = start_broker_in(&dir).await;
-    let (_conn, ch) = connect_open(&broker).await;
-    declare_stream(&ch, "s", &[]).await;
-    publish_ten(&ch, "s").await;
+    let (broker, _conn, ch) = ten_in_a_stream(&dir).await;
     assert_eq!(stream_dirs(&dir).len(), 1);
     let n = within(ch.queue_delete("s", QueueDeleteOptions::default()))
         .await

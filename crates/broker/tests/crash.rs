@@ -47,6 +47,22 @@ fn spawn_server(addr: SocketAddr, dir: &Path) -> Child {
     child
 }
 
+/// A server on a free port over `dir`, and a connection to it as guest.
+async fn start_and_connect(dir: &Path) -> (Child, Connection) {
+    let addr = free_port();
+    let server = spawn_server(addr, dir);
+    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
+        .await
+        .expect("connect");
+    (server, conn)
+}
+
+/// SIGKILL, then reap the process so its port and files are released.
+fn kill(server: &mut Child) {
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
 /// A small deterministic generator for the kill moments (no extra dependency).
 fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -75,11 +91,7 @@ async fn confirmed_messages_survive_sigkill_exactly_once() {
     let mut confirmed: BTreeSet<String> = BTreeSet::new();
     let mut sent: BTreeSet<String> = BTreeSet::new();
     for cycle in 0..=cycles {
-        let addr = free_port();
-        let mut server = spawn_server(addr, &dir);
-        let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-            .await
-            .expect("connect");
+        let (mut server, conn) = start_and_connect(&dir).await;
         let ch = conn.open_channel().await.unwrap();
         if cycle > 0 {
             let prev = format!("crash-{}", cycle - 1);
@@ -115,8 +127,7 @@ async fn confirmed_messages_survive_sigkill_exactly_once() {
         }
         if cycle == cycles {
             conn.close().await.unwrap();
-            server.kill().unwrap();
-            let _ = server.wait();
+            kill(&mut server);
             break;
         }
         let queue = format!("crash-{cycle}");
@@ -178,8 +189,7 @@ async fn confirmed_messages_survive_sigkill_exactly_once() {
         };
         let delay = 20 + next_random(&mut seed) % 250;
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        server.kill().unwrap();
-        let _ = server.wait();
+        kill(&mut server);
         let published = publisher.await.unwrap();
         sent_now.extend(published);
         confirmed = acked.lock().unwrap().clone();
@@ -316,8 +326,7 @@ async fn kill_loop_with_consumers_acking_loses_no_confirmed_message() {
             assert_eq!(q.message_count, 0, "the queue is drained");
             consumer_conn.close().await.unwrap();
             consumer.await.expect("the consumer task");
-            server.kill().unwrap();
-            let _ = server.wait();
+            kill(&mut server);
             break;
         }
         let pub_conn = Connection::connect(&url).await.expect("connect");
@@ -352,8 +361,7 @@ async fn kill_loop_with_consumers_acking_loses_no_confirmed_message() {
         };
         let delay = 100 + next_random(&mut seed) % 400;
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        server.kill().unwrap();
-        let _ = server.wait();
+        kill(&mut server);
         next = publisher.await.unwrap();
         sent = next;
         consumer.await.expect("the consumer task");
@@ -446,10 +454,7 @@ async fn tx_crash_case(n: u64, txs: &[Tx], kill_after_commit: bool) {
         delivery_mode: Some(2),
         ..Default::default()
     };
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
-    let url = format!("amqp://guest:guest@{addr}/%2f");
-    let conn = Connection::connect(&url).await.expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     ch.queue_declare(queue, durable(), FieldTable::new())
         .await
@@ -494,15 +499,10 @@ async fn tx_crash_case(n: u64, txs: &[Tx], kill_after_commit: bool) {
             ch.basic_recover(true).await.unwrap();
         }
     }
-    server.kill().unwrap();
-    let _ = server.wait();
+    kill(&mut server);
     drop(conn);
 
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
-    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-        .await
-        .expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     ch.queue_declare(queue, durable(), FieldTable::new())
         .await
@@ -517,8 +517,7 @@ async fn tx_crash_case(n: u64, txs: &[Tx], kill_after_commit: bool) {
         "after SIGKILL: {txs:?}, kill after the last commit-ok: {kill_after_commit}"
     );
     conn.close().await.unwrap();
-    server.kill().unwrap();
-    let _ = server.wait();
+    kill(&mut server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -575,19 +574,16 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
         t.insert("x-queue-type", minimq_protocol::FieldValue::from("stream"));
         t
     };
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
-    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-        .await
-        .expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     ch.queue_declare("s", durable(), stream_args())
         .await
         .unwrap();
     ch.confirm_select().await.unwrap();
-    let acked = Arc::new(Mutex::new(0usize));
+    // How many of the first messages were confirmed, in order.
+    let (acked, mut confirmed_so_far) = tokio::sync::watch::channel(0usize);
     let publisher = {
-        let (ch, acked) = (ch.clone(), acked.clone());
+        let ch = ch.clone();
         tokio::spawn(async move {
             let mut window = std::collections::VecDeque::new();
             for i in 0..200_000usize {
@@ -601,7 +597,9 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
                 if window.len() >= 64 {
                     let (i, confirm) = window.pop_front().unwrap();
                     match confirm.await {
-                        Ok(Confirmation::Ack) => *acked.lock().unwrap() = i + 1,
+                        Ok(Confirmation::Ack) => {
+                            acked.send_replace(i + 1);
+                        }
                         _ => break,
                     }
                 }
@@ -609,20 +607,19 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
         })
     };
     // Some confirmed before the kill.
-    while *acked.lock().unwrap() < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    server.kill().unwrap();
-    let _ = server.wait();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        confirmed_so_far.wait_for(|n| *n >= 100),
+    )
+    .await
+    .expect("100 confirms within 30 s")
+    .expect("the publisher is running");
+    kill(&mut server);
     let _ = publisher.await;
-    let confirmed = *acked.lock().unwrap();
+    let confirmed = *confirmed_so_far.borrow();
     drop(conn);
 
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
-    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-        .await
-        .expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     let read = read_stream(&ch, "s").await;
     assert!(
@@ -643,22 +640,16 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
         .await
         .unwrap();
     assert_eq!(confirm.await.unwrap(), Confirmation::Ack);
-    server.kill().unwrap();
-    let _ = server.wait();
+    kill(&mut server);
     drop(conn);
 
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
-    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-        .await
-        .expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     let again = read_stream(&ch, "s").await;
     assert_eq!(again.len(), read.len() + 1);
     assert_eq!(again[..read.len()], read[..]);
     assert_eq!(again[read.len()], ("after".to_string(), read.len() as i64));
     conn.close().await.unwrap();
-    server.kill().unwrap();
-    let _ = server.wait();
+    kill(&mut server);
     let _ = std::fs::remove_dir_all(&dir);
 }

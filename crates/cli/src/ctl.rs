@@ -792,6 +792,16 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
     let get = |path: String| -> Result<Response, CtlError> {
         client.request("GET", &path).map_err(CtlError::unavailable)
     };
+    // A PUT that must succeed: any answer but 2xx is the error of doing `what`.
+    let put_ok = |path: &str, body: &[u8], what: &str| -> Result<(), CtlError> {
+        let resp = client
+            .request_json("PUT", path, body)
+            .map_err(CtlError::unavailable)?;
+        if !(200..300).contains(&resp.status) {
+            return Err(http_error(&resp, what, &options.user));
+        }
+        Ok(())
+    };
     let parse = |resp: &Response| -> Result<Value, CtlError> {
         serde_json::from_slice(&resp.body).map_err(|e| {
             CtlError::unavailable(format!(
@@ -957,16 +967,11 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 "apply-to": apply_to,
             });
             let path = format!("{base}/{}/{}", encode_segment(vhost), encode_segment(name));
-            let resp = client
-                .request_json("PUT", &path, body.to_string().as_bytes())
-                .map_err(CtlError::unavailable)?;
-            if !(200..300).contains(&resp.status) {
-                return Err(http_error(
-                    &resp,
-                    &format!("setting policy '{name}'"),
-                    &options.user,
-                ));
-            }
+            put_ok(
+                &path,
+                body.to_string().as_bytes(),
+                &format!("setting policy '{name}'"),
+            )?;
             Ok(out)
         }
         Command::ClearPolicy(name) | Command::ClearOperatorPolicy(name) => {
@@ -1016,16 +1021,11 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                     body.insert(key.into(), Value::from(v.as_str()));
                 }
             }
-            let resp = client
-                .request_json("PUT", &path, Value::Object(body).to_string().as_bytes())
-                .map_err(CtlError::unavailable)?;
-            if !(200..300).contains(&resp.status) {
-                return Err(http_error(
-                    &resp,
-                    &format!("adding vhost '{name}'"),
-                    &options.user,
-                ));
-            }
+            put_ok(
+                &path,
+                Value::Object(body).to_string().as_bytes(),
+                &format!("adding vhost '{name}'"),
+            )?;
             Ok(out)
         }
         Command::Trace(on) => {
@@ -1057,16 +1057,11 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 "tags": current.get("tags").cloned().unwrap_or(Value::Null),
                 "tracing": on,
             });
-            let resp = client
-                .request_json("PUT", &path, body.to_string().as_bytes())
-                .map_err(CtlError::unavailable)?;
-            if !(200..300).contains(&resp.status) {
-                return Err(http_error(
-                    &resp,
-                    &format!("switching tracing for vhost '{vhost}'"),
-                    &options.user,
-                ));
-            }
+            put_ok(
+                &path,
+                body.to_string().as_bytes(),
+                &format!("switching tracing for vhost '{vhost}'"),
+            )?;
             // rabbitmqctl prints this result line even with --quiet.
             let _ = writeln!(out, "Trace {done} for vhost {vhost}");
             Ok(out)
@@ -1101,16 +1096,7 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 });
             }
             let body = serde_json::json!({"password": password, "tags": ""}).to_string();
-            let resp = client
-                .request_json("PUT", &path, body.as_bytes())
-                .map_err(CtlError::unavailable)?;
-            if !(200..300).contains(&resp.status) {
-                return Err(http_error(
-                    &resp,
-                    &format!("adding user '{name}'"),
-                    &options.user,
-                ));
-            }
+            put_ok(&path, body.as_bytes(), &format!("adding user '{name}'"))?;
             let mut out = out;
             if !options.quiet && options.formatter == Formatter::Table {
                 out.push_str("Done. Don't forget to grant the user permissions to some virtual hosts! See 'rabbitmqctl help set_permissions' to learn more.\n");
@@ -1179,16 +1165,11 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
                 }),
                 _ => Value::Null,
             };
-            let resp = client
-                .request_json("PUT", &path, new.to_string().as_bytes())
-                .map_err(CtlError::unavailable)?;
-            if !(200..300).contains(&resp.status) {
-                return Err(http_error(
-                    &resp,
-                    &format!("changing user '{name}'"),
-                    &options.user,
-                ));
-            }
+            put_ok(
+                &path,
+                new.to_string().as_bytes(),
+                &format!("changing user '{name}'"),
+            )?;
             Ok(out)
         }
         Command::ListUsers => {
@@ -1235,16 +1216,11 @@ pub fn run(options: &Options, command: &Command) -> Result<String, CtlError> {
             );
             let body = serde_json::json!({"configure": configure, "write": write, "read": read})
                 .to_string();
-            let resp = client
-                .request_json("PUT", &path, body.as_bytes())
-                .map_err(CtlError::unavailable)?;
-            if !(200..300).contains(&resp.status) {
-                return Err(http_error(
-                    &resp,
-                    &format!("setting permissions for user '{user}'"),
-                    &options.user,
-                ));
-            }
+            put_ok(
+                &path,
+                body.as_bytes(),
+                &format!("setting permissions for user '{user}'"),
+            )?;
             Ok(out)
         }
         Command::ClearPermissions(user) => {

@@ -356,18 +356,7 @@ fn route(
         properties.headers.as_ref(),
         &mut queues,
     )?;
-    let store_failed = state.store.as_ref().is_some_and(|s| s.is_poisoned());
-    if store_failed
-        && queues.iter().any(|q| {
-            q.info().store_id.is_some()
-                && (properties.is_persistent()
-                    || q.info().args.queue_type == crate::queue::QueueType::Quorum)
-        })
-    {
-        return Err(AmqpError::precondition(
-            "the message store failed (see the broker log); persistent messages to durable queues are refused",
-        ));
-    }
+    crate::connection::refuse_if_store_failed(state, &queues, properties)?;
     Ok(queues)
 }
 

@@ -17,7 +17,7 @@ use axum::Json;
 use minimq_protocol::{FieldTable, ReplyCode};
 use serde_json::Value;
 
-use super::{json_body, params, vhost_for, Api, ApiError, User};
+use super::{created, json_body, params, vhost_for, Api, ApiError, User};
 use crate::auth::Perm;
 use crate::error::AmqpError;
 use crate::exchange::Destination;
@@ -132,15 +132,6 @@ fn text_field<'a>(
         Some(other) => Err(ApiError::bad_request(format!(
             "{key} must be a string, not {other}"
         ))),
-    }
-}
-
-/// 201 when `created`, 204 when an equivalent one was there.
-fn created(created: bool) -> StatusCode {
-    if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::NO_CONTENT
     }
 }
 

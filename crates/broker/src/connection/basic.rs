@@ -225,29 +225,31 @@ impl Conn {
         ack: bool,
     ) -> AmqpResult<()> {
         if let Some(taken) = self.channel(ch).take_settled(tag, multiple, requeue, ack)? {
-            if !ack {
-                crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
-            }
-            self.apply_settle(ch, taken, requeue, ack).await;
+            self.apply_settle(ch, taken, requeue, ack).await?;
         }
         Ok(())
     }
 
     /// Settles deliveries taken from `ch` at once: acks them, or rejects them with or
-    /// without requeue; gives back the channel-wide credit they took.
+    /// without requeue; gives back the channel-wide credit they took. A reject of a
+    /// stream's delivery is refused (540) before anything is settled.
     pub(super) async fn apply_settle(
         &mut self,
         ch: u16,
         taken: Vec<Outstanding>,
         requeue: bool,
         ack: bool,
-    ) {
+    ) -> AmqpResult<()> {
+        if !ack {
+            // A stream takes acks only (RabbitMQ 3.10's 540 for reject, nack, recover).
+            crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
+        }
         if ack && taken.iter().all(|o| !o.charged) {
             // Plain acks: in the lane the queue takes first, as the fast path's.
             for (queue, ids, _) in group_by_queue(taken) {
                 queue.send_acks(ids);
             }
-            return;
+            return Ok(());
         }
         let mut released = 0;
         for (queue, ids, charged) in group_by_queue(taken) {
@@ -269,6 +271,7 @@ impl Conn {
                 q.send(QueueCommand::CreditAvailable).await;
             }
         }
+        Ok(())
     }
 
     /// `basic.recover` / `basic.recover-async`: every unacked delivery of the channel goes
@@ -280,9 +283,7 @@ impl Conn {
             return Err(AmqpError::new(ReplyCode::NotImplemented, "requeue=false"));
         }
         let taken = self.channel(ch).take_outstanding(0, true)?;
-        crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
-        self.apply_settle(ch, taken, true, false).await;
-        Ok(())
+        self.apply_settle(ch, taken, true, false).await
     }
 }
 

@@ -64,11 +64,8 @@ impl Conn {
                     logged.push(o.queue.clone());
                 }
             }
-            let taken: Vec<_> = s.taken.into_iter().map(|(_, o)| o).collect();
-            if !s.ack {
-                crate::queue::stream::refuse_reject(taken.iter().map(|o| &o.queue))?;
-            }
-            self.apply_settle(ch, taken, s.requeue, s.ack).await;
+            let taken = s.taken.into_iter().map(|(_, o)| o).collect();
+            self.apply_settle(ch, taken, s.requeue, s.ack).await?;
         }
         if !logged.is_empty() && !self.settles_logged(logged).await {
             self.tx_failed.push(ch);

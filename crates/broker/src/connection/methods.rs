@@ -300,7 +300,6 @@ impl Conn {
             vhost.queue_for(&d.queue, self.id)?
         } else {
             let name = if d.queue.is_empty() {
-                crate::queue::stream::refuse_server_named(&d.arguments)?;
                 generate_name("amq.gen-")
             } else {
                 d.queue.clone()
@@ -319,17 +318,8 @@ impl Conn {
                 arguments: d.arguments,
             };
             vhost.apply_default_queue_type(&mut spec);
-            // A quorum queue lives on beyond its declaring connection: a name only the
-            // server knows would be lost. RabbitMQ names the type by its module.
-            let quorum = spec
-                .arguments
-                .get("x-queue-type")
-                .and_then(FieldValue::as_str)
-                == Some("quorum");
-            if d.queue.is_empty() && quorum {
-                return Err(AmqpError::precondition(
-                    "Cannot declare a server-named queue for type rabbit_quorum_queue",
-                ));
+            if d.queue.is_empty() {
+                crate::queue::args::refuse_server_named(&spec.arguments)?;
             }
             self.authorize(Perm::Configure, "queue", &spec.name)?;
             let (q, created) = vhost.declare_queue(spec, self.id).await?;

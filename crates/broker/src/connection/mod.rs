@@ -61,6 +61,8 @@ use crate::server::BrokerState;
 use close::finish_writes;
 use held::Held;
 
+pub(crate) use publish::refuse_if_store_failed;
+
 type Reader = FramedRead<transport::ReadSide, FrameCodec>;
 
 /// How long a connection waits for `close-ok` after sending `connection.close`.

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use minimq_protocol::frame::encode_content;
-use minimq_protocol::{BasicReturn, ContentHeader, Method, ReplyCode};
+use minimq_protocol::{BasicProperties, BasicReturn, ContentHeader, Method, ReplyCode};
 
 use super::Conn;
 use crate::channel::content::{no_method_frame, Published};
 use crate::channel::tx::TxPublish;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
-use crate::queue::{ConfirmTicket, Publish};
+use crate::queue::{ConfirmTicket, Publish, QueueHandle};
+use crate::server::BrokerState;
 
 impl Conn {
     /// A content header arrived on `ch`, an open channel's or not.
@@ -91,20 +92,7 @@ impl Conn {
                 )
                 .map_err(|e| e.on(60, 40))?;
         }
-        let store_failed = self.state.store.as_ref().is_some_and(|s| s.is_poisoned());
-        // A quorum queue stores transient messages too.
-        if store_failed
-            && queues.iter().any(|q| {
-                q.info().store_id.is_some()
-                    && (properties.is_persistent()
-                        || q.info().args.queue_type == crate::queue::QueueType::Quorum)
-            })
-        {
-            return Err(AmqpError::precondition(
-                "the message store failed (see the broker log); persistent messages to durable queues are refused",
-            )
-            .on(60, 40));
-        }
+        refuse_if_store_failed(&self.state, &queues, &properties).map_err(|e| e.on(60, 40))?;
         let message = Arc::new(Message::new(exchange, routing_key, properties, body));
         // One relaxed load when the vhost does not trace.
         if self.vhost.is_tracing() {
@@ -161,4 +149,27 @@ impl Conn {
             self.frame_max,
         );
     }
+}
+
+/// Once the store has failed, a message it would have to write is refused: a persistent
+/// one for a durable queue, and any for a quorum queue, which stores transient messages
+/// too. The management API's publish answers by the same rule.
+pub(crate) fn refuse_if_store_failed(
+    state: &BrokerState,
+    queues: &[QueueHandle],
+    properties: &BasicProperties,
+) -> Result<(), AmqpError> {
+    let store_failed = state.store.as_ref().is_some_and(|s| s.is_poisoned());
+    if store_failed
+        && queues.iter().any(|q| {
+            q.info().store_id.is_some()
+                && (properties.is_persistent()
+                    || q.info().args.queue_type == crate::queue::QueueType::Quorum)
+        })
+    {
+        return Err(AmqpError::precondition(
+            "the message store failed (see the broker log); persistent messages to durable queues are refused",
+        ));
+    }
+    Ok(())
 }

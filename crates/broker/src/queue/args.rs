@@ -52,6 +52,22 @@ impl QueueType {
     }
 }
 
+/// A server-named declare (`queue.declare` with an empty name) of a queue that outlives
+/// its connection — a quorum queue or a stream — is refused: a name only the server knows
+/// would be lost. `arguments` are the declare's with the vhost's default type applied
+/// (RabbitMQ's `is_server_named_allowed`, after `augment_declare_args`); RabbitMQ names
+/// the type by its module.
+pub fn refuse_server_named(arguments: &FieldTable) -> AmqpResult<()> {
+    let module = match arguments.get("x-queue-type").and_then(FieldValue::as_str) {
+        Some("quorum") => "rabbit_quorum_queue",
+        Some("stream") => "rabbit_stream_queue",
+        _ => return Ok(()),
+    };
+    Err(AmqpError::precondition(format!(
+        "Cannot declare a server-named queue for type {module}"
+    )))
+}
+
 /// Arguments of other queue types that RabbitMQ 3.10 refuses in a quorum declare
 /// (`rabbit_amqqueue:check_arguments_key`: every type's arguments less the quorum
 /// type's).

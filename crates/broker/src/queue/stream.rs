@@ -292,6 +292,9 @@ impl StreamTask {
                 self.append(publishes).await;
             }
             QueueCommand::Consume { consumer, reply } => {
+                // Its acks get the lane taken before other commands, as a classic
+                // queue's do (`QueueInbox::open_acks`), before anything is delivered.
+                inbox.open_acks(self.handle.info());
                 let started = self.add_reader(consumer).await;
                 // Counted before the answer: whoever saw consume-ok sees the consumer.
                 self.publish_stats();
@@ -710,16 +713,6 @@ pub fn refuse_reject<'a>(mut queues: impl Iterator<Item = &'a QueueHandle>) -> A
         )),
         None => Ok(()),
     }
-}
-
-/// A stream cannot be server-named (RabbitMQ 3.10's 406).
-pub fn refuse_server_named(arguments: &FieldTable) -> AmqpResult<()> {
-    if arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("stream") {
-        return Err(AmqpError::precondition(
-            "Cannot declare a server-named queue for type rabbit_stream_queue",
-        ));
-    }
-    Ok(())
 }
 
 /// Consumer arguments of other queue types, which RabbitMQ 3.10 refuses on a stream

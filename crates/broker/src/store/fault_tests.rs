@@ -196,6 +196,52 @@ fn nothing_unsynced_is_confirmed_and_a_power_loss_keeps_what_was() {
     block_on(store.close());
 }
 
+/// Compaction copies a long-lived message forward to the current segment, syncs the
+/// copy and deletes the segment it came from. A write that fails right after gives the
+/// current segment up past what a sync covered, and that includes the copy: it must not
+/// be cut off when the segment is trimmed.
+#[test]
+fn a_failed_write_right_after_a_compaction_keeps_the_message_it_copied() {
+    let h = Harness::new("compact-then-fault", 4096);
+    let (store, _) = h.open();
+    let q = add_queue(&store);
+    let segment = |n| h.dir.join("segments").join(super::format::segment_name(n));
+    // Message 1 in the first segment, then enough to start a third one.
+    let mut last = 0;
+    while !segment(3).exists() {
+        last += 1;
+        assert!(last < 100, "a third segment never started");
+        assert!(confirmed(&enqueue(&store, q, last, 200)));
+    }
+    // All but message 1 settled: the first segment is compacted (message 1 copied to the
+    // third) and the first two are deleted.
+    store.settle(q, (2..=last).collect());
+    let deadline = std::time::Instant::now() + WAIT;
+    while segment(1).exists() {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = h.disk.injected();
+    h.disk.fail(&[FsOp::Write], Fault::NoSpace);
+    let next = enqueue(&store, q, last + 1, 200);
+    assert!(withheld_after_faults(
+        &h,
+        before,
+        1,
+        std::slice::from_ref(&next)
+    ));
+    h.disk.heal();
+    assert!(confirmed(&next));
+    // The fault is over once the segments given up on are trimmed.
+    let mut faults = store.faults();
+    block_on(async { tokio::time::timeout(WAIT, faults.wait_for(|on| !on)).await })
+        .expect("the fault ends")
+        .expect("the store runs");
+    let (store, seqs) = h.power_loss(store, q);
+    assert_eq!(seqs, [1, last + 1], "the copied message survives the fault");
+    block_on(store.close());
+}
+
 /// One step of the random workload.
 #[derive(Debug, Clone)]
 enum Step {

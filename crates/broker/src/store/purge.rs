@@ -177,6 +177,10 @@ impl Writer {
         if !synced {
             return false;
         }
+        // The sync covers the segment up to here: a fault from now on gives it up only
+        // past this point, so the copies (kept nowhere else once the old segment is
+        // deleted) are never trimmed away with the untrusted tail.
+        self.unsynced.synced_to = self.size;
         let to = self.seg;
         let mut index = lock(&self.index);
         index.live.segments.entry(to).or_default().total += extra_total;
