@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -47,6 +47,28 @@ pub const MEMORY_SAMPLE: Duration = Duration::from_millis(50);
 /// memory: the 50 MB default limit is many seconds of writing away at any rate the log
 /// sustains.
 pub const DISK_SAMPLE: Duration = Duration::from_millis(500);
+
+/// While memory is under pressure, how often the process is asked to hand the memory it
+/// freed back to the operating system ([`set_memory_reclaim`]): often enough that the
+/// memory paging frees counts as free within a fraction of a second, and so the alarm it
+/// raised clears, seldom enough that the allocator's collection (a walk of its free
+/// pages) costs nothing measurable.
+pub const RECLAIM_EVERY: Duration = Duration::from_millis(200);
+
+/// How the process hands freed memory back to the operating system (see
+/// [`set_memory_reclaim`]).
+static RECLAIM: OnceLock<fn()> = OnceLock::new();
+
+/// Sets how the process hands the memory it has freed back to the operating system; the
+/// monitor calls it every [`RECLAIM_EVERY`] while memory is under pressure (paging or the
+/// memory alarm on), and once when the pressure ends. An allocator keeps freed pages for reuse (mimalloc until the thread
+/// that owns them allocates again), so without this the memory that paging frees would
+/// stay resident, the reading would stay over the watermark, and the alarm would block
+/// publishers for good. The allocator is the process's, so is the hook: set once, by the
+/// program that chose the allocator (`minimq-server`); without it nothing is asked.
+pub fn set_memory_reclaim(reclaim: fn()) {
+    let _ = RECLAIM.set(reclaim);
+}
 
 /// A resource that can raise an alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +319,12 @@ impl Alarms {
         pressure.set(sampled && limit > 0 && used as f64 > limit as f64 * PAGING_RATIO);
     }
 
+    /// Whether memory is under pressure: the paging signal is on (memory over
+    /// [`PAGING_RATIO`] of the watermark) or the memory alarm is.
+    fn under_pressure(&self) -> bool {
+        self.pressure.get().is_some_and(|p| p.on()) || self.memory.load(Ordering::Relaxed)
+    }
+
     /// Raises or clears `resource`'s alarm, logging and announcing a change.
     pub fn set(&self, resource: Resource, on: bool) {
         let flag = match resource {
@@ -404,7 +432,10 @@ impl Alarms {
             .name("minimq-alarms".into())
             .spawn(move || {
                 let disk_every = (DISK_SAMPLE.as_millis() / MEMORY_SAMPLE.as_millis()).max(1);
+                let reclaim_every =
+                    (RECLAIM_EVERY.as_millis() / MEMORY_SAMPLE.as_millis()).max(1);
                 let mut tick: u128 = 0;
+                let mut paging = false;
                 loop {
                     std::thread::sleep(MEMORY_SAMPLE);
                     let Some(alarms) = weak.upgrade() else { return };
@@ -416,6 +447,13 @@ impl Alarms {
                         .as_deref()
                         .filter(|_| tick.is_multiple_of(disk_every));
                     alarms.sample(probe.as_mut(), dir);
+                    let now = alarms.under_pressure();
+                    if (now && tick.is_multiple_of(reclaim_every)) || (paging && !now) {
+                        if let Some(reclaim) = RECLAIM.get() {
+                            reclaim();
+                        }
+                    }
+                    paging = now;
                 }
             })
             .map(drop)

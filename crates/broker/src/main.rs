@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -204,8 +205,55 @@ fn listen_addresses(
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // The runtime `#[tokio::main]` would build, with one addition: each worker thread
+    // hands its freed memory back when it goes idle after a reclaim was asked for.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(collect_if_asked)
+        .build();
+    match runtime {
+        Ok(runtime) => {
+            minimq_broker::alarm::set_memory_reclaim(reclaim_memory);
+            runtime.block_on(run())
+        }
+        Err(e) => {
+            eprintln!("minimq-server: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reclaims asked for so far ([`reclaim_memory`]); each worker thread remembers the last
+/// it answered.
+static RECLAIMS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static RECLAIMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The broker's memory reclaim (`alarm::set_memory_reclaim`), called by its monitor
+/// thread while memory is under pressure. mimalloc frees a page only on the thread that
+/// owns it: memory freed on another thread (a message paged out by a queue task on
+/// another worker, a record the log's writer thread wrote) waits until the owner
+/// allocates again, and a blocked publisher's worker may not. So the monitor collects
+/// what it can reach, and asks every worker to collect its own the next time it goes
+/// idle ([`collect_if_asked`]).
+fn reclaim_memory() {
+    RECLAIMS.fetch_add(1, Ordering::Relaxed);
+    release_freed_memory();
+}
+
+/// Runs as a worker thread goes idle: one relaxed load and a thread-local read, unless a
+/// reclaim was asked for since this thread last collected.
+fn collect_if_asked() {
+    let asked = RECLAIMS.load(Ordering::Relaxed);
+    if RECLAIMED.with(|seen| seen.replace(asked)) != asked {
+        release_freed_memory();
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let args = Args::parse();
     // Read first: a parent that exits while the broker starts must still count as gone.
     #[cfg(unix)]
@@ -407,7 +455,8 @@ async fn wait_for_parent_exit(parent: u32) {
     }
 }
 
-/// Hands the memory that start-up recovery freed back to the operating system.
+/// Hands the memory this thread's heap has freed back to the operating system: after
+/// start-up recovery, and while memory is under pressure ([`reclaim_memory`]).
 ///
 /// mimalloc returns freed pages lazily, when the thread that freed them allocates again.
 /// Replaying a large log frees its working memory (index maps, the per-queue order) on
