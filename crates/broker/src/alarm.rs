@@ -432,8 +432,7 @@ impl Alarms {
             .name("minimq-alarms".into())
             .spawn(move || {
                 let disk_every = (DISK_SAMPLE.as_millis() / MEMORY_SAMPLE.as_millis()).max(1);
-                let reclaim_every =
-                    (RECLAIM_EVERY.as_millis() / MEMORY_SAMPLE.as_millis()).max(1);
+                let reclaim_every = (RECLAIM_EVERY.as_millis() / MEMORY_SAMPLE.as_millis()).max(1);
                 let mut tick: u128 = 0;
                 let mut paging = false;
                 loop {

@@ -35,7 +35,28 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-fn spawn_server(addr: SocketAddr, dir: &Path) -> Child {
+/// A broker process, killed when dropped: a failed assertion must not leave it running
+/// (it holds the test's stderr open, so the test run would never end).
+struct Server(Child);
+
+impl Server {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_server(addr: SocketAddr, dir: &Path) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_minimq-server"))
         .args([
             "--listen",
@@ -61,7 +82,7 @@ fn spawn_server(addr: SocketAddr, dir: &Path) -> Child {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Server(child)
 }
 
 /// A `/proc/<pid>/status` field in octets (`VmHWM`: peak resident memory).
@@ -207,8 +228,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     );
 
     drop(conn);
-    server.kill().unwrap();
-    let _ = server.wait();
+    server.kill();
 
     // A second flood, into a durable queue of a fresh broker, then a restart: transient
     // messages do not survive it (as in RabbitMQ), and the segments they were paged to
@@ -229,8 +249,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     flood(&conn, "paging-durable").await;
     assert!(segment_octets(&dir) > watermark);
     drop(conn);
-    server.kill().unwrap();
-    let _ = server.wait();
+    server.kill();
     let addr = free_port();
     let mut server = spawn_server(addr, &dir);
     let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
@@ -256,7 +275,6 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     conn.close().await.unwrap();
-    server.kill().unwrap();
-    let _ = server.wait();
+    server.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
