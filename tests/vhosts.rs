@@ -2,7 +2,8 @@
 //! RabbitMQ 3.10's texts, isolation of two vhosts' queues, exchanges and errors, what
 //! survives a restart and a crash, the management API's `/api/vhosts` (201/204/404, the
 //! grant to the creator, who is shown what), deletion (answered first, then its
-//! connections closed with 320; its objects and stored messages gone for good), and a vhost's default queue type.
+//! connections closed with 320; its objects and stored messages gone for good), and a
+//! vhost's default queue type.
 
 mod common;
 

@@ -586,19 +586,25 @@ async fn put_vhost(
     Ok(StatusCode::CREATED)
 }
 
-/// `DELETE /api/vhosts/{vhost}`: 204, its connections closed with `320 CONNECTION_FORCED
-/// - vhost 'V' is deleted` and everything in it removed; 404 if there is none.
+/// `DELETE /api/vhosts/{vhost}`: everything in it removed, 204, and then (once the 204
+/// is written, as RabbitMQ closes them from an event after answering) its connections
+/// closed with `320 CONNECTION_FORCED - vhost 'V' is deleted`; 404 if there is none.
 async fn delete_vhost(
     State(state): Api,
     _: Admin,
     name: Result<Path<String>, PathRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let name = params(name)?;
-    if state.delete_vhost(&name).await.map_err(store_error)? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found())
+    if !state.delete_vhost(&name).await.map_err(store_error)? {
+        return Err(ApiError::not_found());
     }
+    let mut answer = StatusCode::NO_CONTENT.into_response();
+    answer
+        .extensions_mut()
+        .insert(listener::AfterAnswer::new(move || {
+            state.close_vhost_connections(&name)
+        }));
+    Ok(answer)
 }
 
 type Api = State<Arc<BrokerState>>;
