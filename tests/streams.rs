@@ -702,6 +702,29 @@ async fn a_deleted_streams_files_that_could_not_be_removed_go_at_the_next_start(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A deletion cut short after the stream's directory was set aside, before its queue's
+/// record went (a crash): the next start finds the queue and the set-aside directory.
+/// The stream is open again, empty (its messages were being deleted), and the old files
+/// are removed.
+#[tokio::test]
+async fn a_stream_found_half_deleted_at_start_is_empty_and_its_old_files_go() {
+    let dir = data_dir("streams-half-deleted");
+    let (broker, conn, _ch) = ten_in_a_stream(&dir).await;
+    drop(conn);
+    broker.shutdown().await;
+    let [stream] = &stream_dirs(&dir)[..] else {
+        panic!("one stream directory: {:?}", stream_dirs(&dir));
+    };
+    std::fs::rename(stream, stream.with_extension("deleted")).unwrap();
+
+    let broker = start_broker_in(&dir).await;
+    let (_conn, ch) = connect_open(&broker).await;
+    assert_eq!(passive(&ch, "s").await.unwrap().message_count(), 0);
+    assert_eq!(stream_dirs(&dir), std::slice::from_ref(stream));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------
 // Management API
 // ---------------------------------------------------------------------------------------
