@@ -255,6 +255,138 @@ async fn tutorial_counts_are_live() {
     broker.shutdown().await;
 }
 
+/// A consumer's `basic.consume` arguments, in a queue's `consumer_details` and in
+/// `/api/consumers`, as RabbitMQ 3.10 shows them (taken from the reference node): the
+/// table as JSON, `{}` when there are none; a stream consumer's `x-stream-offset` as
+/// it was given (a string, a number; a timestamp as its seconds).
+#[tokio::test]
+async fn consumer_details_show_each_consumers_arguments_as_rabbitmq() {
+    use lapin::types::{AMQPValue, FieldArray, ShortString};
+    let broker = start().await;
+    let conn = connect_named(&broker, "args").await;
+    let ch = open(&conn).await;
+    within(ch.queue_declare("cq", QueueDeclareOptions::default(), FieldTable::default()))
+        .await
+        .unwrap();
+    let table = |entries: Vec<(&str, AMQPValue)>| {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert(ShortString::from(k), v);
+        }
+        t
+    };
+    let consume = |queue: &'static str, tag: &'static str, arguments: FieldTable| {
+        let ch = ch.clone();
+        async move {
+            within(ch.basic_consume(queue, tag, BasicConsumeOptions::default(), arguments))
+                .await
+                .unwrap()
+        }
+    };
+    let _t1 = consume(
+        "cq",
+        "t1",
+        table(vec![("x-priority", AMQPValue::LongInt(5))]),
+    )
+    .await;
+    let _t2 = consume("cq", "t2", FieldTable::default()).await;
+    let _t3 = consume(
+        "cq",
+        "t3",
+        table(vec![
+            ("x-priority", AMQPValue::LongInt(1)),
+            ("x-foo", AMQPValue::LongString("bar".into())),
+            ("x-b", AMQPValue::Boolean(true)),
+            ("x-f", AMQPValue::Double(1.5)),
+            (
+                "x-l",
+                AMQPValue::FieldArray(FieldArray::from(vec![
+                    AMQPValue::LongInt(1),
+                    AMQPValue::LongString("s".into()),
+                ])),
+            ),
+            (
+                "x-t",
+                AMQPValue::FieldTable(table(vec![("a", AMQPValue::LongInt(1))])),
+            ),
+        ]),
+    )
+    .await;
+    within(ch.basic_qos(10, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let stream = table(vec![(
+        "x-queue-type",
+        AMQPValue::LongString("stream".into()),
+    )]);
+    within(ch.queue_declare(
+        "cs",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        stream,
+    ))
+    .await
+    .unwrap();
+    let offset = |v: AMQPValue| table(vec![("x-stream-offset", v)]);
+    let _s1 = consume("cs", "s1", offset(AMQPValue::LongString("first".into()))).await;
+    let _s2 = consume("cs", "s2", offset(AMQPValue::LongLongInt(5))).await;
+    let _s3 = consume("cs", "s3", offset(AMQPValue::LongString("1h".into()))).await;
+    let _s4 = consume("cs", "s4", offset(AMQPValue::Timestamp(1_700_000_000))).await;
+
+    let shown = |q: &Value| -> Vec<(String, Value)> {
+        let mut list: Vec<(String, Value)> = q
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["consumer_tag"].as_str().unwrap().to_string(),
+                    c["arguments"].clone(),
+                )
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    };
+    let want_cq = vec![
+        ("t1".to_string(), serde_json::json!({"x-priority": 5})),
+        ("t2".to_string(), serde_json::json!({})),
+        (
+            "t3".to_string(),
+            serde_json::json!({"x-b": true, "x-f": 1.5, "x-foo": "bar", "x-l": [1, "s"],
+                               "x-priority": 1, "x-t": {"a": 1}}),
+        ),
+    ];
+    let want_cs = vec![
+        (
+            "s1".to_string(),
+            serde_json::json!({"x-stream-offset": "first"}),
+        ),
+        ("s2".to_string(), serde_json::json!({"x-stream-offset": 5})),
+        (
+            "s3".to_string(),
+            serde_json::json!({"x-stream-offset": "1h"}),
+        ),
+        (
+            "s4".to_string(),
+            serde_json::json!({"x-stream-offset": 1_700_000_000}),
+        ),
+    ];
+    let cq = get(&broker, "/api/queues/%2F/cq").await;
+    assert_eq!(shown(&cq["consumer_details"]), want_cq);
+    let cs = get(&broker, "/api/queues/%2F/cs").await;
+    assert_eq!(shown(&cs["consumer_details"]), want_cs);
+    let all = get(&broker, "/api/consumers").await;
+    // Sorted by tag: the stream's `s*` first.
+    let mut want_all = want_cs.clone();
+    want_all.extend(want_cq.clone());
+    assert_eq!(shown(&all), want_all);
+    within(conn.close(200, "bye")).await.unwrap();
+    broker.shutdown().await;
+}
+
 /// A quorum queue as RabbitMQ 3.10 shows it: `type` quorum, `leader`, `members` and
 /// `online` naming this node (there is no replication: one member), the fields of
 /// dead-lettering in progress, and none of a classic queue's paging and mirroring

@@ -4,7 +4,8 @@
 //! `effective_policy_definition`, and policies kept across a restart and a crash.
 //! Operator policies (`/api/operator-policies`): administrators only, the numeric limits
 //! only, capping a queue's policy and arguments (the lower value wins), shown as
-//! `operator_policy`, durable and in the definitions.
+//! `operator_policy`, durable and in the definitions. A PUT of either, or of a vhost
+//! limit, in a vhost that does not exist is RabbitMQ's `404 vhost_not_found`.
 //!
 //! No sleeps: a policy is applied before its PUT is answered, and a passive declare after
 //! it proves the queue task has handled the change (it queues behind it).
@@ -399,6 +400,77 @@ async fn an_exchange_policy_gives_an_alternate_exchange_unless_an_argument_does(
         ["pol-y"],
         "the argument wins"
     );
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RabbitMQ 3.10 (its `accept_content` looks the vhost up before it reads the body):
+/// `404 {"error":"not_found","reason":"vhost_not_found"}` for a policy, an operator
+/// policy or a vhost limit PUT in a vhost that does not exist, for an administrator and
+/// for a policymaker alike (its permission check passes for a missing vhost), whatever
+/// the body; and nothing is stored, not even for a vhost of that name made afterwards.
+/// A DELETE there is the plain `404 Not Found` (RabbitMQ: a policy's, as here).
+#[tokio::test]
+async fn a_put_in_a_missing_vhost_is_404_vhost_not_found_and_stores_nothing() {
+    let dir = data_dir();
+    let broker = start(&dir).await;
+    assert_eq!(
+        put(
+            &broker,
+            "/api/users/pm",
+            r#"{"password":"pm","tags":"policymaker"}"#
+        )
+        .await,
+        201
+    );
+    let pm = "cG06cG0="; // base64("pm:pm")
+    let policy = r#"{"pattern":".*","definition":{"max-length":1}}"#;
+    let vhost_not_found = json!({"error": "not_found", "reason": "vhost_not_found"});
+    for (auth, path, body) in [
+        (GUEST, "/api/policies/nov/p", policy),
+        (GUEST, "/api/policies/nov/p", r#"{"pattern":".*"}"#),
+        (GUEST, "/api/policies/nov/p", "not json"),
+        (pm, "/api/policies/nov/p", policy),
+        (GUEST, "/api/operator-policies/nov/op", policy),
+        (
+            GUEST,
+            "/api/vhost-limits/nov/max-connections",
+            r#"{"value":5}"#,
+        ),
+        (GUEST, "/api/vhost-limits/nov/max-queues", r#"{"value":5}"#),
+        (GUEST, "/api/vhost-limits/nov/max-queues", "{}"),
+    ] {
+        let r = send_json_as(&broker, auth, "PUT", path, body).await;
+        assert_eq!(
+            (r.status, r.json()),
+            (404, vhost_not_found.clone()),
+            "PUT {path} {body}"
+        );
+    }
+    let not_found = json!({"error": "Object Not Found", "reason": "Not Found"});
+    for path in ["/api/policies/nov/p", "/api/operator-policies/nov/op"] {
+        let r = request(&broker, "DELETE", path, Some(GUEST)).await;
+        assert_eq!(
+            (r.status, r.json()),
+            (404, not_found.clone()),
+            "DELETE {path}"
+        );
+    }
+    for path in [
+        "/api/policies",
+        "/api/operator-policies",
+        "/api/vhost-limits",
+    ] {
+        assert_eq!(get(&broker, path).await, json!([]), "{path}");
+    }
+    assert_eq!(put(&broker, "/api/vhosts/nov", "").await, 201);
+    for path in [
+        "/api/policies/nov",
+        "/api/operator-policies/nov",
+        "/api/vhost-limits/nov",
+    ] {
+        assert_eq!(get(&broker, path).await, json!([]), "{path}");
+    }
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

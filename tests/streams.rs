@@ -3,7 +3,9 @@
 //! from `first`, `last`, `next`, an offset, a timestamp and an interval, each delivery's
 //! `x-stream-offset`, prefetch credit given back by acks, two consumers reading the
 //! whole stream each, the methods a stream refuses, offsets kept across a restart and a
-//! crash, retention by size, deletion removing the files, and the management API's view.
+//! crash, retention by size, deletion removing the files (of a failed stream too, and
+//! those first refused by the file system at the next start), and the management API's
+//! view.
 
 mod common;
 
@@ -609,6 +611,118 @@ async fn deleting_a_stream_removes_its_files() {
     let broker = start_broker_in(&dir).await;
     let (_conn, ch) = connect_open(&broker).await;
     assert_eq!(expect_amqp(passive(&ch, "s").await).0, 404);
+}
+
+/// A stream whose log cannot be opened (its segment's header damaged) is failed, as
+/// RabbitMQ's crashed queue, until deleted; the deletion removes its directory too.
+#[tokio::test]
+async fn deleting_a_stream_whose_log_could_not_be_opened_removes_its_directory() {
+    let dir = data_dir("streams-delete-failed");
+    let (broker, conn, _ch) = ten_in_a_stream(&dir).await;
+    drop(conn);
+    broker.shutdown().await;
+    let [stream] = &stream_dirs(&dir)[..] else {
+        panic!("one stream directory: {:?}", stream_dirs(&dir));
+    };
+    let stream = stream.clone();
+    let segment = std::fs::read_dir(&stream)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "stream"))
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[..4].copy_from_slice(b"JUNK");
+    std::fs::write(&segment, bytes).unwrap();
+
+    let broker = start_broker_in(&dir).await;
+    let (_conn, ch) = connect_open(&broker).await;
+    assert_eq!(
+        expect_amqp(passive(&ch, "s").await),
+        (
+            404,
+            "NOT_FOUND - queue 's' in vhost '/' has crashed and failed to restart".to_string()
+        )
+    );
+    let (_conn, ch) = connect_open(&broker).await;
+    within(ch.queue_delete("s", QueueDeleteOptions::default()))
+        .await
+        .unwrap();
+    assert!(stream_dirs(&dir).is_empty(), "{:?}", stream_dirs(&dir));
+    broker.shutdown().await;
+    let broker = start_broker_in(&dir).await;
+    assert!(stream_dirs(&dir).is_empty(), "{:?}", stream_dirs(&dir));
+    let (_conn, ch) = connect_open(&broker).await;
+    assert_eq!(expect_amqp(passive(&ch, "s").await).0, 404);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Segment files that cannot be removed when their stream is deleted (the file system
+/// refuses) do not keep the stream: its directory is set aside at once, under a name no
+/// stream has, and what is left of it is removed at the next start.
+#[tokio::test]
+async fn a_deleted_streams_files_that_could_not_be_removed_go_at_the_next_start() {
+    use minimq_broker::store::faulty::{Fault, FaultyDisk, FsOp};
+    let dir = data_dir("streams-delete-refused");
+    let disk = FaultyDisk::new(5);
+    let broker = common::start_broker_with(minimq_broker::Config {
+        data_dir: Some(dir.clone()),
+        disk: Some(disk.clone()),
+        ..Default::default()
+    })
+    .await;
+    let (_conn, ch) = connect_open(&broker).await;
+    declare_stream(&ch, "s", &[]).await;
+    publish_ten(&ch, "s").await;
+    let [stream] = &stream_dirs(&dir)[..] else {
+        panic!("one stream directory: {:?}", stream_dirs(&dir));
+    };
+    let stream = stream.clone();
+    disk.fail(&[FsOp::Remove], Fault::Io);
+    let n = within(ch.queue_delete("s", QueueDeleteOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
+    assert!(disk.injected() > 0, "a removal was refused");
+    assert!(!stream.exists(), "the stream's directory is set aside");
+    let left = stream_dirs(&dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        std::fs::read_dir(&left[0]).unwrap().count() > 0,
+        "its files are still there"
+    );
+    disk.heal();
+    broker.shutdown().await;
+
+    let broker = start_broker_in(&dir).await;
+    assert!(stream_dirs(&dir).is_empty(), "{:?}", stream_dirs(&dir));
+    let (_conn, ch) = connect_open(&broker).await;
+    assert_eq!(expect_amqp(passive(&ch, "s").await).0, 404);
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A deletion cut short after the stream's directory was set aside, before its queue's
+/// record went (a crash): the next start finds the queue and the set-aside directory.
+/// The stream is open again, empty (its messages were being deleted), and the old files
+/// are removed.
+#[tokio::test]
+async fn a_stream_found_half_deleted_at_start_is_empty_and_its_old_files_go() {
+    let dir = data_dir("streams-half-deleted");
+    let (broker, conn, _ch) = ten_in_a_stream(&dir).await;
+    drop(conn);
+    broker.shutdown().await;
+    let [stream] = &stream_dirs(&dir)[..] else {
+        panic!("one stream directory: {:?}", stream_dirs(&dir));
+    };
+    std::fs::rename(stream, stream.with_extension("deleted")).unwrap();
+
+    let broker = start_broker_in(&dir).await;
+    let (_conn, ch) = connect_open(&broker).await;
+    assert_eq!(passive(&ch, "s").await.unwrap().message_count(), 0);
+    assert_eq!(stream_dirs(&dir), std::slice::from_ref(stream));
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------

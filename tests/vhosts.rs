@@ -1,11 +1,13 @@
 //! Virtual hosts other than `/`, over real sockets: `connection.open` refusals with
 //! RabbitMQ 3.10's texts, isolation of two vhosts' queues, exchanges and errors, what
 //! survives a restart and a crash, the management API's `/api/vhosts` (201/204/404, the
-//! grant to the creator, who is shown what), deletion (its connections closed with 320,
-//! its objects and stored messages gone for good), and a vhost's default queue type.
+//! grant to the creator, who is shown what), deletion (answered first, then its
+//! connections closed with 320; its objects and stored messages gone for good), and a
+//! vhost's default queue type.
 
 mod common;
 
+use std::io::Read;
 use std::path::Path;
 
 use common::amqp::{self, expect_amqp};
@@ -17,6 +19,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use minimq_broker::{Broker, Config};
 use minimq_protocol::Method;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// A broker with the management API, keeping its data in `dir` when given.
 async fn start(dir: Option<&Path>) -> Broker {
@@ -362,6 +366,62 @@ async fn deleting_a_vhost_closes_its_connections_with_320_and_removes_its_object
         .as_array()
         .unwrap()
         .is_empty());
+    broker.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RabbitMQ answers the `DELETE` first and closes the vhost's connections after, from
+/// its `vhost_deleted` event: a client that closes its own channel right after the
+/// answer (AMQPStorm's teardown does) is not raced by the server's close.
+#[tokio::test]
+async fn deleting_a_vhost_answers_the_delete_before_it_closes_the_vhosts_connections() {
+    // Durable: the deletion has writes to wait for before its answer.
+    let dir = data_dir("vhosts-delete-answer");
+    let broker = start(Some(&dir)).await;
+    assert_eq!(add_vhost(&broker, "v1").await, 201);
+    let (mut c, answer) = Client::open_vhost_as(broker.local_addr(), "guest", "guest", "v1").await;
+    assert!(matches!(answer, Method::ConnectionOpenOk(_)), "{answer:?}");
+    c.open_channel(1).await;
+    c.send(
+        1,
+        minimq_protocol::QueueDeclare {
+            queue: "doomed".into(),
+            durable: true,
+            ..Default::default()
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(c.method(1).await, Method::QueueDeclareOk(_)));
+    for _ in 0..10 {
+        c.publish("doomed", b"m").await;
+    }
+    assert_eq!(c.ready("doomed").await, 10);
+
+    let mut http = within(TcpStream::connect(broker.http_addr().unwrap()))
+        .await
+        .expect("connect to HTTP");
+    let req = format!(
+        "DELETE /api/vhosts/v1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {GUEST}\r\nConnection: close\r\n\r\n"
+    );
+    within(http.write_all(req.as_bytes()))
+        .await
+        .expect("send the DELETE");
+    c.expect_connection_close(320, "CONNECTION_FORCED - vhost 'v1' is deleted", 0, 0)
+        .await;
+    // Holding the close, the answer must already be on the other socket: a read that
+    // does not wait finds it (tokio's own try_read would also wait for the reactor to
+    // have seen the socket readable, so the socket is read as a plain one).
+    let http = http.into_std().expect("a std socket");
+    http.set_nonblocking(true).expect("non-blocking");
+    let mut head = [0u8; 12];
+    match (&http).read(&mut head) {
+        Ok(n) => assert_eq!(&head[..n], b"HTTP/1.1 204", "the DELETE's answer"),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            panic!("the vhost's connection was closed before the DELETE was answered")
+        }
+        Err(e) => panic!("reading the answer: {e}"),
+    }
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -224,6 +224,8 @@ pub struct ConsumerInfo {
     pub exclusive: bool,
     /// Its prefetch (0 = unlimited).
     pub prefetch: u32,
+    /// Its `basic.consume` arguments, for the management API's consumer listings.
+    pub arguments: FieldTable,
 }
 
 /// Keeps a consumer listed while any clone of it lives.
@@ -270,6 +272,7 @@ mod tests {
             ack_required: true,
             exclusive: false,
             prefetch: 1,
+            arguments: FieldTable::new(),
         });
         let c2 = c.clone();
         assert_eq!(conn.channels().len(), 1);

@@ -58,26 +58,40 @@ impl BrokerState {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Deletes vhost `name` as RabbitMQ does: durably first, then its connections are
-    /// closed with `320 CONNECTION_FORCED - vhost 'V' is deleted`, its permissions
-    /// cleared, and its queues (with their messages), exchanges, bindings, policies and
-    /// limits removed. Answers whether there was such a vhost.
+    /// Deletes vhost `name` as RabbitMQ does: durably first (from then on no connection
+    /// may open it), then its permissions are cleared and its queues (with their
+    /// messages), exchanges, bindings, policies and limits removed. Answers whether there
+    /// was such a vhost. Its open connections are left to the caller, to close with
+    /// [`BrokerState::close_vhost_connections`] once it has answered: RabbitMQ answers
+    /// the deletion, then closes them from its `vhost_deleted` event. If the removal
+    /// fails half way, they are closed here, before the error is answered.
     pub async fn delete_vhost(&self, name: &str) -> std::io::Result<bool> {
         let Some(vhost) = self.vhosts.remove(name).await? else {
             return Ok(false);
         };
+        let emptied = async {
+            for (v, user, _) in self.users.permissions() {
+                if v == name {
+                    self.users.remove_permission(&v, &user).await?;
+                }
+            }
+            vhost.destroy().await
+        }
+        .await;
+        if emptied.is_err() {
+            self.close_vhost_connections(name);
+        }
+        emptied.map(|()| true)
+    }
+
+    /// Closes the connections to vhost `name`, a deleted one, with `320 CONNECTION_FORCED
+    /// - vhost 'V' is deleted` (RabbitMQ's code and text).
+    pub fn close_vhost_connections(&self, name: &str) {
         for c in self.connections.iter() {
             if c.vhost == name {
                 c.close_forced(format!("vhost '{name}' is deleted"));
             }
         }
-        for (v, user, _) in self.users.permissions() {
-            if v == name {
-                self.users.remove_permission(&v, &user).await?;
-            }
-        }
-        vhost.destroy().await?;
-        Ok(true)
     }
 }
 

@@ -14,7 +14,7 @@
 //! vhost has no record: they are removed at the next start ([`VHosts::restore`]), so a
 //! deletion minimq has answered stays whole.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -184,7 +184,9 @@ impl VHosts {
     /// The vhosts at start-up: those recorded in the store (`/` on a fresh or
     /// earlier-version data directory, and for an in-memory broker), each given its
     /// recovered queues, exchanges, bindings, policies and limits. Objects of a vhost
-    /// with no record (a deletion cut short by a crash) are removed from the store.
+    /// with no record (a deletion cut short by a crash) are removed from the store, and
+    /// so is every stream directory that is not a restored stream's (see
+    /// [`Store::sweep_streams`]).
     pub async fn restore(
         store: Option<Arc<Store>>,
         params: &[ParamDef],
@@ -219,6 +221,7 @@ impl VHosts {
             }
             names.insert(DEFAULT_VHOST.into(), meta);
         }
+        let mut live: HashSet<u64> = recovered.iter().map(|q| q.def.id).collect();
         let mut by_vhost: BTreeMap<String, Vec<RecoveredQueue>> = BTreeMap::new();
         for q in recovered {
             by_vhost.entry(q.def.vhost.clone()).or_default().push(q);
@@ -244,6 +247,7 @@ impl VHosts {
                 .collect();
             for q in by_vhost.values().flatten() {
                 store.remove_queue(q.def.id).done().await?;
+                live.remove(&q.def.id);
             }
             for e in exchanges.iter().filter(|e| !names.contains_key(&e.vhost)) {
                 store.remove_exchange(&e.vhost, &e.name).done().await?;
@@ -257,6 +261,15 @@ impl VHosts {
             }
             for v in orphans {
                 tracing::warn!(vhost = v, "removed what a deleted vhost left behind");
+            }
+            // Last, so that the directories of the streams just removed go too.
+            let sweeping = store.clone();
+            let swept = tokio::task::spawn_blocking(move || {
+                sweeping.sweep_streams(&|id| live.contains(&id))
+            })
+            .await;
+            if let Err(e) = swept {
+                tracing::error!(error = %e, "the sweep of deleted streams' directories failed");
             }
         }
         Ok(vhosts)

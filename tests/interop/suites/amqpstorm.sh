@@ -27,15 +27,8 @@ EXCLUDE_ALL=(
     # expects a 404 from a web server at 192.168.1.50 on the author's network
     --deselect=amqpstorm/tests/functional/management/test_api.py::ApiFunctionalTests::test_api_with_inaccessible
 )
-# Excluded against minimq only (see docs/compatibility.md, "Client test suites"):
-EXCLUDE_MINIMQ=(
-    # a race in the test's teardown: it deletes the vhost its own connection is in,
-    # then closes that connection's channel. RabbitMQ closes a deleted vhost's
-    # connections a moment after answering the DELETE, so the channel's close
-    # usually goes first; minimq closes them before answering, and on a loaded
-    # machine the client's reader meets the 320 first and the close raises
-    --deselect=amqpstorm/tests/functional/test_web_based.py::WebFunctionalTests::test_functional_alternative_virtual_host
-)
+# Excluded against minimq only (see docs/compatibility.md, "Client test suites"): none
+EXCLUDE_MINIMQ=()
 case $BROKER in
 minimq) EXCLUDE=("${EXCLUDE_ALL[@]}" "${EXCLUDE_MINIMQ[@]}") ;;
 rabbitmq) EXCLUDE=("${EXCLUDE_ALL[@]}") ;;

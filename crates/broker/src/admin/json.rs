@@ -391,7 +391,14 @@ pub struct Consumer {
     exclusive: bool,
     active: bool,
     activity_status: &'static str,
-    arguments: Table<'static>,
+    /// Its `basic.consume` arguments, as the client sent them (RabbitMQ's
+    /// `format_consumer_arguments`: a table, `{}` when empty).
+    #[serde(serialize_with = "table")]
+    arguments: FieldTable,
+}
+
+fn table<S: Serializer>(t: &FieldTable, s: S) -> Result<S::Ok, S::Error> {
+    Table(Some(t)).serialize(s)
 }
 
 #[derive(Debug, Serialize)]
@@ -709,7 +716,7 @@ pub fn queue<'a>(state: &BrokerState, q: &'a QueueHandle, detail: bool) -> Queue
             for ch in c.channels() {
                 for consumer in ch.consumers() {
                     if consumer.queue == info.name && *c.vhost == *info.vhost {
-                        list.push(consumer_view(&c, &ch, &consumer));
+                        list.push(consumer_view(&c, &ch, consumer));
                     }
                 }
             }
@@ -832,7 +839,7 @@ pub fn channels(state: &BrokerState) -> Vec<Channel> {
     list
 }
 
-fn consumer_view(c: &ConnectionInfo, ch: &ChannelInfo, consumer: &ConsumerInfo) -> Consumer {
+fn consumer_view(c: &ConnectionInfo, ch: &ChannelInfo, consumer: ConsumerInfo) -> Consumer {
     Consumer {
         consumer_tag: consumer.tag.clone(),
         queue: QueueRef {
@@ -853,7 +860,7 @@ fn consumer_view(c: &ConnectionInfo, ch: &ChannelInfo, consumer: &ConsumerInfo) 
         exclusive: consumer.exclusive,
         active: true,
         activity_status: "up",
-        arguments: Table(None),
+        arguments: consumer.arguments,
     }
 }
 
@@ -863,7 +870,7 @@ pub fn consumers(state: &BrokerState) -> Vec<Consumer> {
     for c in connection_list(state) {
         for ch in c.channels() {
             for consumer in ch.consumers() {
-                list.push(consumer_view(&c, &ch, &consumer));
+                list.push(consumer_view(&c, &ch, consumer));
             }
         }
     }

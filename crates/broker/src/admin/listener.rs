@@ -18,6 +18,10 @@
 //! runs in the connection's own task within [`HEAD_TIMEOUT`], so a slow or plain-HTTP
 //! client holds up nobody else, and a failed one is dropped with a debug line.
 //!
+//! A handler may leave work for after its answer ([`AfterAnswer`], a response extension):
+//! it runs once the answer is written to the socket (or the connection has ended), so a
+//! client holds the answer before it sees what that work does elsewhere.
+//!
 //! Keep-alive is HTTP/1.1's default; a client may half-close after its request and still
 //! get its answer. On shutdown the accept loop stops, idle connections close at once and
 //! a request in progress gets [`SHUTDOWN_GRACE`] to finish.
@@ -108,6 +112,51 @@ pub async fn serve(
     }
 }
 
+/// Work a handler leaves for after its answer, as a response extension: it runs once the
+/// answer is written to the client's socket, or when the connection ends without that,
+/// or at once where the answer goes through no [`serve_connection`] (it runs when the
+/// last copy is dropped). Meant for body-less answers: a body may still be on its way.
+/// `DELETE /api/vhosts/{vhost}` closes the vhost's connections with it, after its 204,
+/// as RabbitMQ closes them from an event after it has answered.
+#[derive(Clone)]
+pub struct AfterAnswer {
+    /// Held only to be dropped: the last copy's drop runs the work.
+    _work: Arc<Deferred>,
+}
+
+impl AfterAnswer {
+    /// `work` to run after the answer.
+    pub fn new(work: impl FnOnce() + Send + 'static) -> AfterAnswer {
+        let work: Box<dyn FnOnce() + Send> = Box::new(work);
+        AfterAnswer {
+            _work: Arc::new(Deferred(std::sync::Mutex::new(Some(work)))),
+        }
+    }
+}
+
+impl std::fmt::Debug for AfterAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterAnswer")
+    }
+}
+
+/// The work of an [`AfterAnswer`], run when the last copy goes.
+struct Deferred(std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        let work = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(work) = work {
+            work();
+        }
+    }
+}
+
+/// The [`AfterAnswer`]s of a connection's answers not yet written, shared between the
+/// service (which takes them off the responses) and the [`Socket`] (which runs them once
+/// a flush has written everything before it).
+type Pending = Arc<std::sync::Mutex<Vec<AfterAnswer>>>;
+
 /// The client's address, as a request extension (`guest` may log in from loopback only).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
@@ -129,11 +178,15 @@ async fn serve_connection<S>(
         return;
     }
     let unsupported = patch_unsupported_version(&mut prefix);
-    let io = TokioIo::new(Socket::new(prefix, socket, WRITE_TIMEOUT));
+    let pending = Pending::default();
+    let mut socket = Socket::new(prefix, socket, WRITE_TIMEOUT);
+    socket.after_flush = pending.clone();
+    let io = TokioIo::new(socket);
     let api = TowerToHyperService::new(router);
     let service = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(Peer(peer));
         let api = api.clone();
+        let pending = pending.clone();
         async move {
             let mut response = if unsupported {
                 ApiError::new(
@@ -147,6 +200,11 @@ async fn serve_connection<S>(
             let headers = response.headers_mut();
             headers.insert(SERVER, HeaderValue::from_static("minimq"));
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            // hyper writes the answer's head and flushes it in the same poll that takes
+            // the answer: the next flush the socket completes has it written.
+            if let Some(after) = response.extensions_mut().remove::<AfterAnswer>() {
+                lock(&pending).push(after);
+            }
             Ok::<_, Infallible>(response)
         }
     });
@@ -340,15 +398,23 @@ fn patch_unsupported_version(prefix: &mut BytesMut) -> bool {
     true
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The connection's socket as hyper sees it: the first bytes, already read to look at
-/// the request line, are read again before the rest; and a write that makes no progress
+/// the request line, are read again before the rest; a write that makes no progress
 /// for `write_limit` (a client that does not read its answer) fails, so the connection
-/// ends instead of waiting forever. hyper has no write timeout of its own.
+/// ends instead of waiting forever (hyper has no write timeout of its own); and a flush
+/// that completes runs the [`AfterAnswer`]s of the answers it wrote.
 struct Socket<S> {
     prefix: BytesMut,
     inner: S,
     write_limit: Duration,
     write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Dropped with the socket too: what a connection that ended could not write still
+    /// runs.
+    after_flush: Pending,
 }
 
 impl<S> Socket<S> {
@@ -358,6 +424,7 @@ impl<S> Socket<S> {
             inner,
             write_limit,
             write_stall: None,
+            after_flush: Pending::default(),
         }
     }
 
@@ -411,9 +478,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
         }
     }
 
+    /// hyper flushes after it has written all it buffered: when this completes, every
+    /// answer handed to hyper before it is on the wire.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Ready(r) => {
+                if r.is_ok() {
+                    // Taken out first: the work runs without the lock held.
+                    let done = std::mem::take(&mut *lock(&self.after_flush));
+                    drop(done);
+                }
+                self.progressed(r)
+            }
             Poll::Pending => self.stalled(cx),
         }
     }
@@ -478,6 +554,44 @@ mod tests {
             .expect("the stall limit ends the write")
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn after_answer_runs_at_the_flush_that_follows_it_or_when_the_socket_goes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let after = || {
+            let ran = ran.clone();
+            AfterAnswer::new(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut socket = Socket::new(BytesMut::new(), server, Duration::from_secs(10));
+        lock(&socket.after_flush).push(after());
+        socket
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "written, not yet flushed");
+        socket.flush().await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        socket.flush().await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "once");
+        lock(&socket.after_flush).push(after());
+        drop(socket);
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            2,
+            "a connection that ended runs it too"
+        );
+        drop(after());
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            3,
+            "an answer served elsewhere runs it at once"
+        );
     }
 
     #[test]

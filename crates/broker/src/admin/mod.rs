@@ -586,19 +586,25 @@ async fn put_vhost(
     Ok(StatusCode::CREATED)
 }
 
-/// `DELETE /api/vhosts/{vhost}`: 204, its connections closed with `320 CONNECTION_FORCED
-/// - vhost 'V' is deleted` and everything in it removed; 404 if there is none.
+/// `DELETE /api/vhosts/{vhost}`: everything in it removed, 204, and then (once the 204
+/// is written, as RabbitMQ closes them from an event after answering) its connections
+/// closed with `320 CONNECTION_FORCED - vhost 'V' is deleted`; 404 if there is none.
 async fn delete_vhost(
     State(state): Api,
     _: Admin,
     name: Result<Path<String>, PathRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let name = params(name)?;
-    if state.delete_vhost(&name).await.map_err(store_error)? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found())
+    if !state.delete_vhost(&name).await.map_err(store_error)? {
+        return Err(ApiError::not_found());
     }
+    let mut answer = StatusCode::NO_CONTENT.into_response();
+    answer
+        .extensions_mut()
+        .insert(listener::AfterAnswer::new(move || {
+            state.close_vhost_connections(&name)
+        }));
+    Ok(answer)
 }
 
 type Api = State<Arc<BrokerState>>;
@@ -889,7 +895,8 @@ async fn one_vhost_limits(
 }
 
 /// `PUT /api/vhost-limits/{vhost}/{name}` with `{"value": N}`: 204; a negative value
-/// removes the limit, as in RabbitMQ.
+/// removes the limit, as in RabbitMQ. A missing vhost is RabbitMQ's `404
+/// vhost_not_found`, before the body is read.
 async fn put_vhost_limit(
     State(state): Api,
     _: Admin,
@@ -897,7 +904,10 @@ async fn put_vhost_limit(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
-    let vhost = find_vhost(&state, &vhost)?;
+    let vhost = state
+        .vhosts
+        .get(&vhost)
+        .ok_or_else(ApiError::vhost_not_found)?;
     let body = json_body(&body)?;
     let value = body
         .get("value")
@@ -994,6 +1004,9 @@ fn store_error(e: std::io::Error) -> ApiError {
     )
 }
 
+/// `PUT /api/policies/{vhost}/{name}`: 201 created, 204 replaced. A missing vhost is
+/// RabbitMQ's `404 vhost_not_found` for any policymaker, before the body is read (its
+/// permission check lets a missing vhost through to that answer).
 async fn put_policy(
     State(state): Api,
     PolicyMaker(user): PolicyMaker,
@@ -1001,6 +1014,9 @@ async fn put_policy(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let (vhost, name) = params(path)?;
+    if state.vhosts.get(&vhost).is_none() {
+        return Err(ApiError::vhost_not_found());
+    }
     let vhost = vhost_for(&state, &user, &vhost)?;
     store_policy(&vhost, Scope::Policy, &name, &body).await
 }

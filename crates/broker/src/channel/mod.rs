@@ -449,6 +449,7 @@ mod tests {
             ack_required: true,
             exclusive: false,
             prefetch: 0,
+            arguments: Default::default(),
         }
     }
 

@@ -97,6 +97,7 @@ impl Conn {
             ack_required: !c.no_ack,
             exclusive: c.exclusive,
             prefetch: channel.consumer_prefetch(),
+            arguments: c.arguments.clone(),
         };
         let spec = ConsumerSpec {
             id,

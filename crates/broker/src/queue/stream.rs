@@ -35,7 +35,7 @@ use super::{
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::store::stream::{
-    now_ms, StreamEntry, StreamLimits, StreamLog, StreamPlace, DEFAULT_SEGMENT_BYTES,
+    now_ms, remove_dir, StreamEntry, StreamLimits, StreamLog, StreamPlace, DEFAULT_SEGMENT_BYTES,
 };
 
 /// Most messages read from the log for one consumer at once: a consumer with a large
@@ -188,12 +188,12 @@ fn limits(handle: &QueueHandle) -> StreamLimits {
 pub fn spawn(handle: QueueHandle, inbox: QueueInbox, place: StreamPlace) {
     tokio::spawn(async move {
         let limits = limits(&handle);
-        let dir = place.dir.clone();
-        let opened = tokio::task::spawn_blocking(move || StreamLog::open(&place, limits)).await;
+        let opening = place.clone();
+        let opened = tokio::task::spawn_blocking(move || StreamLog::open(&opening, limits)).await;
         let log = match opened {
             Ok(Ok(log)) => log,
-            Ok(Err(e)) => return fail(handle, inbox, &dir, &e.to_string()),
-            Err(e) => return fail(handle, inbox, &dir, &e.to_string()),
+            Ok(Err(e)) => return fail(handle, inbox, place, &e.to_string()).await,
+            Err(e) => return fail(handle, inbox, place, &e.to_string()).await,
         };
         let mut task = StreamTask {
             handle,
@@ -213,13 +213,39 @@ pub fn spawn(handle: QueueHandle, inbox: QueueInbox, place: StreamPlace) {
     });
 }
 
-/// The log could not be opened: the queue is failed until deleted.
-fn fail(handle: QueueHandle, mut inbox: QueueInbox, dir: &std::path::Path, why: &str) {
-    tracing::error!(queue = %handle.name(), dir = %dir.display(), error = why, "cannot open the stream's log; queue marked failed");
+/// The log could not be opened: the queue is failed until deleted. The task stays to
+/// answer every command as a failed queue's, until the deletion, which removes the
+/// directory as a working stream's does (nothing else would: its files are the
+/// stream's, whatever state they are in).
+async fn fail(handle: QueueHandle, mut inbox: QueueInbox, place: StreamPlace, why: &str) {
+    tracing::error!(queue = %handle.name(), dir = %place.dir.display(), error = why, "cannot open the stream's log; queue marked failed");
     handle.info().mark_failed();
+    while let Some(cmd) = inbox.recv().await {
+        match cmd {
+            QueueCommand::Delete { reply, .. } => {
+                remove_files(&handle, place).await;
+                let _ = reply.send(Ok(0));
+                break;
+            }
+            cmd @ (QueueCommand::Shutdown { .. } | QueueCommand::Halt { .. }) => {
+                answer_dead(cmd, &handle);
+                break;
+            }
+            cmd => answer_dead(cmd, &handle),
+        }
+    }
     inbox.close();
     while let Some(cmd) = inbox.try_recv() {
         answer_dead(cmd, &handle);
+    }
+}
+
+/// Removes a deleted stream's directory on the blocking pool ([`remove_dir`]); what
+/// cannot be removed now is logged, and removed at the next start.
+async fn remove_files(handle: &QueueHandle, place: StreamPlace) {
+    let removed = tokio::task::spawn_blocking(move || remove_dir(&place.dir, &*place.disk)).await;
+    if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
+        tracing::error!(queue = %handle.name(), error = %e, "cannot remove the deleted stream's files now; they go at the next start");
     }
 }
 
@@ -665,7 +691,7 @@ impl StreamTask {
         })
         .await;
         if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
-            tracing::error!(queue = %self.handle.name(), error = %e, "cannot remove the deleted stream's files");
+            tracing::error!(queue = %self.handle.name(), error = %e, "cannot remove the deleted stream's files now; they go at the next start");
         }
     }
 

@@ -43,7 +43,8 @@
 //!                 (tmp + rename) when it grows past twice what is live
 //! segments/       NNNNNNNNNNNNNNNNNNNN.seg, the log
 //! damaged/        segments found damaged at start-up, kept for inspection
-//! streams/N/      the log of the stream queue whose id is N (see [`stream`])
+//! streams/N/      the log of the stream queue whose id is N (see [`stream`]);
+//!                 `N.deleted/` while a deleted one is removed
 //! ```
 //! Who writes what: queue tasks append enqueue / settle records for their persistent
 //! messages (the first queue to take a message also appends the message itself), and,
@@ -367,6 +368,19 @@ impl Store {
             dir: self.dir.join("streams").join(queue_id.to_string()),
             disk: self.disk.clone(),
             sync: self.fsync == FsyncMode::Batch,
+        }
+    }
+
+    /// Removes what deleted streams left under `streams/` ([`stream::sweep`]): every
+    /// entry but the directories of the queues `live` names. Blocks on file I/O. What
+    /// cannot be removed is logged and left for the next start.
+    pub fn sweep_streams(&self, live: &dyn Fn(u64) -> bool) {
+        let (removed, failed) = stream::sweep(&self.dir.join("streams"), &*self.disk, live);
+        for path in removed {
+            tracing::warn!(path = %path.display(), "removed what a deleted stream left behind");
+        }
+        for (path, e) in failed {
+            tracing::error!(path = %path.display(), error = %e, "cannot remove what a deleted stream left behind; trying again at the next start");
         }
     }
 

@@ -18,6 +18,12 @@
 //! ```text
 //! NNNNNNNNNNNNNNNNNNNN.stream   a segment, named by the offset of its first record
 //! ```
+//!
+//! A deleted stream's directory is first renamed `streams/<queue id>.deleted` (synced),
+//! then emptied and removed ([`remove_dir`]): once renamed, the stream is gone whatever
+//! happens to the removal. At start-up [`sweep`] removes whatever under `streams/` is
+//! not a live stream's directory: one set aside and not yet removed (a file the file
+//! system refused, a crash), and one whose queue's record is gone.
 
 pub mod format;
 #[cfg(test)]
@@ -467,12 +473,116 @@ impl StreamLog {
         Ok(out)
     }
 
-    /// Deletes the log's directory with every segment (the stream was deleted); the log
-    /// takes no more appends.
+    /// Deletes the log's directory with every segment (the stream was deleted; see
+    /// [`remove_dir`]); the log takes no more appends.
     pub fn remove_files(&mut self) -> std::io::Result<()> {
         self.poisoned = true;
-        std::fs::remove_dir_all(&self.dir)
+        remove_dir(&self.dir, &*self.disk)
     }
+}
+
+/// The extension of a deleted stream's directory while it is removed
+/// (`streams/<queue id>.deleted`): no stream's directory has one.
+const DELETED_EXTENSION: &str = "deleted";
+
+/// Removes the directory `dir` of a deleted stream, through `disk`: renamed first to
+/// `<queue id>.deleted` and the rename synced, so that a crash or a file that cannot be
+/// removed leaves nothing a stream would open again; then every file, then the
+/// directory. If the rename fails, the files are removed where they are. Whatever could
+/// not be removed is left for [`sweep`] at the next start; the first error is answered.
+pub fn remove_dir(dir: &Path, disk: &dyn Disk) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let set_aside = dir.with_extension(DELETED_EXTENSION);
+    let (target, mut first_error) = match disk.rename(dir, &set_aside) {
+        Ok(()) => {
+            let synced = dir.parent().map_or(Ok(()), |parent| disk.sync_dir(parent));
+            (set_aside, synced.err())
+        }
+        Err(e) => (dir.to_path_buf(), Some(e)),
+    };
+    if let Err(e) = remove_tree(&target, disk) {
+        first_error.get_or_insert(e);
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes `dir` and everything in it, files through `disk`; goes on past a file it
+/// cannot remove (as much as can go, goes) and answers the first error.
+fn remove_tree(dir: &Path, disk: &dyn Disk) -> std::io::Result<()> {
+    let mut first_error = None;
+    for entry in std::fs::read_dir(dir)? {
+        let removed = entry.and_then(|entry| {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                remove_tree(&path, disk)
+            } else {
+                disk.remove_file(&path)
+            }
+        });
+        if let Err(e) = removed {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => std::fs::remove_dir(dir),
+    }
+}
+
+/// At start-up: removes every entry of `streams` (the data directory's `streams/`) that
+/// is not the directory of a stream `live` names by queue id (those are left alone, so
+/// the sweep may run while they are opened). That is a directory set aside by [`remove_dir`] and not removed (a file refused,
+/// a crash during the removal), or one whose stream's record is gone (a removal that
+/// failed before the rename, a crash between the record and the files). Answers what it
+/// removed, and what it could not remove with why (left for the next start).
+pub fn sweep(
+    streams: &Path,
+    disk: &dyn Disk,
+    live: &dyn Fn(u64) -> bool,
+) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    let entries = match std::fs::read_dir(streams) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (removed, failed),
+        Err(e) => {
+            failed.push((streams.to_path_buf(), e));
+            return (removed, failed);
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                failed.push((streams.to_path_buf(), e));
+                continue;
+            }
+        };
+        let path = entry.path();
+        let id = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok());
+        if id.is_some_and(live) {
+            continue;
+        }
+        let gone = match entry.file_type() {
+            Ok(t) if t.is_dir() => remove_tree(&path, disk),
+            Ok(_) => disk.remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(()) => removed.push(path),
+            Err(e) => failed.push((path, e)),
+        }
+    }
+    if !removed.is_empty() {
+        if let Err(e) = disk.sync_dir(streams) {
+            failed.push((streams.to_path_buf(), e));
+        }
+    }
+    (removed, failed)
 }
 
 /// Creates the segment whose first offset is `first`, with its header, synced with its

@@ -1,5 +1,6 @@
 //! The stream log's own tests: append and read back, reads from an offset and from a
-//! timestamp, segment rolls and retention, and recovery after a torn tail.
+//! timestamp, segment rolls and retention, recovery after a torn tail, and the removal
+//! of a deleted stream's directory (set aside first; what is left swept at start-up).
 
 use std::path::PathBuf;
 
@@ -323,4 +324,84 @@ fn without_syncs_a_power_loss_takes_the_unsynced_appends() {
         "nothing was synced but the segment's header"
     );
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A stream of three segments in `streams/<id>` under `root`.
+fn three_segments(root: &Path, id: u64, disk: &Arc<FaultyDisk>) -> PathBuf {
+    let d = root.join("streams").join(id.to_string());
+    let mut log = StreamLog::open(&faulty_place(&d, disk, true), small(200)).unwrap();
+    for i in 0..6 {
+        append(&mut log, &[&"x".repeat(100 + i)], 10);
+    }
+    assert!(log.segment_count() >= 3, "{}", log.segment_count());
+    d
+}
+
+#[test]
+fn a_deleted_streams_directory_is_set_aside_before_its_files_go() {
+    let root = dir("remove");
+    let disk = FaultyDisk::new(4);
+    let d = three_segments(&root, 7, &disk);
+    let aside = root.join("streams").join("7.deleted");
+
+    // The second file refused: the rest goes, the error is answered, and the stream's
+    // name is free at once.
+    disk.fail_once(FsOp::Remove, 1, Fault::Io);
+    let e = remove_dir(&d, &*disk).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+    assert!(!d.exists());
+    assert_eq!(
+        std::fs::read_dir(&aside).unwrap().count(),
+        1,
+        "the one refused"
+    );
+
+    // A refused rename: the files are removed where they are.
+    let d = three_segments(&root, 8, &disk);
+    disk.fail_once(FsOp::Rename, 0, Fault::Io);
+    assert!(remove_dir(&d, &*disk).is_err(), "the rename's error");
+    assert!(!d.exists(), "removed in place");
+
+    // Already gone: nothing to do.
+    remove_dir(&d, &*disk).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_sweep_keeps_live_streams_and_removes_what_deleted_ones_left() {
+    let root = dir("sweep");
+    let disk = FaultyDisk::new(5);
+    let live = three_segments(&root, 1, &disk);
+    let orphan = three_segments(&root, 2, &disk);
+    let streams = root.join("streams");
+    // A deletion cut short after its rename, of a stream that is live again (its queue's
+    // record was not removed yet): the stream reopens empty, the old files go.
+    let half = three_segments(&root, 3, &disk);
+    std::fs::rename(&half, streams.join("3.deleted")).unwrap();
+    std::fs::write(streams.join("stray"), b"?").unwrap();
+
+    disk.fail(&[FsOp::Remove], Fault::Io);
+    let (removed, failed) = sweep(&streams, &*disk, &|id| id == 1 || id == 3);
+    assert!(removed.is_empty());
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    disk.heal();
+    let (mut removed, failed) = sweep(&streams, &*disk, &|id| id == 1 || id == 3);
+    removed.sort();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        removed,
+        [orphan, streams.join("3.deleted"), streams.join("stray")]
+    );
+    let mut left: Vec<PathBuf> = std::fs::read_dir(&streams)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    left.sort();
+    assert_eq!(left, std::slice::from_ref(&live));
+    let log = StreamLog::open(&faulty_place(&live, &disk, true), small(200)).unwrap();
+    assert_eq!(log.len(), 6, "a live stream is left whole");
+
+    // No `streams/` at all (no stream was ever declared): nothing to do.
+    assert_eq!(sweep(&root.join("none"), &*disk, &|_| false).0.len(), 0);
+    std::fs::remove_dir_all(&root).unwrap();
 }
