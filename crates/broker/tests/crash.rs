@@ -4,63 +4,24 @@
 //! `MINIMQ_CRASH_CYCLES` raises the count for soak runs.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+use common::{free_port, spawn_server, Server};
 
 use minimq_client::{Confirmation, Connection, QueueDeclareOptions};
 use minimq_protocol::{BasicProperties, FieldTable};
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn spawn_server(addr: SocketAddr, dir: &Path) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_minimq-server"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--http",
-            "off",
-            "--log",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start minimq-server");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "minimq-server did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 /// A server on a free port over `dir`, and a connection to it as guest.
-async fn start_and_connect(dir: &Path) -> (Child, Connection) {
+async fn start_and_connect(dir: &Path) -> (Server, Connection) {
     let addr = free_port();
-    let server = spawn_server(addr, dir);
+    let server = spawn_server(addr, dir, &[]);
     let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
         .await
         .expect("connect");
     (server, conn)
-}
-
-/// SIGKILL, then reap the process so its port and files are released.
-fn kill(server: &mut Child) {
-    server.kill().unwrap();
-    let _ = server.wait();
 }
 
 /// A small deterministic generator for the kill moments (no extra dependency).
@@ -127,7 +88,7 @@ async fn confirmed_messages_survive_sigkill_exactly_once() {
         }
         if cycle == cycles {
             conn.close().await.unwrap();
-            kill(&mut server);
+            server.kill();
             break;
         }
         let queue = format!("crash-{cycle}");
@@ -189,7 +150,7 @@ async fn confirmed_messages_survive_sigkill_exactly_once() {
         };
         let delay = 20 + next_random(&mut seed) % 250;
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        kill(&mut server);
+        server.kill();
         let published = publisher.await.unwrap();
         sent_now.extend(published);
         confirmed = acked.lock().unwrap().clone();
@@ -245,7 +206,7 @@ async fn kill_loop_with_consumers_acking_loses_no_confirmed_message() {
     };
     for cycle in 0..=cycles {
         let addr = free_port();
-        let mut server = spawn_server(addr, &dir);
+        let mut server = spawn_server(addr, &dir, &[]);
         let url = format!("amqp://guest:guest@{addr}/%2f");
         let consumer_conn = Connection::connect(&url).await.expect("connect");
         let cch = consumer_conn.open_channel().await.unwrap();
@@ -326,7 +287,7 @@ async fn kill_loop_with_consumers_acking_loses_no_confirmed_message() {
             assert_eq!(q.message_count, 0, "the queue is drained");
             consumer_conn.close().await.unwrap();
             consumer.await.expect("the consumer task");
-            kill(&mut server);
+            server.kill();
             break;
         }
         let pub_conn = Connection::connect(&url).await.expect("connect");
@@ -361,7 +322,7 @@ async fn kill_loop_with_consumers_acking_loses_no_confirmed_message() {
         };
         let delay = 100 + next_random(&mut seed) % 400;
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        kill(&mut server);
+        server.kill();
         next = publisher.await.unwrap();
         sent = next;
         consumer.await.expect("the consumer task");
@@ -499,7 +460,7 @@ async fn tx_crash_case(n: u64, txs: &[Tx], kill_after_commit: bool) {
             ch.basic_recover(true).await.unwrap();
         }
     }
-    kill(&mut server);
+    server.kill();
     drop(conn);
 
     let (mut server, conn) = start_and_connect(&dir).await;
@@ -517,7 +478,7 @@ async fn tx_crash_case(n: u64, txs: &[Tx], kill_after_commit: bool) {
         "after SIGKILL: {txs:?}, kill after the last commit-ok: {kill_after_commit}"
     );
     conn.close().await.unwrap();
-    kill(&mut server);
+    server.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -614,7 +575,7 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
     .await
     .expect("100 confirms within 30 s")
     .expect("the publisher is running");
-    kill(&mut server);
+    server.kill();
     let _ = publisher.await;
     let confirmed = *confirmed_so_far.borrow();
     drop(conn);
@@ -640,7 +601,7 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
         .await
         .unwrap();
     assert_eq!(confirm.await.unwrap(), Confirmation::Ack);
-    kill(&mut server);
+    server.kill();
     drop(conn);
 
     let (mut server, conn) = start_and_connect(&dir).await;
@@ -650,6 +611,6 @@ async fn a_stream_keeps_its_confirmed_messages_and_offsets_across_sigkill() {
     assert_eq!(again[..read.len()], read[..]);
     assert_eq!(again[read.len()], ("after".to_string(), read.len() as i64));
     conn.close().await.unwrap();
-    kill(&mut server);
+    server.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,10 +6,11 @@
 //! exactly once and in order, and after a restart the paged-out messages are gone and
 //! their segments deleted. Every wait is on an event with a deadline.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, spawn_server};
 
 use futures::StreamExt;
 use minimq_client::{
@@ -18,6 +19,8 @@ use minimq_client::{
 
 /// The broker's memory high watermark in these tests.
 const WATERMARK_MIB: u64 = 96;
+/// The same, as the flag takes it.
+const WATERMARK: &str = "96MiB";
 /// One message's body.
 const BODY: usize = 1024;
 /// The flood: three times the watermark of bodies. The messages alone would be far over
@@ -28,61 +31,9 @@ const MESSAGES: usize = 3 * WATERMARK_MIB as usize * 1024 * 1024 / BODY;
 /// Deadline of the flood, and of the drain (a debug build on a busy machine).
 const DEADLINE: Duration = Duration::from_secs(240);
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A broker process, killed when dropped: a failed assertion must not leave it running
-/// (it holds the test's stderr open, so the test run would never end).
-struct Server(Child);
-
-impl Server {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn spawn_server(addr: SocketAddr, dir: &Path) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_minimq-server"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--http",
-            "off",
-            "--log",
-            "warn",
-        ])
-        .arg("--memory-high-watermark")
-        .arg(format!("{WATERMARK_MIB}MiB"))
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start minimq-server");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "minimq-server did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child)
+/// The flag that sets the tests' watermark.
+fn watermark_flag() -> [&'static str; 2] {
+    ["--memory-high-watermark", WATERMARK]
 }
 
 /// A `/proc/<pid>/status` field in octets (`VmHWM`: peak resident memory).
@@ -159,7 +110,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     let dir = std::env::temp_dir().join(format!("minimq-paging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
+    let mut server = spawn_server(addr, &dir, &watermark_flag());
     let url = format!("amqp://guest:guest@{addr}/%2f");
     let conn = Connection::connect(&url).await.expect("connect");
     let ch = conn.open_channel().await.unwrap();
@@ -234,7 +185,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     // messages do not survive it (as in RabbitMQ), and the segments they were paged to
     // are deleted.
     let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
+    let mut server = spawn_server(addr, &dir, &watermark_flag());
     let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
         .await
         .expect("connect");
@@ -251,7 +202,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     drop(conn);
     server.kill();
     let addr = free_port();
-    let mut server = spawn_server(addr, &dir);
+    let mut server = spawn_server(addr, &dir, &watermark_flag());
     let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
         .await
         .expect("connect after the restart");
