@@ -649,12 +649,18 @@ async fn deleting_a_stream_whose_log_could_not_be_opened_removes_its_directory()
         .unwrap();
     assert!(stream_dirs(&dir).is_empty(), "{:?}", stream_dirs(&dir));
     broker.shutdown().await;
-    let broker = start_broker_in(&dir).await;
-    assert!(stream_dirs(&dir).is_empty(), "{:?}", stream_dirs(&dir));
+    restart_and_find_stream_s_gone(&dir).await;
+}
+
+/// A restart over `dir` finds no stream directory left and no stream `s`; then `dir` is
+/// removed.
+async fn restart_and_find_stream_s_gone(dir: &Path) {
+    let broker = start_broker_in(dir).await;
+    assert!(stream_dirs(dir).is_empty(), "{:?}", stream_dirs(dir));
     let (_conn, ch) = connect_open(&broker).await;
     assert_eq!(expect_amqp(passive(&ch, "s").await).0, 404);
     broker.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Segment files that cannot be removed when their stream is deleted (the file system
@@ -694,12 +700,7 @@ async fn a_deleted_streams_files_that_could_not_be_removed_go_at_the_next_start(
     disk.heal();
     broker.shutdown().await;
 
-    let broker = start_broker_in(&dir).await;
-    assert!(stream_dirs(&dir).is_empty(), "{:?}", stream_dirs(&dir));
-    let (_conn, ch) = connect_open(&broker).await;
-    assert_eq!(expect_amqp(passive(&ch, "s").await).0, 404);
-    broker.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    restart_and_find_stream_s_gone(&dir).await;
 }
 
 /// A deletion cut short after the stream's directory was set aside, before its queue's
