@@ -795,7 +795,11 @@ impl QueueActor {
         // Priority 0 sorts after every other priority and this seq after every other.
         self.insert_ready(entry, priority == 0);
         count(&self.handle, |s| &s.published, 1);
-        self.drop_over_limits(max_length, max_length_bytes);
+        // Checked here, not in the call: most queues have no limit, and this is every
+        // publish.
+        if max_length.is_some() || max_length_bytes.is_some() {
+            self.drop_over_limits(max_length, max_length_bytes);
+        }
         if let Some(c) = confirm {
             c.send(true);
         }
