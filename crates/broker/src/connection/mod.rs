@@ -347,13 +347,18 @@ impl Conn {
         let mut last_recv = Instant::now();
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
+        // Made once, not on every turn of the loop: each new one registers with the
+        // token (a lock) and leaves it again when dropped. Done once it fires: the
+        // shutdown closes the connection, and a closing connection does not poll it.
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         let mut alarms = self.state.alarms.subscribe();
         let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
         ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !self.closing => {
+                _ = &mut stopping, if !self.closing => {
                     let e = AmqpError::new(
                         ReplyCode::ConnectionForced,
                         "broker forced connection closure with reason 'shutdown'",
