@@ -31,7 +31,7 @@ use content::{Content, Published, Route};
 use qos::Qos;
 use tx::{Outcome, Tx, TxSettle};
 use unacked::Unacked;
-pub use unacked::{group_by_queue, Outstanding};
+pub use unacked::{group_by_queue, AckClock, AckDeadline, Outstanding};
 
 /// Open, or closed by the server and waiting for the client's `channel.close-ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,9 +311,10 @@ impl Channel {
         })
     }
 
-    /// The timeout of an unsettled delivery past its deadline at `now`, if any.
-    pub fn overdue(&self, now: tokio::time::Instant) -> Option<std::time::Duration> {
-        self.unacked.overdue(now)
+    /// The timeout of an unsettled delivery past its deadline at `now_ms` (the
+    /// connection's clock), if any.
+    pub fn overdue(&self, now_ms: u64) -> Option<std::time::Duration> {
+        self.unacked.overdue(now_ms)
     }
 
     /// Whether an unsettled delivery has a deadline.

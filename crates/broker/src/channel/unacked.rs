@@ -3,6 +3,7 @@
 //! channel-wide credit), and which tags an ack / nack / reject names.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,7 +22,87 @@ pub struct Outstanding {
     pub charged: bool,
     /// When it must have been acknowledged, and the timeout that set it (the consumer
     /// timeout); `None`: never.
-    pub deadline: Option<(Instant, Duration)>,
+    pub deadline: Option<AckDeadline>,
+}
+
+/// When an unsettled delivery must have been acknowledged, in milliseconds on its
+/// connection's clock ([`AckClock`]), and the consumer timeout that set it. Every
+/// unsettled delivery carries one: 16 octets, where an `Instant` and a `Duration` took
+/// 32 (a larger entry is more to move in the channel's map of tags at every delivery and
+/// ack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckDeadline {
+    at_ms: NonZeroU64,
+    timeout_ms: u64,
+}
+
+impl AckDeadline {
+    /// `timeout` after `now_ms` ([`AckClock::deadline_ms`]).
+    pub fn after(now_ms: u64, timeout: Duration) -> AckDeadline {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let at = now_ms.saturating_add(timeout_ms);
+        AckDeadline {
+            at_ms: NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN),
+            timeout_ms,
+        }
+    }
+
+    /// Whether the deadline has passed at `now_ms` (the connection's clock).
+    pub fn passed(&self, now_ms: u64) -> bool {
+        self.at_ms.get() <= now_ms
+    }
+
+    /// The timeout that set it.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A connection's clock for ack deadlines: milliseconds since the connection started.
+/// Deliveries read it once per batch of queue events, at the first that needs a
+/// deadline ([`AckClock::batch_ms`]): a clock read per batch, none for no-ack ones.
+#[derive(Debug, Clone, Copy)]
+pub struct AckClock {
+    epoch: Instant,
+    batch: Option<u64>,
+}
+
+impl AckClock {
+    /// A clock starting at `epoch`.
+    pub fn new(epoch: Instant) -> AckClock {
+        AckClock { epoch, batch: None }
+    }
+
+    /// A new batch of queue events: the clock is read again at its first deadline.
+    pub fn next_batch(&mut self) {
+        self.batch = None;
+    }
+
+    /// The time as of the current batch, for a deadline (see [`AckClock::deadline_ms`]).
+    pub fn batch_ms(&mut self) -> u64 {
+        let epoch = self.epoch;
+        *self
+            .batch
+            .get_or_insert_with(|| deadline_ms(epoch, Instant::now()))
+    }
+
+    /// `at` on this clock, rounded up: a deadline counted from it is never early.
+    pub fn deadline_ms(&self, at: Instant) -> u64 {
+        deadline_ms(self.epoch, at)
+    }
+
+    /// `at` on this clock, rounded down: a deadline compared with it is passed only
+    /// once it has really passed.
+    pub fn elapsed_ms(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn deadline_ms(epoch: Instant, at: Instant) -> u64 {
+    let since = at.saturating_duration_since(epoch);
+    let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// Delivery tags and the unsettled deliveries by tag.
@@ -53,13 +134,14 @@ impl Unacked {
         tag
     }
 
-    /// The first unsettled delivery past its deadline at `now`: its timeout.
-    pub fn overdue(&self, now: Instant) -> Option<Duration> {
+    /// The first unsettled delivery past its deadline at `now_ms` (the connection's
+    /// clock): its timeout.
+    pub fn overdue(&self, now_ms: u64) -> Option<Duration> {
         self.by_tag
             .values()
             .filter_map(|o| o.deadline)
-            .find(|(at, _)| *at <= now)
-            .map(|(_, timeout)| timeout)
+            .find(|d| d.passed(now_ms))
+            .map(|d| d.timeout())
     }
 
     /// Whether any unsettled delivery has a deadline.
@@ -240,6 +322,24 @@ pub(crate) mod tests {
         assert_eq!(u.take_one(1).unwrap().msg_id, 101);
         assert_eq!(u.take_one(2).unwrap().msg_id, 102);
         assert_eq!(u.tag(None), 5, "restoring does not reuse tags");
+    }
+
+    #[test]
+    fn a_deadline_is_never_early_and_passes_once_its_time_has_come() {
+        let epoch = Instant::now();
+        let clock = AckClock::new(epoch);
+        let ms = |n: f64| epoch + Duration::from_secs_f64(n / 1000.0);
+        // Delivered 1.5 ms in, with a 10 ms timeout: due at 11.5 ms, counted from 2 ms.
+        let d = AckDeadline::after(clock.deadline_ms(ms(1.5)), Duration::from_millis(10));
+        assert!(!d.passed(clock.elapsed_ms(ms(11.9))));
+        assert!(d.passed(clock.elapsed_ms(ms(12.0))));
+        assert_eq!(d.timeout(), Duration::from_millis(10));
+        // On a whole millisecond nothing is rounded.
+        let d = AckDeadline::after(clock.deadline_ms(ms(3.0)), Duration::from_millis(10));
+        assert!(!d.passed(clock.elapsed_ms(ms(12.99))));
+        assert!(d.passed(clock.elapsed_ms(ms(13.0))));
+        // Every unsettled delivery carries one: it stays small.
+        assert!(std::mem::size_of::<Outstanding>() <= 40);
     }
 
     #[test]
