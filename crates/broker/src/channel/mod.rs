@@ -189,7 +189,7 @@ impl Channel {
     pub fn take_outstanding(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
         let taken = self.unacked.take_range(tag, multiple)?;
         self.info.set_unacked(self.unacked.len());
-        Ok(taken.into_values().collect())
+        Ok(taken.into_iter().map(|(_, o)| o).collect())
     }
 
     /// An ack (`ack`), nack or reject: the deliveries to settle now, or `None` in a
@@ -210,7 +210,7 @@ impl Channel {
         tx.hold_settle(TxSettle {
             ack,
             requeue,
-            taken: taken.into_iter().collect(),
+            taken,
         });
         Ok(None)
     }
@@ -222,7 +222,11 @@ impl Channel {
             tx.abandon(&mut self.unacked);
         }
         self.info.set_unacked(0);
-        self.unacked.take_all().into_values().collect()
+        self.unacked
+            .take_all()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect()
     }
 
     /// The channel closes: ends its consumers, confirm mode and transaction, and answers
