@@ -31,7 +31,7 @@ use content::{Content, Published, Route};
 use qos::Qos;
 use tx::{Outcome, Tx, TxSettle};
 use unacked::Unacked;
-pub use unacked::{group_by_queue, Outstanding};
+pub use unacked::{group_by_queue, AckClock, AckDeadline, Outstanding};
 
 /// Open, or closed by the server and waiting for the client's `channel.close-ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +189,7 @@ impl Channel {
     pub fn take_outstanding(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Outstanding>> {
         let taken = self.unacked.take_range(tag, multiple)?;
         self.info.set_unacked(self.unacked.len());
-        Ok(taken.into_values().collect())
+        Ok(taken.into_iter().map(|(_, o)| o).collect())
     }
 
     /// An ack (`ack`), nack or reject: the deliveries to settle now, or `None` in a
@@ -210,7 +210,7 @@ impl Channel {
         tx.hold_settle(TxSettle {
             ack,
             requeue,
-            taken: taken.into_iter().collect(),
+            taken,
         });
         Ok(None)
     }
@@ -222,7 +222,11 @@ impl Channel {
             tx.abandon(&mut self.unacked);
         }
         self.info.set_unacked(0);
-        self.unacked.take_all().into_values().collect()
+        self.unacked
+            .take_all()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect()
     }
 
     /// The channel closes: ends its consumers, confirm mode and transaction, and answers
@@ -311,9 +315,10 @@ impl Channel {
         })
     }
 
-    /// The timeout of an unsettled delivery past its deadline at `now`, if any.
-    pub fn overdue(&self, now: tokio::time::Instant) -> Option<std::time::Duration> {
-        self.unacked.overdue(now)
+    /// The timeout of an unsettled delivery past its deadline at `now_ms` (the
+    /// connection's clock), if any.
+    pub fn overdue(&self, now_ms: u64) -> Option<std::time::Duration> {
+        self.unacked.overdue(now_ms)
     }
 
     /// Whether an unsettled delivery has a deadline.

@@ -2,7 +2,8 @@
 //! comes next, what each unsettled tag stands for (queue, message id, whether it took
 //! channel-wide credit), and which tags an ack / nack / reject names.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,22 +22,118 @@ pub struct Outstanding {
     pub charged: bool,
     /// When it must have been acknowledged, and the timeout that set it (the consumer
     /// timeout); `None`: never.
-    pub deadline: Option<(Instant, Duration)>,
+    pub deadline: Option<AckDeadline>,
+}
+
+/// When an unsettled delivery must have been acknowledged, in milliseconds on its
+/// connection's clock ([`AckClock`]), and the consumer timeout that set it. Every
+/// unsettled delivery carries one: 16 octets, where an `Instant` and a `Duration` took
+/// 32 (a larger entry is more to move in the channel's map of tags at every delivery and
+/// ack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckDeadline {
+    at_ms: NonZeroU64,
+    timeout_ms: u64,
+}
+
+impl AckDeadline {
+    /// `timeout` after `now_ms` ([`AckClock::deadline_ms`]).
+    pub fn after(now_ms: u64, timeout: Duration) -> AckDeadline {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let at = now_ms.saturating_add(timeout_ms);
+        AckDeadline {
+            at_ms: NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN),
+            timeout_ms,
+        }
+    }
+
+    /// Whether the deadline has passed at `now_ms` (the connection's clock).
+    pub fn passed(&self, now_ms: u64) -> bool {
+        self.at_ms.get() <= now_ms
+    }
+
+    /// The timeout that set it.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A connection's clock for ack deadlines: milliseconds since the connection started.
+/// Deliveries read it once per batch of queue events, at the first that needs a
+/// deadline ([`AckClock::batch_ms`]): a clock read per batch, none for no-ack ones.
+#[derive(Debug, Clone, Copy)]
+pub struct AckClock {
+    epoch: Instant,
+    batch: Option<u64>,
+}
+
+impl AckClock {
+    /// A clock starting at `epoch`.
+    pub fn new(epoch: Instant) -> AckClock {
+        AckClock { epoch, batch: None }
+    }
+
+    /// A new batch of queue events: the clock is read again at its first deadline.
+    pub fn next_batch(&mut self) {
+        self.batch = None;
+    }
+
+    /// The time as of the current batch, for a deadline (see [`AckClock::deadline_ms`]).
+    pub fn batch_ms(&mut self) -> u64 {
+        let epoch = self.epoch;
+        *self
+            .batch
+            .get_or_insert_with(|| deadline_ms(epoch, Instant::now()))
+    }
+
+    /// `at` on this clock, rounded up: a deadline counted from it is never early.
+    pub fn deadline_ms(&self, at: Instant) -> u64 {
+        deadline_ms(self.epoch, at)
+    }
+
+    /// `at` on this clock, rounded down: a deadline compared with it is passed only
+    /// once it has really passed.
+    pub fn elapsed_ms(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+fn deadline_ms(epoch: Instant, at: Instant) -> u64 {
+    let since = at.saturating_duration_since(epoch);
+    let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 /// Delivery tags and the unsettled deliveries by tag.
+///
+/// Kept in tag order in a deque, not a tree: tags are handed out in order and mostly
+/// settled in order, so a delivery is a push at the back and its ack a take at the
+/// front (a tree's insert and removal were a tenth of the broker's instructions per
+/// message with manual acks). A delivery settled out of order leaves its slot empty
+/// until the slots before it are settled too; once the empty slots outnumber the
+/// unsettled deliveries they are swept out, so a consumer that holds one message
+/// while acking thousands after it does not keep a slot for each of them.
 #[derive(Debug)]
 pub struct Unacked {
     /// The tag of the next delivery (tags start at 1).
     next_tag: u64,
-    by_tag: BTreeMap<u64, Outstanding>,
+    /// Tags in increasing order; `None` once settled. Neither end is an empty slot.
+    slots: VecDeque<(u64, Option<Outstanding>)>,
+    /// Unsettled deliveries (the slots that are not empty).
+    live: usize,
 }
+
+/// Empty slots tolerated before a sweep, at least: sweeping a short deque often would
+/// cost more than the slots.
+const SWEEP_AFTER: usize = 64;
 
 impl Default for Unacked {
     fn default() -> Self {
         Unacked {
             next_tag: 1,
-            by_tag: BTreeMap::new(),
+            slots: VecDeque::new(),
+            live: 0,
         }
     }
 }
@@ -48,71 +145,112 @@ impl Unacked {
         let tag = self.next_tag;
         self.next_tag += 1;
         if let Some(o) = unsettled {
-            self.by_tag.insert(tag, o);
+            self.slots.push_back((tag, Some(o)));
+            self.live += 1;
         }
         tag
     }
 
-    /// The first unsettled delivery past its deadline at `now`: its timeout.
-    pub fn overdue(&self, now: Instant) -> Option<Duration> {
-        self.by_tag
-            .values()
+    /// The first unsettled delivery past its deadline at `now_ms` (the connection's
+    /// clock): its timeout.
+    pub fn overdue(&self, now_ms: u64) -> Option<Duration> {
+        self.unsettled()
             .filter_map(|o| o.deadline)
-            .find(|(at, _)| *at <= now)
-            .map(|(_, timeout)| timeout)
+            .find(|d| d.passed(now_ms))
+            .map(|d| d.timeout())
     }
 
     /// Whether any unsettled delivery has a deadline.
     pub fn has_deadlines(&self) -> bool {
-        self.by_tag.values().any(|o| o.deadline.is_some())
+        self.unsettled().any(|o| o.deadline.is_some())
     }
 
     /// Unsettled deliveries.
     pub fn len(&self) -> usize {
-        self.by_tag.len()
+        self.live
     }
 
     /// Whether every delivery is settled.
     pub fn is_empty(&self) -> bool {
-        self.by_tag.is_empty()
+        self.live == 0
+    }
+
+    fn unsettled(&self) -> impl Iterator<Item = &Outstanding> {
+        self.slots.iter().filter_map(|(_, o)| o.as_ref())
+    }
+
+    /// The slot of `tag` if it holds an unsettled delivery: the front one for an ack in
+    /// order, else found by bisection.
+    fn find(&self, tag: u64) -> Option<usize> {
+        let i = match self.slots.front() {
+            Some((t, _)) if *t == tag => 0,
+            _ => self.slots.binary_search_by_key(&tag, |(t, _)| *t).ok()?,
+        };
+        self.slots[i].1.is_some().then_some(i)
     }
 
     /// Takes the one delivery a single ack / nack / reject names. An unknown tag is 406,
     /// as in RabbitMQ.
     pub fn take_one(&mut self, tag: u64) -> AmqpResult<Outstanding> {
-        self.by_tag.remove(&tag).ok_or_else(|| unknown_tag(tag))
+        let i = self.find(tag).ok_or_else(|| unknown_tag(tag))?;
+        let taken = self.slots[i].1.take().ok_or_else(|| unknown_tag(tag))?;
+        self.live -= 1;
+        self.tidy();
+        Ok(taken)
     }
 
-    /// Takes the deliveries an ack / nack / reject names: `tag` alone, or every tag up to
-    /// it with `multiple` (all of them for tag 0). An unknown tag is 406, and takes
-    /// nothing.
-    pub fn take_range(
-        &mut self,
-        tag: u64,
-        multiple: bool,
-    ) -> AmqpResult<BTreeMap<u64, Outstanding>> {
+    /// Takes the deliveries an ack / nack / reject names, in tag order: `tag` alone, or
+    /// every tag up to it with `multiple` (all of them for tag 0). An unknown tag is 406,
+    /// and takes nothing.
+    pub fn take_range(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<(u64, Outstanding)>> {
         if multiple && tag == 0 {
             return Ok(self.take_all());
         }
-        if !self.by_tag.contains_key(&tag) {
-            return Err(unknown_tag(tag));
+        if !multiple {
+            return self.take_one(tag).map(|o| vec![(tag, o)]);
         }
-        Ok(if multiple {
-            let rest = self.by_tag.split_off(&(tag + 1));
-            std::mem::replace(&mut self.by_tag, rest)
-        } else {
-            self.by_tag.remove_entry(&tag).into_iter().collect()
-        })
+        let i = self.find(tag).ok_or_else(|| unknown_tag(tag))?;
+        let taken: Vec<(u64, Outstanding)> = self
+            .slots
+            .drain(..=i)
+            .filter_map(|(t, o)| o.map(|o| (t, o)))
+            .collect();
+        self.live -= taken.len();
+        self.tidy();
+        Ok(taken)
     }
 
-    /// Takes every unsettled delivery.
-    pub fn take_all(&mut self) -> BTreeMap<u64, Outstanding> {
-        std::mem::take(&mut self.by_tag)
+    /// Takes every unsettled delivery, in tag order.
+    pub fn take_all(&mut self) -> Vec<(u64, Outstanding)> {
+        self.live = 0;
+        self.slots
+            .drain(..)
+            .filter_map(|(t, o)| o.map(|o| (t, o)))
+            .collect()
     }
 
     /// Puts deliveries back under their tags (a transaction rolled back or abandoned).
     pub fn restore(&mut self, taken: impl IntoIterator<Item = (u64, Outstanding)>) {
-        self.by_tag.extend(taken);
+        let mut all: Vec<(u64, Outstanding)> = self.take_all();
+        all.extend(taken);
+        all.sort_by_key(|(t, _)| *t);
+        self.live = all.len();
+        self.slots = all.into_iter().map(|(t, o)| (t, Some(o))).collect();
+    }
+
+    /// Drops the empty slots at both ends, and every empty slot once they outnumber the
+    /// unsettled deliveries (see [`Unacked`]).
+    fn tidy(&mut self) {
+        while matches!(self.slots.front(), Some((_, None))) {
+            self.slots.pop_front();
+        }
+        while matches!(self.slots.back(), Some((_, None))) {
+            self.slots.pop_back();
+        }
+        let empty = self.slots.len() - self.live;
+        if empty > SWEEP_AFTER && empty > self.live {
+            self.slots.retain(|(_, o)| o.is_some());
+        }
     }
 }
 
@@ -176,8 +314,8 @@ pub(crate) mod tests {
         u
     }
 
-    fn ids(taken: &BTreeMap<u64, Outstanding>) -> Vec<u64> {
-        taken.values().map(|o| o.msg_id).collect()
+    fn ids(taken: &[(u64, Outstanding)]) -> Vec<u64> {
+        taken.iter().map(|(_, o)| o.msg_id).collect()
     }
 
     #[test]
@@ -240,6 +378,76 @@ pub(crate) mod tests {
         assert_eq!(u.take_one(1).unwrap().msg_id, 101);
         assert_eq!(u.take_one(2).unwrap().msg_id, 102);
         assert_eq!(u.tag(None), 5, "restoring does not reuse tags");
+    }
+
+    #[test]
+    fn acks_out_of_order_and_multiple_acks_over_gaps_take_exactly_the_unsettled() {
+        let mut u = delivered(&queue("q"), 10);
+        assert_eq!(u.tag(None), 11, "a no-ack delivery takes a tag, no slot");
+        for tag in [5, 2, 9, 10] {
+            assert_eq!(u.take_one(tag).unwrap().msg_id, 100 + tag);
+        }
+        assert_eq!(u.len(), 6);
+        assert_eq!(ids(&u.take_range(6, true).unwrap()), [101, 103, 104, 106]);
+        assert_eq!(u.take_one(9).unwrap_err().code.code(), 406);
+        assert_eq!(ids(&u.take_range(0, true).unwrap()), [107, 108]);
+        assert!(u.is_empty());
+        assert!(u.slots.is_empty());
+    }
+
+    /// A consumer that holds its first delivery and acks every later one: the settled
+    /// slots behind the held one are swept out, not kept one per ack.
+    #[test]
+    fn one_held_delivery_does_not_keep_a_slot_for_every_later_ack() {
+        let q = queue("q");
+        let mut u = delivered(&q, 1);
+        for i in 2..=10_000u64 {
+            let o = Outstanding {
+                queue: q.clone(),
+                msg_id: 100 + i,
+                charged: false,
+                deadline: None,
+            };
+            assert_eq!(u.tag(Some(o)), i);
+            u.take_one(i).unwrap();
+            assert!(u.slots.len() <= 2 + SWEEP_AFTER, "{} slots", u.slots.len());
+        }
+        for i in 10_001..=10_100u64 {
+            let o = Outstanding {
+                queue: q.clone(),
+                msg_id: 100 + i,
+                charged: false,
+                deadline: None,
+            };
+            u.tag(Some(o));
+        }
+        for i in (10_001..=10_100u64).step_by(2) {
+            u.take_one(i).unwrap();
+        }
+        assert_eq!(u.len(), 51);
+        assert!(u.slots.len() <= 51 + SWEEP_AFTER + 1);
+        let rest = u.take_range(10_100, true).unwrap();
+        assert_eq!(rest.first().map(|(t, _)| *t), Some(1));
+        assert!(rest.windows(2).all(|w| w[0].0 < w[1].0), "in tag order");
+        assert_eq!(rest.len(), 51);
+    }
+
+    #[test]
+    fn a_deadline_is_never_early_and_passes_once_its_time_has_come() {
+        let epoch = Instant::now();
+        let clock = AckClock::new(epoch);
+        let ms = |n: f64| epoch + Duration::from_secs_f64(n / 1000.0);
+        // Delivered 1.5 ms in, with a 10 ms timeout: due at 11.5 ms, counted from 2 ms.
+        let d = AckDeadline::after(clock.deadline_ms(ms(1.5)), Duration::from_millis(10));
+        assert!(!d.passed(clock.elapsed_ms(ms(11.9))));
+        assert!(d.passed(clock.elapsed_ms(ms(12.0))));
+        assert_eq!(d.timeout(), Duration::from_millis(10));
+        // On a whole millisecond nothing is rounded.
+        let d = AckDeadline::after(clock.deadline_ms(ms(3.0)), Duration::from_millis(10));
+        assert!(!d.passed(clock.elapsed_ms(ms(12.99))));
+        assert!(d.passed(clock.elapsed_ms(ms(13.0))));
+        // Every unsettled delivery carries one: it stays small.
+        assert!(std::mem::size_of::<Outstanding>() <= 40);
     }
 
     #[test]

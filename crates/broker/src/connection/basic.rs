@@ -170,7 +170,8 @@ impl Conn {
             self.trace_delivery(ch, queue.name(), &got.message, got.redelivered);
         }
         let timeout = self.get_timeout(&queue);
-        let deadline = timeout.map(|t| (Instant::now() + t, t));
+        let now = self.clock.deadline_ms(Instant::now());
+        let deadline = timeout.map(|t| crate::channel::AckDeadline::after(now, t));
         self.deadlines_armed |= deadline.is_some() && !g.no_ack;
         let unsettled = (!g.no_ack).then(|| Outstanding {
             queue,

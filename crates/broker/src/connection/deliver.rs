@@ -9,7 +9,7 @@ use minimq_protocol::frame::{
 use minimq_protocol::{BasicProperties, FieldValue};
 
 use super::Conn;
-use crate::channel::Outstanding;
+use crate::channel::{AckDeadline, Outstanding};
 use crate::queue::{Delivery, QueueCommand, QueueEvent};
 
 impl Conn {
@@ -58,7 +58,11 @@ impl Conn {
         let frame_max = self.frame_max;
         let mut timeout = None;
         let default = self.state.config.consumer_timeout;
+        // A no-ack delivery has no deadline: its consumer's timeout is not looked up.
         let live = self.channels.get_mut(&d.channel).filter(|c| {
+            if d.no_ack {
+                return c.delivers_to(&d.consumer_tag, d.consumer_id);
+            }
             c.delivery_timeout(&d.consumer_tag, d.consumer_id, default)
                 .map(|t| timeout = t)
                 .is_some()
@@ -80,8 +84,8 @@ impl Conn {
         };
         // One relaxed load when the vhost does not trace.
         let traced = self.vhost.is_tracing().then(|| d.queue.name().clone());
-        // The clock read once per batch of queue events (`self.clock`), not per delivery.
-        let deadline = timeout.filter(|_| !d.no_ack).map(|t| (self.clock + t, t));
+        // The clock read once per batch of queue events, not per delivery.
+        let deadline = timeout.map(|t| AckDeadline::after(self.clock.batch_ms(), t));
         self.deadlines_armed |= deadline.is_some();
         let unsettled = (!d.no_ack).then(|| Outstanding {
             queue: d.queue,

@@ -144,9 +144,8 @@ pub struct Conn {
     /// allowed: a publisher sends to the same exchange over and over, and the channel
     /// hands the same `Arc` for it (compared by pointer, no string comparison).
     write_checked: Option<(Arc<str>, bool)>,
-    /// The time as of the current batch of queue events: deliveries' ack deadlines are
-    /// counted from it (one clock read per batch, not per delivery).
-    clock: Instant,
+    /// The clock ack deadlines are counted in, read once per batch of queue events.
+    clock: crate::channel::AckClock,
     /// Some unsettled delivery may have an ack deadline: the consumer timeout is checked
     /// every [`CONSUMER_TIMEOUT_CHECK`] while this holds.
     deadlines_armed: bool,
@@ -261,7 +260,7 @@ pub async fn serve_stream(
         forced_close: None,
         perm: None,
         write_checked: None,
-        clock: Instant::now(),
+        clock: crate::channel::AckClock::new(Instant::now()),
         deadlines_armed: false,
         auth_failure_close: false,
         closing: false,
@@ -347,13 +346,18 @@ impl Conn {
         let mut last_recv = Instant::now();
         let mut close_deadline = Instant::now() + Duration::from_secs(u64::MAX / 4);
         let shutdown = self.state.shutdown.clone();
+        // Made once, not on every turn of the loop: each new one registers with the
+        // token (a lock) and leaves it again when dropped. Done once it fires: the
+        // shutdown closes the connection, and a closing connection does not poll it.
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         let mut alarms = self.state.alarms.subscribe();
         let mut ack_check = tokio::time::interval(CONSUMER_TIMEOUT_CHECK);
         ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !self.closing => {
+                _ = &mut stopping, if !self.closing => {
                     let e = AmqpError::new(
                         ReplyCode::ConnectionForced,
                         "broker forced connection closure with reason 'shutdown'",
@@ -369,7 +373,7 @@ impl Conn {
                     }
                 }
                 Some(ev) = events.recv() => {
-                    self.clock = Instant::now();
+                    self.clock.next_batch();
                     self.on_event(ev);
                     for _ in 0..EVENT_BATCH {
                         match events.try_recv() {
@@ -431,7 +435,7 @@ impl Conn {
     /// `406 PRECONDITION_FAILED` (its unacked messages go back to their queues, flagged
     /// redelivered); the connection and its other channels stay up.
     async fn check_ack_deadlines(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.elapsed_ms(Instant::now());
         let overdue: Vec<(u16, Duration)> = self
             .channels
             .iter()

@@ -870,7 +870,11 @@ impl QueueActor {
         // Priority 0 sorts after every other priority and this seq after every other.
         self.insert_ready(entry, priority == 0);
         count(&self.handle, |s| &s.published, 1);
-        self.drop_over_limits(max_length, max_length_bytes);
+        // Checked here, not in the call: most queues have no limit, and this is every
+        // publish.
+        if max_length.is_some() || max_length_bytes.is_some() {
+            self.drop_over_limits(max_length, max_length_bytes);
+        }
         if let Some(c) = confirm {
             c.send(true);
         }
@@ -994,8 +998,10 @@ impl QueueActor {
     async fn page_in(&mut self) {
         // Enough messages per read that a consumer draining a paged-out backlog costs one
         // read per batch, not per message; at most 1 MiB so one page-in never holds much
-        // more memory than the queue's budget allows for a moment.
-        const BATCH: usize = 256;
+        // more memory than the queue's budget allows for a moment. Each read is a hand-over
+        // to a blocking thread and back (four context switches or so): up to 1024 small
+        // messages go in one, as many as 1 MiB holds of 1 KiB ones.
+        const BATCH: usize = 1024;
         const BATCH_BYTES: u64 = 1 << 20;
         let mut slots = Vec::new();
         let mut ids = Vec::new();

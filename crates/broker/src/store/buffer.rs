@@ -38,6 +38,8 @@ pub struct Outgoing {
     chunks: Vec<Bytes>,
     cur: Vec<u8>,
     len: u64,
+    /// Octets copied into buffers in the current batch.
+    copied: usize,
 }
 
 impl Outgoing {
@@ -52,13 +54,25 @@ impl Outgoing {
     }
 
     fn push_slice(&mut self, b: &[u8]) {
+        if self.cur.len() + b.len() > self.cur.capacity() && !self.cur.is_empty() {
+            // Full: it becomes a chunk of its own and a buffer twice its size takes
+            // over. Growing it instead would copy every record copied so far (a
+            // realloc), the better part of a copy more per record in a batch larger
+            // than the last one.
+            let next = Vec::with_capacity((2 * self.cur.capacity()).max(b.len()));
+            self.chunks
+                .push(Bytes::from(std::mem::replace(&mut self.cur, next)));
+        }
         self.cur.extend_from_slice(b);
         self.len += b.len() as u64;
+        self.copied += b.len();
     }
 
     pub(super) fn push_bytes(&mut self, b: Bytes) {
         if !self.cur.is_empty() {
-            self.chunks.push(Bytes::from(std::mem::take(&mut self.cur)));
+            let next = Vec::with_capacity(self.cur.capacity());
+            self.chunks
+                .push(Bytes::from(std::mem::replace(&mut self.cur, next)));
         }
         self.len += b.len() as u64;
         self.chunks.push(b);
@@ -80,12 +94,13 @@ impl Outgoing {
     pub(super) fn take(&mut self) -> Vec<Bytes> {
         if !self.cur.is_empty() {
             // The copied records are kept until a sync covers them, so the buffer cannot
-            // be reused: the next one starts at this batch's size, one allocation for a
-            // run of similar batches instead of a growth by doubling each time.
-            let next = Vec::with_capacity(self.cur.len());
+            // be reused: the next one starts at what this batch copied, one allocation
+            // for a run of similar batches.
+            let next = Vec::with_capacity(self.copied);
             self.chunks
                 .push(Bytes::from(std::mem::replace(&mut self.cur, next)));
         }
+        self.copied = 0;
         self.len = 0;
         std::mem::take(&mut self.chunks)
     }
@@ -121,4 +136,44 @@ pub(super) fn write_chunks(file: &dyn DiskFile, chunks: &[Bytes]) -> std::io::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch larger than the buffer goes on in a new buffer instead of growing the
+    /// full one: every record arrives once, in order, and the next batch's buffer holds
+    /// a whole batch like this one.
+    #[test]
+    fn a_full_buffer_becomes_a_chunk_and_records_keep_their_order() {
+        let mut out = Outgoing::default();
+        let mut expected = Vec::new();
+        for round in 0..2u8 {
+            for i in 0..300u32 {
+                let record: Vec<u8> = (0..(i % 50 + 1)).map(|j| (i + j) as u8 ^ round).collect();
+                expected.extend_from_slice(&record);
+                out.push(Chunks::One(Bytes::from(record)));
+                if i == 150 {
+                    let body = Bytes::from(vec![round; 40_000]);
+                    expected.extend_from_slice(&body);
+                    out.push_bytes(body);
+                }
+            }
+            let copied = out.copied;
+            assert_eq!(out.len(), expected.len() as u64);
+            let chunks = out.take();
+            assert!(out.is_empty());
+            assert!(
+                out.cur.capacity() >= copied,
+                "the next batch fits one buffer"
+            );
+            if round == 0 {
+                assert!(chunks.len() > 3, "buffers were sealed, not grown");
+            }
+            let got: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert!(got == expected, "records out of order");
+            expected.clear();
+        }
+    }
 }
