@@ -357,13 +357,12 @@ fn sync_loop(
         let mut synced = None;
         let mut failed = Vec::new();
         let mut dones = Vec::new();
+        let mut confirmed = Vec::new();
         for job in s.jobs.drain(..) {
             let ok = outcomes.iter().any(|(seg, ok)| *seg == job.seg && *ok);
             if ok && !poisoned {
                 synced = synced.max(Some((job.seg, job.upto)));
-                for w in job.waiters {
-                    w.finish(true);
-                }
+                confirmed.extend(job.waiters);
                 dones.extend(job.done.map(|d| (d, true)));
             } else if poisoned {
                 for w in job.waiters.into_iter().chain(job.done) {
@@ -382,8 +381,13 @@ fn sync_loop(
         p.failed.extend(failed);
         drop(p);
         s.shared.changed.notify_all();
-        // The failures are in place before the writer hears of them: from a wait of
-        // its own, or from the wake-up (it may be idle, waiting for work).
+        // The round is counted before anyone hears of it: whoever got a confirm and
+        // sends more finds the writer's pacing past this sync. The failures are in
+        // place before the writer hears of them: from a wait of its own, or from the
+        // wake-up (it may be idle, waiting for work).
+        for w in confirmed {
+            w.finish(true);
+        }
         for (d, ok) in dones {
             d.finish(ok);
         }
