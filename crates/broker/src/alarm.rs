@@ -71,6 +71,13 @@ pub fn set_memory_reclaim(reclaim: fn()) {
     let _ = RECLAIM.set(reclaim);
 }
 
+/// Whether the monitor asks for memory back after its sample number `tick` (see
+/// [`set_memory_reclaim`]): every `every`-th sample while memory is under pressure, and
+/// once as the pressure ends (`was`: under pressure at the sample before).
+fn reclaim_due(tick: u128, every: u128, was: bool, now: bool) -> bool {
+    (now && tick.is_multiple_of(every)) || (was && !now)
+}
+
 /// A resource that can raise an alarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -448,7 +455,7 @@ impl Alarms {
                         .filter(|_| tick.is_multiple_of(disk_every));
                     alarms.sample(probe.as_mut(), dir);
                     let now = alarms.under_pressure();
-                    if (now && tick.is_multiple_of(reclaim_every)) || (paging && !now) {
+                    if reclaim_due(tick, reclaim_every, paging, now) {
                         if let Some(reclaim) = RECLAIM.get() {
                             reclaim();
                         }
@@ -630,5 +637,64 @@ mod tests {
         });
         assert!(!alarms.any());
         alarms.stop_monitor();
+    }
+
+    /// Paging starts past half the watermark, before the alarm, and stops under it.
+    #[test]
+    fn memory_past_half_the_watermark_turns_paging_on_and_under_it_off() {
+        let alarms = Alarms::new(1000, 0);
+        let pressure = Arc::new(Pressure::default());
+        alarms.page_with(pressure.clone());
+        let mut probe = Fixed::default();
+        probe.0.lock().unwrap().0 = Some(500);
+        alarms.sample(&mut probe, None);
+        assert!(!pressure.on(), "half is not past half");
+        probe.0.lock().unwrap().0 = Some(501);
+        alarms.sample(&mut probe, None);
+        assert!(pressure.on());
+        assert!(!alarms.any(), "paging comes before the alarm");
+        probe.0.lock().unwrap().0 = Some(400);
+        alarms.sample(&mut probe, None);
+        assert!(!pressure.on());
+    }
+
+    /// Memory is under pressure while paging or the memory alarm is on.
+    #[test]
+    fn memory_is_under_pressure_while_paging_or_the_alarm_is_on() {
+        let alarms = Alarms::new(1000, 0);
+        let mut probe = Fixed::default();
+        probe.0.lock().unwrap().0 = Some(2000);
+        alarms.sample(&mut probe, None);
+        assert!(alarms.under_pressure(), "the alarm, with no paging signal");
+        let alarms = Alarms::new(1000, 0);
+        alarms.page_with(Arc::new(Pressure::default()));
+        probe.0.lock().unwrap().0 = Some(600);
+        alarms.sample(&mut probe, None);
+        assert!(alarms.under_pressure(), "paging, before the alarm");
+        probe.0.lock().unwrap().0 = Some(100);
+        alarms.sample(&mut probe, None);
+        assert!(!alarms.under_pressure());
+    }
+
+    /// Under pressure the monitor asks for memory back every few samples, again and again
+    /// (the memory paging frees must count as free for the alarm to clear), once more as
+    /// the pressure ends, and never without pressure.
+    #[test]
+    fn memory_is_asked_back_every_few_samples_under_pressure_and_once_at_its_end() {
+        let every = 4;
+        let pressure = [
+            false, false, true, true, true, true, true, true, true, true, false, false, false,
+            false, false,
+        ];
+        let mut was = false;
+        let mut asked = Vec::new();
+        for (tick, &now) in pressure.iter().enumerate() {
+            let tick = tick as u128 + 1;
+            if reclaim_due(tick, every, was, now) {
+                asked.push(tick);
+            }
+            was = now;
+        }
+        assert_eq!(asked, [4, 8, 11]);
     }
 }
