@@ -775,6 +775,13 @@ async fn lists_page_and_filter_as_rabbitmq() {
     assert_eq!(names(&x["items"]), ["amq.topic"]);
     let c = get(&broker, "/api/connections?page=1&page_size=1").await;
     assert_eq!(c["items"][0]["user"], "guest");
+    // Channels page too (RabbitMQ 3.10's `/api/channels` does).
+    let c = get(&broker, "/api/channels?page=1&page_size=1").await;
+    assert_eq!(
+        (&c["item_count"], &c["total_count"]),
+        (&serde_json::json!(1), &serde_json::json!(1))
+    );
+    assert_eq!(c["items"][0]["number"], 1);
     drop(conn);
     broker.shutdown().await;
 }
