@@ -782,6 +782,9 @@ async fn lists_page_and_filter_as_rabbitmq() {
         (&serde_json::json!(1), &serde_json::json!(1))
     );
     assert_eq!(c["items"][0]["number"], 1);
+    // And vhosts.
+    let v = get(&broker, "/api/vhosts?page=1&name=%2F").await;
+    assert_eq!(names(&v["items"]), ["/"]);
     drop(conn);
     broker.shutdown().await;
 }

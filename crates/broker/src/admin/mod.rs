@@ -1489,8 +1489,9 @@ async fn vhost_channels(
     Ok(Json(list).into_response())
 }
 
-async fn channels(State(state): Api, _: User) -> Response {
-    Json(json::channels(&state)).into_response()
+async fn channels(State(state): Api, _: User, query: ListQuery) -> Result<Response, ApiError> {
+    let query = list_query(query)?;
+    paging::list(&query, json::channels(&state), |c| c.name.as_str())
 }
 
 async fn consumers(State(state): Api, _: User) -> Response {
