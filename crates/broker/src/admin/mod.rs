@@ -491,7 +491,12 @@ fn vhost_json(v: &VHost) -> serde_json::Value {
 }
 
 /// `GET /api/vhosts`: the vhosts the user is shown ([`lists`]), by name.
-async fn vhosts(State(state): Api, User(user): User) -> Response {
+async fn vhosts(
+    State(state): Api,
+    User(user): User,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
+    let query = list_query(query)?;
     let list: Vec<serde_json::Value> = state
         .vhosts
         .all()
@@ -499,7 +504,7 @@ async fn vhosts(State(state): Api, User(user): User) -> Response {
         .filter(|v| lists(&state, &user, v.name()))
         .map(|v| vhost_json(v))
         .collect();
-    Json(list).into_response()
+    paging::list(&query, list, |v| v["name"].as_str().unwrap_or_default())
 }
 
 async fn vhost(
