@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use common::amqp::*;
 use common::raw::{publish_to, Client};
-use common::{connect, data_dir, start_broker, start_broker_in, within};
+use common::{connect, data_dir, start_broker, within};
 use futures::SinkExt;
 use lapin::options::*;
 use lapin::publisher_confirm::Confirmation;
