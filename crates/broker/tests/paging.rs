@@ -31,6 +31,16 @@ const MESSAGES: usize = 3 * WATERMARK_MIB as usize * 1024 * 1024 / BODY;
 /// Deadline of the flood, and of the drain (a debug build on a busy machine).
 const DEADLINE: Duration = Duration::from_secs(240);
 
+/// A broker over `dir` with the tests' watermark, and a connection to it as guest.
+async fn start_and_connect(dir: &Path) -> (common::Server, Connection) {
+    let addr = free_port();
+    let server = spawn_server(addr, dir, &watermark_flag());
+    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
+        .await
+        .expect("connect");
+    (server, conn)
+}
+
 /// The flag that sets the tests' watermark.
 fn watermark_flag() -> [&'static str; 2] {
     ["--memory-high-watermark", WATERMARK]
@@ -109,10 +119,7 @@ async fn flood(conn: &Connection, queue: &str) {
 async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_order() {
     let dir = std::env::temp_dir().join(format!("minimq-paging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir, &watermark_flag());
-    let url = format!("amqp://guest:guest@{addr}/%2f");
-    let conn = Connection::connect(&url).await.expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     ch.queue_declare(
         "paging-flood",
@@ -184,11 +191,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     // A second flood, into a durable queue of a fresh broker, then a restart: transient
     // messages do not survive it (as in RabbitMQ), and the segments they were paged to
     // are deleted.
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir, &watermark_flag());
-    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-        .await
-        .expect("connect");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     let durable = QueueDeclareOptions {
         durable: true,
@@ -201,11 +204,7 @@ async fn a_flood_of_transient_messages_pages_to_disk_and_drains_exactly_once_in_
     assert!(segment_octets(&dir) > watermark);
     drop(conn);
     server.kill();
-    let addr = free_port();
-    let mut server = spawn_server(addr, &dir, &watermark_flag());
-    let conn = Connection::connect(&format!("amqp://guest:guest@{addr}/%2f"))
-        .await
-        .expect("connect after the restart");
+    let (mut server, conn) = start_and_connect(&dir).await;
     let ch = conn.open_channel().await.unwrap();
     let q = ch
         .queue_declare("paging-durable", durable, FieldTable::new())

@@ -8,6 +8,18 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
+/// Feeds `bytes` to `f` as little-endian 8-octet words, the last one zero-padded: how an
+/// integer hasher takes keys that are not integers.
+pub fn for_each_word(bytes: &[u8], mut f: impl FnMut(u64)) {
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        for (w, b) in word.iter_mut().zip(chunk) {
+            *w = *b;
+        }
+        f(u64::from_le_bytes(word));
+    }
+}
+
 /// The multiply-rotate hash of rustc's `FxHasher`, for integer keys.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdHasher(u64);
@@ -20,13 +32,7 @@ impl Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            for (w, b) in word.iter_mut().zip(chunk) {
-                *w = *b;
-            }
-            self.write_u64(u64::from_le_bytes(word));
-        }
+        for_each_word(bytes, |word| self.write_u64(word));
     }
 
     fn write_u64(&mut self, n: u64) {

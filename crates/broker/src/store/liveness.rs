@@ -213,13 +213,7 @@ impl Hasher for SeqHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            for (w, b) in word.iter_mut().zip(chunk) {
-                *w = *b;
-            }
-            self.write_u64(u64::from_le_bytes(word));
-        }
+        minimq_protocol::idhash::for_each_word(bytes, |word| self.write_u64(word));
     }
 
     /// (queue id, seq) hashes as `queue id × SEQ_MIX + seq`: each queue's sequences in
