@@ -611,63 +611,44 @@ pub fn encode_message(
     properties: &BasicProperties,
     body: &[u8],
 ) {
-    encode_message_head(buf, msg_id, exchange, routing_key, properties, body);
+    encode_message_head(
+        buf,
+        MessageKind::Persistent,
+        msg_id,
+        exchange,
+        routing_key,
+        properties,
+        body,
+    );
     buf.put_slice(body);
 }
 
-/// A message record without its body: header (length and checksum cover the body too)
-/// and payload up to the body, which the caller writes right after it (a large body
-/// straight from the message's `Bytes`, not copied).
+/// The two records that hold a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A persistent message of a durable queue: replayed at a restart.
+    Persistent,
+    /// A paged-out transient message: no restart brings it back.
+    Transient,
+}
+
+/// A message record of `kind` without its body: header (length and checksum cover the
+/// body too) and payload up to the body, which the caller writes right after it (a large
+/// body straight from the message's `Bytes`, not copied).
 pub fn encode_message_head(
     buf: &mut BytesMut,
+    kind: MessageKind,
     msg_id: u64,
     exchange: &str,
     routing_key: &str,
     properties: &BasicProperties,
     body: &[u8],
 ) {
-    encode_head(
-        buf,
-        T_MESSAGE,
-        msg_id,
-        exchange,
-        routing_key,
-        properties,
-        body,
-    );
-}
-
-/// [`encode_message_head`] of a transient record: a paged-out transient message, which
-/// no restart brings back.
-pub fn encode_transient_head(
-    buf: &mut BytesMut,
-    msg_id: u64,
-    exchange: &str,
-    routing_key: &str,
-    properties: &BasicProperties,
-    body: &[u8],
-) {
-    encode_head(
-        buf,
-        T_TRANSIENT,
-        msg_id,
-        exchange,
-        routing_key,
-        properties,
-        body,
-    );
-}
-
-fn encode_head(
-    buf: &mut BytesMut,
-    kind: u8,
-    msg_id: u64,
-    exchange: &str,
-    routing_key: &str,
-    properties: &BasicProperties,
-    body: &[u8],
-) {
-    let at = begin_record(buf, kind);
+    let tag = match kind {
+        MessageKind::Persistent => T_MESSAGE,
+        MessageKind::Transient => T_TRANSIENT,
+    };
+    let at = begin_record(buf, tag);
     buf.put_u64(msg_id);
     write::shortstr(buf, exchange);
     write::shortstr(buf, routing_key);

@@ -89,7 +89,7 @@ use buffer::Chunks;
 pub use completion::Completion;
 pub use disk::{Disk, DiskFile, OsDisk};
 pub use format::{BindingDef, ExchangeDef, ParamDef, DEFAULT_VHOST};
-use format::{QueueDef, Record, FILE_HEADER_LEN};
+use format::{MessageKind, QueueDef, Record, FILE_HEADER_LEN};
 pub use meta::MetaWait;
 pub use pressure::Pressure;
 pub use recovery::{Damage, RecoveredMessage, RecoveryMode, Skipped};
@@ -515,32 +515,15 @@ impl Store {
             }
             None => {
                 let msg_id = self.next_msg_id.fetch_add(1, Ordering::Relaxed);
-                // A large body is written from the message's own `Bytes`, not copied.
-                let split = message.body.len() >= SPLIT_BODY;
-                if split {
-                    format::encode_message_head(
-                        &mut buf,
-                        msg_id,
-                        &message.exchange,
-                        &message.routing_key,
-                        &message.properties,
-                        &message.body,
-                    );
-                } else {
-                    message_record(msg_id, message, &mut buf);
-                }
-                let head_len = buf.len();
-                let len = if split {
-                    (head_len + message.body.len()) as u32
-                } else {
-                    head_len as u32
-                };
-                Record::Enqueue {
+                let enqueue = Record::Enqueue {
                     queue_id,
                     seq,
                     msg_id,
-                }
-                .encode(&mut buf);
+                };
+                let (chunks, len) =
+                    message_chunks(buf, MessageKind::Persistent, msg_id, message, |buf| {
+                        enqueue.encode(buf)
+                    });
                 *slot = Some(msg_id);
                 // The slot stays locked until the records are queued, so another queue's
                 // enqueue of this message cannot reach the log before the message.
@@ -549,17 +532,6 @@ impl Store {
                     len,
                     queue_id,
                     seq,
-                };
-                let chunks = if split {
-                    let mut head = buf.freeze();
-                    let tail = head.split_off(head_len);
-                    Chunks::Split {
-                        head,
-                        body: message.body.clone(),
-                        tail,
-                    }
-                } else {
-                    Chunks::One(buf.freeze())
                 };
                 self.send(chunks, track, notify);
                 return;
@@ -589,28 +561,13 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner());
         let msg_id = *next;
         *next += 1;
-        let mut buf = BytesMut::new();
-        format::encode_transient_head(
-            &mut buf,
+        let (chunks, len) = message_chunks(
+            BytesMut::new(),
+            MessageKind::Transient,
             msg_id,
-            &message.exchange,
-            &message.routing_key,
-            &message.properties,
-            &message.body,
+            message,
+            |_| {},
         );
-        let len = (buf.len() + message.body.len()) as u32;
-        // Small bodies are copied into the record (one chunk); large ones written from
-        // the message's own `Bytes`, as for persistent messages.
-        let chunks = if message.body.len() >= SPLIT_BODY {
-            Chunks::Split {
-                head: buf.freeze(),
-                body: message.body.clone(),
-                tail: bytes::Bytes::new(),
-            }
-        } else {
-            buf.extend_from_slice(&message.body);
-            Chunks::One(buf.freeze())
-        };
         self.send(chunks, Track::Transient { msg_id, len }, None);
         drop(next);
         Some(msg_id)
@@ -757,15 +714,44 @@ impl Store {
     }
 }
 
-fn message_record(msg_id: u64, m: &Message, buf: &mut BytesMut) {
-    format::encode_message(
-        buf,
+/// Message `m` as a record of `kind` after what `buf` holds, followed by what `after`
+/// appends (an enqueue record): the chunks to write, and the message record's length. A
+/// large body is written from the message's own `Bytes`, not copied; a small one is
+/// copied into the record, so the whole is one chunk.
+fn message_chunks(
+    mut buf: BytesMut,
+    kind: MessageKind,
+    msg_id: u64,
+    m: &Message,
+    after: impl FnOnce(&mut BytesMut),
+) -> (Chunks, u32) {
+    let start = buf.len();
+    format::encode_message_head(
+        &mut buf,
+        kind,
         msg_id,
         &m.exchange,
         &m.routing_key,
         &m.properties,
         &m.body,
     );
+    if m.body.len() < SPLIT_BODY {
+        buf.extend_from_slice(&m.body);
+        let len = (buf.len() - start) as u32;
+        after(&mut buf);
+        return (Chunks::One(buf.freeze()), len);
+    }
+    let head_len = buf.len();
+    let len = (head_len - start + m.body.len()) as u32;
+    after(&mut buf);
+    let mut head = buf.freeze();
+    let tail = head.split_off(head_len);
+    let chunks = Chunks::Split {
+        head,
+        body: m.body.clone(),
+        tail,
+    };
+    (chunks, len)
 }
 
 #[cfg(test)]
