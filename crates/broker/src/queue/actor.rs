@@ -446,9 +446,7 @@ impl QueueActor {
         // Its paged-out transient messages go with it.
         let paged = self.ready.iter().filter_map(transient_record);
         self.released.extend(paged);
-        if let Some(store) = &self.store {
-            store.release(std::mem::take(&mut self.released));
-        }
+        self.release_records();
         // Gone: answer whatever is still queued so nobody waits forever.
         rx.close();
         while let Some(cmd) = rx.try_recv() {
@@ -528,12 +526,23 @@ impl QueueActor {
         self.released.extend(transient_record(entry));
     }
 
-    fn log_settled(&mut self) {
-        if !self.released.is_empty() {
-            if let Some(store) = &self.store {
-                store.release(std::mem::take(&mut self.released));
-            }
+    /// Lets the store go of the transient records the queue no longer needs.
+    fn release_records(&mut self) {
+        if let Some(store) = &self.store {
+            store.release(std::mem::take(&mut self.released));
         }
+    }
+
+    /// A transient message read back from record `id` is in memory again: the record is
+    /// not needed any more (paged out again, the message gets a new one), and the message
+    /// is not the store's to log under that id.
+    fn back_in_memory(&mut self, id: u64, m: &Message) {
+        self.released.push(id);
+        *m.store_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn log_settled(&mut self) {
+        self.release_records();
         if self.settled.is_empty() {
             return;
         }
@@ -1029,12 +1038,9 @@ impl QueueActor {
                     let e = &mut self.ready[slot];
                     self.totals.remove(e);
                     if !e.persisted {
-                        // Back in memory: its transient record is not needed any more
-                        // (paged out again, it gets a new one), and the message is not
-                        // the store's to log under that id.
-                        self.released.push(msg_id);
-                        *m.store_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        self.back_in_memory(msg_id, &m);
                     }
+                    let e = &mut self.ready[slot];
                     e.held = Held::Mem(Arc::new(m));
                     self.totals.add(e);
                 }
@@ -1090,8 +1096,7 @@ impl QueueActor {
                     // A transient record is let go of at once: the dead letter, held
                     // or not, goes on from memory (the entry has left the ready list).
                     Some(m) if !entry.persisted => {
-                        self.released.push(id);
-                        *m.store_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        self.back_in_memory(id, &m);
                         let m = Arc::new(m);
                         entry.held = Held::Mem(m.clone());
                         m
