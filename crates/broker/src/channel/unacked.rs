@@ -299,17 +299,21 @@ pub(crate) mod tests {
         .0
     }
 
+    /// Message `msg_id` of `q`, with no deadline.
+    fn outstanding(q: &QueueHandle, msg_id: u64, charged: bool) -> Outstanding {
+        Outstanding {
+            queue: q.clone(),
+            msg_id,
+            charged,
+            deadline: None,
+        }
+    }
+
     /// `n` deliveries of `q` under tags 1..=n, message ids 100 + tag.
     fn delivered(q: &QueueHandle, n: u64) -> Unacked {
         let mut u = Unacked::default();
         for i in 1..=n {
-            let o = Outstanding {
-                queue: q.clone(),
-                msg_id: 100 + i,
-                charged: i % 2 == 0,
-                deadline: None,
-            };
-            assert_eq!(u.tag(Some(o)), i);
+            assert_eq!(u.tag(Some(outstanding(q, 100 + i, i % 2 == 0))), i);
         }
         u
     }
@@ -402,23 +406,13 @@ pub(crate) mod tests {
         let q = queue("q");
         let mut u = delivered(&q, 1);
         for i in 2..=10_000u64 {
-            let o = Outstanding {
-                queue: q.clone(),
-                msg_id: 100 + i,
-                charged: false,
-                deadline: None,
-            };
+            let o = outstanding(&q, 100 + i, false);
             assert_eq!(u.tag(Some(o)), i);
             u.take_one(i).unwrap();
             assert!(u.slots.len() <= 2 + SWEEP_AFTER, "{} slots", u.slots.len());
         }
         for i in 10_001..=10_100u64 {
-            let o = Outstanding {
-                queue: q.clone(),
-                msg_id: 100 + i,
-                charged: false,
-                deadline: None,
-            };
+            let o = outstanding(&q, 100 + i, false);
             u.tag(Some(o));
         }
         for i in (10_001..=10_100u64).step_by(2) {
