@@ -533,9 +533,10 @@ fn remove_tree(dir: &Path, disk: &dyn Disk) -> std::io::Result<()> {
 
 /// At start-up: removes every entry of `streams` (the data directory's `streams/`) that
 /// is not the directory of a stream `live` names by queue id (those are left alone, so
-/// the sweep may run while they are opened). That is a directory set aside by [`remove_dir`] and not removed (a file refused,
-/// a crash during the removal), or one whose stream's record is gone (a removal that
-/// failed before the rename, a crash between the record and the files). Answers what it
+/// the sweep may run while they are opened). That is a directory set aside by
+/// [`remove_dir`] and not removed (a file refused, a crash during the removal), or one
+/// whose stream's record is gone (a removal that failed before the rename, a crash
+/// between the record and the files). Answers what it
 /// removed, and what it could not remove with why (left for the next start).
 pub fn sweep(
     streams: &Path,
