@@ -44,6 +44,11 @@ impl Consumers {
         self.live(tag, id).is_some()
     }
 
+    /// The consumer `id` and its tag, if it still consumes (ids are never reused).
+    pub fn by_id(&self, id: u64) -> Option<(&str, &ChannelConsumer)> {
+        self.by_id.get(&id).map(|(t, c)| (&**t, c))
+    }
+
     /// The consumer `id` under `tag`, if it still consumes there.
     pub fn live(&self, tag: &str, id: u64) -> Option<&ChannelConsumer> {
         self.by_id
@@ -123,6 +128,8 @@ mod tests {
         c.insert("a".into(), consumer(1, &q));
         c.insert("b".into(), consumer(2, &q));
         assert_eq!(c.live("a", 1).map(|x| x.id), Some(1));
+        assert_eq!(c.by_id(2).map(|(t, x)| (t, x.id)), Some(("b", 2)));
+        assert!(c.by_id(3).is_none());
         assert!(c.live("b", 1).is_none(), "consumer 1 is not under tag b");
         assert!(c.live("a", 3).is_none());
         assert_eq!(c.remove("b").map(|x| x.id), Some(2));

@@ -63,6 +63,16 @@ pub struct Channel {
     _registration: Option<ChannelRegistration>,
 }
 
+/// Where a delivery goes on its channel ([`Channel::deliver_to`]).
+pub struct DeliveryTarget<'a> {
+    /// The consumer's tag.
+    pub consumer_tag: &'a str,
+    /// The queue it consumes from.
+    pub queue: &'a QueueHandle,
+    /// The delivery's tag.
+    pub delivery_tag: u64,
+}
+
 impl Channel {
     /// A newly opened channel, listed under its connection's registry entry if given.
     pub fn open(id: u16, listed_in: Option<&Arc<ConnectionInfo>>) -> Channel {
@@ -166,15 +176,46 @@ impl Channel {
 
     // --- deliveries and settling ------------------------------------------------------
 
+    /// A delivery to consumer `id` of this channel: its consumer tag, the queue it
+    /// consumes from, and the delivery tag it gets. One that must be acked (not `no_ack`)
+    /// is kept until settled as `unsettled` makes it, given the consumer's ack timeout:
+    /// its own argument, else its queue's (argument or policy, read now: a policy changed
+    /// while the consumer runs applies to its next delivery), else `default` (the
+    /// broker's); zero is no timeout. `None` when the channel is closed or the consumer
+    /// gone (then `unsettled` is not called).
+    pub fn deliver_to(
+        &mut self,
+        id: u64,
+        no_ack: bool,
+        default: Option<std::time::Duration>,
+        unsettled: impl FnOnce(Option<std::time::Duration>) -> Option<Outstanding>,
+    ) -> Option<DeliveryTarget<'_>> {
+        if !self.is_open() {
+            return None;
+        }
+        let (consumer_tag, c) = self.consumers.by_id(id)?;
+        let kept = if no_ack {
+            None
+        } else {
+            let timeout = c
+                .own_timeout
+                .or_else(|| c.queue.info().consumer_timeout())
+                .or(default)
+                .filter(|t| !t.is_zero());
+            unsettled(timeout)
+        };
+        let delivery_tag = tag_kept(&mut self.unacked, &self.info, kept);
+        Some(DeliveryTarget {
+            consumer_tag,
+            queue: &c.queue,
+            delivery_tag,
+        })
+    }
+
     /// Gives a delivery its tag; one that must be acked (`unsettled`) is kept under it
     /// until it is settled.
     pub fn tag_delivery(&mut self, unsettled: Option<Outstanding>) -> u64 {
-        let recorded = unsettled.is_some();
-        let tag = self.unacked.tag(unsettled);
-        if recorded {
-            self.info.set_unacked(self.unacked.len());
-        }
-        tag
+        tag_kept(&mut self.unacked, &self.info, unsettled)
     }
 
     /// Takes the one delivery a single ack / nack / reject names (unknown: 406).
@@ -286,33 +327,6 @@ impl Channel {
     /// the consumer under `tag`. Whether it was.
     pub fn consumer_cancelled(&mut self, tag: &str, id: u64) -> bool {
         self.consumers.remove_if(tag, id)
-    }
-
-    /// Whether a delivery for consumer `id` under `tag` is still wanted: the channel is
-    /// open and the consumer still consumes.
-    pub fn delivers_to(&self, tag: &str, id: u64) -> bool {
-        self.is_open() && self.consumers.is_live(tag, id)
-    }
-
-    /// As [`Channel::delivers_to`], answering the consumer's ack timeout when it does
-    /// (one lookup for both, on every delivery): its own argument, else its queue's
-    /// (argument or policy, read now: a policy changed while the consumer runs applies
-    /// to its next delivery), else `default` (the broker's). Zero is no timeout.
-    pub fn delivery_timeout(
-        &self,
-        tag: &str,
-        id: u64,
-        default: Option<std::time::Duration>,
-    ) -> Option<Option<std::time::Duration>> {
-        if !self.is_open() {
-            return None;
-        }
-        self.consumers.live(tag, id).map(|c| {
-            c.own_timeout
-                .or_else(|| c.queue.info().consumer_timeout())
-                .or(default)
-                .filter(|t| !t.is_zero())
-        })
     }
 
     /// The timeout of an unsettled delivery past its deadline at `now_ms` (the
@@ -430,6 +444,17 @@ impl Channel {
 /// `tx.commit` / `tx.rollback` outside tx mode.
 pub fn not_transactional() -> AmqpError {
     AmqpError::precondition("channel is not transactional")
+}
+
+/// Tags a delivery on a channel's `unacked` record, keeping it until settled when it is
+/// `kept`, and shows the count in the channel's `info`.
+fn tag_kept(unacked: &mut Unacked, info: &ChannelInfo, kept: Option<Outstanding>) -> u64 {
+    let recorded = kept.is_some();
+    let tag = unacked.tag(kept);
+    if recorded {
+        info.set_unacked(unacked.len());
+    }
+    tag
 }
 
 #[cfg(test)]
@@ -574,10 +599,14 @@ mod tests {
         let q = queue("q");
         let mut ch = Channel::open(1, None);
         ch.add_consumer("t".into(), q, listed(7, "t"), None);
-        assert!(ch.delivers_to("t", 7));
-        assert!(!ch.delivers_to("t", 8));
+        let wanted = |ch: &mut Channel, id| {
+            ch.deliver_to(id, true, None, |_| None)
+                .map(|t| (t.consumer_tag.to_string(), t.queue.name().to_string()))
+        };
+        assert_eq!(wanted(&mut ch, 7), Some(("t".into(), "q".into())));
+        assert_eq!(wanted(&mut ch, 8), None);
         ch.start_closing();
-        assert!(!ch.delivers_to("t", 7));
+        assert_eq!(wanted(&mut ch, 7), None);
         assert!(!ch.takes_publish());
     }
 

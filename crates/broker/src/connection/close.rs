@@ -185,8 +185,9 @@ impl Conn {
         }
         while let Ok(ev) = events.try_recv() {
             if let QueueEvent::Deliver(d) = ev {
-                if !d.no_ack {
-                    d.queue
+                // A no-ack delivery has no queue to go back to: it left the queue.
+                if let Some(queue) = d.queue {
+                    queue
                         .send(QueueCommand::Settle {
                             ids: vec![d.msg_id],
                             requeue: true,

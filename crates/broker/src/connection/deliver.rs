@@ -56,61 +56,67 @@ impl Conn {
         // what waits for the socket. Taken off once per batch of events (`run`).
         self.room_taken += d.message.body.len() + crate::queue::DELIVERY_OVERHEAD;
         let frame_max = self.frame_max;
-        let mut timeout = None;
         let default = self.state.config.consumer_timeout;
-        // A no-ack delivery has no deadline: its consumer's timeout is not looked up.
-        let live = self.channels.get_mut(&d.channel).filter(|c| {
-            if d.no_ack {
-                return c.delivers_to(&d.consumer_tag, d.consumer_id);
-            }
-            c.delivery_timeout(&d.consumer_tag, d.consumer_id, default)
-                .map(|t| timeout = t)
-                .is_some()
+        let Delivery {
+            channel,
+            consumer_id,
+            mut queue,
+            msg_id,
+            message: m,
+            redelivered,
+            no_ack,
+            charged,
+        } = d;
+        let clock = &mut self.clock;
+        let mut armed = false;
+        // The consumer's tag and queue come from the channel's own record of it.
+        let target = self.channels.get_mut(&channel).and_then(|c| {
+            c.deliver_to(consumer_id, no_ack, default, |timeout| {
+                // The clock read once per batch of queue events, not per delivery.
+                let deadline = timeout.map(|t| AckDeadline::after(clock.batch_ms(), t));
+                armed = deadline.is_some();
+                Some(Outstanding {
+                    queue: queue.take()?,
+                    msg_id,
+                    charged,
+                    deadline,
+                })
+            })
         });
-        let Some(channel) = live else {
-            if !d.no_ack {
-                d.queue.send_now(QueueCommand::Settle {
-                    ids: vec![d.msg_id],
+        let Some(target) = target else {
+            if let Some(queue) = queue {
+                queue.send_now(QueueCommand::Settle {
+                    ids: vec![msg_id],
                     requeue: true,
                     rejected: false,
                 });
             }
-            if d.charged {
-                if let Some(c) = self.channels.get(&d.channel) {
+            if charged {
+                if let Some(c) = self.channels.get(&channel) {
                     c.release_credit(1);
                 }
             }
             return;
         };
+        self.deadlines_armed |= armed;
         // One relaxed load when the vhost does not trace.
-        let traced = self.vhost.is_tracing().then(|| d.queue.name().clone());
-        // The clock read once per batch of queue events, not per delivery.
-        let deadline = timeout.map(|t| AckDeadline::after(self.clock.batch_ms(), t));
-        self.deadlines_armed |= deadline.is_some();
-        let unsettled = (!d.no_ack).then(|| Outstanding {
-            queue: d.queue,
-            msg_id: d.msg_id,
-            charged: d.charged,
-            deadline,
-        });
-        let tag = channel.tag_delivery(unsettled);
-        let m = &d.message;
+        let traced = self.vhost.is_tracing().then(|| target.queue.name().clone());
         encode_deliver_head(
             &mut self.out,
-            d.channel,
-            &d.consumer_tag,
-            tag,
-            d.redelivered,
+            channel,
+            target.consumer_tag,
+            target.delivery_tag,
+            redelivered,
             &m.exchange,
             &m.routing_key,
             &fitting_properties(&m.properties, frame_max),
             m.body.len() as u64,
         );
         if let Some(queue) = traced {
-            self.trace_delivery(d.channel, &queue, m, d.redelivered);
+            self.trace_delivery(channel, &queue, &m, redelivered);
         }
         if m.body.len() < ZERO_COPY_BODY {
-            encode_body_frames(&mut self.out, d.channel, &m.body, frame_max);
+            encode_body_frames(&mut self.out, channel, &m.body, frame_max);
             return;
         }
         // A large body goes to the socket as it is, between the frame headers and ends.
@@ -118,7 +124,7 @@ impl Conn {
         let mut at = 0;
         while at < m.body.len() {
             let end = m.body.len().min(at.saturating_add(max));
-            body_frame_start(&mut self.out, d.channel, end - at);
+            body_frame_start(&mut self.out, channel, end - at);
             self.send_bytes(m.body.slice(at..end));
             self.out.extend_from_slice(&[FRAME_END]);
             at = end;

@@ -20,6 +20,15 @@ impl Active {
             .push_back(id);
     }
 
+    /// Puts consumer `id` back at the head of its priority (taken by
+    /// [`Active::pop_front`] and not served).
+    pub fn push_front(&mut self, id: u64, priority: i32) {
+        self.by_priority
+            .entry(Reverse(priority))
+            .or_default()
+            .push_front(id);
+    }
+
     /// Takes the next consumer: the front of the highest priority.
     pub fn pop_front(&mut self) -> Option<u64> {
         loop {

@@ -159,6 +159,9 @@ struct Consumer {
     spec: ConsumerSpec,
     unacked: u32,
     blocked: bool,
+    /// Octets of its connection's room reserved by the dispatch running now and not yet
+    /// used; zero between dispatches ([`OutputRoom::reserve_chunk`](super::OutputRoom::reserve_chunk)).
+    reserved: usize,
 }
 
 impl Consumer {
@@ -999,6 +1002,19 @@ impl QueueActor {
         }
     }
 
+    /// Whether the head of the ready list is a message in memory, as
+    /// [`QueueActor::head_message`] answers it, without taking a reference to it.
+    fn head_in_memory(&mut self) -> bool {
+        match self.ready.front().map(|e| &e.held) {
+            Some(Held::Mem(_)) => true,
+            Some(Held::Disk(_)) => {
+                self.paged_head = true;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Reads the paged-out messages at the head of the ready list back into memory: the
     /// head and the ones right behind it, with as few reads as the log allows, on a
     /// blocking thread (the ready list does not change meanwhile: the task handles no
@@ -1201,6 +1217,7 @@ impl QueueActor {
                 spec,
                 unacked: 0,
                 blocked: false,
+                reserved: 0,
             },
         );
         let priority = self.consumers.get(&id).map_or(0, |c| c.spec.priority);
@@ -1331,17 +1348,41 @@ impl QueueActor {
         }
     }
 
+    /// Delivers what the consumers can take now. The shared counters a delivery moves
+    /// (the queue's delivered / redelivered statistics, the consumer connection's
+    /// [`OutputRoom`](super::OutputRoom)) are moved once per call, not per delivery: each
+    /// is an atomic read-modify-write on a line another thread reads, which cost more
+    /// than the rest of a small delivery's bookkeeping here.
     fn dispatch(&mut self, now: Instant) {
+        let mut tally = Tally::default();
+        self.dispatch_round(now, &mut tally);
+        if tally.delivered > 0 {
+            count(&self.handle, |s| &s.delivered, tally.delivered);
+        }
+        if tally.redelivered > 0 {
+            count(&self.handle, |s| &s.redelivered, tally.redelivered);
+        }
+        for cid in tally.reserved {
+            // What was reserved and not used goes back (a consumer gone meanwhile gave
+            // its part back when it went).
+            if let Some(c) = self.consumers.get_mut(&cid) {
+                c.spec.room.take(std::mem::take(&mut c.reserved));
+            }
+        }
+    }
+
+    fn dispatch_round(&mut self, now: Instant, tally: &mut Tally) {
         let sac = self.args.single_active_consumer;
         loop {
             self.expire(now);
             if self.consumers.is_empty() {
                 return;
             }
-            // The head, in memory: what this round delivers, if a consumer can take it.
-            let Some(message) = self.head_message() else {
+            // The head must be in memory: what this round delivers, if a consumer can
+            // take it.
+            if !self.head_in_memory() {
                 return;
-            };
+            }
             // With a single active consumer, only the earliest registered one (consumer
             // ids grow) receives; when it goes, the next one takes over.
             let next = if sac {
@@ -1385,8 +1426,8 @@ impl QueueActor {
                 }
                 _ => false,
             };
-            // The entry `message` is the head of: nothing changed the ready list since.
-            // `pop_ready` inlined: `c` borrows the consumers meanwhile.
+            // The head checked above: nothing changed the ready list since. `pop_ready`
+            // inlined: `c` borrows the consumers meanwhile.
             let returns = self.returns;
             let Some(mut entry) = self.ready.pop_front() else {
                 return;
@@ -1394,38 +1435,80 @@ impl QueueActor {
             self.totals.remove(&entry);
             self.returns = returns.saturating_sub(1);
             entry.deliveries = entry.deliveries.saturating_add(1);
+            // A no-ack delivery leaves the queue for good: its message moves out of the
+            // entry (back in, should the send fail) rather than being shared with it. A
+            // redelivery sends a copy with its count (`delivered_copy`), so it shares.
+            let moved = c.spec.no_ack && entry.deliveries == 1;
+            let message = match std::mem::replace(&mut entry.held, Held::Disk(0)) {
+                Held::Mem(m) if moved => m,
+                Held::Mem(m) => {
+                    let shared = m.clone();
+                    entry.held = Held::Mem(m);
+                    shared
+                }
+                disk => {
+                    // Not reached: `head_in_memory` checked this entry. Everything back
+                    // as it was; the run loop reads it back.
+                    entry.held = disk;
+                    entry.deliveries -= 1;
+                    self.totals.add(&entry);
+                    self.ready.push_front(entry);
+                    self.returns = returns;
+                    if charged {
+                        if let Some(credit) = &c.spec.channel_credit {
+                            credit.release(1);
+                        }
+                    }
+                    if !sac {
+                        self.active.push_front(cid, c.spec.priority);
+                    }
+                    self.paged_head = true;
+                    return;
+                }
+            };
+            let counted = entry.size as usize + super::DELIVERY_OVERHEAD;
+            // The connection's room is counted before the delivery is sent (it takes the
+            // delivery off once it has encoded it), in chunks reserved ahead.
+            if c.reserved < counted {
+                let chunk = counted.max(c.spec.room.reserve_chunk());
+                c.spec.room.add(chunk);
+                if c.reserved == 0 {
+                    tally.reserved.push(cid);
+                }
+                c.reserved += chunk;
+            }
+            c.reserved -= counted;
             let delivery = Delivery {
                 channel: c.spec.channel,
-                consumer_tag: c.spec.tag.clone(),
                 consumer_id: cid,
-                queue: self.handle.clone(),
+                queue: (!c.spec.no_ack).then(|| self.handle.clone()),
                 msg_id: entry.seq,
                 message: delivered_copy(message, entry.deliveries),
                 redelivered: entry.redelivered,
                 no_ack: c.spec.no_ack,
                 charged,
             };
-            let counted = entry.size as usize + super::DELIVERY_OVERHEAD;
-            c.spec.room.add(counted);
-            if c.spec.sink.send(QueueEvent::Deliver(delivery)).is_err() {
-                c.spec.room.take(counted);
+            if let Err(returned) = c.spec.sink.send(QueueEvent::Deliver(delivery)) {
+                c.reserved += counted;
                 // The connection is gone; its cleanup will tell us. Keep the message.
                 if charged {
                     if let Some(credit) = &c.spec.channel_credit {
                         credit.release(1);
                     }
                 }
+                if let (true, QueueEvent::Deliver(d)) = (moved, returned.0) {
+                    entry.held = Held::Mem(d.message);
+                }
                 entry.deliveries -= 1;
                 self.totals.add(&entry);
                 self.ready.push_front(entry);
                 self.returns = returns;
+                c.spec.room.take(std::mem::take(&mut c.reserved));
                 self.consumers.remove(&cid);
                 continue;
             }
-            count(&self.handle, |s| &s.delivered, 1);
-            if entry.redelivered {
-                count(&self.handle, |s| &s.redelivered, 1);
-            }
+            tally.delivered += 1;
+            tally.redelivered += u64::from(entry.redelivered);
             if c.spec.no_ack {
                 if entry.persisted {
                     self.settled.push(entry.seq);
@@ -1459,6 +1542,15 @@ impl QueueActor {
             }
         }
     }
+}
+
+/// What one [`QueueActor::dispatch`] moved, for the shared counters it moves once.
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+    redelivered: u64,
+    /// Consumers holding part of their connection's room reserved ahead.
+    reserved: Vec<u64>,
 }
 
 /// Keeps `entry` on disk only (see [`Held`]): a persistent message under its own message

@@ -347,6 +347,58 @@ async fn a_consumer_whose_connection_is_full_waits_in_the_queue_until_half_is_wr
     assert_eq!(c.received(), ["message3", "message4", "message5"]);
 }
 
+/// A dispatch reserves its consumer connection's room ahead, in chunks; when it ends,
+/// the room holds exactly what was delivered, and the statistics count each delivery.
+#[tokio::test]
+async fn a_dispatch_leaves_exactly_its_deliveries_counted_in_the_room() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    for n in 0..10 {
+        q.publish(&format!("message{n}")).await;
+    }
+    let room = Arc::new(super::OutputRoom::default());
+    // One dispatch delivers the ten (the consume), then one per publish.
+    let mut c = q
+        .consume_with(Consumer {
+            no_ack: true,
+            room: Some(room.clone()),
+            ..Consumer::default()
+        })
+        .await;
+    assert_eq!(q.counts().await, counts(0, 0, 1));
+    assert_eq!(room.pending(), 10 * 264);
+    q.publish("message10").await;
+    q.publish("message11").await;
+    assert_eq!(q.counts().await, counts(0, 0, 1));
+    assert_eq!(room.pending(), 10 * 264 + 2 * 265);
+    assert_eq!(c.received().len(), 12);
+    assert_eq!(q.stat(|s| &s.delivered), 12);
+}
+
+/// A no-ack delivery whose connection is gone stays in the queue, whole, for the next
+/// consumer, and its room is given back.
+#[tokio::test]
+async fn a_no_ack_delivery_to_a_gone_connection_stays_in_the_queue() {
+    let q = TestQueue::start(FieldTable::new()).await;
+    let room = Arc::new(super::OutputRoom::default());
+    let gone = q
+        .consume_with(Consumer {
+            no_ack: true,
+            room: Some(room.clone()),
+            ..Consumer::default()
+        })
+        .await;
+    drop(gone);
+    q.publish("kept").await;
+    assert_eq!(q.counts().await, counts(1, 0, 0));
+    assert_eq!(room.pending(), 0);
+    assert_eq!(q.stat(|s| &s.delivered), 0);
+    let mut next = q.consume(0).await;
+    assert_eq!(q.counts().await, counts(0, 1, 1));
+    let d = next.next().await;
+    assert_eq!(body(&d.message), "kept");
+    assert!(!d.redelivered);
+}
+
 fn quorum() -> (&'static str, FieldValue) {
     ("x-queue-type", FieldValue::from("quorum"))
 }

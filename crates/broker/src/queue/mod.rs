@@ -100,12 +100,13 @@ pub enum QueueEvent {
 pub struct Delivery {
     /// Channel of the consumer.
     pub channel: u16,
-    /// The consumer's tag.
-    pub consumer_tag: Arc<str>,
-    /// The consumer's broker-wide id (tags can repeat once a consumer is gone).
+    /// The consumer's broker-wide id (tags can repeat once a consumer is gone). The
+    /// connection knows its tag: the delivery does not carry a reference to it, whose
+    /// count both threads would move for every message.
     pub consumer_id: u64,
-    /// The queue it comes from.
-    pub queue: QueueHandle,
+    /// The queue it comes from, where the delivery is settled; `None` for a no-ack
+    /// delivery, which is not (the connection finds the queue through the consumer).
+    pub queue: Option<QueueHandle>,
     /// The message's id within the queue (its publish order).
     pub msg_id: u64,
     /// The message.
@@ -253,6 +254,15 @@ impl OutputRoom {
     /// so a message larger than the room still goes.
     pub fn has_room(&self) -> bool {
         self.pending.load(Ordering::Relaxed) < self.limit
+    }
+
+    /// How much a queue's dispatch reserves of the room at a time: one atomic add per
+    /// this many octets of deliveries (64 KiB of the default room, about 240 small
+    /// messages) instead of one per delivery. What a dispatch does not use goes back when
+    /// it ends, so the room is over-counted by at most a 32nd of it, per queue
+    /// delivering to the connection, for the length of one dispatch.
+    pub fn reserve_chunk(&self) -> usize {
+        self.limit / 32
     }
 
     /// Octets waiting now.

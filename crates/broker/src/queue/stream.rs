@@ -630,9 +630,8 @@ impl StreamTask {
             reader.spec.room.add(message.body.len() + DELIVERY_OVERHEAD);
             let delivery = Delivery {
                 channel: reader.spec.channel,
-                consumer_tag: reader.spec.tag.clone(),
                 consumer_id: reader.spec.id,
-                queue: self.handle.clone(),
+                queue: Some(self.handle.clone()),
                 msg_id: id,
                 message: Arc::new(message),
                 redelivered: false,
