@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use minimq_protocol::{BasicProperties, FieldTable, FieldValue};
 
-use super::harness::{args, body, Consumer, TempStore, TestQueue};
+use super::harness::{args, body, Consumer, TempStore, TestConsumer, TestQueue};
 use super::{ChannelCredit, QueueCounts};
 
 fn counts(ready: u32, unacked: u32, consumers: u32) -> QueueCounts {
@@ -321,13 +321,7 @@ async fn a_consumer_whose_connection_is_full_waits_in_the_queue_until_half_is_wr
     let q = TestQueue::start(FieldTable::new()).await;
     // Room for three deliveries of an 8-octet body (counted 8 + 256 each).
     let room = Arc::new(super::OutputRoom::new(3 * 264 - 1));
-    let mut c = q
-        .consume_with(Consumer {
-            no_ack: true,
-            room: Some(room.clone()),
-            ..Consumer::default()
-        })
-        .await;
+    let mut c = consume_no_ack(&q, &room).await;
     for n in 0..10 {
         q.publish(&format!("message{n}")).await;
     }
@@ -357,13 +351,7 @@ async fn a_dispatch_leaves_exactly_its_deliveries_counted_in_the_room() {
     }
     let room = Arc::new(super::OutputRoom::default());
     // One dispatch delivers the ten (the consume), then one per publish.
-    let mut c = q
-        .consume_with(Consumer {
-            no_ack: true,
-            room: Some(room.clone()),
-            ..Consumer::default()
-        })
-        .await;
+    let mut c = consume_no_ack(&q, &room).await;
     assert_eq!(q.counts().await, counts(0, 0, 1));
     assert_eq!(room.pending(), 10 * 264);
     q.publish("message10").await;
@@ -380,13 +368,7 @@ async fn a_dispatch_leaves_exactly_its_deliveries_counted_in_the_room() {
 async fn a_no_ack_delivery_to_a_gone_connection_stays_in_the_queue() {
     let q = TestQueue::start(FieldTable::new()).await;
     let room = Arc::new(super::OutputRoom::default());
-    let gone = q
-        .consume_with(Consumer {
-            no_ack: true,
-            room: Some(room.clone()),
-            ..Consumer::default()
-        })
-        .await;
+    let gone = consume_no_ack(&q, &room).await;
     drop(gone);
     q.publish("kept").await;
     assert_eq!(q.counts().await, counts(1, 0, 0));
@@ -397,6 +379,16 @@ async fn a_no_ack_delivery_to_a_gone_connection_stays_in_the_queue() {
     let d = next.next().await;
     assert_eq!(body(&d.message), "kept");
     assert!(!d.redelivered);
+}
+
+/// A no-ack consumer whose connection's room is `room`.
+async fn consume_no_ack(q: &TestQueue, room: &Arc<super::OutputRoom>) -> TestConsumer {
+    q.consume_with(Consumer {
+        no_ack: true,
+        room: Some(room.clone()),
+        ..Consumer::default()
+    })
+    .await
 }
 
 fn quorum() -> (&'static str, FieldValue) {
