@@ -64,9 +64,9 @@ impl Conn {
             msg_id,
             message: m,
             redelivered,
+            no_ack,
             charged,
         } = d;
-        let no_ack = queue.is_none();
         let clock = &mut self.clock;
         let mut armed = false;
         // The consumer's tag and queue come from the channel's own record of it.

@@ -169,14 +169,6 @@ impl Consumer {
         self.spec.no_ack || self.spec.prefetch == 0 || self.unacked < self.spec.prefetch
     }
 
-    /// Gives back the unit of its channel's shared credit a delivery took (`charged`)
-    /// and did not use.
-    fn uncharge(&self, charged: bool) {
-        if let (true, Some(credit)) = (charged, &self.spec.channel_credit) {
-            credit.release(1);
-        }
-    }
-
     /// Unblocks a blocked consumer that has credit again; answers whether it did.
     fn rejoin(&mut self) -> bool {
         let rejoins = self.blocked && self.own_credit() && self.channel_credit();
@@ -933,15 +925,6 @@ impl QueueActor {
         Some(e)
     }
 
-    /// Puts back the head a dispatch took (see [`QueueActor::pop_ready`]) and did not
-    /// deliver: its delivery undone, the returns stretch as it was (`returns`).
-    fn unpop_ready(&mut self, mut entry: Entry, returns: usize) {
-        entry.deliveries -= 1;
-        self.totals.add(&entry);
-        self.ready.push_front(entry);
-        self.returns = returns;
-    }
-
     /// Puts an entry in the ready list at its place (priority, then publish order), or
     /// at the tail when the caller knows that is its place. A persistent message is
     /// kept on disk only when the queue is over its memory budget.
@@ -1467,11 +1450,18 @@ impl QueueActor {
                     // Not reached: `head_in_memory` checked this entry. Everything back
                     // as it was; the run loop reads it back.
                     entry.held = disk;
-                    c.uncharge(charged);
+                    entry.deliveries -= 1;
+                    self.totals.add(&entry);
+                    self.ready.push_front(entry);
+                    self.returns = returns;
+                    if charged {
+                        if let Some(credit) = &c.spec.channel_credit {
+                            credit.release(1);
+                        }
+                    }
                     if !sac {
                         self.active.push_front(cid, c.spec.priority);
                     }
-                    self.unpop_ready(entry, returns);
                     self.paged_head = true;
                     return;
                 }
@@ -1495,18 +1485,26 @@ impl QueueActor {
                 msg_id: entry.seq,
                 message: delivered_copy(message, entry.deliveries),
                 redelivered: entry.redelivered,
+                no_ack: c.spec.no_ack,
                 charged,
             };
             if let Err(returned) = c.spec.sink.send(QueueEvent::Deliver(delivery)) {
-                // The connection is gone; its cleanup will tell us. Keep the message, and
-                // give back the consumer's credit and room.
-                c.uncharge(charged);
-                c.spec.room.take(c.reserved + counted);
-                self.consumers.remove(&cid);
+                c.reserved += counted;
+                // The connection is gone; its cleanup will tell us. Keep the message.
+                if charged {
+                    if let Some(credit) = &c.spec.channel_credit {
+                        credit.release(1);
+                    }
+                }
                 if let (true, QueueEvent::Deliver(d)) = (moved, returned.0) {
                     entry.held = Held::Mem(d.message);
                 }
-                self.unpop_ready(entry, returns);
+                entry.deliveries -= 1;
+                self.totals.add(&entry);
+                self.ready.push_front(entry);
+                self.returns = returns;
+                c.spec.room.take(std::mem::take(&mut c.reserved));
+                self.consumers.remove(&cid);
                 continue;
             }
             tally.delivered += 1;

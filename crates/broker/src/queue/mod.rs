@@ -105,8 +105,7 @@ pub struct Delivery {
     /// count both threads would move for every message.
     pub consumer_id: u64,
     /// The queue it comes from, where the delivery is settled; `None` for a no-ack
-    /// delivery (the consumer's), which is not: the connection finds the queue through
-    /// the consumer.
+    /// delivery, which is not (the connection finds the queue through the consumer).
     pub queue: Option<QueueHandle>,
     /// The message's id within the queue (its publish order).
     pub msg_id: u64,
@@ -114,6 +113,8 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
+    /// Whether the consumer is no-ack (nothing to settle).
+    pub no_ack: bool,
     /// Whether the delivery took a unit of the channel's shared (global) credit.
     pub charged: bool,
 }

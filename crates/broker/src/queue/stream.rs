@@ -635,6 +635,7 @@ impl StreamTask {
                 msg_id: id,
                 message: Arc::new(message),
                 redelivered: false,
+                no_ack: false,
                 charged: false,
             };
             if reader
